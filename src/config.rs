@@ -1,0 +1,319 @@
+//! Server configuration: every setting, its default, its ceiling and its validation.
+//!
+//! `Config` is plain data. The command line (`main.rs`) fills it from flags, `HERALD_*`
+//! environment variables and an optional TOML file; library users build it in code. Either
+//! way `Config::validate` runs before a server starts and names the first bad setting in one
+//! line. No I/O here.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// Address the subscriber (and, by default, publish) listener binds to.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
+/// Event loop threads are capped: each owns a listener and a poller, and past a few hundred
+/// the per-thread history copies cost more than the parallelism gives.
+pub const THREADS_MAX: usize = 256;
+/// Events kept per topic for resume, by default.
+pub const HISTORY_EVENTS_DEFAULT: usize = 1_000;
+/// Ceiling on `history_events`: the per-topic ring is searched by binary search, but a
+/// million entries per topic per thread is already more than any resume needs.
+pub const HISTORY_EVENTS_MAX: usize = 1_000_000;
+/// Bytes of encoded frames kept per topic for resume, by default.
+pub const HISTORY_BYTES_DEFAULT: usize = 1024 * 1024;
+/// Bytes of history across all topics, by default: the bound that stops a flood of distinct
+/// topic names from exhausting memory.
+pub const HISTORY_TOTAL_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+/// Ceiling on any history byte budget (per topic or total).
+pub const HISTORY_BYTES_MAX: usize = 16 * 1024 * 1024 * 1024;
+/// Reconnect delay sent to every new stream in its first `retry:` frame.
+pub const RETRY_MS_DEFAULT: u32 = 3_000;
+/// Ceiling on `retry_ms`: one day. Longer hints are almost certainly unit mistakes.
+pub const RETRY_MS_MAX: u32 = 86_400_000;
+/// Name of the event that tells a resuming client its history has a gap.
+pub const GAP_EVENT_DEFAULT: &str = "gap";
+/// Topics one subscription may name, by default.
+pub const TOPICS_PER_SUBSCRIPTION_DEFAULT: usize = 16;
+/// Ceiling on `max_topics_per_subscription`: a subscriber merges its topics' rings on every
+/// write, so this bounds the merge width.
+pub const TOPICS_PER_SUBSCRIPTION_MAX: usize = 256;
+/// Longest topic name in bytes, by default.
+pub const TOPIC_BYTES_DEFAULT: usize = 128;
+/// Ceiling on `max_topic_bytes`: names are interned per thread and counted in the history budget.
+pub const TOPIC_BYTES_MAX: usize = 1024;
+/// Largest publish body accepted, by default (bigger gets 413).
+pub const PUBLISH_BYTES_DEFAULT: usize = 512 * 1024;
+/// Ceiling on `max_publish_bytes`: a body is held whole in memory while it is parsed.
+pub const PUBLISH_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Bytes a subscriber may fall behind the newest event before it is closed, by default.
+pub const LAG_BYTES_DEFAULT: usize = 1024 * 1024;
+/// Largest request head (request line plus headers), by default (bigger gets 431).
+/// Browser EventSource heads are small; cookies are the tail.
+pub const HEAD_BYTES_DEFAULT: usize = 8 * 1024;
+/// Smallest accepted `max_head_bytes`: a browser's head with a few cookies needs this much.
+pub const HEAD_BYTES_MIN: usize = 1024;
+/// Ceiling on `max_head_bytes`: every connection that is still reading its head holds a
+/// buffer of this size.
+pub const HEAD_BYTES_MAX: usize = 64 * 1024;
+
+// A default-sized body must be able to become a frame that fits the default lag budget,
+// or a single large publish would disconnect every subscriber.
+const _: () = assert!(PUBLISH_BYTES_DEFAULT < LAG_BYTES_DEFAULT);
+const _: () = assert!(HEAD_BYTES_MIN <= HEAD_BYTES_DEFAULT && HEAD_BYTES_DEFAULT <= HEAD_BYTES_MAX);
+
+/// Everything a herald server needs to start. `Config::default()` is what `herald serve`
+/// runs with when given no flags.
+///
+/// ```
+/// let mut config = herald::Config::default();
+/// config.listen = "127.0.0.1:0".parse().unwrap();
+/// config.threads = 1;
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the main listener (subscribe, publish, health, demo). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Optional separate listener for `POST /publish`. When set, the main listener refuses
+    /// publishes with 403, so publishing can stay on a private interface.
+    pub publish_listen: Option<SocketAddr>,
+    /// Event loop threads, each with its own `SO_REUSEPORT` listener. Default: one per core.
+    pub threads: usize,
+    /// Events kept per topic for resume.
+    pub history_events: usize,
+    /// Bytes of encoded events kept per topic for resume.
+    pub history_bytes: usize,
+    /// Bytes of history kept across all topics.
+    pub history_total_bytes: usize,
+    /// Origins allowed to subscribe and publish cross-origin (`*` for any). Empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// When set, `POST /publish` requires `Authorization: Bearer <token>`.
+    pub publish_token: Option<String>,
+    /// Reconnect delay (milliseconds) sent in the first `retry:` frame of every stream.
+    pub retry_ms: u32,
+    /// Event name sent to a resuming client whose Last-Event-ID is older than the history.
+    pub gap_event: String,
+    /// Most topics one subscription may name.
+    pub max_topics_per_subscription: usize,
+    /// Longest topic name, in bytes.
+    pub max_topic_bytes: usize,
+    /// Largest publish body, in bytes.
+    pub max_publish_bytes: usize,
+    /// Bytes a subscriber may fall behind before it is closed (it then resumes from history).
+    pub max_lag_bytes: usize,
+    /// Largest request head, in bytes.
+    pub max_head_bytes: usize,
+    /// Serve the demo page on `GET /`.
+    pub demo: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            // The literal is a valid socket address; a test below parses it.
+            listen: LISTEN_DEFAULT.parse().unwrap_or_else(|_| unreachable!()),
+            publish_listen: None,
+            threads: default_threads(),
+            history_events: HISTORY_EVENTS_DEFAULT,
+            history_bytes: HISTORY_BYTES_DEFAULT,
+            history_total_bytes: HISTORY_TOTAL_BYTES_DEFAULT,
+            cors_origins: Vec::new(),
+            publish_token: None,
+            retry_ms: RETRY_MS_DEFAULT,
+            gap_event: GAP_EVENT_DEFAULT.to_owned(),
+            max_topics_per_subscription: TOPICS_PER_SUBSCRIPTION_DEFAULT,
+            max_topic_bytes: TOPIC_BYTES_DEFAULT,
+            max_publish_bytes: PUBLISH_BYTES_DEFAULT,
+            max_lag_bytes: LAG_BYTES_DEFAULT,
+            max_head_bytes: HEAD_BYTES_DEFAULT,
+            demo: true,
+        }
+    }
+}
+
+/// One thread per core the OS says this process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(THREADS_MAX)
+}
+
+/// A setting that is out of range or malformed. `Display` is one line naming the setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The setting's name as in the TOML file (`max_lag_bytes`).
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid setting {}: {}", self.setting, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn fault(setting: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError {
+        setting,
+        reason: reason.into(),
+    })
+}
+
+fn within(setting: &'static str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return fault(setting, format!("{value} is outside {min}..={max}"));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Checks every setting against its range and the relations between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        within("threads", self.threads, 1, THREADS_MAX)?;
+        within("history_events", self.history_events, 1, HISTORY_EVENTS_MAX)?;
+        within("history_bytes", self.history_bytes, 1, HISTORY_BYTES_MAX)?;
+        within(
+            "history_total_bytes",
+            self.history_total_bytes,
+            1,
+            HISTORY_BYTES_MAX,
+        )?;
+        if self.history_total_bytes < self.history_bytes {
+            return fault(
+                "history_total_bytes",
+                "must be at least history_bytes (one topic's budget)",
+            );
+        }
+        within("retry_ms", self.retry_ms as usize, 0, RETRY_MS_MAX as usize)?;
+        if let Err(reason) = crate::sse::check_event_name(&self.gap_event) {
+            return fault("gap_event", reason);
+        }
+        within(
+            "max_topics_per_subscription",
+            self.max_topics_per_subscription,
+            1,
+            TOPICS_PER_SUBSCRIPTION_MAX,
+        )?;
+        within("max_topic_bytes", self.max_topic_bytes, 1, TOPIC_BYTES_MAX)?;
+        within(
+            "max_publish_bytes",
+            self.max_publish_bytes,
+            1,
+            PUBLISH_BYTES_MAX,
+        )?;
+        within(
+            "max_head_bytes",
+            self.max_head_bytes,
+            HEAD_BYTES_MIN,
+            HEAD_BYTES_MAX,
+        )?;
+        if self.max_lag_bytes <= self.max_publish_bytes {
+            return fault(
+                "max_lag_bytes",
+                "must exceed max_publish_bytes, or one large event would disconnect every subscriber",
+            );
+        }
+        for origin in &self.cors_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && origin.bytes().all(|b| b.is_ascii_graphic()));
+            if !ok {
+                return fault(
+                    "cors_origins",
+                    format!("{origin:?} is not * or a scheme://host[:port] origin"),
+                );
+            }
+        }
+        if let Some(token) = &self.publish_token {
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return fault(
+                    "publish_token",
+                    "must be non-empty printable ASCII without spaces",
+                );
+            }
+        }
+        if self.publish_listen == Some(self.listen) && self.listen.port() != 0 {
+            return fault("publish_listen", "must differ from listen");
+        }
+        Ok(())
+    }
+}
+
+/// Parses a byte size: a plain number of bytes or a number with a `K`, `KiB`, `M`, `MiB`,
+/// `G` or `GiB` suffix (all binary).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte size like 65536, 64KiB or 1MiB"))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "KB" => 1024,
+        "M" | "MiB" | "MB" => 1024 * 1024,
+        "G" | "GiB" | "GB" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(Config::default().listen.port(), 8080);
+    }
+
+    #[test]
+    fn each_fault_names_its_setting() {
+        let check = |edit: fn(&mut Config), setting: &str| {
+            let mut config = Config::default();
+            edit(&mut config);
+            let error = config.validate().unwrap_err();
+            assert_eq!(error.setting, setting);
+            assert!(!error.to_string().contains('\n'));
+        };
+        check(|c| c.threads = 0, "threads");
+        check(|c| c.history_events = 0, "history_events");
+        check(|c| c.history_total_bytes = 1, "history_total_bytes");
+        check(|c| c.gap_event = "a\nb".into(), "gap_event");
+        check(
+            |c| c.max_topics_per_subscription = 0,
+            "max_topics_per_subscription",
+        );
+        check(|c| c.max_head_bytes = 10, "max_head_bytes");
+        check(|c| c.max_lag_bytes = 1, "max_lag_bytes");
+        check(
+            |c| c.cors_origins = vec!["example.com".into()],
+            "cors_origins",
+        );
+        check(|c| c.publish_token = Some("a b".into()), "publish_token");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("65536"), Ok(65536));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        assert!(parse_bytes("1.5MiB").is_err());
+        assert!(parse_bytes("10 parsecs").is_err());
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("99999999999999999999G").is_err());
+    }
+}

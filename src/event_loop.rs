@@ -1,0 +1,549 @@
+//! The event loop: the only user of `mio`. One per thread, each with its own listeners,
+//! its own slab of connections, its own topic table, and an inbox of published events.
+//!
+//! A turn polls, handles readiness (accepting, reading requests, writing answers),
+//! drains the inbox into the topic rings, then writes each stream whose topics received
+//! events once, gathering every frame it is behind by. Readiness is edge-triggered, so
+//! every socket is driven to `WouldBlock` or noted for the next turn when its budget ran
+//! out.
+
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::bus::Inbox;
+use crate::conn::{
+    self, Exchange, Flushed, RequestContext, Step, Stream, StreamEnd, StreamRequest, StreamTopic,
+};
+use crate::http::route::{Listener, RouteConfig, TopicLimits};
+use crate::server::{LoopStats, Shared};
+use crate::socket::{self, IoOutcome};
+use crate::topic::{HistoryLimits, SubscriberRef, TopicId, Topics};
+
+/// Token of the loop's waker.
+pub(crate) const WAKER: Token = Token(usize::MAX);
+/// Readiness events taken per poll.
+const EVENTS_PER_POLL_MAX: usize = 1024;
+/// Connections accepted per listener per turn, so a connect storm cannot starve streams.
+const ACCEPTS_PER_TURN_MAX: usize = 256;
+/// Events taken from the inbox per turn before streams are written. Also capped by the
+/// per-topic history size, so a burst never evicts a frame a reading stream was not sent.
+const INBOX_EVENTS_PER_TURN_MAX: usize = 1024;
+/// Read/parse/write rounds per HTTP connection per wake-up (several pipelined requests).
+const HTTP_ROUNDS_MAX: usize = 16;
+/// `write_vectored` calls per stream per turn.
+const STREAM_WRITES_PER_TURN_MAX: usize = 4;
+/// Reads of unexpected bytes from a stream's client per wake-up; they are discarded.
+const STREAM_DISCARD_READS_MAX: usize = 4;
+/// Head buffers kept for reuse; beyond this they are freed.
+const HEAD_POOL_MAX: usize = 256;
+
+fn listener_token(index: usize) -> Token {
+    Token(usize::MAX - 1 - index)
+}
+
+/// A listener and whether it may have connections left to accept.
+pub(crate) struct ListenerSlot {
+    socket: TcpListener,
+    kind: Listener,
+    pending: bool,
+}
+
+impl ListenerSlot {
+    /// A listener of the given kind.
+    pub(crate) fn new(socket: TcpListener, kind: Listener) -> Self {
+        ListenerSlot {
+            socket,
+            kind,
+            pending: false,
+        }
+    }
+}
+
+/// One client connection.
+struct Connection {
+    socket: TcpStream,
+    listener: Listener,
+    state: ConnState,
+}
+
+/// What a connection is doing.
+enum ConnState {
+    /// Plain HTTP requests and answers; boxed so streams stay small.
+    Http(Box<Exchange>),
+    /// An event stream.
+    Stream(Stream),
+}
+
+/// One event loop and everything it owns.
+pub(crate) struct EventLoop {
+    poll: Poll,
+    listeners: Vec<ListenerSlot>,
+    conns: Slab<Connection>,
+    topics: Topics,
+    inbox: Inbox,
+    inbox_pending: bool,
+    shared: Arc<Shared>,
+    stats: Arc<LoopStats>,
+    route: RouteConfig,
+    topic_limits: TopicLimits,
+    /// Events taken from the inbox per turn.
+    inbox_events_per_turn: usize,
+    /// Frame bytes taken from the inbox per turn (at least one event is always taken).
+    inbox_bytes_per_turn: usize,
+    turn: u64,
+    /// Streams with frames left after their write budget: flushed next turn.
+    flush_next: Vec<usize>,
+    /// HTTP connections and streams with readiness left after their budget.
+    read_next: Vec<usize>,
+    dirty: Vec<TopicId>,
+    head_pool: Vec<Box<[u8]>>,
+    deliveries: u64,
+    subscribers: u64,
+}
+
+impl EventLoop {
+    /// Registers the listeners and the inbox; the loop starts with [`EventLoop::run`].
+    pub(crate) fn new(
+        poll: Poll,
+        mut listeners: Vec<ListenerSlot>,
+        inbox: Inbox,
+        shared: Arc<Shared>,
+        stats: Arc<LoopStats>,
+    ) -> std::io::Result<Self> {
+        for (index, slot) in listeners.iter_mut().enumerate() {
+            poll.registry().register(
+                &mut slot.socket,
+                listener_token(index),
+                Interest::READABLE,
+            )?;
+        }
+        let config = &shared.config;
+        let history = HistoryLimits {
+            events: config.history_events,
+            bytes: config.history_bytes,
+            total_bytes: config.history_total_bytes,
+        };
+        Ok(EventLoop {
+            poll,
+            listeners,
+            conns: Slab::new(),
+            topics: Topics::new(history),
+            inbox,
+            inbox_pending: true,
+            route: RouteConfig {
+                publish_listener: config.publish_listen.is_some(),
+                demo: config.demo,
+            },
+            topic_limits: TopicLimits {
+                per_subscription: config.max_topics_per_subscription,
+                name_bytes: config.max_topic_bytes,
+            },
+            inbox_events_per_turn: config.history_events.min(INBOX_EVENTS_PER_TURN_MAX),
+            inbox_bytes_per_turn: (config.history_bytes.min(config.history_total_bytes) / 2).max(1),
+            shared,
+            stats,
+            turn: 0,
+            flush_next: Vec::new(),
+            read_next: Vec::new(),
+            dirty: Vec::new(),
+            head_pool: Vec::new(),
+            deliveries: 0,
+            subscribers: 0,
+        })
+    }
+
+    /// Runs turns until the server stops.
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(EVENTS_PER_POLL_MAX);
+        loop {
+            let busy = self.inbox_pending
+                || !self.flush_next.is_empty()
+                || !self.read_next.is_empty()
+                || self.listeners.iter().any(|l| l.pending);
+            let timeout = busy.then_some(Duration::ZERO);
+            if let Err(error) = self.poll.poll(&mut events, timeout) {
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    log::error!("poll failed, stopping this event loop: {error}");
+                    return;
+                }
+            }
+            if self.shared.stopping.load(Ordering::Acquire) {
+                return; // Dropping the loop closes every socket it owns.
+            }
+            self.turn += 1;
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => self.inbox_pending = true,
+                    Token(key) if key >= usize::MAX - 1 - self.listeners.len() => {
+                        let index = usize::MAX - 1 - key;
+                        if let Some(slot) = self.listeners.get_mut(index) {
+                            slot.pending = true;
+                        }
+                    }
+                    Token(key) => self.on_ready(key, event.is_writable()),
+                }
+            }
+            self.accept_all();
+            for key in std::mem::take(&mut self.read_next) {
+                self.on_ready(key, false);
+            }
+            self.drain_inbox();
+            self.fan_out();
+            self.publish_stats();
+        }
+    }
+
+    fn request_context(
+        shared: &Shared,
+        route: RouteConfig,
+        topic_limits: TopicLimits,
+    ) -> RequestContext<'_> {
+        RequestContext {
+            config: &shared.config,
+            route,
+            topic_limits,
+            publish_limits: shared.publish_limits(),
+            bus: &*shared.bus,
+        }
+    }
+
+    fn accept_all(&mut self) {
+        for index in 0..self.listeners.len() {
+            if self.listeners[index].pending {
+                self.accept(index);
+            }
+        }
+    }
+
+    fn accept(&mut self, index: usize) {
+        for _ in 0..ACCEPTS_PER_TURN_MAX {
+            let slot = &mut self.listeners[index];
+            match slot.socket.accept() {
+                Ok((socket, _peer)) => {
+                    let kind = slot.kind;
+                    self.admit(socket, kind);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    slot.pending = false;
+                    return;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: the backlog keeps the connection; the next
+                    // arrival triggers another attempt.
+                    log::warn!("accept failed: {e}");
+                    slot.pending = false;
+                    return;
+                }
+            }
+        }
+        // Budget spent with connections possibly left: resume next turn.
+    }
+
+    fn admit(&mut self, mut socket: TcpStream, listener: Listener) {
+        if let Err(error) = socket.set_nodelay(true) {
+            log::debug!("could not set TCP_NODELAY: {error}");
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(error) = self.poll.registry().register(
+            &mut socket,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("could not register a connection: {error}");
+            return;
+        }
+        let buffer = self
+            .head_pool
+            .pop()
+            .unwrap_or_else(|| vec![0; self.shared.config.max_head_bytes].into_boxed_slice());
+        entry.insert(Connection {
+            socket,
+            listener,
+            state: ConnState::Http(Box::new(Exchange::new(buffer))),
+        });
+    }
+
+    fn on_ready(&mut self, key: usize, writable: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match &mut conn.state {
+            ConnState::Http(_) => self.drive_http(key),
+            ConnState::Stream(stream) => {
+                let unblocked = writable && stream.blocked;
+                if unblocked {
+                    stream.blocked = false;
+                    self.flush(key);
+                }
+                self.discard_input(key);
+            }
+        }
+    }
+
+    /// Reads, parses and answers requests on a plain HTTP connection until it would block.
+    fn drive_http(&mut self, key: usize) {
+        let shared = self.shared.clone();
+        let ctx = Self::request_context(&shared, self.route, self.topic_limits);
+        for _ in 0..HTTP_ROUNDS_MAX {
+            let Some(Connection {
+                socket,
+                listener,
+                state,
+            }) = self.conns.get_mut(key)
+            else {
+                return;
+            };
+            let ConnState::Http(exchange) = state else {
+                return;
+            };
+            match exchange.step(&ctx, *listener) {
+                Step::Read => {
+                    let target = exchange.read_target();
+                    if target.is_empty() {
+                        debug_assert!(false, "read requested with no room");
+                        return self.close(key);
+                    }
+                    match socket::io(|| socket.read(target)) {
+                        IoOutcome::Done(n) => exchange.on_read(n),
+                        IoOutcome::WouldBlock => return,
+                        IoOutcome::PeerClosed => return self.close(key),
+                        IoOutcome::Failed(kind) => {
+                            log::debug!("read failed: {kind:?}");
+                            return self.close(key);
+                        }
+                    }
+                }
+                Step::Write => match socket::io(|| socket.write(exchange.unsent())) {
+                    IoOutcome::Done(n) => {
+                        exchange.on_written(n);
+                    }
+                    IoOutcome::WouldBlock => return,
+                    IoOutcome::PeerClosed | IoOutcome::Failed(_) => return self.close(key),
+                },
+                Step::Subscribe(request) => return self.open_stream(key, request),
+                Step::Close => return self.close(key),
+            }
+        }
+        self.read_next.push(key);
+    }
+
+    /// Turns an HTTP connection into an event stream and sends its first bytes.
+    fn open_stream(&mut self, key: usize, request: StreamRequest) {
+        let topics: Box<[StreamTopic]> = request
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(slot, name)| {
+                // Topics per subscription are capped far below u16::MAX by config validation.
+                let subscriber = SubscriberRef {
+                    conn: key,
+                    slot: slot as u16,
+                };
+                let (id, position) = self.topics.subscribe(name, subscriber);
+                StreamTopic { id, position }
+            })
+            .collect();
+        let start = conn::start_stream(
+            &request,
+            topics,
+            &self.topics,
+            &*self.shared.bus,
+            &self.shared.config,
+        );
+        let stream = Stream::new(start, self.turn);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let ConnState::Http(exchange) =
+            std::mem::replace(&mut conn.state, ConnState::Stream(stream))
+        {
+            self.recycle(exchange.into_buffer());
+        }
+        self.subscribers += 1;
+        self.flush(key);
+    }
+
+    fn recycle(&mut self, buffer: Box<[u8]>) {
+        if self.head_pool.len() < HEAD_POOL_MAX && buffer.len() == self.shared.config.max_head_bytes
+        {
+            self.head_pool.push(buffer);
+        }
+    }
+
+    /// Reads and drops whatever a stream's client sends; notices when it goes away.
+    fn discard_input(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut scratch = [0u8; 256];
+        for _ in 0..STREAM_DISCARD_READS_MAX {
+            match socket::io(|| conn.socket.read(&mut scratch)) {
+                IoOutcome::Done(_) => continue,
+                IoOutcome::WouldBlock => return,
+                IoOutcome::PeerClosed | IoOutcome::Failed(_) => {
+                    return self.close_stream(key, StreamEnd::PeerGone)
+                }
+            }
+        }
+        self.read_next.push(key);
+    }
+
+    /// Writes a stream everything it is behind by, within the per-turn budget.
+    fn flush(&mut self, key: usize) {
+        let Some(Connection {
+            socket,
+            state: ConnState::Stream(stream),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        let lag_max = self.shared.config.max_lag_bytes;
+        let outcome = stream.flush(
+            &self.topics,
+            STREAM_WRITES_PER_TURN_MAX,
+            &mut self.deliveries,
+            |slices| socket::io(|| socket.write_vectored(slices)),
+        );
+        match outcome {
+            Flushed::Idle => {}
+            Flushed::Blocked => {
+                stream.blocked = true;
+                if stream.too_slow(&self.topics, lag_max) {
+                    self.close_stream(key, StreamEnd::SlowConsumer);
+                }
+            }
+            Flushed::More => self.flush_next.push(key),
+            Flushed::End(end) => self.close_stream(key, end),
+        }
+    }
+
+    /// Takes published events from the inbox into the topic rings.
+    fn drain_inbox(&mut self) {
+        let mut events = 0;
+        let mut bytes = 0;
+        while events < self.inbox_events_per_turn && bytes < self.inbox_bytes_per_turn {
+            let Some(item) = self.inbox.try_recv() else {
+                self.inbox_pending = false;
+                return;
+            };
+            self.topics.append(item.seq, &item.topics, &item.frame);
+            events += 1;
+            bytes += item.frame.len();
+        }
+        self.inbox_pending = true;
+    }
+
+    /// Writes every stream whose topics received events (once each), and those left over
+    /// from the last turn. Blocked streams are only checked for lag.
+    fn fan_out(&mut self) {
+        let mut queue = std::mem::take(&mut self.flush_next);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        self.topics.take_dirty(&mut dirty);
+        let turn = self.turn;
+        for &key in &queue {
+            if let Some(Connection {
+                state: ConnState::Stream(stream),
+                ..
+            }) = self.conns.get_mut(key)
+            {
+                stream.queued_turn = turn;
+            }
+        }
+        for &id in &dirty {
+            let Some(topic) = self.topics.get(id) else {
+                continue;
+            };
+            for subscriber in &topic.subscribers {
+                if let Some(Connection {
+                    state: ConnState::Stream(stream),
+                    ..
+                }) = self.conns.get_mut(subscriber.conn)
+                {
+                    if stream.queued_turn != turn {
+                        stream.queued_turn = turn;
+                        queue.push(subscriber.conn);
+                    }
+                }
+            }
+        }
+        self.topics.sweep(&dirty);
+        self.dirty = dirty;
+        let lag_max = self.shared.config.max_lag_bytes;
+        for &key in &queue {
+            let Some(Connection {
+                state: ConnState::Stream(stream),
+                ..
+            }) = self.conns.get(key)
+            else {
+                continue;
+            };
+            if !stream.blocked {
+                self.flush(key);
+            } else if stream.too_slow(&self.topics, lag_max) {
+                self.close_stream(key, StreamEnd::SlowConsumer);
+            }
+        }
+        queue.clear();
+        if self.flush_next.is_empty() {
+            self.flush_next = queue; // Keep the allocation.
+        }
+    }
+
+    fn close_stream(&mut self, key: usize, end: StreamEnd) {
+        match end {
+            StreamEnd::SlowConsumer => log::debug!("closing slow subscriber {key}"),
+            StreamEnd::PeerGone => log::trace!("subscriber {key} went away"),
+        }
+        self.close(key);
+    }
+
+    /// Closes a connection and removes a stream from its topics.
+    fn close(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let conn = self.conns.remove(key);
+        match conn.state {
+            ConnState::Http(exchange) => self.recycle(exchange.into_buffer()),
+            ConnState::Stream(stream) => {
+                self.subscribers -= 1;
+                for topic in stream.topics.iter() {
+                    let Some(moved) = self.topics.unsubscribe(topic.id, topic.position) else {
+                        continue;
+                    };
+                    if let Some(Connection {
+                        state: ConnState::Stream(other),
+                        ..
+                    }) = self.conns.get_mut(moved.conn)
+                    {
+                        if let Some(slot) = other.topics.get_mut(usize::from(moved.slot)) {
+                            slot.position = topic.position;
+                        }
+                    }
+                }
+            }
+        }
+        // Dropping the socket closes it, which also removes it from the poller.
+    }
+
+    fn publish_stats(&self) {
+        self.stats
+            .connections
+            .store(self.conns.len() as u64, Ordering::Relaxed);
+        self.stats
+            .subscribers
+            .store(self.subscribers, Ordering::Relaxed);
+        self.stats
+            .deliveries
+            .store(self.deliveries, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,292 @@
+//! Response bytes: refusals (status plus a one-line plain-text reason), small successful
+//! answers, the event-stream head, and CORS headers. Every status herald sends is chosen in
+//! [`HttpError::answer`]. No I/O here.
+
+use std::fmt::Write as _;
+
+use crate::PublishError;
+
+/// Everything herald refuses, each with one status and one reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HttpError {
+    /// httparse rejected the request line or a header.
+    MalformedHead,
+    /// The head did not fit in `max_head_bytes`.
+    HeadTooLarge,
+    /// More headers than `HEADERS_MAX`.
+    TooManyHeaders,
+    /// Not HTTP/1.0 or HTTP/1.1.
+    VersionNotSupported,
+    /// HTTP/1.1 without `Host`.
+    MissingHost,
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    AmbiguousFraming,
+    /// `Content-Length` unparseable or given twice with different values.
+    BadContentLength,
+    /// `Transfer-Encoding` (chunked bodies are not accepted) or a POST without a length.
+    LengthRequired,
+    /// `Expect` other than `100-continue`.
+    ExpectationFailed,
+    /// A body on a request that takes none.
+    UnexpectedBody,
+    /// No route for the path.
+    NotFound,
+    /// The path exists but not with this method; `allow` lists the methods.
+    MethodNotAllowed {
+        /// Value of the `Allow` header.
+        allow: &'static str,
+    },
+    /// Publishing is bound to the separate publish listener.
+    PublishListenerOnly,
+    /// Missing or wrong publisher token.
+    Unauthorized,
+    /// The publish body exceeds `max_publish_bytes`.
+    BodyTooLarge,
+    /// The publish body's content type is not one herald reads.
+    UnsupportedMediaType,
+    /// `/events` without a `topic` parameter.
+    MissingTopic,
+    /// A topic name outside the allowed set or length.
+    InvalidTopic,
+    /// More topics than `max_topics_per_subscription`.
+    TooManyTopics,
+    /// A publish body or parameter that could not be understood; the reason says which.
+    BadPublish(&'static str),
+    /// The bus refused the event.
+    Publish(PublishError),
+}
+
+impl HttpError {
+    /// Status code and one-line reason.
+    pub(crate) fn answer(self) -> (u16, &'static str) {
+        match self {
+            HttpError::MalformedHead => (400, "malformed request head"),
+            HttpError::HeadTooLarge => (431, "request head exceeds max_head_bytes"),
+            HttpError::TooManyHeaders => (431, "too many request headers"),
+            HttpError::VersionNotSupported => (505, "only HTTP/1.0 and HTTP/1.1 are supported"),
+            HttpError::MissingHost => (400, "HTTP/1.1 request without Host header"),
+            HttpError::AmbiguousFraming => {
+                (400, "both Content-Length and Transfer-Encoding given")
+            }
+            HttpError::BadContentLength => (400, "invalid or conflicting Content-Length"),
+            HttpError::LengthRequired => (
+                411,
+                "request body needs Content-Length (Transfer-Encoding is not supported)",
+            ),
+            HttpError::ExpectationFailed => (417, "only Expect: 100-continue is supported"),
+            HttpError::UnexpectedBody => (400, "this request takes no body"),
+            HttpError::NotFound => (404, "no such path"),
+            HttpError::MethodNotAllowed { .. } => (405, "method not allowed for this path"),
+            HttpError::PublishListenerOnly => {
+                (403, "publishing is only accepted on the publish listener")
+            }
+            HttpError::Unauthorized => (401, "missing or invalid publisher token"),
+            HttpError::BodyTooLarge => (413, "request body exceeds max_publish_bytes"),
+            HttpError::UnsupportedMediaType => (
+                415,
+                "content type must be application/x-www-form-urlencoded, application/json, text/plain or application/octet-stream",
+            ),
+            HttpError::MissingTopic => (400, "missing topic parameter"),
+            HttpError::InvalidTopic => (400, PublishError::InvalidTopic.reason()),
+            HttpError::TooManyTopics => (400, PublishError::TooManyTopics.reason()),
+            HttpError::BadPublish(reason) => (400, reason),
+            HttpError::Publish(error) => (
+                match error {
+                    PublishError::Busy | PublishError::ShuttingDown => 503,
+                    PublishError::TooLarge => 413,
+                    _ => 400,
+                },
+                error.reason(),
+            ),
+        }
+    }
+
+    /// Whether the connection must close after the answer because the request stream can
+    /// no longer be trusted (framing unknown, body unread).
+    pub(crate) fn closes(self) -> bool {
+        matches!(
+            self,
+            HttpError::MalformedHead
+                | HttpError::HeadTooLarge
+                | HttpError::TooManyHeaders
+                | HttpError::VersionNotSupported
+                | HttpError::AmbiguousFraming
+                | HttpError::BadContentLength
+                | HttpError::LengthRequired
+                | HttpError::ExpectationFailed
+                | HttpError::UnexpectedBody
+                | HttpError::BodyTooLarge
+        )
+    }
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// CORS headers for a request's `Origin`, given the configured allowed origins.
+pub(crate) fn cors_headers(allowed: &[String], origin: Option<&str>) -> String {
+    let mut out = String::new();
+    if allowed.iter().any(|a| a == "*") {
+        out.push_str("Access-Control-Allow-Origin: *\r\n");
+    } else if let Some(origin) = origin.filter(|o| allowed.iter().any(|a| a == o)) {
+        // The origin matched a configured value, so it has no CR or LF.
+        let _ = write!(
+            out,
+            "Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"
+        );
+    }
+    out
+}
+
+/// A complete response with a body. `extra` is extra header lines, each ending in CRLF.
+pub(crate) fn response(
+    status: u16,
+    content_type: &str,
+    extra: &str,
+    body: &[u8],
+    keep_alive: bool,
+    head_only: bool,
+) -> Vec<u8> {
+    let mut head = String::with_capacity(160 + extra.len());
+    let _ = write!(
+        head,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}",
+        status_text(status),
+        body.len()
+    );
+    if !keep_alive {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// The answer to a refusal: status, one-line reason, and the headers the status needs.
+pub(crate) fn refusal(error: HttpError, cors: &str, keep_alive: bool) -> Vec<u8> {
+    let (status, reason) = error.answer();
+    let mut extra = String::from(cors);
+    match error {
+        HttpError::MethodNotAllowed { allow } => {
+            let _ = write!(extra, "Allow: {allow}\r\n");
+        }
+        HttpError::Unauthorized => extra.push_str("WWW-Authenticate: Bearer\r\n"),
+        HttpError::Publish(PublishError::Busy) => extra.push_str("Retry-After: 1\r\n"),
+        _ => {}
+    }
+    let body = format!("{reason}\n");
+    response(
+        status,
+        "text/plain; charset=utf-8",
+        &extra,
+        body.as_bytes(),
+        keep_alive && !error.closes(),
+        false,
+    )
+}
+
+/// The `204` answer to a CORS preflight.
+pub(crate) fn preflight(cors: &str, keep_alive: bool) -> Vec<u8> {
+    let mut head = String::from("HTTP/1.1 204 No Content\r\n");
+    head.push_str(cors);
+    head.push_str(
+        "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n\
+         Access-Control-Allow-Headers: Last-Event-ID, Content-Type, Authorization, Cache-Control\r\n\
+         Access-Control-Max-Age: 86400\r\n",
+    );
+    if !keep_alive {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+/// The head of an event stream. The body is delimited by closing the connection, so no
+/// per-write transfer framing is needed and every subscriber gets the shared frames as-is.
+pub(crate) fn stream_head(cors: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+         X-Accel-Buffering: no\r\nConnection: close\r\n{cors}\r\n"
+    )
+    .into_bytes()
+}
+
+/// The interim answer to `Expect: 100-continue`.
+pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_bytes() {
+        let bytes = refusal(
+            HttpError::MethodNotAllowed {
+                allow: "GET, OPTIONS",
+            },
+            "",
+            true,
+        );
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 33\r\nAllow: GET, OPTIONS\r\n\r\nmethod not allowed for this path\n"
+        );
+        let closing = String::from_utf8(refusal(HttpError::HeadTooLarge, "", true)).unwrap();
+        assert!(closing.starts_with("HTTP/1.1 431 "));
+        assert!(closing.contains("Connection: close\r\n"));
+    }
+
+    #[test]
+    fn every_reason_is_one_line() {
+        let all = [
+            HttpError::MalformedHead,
+            HttpError::LengthRequired,
+            HttpError::UnsupportedMediaType,
+            HttpError::Publish(PublishError::Busy),
+            HttpError::BadPublish("x"),
+        ];
+        for error in all {
+            let (status, reason) = error.answer();
+            assert!((400..600).contains(&status));
+            assert!(!reason.contains('\n') && !reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn cors() {
+        let list = vec!["https://a.example".to_owned()];
+        assert_eq!(
+            cors_headers(&list, Some("https://a.example")),
+            "Access-Control-Allow-Origin: https://a.example\r\nVary: Origin\r\n"
+        );
+        assert_eq!(cors_headers(&list, Some("https://b.example")), "");
+        assert_eq!(cors_headers(&list, None), "");
+        assert_eq!(
+            cors_headers(&["*".to_owned()], None),
+            "Access-Control-Allow-Origin: *\r\n"
+        );
+    }
+}

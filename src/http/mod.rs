@@ -1,0 +1,6 @@
+//! HTTP/1.x for herald: request heads ([`head`]), routes and query parameters ([`route`]),
+//! and response bytes ([`answer`]). Everything here is sans-io: bytes in, bytes or errors out.
+
+pub(crate) mod answer;
+pub(crate) mod head;
+pub(crate) mod route;

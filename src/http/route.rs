@@ -1,0 +1,234 @@
+//! Method and path to [`Route`], and the query parameters of a subscription.
+//! No I/O here.
+
+use super::answer::HttpError;
+use super::head::Method;
+use crate::topic;
+
+/// Which listener a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Listener {
+    /// The main listener: subscribe, health, demo, and publish unless a publish listener is set.
+    Main,
+    /// The separate publish listener: publish and health only.
+    Publish,
+}
+
+/// What a request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// `GET /events`: open an event stream.
+    Events,
+    /// `POST /publish`.
+    Publish,
+    /// `GET|HEAD /healthz`.
+    Health,
+    /// `GET|HEAD /`: the demo page.
+    Demo,
+    /// `OPTIONS /events` or `OPTIONS /publish`: a CORS preflight.
+    Preflight,
+}
+
+/// What the router needs to know about the server's configuration.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RouteConfig {
+    /// Whether a separate publish listener exists.
+    pub publish_listener: bool,
+    /// Whether the demo page is served.
+    pub demo: bool,
+}
+
+/// Chooses a route, or the precise refusal.
+pub(crate) fn route(
+    method: Method,
+    path: &str,
+    listener: Listener,
+    config: RouteConfig,
+) -> Result<Route, HttpError> {
+    let (route, allow) = match path {
+        "/events" if listener == Listener::Main => (Route::Events, "GET, OPTIONS"),
+        "/publish" => (Route::Publish, "POST, OPTIONS"),
+        "/healthz" => (Route::Health, "GET, HEAD"),
+        "/" if listener == Listener::Main && config.demo => (Route::Demo, "GET, HEAD"),
+        _ => return Err(HttpError::NotFound),
+    };
+    let allowed = match (route, method) {
+        (Route::Events, Method::Get) => Route::Events,
+        (Route::Events | Route::Publish, Method::Options) => Route::Preflight,
+        (Route::Publish, Method::Post) => Route::Publish,
+        (Route::Health | Route::Demo, Method::Get | Method::Head) => route,
+        _ => return Err(HttpError::MethodNotAllowed { allow }),
+    };
+    if allowed == Route::Publish && listener == Listener::Main && config.publish_listener {
+        return Err(HttpError::PublishListenerOnly);
+    }
+    Ok(allowed)
+}
+
+/// The parameters of `GET /events`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Subscription {
+    /// Distinct, valid topic names in the order given.
+    pub topics: Vec<String>,
+    /// `lastEventId` from the query (the header, when present, takes precedence).
+    pub last_event_id: Option<String>,
+}
+
+/// Limits on a subscription's topics.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct TopicLimits {
+    /// Most topics per subscription.
+    pub per_subscription: usize,
+    /// Longest topic name.
+    pub name_bytes: usize,
+}
+
+/// Reads `topic` (repeatable) and `lastEventId` from a query string. Other parameters are
+/// ignored: browsers and proxies add cache-busters.
+pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscription, HttpError> {
+    let mut topics: Vec<String> = Vec::new();
+    let mut last_event_id = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "topic" => {
+                if !topic::is_valid_name(&value, limits.name_bytes) {
+                    return Err(HttpError::InvalidTopic);
+                }
+                if topics.iter().any(|t| *t == *value) {
+                    continue;
+                }
+                if topics.len() == limits.per_subscription {
+                    return Err(HttpError::TooManyTopics);
+                }
+                topics.push(value.into_owned());
+            }
+            "lastEventId" => last_event_id = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    if topics.is_empty() {
+        return Err(HttpError::MissingTopic);
+    }
+    Ok(Subscription {
+        topics,
+        last_event_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: RouteConfig = RouteConfig {
+        publish_listener: false,
+        demo: true,
+    };
+    const LIMITS: TopicLimits = TopicLimits {
+        per_subscription: 2,
+        name_bytes: 8,
+    };
+
+    #[test]
+    fn routes() {
+        let check = |method, path, listener, config, expected: Result<Route, HttpError>| {
+            assert_eq!(
+                route(method, path, listener, config),
+                expected,
+                "{method:?} {path}"
+            );
+        };
+        check(
+            Method::Get,
+            "/events",
+            Listener::Main,
+            CONFIG,
+            Ok(Route::Events),
+        );
+        check(
+            Method::Options,
+            "/publish",
+            Listener::Main,
+            CONFIG,
+            Ok(Route::Preflight),
+        );
+        check(Method::Head, "/", Listener::Main, CONFIG, Ok(Route::Demo));
+        check(
+            Method::Get,
+            "/nope",
+            Listener::Main,
+            CONFIG,
+            Err(HttpError::NotFound),
+        );
+        check(
+            Method::Post,
+            "/events",
+            Listener::Main,
+            CONFIG,
+            Err(HttpError::MethodNotAllowed {
+                allow: "GET, OPTIONS",
+            }),
+        );
+        check(
+            Method::Get,
+            "/publish",
+            Listener::Main,
+            CONFIG,
+            Err(HttpError::MethodNotAllowed {
+                allow: "POST, OPTIONS",
+            }),
+        );
+        let split = RouteConfig {
+            publish_listener: true,
+            demo: false,
+        };
+        check(
+            Method::Post,
+            "/publish",
+            Listener::Main,
+            split,
+            Err(HttpError::PublishListenerOnly),
+        );
+        check(
+            Method::Post,
+            "/publish",
+            Listener::Publish,
+            split,
+            Ok(Route::Publish),
+        );
+        check(
+            Method::Get,
+            "/events",
+            Listener::Publish,
+            split,
+            Err(HttpError::NotFound),
+        );
+        check(
+            Method::Get,
+            "/",
+            Listener::Main,
+            split,
+            Err(HttpError::NotFound),
+        );
+    }
+
+    #[test]
+    fn subscriptions() {
+        let ok = subscription("topic=a&topic=b%2Fc&topic=a&lastEventId=1-2&_=9", LIMITS).unwrap();
+        assert_eq!(ok.topics, ["a", "b/c"]);
+        assert_eq!(ok.last_event_id.as_deref(), Some("1-2"));
+        assert_eq!(subscription("", LIMITS), Err(HttpError::MissingTopic));
+        assert_eq!(subscription("topic=", LIMITS), Err(HttpError::InvalidTopic));
+        assert_eq!(
+            subscription("topic=a+b", LIMITS),
+            Err(HttpError::InvalidTopic)
+        );
+        assert_eq!(
+            subscription("topic=123456789", LIMITS),
+            Err(HttpError::InvalidTopic)
+        );
+        assert_eq!(
+            subscription("topic=a&topic=b&topic=c", LIMITS),
+            Err(HttpError::TooManyTopics)
+        );
+    }
+}

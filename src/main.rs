@@ -1,0 +1,214 @@
+//! The `herald` command line: flags, `HERALD_*` environment variables and an optional TOML
+//! file become a [`herald::Config`]; then the server runs until interrupted. A bad setting
+//! is reported in one line and exits with status 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use herald::config::{self, parse_bytes, Config};
+
+/// Server-Sent Events fan-out server.
+#[derive(Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+}
+
+fn bytes(text: &str) -> Result<usize, String> {
+    parse_bytes(text)
+}
+
+/// Every setting of `herald serve`. Unset flags fall back to the TOML file, then to the
+/// default shown.
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML file with settings (keys are the setting names with underscores, e.g. history_events = 100).
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address for subscribers (and publishers, unless --publish-listen is set). [default: 127.0.0.1:8080]
+    #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Separate address for POST /publish; the main listener then refuses publishes with 403. [default: none]
+    #[arg(long, env = "HERALD_PUBLISH_LISTEN", value_name = "ADDR")]
+    publish_listen: Option<SocketAddr>,
+    /// Event loop threads. [default: number of cores]
+    #[arg(long, env = "HERALD_THREADS", value_name = "N")]
+    threads: Option<usize>,
+    /// Events kept per topic for resume. [default: 1000]
+    #[arg(long, env = "HERALD_HISTORY_EVENTS", value_name = "N")]
+    history_events: Option<usize>,
+    /// Bytes of events kept per topic for resume. [default: 1MiB]
+    #[arg(long, env = "HERALD_HISTORY_BYTES", value_name = "SIZE", value_parser = bytes)]
+    history_bytes: Option<usize>,
+    /// Bytes of history kept across all topics. [default: 64MiB]
+    #[arg(long, env = "HERALD_HISTORY_TOTAL_BYTES", value_name = "SIZE", value_parser = bytes)]
+    history_total_bytes: Option<usize>,
+    /// Origin allowed to use herald cross-origin (repeatable; * for any). [default: none, no CORS headers]
+    #[arg(
+        long = "cors-origin",
+        env = "HERALD_CORS_ORIGINS",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    cors_origins: Option<Vec<String>>,
+    /// Require `Authorization: Bearer TOKEN` on POST /publish. [default: none, anyone may publish]
+    #[arg(
+        long,
+        env = "HERALD_PUBLISH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    publish_token: Option<String>,
+    /// Reconnect delay sent in the first retry: frame of every stream, in milliseconds. [default: 3000]
+    #[arg(long, env = "HERALD_RETRY_MS", value_name = "MS")]
+    retry_ms: Option<u32>,
+    /// Event name that tells a resuming client its Last-Event-ID is older than the history. [default: gap]
+    #[arg(long, env = "HERALD_GAP_EVENT", value_name = "NAME")]
+    gap_event: Option<String>,
+    /// Most topics in one subscription or publish. [default: 16]
+    #[arg(long, env = "HERALD_MAX_TOPICS_PER_SUBSCRIPTION", value_name = "N")]
+    max_topics_per_subscription: Option<usize>,
+    /// Longest topic name in bytes. [default: 128]
+    #[arg(long, env = "HERALD_MAX_TOPIC_BYTES", value_name = "N")]
+    max_topic_bytes: Option<usize>,
+    /// Largest publish body (bigger gets 413). [default: 512KiB]
+    #[arg(long, env = "HERALD_MAX_PUBLISH_BYTES", value_name = "SIZE", value_parser = bytes)]
+    max_publish_bytes: Option<usize>,
+    /// Bytes a subscriber may fall behind before it is closed (it resumes from history). [default: 1MiB]
+    #[arg(long, env = "HERALD_MAX_LAG_BYTES", value_name = "SIZE", value_parser = bytes)]
+    max_lag_bytes: Option<usize>,
+    /// Largest request head (bigger gets 431). [default: 8KiB]
+    #[arg(long, env = "HERALD_MAX_HEAD_BYTES", value_name = "SIZE", value_parser = bytes)]
+    max_head_bytes: Option<usize>,
+    /// Serve the demo page on GET /. [default: true]
+    #[arg(long, env = "HERALD_DEMO", value_name = "BOOL")]
+    demo: Option<bool>,
+}
+
+impl ServeArgs {
+    /// Flags and environment over the file over the defaults.
+    fn into_config(self) -> Result<Config, String> {
+        let mut config = match &self.config {
+            Some(path) => read_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! apply {
+            ($($field:ident),*) => {$(
+                if let Some(value) = self.$field { config.$field = value; }
+            )*};
+        }
+        apply!(
+            listen,
+            threads,
+            history_events,
+            history_bytes,
+            history_total_bytes,
+            cors_origins,
+            retry_ms,
+            gap_event,
+            max_topics_per_subscription,
+            max_topic_bytes,
+            max_publish_bytes,
+            max_lag_bytes,
+            max_head_bytes,
+            demo
+        );
+        if self.publish_listen.is_some() {
+            config.publish_listen = self.publish_listen;
+        }
+        if self.publish_token.is_some() {
+            config.publish_token = self.publish_token;
+        }
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+/// Reads a TOML settings file; sizes there are plain byte counts.
+fn read_file(path: &std::path::Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str::<Config>(&text).map_err(|e| {
+        let message = e.message().replace('\n', " ");
+        format!("invalid config file {}: {message}", path.display())
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print(); // --help and --version go to stdout.
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            let rendered = error.render().to_string();
+            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("herald: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let Command::Serve(args) = cli.command;
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(line) => {
+            eprintln!("herald: {line}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let server = match herald::Server::start(config) {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("herald: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!("herald listening on http://{}", server.local_addr());
+    if let Some(addr) = server.publish_addr() {
+        eprintln!("herald publishing on http://{addr}");
+    }
+    let _ = config::THREADS_MAX; // The flag help names the default; the ceiling is validated.
+    server.wait();
+    ExitCode::SUCCESS
+}
+
+/// Warnings and errors to stderr; `RUST_LOG=debug` shows closes and refusals.
+fn init_logging() {
+    struct Stderr(log::LevelFilter);
+    impl log::Log for Stderr {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= self.0
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                eprintln!(
+                    "herald {} {}: {}",
+                    record.level(),
+                    record.target(),
+                    record.args()
+                );
+            }
+        }
+        fn flush(&self) {}
+    }
+    let level = match std::env::var("RUST_LOG").as_deref() {
+        Ok("trace") => log::LevelFilter::Trace,
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("info") => log::LevelFilter::Info,
+        Ok("error") => log::LevelFilter::Error,
+        _ => log::LevelFilter::Warn,
+    };
+    if log::set_logger(Box::leak(Box::new(Stderr(level)))).is_ok() {
+        log::set_max_level(level);
+    }
+}

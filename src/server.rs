@@ -1,0 +1,236 @@
+//! Starting and stopping a herald server: binds one `SO_REUSEPORT` listener per event
+//! loop (and per publish listener), connects the loops to the bus, runs each loop on its
+//! own thread, and hands out [`Handle`]s.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::bus::embedded::EmbeddedBus;
+use crate::bus::{Bus, Fanout};
+use crate::config::Config;
+use crate::event_loop::{EventLoop, ListenerSlot, WAKER};
+use crate::http::route::Listener;
+use crate::publish::{self, PublishLimits};
+use crate::{socket, Error, Event, EventId, PublishError, Stats};
+
+/// Counters one loop publishes once per turn; read by [`Handle::stats`].
+#[derive(Default)]
+pub(crate) struct LoopStats {
+    /// Open connections on the loop.
+    pub connections: AtomicU64,
+    /// Open streams on the loop.
+    pub subscribers: AtomicU64,
+    /// Frames written in full to subscribers.
+    pub deliveries: AtomicU64,
+}
+
+/// State every loop and handle shares.
+pub(crate) struct Shared {
+    /// The validated configuration.
+    pub config: Config,
+    /// The bus all publishes go through.
+    pub bus: Box<dyn Bus>,
+    /// Set once to stop every loop.
+    pub stopping: AtomicBool,
+    /// Per-loop counters.
+    pub loop_stats: Vec<Arc<LoopStats>>,
+    /// Wakers of every loop, for shutdown.
+    wakers: Vec<Arc<mio::Waker>>,
+}
+
+impl Shared {
+    /// Publish limits derived from the config.
+    pub(crate) fn publish_limits(&self) -> PublishLimits {
+        PublishLimits {
+            topics_max: self.config.max_topics_per_subscription,
+            topic_bytes_max: self.config.max_topic_bytes,
+            frame_bytes_max: self.config.max_lag_bytes,
+        }
+    }
+
+    fn stop(&self) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.bus.close();
+        for waker in &self.wakers {
+            if let Err(error) = waker.wake() {
+                log::warn!("could not wake an event loop for shutdown: {error}");
+            }
+        }
+    }
+}
+
+/// A running herald server. Dropping it shuts it down.
+pub struct Server {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    local_addr: SocketAddr,
+    publish_addr: Option<SocketAddr>,
+}
+
+/// A cheap, cloneable, `Send + Sync` handle to publish into a running server and read its
+/// statistics from any thread.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// Binds `threads` listeners on one address; the first resolves port 0 for the others.
+fn bind_all(addr: SocketAddr, threads: usize) -> Result<Vec<mio::net::TcpListener>, Error> {
+    let first = socket::listen(addr).map_err(io_error(format!("cannot listen on {addr}")))?;
+    let bound = first.local_addr().map_err(io_error(format!(
+        "cannot read the address bound for {addr}"
+    )))?;
+    let mut listeners = vec![first];
+    for _ in 1..threads {
+        listeners
+            .push(socket::listen(bound).map_err(io_error(format!("cannot listen on {bound}")))?);
+    }
+    Ok(listeners)
+}
+
+impl Server {
+    /// Validates `config`, binds its listeners and starts one event loop per thread.
+    pub fn start(config: Config) -> Result<Server, Error> {
+        config.validate()?;
+        let threads = config.threads;
+        let mut main = bind_all(config.listen, threads)?;
+        let local_addr = main[0]
+            .local_addr()
+            .map_err(io_error("cannot read the listen address"))?;
+        let mut publish = match config.publish_listen {
+            Some(addr) => bind_all(addr, threads)?,
+            None => Vec::new(),
+        };
+        let publish_addr = match publish.first() {
+            Some(listener) => Some(
+                listener
+                    .local_addr()
+                    .map_err(io_error("cannot read the publish address"))?,
+            ),
+            None => None,
+        };
+
+        let mut fanout = Fanout::new();
+        let mut loops = Vec::with_capacity(threads);
+        let mut wakers = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let poll = mio::Poll::new().map_err(io_error("cannot create a poller"))?;
+            let waker = Arc::new(
+                mio::Waker::new(poll.registry(), WAKER)
+                    .map_err(io_error("cannot create a waker"))?,
+            );
+            let inbox = fanout.add_loop(waker.clone());
+            wakers.push(waker);
+            let mut listeners = Vec::new();
+            if let Some(listener) = main.pop() {
+                listeners.push(ListenerSlot::new(listener, Listener::Main));
+            }
+            if let Some(listener) = publish.pop() {
+                listeners.push(ListenerSlot::new(listener, Listener::Publish));
+            }
+            loops.push((poll, listeners, inbox, Arc::new(LoopStats::default())));
+        }
+        let shared = Arc::new(Shared {
+            config,
+            bus: Box::new(EmbeddedBus::new(fanout)),
+            stopping: AtomicBool::new(false),
+            loop_stats: loops.iter().map(|l| l.3.clone()).collect(),
+            wakers,
+        });
+        let mut server = Server {
+            shared: shared.clone(),
+            threads: Vec::with_capacity(threads),
+            local_addr,
+            publish_addr,
+        };
+        for (index, (poll, listeners, inbox, stats)) in loops.into_iter().enumerate() {
+            let event_loop = EventLoop::new(poll, listeners, inbox, shared.clone(), stats)
+                .map_err(io_error("cannot register a listener"))?;
+            let thread = std::thread::Builder::new()
+                .name(format!("herald-loop-{index}"))
+                .spawn(move || event_loop.run())
+                .map_err(io_error("cannot start an event loop thread"))?;
+            server.threads.push(thread);
+        }
+        Ok(server)
+    }
+
+    /// The address subscribers connect to (with the real port when the config said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The separate publish listener's address, when one is configured.
+    pub fn publish_addr(&self) -> Option<SocketAddr> {
+        self.publish_addr
+    }
+
+    /// A handle for publishing and statistics.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Blocks until the server stops (after [`Handle::shutdown`] from another thread).
+    pub fn wait(mut self) {
+        self.join();
+    }
+
+    /// Stops accepting, closes every connection and waits for the loops to exit.
+    pub fn shutdown(mut self) {
+        self.shared.stop();
+        self.join();
+    }
+
+    fn join(&mut self) {
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                log::error!("an event loop thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shared.stop();
+        self.join();
+    }
+}
+
+impl Handle {
+    /// Publishes an event to its topics and returns the id subscribers will see.
+    pub fn publish(&self, event: &Event) -> Result<EventId, PublishError> {
+        let outgoing = publish::prepare(event, self.shared.publish_limits())?;
+        self.shared.bus.publish(outgoing)
+    }
+
+    /// Live counters, summed over the event loops.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats {
+            events_published: self.shared.bus.published(),
+            ..Stats::default()
+        };
+        for loop_stats in &self.shared.loop_stats {
+            stats.connections += loop_stats.connections.load(Ordering::Relaxed);
+            stats.subscribers += loop_stats.subscribers.load(Ordering::Relaxed);
+            stats.deliveries += loop_stats.deliveries.load(Ordering::Relaxed);
+        }
+        stats
+    }
+
+    /// Asks the server to stop; [`Server::wait`] returns once it has.
+    pub fn shutdown(&self) {
+        self.shared.stop();
+    }
+}

@@ -1,0 +1,355 @@
+//! Topics on one event loop: name validation, interning, each topic's history ring and its
+//! subscriber index, and the global history budget across all topics.
+//!
+//! A topic exists while it has subscribers or history; one with neither is removed, so a
+//! flood of distinct topic names costs at most the history budget. No I/O here.
+
+use std::collections::{HashMap, VecDeque};
+
+use slab::Slab;
+
+use crate::ring::{Ring, Seq};
+use crate::sse::Frame;
+
+/// Index of a topic in its loop's table. Valid while the topic has subscribers or history.
+pub(crate) type TopicId = usize;
+
+/// Bytes charged to the history budget per kept entry beyond its frame: the ring entry,
+/// the budget queue entry and the frame's reference count.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Bytes charged per topic beyond its name: map and table slots, ring and index headers.
+const TOPIC_OVERHEAD_BYTES: usize = 160;
+
+/// Checks a topic name: 1..=`max_bytes` bytes of `A-Z a-z 0-9 _ - . : / @ ~`. The set keeps
+/// names safe in URLs, logs, metrics and Redis keys, and leaves `*` and `,` free for patterns.
+pub(crate) fn is_valid_name(name: &str, max_bytes: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_bytes
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/' | b'@' | b'~')
+        })
+}
+
+/// Where one subscriber sits in a topic's subscriber list: the connection's slab key and
+/// the index of this topic in that connection's topic list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SubscriberRef {
+    /// The connection's key in the loop's slab.
+    pub conn: usize,
+    /// Index of the topic in the connection's own topic list.
+    pub slot: u16,
+}
+
+/// One topic on one loop.
+pub(crate) struct Topic {
+    name: Box<str>,
+    /// The topic's history.
+    pub ring: Ring,
+    /// Subscribers, unordered; removal swaps the last one into the hole.
+    pub subscribers: Vec<SubscriberRef>,
+    /// Whether the topic is queued in `Topics::dirty` this turn.
+    dirty: bool,
+}
+
+/// History limits, copied from the config.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HistoryLimits {
+    /// Entries kept per topic.
+    pub events: usize,
+    /// Frame bytes kept per topic.
+    pub bytes: usize,
+    /// Bytes charged across all topics (frames plus overheads).
+    pub total_bytes: usize,
+}
+
+/// All topics of one event loop.
+pub(crate) struct Topics {
+    by_name: HashMap<Box<str>, TopicId>,
+    table: Slab<Topic>,
+    /// Every kept entry in append order, for evicting the globally oldest when the total
+    /// budget is exceeded. Entries whose topic already evicted them are skipped lazily and
+    /// compacted when they outnumber the live ones.
+    order: VecDeque<(TopicId, Seq)>,
+    /// Entries kept across all rings.
+    entries_live: usize,
+    /// Bytes charged against `limits.total_bytes`.
+    charged_bytes: usize,
+    /// Highest sequence number forgotten together with a removed topic; new topics start
+    /// from it so a resume never misses a gap.
+    forgotten_max: Seq,
+    /// Highest sequence number appended on this loop.
+    head_seq: Seq,
+    /// Topics that received events since the last `take_dirty`.
+    dirty: Vec<TopicId>,
+    limits: HistoryLimits,
+}
+
+impl Topics {
+    /// An empty table.
+    pub(crate) fn new(limits: HistoryLimits) -> Self {
+        Topics {
+            by_name: HashMap::new(),
+            table: Slab::new(),
+            order: VecDeque::new(),
+            entries_live: 0,
+            charged_bytes: 0,
+            forgotten_max: 0,
+            head_seq: 0,
+            dirty: Vec::new(),
+            limits,
+        }
+    }
+
+    /// The topic with this id. Ids held by subscribers stay valid until they unsubscribe.
+    pub(crate) fn get(&self, id: TopicId) -> Option<&Topic> {
+        self.table.get(id)
+    }
+
+    /// Looks up a topic without creating it.
+    #[cfg(test)]
+    pub(crate) fn find(&self, name: &str) -> Option<TopicId> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Highest sequence number appended on this loop.
+    pub(crate) fn head_seq(&self) -> Seq {
+        self.head_seq
+    }
+
+    /// Number of topics that exist on this loop.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn intern(&mut self, name: &str) -> TopicId {
+        if let Some(&id) = self.by_name.get(name) {
+            return id;
+        }
+        let name: Box<str> = name.into();
+        self.charged_bytes += TOPIC_OVERHEAD_BYTES + 2 * name.len();
+        let id = self.table.insert(Topic {
+            name: name.clone(),
+            ring: Ring::new(self.forgotten_max),
+            subscribers: Vec::new(),
+            dirty: false,
+        });
+        self.by_name.insert(name, id);
+        id
+    }
+
+    /// Appends an event to each of its topics (creating them as needed), marks them dirty,
+    /// then enforces the per-topic and total history limits.
+    pub(crate) fn append(&mut self, seq: Seq, names: &[Box<str>], frame: &Frame) {
+        debug_assert!(seq > self.head_seq);
+        self.head_seq = seq;
+        for name in names {
+            let id = self.intern(name);
+            let topic = &mut self.table[id];
+            topic.ring.push(seq, frame.clone());
+            let freed_count_before = topic.ring.len();
+            let freed_bytes = topic.ring.trim(self.limits.events, self.limits.bytes);
+            let evicted = freed_count_before - topic.ring.len();
+            if !topic.dirty {
+                topic.dirty = true;
+                self.dirty.push(id);
+            }
+            self.entries_live = self.entries_live + 1 - evicted;
+            self.charged_bytes += frame.len() + ENTRY_OVERHEAD_BYTES;
+            self.charged_bytes -= freed_bytes + evicted * ENTRY_OVERHEAD_BYTES;
+            self.order.push_back((id, seq));
+        }
+        self.enforce_total();
+        self.compact_order();
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+    }
+
+    /// Evicts the globally oldest entries until the total budget holds.
+    fn enforce_total(&mut self) {
+        while self.charged_bytes > self.limits.total_bytes {
+            let Some((id, seq)) = self.order.pop_front() else {
+                break;
+            };
+            let Some(topic) = self.table.get_mut(id) else {
+                continue;
+            };
+            if topic.ring.oldest_seq() != Some(seq) {
+                continue; // Already evicted by the topic's own limits.
+            }
+            let freed = topic.ring.evict_oldest().unwrap_or(0);
+            self.entries_live -= 1;
+            self.charged_bytes -= freed + ENTRY_OVERHEAD_BYTES;
+            self.remove_if_unused(id);
+        }
+    }
+
+    /// Drops queue entries for already-evicted history once they outnumber live ones, so
+    /// the queue stays within twice the kept entries (amortised O(1) per append).
+    fn compact_order(&mut self) {
+        if self.order.len() <= 2 * self.entries_live + 64 {
+            return;
+        }
+        let table = &self.table;
+        self.order.retain(|&(id, seq)| {
+            table
+                .get(id)
+                .and_then(|t| t.ring.oldest_seq())
+                .is_some_and(|oldest| seq >= oldest)
+        });
+    }
+
+    fn remove_if_unused(&mut self, id: TopicId) {
+        let Some(topic) = self.table.get(id) else {
+            return;
+        };
+        if !topic.ring.is_empty() || !topic.subscribers.is_empty() || topic.dirty {
+            return;
+        }
+        let topic = self.table.remove(id);
+        self.forgotten_max = self.forgotten_max.max(topic.ring.evicted_max());
+        self.charged_bytes -= TOPIC_OVERHEAD_BYTES + 2 * topic.name.len();
+        self.by_name.remove(&topic.name);
+    }
+
+    /// Adds a subscriber to a topic (creating it) and returns the topic's id and the
+    /// subscriber's position in its list.
+    pub(crate) fn subscribe(&mut self, name: &str, subscriber: SubscriberRef) -> (TopicId, u32) {
+        let id = self.intern(name);
+        let subscribers = &mut self.table[id].subscribers;
+        subscribers.push(subscriber);
+        // Subscriber counts are bounded by the loop's connections, far below u32::MAX.
+        (id, (subscribers.len() - 1) as u32)
+    }
+
+    /// Removes the subscriber at `position` of topic `id`. Returns the subscriber that was
+    /// moved into that position, whose stored position the caller must update.
+    pub(crate) fn unsubscribe(&mut self, id: TopicId, position: u32) -> Option<SubscriberRef> {
+        let topic = self.table.get_mut(id)?;
+        let position = position as usize;
+        if position >= topic.subscribers.len() {
+            debug_assert!(false, "subscriber position out of range");
+            return None;
+        }
+        topic.subscribers.swap_remove(position);
+        let moved = topic.subscribers.get(position).copied();
+        self.remove_if_unused(id);
+        moved
+    }
+
+    /// Takes the list of topics that received events, clearing their marks. Topics left
+    /// unused by the last eviction are removed here.
+    pub(crate) fn take_dirty(&mut self, into: &mut Vec<TopicId>) {
+        into.clear();
+        std::mem::swap(into, &mut self.dirty);
+        for &id in into.iter() {
+            if let Some(topic) = self.table.get_mut(id) {
+                topic.dirty = false;
+            }
+        }
+    }
+
+    /// Removes dirty-listed topics that turned out unused (called after fan-out).
+    pub(crate) fn sweep(&mut self, ids: &[TopicId]) {
+        for &id in ids {
+            self.remove_if_unused(id);
+        }
+    }
+
+    /// The name of a topic.
+    #[cfg(test)]
+    pub(crate) fn name(&self, id: TopicId) -> Option<&str> {
+        self.table.get(id).map(|t| &*t.name)
+    }
+
+    /// Bytes charged against the total budget.
+    #[cfg(test)]
+    pub(crate) fn charged_bytes(&self) -> usize {
+        self.charged_bytes
+    }
+
+    #[cfg(debug_assertions)]
+    fn check_invariants(&self) {
+        debug_assert_eq!(self.by_name.len(), self.table.len());
+        let live: usize = self.table.iter().map(|(_, t)| t.ring.len()).sum();
+        debug_assert_eq!(live, self.entries_live);
+        debug_assert!(self.order.len() >= self.entries_live);
+        debug_assert!(
+            self.charged_bytes <= self.limits.total_bytes || self.order.is_empty(),
+            "over the total budget with evictable history left"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn limits(events: usize, bytes: usize, total_bytes: usize) -> HistoryLimits {
+        HistoryLimits {
+            events,
+            bytes,
+            total_bytes,
+        }
+    }
+
+    fn frame(len: usize) -> Frame {
+        Bytes::from(vec![b'x'; len])
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("prices/AAPL:1", 128));
+        assert!(is_valid_name("a", 1));
+        assert!(!is_valid_name("", 128));
+        assert!(!is_valid_name("ab", 1));
+        assert!(!is_valid_name("a b", 128));
+        assert!(!is_valid_name("a*", 128));
+        assert!(!is_valid_name("é", 128));
+    }
+
+    #[test]
+    fn per_topic_count_limit() {
+        let mut topics = Topics::new(limits(2, usize::MAX, usize::MAX));
+        for seq in 1..=5 {
+            topics.append(seq, &["a".into()], &frame(10));
+        }
+        let id = topics.find("a").unwrap();
+        let ring = &topics.get(id).unwrap().ring;
+        assert_eq!((ring.oldest_seq(), ring.evicted_max()), (Some(4), 3));
+    }
+
+    #[test]
+    fn distinct_topic_flood_stays_within_total_budget() {
+        let budget = 64 * 1024;
+        let mut topics = Topics::new(limits(100, 10_000, budget));
+        let mut sink = Vec::new();
+        for seq in 1..=10_000u64 {
+            topics.append(seq, &[format!("t{seq}").into()], &frame(100));
+            topics.take_dirty(&mut sink);
+            topics.sweep(&sink);
+            assert!(topics.charged_bytes() <= budget);
+        }
+        assert!(topics.len() < 400, "{} topics kept", topics.len());
+        assert!(topics.order.len() <= 2 * topics.entries_live + 64);
+        // A topic created after others were forgotten reports their evictions as a gap.
+        let (id, _) = topics.subscribe("t1", SubscriberRef { conn: 0, slot: 0 });
+        assert!(!topics.get(id).unwrap().ring.covers(1));
+    }
+
+    #[test]
+    fn unsubscribe_reports_moved_subscriber_and_removes_empty_topic() {
+        let mut topics = Topics::new(limits(10, 1000, 10_000));
+        let a = SubscriberRef { conn: 1, slot: 0 };
+        let b = SubscriberRef { conn: 2, slot: 3 };
+        let (id, pa) = topics.subscribe("t", a);
+        let (_, pb) = topics.subscribe("t", b);
+        assert_eq!((pa, pb), (0, 1));
+        assert_eq!(topics.unsubscribe(id, pa), Some(b));
+        assert_eq!(topics.name(id), Some("t"));
+        assert_eq!(topics.unsubscribe(id, 0), None);
+        assert_eq!(topics.find("t"), None);
+        assert_eq!(topics.charged_bytes(), 0);
+    }
+}
