@@ -1,6 +1,8 @@
 //! Frame encoding and request-head parsing: the per-publish and per-connection costs
 //! that do not depend on the number of subscribers.
 
+#![allow(missing_docs)] // criterion_group! generates undocumented items.
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use herald::bench_support::{encode_event, parse_head};
 
