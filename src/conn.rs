@@ -194,7 +194,9 @@ impl Exchange {
     ) -> Step {
         let cors = answer::cors_headers(&ctx.config.cors_origins, request.origin);
         let keep_alive = request.keep_alive;
-        let head_len = request.head_len;
+        // The head is consumed whatever the answer; a refusal that keeps the connection
+        // open must not parse the same head again.
+        self.start += request.head_len;
         let has_body = request.content_length > 0 || request.has_transfer_encoding;
         let route = match route::route(request.method, request.path, listener, ctx.route) {
             Ok(route) => route,
@@ -240,9 +242,8 @@ impl Exchange {
                 }),
                 Err(error) => self.refuse(error, &cors, keep_alive),
             },
-            Route::Publish => return self.start_body(ctx, request, cors),
+            Route::Publish => self.start_body(ctx, request, cors),
         };
-        self.start += head_len;
         step
     }
 
@@ -267,7 +268,6 @@ impl Exchange {
         let query = request.query.to_owned();
         let expect_continue = request.expect_continue;
         let content_length = request.content_length;
-        self.start += request.head_len;
         self.body = Some(PendingBody {
             bytes: vec![0; content_length],
             filled: 0,
@@ -780,6 +780,100 @@ mod tests {
             table.append(seq, &["a".into()], &frame(seq));
         }
         assert_eq!(stream.lag_bytes(&table), None);
+    }
+
+    /// Feeds `input` to a fresh exchange in one read and returns every answer byte it
+    /// writes, and the final step.
+    fn exchange(config: &Config, input: &[u8]) -> (String, Step) {
+        let bus = crate::bus::embedded::EmbeddedBus::new(crate::bus::Fanout::new());
+        let ctx = RequestContext {
+            config,
+            route: RouteConfig {
+                publish_listener: false,
+                demo: true,
+            },
+            topic_limits: TopicLimits {
+                per_subscription: 4,
+                name_bytes: 32,
+            },
+            publish_limits: PublishLimits {
+                topics_max: 4,
+                topic_bytes_max: 32,
+                frame_bytes_max: 1 << 20,
+            },
+            bus: &bus,
+        };
+        let mut exchange = Exchange::new(vec![0; 1024].into_boxed_slice());
+        let mut input = input;
+        let mut written = Vec::new();
+        loop {
+            match exchange.step(&ctx, Listener::Main) {
+                Step::Read if !input.is_empty() => {
+                    let target = exchange.read_target();
+                    let n = target.len().min(input.len());
+                    target[..n].copy_from_slice(&input[..n]);
+                    input = &input[n..];
+                    exchange.on_read(n);
+                }
+                Step::Write => {
+                    written.extend_from_slice(exchange.unsent());
+                    let n = exchange.unsent().len();
+                    exchange.on_written(n);
+                }
+                step => return (String::from_utf8(written).unwrap(), step),
+            }
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order() {
+        let config = Config::default();
+        let (out, step) = exchange(
+            &config,
+            b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\nPOST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        let statuses: Vec<&str> = out.lines().filter(|l| l.starts_with("HTTP/1.1")).collect();
+        assert_eq!(
+            statuses,
+            [
+                "HTTP/1.1 404 Not Found",
+                "HTTP/1.1 200 OK",
+                "HTTP/1.1 200 OK"
+            ]
+        );
+        assert!(out.ends_with("ok\n"), "{out}");
+        assert_eq!(step, Step::Read);
+    }
+
+    #[test]
+    fn body_larger_than_the_head_buffer_and_expect_continue() {
+        let config = Config::default();
+        let data = "x".repeat(5000);
+        let request = format!(
+            "POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n{data}"
+        );
+        let (out, _) = exchange(&config, request.as_bytes());
+        assert!(
+            out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn subscribe_step_carries_header_id_over_query_id() {
+        let config = Config::default();
+        let (_, step) = exchange(
+            &config,
+            b"GET /events?topic=a&topic=b&lastEventId=q HTTP/1.1\r\nHost: x\r\nLast-Event-ID: h\r\n\r\n",
+        );
+        assert_eq!(
+            step,
+            Step::Subscribe(StreamRequest {
+                topics: vec!["a".into(), "b".into()],
+                last_event_id: Some("h".into()),
+                cors: String::new(),
+            })
+        );
     }
 
     #[test]
