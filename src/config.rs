@@ -57,6 +57,20 @@ pub const HEAD_BYTES_MIN: usize = 1024;
 /// buffer of this size.
 pub const HEAD_BYTES_MAX: usize = 64 * 1024;
 
+/// Time a client has to send a complete request head (and body), by default; then 408.
+pub const HEAD_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Quiet time after which a stream gets a heartbeat comment, by default. Shorter than the
+/// 60 s idle timeout of common proxies.
+pub const HEARTBEAT_MS_DEFAULT: u64 = 15_000;
+/// Time a keep-alive connection may sit between requests, by default.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// Smallest accepted timeout or interval: the timer wheel ticks every 100 ms.
+pub const TIMER_MS_MIN: u64 = 100;
+/// Largest accepted timeout or interval: one hour.
+pub const TIMER_MS_MAX: u64 = 3_600_000;
+/// Largest accepted stream lifetime: one week.
+pub const STREAM_LIFETIME_MS_MAX: u64 = 7 * 24 * 3_600_000;
+
 // A default-sized body must be able to become a frame that fits the default lag budget,
 // or a single large publish would disconnect every subscriber.
 const _: () = assert!(PUBLISH_BYTES_DEFAULT < LAG_BYTES_DEFAULT);
@@ -107,6 +121,16 @@ pub struct Config {
     pub max_head_bytes: usize,
     /// Serve the demo page on `GET /`.
     pub demo: bool,
+    /// Milliseconds a client has to send a request head and body; then 408 and close.
+    pub head_timeout_ms: u64,
+    /// Milliseconds of quiet after which a stream gets a heartbeat comment.
+    pub heartbeat_ms: u64,
+    /// Milliseconds a keep-alive connection may wait between requests before it is closed.
+    pub idle_timeout_ms: u64,
+    /// Longest life of a stream in milliseconds (0: unlimited). Each stream gets a random
+    /// lifetime between 90 % and 100 % of this, then a `retry:` hint and a close, so
+    /// reconnects spread out.
+    pub max_stream_lifetime_ms: u64,
 }
 
 impl Default for Config {
@@ -129,6 +153,10 @@ impl Default for Config {
             max_lag_bytes: LAG_BYTES_DEFAULT,
             max_head_bytes: HEAD_BYTES_DEFAULT,
             demo: true,
+            head_timeout_ms: HEAD_TIMEOUT_MS_DEFAULT,
+            heartbeat_ms: HEARTBEAT_MS_DEFAULT,
+            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
+            max_stream_lifetime_ms: 0,
         }
     }
 }
@@ -213,6 +241,25 @@ impl Config {
             HEAD_BYTES_MIN,
             HEAD_BYTES_MAX,
         )?;
+        let timer = |setting, value: u64| {
+            within(
+                setting,
+                value as usize,
+                TIMER_MS_MIN as usize,
+                TIMER_MS_MAX as usize,
+            )
+        };
+        timer("head_timeout_ms", self.head_timeout_ms)?;
+        timer("heartbeat_ms", self.heartbeat_ms)?;
+        timer("idle_timeout_ms", self.idle_timeout_ms)?;
+        if self.max_stream_lifetime_ms != 0 {
+            within(
+                "max_stream_lifetime_ms",
+                self.max_stream_lifetime_ms as usize,
+                1_000,
+                STREAM_LIFETIME_MS_MAX as usize,
+            )?;
+        }
         if self.max_lag_bytes <= self.max_publish_bytes {
             return fault(
                 "max_lag_bytes",
@@ -297,6 +344,8 @@ mod tests {
             "max_topics_per_subscription",
         );
         check(|c| c.max_head_bytes = 10, "max_head_bytes");
+        check(|c| c.heartbeat_ms = 5, "heartbeat_ms");
+        check(|c| c.max_stream_lifetime_ms = 10, "max_stream_lifetime_ms");
         check(|c| c.max_lag_bytes = 1, "max_lag_bytes");
         check(
             |c| c.cors_origins = vec!["example.com".into()],

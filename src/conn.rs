@@ -5,6 +5,7 @@
 //! asks what to do next, and writes the bytes handed back. Streams hold a cursor, never a
 //! copy of an event; their head buffer is gone once the request head is parsed.
 
+use std::borrow::Cow;
 use std::io::IoSlice;
 
 use crate::bus::{Bus, Resume};
@@ -144,6 +145,21 @@ impl Exchange {
         self.out.clear();
         self.sent = 0;
         true
+    }
+
+    /// Whether the connection sits between requests: nothing received, nothing to send.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.start == self.filled && self.body.is_none() && self.out.is_empty()
+    }
+
+    /// The connection's deadline passed: a request in progress gets 408; an idle
+    /// keep-alive connection, or one that does not read its answer, is just closed.
+    pub(crate) fn on_timeout(&mut self) -> Step {
+        if self.is_idle() || !self.out.is_empty() {
+            return Step::Close;
+        }
+        self.body = None;
+        self.refuse(HttpError::HeadTimeout, "", false)
     }
 
     /// Decides the next step from the bytes received so far.
@@ -364,10 +380,23 @@ pub(crate) struct StreamTopic {
     pub position: u32,
 }
 
-/// Bytes to send before any frame: the response head, the `retry:` frame, a gap event.
+/// Bytes to send before the next frame: the response head with the `retry:` frame and a
+/// gap event, a heartbeat comment, or a parting `retry:` hint. Only set between frames.
 struct Preamble {
-    bytes: Vec<u8>,
+    bytes: Cow<'static, [u8]>,
     sent: usize,
+}
+
+/// The heartbeat: an SSE comment line, ignored by every client.
+const HEARTBEAT: &[u8] = b":\n";
+
+/// How a stream that was asked to close is getting there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closing {
+    /// Finish the frame in flight, then send `retry: <ms>` and close.
+    Pending(u32),
+    /// The parting hint is queued or sent; close once it is out.
+    HintQueued,
 }
 
 /// An open event stream.
@@ -381,10 +410,15 @@ pub(crate) struct Stream {
     /// Bytes of the next frame already written, and that frame's sequence number.
     partial: Option<(Seq, usize)>,
     preamble: Option<Box<Preamble>>,
+    closing: Option<Closing>,
     /// The socket returned `WouldBlock`; the stream waits for writable readiness.
     pub blocked: bool,
     /// Loop turn in which the stream was last queued for a flush (dedupes the queue).
     pub queued_turn: u64,
+    /// Loop clock (ms) of the last write that moved bytes; heartbeats go to quiet streams.
+    pub last_write_ms: u64,
+    /// Loop clock (ms) at which the stream's lifetime ends (0: never).
+    pub expires_ms: u64,
 }
 
 /// Why a stream stops.
@@ -394,6 +428,8 @@ pub(crate) enum StreamEnd {
     SlowConsumer,
     /// The peer closed, reset, or the socket failed.
     PeerGone,
+    /// The stream was told to come back later and closed (lifetime or shutdown).
+    Finished,
 }
 
 /// Result of a flush.
@@ -457,19 +493,46 @@ pub(crate) fn start_stream(
 }
 
 impl Stream {
-    /// A stream starting at `start`.
-    pub(crate) fn new(start: StreamStart, turn: u64) -> Self {
+    /// A stream starting at `start`, at loop time `now_ms`.
+    pub(crate) fn new(start: StreamStart, turn: u64, now_ms: u64) -> Self {
         Stream {
             topics: start.topics,
             cursor: start.cursor,
             gap_floor: start.gap_floor,
             partial: None,
             preamble: Some(Box::new(Preamble {
-                bytes: start.preamble,
+                bytes: Cow::Owned(start.preamble),
                 sent: 0,
             })),
+            closing: None,
             blocked: false,
             queued_turn: turn,
+            last_write_ms: now_ms,
+            expires_ms: 0,
+        }
+    }
+
+    /// Queues a heartbeat comment if the stream is quiet: nothing in flight and nothing
+    /// written for `heartbeat_ms`. Returns whether one was queued.
+    pub(crate) fn queue_heartbeat(&mut self, now_ms: u64, heartbeat_ms: u64) -> bool {
+        let quiet = self.preamble.is_none()
+            && self.partial.is_none()
+            && self.closing.is_none()
+            && !self.blocked
+            && now_ms.saturating_sub(self.last_write_ms) >= heartbeat_ms;
+        if quiet {
+            self.preamble = Some(Box::new(Preamble {
+                bytes: Cow::Borrowed(HEARTBEAT),
+                sent: 0,
+            }));
+        }
+        quiet
+    }
+
+    /// Asks the stream to finish the frame in flight, send `retry: <retry_ms>` and close.
+    pub(crate) fn close_with_hint(&mut self, retry_ms: u32) {
+        if self.closing.is_none() {
+            self.closing = Some(Closing::Pending(retry_ms));
         }
     }
 
@@ -515,6 +578,7 @@ impl Stream {
         &mut self,
         table: &Topics,
         writes_max: usize,
+        now_ms: u64,
         deliveries: &mut u64,
         mut write: impl FnMut(&[IoSlice<'_>]) -> crate::socket::IoOutcome,
     ) -> Flushed {
@@ -534,7 +598,16 @@ impl Stream {
             let mut stale_partial = false;
             let partial = self.partial;
             let first_slot = count;
+            // A closing stream only finishes the frame in flight.
+            let frames_max = match (self.closing, partial) {
+                (None, _) => IOVECS_PER_WRITE_MAX,
+                (Some(_), Some(_)) => first_slot + 1,
+                (Some(_), None) => first_slot,
+            };
             for_each_after(table, &self.topics, self.cursor, |seq, frame| {
+                if count >= frames_max {
+                    return false;
+                }
                 let offset = match partial {
                     Some((partial_seq, offset)) if count == first_slot => {
                         if partial_seq != seq {
@@ -554,13 +627,25 @@ impl Stream {
                 return Flushed::End(StreamEnd::SlowConsumer);
             }
             if count == 0 {
-                return Flushed::Idle;
+                match self.closing {
+                    None => return Flushed::Idle,
+                    Some(Closing::HintQueued) => return Flushed::End(StreamEnd::Finished),
+                    Some(Closing::Pending(retry_ms)) => {
+                        self.preamble = Some(Box::new(Preamble {
+                            bytes: Cow::Owned(sse::encode_retry(retry_ms).to_vec()),
+                            sent: 0,
+                        }));
+                        self.closing = Some(Closing::HintQueued);
+                        continue;
+                    }
+                }
             }
             let total: usize = slices[..count].iter().map(|s| s.len()).sum();
             match write(&slices[..count]) {
                 IoOutcome::Done(n) => {
+                    self.last_write_ms = now_ms;
                     self.advance(n, &frames[first_slot..count], deliveries);
-                    if n == total && count < IOVECS_PER_WRITE_MAX {
+                    if n == total && count < frames_max && self.closing.is_none() {
                         return Flushed::Idle;
                     }
                 }
@@ -726,13 +811,14 @@ mod tests {
                 gap_floor: 0,
             },
             0,
+            0,
         );
         let mut wire = Vec::new();
         let mut deliveries = 0;
         // A socket that takes 5 bytes per call, then blocks every other call.
         let mut calls = 0;
         loop {
-            let outcome = stream.flush(&table, 4, &mut deliveries, |slices| {
+            let outcome = stream.flush(&table, 4, 0, &mut deliveries, |slices| {
                 calls += 1;
                 if calls % 2 == 0 {
                     return IoOutcome::WouldBlock;
@@ -771,6 +857,7 @@ mod tests {
                 cursor: 0,
                 gap_floor: 0,
             },
+            0,
             0,
         );
         table.append(1, &["a".into()], &frame(1));

@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -23,6 +23,7 @@ use crate::conn::{
 use crate::http::route::{Listener, RouteConfig, TopicLimits};
 use crate::server::{LoopStats, Shared};
 use crate::socket::{self, IoOutcome};
+use crate::timer::{TimerHandle, TimerWheel};
 use crate::topic::{HistoryLimits, SubscriberRef, TopicId, Topics};
 
 /// Token of the loop's waker.
@@ -41,7 +42,9 @@ const STREAM_WRITES_PER_TURN_MAX: usize = 4;
 /// Reads of unexpected bytes from a stream's client per wake-up; they are discarded.
 const STREAM_DISCARD_READS_MAX: usize = 4;
 /// Head buffers kept for reuse; beyond this they are freed.
-const HEAD_POOL_MAX: usize = 256;
+const HEAD_POOL_MAX: usize = 64;
+/// Resolution of the timer wheel: deadlines fire up to one tick late, never early.
+const TIMER_TICK: Duration = Duration::from_millis(100);
 
 fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 1 - index)
@@ -70,6 +73,10 @@ struct Connection {
     socket: TcpStream,
     listener: Listener,
     state: ConnState,
+    /// The connection's one pending deadline (head, idle, or the stream's next check).
+    timer: Option<TimerHandle>,
+    /// Whether `timer` is the idle keep-alive deadline (bytes then switch it to the head one).
+    idle: bool,
 }
 
 /// What a connection is doing.
@@ -105,6 +112,16 @@ pub(crate) struct EventLoop {
     head_pool: Vec<Box<[u8]>>,
     deliveries: u64,
     subscribers: u64,
+    wheel: TimerWheel<usize>,
+    /// Scratch list of connections whose timers fired this turn.
+    due: Vec<usize>,
+    /// Heartbeat comments queued.
+    heartbeats: u64,
+    /// The loop's clock, read once per turn.
+    now: Instant,
+    origin: Instant,
+    /// xorshift state for lifetime and retry jitter (spreading, not security).
+    jitter: u64,
 }
 
 impl EventLoop {
@@ -124,6 +141,11 @@ impl EventLoop {
             )?;
         }
         let config = &shared.config;
+        let origin = Instant::now();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x9E37_79B9_7F4A_7C15, |d| d.as_nanos() as u64)
+            | 1;
         let history = HistoryLimits {
             events: config.history_events,
             bytes: config.history_bytes,
@@ -155,6 +177,12 @@ impl EventLoop {
             head_pool: Vec::new(),
             deliveries: 0,
             subscribers: 0,
+            wheel: TimerWheel::new(origin, TIMER_TICK),
+            due: Vec::new(),
+            heartbeats: 0,
+            now: origin,
+            origin,
+            jitter: seed,
         })
     }
 
@@ -166,7 +194,13 @@ impl EventLoop {
                 || !self.flush_next.is_empty()
                 || !self.read_next.is_empty()
                 || self.listeners.iter().any(|l| l.pending);
-            let timeout = busy.then_some(Duration::ZERO);
+            let timeout = if busy {
+                Some(Duration::ZERO)
+            } else if self.wheel.len() > 0 {
+                Some(self.wheel.tick())
+            } else {
+                None
+            };
             if let Err(error) = self.poll.poll(&mut events, timeout) {
                 if error.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("poll failed, stopping this event loop: {error}");
@@ -177,6 +211,8 @@ impl EventLoop {
                 return; // Dropping the loop closes every socket it owns.
             }
             self.turn += 1;
+            self.now = Instant::now();
+            self.expire_timers();
             for event in events.iter() {
                 match event.token() {
                     WAKER => self.inbox_pending = true,
@@ -264,11 +300,122 @@ impl EventLoop {
             .head_pool
             .pop()
             .unwrap_or_else(|| vec![0; self.shared.config.max_head_bytes].into_boxed_slice());
+        let deadline = self.now + Duration::from_millis(self.shared.config.head_timeout_ms);
+        let timer = self.wheel.set(deadline, key);
         entry.insert(Connection {
             socket,
             listener,
             state: ConnState::Http(Box::new(Exchange::new(buffer))),
+            timer: Some(timer),
+            idle: false,
         });
+    }
+
+    /// Replaces a connection's deadline.
+    fn set_timer(&mut self, key: usize, at: Instant, idle: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(old) = conn.timer.take() {
+            self.wheel.cancel(old);
+        }
+        conn.timer = Some(self.wheel.set(at, key));
+        conn.idle = idle;
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.now.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    fn random(&mut self) -> u64 {
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        self.jitter
+    }
+
+    /// A reconnect hint between `retry_ms` and twice that, so clients told to leave
+    /// together do not come back together.
+    fn jittered_retry_ms(&mut self) -> u32 {
+        let base = self.shared.config.retry_ms;
+        let spread = u64::from(base).max(1);
+        base.saturating_add((self.random() % spread) as u32)
+    }
+
+    fn expire_timers(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.expire(self.now, |key| due.push(key));
+        for &key in &due {
+            self.on_timer(key);
+        }
+        due.clear();
+        self.due = due;
+    }
+
+    fn on_timer(&mut self, key: usize) {
+        let now_ms = self.now_ms();
+        let config = &self.shared.config;
+        let (heartbeat_ms, head_timeout_ms) = (config.heartbeat_ms, config.head_timeout_ms);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.timer = None;
+        match &mut conn.state {
+            ConnState::Http(exchange) => match exchange.on_timeout() {
+                Step::Close => self.close(key),
+                _ => {
+                    // The 408 is written by the exchange; give it one more deadline to go out.
+                    let at = self.now + Duration::from_millis(head_timeout_ms);
+                    self.set_timer(key, at, false);
+                    self.drive_http(key);
+                }
+            },
+            ConnState::Stream(stream) => {
+                if stream.expires_ms != 0 && now_ms >= stream.expires_ms {
+                    let retry_ms = self.jittered_retry_ms();
+                    if let Some(Connection {
+                        state: ConnState::Stream(stream),
+                        ..
+                    }) = self.conns.get_mut(key)
+                    {
+                        stream.close_with_hint(retry_ms);
+                    }
+                    self.flush(key);
+                } else {
+                    if stream.queue_heartbeat(now_ms, heartbeat_ms) {
+                        self.heartbeats += 1;
+                    }
+                    self.flush(key);
+                }
+                self.arm_stream_timer(key);
+            }
+        }
+    }
+
+    /// Sets a stream's next check: its next possible heartbeat or the end of its life.
+    fn arm_stream_timer(&mut self, key: usize) {
+        let heartbeat_ms = self.shared.config.heartbeat_ms;
+        let Some(Connection {
+            state: ConnState::Stream(stream),
+            ..
+        }) = self.conns.get(key)
+        else {
+            return;
+        };
+        let now_ms = self.now_ms();
+        let due_ms = stream.last_write_ms + heartbeat_ms;
+        // A heartbeat that was due but could not be queued (the stream is busy) is
+        // looked at again a full interval later.
+        let mut at_ms = if due_ms > now_ms {
+            due_ms
+        } else {
+            now_ms + heartbeat_ms
+        };
+        if stream.expires_ms != 0 {
+            at_ms = at_ms.min(stream.expires_ms);
+        }
+        let at = self.origin + Duration::from_millis(at_ms);
+        self.set_timer(key, at, false);
     }
 
     fn on_ready(&mut self, key: usize, writable: bool) {
@@ -297,6 +444,8 @@ impl EventLoop {
                 socket,
                 listener,
                 state,
+                idle,
+                ..
             }) = self.conns.get_mut(key)
             else {
                 return;
@@ -312,7 +461,15 @@ impl EventLoop {
                         return self.close(key);
                     }
                     match socket::io(|| socket.read(target)) {
-                        IoOutcome::Done(n) => exchange.on_read(n),
+                        IoOutcome::Done(n) => {
+                            exchange.on_read(n);
+                            if *idle {
+                                // A new request started: it gets the head deadline.
+                                let at =
+                                    self.now + Duration::from_millis(shared.config.head_timeout_ms);
+                                self.set_timer(key, at, false);
+                            }
+                        }
                         IoOutcome::WouldBlock => return,
                         IoOutcome::PeerClosed => return self.close(key),
                         IoOutcome::Failed(kind) => {
@@ -323,7 +480,17 @@ impl EventLoop {
                 }
                 Step::Write => match socket::io(|| socket.write(exchange.unsent())) {
                     IoOutcome::Done(n) => {
-                        exchange.on_written(n);
+                        if exchange.on_written(n) {
+                            // Answered: wait for the next request under the idle deadline,
+                            // or the head deadline when one is already arriving.
+                            let idle = exchange.is_idle();
+                            let ms = if idle {
+                                shared.config.idle_timeout_ms
+                            } else {
+                                shared.config.head_timeout_ms
+                            };
+                            self.set_timer(key, self.now + Duration::from_millis(ms), idle);
+                        }
                     }
                     IoOutcome::WouldBlock => return,
                     IoOutcome::PeerClosed | IoOutcome::Failed(_) => return self.close(key),
@@ -358,7 +525,13 @@ impl EventLoop {
             &*self.shared.bus,
             &self.shared.config,
         );
-        let stream = Stream::new(start, self.turn);
+        let mut stream = Stream::new(start, self.turn, self.now_ms());
+        let lifetime_ms = self.shared.config.max_stream_lifetime_ms;
+        if lifetime_ms != 0 {
+            // Between 90 % and 100 % of the configured lifetime.
+            let jitter = self.random() % (lifetime_ms / 10).max(1);
+            stream.expires_ms = self.now_ms() + lifetime_ms - jitter;
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -368,6 +541,7 @@ impl EventLoop {
             self.recycle(exchange.into_buffer());
         }
         self.subscribers += 1;
+        self.arm_stream_timer(key);
         self.flush(key);
     }
 
@@ -407,9 +581,11 @@ impl EventLoop {
             return;
         };
         let lag_max = self.shared.config.max_lag_bytes;
+        let now_ms = self.now.saturating_duration_since(self.origin).as_millis() as u64;
         let outcome = stream.flush(
             &self.topics,
             STREAM_WRITES_PER_TURN_MAX,
+            now_ms,
             &mut self.deliveries,
             |slices| socket::io(|| socket.write_vectored(slices)),
         );
@@ -502,6 +678,7 @@ impl EventLoop {
         match end {
             StreamEnd::SlowConsumer => log::debug!("closing slow subscriber {key}"),
             StreamEnd::PeerGone => log::trace!("subscriber {key} went away"),
+            StreamEnd::Finished => log::trace!("subscriber {key} told to reconnect later"),
         }
         self.close(key);
     }
@@ -512,6 +689,9 @@ impl EventLoop {
             return;
         }
         let conn = self.conns.remove(key);
+        if let Some(timer) = conn.timer {
+            self.wheel.cancel(timer);
+        }
         match conn.state {
             ConnState::Http(exchange) => self.recycle(exchange.into_buffer()),
             ConnState::Stream(stream) => {

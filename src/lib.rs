@@ -39,6 +39,7 @@ mod ring;
 mod server;
 mod socket;
 mod sse;
+mod timer;
 mod topic;
 
 use std::fmt;

@@ -92,6 +92,18 @@ struct ServeArgs {
     /// Serve the demo page on GET /. [default: true]
     #[arg(long, env = "HERALD_DEMO", value_name = "BOOL")]
     demo: Option<bool>,
+    /// Milliseconds a client has to send a request head and body; then 408. [default: 10000]
+    #[arg(long, env = "HERALD_HEAD_TIMEOUT_MS", value_name = "MS")]
+    head_timeout_ms: Option<u64>,
+    /// Milliseconds of quiet after which a stream gets a heartbeat comment. [default: 15000]
+    #[arg(long, env = "HERALD_HEARTBEAT_MS", value_name = "MS")]
+    heartbeat_ms: Option<u64>,
+    /// Milliseconds a keep-alive connection may wait between requests. [default: 60000]
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_MS", value_name = "MS")]
+    idle_timeout_ms: Option<u64>,
+    /// Longest stream life in milliseconds, jittered down by up to 10 %, then a retry: hint and a close (0: unlimited). [default: 0]
+    #[arg(long, env = "HERALD_MAX_STREAM_LIFETIME_MS", value_name = "MS")]
+    max_stream_lifetime_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -120,7 +132,11 @@ impl ServeArgs {
             max_publish_bytes,
             max_lag_bytes,
             max_head_bytes,
-            demo
+            demo,
+            head_timeout_ms,
+            heartbeat_ms,
+            idle_timeout_ms,
+            max_stream_lifetime_ms
         );
         if self.publish_listen.is_some() {
             config.publish_listen = self.publish_listen;

@@ -15,6 +15,8 @@ pub(crate) enum HttpError {
     HeadTooLarge,
     /// More headers than `HEADERS_MAX`.
     TooManyHeaders,
+    /// The head (or body) did not arrive within `head_timeout_ms`.
+    HeadTimeout,
     /// Not HTTP/1.0 or HTTP/1.1.
     VersionNotSupported,
     /// HTTP/1.1 without `Host`.
@@ -63,6 +65,7 @@ impl HttpError {
             HttpError::MalformedHead => (400, "malformed request head"),
             HttpError::HeadTooLarge => (431, "request head exceeds max_head_bytes"),
             HttpError::TooManyHeaders => (431, "too many request headers"),
+            HttpError::HeadTimeout => (408, "request not received within head_timeout_ms"),
             HttpError::VersionNotSupported => (505, "only HTTP/1.0 and HTTP/1.1 are supported"),
             HttpError::MissingHost => (400, "HTTP/1.1 request without Host header"),
             HttpError::AmbiguousFraming => {
@@ -109,6 +112,7 @@ impl HttpError {
             HttpError::MalformedHead
                 | HttpError::HeadTooLarge
                 | HttpError::TooManyHeaders
+                | HttpError::HeadTimeout
                 | HttpError::VersionNotSupported
                 | HttpError::AmbiguousFraming
                 | HttpError::BadContentLength
@@ -130,6 +134,7 @@ fn status_text(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
