@@ -200,8 +200,12 @@ mod tests {
             Vec::<u32>::new()
         );
         assert_eq!(
+            fired(&mut wheel, origin + Duration::from_millis(299)),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
             fired(&mut wheel, origin + Duration::from_millis(300)),
-            [1, 2]
+            [1, 2, 9]
         );
         assert_eq!(
             fired(&mut wheel, origin + Duration::from_secs(60)),
