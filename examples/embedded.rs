@@ -19,7 +19,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|n| n.parse())
         .transpose()?;
     let server = Server::start(config)?;
-    eprintln!("serving on http://{}/events?topic=prices", server.local_addr());
+    eprintln!(
+        "serving on http://{}/events?topic=prices",
+        server.local_addr()
+    );
 
     const SYMBOLS: [&str; 3] = ["AAPL", "GOOGL", "MSFT"];
     let publishers: Vec<_> = SYMBOLS

@@ -33,14 +33,28 @@ fn embedded_example_serves_its_ticker_and_exits_cleanly() {
     let addr = url.split('/').next().unwrap();
 
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET /events?topic=prices HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /events?topic=prices HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
     let mut received = Vec::new();
     let mut chunk = [0u8; 4096];
     // Read until two tick events have arrived (or the 10 s read timeout fails the test).
-    while String::from_utf8_lossy(&received).matches("event: tick\n").count() < 2 {
+    while String::from_utf8_lossy(&received)
+        .matches("event: tick\n")
+        .count()
+        < 2
+    {
         let n = stream.read(&mut chunk).expect("ticks within 10 s");
-        assert!(n > 0, "stream closed early: {}", String::from_utf8_lossy(&received));
+        assert!(
+            n > 0,
+            "stream closed early: {}",
+            String::from_utf8_lossy(&received)
+        );
         received.extend_from_slice(&chunk[..n]);
     }
     let text = String::from_utf8(received).unwrap();
