@@ -68,6 +68,11 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 pub const TIMER_MS_MIN: u64 = 100;
 /// Largest accepted timeout or interval: one hour.
 pub const TIMER_MS_MAX: u64 = 3_600_000;
+/// Time a graceful shutdown may take, by default: streams blocked on a full socket get
+/// this long to take their parting hint.
+pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Window over which subscribers told to reconnect at shutdown spread their returns.
+pub const SHUTDOWN_RETRY_WINDOW_MS_DEFAULT: u64 = 10_000;
 /// Largest accepted stream lifetime: one week.
 pub const STREAM_LIFETIME_MS_MAX: u64 = 7 * 24 * 3_600_000;
 
@@ -131,6 +136,11 @@ pub struct Config {
     /// lifetime between 90 % and 100 % of this, then a `retry:` hint and a close, so
     /// reconnects spread out.
     pub max_stream_lifetime_ms: u64,
+    /// Milliseconds a graceful shutdown may take before remaining connections are dropped.
+    pub shutdown_timeout_ms: u64,
+    /// At shutdown each subscriber is told `retry:` of `retry_ms` plus a random share of
+    /// this window (milliseconds), so a restart is not a reconnect storm.
+    pub shutdown_retry_window_ms: u64,
 }
 
 impl Default for Config {
@@ -157,6 +167,8 @@ impl Default for Config {
             heartbeat_ms: HEARTBEAT_MS_DEFAULT,
             idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
             max_stream_lifetime_ms: 0,
+            shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
+            shutdown_retry_window_ms: SHUTDOWN_RETRY_WINDOW_MS_DEFAULT,
         }
     }
 }
@@ -252,6 +264,13 @@ impl Config {
         timer("head_timeout_ms", self.head_timeout_ms)?;
         timer("heartbeat_ms", self.heartbeat_ms)?;
         timer("idle_timeout_ms", self.idle_timeout_ms)?;
+        timer("shutdown_timeout_ms", self.shutdown_timeout_ms)?;
+        within(
+            "shutdown_retry_window_ms",
+            self.shutdown_retry_window_ms as usize,
+            0,
+            TIMER_MS_MAX as usize,
+        )?;
         if self.max_stream_lifetime_ms != 0 {
             within(
                 "max_stream_lifetime_ms",

@@ -122,6 +122,9 @@ pub(crate) struct EventLoop {
     origin: Instant,
     /// xorshift state for lifetime and retry jitter (spreading, not security).
     jitter: u64,
+    /// Set when a graceful shutdown began: the loop exits once its connections are gone
+    /// or at this instant, whichever comes first.
+    drain_deadline: Option<Instant>,
 }
 
 impl EventLoop {
@@ -183,6 +186,7 @@ impl EventLoop {
             now: origin,
             origin,
             jitter: seed,
+            drain_deadline: None,
         })
     }
 
@@ -196,7 +200,7 @@ impl EventLoop {
                 || self.listeners.iter().any(|l| l.pending);
             let timeout = if busy {
                 Some(Duration::ZERO)
-            } else if self.wheel.len() > 0 {
+            } else if self.wheel.len() > 0 || self.drain_deadline.is_some() {
                 Some(self.wheel.tick())
             } else {
                 None
@@ -212,6 +216,9 @@ impl EventLoop {
             }
             self.turn += 1;
             self.now = Instant::now();
+            if self.drain_deadline.is_none() && self.shared.draining.load(Ordering::Acquire) {
+                self.begin_drain();
+            }
             self.expire_timers();
             for event in events.iter() {
                 match event.token() {
@@ -232,6 +239,38 @@ impl EventLoop {
             self.drain_inbox();
             self.fan_out();
             self.publish_stats();
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() || self.now >= deadline {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Graceful shutdown: stop accepting, close idle connections, and tell every stream
+    /// to come back after a jittered delay, then close it once that is written.
+    fn begin_drain(&mut self) {
+        let config = &self.shared.config;
+        self.drain_deadline = Some(self.now + Duration::from_millis(config.shutdown_timeout_ms));
+        let window_ms = config.shutdown_retry_window_ms;
+        let retry_ms = config.retry_ms;
+        for slot in &mut self.listeners {
+            if let Err(error) = self.poll.registry().deregister(&mut slot.socket) {
+                log::debug!("could not deregister a listener: {error}");
+            }
+        }
+        self.listeners.clear();
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let spread = (self.random() % (window_ms + 1)) as u32;
+            match self.conns.get_mut(key).map(|conn| &mut conn.state) {
+                Some(ConnState::Http(exchange)) if exchange.is_idle() => self.close(key),
+                Some(ConnState::Stream(stream)) => {
+                    stream.close_with_hint(retry_ms.saturating_add(spread));
+                    self.flush(key);
+                }
+                _ => {}
+            }
         }
     }
 
@@ -453,6 +492,9 @@ impl EventLoop {
             let ConnState::Http(exchange) = state else {
                 return;
             };
+            if self.drain_deadline.is_some() && exchange.is_idle() {
+                return self.close(key); // Draining: no new requests on kept-alive connections.
+            }
             match exchange.step(&ctx, *listener) {
                 Step::Read => {
                     let target = exchange.read_target();
@@ -541,6 +583,16 @@ impl EventLoop {
             self.recycle(exchange.into_buffer());
         }
         self.subscribers += 1;
+        if self.drain_deadline.is_some() {
+            let retry_ms = self.jittered_retry_ms();
+            if let Some(Connection {
+                state: ConnState::Stream(stream),
+                ..
+            }) = self.conns.get_mut(key)
+            {
+                stream.close_with_hint(retry_ms);
+            }
+        }
         self.arm_stream_timer(key);
         self.flush(key);
     }

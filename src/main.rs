@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use herald::config::{self, parse_bytes, Config};
+use herald::config::{parse_bytes, Config};
 
 /// Server-Sent Events fan-out server.
 #[derive(Parser)]
@@ -104,6 +104,12 @@ struct ServeArgs {
     /// Longest stream life in milliseconds, jittered down by up to 10 %, then a retry: hint and a close (0: unlimited). [default: 0]
     #[arg(long, env = "HERALD_MAX_STREAM_LIFETIME_MS", value_name = "MS")]
     max_stream_lifetime_ms: Option<u64>,
+    /// Milliseconds a graceful shutdown (SIGTERM, SIGINT) may take. [default: 5000]
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
+    shutdown_timeout_ms: Option<u64>,
+    /// At shutdown, subscribers get retry: of --retry-ms plus a random share of this window. [default: 10000]
+    #[arg(long, env = "HERALD_SHUTDOWN_RETRY_WINDOW_MS", value_name = "MS")]
+    shutdown_retry_window_ms: Option<u64>,
 }
 
 impl ServeArgs {
@@ -136,7 +142,9 @@ impl ServeArgs {
             head_timeout_ms,
             heartbeat_ms,
             idle_timeout_ms,
-            max_stream_lifetime_ms
+            max_stream_lifetime_ms,
+            shutdown_timeout_ms,
+            shutdown_retry_window_ms
         );
         if self.publish_listen.is_some() {
             config.publish_listen = self.publish_listen;
@@ -189,13 +197,38 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(error) = watch_signals(server.handle()) {
+        eprintln!("herald: cannot install signal handlers: {error}");
+        return ExitCode::from(1);
+    }
     eprintln!("herald listening on http://{}", server.local_addr());
     if let Some(addr) = server.publish_addr() {
         eprintln!("herald publishing on http://{addr}");
     }
-    let _ = config::THREADS_MAX; // The flag help names the default; the ceiling is validated.
     server.wait();
+    log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
+fn watch_signals(handle: herald::Handle) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("herald-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for signal in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    eprintln!("herald: second signal {signal}, exiting now");
+                    std::process::exit(130);
+                }
+                eprintln!("herald: signal {signal}, shutting down gracefully");
+                handle.shutdown();
+            }
+        })?;
+    Ok(())
 }
 
 /// Warnings and errors to stderr; `RUST_LOG=debug` shows closes and refusals.

@@ -32,7 +32,9 @@ pub(crate) struct Shared {
     pub config: Config,
     /// The bus all publishes go through.
     pub bus: Box<dyn Bus>,
-    /// Set once to stop every loop.
+    /// Set once to drain every loop: stop accepting, tell streams to come back later, close.
+    pub draining: AtomicBool,
+    /// Set once to stop every loop at once.
     pub stopping: AtomicBool,
     /// Per-loop counters.
     pub loop_stats: Vec<Arc<LoopStats>>,
@@ -50,11 +52,19 @@ impl Shared {
         }
     }
 
-    fn stop(&self) {
-        if self.stopping.swap(true, Ordering::AcqRel) {
-            return;
+    fn drain(&self) {
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            self.wake_all();
         }
-        self.bus.close();
+    }
+
+    fn stop(&self) {
+        if !self.stopping.swap(true, Ordering::AcqRel) {
+            self.wake_all();
+        }
+    }
+
+    fn wake_all(&self) {
         for waker in &self.wakers {
             if let Err(error) = waker.wake() {
                 log::warn!("could not wake an event loop for shutdown: {error}");
@@ -142,6 +152,7 @@ impl Server {
         let shared = Arc::new(Shared {
             config,
             bus: Box::new(EmbeddedBus::new(fanout)),
+            draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             loop_stats: loops.iter().map(|l| l.3.clone()).collect(),
             wakers,
@@ -186,9 +197,11 @@ impl Server {
         self.join();
     }
 
-    /// Stops accepting, closes every connection and waits for the loops to exit.
+    /// Shuts down gracefully and waits: stops accepting, finishes requests in flight, sends
+    /// every subscriber a jittered `retry:` hint and closes it, all within
+    /// `shutdown_timeout_ms`.
     pub fn shutdown(mut self) {
-        self.shared.stop();
+        self.shared.drain();
         self.join();
     }
 
@@ -198,10 +211,13 @@ impl Server {
                 log::error!("an event loop thread panicked");
             }
         }
+        self.shared.bus.close();
     }
 }
 
 impl Drop for Server {
+    /// Stops at once: connections are closed without a parting hint. Use
+    /// [`Server::shutdown`] for a graceful stop.
     fn drop(&mut self) {
         self.shared.stop();
         self.join();
@@ -229,8 +245,9 @@ impl Handle {
         stats
     }
 
-    /// Asks the server to stop; [`Server::wait`] returns once it has.
+    /// Starts a graceful shutdown (as [`Server::shutdown`] does) without waiting;
+    /// [`Server::wait`] returns once it is complete.
     pub fn shutdown(&self) {
-        self.shared.stop();
+        self.shared.drain();
     }
 }
