@@ -163,8 +163,23 @@ fn read_file(path: &std::path::Path) -> Result<Config, String> {
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     toml::from_str::<Config>(&text).map_err(|e| {
         let message = e.message().replace('\n', " ");
-        format!("invalid config file {}: {message}", path.display())
+        match e.span().and_then(|span| key_at(&text, span.start)) {
+            Some((line, key)) => format!(
+                "invalid config file {} line {line}: setting {key}: {message}",
+                path.display()
+            ),
+            None => format!("invalid config file {}: {message}", path.display()),
+        }
     })
+}
+
+/// The line number and `key` of the `key = value` line holding byte `offset`.
+fn key_at(text: &str, offset: usize) -> Option<(usize, &str)> {
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let key = line.split_once('=')?.0.trim();
+    let number = text[..start].matches('\n').count() + 1;
+    (!key.is_empty()).then_some((number, key))
 }
 
 fn main() -> ExitCode {
