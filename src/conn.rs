@@ -494,7 +494,7 @@ pub(crate) fn start_stream(
 
 impl Stream {
     /// A stream starting at `start`, at loop time `now_ms`.
-    pub(crate) fn new(start: StreamStart, turn: u64, now_ms: u64) -> Self {
+    pub(crate) fn new(start: StreamStart, now_ms: u64) -> Self {
         Stream {
             topics: start.topics,
             cursor: start.cursor,
@@ -506,7 +506,9 @@ impl Stream {
             })),
             closing: None,
             blocked: false,
-            queued_turn: turn,
+            // Not yet queued in any turn: events drained later in the turn that opened
+            // the stream must still queue it.
+            queued_turn: 0,
             last_write_ms: now_ms,
             expires_ms: 0,
         }
@@ -811,7 +813,6 @@ mod tests {
                 gap_floor: 0,
             },
             0,
-            0,
         );
         let mut wire = Vec::new();
         let mut deliveries = 0;
@@ -857,7 +858,6 @@ mod tests {
                 cursor: 0,
                 gap_floor: 0,
             },
-            0,
             0,
         );
         table.append(1, &["a".into()], &frame(1));

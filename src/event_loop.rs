@@ -567,7 +567,7 @@ impl EventLoop {
             &*self.shared.bus,
             &self.shared.config,
         );
-        let mut stream = Stream::new(start, self.turn, self.now_ms());
+        let mut stream = Stream::new(start, self.now_ms());
         let lifetime_ms = self.shared.config.max_stream_lifetime_ms;
         if lifetime_ms != 0 {
             // Between 90 % and 100 % of the configured lifetime.
