@@ -76,7 +76,9 @@ pub(crate) fn parse(buf: &[u8], full: bool) -> Result<Parsed<'_>, HttpError> {
         Ok(Status::Partial) if full => return Err(HttpError::HeadTooLarge),
         Ok(Status::Partial) => return Ok(Parsed::NeedMore),
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(HttpError::VersionNotSupported),
+        Err(httparse::Error::Version) if names_http_version(buf) => {
+            return Err(HttpError::VersionNotSupported)
+        }
         Err(_) => return Err(HttpError::MalformedHead),
     };
     // Complete guarantees method, path and version are set.
@@ -119,6 +121,24 @@ pub(crate) fn parse(buf: &[u8], full: bool) -> Result<Parsed<'_>, HttpError> {
         return Err(HttpError::AmbiguousFraming);
     }
     Ok(Parsed::Complete(head))
+}
+
+/// Whether the request line ends in a well-formed `HTTP/<digit>.<digit>` that is not one we
+/// speak (505), as opposed to garbage where the version should be (400).
+fn names_http_version(buf: &[u8]) -> bool {
+    let line_end = buf
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(_method), Some(_target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+        if major.is_ascii_digit() && minor.is_ascii_digit())
 }
 
 fn apply_header<'b>(
@@ -228,6 +248,8 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n", HttpError::ExpectationFailed),
             ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", HttpError::VersionNotSupported),
             ("GET /\r\n\r\n", HttpError::MalformedHead),
+            ("NOT A REQUEST\r\n\r\n", HttpError::MalformedHead),
+            ("GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", HttpError::MalformedHead),
             ("G\0T / HTTP/1.1\r\n\r\n", HttpError::MalformedHead),
         ];
         for (raw, expected) in table {
