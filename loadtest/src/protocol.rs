@@ -1,0 +1,228 @@
+//! The conversation between the orchestrator and its worker processes. The orchestrator
+//! writes one [`WorkerSpec`] JSON line on the worker's stdin, then [`Control`] words, one
+//! per line; the worker answers with [`WorkerMsg`] JSON lines on stdout.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::{Deserialize, Serialize};
+
+use crate::latency::Buckets;
+
+/// Most subscriber sockets one worker process holds: the machine caps a process at 20,000
+/// open files, and the worker needs a few for itself.
+pub const SOCKETS_PER_WORKER_MAX: usize = 15_000;
+
+/// Everything a worker needs to open and watch its share of the subscribers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// This worker's number (for messages).
+    pub index: usize,
+    /// Where the server listens (loopback only; checked again by the worker).
+    pub connect: SocketAddrV4,
+    /// `Host` header value.
+    pub host: String,
+    /// Subscribe path with a `{topic}` placeholder.
+    pub path_template: String,
+    /// Topic names are `{topic_prefix}{n}` for n in 0..topics.
+    pub topic_prefix: String,
+    /// Topics in the run; subscriber i listens to topic i % topics.
+    pub topics: usize,
+    /// Global index of this worker's first subscriber.
+    pub first: usize,
+    /// Subscribers this worker opens (at most [`SOCKETS_PER_WORKER_MAX`]).
+    pub count: usize,
+    /// Subscribers per source address: subscriber i binds 127.0.0.(2 + i / per_source).
+    pub per_source: usize,
+    /// Connection attempts in flight at once.
+    pub connect_inflight_max: usize,
+    /// A connect that has not received its response head by then fails.
+    pub connect_timeout_ms: u64,
+    /// Percent of this worker's subscribers that reconnect with Last-Event-ID each second
+    /// after `go` (the churn scenario); 0 for none.
+    pub churn_percent: f64,
+    /// The worker exits by itself after this long, whatever it was told.
+    pub deadline_ms: u64,
+}
+
+/// Name of topic `n` of a run.
+pub fn topic_name(prefix: &str, n: usize) -> String {
+    format!("{prefix}{n}")
+}
+
+/// The source address for global subscriber `i`: 127.0.0.2, 127.0.0.3, ... carrying into
+/// the higher octets, never leaving 127.0.0.0/8.
+pub fn source_addr(i: usize, per_source: usize) -> Ipv4Addr {
+    let n = 2 + (i / per_source.max(1)) as u32 % 0x00FF_FFF0;
+    let [_, a, b, c] = n.to_be_bytes();
+    Ipv4Addr::new(127, a, b, c)
+}
+
+/// What the orchestrator tells a worker after the spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Publishing starts: begin churn, if any, and mark the CPU baseline.
+    Go,
+    /// Stop churning and send a [`WorkerMsg::Report`] for everything since the last one.
+    Collect,
+    /// Close everything and exit.
+    Quit,
+}
+
+impl Control {
+    /// Parses one control line.
+    pub fn parse(line: &str) -> Option<Control> {
+        match line.trim() {
+            "go" => Some(Control::Go),
+            "collect" => Some(Control::Collect),
+            "quit" => Some(Control::Quit),
+            _ => None,
+        }
+    }
+
+    /// The line that says this.
+    pub fn line(self) -> &'static str {
+        match self {
+            Control::Go => "go\n",
+            Control::Collect => "collect\n",
+            Control::Quit => "quit\n",
+        }
+    }
+}
+
+/// Why initial subscriptions failed, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failures {
+    /// The TCP connect or the request write failed.
+    pub connect: u64,
+    /// No response head within the connect timeout.
+    pub timeout: u64,
+    /// The status was not 200.
+    pub status: u64,
+    /// The Content-Type was not text/event-stream.
+    pub content_type: u64,
+    /// The head or body was not valid HTTP / SSE.
+    pub malformed: u64,
+    /// The server closed before the head was complete.
+    pub closed: u64,
+}
+
+impl Failures {
+    /// All failures.
+    pub fn total(&self) -> u64 {
+        self.connect + self.timeout + self.status + self.content_type + self.malformed + self.closed
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Failures) {
+        self.connect += other.connect;
+        self.timeout += other.timeout;
+        self.status += other.status;
+        self.content_type += other.content_type;
+        self.malformed += other.malformed;
+        self.closed += other.closed;
+    }
+}
+
+/// Delivery counters of one collection interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deliveries {
+    /// Events received for the first time (in order or after a gap).
+    pub received: u64,
+    /// Events whose sequence number was not above the last one received (repeats).
+    pub duplicated: u64,
+    /// Times an event arrived with a sequence number beyond the next expected one.
+    pub gaps: u64,
+    /// Events whose data was not a loadtest payload (for example a `gap` notice).
+    pub foreign: u64,
+    /// Streams the server closed that the worker then reopened with Last-Event-ID.
+    pub disconnects: u64,
+    /// Reconnects (churn or after a disconnect) that completed.
+    pub reconnects: u64,
+    /// Reconnect attempts that failed (they are retried).
+    pub reconnect_failures: u64,
+}
+
+impl Deliveries {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Deliveries) {
+        self.received += other.received;
+        self.duplicated += other.duplicated;
+        self.gaps += other.gaps;
+        self.foreign += other.foreign;
+        self.disconnects += other.disconnects;
+        self.reconnects += other.reconnects;
+        self.reconnect_failures += other.reconnect_failures;
+    }
+}
+
+/// A message from a worker.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WorkerMsg {
+    /// Sent every few hundred milliseconds.
+    Progress {
+        /// Subscribers streaming now.
+        streaming: usize,
+        /// Initial subscriptions that failed.
+        failed: usize,
+        /// Events received since the last collect.
+        received: u64,
+    },
+    /// Every initial subscription has either opened or failed.
+    Ready {
+        /// Global indices of the subscribers that failed (they are not expected to receive).
+        failed: Vec<usize>,
+        /// Failures by kind.
+        failures: Failures,
+        /// Seconds from the first connect to the last head.
+        connect_seconds: f64,
+        /// Time from connect start to response head, microseconds.
+        connect_latency: Buckets,
+    },
+    /// Answer to `collect`.
+    Report {
+        /// Delivery counters since the last report.
+        deliveries: Deliveries,
+        /// Delivery latency (publish timestamp to receipt), microseconds.
+        latency: Buckets,
+        /// This worker's CPU seconds since `go` or the last report.
+        cpu_seconds: f64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_stay_in_loopback() {
+        assert_eq!(source_addr(0, 10_000), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_addr(9_999, 10_000), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_addr(10_000, 10_000), Ipv4Addr::new(127, 0, 0, 3));
+        assert_eq!(source_addr(254, 1), Ipv4Addr::new(127, 0, 1, 0));
+        for i in [0, 1 << 20, usize::MAX / 2, usize::MAX] {
+            assert!(source_addr(i, 1).is_loopback());
+        }
+    }
+
+    #[test]
+    fn control_lines() {
+        for c in [Control::Go, Control::Collect, Control::Quit] {
+            assert_eq!(Control::parse(c.line()), Some(c));
+        }
+        assert_eq!(Control::parse("nope"), None);
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let msg = WorkerMsg::Progress {
+            streaming: 3,
+            failed: 1,
+            received: 9,
+        };
+        let line = serde_json::to_string(&msg).unwrap();
+        assert!(line.contains("\"kind\":\"progress\""));
+        let back: WorkerMsg = serde_json::from_str(&line).unwrap();
+        assert!(matches!(back, WorkerMsg::Progress { received: 9, .. }));
+    }
+}

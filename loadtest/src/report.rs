@@ -1,0 +1,349 @@
+//! Results: the [`Report`] of one scenario against one target, the arithmetic behind its
+//! derived figures (expected deliveries, loss, per-connection memory, CPU per million
+//! deliveries), and the text tables: one target, or herald beside nchan with ratios.
+//!
+//! Pure: no I/O except the `Write` the tables go to.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+use crate::latency::Summary;
+use crate::procfs::Memory;
+use crate::protocol::Failures;
+use crate::publisher::PublishStats;
+
+/// One step of the saturation ladder.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Step {
+    /// Rate asked for, events per second.
+    pub rate: f64,
+    /// Rate the publisher achieved.
+    pub achieved_rate: f64,
+    /// Deliveries expected in the step.
+    pub expected: u64,
+    /// Deliveries received.
+    pub received: u64,
+    /// Deliveries missing.
+    pub lost: u64,
+    /// Deliveries repeated.
+    pub duplicated: u64,
+    /// 99th percentile latency.
+    pub p99_ms: f64,
+    /// Whether the step met every bar.
+    pub passed: bool,
+}
+
+/// Everything measured in one scenario against one target.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// The target's label.
+    pub target: String,
+    /// The scenario's name.
+    pub scenario: String,
+    /// Subscribers asked for.
+    pub subscribers: usize,
+    /// Topics.
+    pub topics: usize,
+    /// Worker processes.
+    pub workers: usize,
+    /// Subscriptions that opened.
+    pub connected: u64,
+    /// Subscriptions that failed, by kind.
+    pub failures: Failures,
+    /// Time to open every subscription (the slowest worker).
+    pub connect_seconds: f64,
+    /// Connect-to-head latency.
+    pub connect_latency: Summary,
+    /// Server memory before connecting.
+    pub memory_before: Memory,
+    /// Server memory with every subscription open and idle.
+    pub memory_after: Memory,
+    /// `VmRSS` growth per open subscription.
+    pub rss_per_connection_bytes: Option<f64>,
+    /// `RssAnon` growth per open subscription.
+    pub anon_per_connection_bytes: Option<f64>,
+    /// Kernel TCP memory growth per subscription (both ends of each connection).
+    pub kernel_tcp_per_connection_bytes: Option<f64>,
+    /// Events published (all phases).
+    pub events: u64,
+    /// Payload size.
+    pub payload_bytes: usize,
+    /// Rate asked for (the last step for saturation).
+    pub rate: f64,
+    /// What the publisher did.
+    pub publish: PublishStats,
+    /// Deliveries expected: every event to every opened subscriber of its topic.
+    pub expected: u64,
+    /// Deliveries received once.
+    pub received: u64,
+    /// Deliveries missing.
+    pub lost: u64,
+    /// Deliveries received again.
+    pub duplicated: u64,
+    /// Jumps over missing sequence numbers.
+    pub gaps: u64,
+    /// Events that were not loadtest payloads (gap notices and the like).
+    pub foreign: u64,
+    /// Streams the server closed.
+    pub disconnects: u64,
+    /// Streams reopened with Last-Event-ID.
+    pub reconnects: u64,
+    /// Deliveries per second over the publishing window.
+    pub deliveries_per_second: f64,
+    /// Delivery latency.
+    pub latency: Summary,
+    /// Server CPU seconds over the publishing window.
+    pub server_cpu_seconds: f64,
+    /// Server CPU seconds per million deliveries.
+    pub server_cpu_seconds_per_million: Option<f64>,
+    /// Load generator CPU seconds (workers and orchestrator) over the publishing window.
+    pub client_cpu_seconds: f64,
+    /// Highest passing rate of the saturation ladder, events per second.
+    pub saturation_rate: Option<f64>,
+    /// The ladder's steps.
+    pub steps: Vec<Step>,
+}
+
+/// Events of `total` (numbered from 0, event k on topic k % topics) that fall on topic `t`.
+pub fn events_on_topic(total: u64, topics: usize, t: usize) -> u64 {
+    let topics = topics.max(1) as u64;
+    total / topics + u64::from((t as u64) < total % topics)
+}
+
+/// Deliveries owed for events `first..first + count` given the subscribers per topic.
+pub fn expected_deliveries(subscribers_per_topic: &[u64], first: u64, count: u64) -> u64 {
+    let topics = subscribers_per_topic.len();
+    subscribers_per_topic
+        .iter()
+        .enumerate()
+        .map(|(t, &subs)| {
+            let events =
+                events_on_topic(first + count, topics, t) - events_on_topic(first, topics, t);
+            subs * events
+        })
+        .sum()
+}
+
+/// Opened subscribers per topic: subscriber i is on topic i % topics.
+pub fn subscribers_per_topic(subscribers: usize, topics: usize, failed: &[usize]) -> Vec<u64> {
+    let topics = topics.max(1);
+    let mut per: Vec<u64> = (0..topics)
+        .map(|t| events_on_topic(subscribers as u64, topics, t))
+        .collect();
+    for &i in failed {
+        per[i % topics] -= 1;
+    }
+    per
+}
+
+/// Deliveries that never arrived.
+pub fn lost(expected: u64, received: u64) -> u64 {
+    expected.saturating_sub(received)
+}
+
+/// CPU seconds per million deliveries; `None` when nothing was delivered.
+pub fn per_million(cpu_seconds: f64, deliveries: u64) -> Option<f64> {
+    (deliveries > 0).then(|| cpu_seconds * 1e6 / deliveries as f64)
+}
+
+/// Growth from `before` to `after` per connection; `None` without connections.
+pub fn per_connection(before: u64, after: u64, connections: u64) -> Option<f64> {
+    (connections > 0).then(|| (after as f64 - before as f64) / connections as f64)
+}
+
+/// `a / b`, `None` when either is missing or `b` is zero.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// One printed row: a label and how to read its value from a report.
+struct Metric {
+    label: &'static str,
+    value: fn(&Report) -> Option<f64>,
+    decimals: usize,
+}
+
+const fn metric(label: &'static str, value: fn(&Report) -> Option<f64>, decimals: usize) -> Metric {
+    Metric {
+        label,
+        value,
+        decimals,
+    }
+}
+
+/// Every row of the tables, in order.
+const METRICS: &[Metric] = &[
+    metric("subscribers opened", |r| Some(r.connected as f64), 0),
+    metric("subscribe failures", |r| Some(r.failures.total() as f64), 0),
+    metric("connect time (s)", |r| Some(r.connect_seconds), 2),
+    metric("connect p99 (ms)", |r| Some(r.connect_latency.p99_ms), 2),
+    metric("server RSS / conn (B)", |r| r.rss_per_connection_bytes, 0),
+    metric("server anon / conn (B)", |r| r.anon_per_connection_bytes, 0),
+    metric(
+        "kernel TCP / conn (B)",
+        |r| r.kernel_tcp_per_connection_bytes,
+        0,
+    ),
+    metric("events published", |r| Some(r.events as f64), 0),
+    metric(
+        "publish rate (ev/s)",
+        |r| Some(r.publish.achieved_rate()),
+        0,
+    ),
+    metric("expected deliveries", |r| Some(r.expected as f64), 0),
+    metric("received", |r| Some(r.received as f64), 0),
+    metric("lost", |r| Some(r.lost as f64), 0),
+    metric("duplicated", |r| Some(r.duplicated as f64), 0),
+    metric("reconnects", |r| Some(r.reconnects as f64), 0),
+    metric("deliveries / s", |r| Some(r.deliveries_per_second), 0),
+    metric("latency p50 (ms)", |r| Some(r.latency.p50_ms), 2),
+    metric("latency p90 (ms)", |r| Some(r.latency.p90_ms), 2),
+    metric("latency p99 (ms)", |r| Some(r.latency.p99_ms), 2),
+    metric("latency p99.9 (ms)", |r| Some(r.latency.p999_ms), 2),
+    metric("latency max (ms)", |r| Some(r.latency.max_ms), 2),
+    metric("server CPU (s)", |r| Some(r.server_cpu_seconds), 2),
+    metric(
+        "server CPU s / M deliv",
+        |r| r.server_cpu_seconds_per_million,
+        3,
+    ),
+    metric("client CPU (s)", |r| Some(r.client_cpu_seconds), 2),
+    metric("saturation (ev/s)", |r| r.saturation_rate, 0),
+];
+
+fn cell(value: Option<f64>, decimals: usize) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v:.decimals$}"),
+        _ => "-".to_owned(),
+    }
+}
+
+/// The table of one report.
+pub fn write_table(out: &mut impl Write, r: &Report) -> io::Result<()> {
+    writeln!(
+        out,
+        "{} / {}: {} subscribers, {} topics, {} B payloads, {} worker(s)",
+        r.target, r.scenario, r.subscribers, r.topics, r.payload_bytes, r.workers
+    )?;
+    for m in METRICS {
+        writeln!(
+            out,
+            "  {:<24} {:>14}",
+            m.label,
+            cell((m.value)(r), m.decimals)
+        )?;
+    }
+    for s in &r.steps {
+        writeln!(
+            out,
+            "  step {:>9.0} ev/s: achieved {:>9.0}, lost {}, dup {}, p99 {:.2} ms, {}",
+            s.rate,
+            s.achieved_rate,
+            s.lost,
+            s.duplicated,
+            s.p99_ms,
+            if s.passed { "pass" } else { "FAIL" }
+        )?;
+    }
+    Ok(())
+}
+
+/// herald beside nchan, with herald/nchan ratios.
+pub fn write_comparison(out: &mut impl Write, herald: &Report, nchan: &Report) -> io::Result<()> {
+    writeln!(
+        out,
+        "{}: {} subscribers, {} topics, {} B payloads",
+        herald.scenario, herald.subscribers, herald.topics, herald.payload_bytes
+    )?;
+    writeln!(
+        out,
+        "  {:<24} {:>14} {:>14} {:>12}",
+        "metric", herald.target, nchan.target, "ratio h/n"
+    )?;
+    for m in METRICS {
+        let (h, n) = ((m.value)(herald), (m.value)(nchan));
+        writeln!(
+            out,
+            "  {:<24} {:>14} {:>14} {:>12}",
+            m.label,
+            cell(h, m.decimals),
+            cell(n, m.decimals),
+            cell(ratio(h, n), 3)
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_over_topics() {
+        assert_eq!(events_on_topic(10, 3, 0), 4);
+        assert_eq!(events_on_topic(10, 3, 1), 3);
+        assert_eq!(events_on_topic(10, 3, 2), 3);
+        assert_eq!(events_on_topic(0, 3, 0), 0);
+        assert_eq!(events_on_topic(7, 1, 0), 7);
+    }
+
+    #[test]
+    fn expected_and_lost() {
+        // 5 subscribers over 2 topics (3 on topic 0, 2 on topic 1), subscriber 2 failed.
+        let per = subscribers_per_topic(5, 2, &[2]);
+        assert_eq!(per, vec![2, 2]);
+        // Events 0..5: topic 0 gets 0, 2, 4; topic 1 gets 1, 3.
+        assert_eq!(expected_deliveries(&per, 0, 5), 2 * 3 + 2 * 2);
+        // A later step, events 5..8: topic 0 gets 6; topic 1 gets 5, 7.
+        assert_eq!(expected_deliveries(&per, 5, 3), 2 + 2 * 2);
+        assert_eq!(lost(10, 7), 3);
+        assert_eq!(lost(10, 12), 0);
+    }
+
+    #[test]
+    fn cpu_and_memory_arithmetic() {
+        assert_eq!(per_million(2.0, 4_000_000), Some(0.5));
+        assert_eq!(per_million(2.0, 0), None);
+        assert_eq!(per_connection(1_000, 11_000, 10), Some(1_000.0));
+        assert_eq!(per_connection(11_000, 1_000, 10), Some(-1_000.0));
+        assert_eq!(per_connection(0, 5, 0), None);
+        assert_eq!(ratio(Some(1.0), Some(4.0)), Some(0.25));
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert_eq!(ratio(None, Some(1.0)), None);
+    }
+
+    #[test]
+    fn tables_render() {
+        let mut r = Report {
+            target: "herald".into(),
+            scenario: "fanout".into(),
+            received: 42,
+            ..Report::default()
+        };
+        r.steps.push(Step {
+            rate: 100.0,
+            passed: true,
+            ..Step::default()
+        });
+        let mut out = Vec::new();
+        write_table(&mut out, &r).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("received"), "{text}");
+        assert!(text.contains("pass"), "{text}");
+        let mut n = r.clone();
+        n.target = "nchan".into();
+        n.received = 84;
+        let mut out = Vec::new();
+        write_comparison(&mut out, &r, &n).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.contains("received") && l.contains("0.500")),
+            "{text}"
+        );
+    }
+}

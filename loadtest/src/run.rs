@@ -1,0 +1,270 @@
+//! One scenario against one target, start to finish: spawn the workers, wait until every
+//! subscription is open, read the server's memory, publish (one phase, or the saturation
+//! ladder), wait for the deliveries to drain, collect the workers' counters and histograms,
+//! and fill a [`Report`]. Server CPU is read from `/proc` around each publishing phase.
+
+use std::io;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::fleet::{Collected, Fleet};
+use crate::latency::{self, Summary};
+use crate::procfs;
+use crate::protocol::{Control, Deliveries, WorkerSpec};
+use crate::publisher::{self, Plan, PublishStats};
+use crate::report::{self, Report, Step};
+use crate::scenario::{Scenario, Settings};
+use crate::schedule;
+use crate::target::Target;
+
+/// Longest wait for deliveries after the last publish, whatever the quiet period says.
+const DRAIN_MAX: Duration = Duration::from_secs(60);
+
+/// Runs `settings` against `target`.
+pub fn measure(target: &Target, settings: &Settings) -> io::Result<Report> {
+    let deadline = Instant::now() + Duration::from_secs(settings.deadline_seconds);
+    let prefix = topic_prefix();
+    let specs = worker_specs(target, settings, &prefix);
+    let mut report = Report {
+        target: target.name.clone(),
+        scenario: settings.scenario.name().to_owned(),
+        subscribers: settings.subscribers,
+        topics: settings.topics,
+        workers: specs.len(),
+        payload_bytes: settings.payload_bytes,
+        rate: settings.rate,
+        ..Report::default()
+    };
+    report.memory_before = procfs::memory(&target.pids)?;
+    let tcp_before = procfs::tcp_mem_bytes();
+    let mut fleet = Fleet::spawn(&specs)?;
+    let ready = fleet.wait_ready(deadline)?;
+    report.connected = settings.subscribers as u64 - ready.failed.len() as u64;
+    report.failures = ready.failures;
+    report.connect_seconds = ready.connect_seconds;
+    report.connect_latency = Summary::of(&ready.connect_latency);
+    std::thread::sleep(Duration::from_millis(settings.settle_ms));
+    report.memory_after = procfs::memory(&target.pids)?;
+    fill_memory(&mut report, tcp_before, procfs::tcp_mem_bytes());
+    if settings.scenario.publishes() {
+        let per_topic =
+            report::subscribers_per_topic(settings.subscribers, settings.topics, &ready.failed);
+        let mut run = Publishing {
+            target,
+            settings,
+            prefix: &prefix,
+            per_topic: &per_topic,
+            fleet: &mut fleet,
+            deadline,
+            next_event: 0,
+        };
+        run.all_phases(&mut report)?;
+    }
+    fleet.shutdown();
+    Ok(report)
+}
+
+/// Topic names unique to this run, so a long-running server's old history never mixes in.
+fn topic_prefix() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("lt{}p{}-", secs % 1_000_000, std::process::id())
+}
+
+/// Splits the subscribers over as few workers as `per_worker` allows, evenly.
+pub fn worker_specs(target: &Target, s: &Settings, prefix: &str) -> Vec<WorkerSpec> {
+    let workers = s.subscribers.div_ceil(s.per_worker).max(1);
+    let mut first = 0;
+    (0..workers)
+        .map(|w| {
+            let count = s.subscribers / workers + usize::from(w < s.subscribers % workers);
+            let spec = WorkerSpec {
+                index: w,
+                connect: target.subscribe.addr,
+                host: target.subscribe.host.clone(),
+                path_template: target.subscribe.path_template.clone(),
+                topic_prefix: prefix.to_owned(),
+                topics: s.topics,
+                first,
+                count,
+                per_source: s.per_source,
+                connect_inflight_max: s.connect_inflight,
+                connect_timeout_ms: s.connect_timeout_ms,
+                churn_percent: s.churn_percent,
+                deadline_ms: s.deadline_seconds * 1000 + 30_000,
+            };
+            first += count;
+            spec
+        })
+        .collect()
+}
+
+fn fill_memory(report: &mut Report, tcp_before: u64, tcp_after: u64) {
+    let (before, after, n) = (report.memory_before, report.memory_after, report.connected);
+    report.rss_per_connection_bytes = report::per_connection(before.rss_bytes, after.rss_bytes, n);
+    report.anon_per_connection_bytes =
+        report::per_connection(before.anon_bytes, after.anon_bytes, n);
+    report.kernel_tcp_per_connection_bytes = report::per_connection(tcp_before, tcp_after, n);
+}
+
+/// The publishing part of a run.
+struct Publishing<'a> {
+    target: &'a Target,
+    settings: &'a Settings,
+    prefix: &'a str,
+    per_topic: &'a [u64],
+    fleet: &'a mut Fleet,
+    deadline: Instant,
+    next_event: u64,
+}
+
+/// What one publishing phase measured.
+struct Phase {
+    publish: PublishStats,
+    collected: Collected,
+    expected: u64,
+    window_seconds: f64,
+    server_cpu_seconds: f64,
+    client_cpu_seconds: f64,
+}
+
+impl Publishing<'_> {
+    fn all_phases(&mut self, report: &mut Report) -> io::Result<()> {
+        let mut latency = latency::histogram();
+        let mut window = 0.0;
+        let rates = match self.settings.scenario {
+            Scenario::Saturation => schedule::ladder(
+                self.settings.rate,
+                self.settings.step_factor,
+                self.settings.steps_max,
+            ),
+            _ => vec![self.settings.rate],
+        };
+        for rate in rates {
+            if Instant::now() >= self.deadline {
+                break;
+            }
+            let events = match self.settings.scenario {
+                Scenario::Saturation => self.events_for(rate),
+                _ => self.settings.events,
+            };
+            let phase = self.phase(rate, events)?;
+            window += phase.window_seconds;
+            latency
+                .add(&phase.collected.latency)
+                .map_err(io::Error::other)?;
+            let passed = self.account(report, rate, events, &phase);
+            if self.settings.scenario == Scenario::Saturation && !passed {
+                break;
+            }
+        }
+        report.latency = Summary::of(&latency);
+        report.deliveries_per_second = if window > 0.0 {
+            report.received as f64 / window
+        } else {
+            0.0
+        };
+        report.server_cpu_seconds_per_million =
+            report::per_million(report.server_cpu_seconds, report.received);
+        Ok(())
+    }
+
+    /// A saturation step's events: the step's duration at `rate`.
+    fn events_for(&self, rate: f64) -> u64 {
+        let base = self.settings.events as f64 / self.settings.rate.max(1.0);
+        ((base * rate).round() as u64).max(1)
+    }
+
+    /// Adds a phase to the report; returns whether it met the saturation bars.
+    fn account(&self, report: &mut Report, rate: f64, events: u64, phase: &Phase) -> bool {
+        let d: &Deliveries = &phase.collected.deliveries;
+        let lost = report::lost(phase.expected, d.received);
+        report.events += events;
+        report.rate = rate;
+        add_publish(&mut report.publish, &phase.publish);
+        report.expected += phase.expected;
+        report.received += d.received;
+        report.lost += lost;
+        report.duplicated += d.duplicated;
+        report.gaps += d.gaps;
+        report.foreign += d.foreign;
+        report.disconnects += d.disconnects;
+        report.reconnects += d.reconnects;
+        report.server_cpu_seconds += phase.server_cpu_seconds;
+        report.client_cpu_seconds += phase.client_cpu_seconds;
+        let p99_ms = Summary::of(&phase.collected.latency).p99_ms;
+        let achieved = phase.publish.achieved_rate();
+        let passed = lost == 0
+            && d.duplicated == 0
+            && p99_ms <= self.settings.p99_limit_ms
+            && achieved >= 0.9 * rate
+            && phase.publish.refused + phase.publish.io_errors == 0;
+        if self.settings.scenario == Scenario::Saturation {
+            report.steps.push(Step {
+                rate,
+                achieved_rate: achieved,
+                expected: phase.expected,
+                received: d.received,
+                lost,
+                duplicated: d.duplicated,
+                p99_ms,
+                passed,
+            });
+            if passed {
+                report.saturation_rate = Some(rate);
+            }
+        }
+        passed
+    }
+
+    /// Publishes `events` at `rate`, drains, collects.
+    fn phase(&mut self, rate: f64, events: u64) -> io::Result<Phase> {
+        let plan = Plan {
+            endpoint: self.target.publish.clone(),
+            topic_prefix: self.prefix.to_owned(),
+            topics: self.settings.topics,
+            first_event: self.next_event,
+            events,
+            rate,
+            payload_bytes: self.settings.payload_bytes,
+            connections: self.settings.publishers,
+            deadline: self.deadline,
+        };
+        let expected = report::expected_deliveries(self.per_topic, self.next_event, events);
+        self.next_event += events;
+        let server_cpu = procfs::cpu_seconds(&self.target.pids)?;
+        let own_cpu = procfs::own_cpu_seconds();
+        self.fleet.tell(Control::Go)?;
+        let start = Instant::now();
+        let publish = publisher::run(&plan);
+        let quiet = Duration::from_millis(self.settings.drain_quiet_ms);
+        let drain_deadline = (Instant::now() + DRAIN_MAX).min(self.deadline);
+        let last = self.fleet.drain(expected, quiet, drain_deadline);
+        let server_cpu = procfs::cpu_seconds(&self.target.pids)? - server_cpu;
+        let own_cpu = procfs::own_cpu_seconds() - own_cpu;
+        let collected = self
+            .fleet
+            .collect(self.deadline + Duration::from_secs(10))?;
+        Ok(Phase {
+            window_seconds: last
+                .duration_since(start)
+                .as_secs_f64()
+                .max(publish.elapsed_s),
+            client_cpu_seconds: own_cpu + collected.cpu_seconds,
+            publish,
+            collected,
+            expected,
+            server_cpu_seconds: server_cpu,
+        })
+    }
+}
+
+fn add_publish(total: &mut PublishStats, phase: &PublishStats) {
+    let before = total.elapsed_s;
+    total.sent += phase.sent;
+    total.accepted += phase.accepted;
+    total.refused += phase.refused;
+    total.io_errors += phase.io_errors;
+    total.late_max_ms = total.late_max_ms.max(phase.late_max_ms);
+    total.elapsed_s = before + phase.elapsed_s;
+}

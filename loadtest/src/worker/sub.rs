@@ -1,0 +1,353 @@
+//! One subscriber: its socket's state (connecting, reading the head, streaming), its SSE
+//! parser, and its per-subscriber sequence tracking. The worker's loop calls
+//! [`Sub::on_ready`] when the socket is ready and acts on the [`Outcome`].
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+
+use crate::http::{self, ChunkedDecoder};
+use crate::latency::LATENCY_US_MAX;
+use crate::payload;
+use crate::protocol::Deliveries;
+use crate::sse::SseParser;
+
+/// Reads per readiness event before the socket is put back on the worker's retry list
+/// (edge-triggered readiness is only re-armed by reaching `WouldBlock`).
+pub const READS_PER_WAKE_MAX: usize = 64;
+
+/// Where a subscriber's connection is.
+pub enum SubState {
+    /// Not connected; waiting in the connect queue (or finished).
+    Idle,
+    /// TCP connect in flight or request partly written; `sent` bytes of `request` out.
+    Connecting {
+        /// The socket.
+        stream: TcpStream,
+        /// The request bytes.
+        request: Vec<u8>,
+        /// Bytes already written.
+        sent: usize,
+    },
+    /// Request sent; collecting the response head.
+    ReadingHead {
+        /// The socket.
+        stream: TcpStream,
+        /// Head bytes so far (bounded by [`http::HEAD_BYTES_MAX`]).
+        head: Vec<u8>,
+    },
+    /// 200 text/event-stream received; feeding the body to the parser.
+    Streaming {
+        /// The socket.
+        stream: TcpStream,
+        /// The chunked decoder, when the body is chunked.
+        chunked: Option<ChunkedDecoder>,
+    },
+}
+
+/// Why a connection attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// Connect or write error.
+    Connect,
+    /// The head did not arrive in time.
+    Timeout,
+    /// Status other than 200.
+    Status,
+    /// Not `text/event-stream`.
+    ContentType,
+    /// Bad HTTP or SSE.
+    Malformed,
+    /// Closed before the head completed.
+    Closed,
+}
+
+/// What the loop must do after a readiness event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing new (may have received events).
+    Pending,
+    /// The read budget ran out before `WouldBlock`: call again next turn.
+    MoreToRead,
+    /// The response head arrived and the stream is open.
+    Opened,
+    /// The attempt failed before the stream opened.
+    Failed(Failure),
+    /// An open stream ended (closed by the server or broken).
+    Ended,
+}
+
+/// What the worker accumulates from every subscriber.
+pub struct Tally {
+    /// Delivery counters since the last report.
+    pub deliveries: Deliveries,
+    /// Delivery latency in microseconds.
+    pub latency: Histogram<u64>,
+}
+
+/// One subscriber.
+pub struct Sub {
+    /// Topic number.
+    pub topic: u32,
+    /// Connection state.
+    pub state: SubState,
+    /// The stream parser; its last id survives reconnects.
+    pub parser: SseParser,
+    /// The next per-topic sequence number expected.
+    pub next_seq: u64,
+    /// When the current connection attempt started.
+    pub started: Instant,
+    /// The first stream of this subscriber opened (later opens are reconnects).
+    pub opened_once: bool,
+    /// Reconnect attempts so far (bounded by the worker).
+    pub attempts: u32,
+}
+
+impl Sub {
+    /// A subscriber to `topic` that has not connected yet.
+    pub fn new(topic: u32, now: Instant) -> Sub {
+        Sub {
+            topic,
+            state: SubState::Idle,
+            parser: SseParser::new(),
+            next_seq: 0,
+            started: now,
+            opened_once: false,
+            attempts: 0,
+        }
+    }
+
+    /// The socket, if any.
+    pub fn stream(&mut self) -> Option<&mut TcpStream> {
+        match &mut self.state {
+            SubState::Idle => None,
+            SubState::Connecting { stream, .. }
+            | SubState::ReadingHead { stream, .. }
+            | SubState::Streaming { stream, .. } => Some(stream),
+        }
+    }
+
+    /// True while an attempt is under way (not idle, not streaming).
+    pub fn is_attempting(&self) -> bool {
+        matches!(
+            self.state,
+            SubState::Connecting { .. } | SubState::ReadingHead { .. }
+        )
+    }
+
+    /// True when the stream is open.
+    pub fn is_streaming(&self) -> bool {
+        matches!(self.state, SubState::Streaming { .. })
+    }
+
+    /// Advances the connection after a readiness event. `now_us` is the wall clock in
+    /// microseconds since the Unix epoch (taken once per event batch); `buf` is scratch.
+    pub fn on_ready(&mut self, buf: &mut [u8], now_us: u64, tally: &mut Tally) -> Outcome {
+        if let SubState::Connecting { .. } = self.state {
+            match self.write_request() {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Pending,
+                Err(_) => return Outcome::Failed(Failure::Connect),
+            }
+        }
+        for _ in 0..READS_PER_WAKE_MAX {
+            let Some(stream) = self.stream() else {
+                return Outcome::Pending;
+            };
+            let n = match stream.read(buf) {
+                Ok(0) => return self.closed(),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Outcome::Pending,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => return self.closed(),
+            };
+            match self.on_bytes(&buf[..n], now_us, tally) {
+                Outcome::Pending => {}
+                Outcome::Opened => return self.opened_then_drain(buf, now_us, tally),
+                other => return other,
+            }
+        }
+        Outcome::MoreToRead
+    }
+
+    /// The head just completed within a read: keep draining the socket, then say Opened
+    /// (or what went wrong since).
+    fn opened_then_drain(&mut self, buf: &mut [u8], now_us: u64, tally: &mut Tally) -> Outcome {
+        match self.on_ready(buf, now_us, tally) {
+            Outcome::Pending => Outcome::Opened,
+            Outcome::MoreToRead => Outcome::Opened, // The loop retries streaming subs too.
+            Outcome::Ended => Outcome::Failed(Failure::Closed),
+            other => other,
+        }
+    }
+
+    /// Writes the rest of the request: `Ok(true)` once all of it is out.
+    fn write_request(&mut self) -> io::Result<bool> {
+        let SubState::Connecting {
+            stream,
+            request,
+            sent,
+        } = &mut self.state
+        else {
+            return Ok(true);
+        };
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+        while *sent < request.len() {
+            match stream.write(&request[*sent..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => *sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::NotConnected => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let state = std::mem::replace(&mut self.state, SubState::Idle);
+        if let SubState::Connecting { stream, .. } = state {
+            self.state = SubState::ReadingHead {
+                stream,
+                head: Vec::new(),
+            };
+        }
+        Ok(true)
+    }
+
+    fn closed(&mut self) -> Outcome {
+        match self.state {
+            SubState::Streaming { .. } => Outcome::Ended,
+            _ => Outcome::Failed(Failure::Closed),
+        }
+    }
+
+    /// Bytes read from the socket.
+    fn on_bytes(&mut self, bytes: &[u8], now_us: u64, tally: &mut Tally) -> Outcome {
+        match &mut self.state {
+            SubState::ReadingHead { head, .. } => {
+                head.extend_from_slice(bytes);
+                self.on_head_bytes(now_us, tally)
+            }
+            SubState::Streaming { .. } => self.on_body(bytes, now_us, tally),
+            _ => Outcome::Pending,
+        }
+    }
+
+    /// Checks the head collected so far; once complete, switches to streaming and feeds
+    /// whatever body bytes came with it.
+    fn on_head_bytes(&mut self, now_us: u64, tally: &mut Tally) -> Outcome {
+        let SubState::ReadingHead { head: bytes, .. } = &self.state else {
+            return Outcome::Pending;
+        };
+        let head = match http::parse_head(bytes) {
+            Ok(None) => return Outcome::Pending,
+            Ok(Some(head)) => head,
+            Err(_) => return Outcome::Failed(Failure::Malformed),
+        };
+        if head.status != 200 {
+            return Outcome::Failed(Failure::Status);
+        }
+        if !head.event_stream {
+            return Outcome::Failed(Failure::ContentType);
+        }
+        let state = std::mem::replace(&mut self.state, SubState::Idle);
+        let SubState::ReadingHead { stream, head: raw } = state else {
+            return Outcome::Pending;
+        };
+        let chunked = head.chunked.then(ChunkedDecoder::default);
+        self.state = SubState::Streaming { stream, chunked };
+        match self.on_body(&raw[head.len..], now_us, tally) {
+            Outcome::Pending => Outcome::Opened,
+            Outcome::Ended => Outcome::Failed(Failure::Malformed),
+            other => other,
+        }
+    }
+
+    /// Body bytes of an open stream.
+    fn on_body(&mut self, bytes: &[u8], now_us: u64, tally: &mut Tally) -> Outcome {
+        let Sub {
+            state,
+            parser,
+            next_seq,
+            ..
+        } = self;
+        let SubState::Streaming { chunked, .. } = state else {
+            return Outcome::Pending;
+        };
+        let mut on_event = |event: crate::sse::Event<'_>| {
+            count_event(event.data, now_us, next_seq, tally);
+        };
+        let result = match chunked {
+            None => parser.feed(bytes, &mut on_event).map_err(|_| ()),
+            Some(decoder) => {
+                let mut parsed = Ok(());
+                let fed = decoder.feed(bytes, &mut |body| {
+                    if parsed.is_ok() {
+                        parsed = parser.feed(body, &mut on_event);
+                    }
+                });
+                match (fed, parsed) {
+                    (Ok(_), Ok(())) if decoder.is_done() => return Outcome::Ended,
+                    (Ok(_), Ok(())) => Ok(()),
+                    _ => Err(()),
+                }
+            }
+        };
+        match result {
+            Ok(()) => Outcome::Pending,
+            Err(()) => Outcome::Ended,
+        }
+    }
+}
+
+/// Accounts one event's data: sequence tracking and latency.
+fn count_event(data: &[u8], now_us: u64, next_seq: &mut u64, tally: &mut Tally) {
+    let Some((seq, ts_nanos)) = payload::decode(data) else {
+        tally.deliveries.foreign += 1;
+        return;
+    };
+    if seq < *next_seq {
+        tally.deliveries.duplicated += 1;
+        return;
+    }
+    if seq > *next_seq {
+        tally.deliveries.gaps += 1;
+    }
+    *next_seq = seq + 1;
+    tally.deliveries.received += 1;
+    let latency_us = now_us
+        .saturating_sub(ts_nanos / 1000)
+        .clamp(1, LATENCY_US_MAX);
+    tally.latency.saturating_record(latency_us);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tally() -> Tally {
+        Tally {
+            deliveries: Deliveries::default(),
+            latency: crate::latency::histogram(),
+        }
+    }
+
+    #[test]
+    fn sequence_tracking() {
+        let mut t = tally();
+        let mut next = 0;
+        let mut data = Vec::new();
+        for seq in [0, 1, 1, 3, 2, 4] {
+            payload::encode(&mut data, seq, 1_000_000, 64);
+            count_event(&data, 2_000, &mut next, &mut t);
+        }
+        count_event(b"not a payload", 0, &mut next, &mut t);
+        let d = t.deliveries;
+        assert_eq!((d.received, d.duplicated, d.gaps, d.foreign), (4, 2, 1, 1));
+        assert_eq!(next, 5);
+        assert_eq!(t.latency.len(), 4);
+        assert_eq!(t.latency.max(), 1_000);
+    }
+}
