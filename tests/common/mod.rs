@@ -1,0 +1,1136 @@
+//! Shared helpers for herald's integration tests: start a server on `127.0.0.1:0`, talk raw
+//! HTTP/1.1 over real TCP sockets, and read Server-Sent Events with a parser that follows the
+//! WHATWG HTML "event stream interpretation" to the letter.
+//!
+//! Every read goes until a delimiter or a deadline ([`DEADLINE`]); nothing here sleeps. A read
+//! that runs out of time fails the test with what it was waiting for and what it got.
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use herald::{Config, Event, EventId, Handle, PublishError, Server};
+
+/// How long any single wait (a read helper, a publish retry, a child process line) may take
+/// before the test fails. Generous: it only bounds a hang, it never measures speed.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// The `retry:` value a server sends when `retry_ms` is left at its default.
+pub const RETRY_MS_DEFAULT: u32 = 3_000;
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+// ---------------------------------------------------------------------------------------------
+
+/// The configuration every test starts from: an ephemeral port on loopback, two event loops
+/// (the machine has two cores), everything else default.
+pub fn test_config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 2,
+        ..Config::default()
+    }
+}
+
+/// Starts a server on `127.0.0.1:0` with [`test_config`] changed by `tweak`.
+pub fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+    let mut config = test_config();
+    tweak(&mut config);
+    match Server::start(config) {
+        Ok(server) => server,
+        Err(error) => panic!("herald::Server::start failed: {error}"),
+    }
+}
+
+/// Publishes through the library handle. `Busy` is the documented "retry shortly" answer of a
+/// saturated server, so it is retried (without sleeping) until [`DEADLINE`]; any other error
+/// fails the test.
+pub fn publish(handle: &Handle, event: &Event) -> EventId {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match handle.publish(event) {
+            Ok(id) => return id,
+            Err(PublishError::Busy) if Instant::now() < deadline => std::thread::yield_now(),
+            Err(error) => panic!("Handle::publish({event:?}) failed: {error}"),
+        }
+    }
+}
+
+/// Waits until `condition` holds, re-checking without sleeping, or fails after [`DEADLINE`].
+/// Only for eventually-consistent counters such as [`Handle::stats`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw HTTP client
+// ---------------------------------------------------------------------------------------------
+
+/// One parsed HTTP response.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// `HTTP/1.1` or `HTTP/1.0`.
+    pub version: String,
+    /// The status code.
+    pub status: u16,
+    /// The reason phrase (not asserted anywhere; informative in failure messages).
+    pub reason: String,
+    /// Header fields in arrival order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body, read by `Content-Length` (empty for streams, 1xx, 204 and HEAD).
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of the headers named `name` (case-insensitive).
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The lower-cased header names, sorted.
+    pub fn header_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(n, _)| n.to_ascii_lowercase())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The body as UTF-8 (fails the test if it is not).
+    pub fn body_text(&self) -> &str {
+        std::str::from_utf8(&self.body)
+            .unwrap_or_else(|_| panic!("response body is not UTF-8: {:?}", self.body))
+    }
+
+    /// `Content-Length` as a number, if present.
+    pub fn content_length(&self) -> Option<usize> {
+        self.header("content-length").map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("bad Content-Length in response: {v:?}"))
+        })
+    }
+
+    /// A one-line summary for failure messages.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {} {} headers={:?} body={:?}",
+            self.version,
+            self.status,
+            self.reason,
+            self.headers,
+            String::from_utf8_lossy(&self.body[..self.body.len().min(400)])
+        )
+    }
+}
+
+/// A client connection with its own read buffer. Reads stop at a delimiter, a byte count or
+/// end of stream, each within [`DEADLINE`].
+pub struct Conn {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    eof: bool,
+}
+
+/// Printable preview of received bytes for failure messages.
+fn preview(bytes: &[u8]) -> String {
+    const PREVIEW_BYTES: usize = 600;
+    if bytes.len() <= PREVIEW_BYTES {
+        format!("{:?}", String::from_utf8_lossy(bytes))
+    } else {
+        format!(
+            "{:?}... ({} bytes)",
+            String::from_utf8_lossy(&bytes[..PREVIEW_BYTES]),
+            bytes.len()
+        )
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(0);
+    }
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Conn {
+    /// Connects to `addr`, failing the test after [`DEADLINE`].
+    pub fn connect(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect_timeout(&addr, DEADLINE)
+            .unwrap_or_else(|e| panic!("connect to {addr} failed: {e}"));
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buffer: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// Writes all of `bytes` in one `write_all`.
+    pub fn send(&mut self, bytes: impl AsRef<[u8]>) {
+        let bytes = bytes.as_ref();
+        self.stream.write_all(bytes).unwrap_or_else(|e| {
+            panic!(
+                "writing {} bytes to the server failed: {e}; received so far: {}",
+                bytes.len(),
+                preview(&self.buffer)
+            )
+        });
+    }
+
+    /// Writes `bytes`, tolerating a reset or broken pipe: for requests the server may answer
+    /// and close before reading them whole (oversized heads and bodies).
+    pub fn send_may_be_cut(&mut self, bytes: impl AsRef<[u8]>) {
+        if let Err(e) = self.stream.write_all(bytes.as_ref()) {
+            assert!(
+                matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+                "writing to the server failed: {e}"
+            );
+        }
+    }
+
+    /// The bytes received but not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buffer
+    }
+
+    /// Takes the bytes received but not yet consumed.
+    pub fn take_buffered(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buffer)
+    }
+
+    /// Reads once more into the buffer. Returns the number of bytes read; 0 means the peer
+    /// closed (a reset after a complete answer counts as a close too).
+    fn fill(&mut self, deadline: Instant, waiting_for: &str) -> usize {
+        match self.try_fill(deadline, waiting_for) {
+            Some(n) => n,
+            None => panic!(
+                "timed out after {DEADLINE:?} waiting for {waiting_for}; received so far: {}",
+                preview(&self.buffer)
+            ),
+        }
+    }
+
+    /// Like `fill`, but `None` when the deadline passes.
+    fn try_fill(&mut self, deadline: Instant, waiting_for: &str) -> Option<usize> {
+        if self.eof {
+            return Some(0);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        self.stream.set_read_timeout(Some(deadline - now)).unwrap();
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Some(0);
+                }
+                Ok(n) => {
+                    self.buffer.extend_from_slice(&chunk[..n]);
+                    return Some(n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return None;
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    self.eof = true;
+                    return Some(0);
+                }
+                Err(e) => panic!("read failed while waiting for {waiting_for}: {e}"),
+            }
+        }
+    }
+
+    /// Reads until `delimiter` has arrived and returns everything up to and including it.
+    pub fn read_until(&mut self, delimiter: &[u8], waiting_for: &str) -> Vec<u8> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut searched: usize = 0;
+        loop {
+            let start = searched.saturating_sub(delimiter.len());
+            if let Some(at) = find(&self.buffer[start..], delimiter) {
+                let end = start + at + delimiter.len();
+                let rest = self.buffer.split_off(end);
+                return std::mem::replace(&mut self.buffer, rest);
+            }
+            searched = self.buffer.len();
+            if self.fill(deadline, waiting_for) == 0 {
+                panic!(
+                    "connection closed while waiting for {waiting_for}; received: {}",
+                    preview(&self.buffer)
+                );
+            }
+        }
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn read_exact_bytes(&mut self, n: usize, waiting_for: &str) -> Vec<u8> {
+        let deadline = Instant::now() + DEADLINE;
+        while self.buffer.len() < n {
+            if self.fill(deadline, waiting_for) == 0 {
+                panic!(
+                    "connection closed after {} of {n} bytes while waiting for {waiting_for}; received: {}",
+                    self.buffer.len(),
+                    preview(&self.buffer)
+                );
+            }
+        }
+        let rest = self.buffer.split_off(n);
+        std::mem::replace(&mut self.buffer, rest)
+    }
+
+    /// Reads some more bytes (at least one), or returns `None` when the peer has closed.
+    pub fn read_some(&mut self, waiting_for: &str) -> Option<Vec<u8>> {
+        if self.buffer.is_empty() && self.fill(Instant::now() + DEADLINE, waiting_for) == 0 {
+            return None;
+        }
+        Some(self.take_buffered())
+    }
+
+    /// Reads everything until the server closes the connection.
+    pub fn read_to_close(&mut self, waiting_for: &str) -> Vec<u8> {
+        let deadline = Instant::now() + DEADLINE;
+        while self.fill(deadline, waiting_for) != 0 {}
+        self.take_buffered()
+    }
+
+    /// Asserts that the server closes the connection without sending anything more.
+    pub fn expect_closed(&mut self, after: &str) {
+        let rest = self.read_to_close(&format!("the server to close the connection after {after}"));
+        assert!(
+            rest.is_empty(),
+            "expected the connection to be closed after {after}, but got more bytes: {}",
+            preview(&rest)
+        );
+    }
+
+    /// Reads a response head (through the blank line) and parses it; the body is left unread.
+    pub fn read_head(&mut self, waiting_for: &str) -> Response {
+        let head = self.read_until(b"\r\n\r\n", waiting_for);
+        parse_head(&head)
+    }
+
+    /// Reads one whole response: the head, then `Content-Length` bytes of body. A response
+    /// without `Content-Length` has an empty body if it is 1xx, 204 or 304, and otherwise runs
+    /// to the end of the connection.
+    pub fn read_response(&mut self, waiting_for: &str) -> Response {
+        let mut response = self.read_head(waiting_for);
+        response.body = match response.content_length() {
+            Some(length) => self.read_exact_bytes(length, &format!("the body of {waiting_for}")),
+            None if response.status < 200 || response.status == 204 || response.status == 304 => {
+                Vec::new()
+            }
+            None => self.read_to_close(&format!("the close-delimited body of {waiting_for}")),
+        };
+        response
+    }
+}
+
+/// Parses a response head ending in `\r\n\r\n`.
+pub fn parse_head(head: &[u8]) -> Response {
+    let text = std::str::from_utf8(head)
+        .unwrap_or_else(|_| panic!("response head is not UTF-8: {}", preview(head)));
+    let mut lines = text
+        .strip_suffix("\r\n\r\n")
+        .unwrap_or_else(|| panic!("response head does not end in CRLF CRLF: {text:?}"))
+        .split("\r\n");
+    let status_line = lines.next().unwrap();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default().to_owned();
+    assert!(
+        version == "HTTP/1.1" || version == "HTTP/1.0",
+        "bad status line {status_line:?}"
+    );
+    let status = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let reason = parts.next().unwrap_or_default().to_owned();
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line
+                .split_once(':')
+                .unwrap_or_else(|| panic!("bad header line {line:?} in {text:?}"));
+            assert!(
+                !name.is_empty() && !name.contains(' '),
+                "bad header name in {line:?}"
+            );
+            (name.to_owned(), value.trim().to_owned())
+        })
+        .collect();
+    Response {
+        version,
+        status,
+        reason,
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// Builds a request. `Host` is added unless `headers` has one or the version is 1.0; a body
+/// gets a `Content-Length` unless `headers` already names `Content-Length` or
+/// `Transfer-Encoding`.
+pub fn build_request(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut head = format!("{method} {target} HTTP/1.1\r\n");
+    let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    if !has("host") {
+        head.push_str("Host: herald.test\r\n");
+    }
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() && !has("content-length") && !has("transfer-encoding") {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// Sends one request on a fresh connection and reads one response.
+pub fn exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> Response {
+    let mut conn = Conn::connect(addr);
+    conn.send(request);
+    conn.read_response("the response")
+}
+
+/// `GET target` with `Connection: close`.
+pub fn get(addr: SocketAddr, target: &str) -> Response {
+    exchange(
+        addr,
+        build_request("GET", target, &[("Connection", "close")], b""),
+    )
+}
+
+/// `POST target` with an optional `Content-Type` and `Connection: close`. Always sends a
+/// `Content-Length`, also for an empty body.
+pub fn post(addr: SocketAddr, target: &str, content_type: Option<&str>, body: &[u8]) -> Response {
+    exchange(addr, post_request(target, content_type, body, &[]))
+}
+
+/// A `POST` request with `Content-Length` (also when 0), an optional `Content-Type` and extra
+/// headers.
+pub fn post_request(
+    target: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    extra: &[(&str, &str)],
+) -> Vec<u8> {
+    let length = body.len().to_string();
+    let mut headers: Vec<(&str, &str)> = vec![("Content-Length", &length)];
+    if let Some(content_type) = content_type {
+        headers.push(("Content-Type", content_type));
+    }
+    headers.extend_from_slice(extra);
+    build_request("POST", target, &headers, body)
+}
+
+/// Asserts the shape every error answer has: `status`, `Content-Type: text/plain;
+/// charset=utf-8`, a `Content-Length`, and a body of one non-empty line ending in `\n`.
+pub fn assert_error(response: &Response, status: u16, case: &str) {
+    assert_eq!(
+        response.status,
+        status,
+        "{case}: expected status {status}, got {}",
+        response.summary()
+    );
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/plain; charset=utf-8"),
+        "{case}: error Content-Type; {}",
+        response.summary()
+    );
+    assert!(
+        response.content_length().is_some(),
+        "{case}: error answer has no Content-Length; {}",
+        response.summary()
+    );
+    let body = response.body_text();
+    assert!(
+        body.ends_with('\n') && body.matches('\n').count() == 1 && body.trim().len() > 1,
+        "{case}: error body must be one line of text ending in \\n, got {body:?}"
+    );
+}
+
+/// Asserts the server still answers `GET /healthz` with `200 ok\n` on a new connection.
+pub fn assert_healthy(addr: SocketAddr, after: &str) {
+    let response = get(addr, "/healthz");
+    assert_eq!(
+        (response.status, response.body_text()),
+        (200, "ok\n"),
+        "the server stopped serving /healthz after {after}: {}",
+        response.summary()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding helpers (no dependencies: written by hand)
+// ---------------------------------------------------------------------------------------------
+
+/// Percent-encodes everything but RFC 3986 unreserved characters; valid both in a URL query
+/// and in an `application/x-www-form-urlencoded` body.
+pub fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// `k1=v1&k2=v2`, each part percent-encoded.
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// A JSON string literal for `text`.
+pub fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The id in a JSON publish answer, which must be exactly `{"id":"<id>"}`.
+pub fn id_from_json_answer(body: &str) -> String {
+    let id = body
+        .strip_prefix("{\"id\":\"")
+        .and_then(|rest| rest.strip_suffix("\"}"))
+        .unwrap_or_else(|| panic!("JSON publish answer is not {{\"id\":\"<id>\"}}: {body:?}"));
+    assert!(
+        !id.is_empty() && !id.contains('"') && !id.contains('\\'),
+        "odd id in {body:?}"
+    );
+    id.to_owned()
+}
+
+/// The id in a plain-text publish answer, which must be exactly `<id>\n`.
+pub fn id_from_text_answer(body: &str) -> String {
+    let id = body
+        .strip_suffix('\n')
+        .unwrap_or_else(|| panic!("text publish answer is not `<id>\\n`: {body:?}"));
+    assert!(
+        !id.is_empty() && !id.contains('\n') && !id.contains(' '),
+        "odd id in {body:?}"
+    );
+    id.to_owned()
+}
+
+/// Splits an id `"<epoch>-<seq>"` into its two numbers.
+pub fn split_id(id: &str) -> (u64, u64) {
+    let (epoch, seq) = id
+        .split_once('-')
+        .unwrap_or_else(|| panic!("id {id:?} is not <epoch>-<seq>"));
+    let parse = |part: &str| {
+        assert!(
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()),
+            "id {id:?} is not <epoch>-<seq> in decimal"
+        );
+        part.parse::<u64>().unwrap()
+    };
+    (parse(epoch), parse(seq))
+}
+
+/// Publishes over HTTP with a form body and returns the id from the `text/plain` answer.
+pub fn publish_form(addr: SocketAddr, pairs: &[(&str, &str)]) -> String {
+    let response = post(
+        addr,
+        "/publish",
+        Some("application/x-www-form-urlencoded"),
+        form(pairs).as_bytes(),
+    );
+    assert_eq!(
+        response.status,
+        200,
+        "form publish {pairs:?} failed: {}",
+        response.summary()
+    );
+    id_from_text_answer(response.body_text())
+}
+
+/// What the data of an event looks like after an EventSource has read it: line breaks
+/// (CRLF, CR, LF) become LF.
+pub fn normalize_newlines(data: &str) -> String {
+    data.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSE subscriber
+// ---------------------------------------------------------------------------------------------
+
+/// An open `GET /events` stream, read through [`EventStreamParser`].
+pub struct Subscriber {
+    conn: Conn,
+    parser: EventStreamParser,
+    pending: VecDeque<SseEvent>,
+    /// The response head.
+    pub head: Response,
+    /// Every body byte received so far, starting with the `retry:` frame.
+    pub raw: Vec<u8>,
+}
+
+/// Subscribes to `topics` (`GET /events?topic=..&topic=..`) and waits for the stream's first
+/// `retry:` frame, after which the server has registered the subscriber.
+pub fn subscribe(addr: SocketAddr, topics: &[&str]) -> Subscriber {
+    Subscriber::open(addr, &events_target(topics, None), &[])
+}
+
+/// `/events?topic=..&topic=..[&lastEventId=..]`.
+pub fn events_target(topics: &[&str], last_event_id: Option<&str>) -> String {
+    let mut pairs: Vec<(&str, &str)> = topics.iter().map(|t| ("topic", *t)).collect();
+    if let Some(id) = last_event_id {
+        pairs.push(("lastEventId", id));
+    }
+    format!("/events?{}", form(&pairs))
+}
+
+impl Subscriber {
+    /// Opens `GET target` with extra `headers`, asserts a 200 `text/event-stream` answer and
+    /// reads up to the end of the first frame, which must be `retry: <ms>`.
+    pub fn open(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Subscriber {
+        let mut conn = Conn::connect(addr);
+        conn.send(build_request("GET", target, headers, b""));
+        let head = conn.read_head(&format!("the response head of GET {target}"));
+        if head.status != 200 {
+            let mut failed = head.clone();
+            if let Some(length) = head.content_length() {
+                failed.body = conn.read_exact_bytes(length, "the error body");
+            }
+            panic!("GET {target} was refused: {}", failed.summary());
+        }
+        assert_eq!(
+            head.header("content-type"),
+            Some("text/event-stream"),
+            "GET {target}: {}",
+            head.summary()
+        );
+        let mut subscriber = Subscriber {
+            conn,
+            parser: EventStreamParser::new(),
+            pending: VecDeque::new(),
+            head,
+            raw: Vec::new(),
+        };
+        subscriber.wait_for_retry_frame(target);
+        subscriber
+    }
+
+    fn wait_for_retry_frame(&mut self, target: &str) {
+        let waiting_for = format!("the first `retry:` frame of GET {target}");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let buffered = self.conn.take_buffered();
+            self.take(&buffered);
+            if find(&self.raw, b"\n\n").is_some() {
+                break;
+            }
+            self.read_more(deadline, &waiting_for);
+        }
+        assert!(
+            self.raw.starts_with(b"retry: "),
+            "GET {target}: the body must start with a `retry:` frame, got {}",
+            preview(&self.raw)
+        );
+    }
+
+    /// Reads more body bytes into the parser; fails the test on a close or the deadline.
+    fn read_more(&mut self, deadline: Instant, waiting_for: &str) {
+        match self.conn.try_fill(deadline, waiting_for) {
+            Some(0) => panic!(
+                "the server closed the stream while waiting for {waiting_for}; body received: {}",
+                preview(&self.raw)
+            ),
+            Some(_) => {
+                let bytes = self.conn.take_buffered();
+                self.take(&bytes);
+            }
+            None => panic!(
+                "timed out after {DEADLINE:?} waiting for {waiting_for}; body received: {}",
+                preview(&self.raw)
+            ),
+        }
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        self.raw.extend_from_slice(bytes);
+        self.pending.extend(self.parser.feed(bytes));
+    }
+
+    /// Waits for the next dispatched event.
+    pub fn next_event(&mut self, waiting_for: &str) -> SseEvent {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            self.read_more(deadline, waiting_for);
+        }
+    }
+
+    /// Waits for the next `n` events.
+    pub fn events(&mut self, n: usize) -> Vec<SseEvent> {
+        (0..n)
+            .map(|i| self.next_event(&format!("event {} of {n}", i + 1)))
+            .collect()
+    }
+
+    /// Reads events until one with data `sentinel` arrives; returns those before it. Publishing
+    /// a sentinel last is how a test shows that nothing else (no duplicate, no stray event)
+    /// arrived in between.
+    pub fn events_before(&mut self, sentinel: &str) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        loop {
+            let event = self.next_event(&format!("the sentinel event {sentinel:?}"));
+            if event.data == sentinel {
+                return events;
+            }
+            events.push(event);
+        }
+    }
+
+    /// The body bytes after the first `retry:` frame.
+    pub fn raw_after_retry_frame(&self) -> &[u8] {
+        let end = find(&self.raw, b"\n\n").unwrap() + 2;
+        &self.raw[end..]
+    }
+
+    /// The last `retry:` value the parser accepted.
+    pub fn retry_ms(&self) -> Option<u64> {
+        self.parser.retry_ms
+    }
+
+    /// The parser's last event ID string (what a browser would send on reconnect).
+    pub fn last_event_id(&self) -> &str {
+        &self.parser.last_event_id
+    }
+
+    /// The underlying connection, e.g. to see it closed.
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// EventSource parser (WHATWG HTML, "9.2.6 Interpreting an event stream")
+// ---------------------------------------------------------------------------------------------
+
+/// One dispatched `MessageEvent` as an EventSource would fire it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The event type: the `event` field, or `message` when it was empty.
+    pub event_type: String,
+    /// The data buffer with its last LF removed.
+    pub data: String,
+    /// The EventSource's last event ID string at dispatch time.
+    pub last_event_id: String,
+}
+
+/// An incremental event stream parser: bytes in, dispatched events out.
+///
+/// - The stream is UTF-8 decoded with replacement; one leading U+FEFF (BOM) is dropped.
+/// - Lines end in CRLF, a lone LF or a lone CR; a CR at the end of one chunk and an LF at the
+///   start of the next are one line end.
+/// - A blank line dispatches; a line starting with `:` is a comment; otherwise the field name
+///   runs to the first `:`, and one space after it is dropped from the value; a line without
+///   `:` is a field with an empty value.
+/// - `event` sets the type buffer, `data` appends the value and LF, `id` sets the last event
+///   ID buffer unless the value contains U+0000, `retry` sets the reconnection time if the
+///   value is ASCII digits only; other fields are ignored.
+/// - Dispatch sets the last event ID string from its buffer (it persists across events), then
+///   fires nothing if the data buffer is empty; otherwise drops the data's last LF and fires.
+/// - At end of stream a partly received event is discarded (nothing to do: it never
+///   dispatches).
+#[derive(Debug, Default)]
+pub struct EventStreamParser {
+    /// Bytes held while deciding whether the stream starts with a BOM.
+    bom_prefix: Vec<u8>,
+    /// Whether the BOM check is over.
+    bom_checked: bool,
+    /// The current, unfinished line.
+    line: Vec<u8>,
+    /// The previous byte was a CR: an LF now completes the same line end.
+    after_cr: bool,
+    data: String,
+    event_type: String,
+    last_event_id_buffer: String,
+    /// The last event ID string.
+    pub last_event_id: String,
+    /// The reconnection time set by the last valid `retry` field.
+    pub retry_ms: Option<u64>,
+    /// Comment lines seen (without the leading `:`), for tests that want them.
+    pub comments: Vec<String>,
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+impl EventStreamParser {
+    /// A parser at the start of a stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next bytes of the stream; returns the events they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        let mut bytes = bytes;
+        if !self.bom_checked {
+            while !bytes.is_empty() && self.bom_prefix.len() < BOM.len() {
+                let next = bytes[0];
+                if next != BOM[self.bom_prefix.len()] {
+                    break;
+                }
+                self.bom_prefix.push(next);
+                bytes = &bytes[1..];
+            }
+            if self.bom_prefix.len() == BOM.len() {
+                self.bom_prefix.clear();
+                self.bom_checked = true;
+            } else if bytes.is_empty() {
+                return events; // Still a possible BOM prefix: wait for more.
+            } else {
+                // Not a BOM: the held bytes are ordinary stream content.
+                self.bom_checked = true;
+                let held = std::mem::take(&mut self.bom_prefix);
+                self.scan(&held, &mut events);
+            }
+        }
+        self.scan(bytes, &mut events);
+        events
+    }
+
+    fn scan(&mut self, bytes: &[u8], events: &mut Vec<SseEvent>) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            if self.after_cr {
+                self.after_cr = false;
+                if rest[0] == b'\n' {
+                    rest = &rest[1..];
+                    continue;
+                }
+            }
+            match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+                None => {
+                    self.line.extend_from_slice(rest);
+                    return;
+                }
+                Some(at) => {
+                    self.line.extend_from_slice(&rest[..at]);
+                    self.after_cr = rest[at] == b'\r';
+                    rest = &rest[at + 1..];
+                    let line = std::mem::take(&mut self.line);
+                    self.process_line(&String::from_utf8_lossy(&line), events);
+                }
+            }
+        }
+    }
+
+    fn process_line(&mut self, line: &str, events: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            self.dispatch(events);
+        } else if let Some(comment) = line.strip_prefix(':') {
+            self.comments.push(comment.to_owned());
+        } else if let Some((field, value)) = line.split_once(':') {
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            self.process_field(field, value);
+        } else {
+            self.process_field(line, "");
+        }
+    }
+
+    fn process_field(&mut self, field: &str, value: &str) {
+        match field {
+            "event" => self.event_type = value.to_owned(),
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+            }
+            "id" if !value.contains('\0') => self.last_event_id_buffer = value.to_owned(),
+            // All digits; a value too large for u64 saturates.
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                self.retry_ms = Some(value.parse().unwrap_or(u64::MAX));
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, events: &mut Vec<SseEvent>) {
+        self.last_event_id.clone_from(&self.last_event_id_buffer);
+        if self.data.is_empty() {
+            self.event_type.clear();
+            return;
+        }
+        if self.data.ends_with('\n') {
+            self.data.pop();
+        }
+        let event_type = if self.event_type.is_empty() {
+            "message".to_owned()
+        } else {
+            std::mem::take(&mut self.event_type)
+        };
+        events.push(SseEvent {
+            event_type,
+            data: std::mem::take(&mut self.data),
+            last_event_id: self.last_event_id.clone(),
+        });
+    }
+}
+
+/// Parses a whole stream in one piece.
+pub fn parse_stream(bytes: &[u8]) -> Vec<SseEvent> {
+    EventStreamParser::new().feed(bytes)
+}
+
+#[cfg(test)]
+mod event_stream_parser_tests {
+    use super::*;
+
+    fn event(event_type: &str, data: &str, last_event_id: &str) -> SseEvent {
+        SseEvent {
+            event_type: event_type.to_owned(),
+            data: data.to_owned(),
+            last_event_id: last_event_id.to_owned(),
+        }
+    }
+
+    fn message(data: &str) -> SseEvent {
+        event("message", data, "")
+    }
+
+    /// Parses `input` whole, split at every position, and byte by byte; all must agree with
+    /// `expected`.
+    fn check(input: &[u8], expected: &[SseEvent]) {
+        assert_eq!(parse_stream(input), expected, "whole input {input:?}");
+        for split in 0..=input.len() {
+            let mut parser = EventStreamParser::new();
+            let mut events = parser.feed(&input[..split]);
+            events.extend(parser.feed(&input[split..]));
+            assert_eq!(events, expected, "input {input:?} split at {split}");
+        }
+        let mut parser = EventStreamParser::new();
+        let events: Vec<SseEvent> = input.iter().flat_map(|b| parser.feed(&[*b])).collect();
+        assert_eq!(events, expected, "input {input:?} fed byte by byte");
+    }
+
+    #[test]
+    fn spec_example_data_lines_are_joined_with_lf() {
+        check(
+            b"data: YHOO\ndata: +2\ndata: 10\n\n",
+            &[message("YHOO\n+2\n10")],
+        );
+    }
+
+    #[test]
+    fn spec_example_comment_id_reset_and_leading_space() {
+        check(
+            b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n",
+            &[
+                event("message", "first event", "1"),
+                event("message", "second event", ""),
+                event("message", " third event", ""),
+            ],
+        );
+    }
+
+    #[test]
+    fn spec_example_empty_data_and_unterminated_event() {
+        check(
+            b"data\n\ndata\ndata\n\ndata:",
+            &[message(""), message("\n")],
+        );
+    }
+
+    #[test]
+    fn spec_example_space_after_colon_is_optional() {
+        check(
+            b"data:test\n\ndata: test\n\n",
+            &[message("test"), message("test")],
+        );
+    }
+
+    #[test]
+    fn cr_lf_and_crlf_all_end_lines() {
+        check(
+            b"data: a\rdata: b\r\ndata: c\ndata: d\r\r\n",
+            &[message("a\nb\nc\nd")],
+        );
+        check(b"data: x\r\rdata: y\n\n", &[message("x"), message("y")]);
+        check(b"data: x\r\n\r\ndata: y\r\r", &[message("x"), message("y")]);
+    }
+
+    #[test]
+    fn cr_then_lf_in_separate_chunks_is_one_line_end() {
+        let mut parser = EventStreamParser::new();
+        assert_eq!(parser.feed(b"data: a\r"), vec![]);
+        assert_eq!(parser.feed(b"\ndata: b\r"), vec![]);
+        assert_eq!(parser.feed(b"\n"), vec![]);
+        assert_eq!(parser.feed(b"\r"), vec![message("a\nb")]);
+        assert_eq!(parser.feed(b"\n"), vec![]);
+    }
+
+    #[test]
+    fn one_leading_bom_is_dropped() {
+        check(b"\xEF\xBB\xBFdata: x\n\n", &[message("x")]);
+        // A second BOM belongs to the field name `\u{feff}data`, an unknown field.
+        check(b"\xEF\xBB\xBF\xEF\xBB\xBFdata: x\n\n", &[]);
+        // A BOM later in the stream is content.
+        check(b"data: \xEF\xBB\xBFx\n\n", &[message("\u{feff}x")]);
+        // A partial BOM is not a BOM: the decoder replaces it.
+        check(b"\xEF\xBBdata: x\n\ndata: y\n\n", &[message("y")]);
+    }
+
+    #[test]
+    fn invalid_utf8_becomes_replacement_characters() {
+        check(b"data: a\xFFb\n\n", &[message("a\u{fffd}b")]);
+        check(b"data: \xE2\x82\n\n", &[message("\u{fffd}")]);
+        check("data: é世🚀\n\n".as_bytes(), &[message("é世🚀")]);
+    }
+
+    #[test]
+    fn event_field_sets_the_type_for_one_event_only() {
+        check(
+            b"event: add\ndata: 1\n\ndata: 2\n\nevent: a\nevent: b\ndata: 3\n\n",
+            &[event("add", "1", ""), message("2"), event("b", "3", "")],
+        );
+        check(b"event:\ndata: x\n\n", &[message("x")]);
+    }
+
+    #[test]
+    fn empty_data_buffer_dispatches_nothing_and_resets_the_type() {
+        check(b"event: e\n\ndata: x\n\n", &[message("x")]);
+        check(b"id: 1\nevent: e\nretry: 5\n\n", &[]);
+        check(b"\n\n\n", &[]);
+    }
+
+    #[test]
+    fn id_persists_and_ids_with_nul_are_ignored() {
+        check(
+            b"id: 7\ndata: a\n\ndata: b\n\nid: 8\x009\ndata: c\n\nid\ndata: d\n\n",
+            &[
+                event("message", "a", "7"),
+                event("message", "b", "7"),
+                event("message", "c", "7"),
+                event("message", "d", ""),
+            ],
+        );
+        let mut parser = EventStreamParser::new();
+        assert_eq!(parser.feed(b"id: 42\n\n"), vec![]);
+        assert_eq!(parser.last_event_id, "42");
+        // The buffer only becomes the last event ID at dispatch.
+        assert_eq!(parser.feed(b"id: 43\n"), vec![]);
+        assert_eq!(parser.last_event_id, "42");
+        assert_eq!(parser.feed(b"\n"), vec![]);
+        assert_eq!(parser.last_event_id, "43");
+    }
+
+    #[test]
+    fn retry_accepts_ascii_digits_only() {
+        let retry = |input: &[u8]| {
+            let mut parser = EventStreamParser::new();
+            parser.feed(input);
+            parser.retry_ms
+        };
+        assert_eq!(retry(b"retry: 1500\n"), Some(1500));
+        assert_eq!(retry(b"retry:1500\n"), Some(1500));
+        assert_eq!(retry(b"retry: 1500\nretry: 15x\n"), Some(1500));
+        assert_eq!(retry(b"retry:  1500\n"), None);
+        assert_eq!(retry(b"retry: -1\n"), None);
+        assert_eq!(retry(b"retry: 1.5\n"), None);
+        assert_eq!(retry(b"retry\n"), None);
+        assert_eq!(retry(b"retry: \n"), None);
+        assert_eq!(
+            retry(b"retry: 1500"),
+            None,
+            "an unfinished line is not a field"
+        );
+    }
+
+    #[test]
+    fn fields_without_colon_unknown_fields_and_comments() {
+        check(
+            b"foo: bar\n:comment\n: another\ndata\ndata:x\ndata::y\n\n",
+            &[message("\nx\n:y")],
+        );
+        let mut parser = EventStreamParser::new();
+        parser.feed(b": ping\n:\n");
+        assert_eq!(parser.comments, vec![" ping".to_owned(), String::new()]);
+        check(b"Data: x\n\n", &[]);
+        check(b"data : x\n\n", &[]);
+    }
+
+    #[test]
+    fn only_one_space_after_the_colon_is_dropped() {
+        check(b"data:  two\n\n", &[message(" two")]);
+        check(b"data:\tx\n\n", &[message("\tx")]);
+        check(b"data: \n\n", &[message("")]);
+    }
+
+    #[test]
+    fn unterminated_event_at_end_of_stream_is_discarded() {
+        check(b"data: done\n\ndata: pending\n", &[message("done")]);
+        check(b"data: done\n\ndata: pending", &[message("done")]);
+    }
+
+    #[test]
+    fn a_long_stream_with_every_feature_survives_every_split() {
+        let input = "\u{feff}: hello\r\nretry: 10\r\n\r\nid: 1\nevent: add\ndata: a\r\ndata:b\rdata\n\n\
+                     id: 2\u{0}\ndata: é世🚀\r\n\r\ndata: x\r\r:c\nevent: e\nid: 3\n\nid\ndata:  y\n\n"
+            .as_bytes();
+        check(
+            input,
+            &[
+                event("add", "a\nb\n", "1"),
+                event("message", "é世🚀", "1"),
+                event("message", "x", "1"),
+                event("message", " y", ""),
+            ],
+        );
+    }
+}

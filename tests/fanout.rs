@@ -1,0 +1,151 @@
+#![allow(clippy::unwrap_used)]
+//! Fan-out at scale: 1,000 subscribers on a two-loop server each receive 200 events exactly
+//! once and in order. Sockets are read by a few threads; the machine has two cores and a
+//! 20,000 open-file limit (this test holds about 2,000 descriptors: both ends of each
+//! connection live in this process).
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::*;
+use herald::Event;
+
+const SUBSCRIBERS: usize = 1_000;
+const EVENTS: usize = 200;
+const READER_THREADS: usize = 4;
+
+#[test]
+fn thousand_subscribers_get_two_hundred_events_exactly_once_in_order() {
+    let server = start(|config| config.threads = 2);
+    let addr = server.local_addr();
+    let handle = server.handle();
+
+    // Every fourth subscriber also names a second topic that some events are published to as
+    // well: those must still arrive once.
+    let subscribers: Vec<Subscriber> = (0..SUBSCRIBERS)
+        .map(|i| {
+            if i % 4 == 0 {
+                subscribe(addr, &["fan", "also"])
+            } else {
+                subscribe(addr, &["fan"])
+            }
+        })
+        .collect();
+    wait_until("stats().subscribers to reach 1000", || {
+        handle.stats().subscribers == SUBSCRIBERS as u64
+    });
+
+    let mut expected = Vec::with_capacity(EVENTS);
+    for i in 0..EVENTS {
+        let data = format!("event {i} of {EVENTS}");
+        let event = if i % 3 == 0 {
+            Event::new("fan", data.clone()).and_topic("also")
+        } else {
+            Event::new("fan", data.clone())
+        };
+        expected.push((publish(&handle, &event).to_string(), data));
+    }
+    publish(&handle, &Event::new("also", "not for fan-only subscribers"));
+    let end = publish(&handle, &Event::new("fan", "end")).to_string();
+
+    let checked = AtomicUsize::new(0);
+    let mut chunks: Vec<Vec<(usize, Subscriber)>> =
+        (0..READER_THREADS).map(|_| Vec::new()).collect();
+    for (i, subscriber) in subscribers.into_iter().enumerate() {
+        chunks[i % READER_THREADS].push((i, subscriber));
+    }
+    std::thread::scope(|scope| {
+        for chunk in chunks {
+            let expected = &expected;
+            let checked = &checked;
+            let end = &end;
+            scope.spawn(move || {
+                for (i, mut subscriber) in chunk {
+                    let mut got: Vec<(String, String)> = subscriber
+                        .events_before("end")
+                        .into_iter()
+                        .map(|e| (e.last_event_id, e.data))
+                        .collect();
+                    assert_eq!(subscriber.last_event_id(), end.as_str(), "subscriber {i}");
+                    if i % 4 == 0 {
+                        let extra = got.pop();
+                        assert_eq!(
+                            extra.map(|(_, data)| data).as_deref(),
+                            Some("not for fan-only subscribers"),
+                            "subscriber {i} of fan+also misses the also-only event"
+                        );
+                    }
+                    assert_eq!(got.len(), EVENTS, "subscriber {i}: number of events");
+                    if got != *expected {
+                        let first_bad = got.iter().zip(expected.iter()).position(|(g, e)| g != e);
+                        panic!(
+                            "subscriber {i}: events differ from the published sequence, first at index {first_bad:?}: got {:?}, expected {:?}",
+                            first_bad.map(|k| &got[k]),
+                            first_bad.map(|k| &expected[k])
+                        );
+                    }
+                    checked.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    assert_eq!(checked.load(Ordering::Relaxed), SUBSCRIBERS);
+    assert_eq!(handle.stats().events_published, EVENTS as u64 + 2);
+    let deliveries = (SUBSCRIBERS * (EVENTS + 1) + SUBSCRIBERS / 4) as u64;
+    wait_until("stats().deliveries to count every delivery", || {
+        handle.stats().deliveries == deliveries
+    });
+}
+
+#[test]
+fn subscribers_on_both_loops_get_http_published_events() {
+    // Many connections spread over both loops' SO_REUSEPORT listeners; publishes arrive over
+    // HTTP on whichever loop accepts them.
+    let server = start(|config| config.threads = 2);
+    let addr = server.local_addr();
+    let mut subscribers: Vec<Subscriber> =
+        (0..64).map(|_| subscribe(addr, &["http-fan"])).collect();
+    let ids: Vec<String> = (0..20)
+        .map(|i| publish_form(addr, &[("topic", "http-fan"), ("data", &i.to_string())]))
+        .collect();
+    for (n, subscriber) in subscribers.iter_mut().enumerate() {
+        let got: Vec<(String, String)> = subscriber
+            .events(20)
+            .into_iter()
+            .map(|e| (e.last_event_id, e.data))
+            .collect();
+        let expected: Vec<(String, String)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i.to_string()))
+            .collect();
+        assert_eq!(got, expected, "subscriber {n}");
+    }
+}
+
+#[test]
+fn burst_longer_than_the_history_reaches_a_subscriber_within_its_lag_budget() {
+    // Fifty small events (a few KB, far below max_lag_bytes) published in a burst to a topic
+    // whose history holds five. A subscriber that is reading is not slow: it must get all of
+    // them, in order, without being disconnected.
+    let server = start(|config| config.history_events = 5);
+    let handle = server.handle();
+    let mut subscriber = subscribe(server.local_addr(), &["burst"]);
+    let expected: Vec<(String, String)> = (0..50)
+        .map(|i| {
+            let data = format!("burst {i}");
+            (
+                publish(&handle, &Event::new("burst", data.clone())).to_string(),
+                data,
+            )
+        })
+        .collect();
+    publish(&handle, &Event::new("burst", "end"));
+    let got: Vec<(String, String)> = subscriber
+        .events_before("end")
+        .into_iter()
+        .map(|e| (e.last_event_id, e.data))
+        .collect();
+    assert_eq!(got, expected);
+}

@@ -1,0 +1,262 @@
+#![allow(clippy::unwrap_used)]
+//! Data round trips through herald and back out of a spec-exact EventSource parser: LF, CR,
+//! CRLF, unicode, empty strings, separators that look like SSE syntax, and 1 MiB payloads,
+//! published through the library handle and through every HTTP publish format.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use herald::Event;
+
+/// Data that must come out of an EventSource as it went in (after CR and CRLF became LF).
+fn tricky_data() -> Vec<String> {
+    [
+        "plain",
+        "",
+        "line1\nline2",
+        "cr\ronly",
+        "crlf\r\nline",
+        "mixed\nlf\rcr\r\ncrlf",
+        "trailing lf\n",
+        "trailing cr\r",
+        "trailing crlf\r\n",
+        "\n",
+        "\r",
+        "\r\n",
+        "\n\n\n",
+        "\r\r\n\n\r",
+        "\nleading lf",
+        " leading space",
+        "  two leading spaces",
+        "\ttab",
+        ":starts with a colon",
+        "data: looks like a field",
+        "id: 99\nevent: fake\nretry: 1\n\ndata: injected",
+        "unicode: é ß 世界 🚀 \u{200b} \u{feff}",
+        "\u{feff}leading bom",
+        "quotes \" and \\ backslash",
+        "nul \u{0} inside",
+        "emoji line\n🚀\r\n世界",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// 1 MiB of data with every kind of line break and multi-byte characters.
+fn mebibyte_payload() -> String {
+    let mut data = String::with_capacity(1 << 20);
+    let pieces = [
+        "abcdefghijklmnopqrstuvwxyz0123456789",
+        "\n",
+        "é世🚀",
+        "\r\n",
+        " spaced : colon ",
+        "\r",
+        "data: not a field",
+        "\n\n",
+    ];
+    let mut i = 0;
+    while data.len() < (1 << 20) - 64 {
+        data.push_str(pieces[i % pieces.len()]);
+        i += 1;
+    }
+    while data.len() < 1 << 20 {
+        data.push('x');
+    }
+    assert_eq!(data.len(), 1 << 20);
+    data
+}
+
+fn check_roundtrip(subscriber: &mut Subscriber, sent: &[(String, String)], how: &str) {
+    for (id, data) in sent {
+        let event = subscriber.next_event(&format!("the event with data {data:?} ({how})"));
+        assert_eq!(
+            event.data,
+            normalize_newlines(data),
+            "data {data:?} published {how} did not round-trip"
+        );
+        assert_eq!(&event.last_event_id, id, "id of {data:?} published {how}");
+        assert_eq!(event.event_type, "message", "{how}");
+    }
+}
+
+#[test]
+fn tricky_data_round_trips_through_handle_publish() {
+    let server = start(|_| {});
+    let handle = server.handle();
+    let mut subscriber = subscribe(server.local_addr(), &["rt"]);
+    let sent: Vec<(String, String)> = tricky_data()
+        .into_iter()
+        .map(|data| {
+            (
+                publish(&handle, &Event::new("rt", data.clone())).to_string(),
+                data,
+            )
+        })
+        .collect();
+    check_roundtrip(&mut subscriber, &sent, "with Handle::publish");
+}
+
+#[test]
+fn tricky_data_round_trips_through_form_publish() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut subscriber = subscribe(addr, &["rt"]);
+    let sent: Vec<(String, String)> = tricky_data()
+        .into_iter()
+        .map(|data| {
+            (
+                publish_form(addr, &[("topic", "rt"), ("data", &data)]),
+                data,
+            )
+        })
+        .collect();
+    check_roundtrip(&mut subscriber, &sent, "as a form");
+}
+
+#[test]
+fn tricky_data_round_trips_through_json_publish() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut subscriber = subscribe(addr, &["rt"]);
+    let sent: Vec<(String, String)> = tricky_data()
+        .into_iter()
+        .map(|data| {
+            let body = format!("{{\"topic\":\"rt\",\"data\":{}}}", json_string(&data));
+            let response = post(addr, "/publish", Some("application/json"), body.as_bytes());
+            assert_eq!(response.status, 200, "{body}: {}", response.summary());
+            (id_from_json_answer(response.body_text()), data)
+        })
+        .collect();
+    check_roundtrip(&mut subscriber, &sent, "as JSON");
+}
+
+#[test]
+fn tricky_data_round_trips_through_raw_publish() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut subscriber = subscribe(addr, &["rt"]);
+    let sent: Vec<(String, String)> = tricky_data()
+        .into_iter()
+        .map(|data| {
+            let response = post(
+                addr,
+                "/publish?topic=rt",
+                Some("text/plain"),
+                data.as_bytes(),
+            );
+            assert_eq!(response.status, 200, "{data:?}: {}", response.summary());
+            (id_from_text_answer(response.body_text()), data)
+        })
+        .collect();
+    check_roundtrip(&mut subscriber, &sent, "as a raw body");
+}
+
+#[test]
+fn unicode_event_names_and_retry_round_trip() {
+    let server = start(|_| {});
+    let handle = server.handle();
+    let mut subscriber = subscribe(server.local_addr(), &["rt"]);
+    let id = publish(
+        &handle,
+        &Event::new("rt", "x").named("état-世界").with_retry_ms(0),
+    );
+    let event = subscriber.next_event("the named event");
+    assert_eq!(event.event_type, "état-世界");
+    assert_eq!(event.last_event_id, id.as_str());
+    assert_eq!(subscriber.retry_ms(), Some(0));
+}
+
+fn big_server() -> herald::Server {
+    start(|config| {
+        config.max_publish_bytes = 4 << 20;
+        config.max_lag_bytes = 32 << 20;
+    })
+}
+
+fn check_big(subscriber: &mut Subscriber, id: &str, payload: &str, how: &str) {
+    let event = subscriber.next_event(&format!("the 1 MiB event ({how})"));
+    assert_eq!(&event.last_event_id, id, "{how}");
+    let expected = normalize_newlines(payload);
+    assert_eq!(
+        event.data.len(),
+        expected.len(),
+        "1 MiB payload length ({how})"
+    );
+    assert!(
+        event.data == expected,
+        "1 MiB payload content differs ({how})"
+    );
+}
+
+#[test]
+fn one_mebibyte_payload_round_trips_through_handle_publish() {
+    let server = big_server();
+    let mut subscriber = subscribe(server.local_addr(), &["big"]);
+    let payload = mebibyte_payload();
+    let id = publish(&server.handle(), &Event::new("big", payload.clone()));
+    check_big(&mut subscriber, id.as_str(), &payload, "Handle::publish");
+}
+
+#[test]
+fn one_mebibyte_payload_round_trips_through_raw_publish() {
+    let server = big_server();
+    let addr = server.local_addr();
+    let mut subscriber = subscribe(addr, &["big"]);
+    let payload = mebibyte_payload();
+    let response = post(
+        addr,
+        "/publish?topic=big",
+        Some("text/plain"),
+        payload.as_bytes(),
+    );
+    assert_eq!(response.status, 200, "{}", response.summary());
+    let id = id_from_text_answer(response.body_text());
+    check_big(&mut subscriber, &id, &payload, "raw body");
+}
+
+#[test]
+fn one_mebibyte_payloads_round_trip_through_form_and_json_publish() {
+    let server = big_server();
+    let addr: SocketAddr = server.local_addr();
+    let mut subscriber = subscribe(addr, &["big"]);
+    let payload = mebibyte_payload();
+
+    let body = form(&[("topic", "big"), ("data", &payload)]);
+    assert!(body.len() < 4 << 20, "encoded form fits max_publish_bytes");
+    let response = post(
+        addr,
+        "/publish",
+        Some("application/x-www-form-urlencoded"),
+        body.as_bytes(),
+    );
+    assert_eq!(response.status, 200, "{}", response.summary());
+    let id = id_from_text_answer(response.body_text());
+    check_big(&mut subscriber, &id, &payload, "form");
+
+    let body = format!("{{\"topic\":\"big\",\"data\":{}}}", json_string(&payload));
+    let response = post(addr, "/publish", Some("application/json"), body.as_bytes());
+    assert_eq!(response.status, 200, "{}", response.summary());
+    let id = id_from_json_answer(response.body_text());
+    check_big(&mut subscriber, &id, &payload, "JSON");
+}
+
+#[test]
+fn many_subscribers_get_identical_bytes_of_a_big_event() {
+    let server = big_server();
+    let addr = server.local_addr();
+    let mut subscribers: Vec<Subscriber> = (0..8).map(|_| subscribe(addr, &["big"])).collect();
+    let payload = mebibyte_payload();
+    let id = publish(&server.handle(), &Event::new("big", payload.clone()));
+    for subscriber in &mut subscribers {
+        check_big(subscriber, id.as_str(), &payload, "to one of 8 subscribers");
+    }
+    let first = subscribers[0].raw.clone();
+    assert!(
+        subscribers.iter().all(|s| s.raw == first),
+        "every subscriber receives the same bytes"
+    );
+}
