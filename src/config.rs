@@ -73,6 +73,10 @@ pub const TIMER_MS_MAX: u64 = 3_600_000;
 pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Window over which subscribers told to reconnect at shutdown spread their returns.
 pub const SHUTDOWN_RETRY_WINDOW_MS_DEFAULT: u64 = 10_000;
+/// Ceiling on `max_connections`.
+pub const CONNECTIONS_MAX: usize = 10_000_000;
+/// File descriptors kept free of connections (listeners, pollers, wakers, logs).
+pub const FDS_RESERVED: usize = 64;
 /// Largest accepted stream lifetime: one week.
 pub const STREAM_LIFETIME_MS_MAX: u64 = 7 * 24 * 3_600_000;
 
@@ -141,6 +145,15 @@ pub struct Config {
     /// At shutdown each subscriber is told `retry:` of `retry_ms` plus a random share of
     /// this window (milliseconds), so a restart is not a reconnect storm.
     pub shutdown_retry_window_ms: u64,
+    /// Most open client connections; past it new ones get 503 with `Retry-After`.
+    /// 0: the process's open-file limit minus a small reserve.
+    pub max_connections: usize,
+    /// Most open connections per client address; past it new ones get 429 with
+    /// `Retry-After`. 0: unlimited.
+    pub max_connections_per_ip: usize,
+    /// Address blocks (`10.0.0.0/8`, `::1`) of proxies whose `X-Forwarded-For` or
+    /// `Forwarded` header names the client. Other peers are the client themselves.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Config {
@@ -169,6 +182,9 @@ impl Default for Config {
             max_stream_lifetime_ms: 0,
             shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
             shutdown_retry_window_ms: SHUTDOWN_RETRY_WINDOW_MS_DEFAULT,
+            max_connections: 0,
+            max_connections_per_ip: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -213,6 +229,17 @@ fn within(setting: &'static str, value: usize, min: usize, max: usize) -> Result
 }
 
 impl Config {
+    /// The connection limit in force: `max_connections`, or when that is 0 the open-file
+    /// limit (read from `/proc/self/limits`) minus [`FDS_RESERVED`].
+    pub fn effective_max_connections(&self) -> usize {
+        if self.max_connections != 0 {
+            return self.max_connections;
+        }
+        open_files_limit()
+            .map_or(10_000, |limit| limit.saturating_sub(FDS_RESERVED))
+            .clamp(1, CONNECTIONS_MAX)
+    }
+
     /// Checks every setting against its range and the relations between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         within("threads", self.threads, 1, THREADS_MAX)?;
@@ -297,6 +324,18 @@ impl Config {
                 );
             }
         }
+        within("max_connections", self.max_connections, 0, CONNECTIONS_MAX)?;
+        within(
+            "max_connections_per_ip",
+            self.max_connections_per_ip,
+            0,
+            CONNECTIONS_MAX,
+        )?;
+        for block in &self.trusted_proxies {
+            if let Err(reason) = crate::client::Cidr::parse(block) {
+                return fault("trusted_proxies", reason);
+            }
+        }
         if let Some(token) = &self.publish_token {
             if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
                 return fault(
@@ -310,6 +349,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Parses a byte size: a plain number of bytes or a number with a `K`, `KiB`, `M`, `MiB`,
@@ -371,6 +417,22 @@ mod tests {
             "cors_origins",
         );
         check(|c| c.publish_token = Some("a b".into()), "publish_token");
+        check(
+            |c| c.trusted_proxies = vec!["10.0.0.0/99".into()],
+            "trusted_proxies",
+        );
+    }
+
+    #[test]
+    fn automatic_connection_limit_follows_the_open_file_limit() {
+        let config = Config::default();
+        let limit = open_files_limit().expect("Linux has /proc/self/limits");
+        assert_eq!(config.effective_max_connections(), limit - FDS_RESERVED);
+        let fixed = Config {
+            max_connections: 123,
+            ..Config::default()
+        };
+        assert_eq!(fixed.effective_max_connections(), 123);
     }
 
     #[test]

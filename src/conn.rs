@@ -8,7 +8,10 @@
 use std::borrow::Cow;
 use std::io::IoSlice;
 
+use std::net::IpAddr;
+
 use crate::bus::{Bus, Resume};
+use crate::client::{client_addr, Cidr, ClientTable};
 use crate::config::Config;
 use crate::http::answer::{self, HttpError};
 use crate::http::head::{self, Method, Parsed, Request};
@@ -37,6 +40,53 @@ pub(crate) struct RequestContext<'a> {
     pub publish_limits: PublishLimits,
     /// The bus that publishes go to.
     pub bus: &'a dyn Bus,
+    /// Proxies allowed to name the client.
+    pub trusted_proxies: &'a [Cidr],
+    /// Connections per client address, across loops.
+    pub clients: &'a ClientTable,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnInfo {
+    /// The listener the connection came in on.
+    pub listener: Listener,
+    /// The client address counted against `max_connections_per_ip`, if any.
+    pub counted: Option<IpAddr>,
+}
+
+impl ConnInfo {
+    /// Counts the connection for the client this request comes from (the peer, or who a
+    /// trusted proxy says), moving the count if a kept-alive proxy connection now speaks
+    /// for another client. Returns false when that client is at its limit.
+    fn admit_client(
+        &mut self,
+        ctx: &RequestContext<'_>,
+        peer: IpAddr,
+        request: &Request<'_>,
+    ) -> bool {
+        let max = ctx.config.max_connections_per_ip;
+        if max == 0 {
+            return true;
+        }
+        let client = client_addr(
+            peer,
+            ctx.trusted_proxies,
+            request.x_forwarded_for,
+            request.forwarded,
+        );
+        if self.counted == Some(client) {
+            return true;
+        }
+        if let Some(previous) = self.counted.take() {
+            ctx.clients.release(previous);
+        }
+        if !ctx.clients.acquire(client, max) {
+            return false;
+        }
+        self.counted = Some(client);
+        true
+    }
 }
 
 /// A request body being received.
@@ -56,6 +106,8 @@ pub(crate) struct Exchange {
     start: usize,
     filled: usize,
     body: Option<PendingBody>,
+    /// The TCP peer; kept here, not in the connection, because only requests need it.
+    peer: IpAddr,
     out: Vec<u8>,
     sent: usize,
     close_after: bool,
@@ -70,7 +122,10 @@ pub(crate) enum Step {
     Write,
     /// The request opened an event stream.
     Subscribe(StreamRequest),
-    /// Close the connection.
+    /// The last answer is written and the connection must end: shut the write side and
+    /// discard input for a moment, so the client reads the answer rather than a reset.
+    Linger,
+    /// Close the connection now.
     Close,
 }
 
@@ -87,16 +142,24 @@ pub(crate) struct StreamRequest {
 
 impl Exchange {
     /// A new exchange over a head buffer (from the loop's pool).
-    pub(crate) fn new(inbuf: Box<[u8]>) -> Self {
+    pub(crate) fn new(inbuf: Box<[u8]>, peer: IpAddr) -> Self {
         Exchange {
             inbuf,
             start: 0,
             filled: 0,
             body: None,
+            peer,
             out: Vec::new(),
             sent: 0,
             close_after: false,
         }
+    }
+
+    /// An exchange whose only answer is a refusal (the connection is closed after it).
+    pub(crate) fn refused(inbuf: Box<[u8]>, peer: IpAddr, error: HttpError) -> Self {
+        let mut exchange = Exchange::new(inbuf, peer);
+        exchange.refuse(error, "", false);
+        exchange
     }
 
     /// Gives back the head buffer for reuse.
@@ -163,12 +226,12 @@ impl Exchange {
     }
 
     /// Decides the next step from the bytes received so far.
-    pub(crate) fn step(&mut self, ctx: &RequestContext<'_>, listener: Listener) -> Step {
+    pub(crate) fn step(&mut self, ctx: &RequestContext<'_>, info: &mut ConnInfo) -> Step {
         if !self.out.is_empty() {
             return Step::Write;
         }
         if self.close_after {
-            return Step::Close;
+            return Step::Linger;
         }
         if self.body.is_some() {
             return self.continue_body(ctx);
@@ -180,7 +243,7 @@ impl Exchange {
         let step = match head::parse(&inbuf[self.start..self.filled], full) {
             Ok(Parsed::NeedMore) => Step::Read,
             Err(error) => self.refuse(error, "", false),
-            Ok(Parsed::Complete(request)) => self.on_head(ctx, listener, request),
+            Ok(Parsed::Complete(request)) => self.on_head(ctx, info, request),
         };
         self.inbuf = inbuf;
         if self.body.is_some() && self.out.is_empty() {
@@ -205,7 +268,7 @@ impl Exchange {
     fn on_head(
         &mut self,
         ctx: &RequestContext<'_>,
-        listener: Listener,
+        info: &mut ConnInfo,
         request: Request<'_>,
     ) -> Step {
         let cors = answer::cors_headers(&ctx.config.cors_origins, request.origin);
@@ -213,8 +276,11 @@ impl Exchange {
         // The head is consumed whatever the answer; a refusal that keeps the connection
         // open must not parse the same head again.
         self.start += request.head_len;
+        if !info.admit_client(ctx, self.peer, &request) {
+            return self.refuse(HttpError::TooManyFromClient, &cors, false);
+        }
         let has_body = request.content_length > 0 || request.has_transfer_encoding;
-        let route = match route::route(request.method, request.path, listener, ctx.route) {
+        let route = match route::route(request.method, request.path, info.listener, ctx.route) {
             Ok(route) => route,
             // An unread body leaves the stream untrustworthy: answer and close.
             Err(error) => return self.refuse(error, &cors, keep_alive && !has_body),
@@ -889,12 +955,21 @@ mod tests {
                 frame_bytes_max: 1 << 20,
             },
             bus: &bus,
+            trusted_proxies: &[],
+            clients: &ClientTable::new(),
         };
-        let mut exchange = Exchange::new(vec![0; 1024].into_boxed_slice());
+        let mut info = ConnInfo {
+            listener: Listener::Main,
+            counted: None,
+        };
+        let mut exchange = Exchange::new(
+            vec![0; 1024].into_boxed_slice(),
+            IpAddr::from([127, 0, 0, 1]),
+        );
         let mut input = input;
         let mut written = Vec::new();
         loop {
-            match exchange.step(&ctx, Listener::Main) {
+            match exchange.step(&ctx, &mut info) {
                 Step::Read if !input.is_empty() => {
                     let target = exchange.read_target();
                     let n = target.len().min(input.len());

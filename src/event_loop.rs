@@ -18,8 +18,10 @@ use slab::Slab;
 
 use crate::bus::Inbox;
 use crate::conn::{
-    self, Exchange, Flushed, RequestContext, Step, Stream, StreamEnd, StreamRequest, StreamTopic,
+    self, ConnInfo, Exchange, Flushed, RequestContext, Step, Stream, StreamEnd, StreamRequest,
+    StreamTopic,
 };
+use crate::http::answer::HttpError;
 use crate::http::route::{Listener, RouteConfig, TopicLimits};
 use crate::server::{LoopStats, Shared};
 use crate::socket::{self, IoOutcome};
@@ -43,6 +45,15 @@ const STREAM_WRITES_PER_TURN_MAX: usize = 4;
 const STREAM_DISCARD_READS_MAX: usize = 4;
 /// Head buffers kept for reuse; beyond this they are freed.
 const HEAD_POOL_MAX: usize = 64;
+/// Connections being refused or closed (lingering) per loop. Past this, accepting pauses
+/// until they drop below 90 %: a flood of refusals must not exhaust file descriptors.
+const LINGERING_MAX: usize = 1024;
+/// How long a closing connection discards input so its peer reads the answer.
+const LINGER: Duration = Duration::from_secs(1);
+/// Input discarded from a closing connection before it is closed regardless.
+const LINGER_BYTES_MAX: usize = 64 * 1024;
+/// Pause after `accept` fails for lack of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Resolution of the timer wheel: deadlines fire up to one tick late, never early.
 const TIMER_TICK: Duration = Duration::from_millis(100);
 
@@ -71,7 +82,9 @@ impl ListenerSlot {
 /// One client connection.
 struct Connection {
     socket: TcpStream,
-    listener: Listener,
+    info: ConnInfo,
+    /// Counted in the server's connection total (refused connections are not).
+    admitted: bool,
     state: ConnState,
     /// The connection's one pending deadline (head, idle, or the stream's next check).
     timer: Option<TimerHandle>,
@@ -85,6 +98,12 @@ enum ConnState {
     Http(Box<Exchange>),
     /// An event stream.
     Stream(Stream),
+    /// The final answer is written and the write side shut; input is discarded until the
+    /// peer closes, `LINGER` passes or `LINGER_BYTES_MAX` arrived.
+    Lingering {
+        /// Bytes discarded so far.
+        discarded: usize,
+    },
 }
 
 /// One event loop and everything it owns.
@@ -125,6 +144,11 @@ pub(crate) struct EventLoop {
     /// Set when a graceful shutdown began: the loop exits once its connections are gone
     /// or at this instant, whichever comes first.
     drain_deadline: Option<Instant>,
+    /// Connections in `ConnState::Lingering`.
+    lingering: usize,
+    /// Accepting is paused: too many lingering connections, or no file descriptors left
+    /// (then until this instant).
+    accept_paused_until: Option<Instant>,
 }
 
 impl EventLoop {
@@ -187,6 +211,8 @@ impl EventLoop {
             origin,
             jitter: seed,
             drain_deadline: None,
+            lingering: 0,
+            accept_paused_until: None,
         })
     }
 
@@ -197,7 +223,7 @@ impl EventLoop {
             let busy = self.inbox_pending
                 || !self.flush_next.is_empty()
                 || !self.read_next.is_empty()
-                || self.listeners.iter().any(|l| l.pending);
+                || (self.accepting() && self.listeners.iter().any(|l| l.pending));
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else if self.wheel.len() > 0 || self.drain_deadline.is_some() {
@@ -285,10 +311,28 @@ impl EventLoop {
             topic_limits,
             publish_limits: shared.publish_limits(),
             bus: &*shared.bus,
+            trusted_proxies: &shared.trusted_proxies,
+            clients: &shared.clients,
         }
     }
 
+    /// Whether accepting may go on: resumes once lingering connections fall below the
+    /// low-water mark and any descriptor back-off has passed.
+    fn accepting(&self) -> bool {
+        let low_water = LINGERING_MAX * 9 / 10;
+        let paused_by_lingering = self.lingering >= low_water
+            && (self.lingering >= LINGERING_MAX || self.accept_paused_until.is_some());
+        let backing_off = self
+            .accept_paused_until
+            .is_some_and(|until| self.now < until);
+        !paused_by_lingering && !backing_off
+    }
+
     fn accept_all(&mut self) {
+        if !self.accepting() {
+            return;
+        }
+        self.accept_paused_until = None;
         for index in 0..self.listeners.len() {
             if self.listeners[index].pending {
                 self.accept(index);
@@ -298,11 +342,14 @@ impl EventLoop {
 
     fn accept(&mut self, index: usize) {
         for _ in 0..ACCEPTS_PER_TURN_MAX {
+            if self.lingering >= LINGERING_MAX {
+                return; // Paused until lingering connections drain (see `accepting`).
+            }
             let slot = &mut self.listeners[index];
             match slot.socket.accept() {
-                Ok((socket, _peer)) => {
+                Ok((socket, peer)) => {
                     let kind = slot.kind;
-                    self.admit(socket, kind);
+                    self.admit(socket, peer.ip(), kind);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     slot.pending = false;
@@ -310,10 +357,10 @@ impl EventLoop {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: the backlog keeps the connection; the next
-                    // arrival triggers another attempt.
-                    log::warn!("accept failed: {e}");
-                    slot.pending = false;
+                    // EMFILE and friends: the connection stays in the backlog; try again
+                    // after a pause (the listener stays pending).
+                    log::warn!("accept failed, pausing accepts: {e}");
+                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
                     return;
                 }
             }
@@ -321,7 +368,9 @@ impl EventLoop {
         // Budget spent with connections possibly left: resume next turn.
     }
 
-    fn admit(&mut self, mut socket: TcpStream, listener: Listener) {
+    /// Takes a new connection: an exchange with the head deadline, or, past
+    /// `max_connections`, a 503 that is written and lingered over.
+    fn admit(&mut self, mut socket: TcpStream, peer: std::net::IpAddr, listener: Listener) {
         if let Err(error) = socket.set_nodelay(true) {
             log::debug!("could not set TCP_NODELAY: {error}");
         }
@@ -341,13 +390,51 @@ impl EventLoop {
             .unwrap_or_else(|| vec![0; self.shared.config.max_head_bytes].into_boxed_slice());
         let deadline = self.now + Duration::from_millis(self.shared.config.head_timeout_ms);
         let timer = self.wheel.set(deadline, key);
+        let admitted =
+            self.shared.connections.fetch_add(1, Ordering::AcqRel) < self.shared.max_connections;
+        let exchange = if admitted {
+            Exchange::new(buffer, peer)
+        } else {
+            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            Exchange::refused(buffer, peer, HttpError::ServerFull)
+        };
         entry.insert(Connection {
             socket,
-            listener,
-            state: ConnState::Http(Box::new(Exchange::new(buffer))),
+            info: ConnInfo {
+                listener,
+                counted: None,
+            },
+            admitted,
+            state: ConnState::Http(Box::new(exchange)),
             timer: Some(timer),
             idle: false,
         });
+        if !admitted {
+            self.drive_http(key); // Write the 503 right away.
+        }
+    }
+
+    /// Ends a connection whose final answer is written: shut the write side (a FIN after
+    /// the answer) and discard input for a moment, because closing with unread input would
+    /// send a reset that can destroy the answer before the client reads it.
+    fn linger(&mut self, key: usize) {
+        if self.lingering >= LINGERING_MAX {
+            return self.close(key);
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Err(error) = conn.socket.shutdown(std::net::Shutdown::Write) {
+            log::debug!("shutdown failed: {error}");
+            return self.close(key);
+        }
+        let previous = std::mem::replace(&mut conn.state, ConnState::Lingering { discarded: 0 });
+        if let ConnState::Http(exchange) = previous {
+            self.recycle(exchange.into_buffer());
+        }
+        self.lingering += 1;
+        self.set_timer(key, self.now + LINGER, false);
+        self.discard_input(key);
     }
 
     /// Replaces a connection's deadline.
@@ -400,6 +487,7 @@ impl EventLoop {
         };
         conn.timer = None;
         match &mut conn.state {
+            ConnState::Lingering { .. } => self.close(key),
             ConnState::Http(exchange) => match exchange.on_timeout() {
                 Step::Close => self.close(key),
                 _ => {
@@ -471,6 +559,7 @@ impl EventLoop {
                 }
                 self.discard_input(key);
             }
+            ConnState::Lingering { .. } => self.discard_input(key),
         }
     }
 
@@ -481,7 +570,7 @@ impl EventLoop {
         for _ in 0..HTTP_ROUNDS_MAX {
             let Some(Connection {
                 socket,
-                listener,
+                info,
                 state,
                 idle,
                 ..
@@ -495,7 +584,7 @@ impl EventLoop {
             if self.drain_deadline.is_some() && exchange.is_idle() {
                 return self.close(key); // Draining: no new requests on kept-alive connections.
             }
-            match exchange.step(&ctx, *listener) {
+            match exchange.step(&ctx, info) {
                 Step::Read => {
                     let target = exchange.read_target();
                     if target.is_empty() {
@@ -538,6 +627,7 @@ impl EventLoop {
                     IoOutcome::PeerClosed | IoOutcome::Failed(_) => return self.close(key),
                 },
                 Step::Subscribe(request) => return self.open_stream(key, request),
+                Step::Linger => return self.linger(key),
                 Step::Close => return self.close(key),
             }
         }
@@ -609,10 +699,17 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let mut scratch = [0u8; 256];
+        let mut scratch = [0u8; 1024];
         for _ in 0..STREAM_DISCARD_READS_MAX {
             match socket::io(|| conn.socket.read(&mut scratch)) {
-                IoOutcome::Done(_) => continue,
+                IoOutcome::Done(n) => {
+                    if let ConnState::Lingering { discarded } = &mut conn.state {
+                        *discarded += n;
+                        if *discarded > LINGER_BYTES_MAX {
+                            return self.close(key);
+                        }
+                    }
+                }
                 IoOutcome::WouldBlock => return,
                 IoOutcome::PeerClosed | IoOutcome::Failed(_) => {
                     return self.close_stream(key, StreamEnd::PeerGone)
@@ -744,7 +841,14 @@ impl EventLoop {
         if let Some(timer) = conn.timer {
             self.wheel.cancel(timer);
         }
+        if conn.admitted {
+            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(client) = conn.info.counted {
+            self.shared.clients.release(client);
+        }
         match conn.state {
+            ConnState::Lingering { .. } => self.lingering -= 1,
             ConnState::Http(exchange) => self.recycle(exchange.into_buffer()),
             ConnState::Stream(stream) => {
                 self.subscribers -= 1;

@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 mod bus;
+mod client;
 pub mod config;
 mod conn;
 mod event_loop;

@@ -110,6 +110,20 @@ struct ServeArgs {
     /// At shutdown, subscribers get retry: of --retry-ms plus a random share of this window. [default: 10000]
     #[arg(long, env = "HERALD_SHUTDOWN_RETRY_WINDOW_MS", value_name = "MS")]
     shutdown_retry_window_ms: Option<u64>,
+    /// Most open connections; past it new ones get 503 with Retry-After. 0: the open-file limit minus 64. [default: 0]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Most open connections per client address; past it new ones get 429. 0: unlimited. [default: 0]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    max_connections_per_ip: Option<usize>,
+    /// Proxy address block whose X-Forwarded-For/Forwarded names the client (repeatable; HERALD_TRUSTED_PROXIES is comma-separated). [default: none]
+    #[arg(
+        long = "trusted-proxy",
+        env = "HERALD_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Option<Vec<String>>,
 }
 
 impl ServeArgs {
@@ -144,7 +158,10 @@ impl ServeArgs {
             idle_timeout_ms,
             max_stream_lifetime_ms,
             shutdown_timeout_ms,
-            shutdown_retry_window_ms
+            shutdown_retry_window_ms,
+            max_connections,
+            max_connections_per_ip,
+            trusted_proxies
         );
         if self.publish_listen.is_some() {
             config.publish_listen = self.publish_listen;

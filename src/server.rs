@@ -3,12 +3,13 @@
 //! own thread, and hands out [`Handle`]s.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::{Bus, Fanout};
+use crate::client::{Cidr, ClientTable};
 use crate::config::Config;
 use crate::event_loop::{EventLoop, ListenerSlot, WAKER};
 use crate::http::route::Listener;
@@ -38,6 +39,14 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// Per-loop counters.
     pub loop_stats: Vec<Arc<LoopStats>>,
+    /// Admitted connections across all loops.
+    pub connections: AtomicUsize,
+    /// The connection limit in force.
+    pub max_connections: usize,
+    /// Parsed `trusted_proxies`.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Connections per client address.
+    pub clients: ClientTable,
     /// Wakers of every loop, for shutdown.
     wakers: Vec<Arc<mio::Waker>>,
 }
@@ -149,9 +158,19 @@ impl Server {
             }
             loops.push((poll, listeners, inbox, Arc::new(LoopStats::default())));
         }
+        let max_connections = config.effective_max_connections();
+        let trusted_proxies = config
+            .trusted_proxies
+            .iter()
+            .filter_map(|block| Cidr::parse(block).ok()) // Validated above.
+            .collect();
         let shared = Arc::new(Shared {
             config,
             bus: Box::new(EmbeddedBus::new(fanout)),
+            connections: AtomicUsize::new(0),
+            max_connections,
+            trusted_proxies,
+            clients: ClientTable::new(),
             draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             loop_stats: loops.iter().map(|l| l.3.clone()).collect(),

@@ -56,6 +56,10 @@ pub(crate) enum HttpError {
     BadPublish(&'static str),
     /// The bus refused the event.
     Publish(PublishError),
+    /// The server holds `max_connections`.
+    ServerFull,
+    /// The client address holds `max_connections_per_ip`.
+    TooManyFromClient,
 }
 
 impl HttpError {
@@ -93,6 +97,10 @@ impl HttpError {
             HttpError::InvalidTopic => (400, PublishError::InvalidTopic.reason()),
             HttpError::TooManyTopics => (400, PublishError::TooManyTopics.reason()),
             HttpError::BadPublish(reason) => (400, reason),
+            HttpError::ServerFull => (503, "server is at max_connections; retry later"),
+            HttpError::TooManyFromClient => {
+                (429, "too many connections from this address (max_connections_per_ip)")
+            }
             HttpError::Publish(error) => (
                 match error {
                     PublishError::Busy | PublishError::ShuttingDown => 503,
@@ -120,6 +128,8 @@ impl HttpError {
                 | HttpError::ExpectationFailed
                 | HttpError::UnexpectedBody
                 | HttpError::BodyTooLarge
+                | HttpError::ServerFull
+                | HttpError::TooManyFromClient
         )
     }
 }
@@ -198,7 +208,10 @@ pub(crate) fn refusal(error: HttpError, cors: &str, keep_alive: bool) -> Vec<u8>
             let _ = write!(extra, "Allow: {allow}\r\n");
         }
         HttpError::Unauthorized => extra.push_str("WWW-Authenticate: Bearer\r\n"),
-        HttpError::Publish(PublishError::Busy) => extra.push_str("Retry-After: 1\r\n"),
+        HttpError::Publish(PublishError::Busy) | HttpError::TooManyFromClient => {
+            extra.push_str("Retry-After: 1\r\n")
+        }
+        HttpError::ServerFull => extra.push_str("Retry-After: 5\r\n"),
         _ => {}
     }
     let body = format!("{reason}\n");

@@ -56,6 +56,10 @@ pub(crate) struct Request<'b> {
     pub authorization: Option<&'b [u8]>,
     /// `Content-Type` header, parameters included.
     pub content_type: Option<&'b str>,
+    /// The last `X-Forwarded-For` header (proxies append to it).
+    pub x_forwarded_for: Option<&'b str>,
+    /// The last `Forwarded` header.
+    pub forwarded: Option<&'b str>,
 }
 
 /// Result of a parse attempt over the bytes received so far.
@@ -109,6 +113,8 @@ pub(crate) fn parse(buf: &[u8], full: bool) -> Result<Parsed<'_>, HttpError> {
         origin: None,
         authorization: None,
         content_type: None,
+        x_forwarded_for: None,
+        forwarded: None,
     };
     let mut has_host = false;
     for header in request.headers.iter() {
@@ -186,6 +192,10 @@ fn apply_header<'b>(
         head.authorization = Some(value);
     } else if name.eq_ignore_ascii_case("content-type") {
         head.content_type = text().ok();
+    } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+        head.x_forwarded_for = text().ok();
+    } else if name.eq_ignore_ascii_case("forwarded") {
+        head.forwarded = text().ok();
     }
     Ok(())
 }
