@@ -31,8 +31,12 @@ pub struct WorkerSpec {
     pub first: usize,
     /// Subscribers this worker opens (at most [`SOCKETS_PER_WORKER_MAX`]).
     pub count: usize,
-    /// Subscribers per source address: subscriber i binds 127.0.0.(2 + i / per_source).
+    /// Subscribers per source address: subscriber i binds source number
+    /// `source_base + i / per_source` (see [`source_addr`]).
     pub per_source: usize,
+    /// First source number of this run. Runs rotate through the loopback range so that a
+    /// new run never lands on the TIME_WAIT sockets an earlier run left on its addresses.
+    pub source_base: usize,
     /// Connection attempts in flight at once.
     pub connect_inflight_max: usize,
     /// A connect that has not received its response head by then fails.
@@ -49,10 +53,12 @@ pub fn topic_name(prefix: &str, n: usize) -> String {
     format!("{prefix}{n}")
 }
 
-/// The source address for global subscriber `i`: 127.0.0.2, 127.0.0.3, ... carrying into
-/// the higher octets, never leaving 127.0.0.0/8.
-pub fn source_addr(i: usize, per_source: usize) -> Ipv4Addr {
-    let n = 2 + (i / per_source.max(1)) as u32 % 0x00FF_FFF0;
+/// The source address for global subscriber `i` of a run whose first source number is
+/// `base`: number 0 is 127.0.0.2, then 127.0.0.3, ... carrying into the higher octets, never
+/// leaving 127.0.0.0/8.
+pub fn source_addr(base: usize, i: usize, per_source: usize) -> Ipv4Addr {
+    let number = base.wrapping_add(i / per_source.max(1));
+    let n = 2 + (number % 0x00FF_FFF0) as u32;
     let [_, a, b, c] = n.to_be_bytes();
     Ipv4Addr::new(127, a, b, c)
 }
@@ -196,12 +202,14 @@ mod tests {
 
     #[test]
     fn sources_stay_in_loopback() {
-        assert_eq!(source_addr(0, 10_000), Ipv4Addr::new(127, 0, 0, 2));
-        assert_eq!(source_addr(9_999, 10_000), Ipv4Addr::new(127, 0, 0, 2));
-        assert_eq!(source_addr(10_000, 10_000), Ipv4Addr::new(127, 0, 0, 3));
-        assert_eq!(source_addr(254, 1), Ipv4Addr::new(127, 0, 1, 0));
+        assert_eq!(source_addr(0, 0, 10_000), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_addr(0, 9_999, 10_000), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_addr(0, 10_000, 10_000), Ipv4Addr::new(127, 0, 0, 3));
+        assert_eq!(source_addr(0, 254, 1), Ipv4Addr::new(127, 0, 1, 0));
+        assert_eq!(source_addr(256, 0, 1), Ipv4Addr::new(127, 0, 1, 2));
         for i in [0, 1 << 20, usize::MAX / 2, usize::MAX] {
-            assert!(source_addr(i, 1).is_loopback());
+            assert!(source_addr(i, i, 1).is_loopback());
+            assert!(source_addr(usize::MAX, i, 1).is_loopback());
         }
     }
 

@@ -4,6 +4,7 @@
 //! and fill a [`Report`]. Server CPU is read from `/proc` around each publishing phase.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::fleet::{Collected, Fleet};
@@ -23,7 +24,7 @@ const DRAIN_MAX: Duration = Duration::from_secs(60);
 pub fn measure(target: &Target, settings: &Settings) -> io::Result<Report> {
     let deadline = Instant::now() + Duration::from_secs(settings.deadline_seconds);
     let prefix = topic_prefix();
-    let specs = worker_specs(target, settings, &prefix);
+    let specs = worker_specs(target, settings, &prefix, source_base());
     let mut report = Report {
         target: target.name.clone(),
         scenario: settings.scenario.name().to_owned(),
@@ -71,8 +72,30 @@ fn topic_prefix() -> String {
     format!("lt{}p{}-", secs % 1_000_000, std::process::id())
 }
 
+/// Source numbers reserved for one run (each holds `per_source` subscribers): 640k
+/// subscribers at the default 10k per source.
+const SOURCES_PER_RUN: usize = 64;
+
+/// The first source number of a new run: a slot picked from the clock and a per-process
+/// counter, so runs in a row (a sweep, or one invocation after another) use fresh
+/// addresses while the last run's TIME_WAIT sockets linger on theirs. 65,536 slots of 64
+/// stay inside 127.0.0.0/8.
+fn source_base() -> usize {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as usize);
+    let slot = secs.wrapping_add(RUNS.fetch_add(1, Ordering::Relaxed) * 7_919) % 65_536;
+    slot * SOURCES_PER_RUN
+}
+
 /// Splits the subscribers over as few workers as `per_worker` allows, evenly.
-pub fn worker_specs(target: &Target, s: &Settings, prefix: &str) -> Vec<WorkerSpec> {
+pub fn worker_specs(
+    target: &Target,
+    s: &Settings,
+    prefix: &str,
+    source_base: usize,
+) -> Vec<WorkerSpec> {
     let workers = s.subscribers.div_ceil(s.per_worker).max(1);
     let mut first = 0;
     (0..workers)
@@ -88,6 +111,7 @@ pub fn worker_specs(target: &Target, s: &Settings, prefix: &str) -> Vec<WorkerSp
                 first,
                 count,
                 per_source: s.per_source,
+                source_base,
                 connect_inflight_max: s.connect_inflight,
                 connect_timeout_ms: s.connect_timeout_ms,
                 churn_percent: s.churn_percent,

@@ -198,7 +198,7 @@ impl Worker {
     /// Opens subscriber `i`'s socket from its source address and queues the request.
     fn connect(&mut self, i: usize) -> Result<(), Failure> {
         let global = self.spec.first + i;
-        let source = protocol::source_addr(global, self.spec.per_source);
+        let source = protocol::source_addr(self.spec.source_base, global, self.spec.per_source);
         let stream = open_socket(source, self.spec.connect).map_err(|_| Failure::Connect)?;
         let sub = &mut self.subs[i];
         let topic = protocol::topic_name(&self.spec.topic_prefix, sub.topic as usize);
@@ -394,11 +394,12 @@ impl Worker {
     }
 }
 
-/// A non-blocking socket bound to `source`, connecting to `to`.
+/// A non-blocking socket bound to `source`, connecting to `to`. No `SO_REUSEADDR`: the
+/// kernel then picks a port that no socket on `source` holds, TIME_WAIT ones included, so
+/// a SYN never meets a stale connection's state.
 fn open_socket(source: std::net::Ipv4Addr, to: SocketAddrV4) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
-    socket.set_reuse_address(true)?;
     socket.set_nodelay(true)?;
     socket.bind(&SocketAddr::from((source, 0)).into())?;
     match socket.connect(&SocketAddr::V4(to).into()) {
