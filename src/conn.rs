@@ -44,6 +44,8 @@ pub(crate) struct RequestContext<'a> {
     pub trusted_proxies: &'a [Cidr],
     /// Connections per client address, across loops.
     pub clients: &'a ClientTable,
+    /// Renders the `/metrics` page.
+    pub render_metrics: &'a dyn Fn() -> String,
 }
 
 /// Who is on the other end of a connection.
@@ -111,6 +113,8 @@ pub(crate) struct Exchange {
     out: Vec<u8>,
     sent: usize,
     close_after: bool,
+    /// The last refusal answered, until the loop counts it.
+    refusal: Option<HttpError>,
 }
 
 /// What the loop should do for an exchange next.
@@ -152,7 +156,13 @@ impl Exchange {
             out: Vec::new(),
             sent: 0,
             close_after: false,
+            refusal: None,
         }
+    }
+
+    /// The refusal answered since the last call, for the metrics.
+    pub(crate) fn take_refusal(&mut self) -> Option<HttpError> {
+        self.refusal.take()
     }
 
     /// An exchange whose only answer is a refusal (the connection is closed after it).
@@ -254,6 +264,7 @@ impl Exchange {
 
     fn refuse(&mut self, error: HttpError, cors: &str, keep_alive: bool) -> Step {
         let keep_alive = keep_alive && !error.closes();
+        self.refusal = Some(error);
         self.out = answer::refusal(error, cors, keep_alive);
         self.close_after = !keep_alive;
         Step::Write
@@ -313,6 +324,18 @@ impl Exchange {
                 self.answer(bytes, keep_alive)
             }
             Route::Preflight => self.answer(answer::preflight(&cors, keep_alive), keep_alive),
+            Route::Metrics => {
+                let text = (ctx.render_metrics)();
+                let bytes = answer::response(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    "",
+                    text.as_bytes(),
+                    keep_alive,
+                    head_only,
+                );
+                self.answer(bytes, keep_alive)
+            }
             Route::Events => match route::subscription(request.query, ctx.topic_limits) {
                 Ok(subscription) => Step::Subscribe(StreamRequest {
                     topics: subscription.topics,
@@ -957,6 +980,7 @@ mod tests {
             bus: &bus,
             trusted_proxies: &[],
             clients: &ClientTable::new(),
+            render_metrics: &String::new,
         };
         let mut info = ConnInfo {
             listener: Listener::Main,

@@ -23,7 +23,8 @@ use crate::conn::{
 };
 use crate::http::answer::HttpError;
 use crate::http::route::{Listener, RouteConfig, TopicLimits};
-use crate::server::{LoopStats, Shared};
+use crate::metrics::{LoopCounters, LoopStats};
+use crate::server::Shared;
 use crate::socket::{self, IoOutcome};
 use crate::timer::{TimerHandle, TimerWheel};
 use crate::topic::{HistoryLimits, SubscriberRef, TopicId, Topics};
@@ -56,6 +57,23 @@ const LINGER_BYTES_MAX: usize = 64 * 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Resolution of the timer wheel: deadlines fire up to one tick late, never early.
 const TIMER_TICK: Duration = Duration::from_millis(100);
+
+/// Counts a refusal by status, and the ones with their own counters.
+fn count_refusal(shared: &Shared, error: HttpError) {
+    shared.metrics.count_refusal(error.answer().0);
+    match error {
+        HttpError::Unauthorized => {
+            shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        HttpError::TooManyFromClient => {
+            shared
+                .metrics
+                .refused_per_ip
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
 
 fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 1 - index)
@@ -129,13 +147,11 @@ pub(crate) struct EventLoop {
     read_next: Vec<usize>,
     dirty: Vec<TopicId>,
     head_pool: Vec<Box<[u8]>>,
-    deliveries: u64,
+    counters: LoopCounters,
     subscribers: u64,
     wheel: TimerWheel<usize>,
     /// Scratch list of connections whose timers fired this turn.
     due: Vec<usize>,
-    /// Heartbeat comments queued.
-    heartbeats: u64,
     /// The loop's clock, read once per turn.
     now: Instant,
     origin: Instant,
@@ -202,11 +218,10 @@ impl EventLoop {
             read_next: Vec::new(),
             dirty: Vec::new(),
             head_pool: Vec::new(),
-            deliveries: 0,
+            counters: LoopCounters::default(),
             subscribers: 0,
             wheel: TimerWheel::new(origin, TIMER_TICK),
             due: Vec::new(),
-            heartbeats: 0,
             now: origin,
             origin,
             jitter: seed,
@@ -300,11 +315,12 @@ impl EventLoop {
         }
     }
 
-    fn request_context(
-        shared: &Shared,
+    fn request_context<'s>(
+        shared: &'s Shared,
         route: RouteConfig,
         topic_limits: TopicLimits,
-    ) -> RequestContext<'_> {
+        render_metrics: &'s dyn Fn() -> String,
+    ) -> RequestContext<'s> {
         RequestContext {
             config: &shared.config,
             route,
@@ -313,6 +329,7 @@ impl EventLoop {
             bus: &*shared.bus,
             trusted_proxies: &shared.trusted_proxies,
             clients: &shared.clients,
+            render_metrics,
         }
     }
 
@@ -390,12 +407,17 @@ impl EventLoop {
             .unwrap_or_else(|| vec![0; self.shared.config.max_head_bytes].into_boxed_slice());
         let deadline = self.now + Duration::from_millis(self.shared.config.head_timeout_ms);
         let timer = self.wheel.set(deadline, key);
+        self.counters.accepted += 1;
         let admitted =
             self.shared.connections.fetch_add(1, Ordering::AcqRel) < self.shared.max_connections;
         let exchange = if admitted {
             Exchange::new(buffer, peer)
         } else {
             self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+            self.shared
+                .metrics
+                .refused_full
+                .fetch_add(1, Ordering::Relaxed);
             Exchange::refused(buffer, peer, HttpError::ServerFull)
         };
         entry.insert(Connection {
@@ -510,7 +532,7 @@ impl EventLoop {
                     self.flush(key);
                 } else {
                     if stream.queue_heartbeat(now_ms, heartbeat_ms) {
-                        self.heartbeats += 1;
+                        self.counters.heartbeats += 1;
                     }
                     self.flush(key);
                 }
@@ -566,7 +588,8 @@ impl EventLoop {
     /// Reads, parses and answers requests on a plain HTTP connection until it would block.
     fn drive_http(&mut self, key: usize) {
         let shared = self.shared.clone();
-        let ctx = Self::request_context(&shared, self.route, self.topic_limits);
+        let render_metrics = || shared.render_metrics();
+        let ctx = Self::request_context(&shared, self.route, self.topic_limits, &render_metrics);
         for _ in 0..HTTP_ROUNDS_MAX {
             let Some(Connection {
                 socket,
@@ -584,7 +607,11 @@ impl EventLoop {
             if self.drain_deadline.is_some() && exchange.is_idle() {
                 return self.close(key); // Draining: no new requests on kept-alive connections.
             }
-            match exchange.step(&ctx, info) {
+            let step = exchange.step(&ctx, info);
+            if let Some(error) = exchange.take_refusal() {
+                count_refusal(&shared, error);
+            }
+            match step {
                 Step::Read => {
                     let target = exchange.read_target();
                     if target.is_empty() {
@@ -611,6 +638,7 @@ impl EventLoop {
                 }
                 Step::Write => match socket::io(|| socket.write(exchange.unsent())) {
                     IoOutcome::Done(n) => {
+                        self.counters.bytes_written += n as u64;
                         if exchange.on_written(n) {
                             // Answered: wait for the next request under the idle deadline,
                             // or the head deadline when one is already arriving.
@@ -731,13 +759,22 @@ impl EventLoop {
         };
         let lag_max = self.shared.config.max_lag_bytes;
         let now_ms = self.now.saturating_duration_since(self.origin).as_millis() as u64;
+        let counters = &mut self.counters;
+        let mut written = 0;
         let outcome = stream.flush(
             &self.topics,
             STREAM_WRITES_PER_TURN_MAX,
             now_ms,
-            &mut self.deliveries,
-            |slices| socket::io(|| socket.write_vectored(slices)),
+            &mut counters.deliveries,
+            |slices| {
+                let outcome = socket::io(|| socket.write_vectored(slices));
+                if let IoOutcome::Done(n) = outcome {
+                    written += n;
+                }
+                outcome
+            },
         );
+        counters.bytes_written += written as u64;
         match outcome {
             Flushed::Idle => {}
             Flushed::Blocked => {
@@ -825,7 +862,10 @@ impl EventLoop {
 
     fn close_stream(&mut self, key: usize, end: StreamEnd) {
         match end {
-            StreamEnd::SlowConsumer => log::debug!("closing slow subscriber {key}"),
+            StreamEnd::SlowConsumer => {
+                self.counters.slow_closes += 1;
+                log::debug!("closing slow subscriber {key}");
+            }
             StreamEnd::PeerGone => log::trace!("subscriber {key} went away"),
             StreamEnd::Finished => log::trace!("subscriber {key} told to reconnect later"),
         }
@@ -871,16 +911,17 @@ impl EventLoop {
         // Dropping the socket closes it, which also removes it from the poller.
     }
 
-    fn publish_stats(&self) {
-        self.stats
+    fn publish_stats(&mut self) {
+        let stats = &self.stats;
+        stats
             .connections
             .store(self.conns.len() as u64, Ordering::Relaxed);
-        self.stats
-            .subscribers
-            .store(self.subscribers, Ordering::Relaxed);
-        self.stats
-            .deliveries
-            .store(self.deliveries, Ordering::Relaxed);
+        stats.subscribers.store(self.subscribers, Ordering::Relaxed);
+        stats
+            .topics
+            .store(self.topics.len() as u64, Ordering::Relaxed);
+        self.counters.record_turn(self.now.elapsed());
+        self.counters.publish(stats);
     }
 }
 

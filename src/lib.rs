@@ -35,6 +35,7 @@ pub mod config;
 mod conn;
 mod event_loop;
 mod http;
+mod metrics;
 mod publish;
 mod ring;
 mod server;

@@ -3,7 +3,7 @@
 //! own thread, and hands out [`Handle`]s.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -13,19 +13,9 @@ use crate::client::{Cidr, ClientTable};
 use crate::config::Config;
 use crate::event_loop::{EventLoop, ListenerSlot, WAKER};
 use crate::http::route::Listener;
+use crate::metrics::{self, LoopStats, Metrics};
 use crate::publish::{self, PublishLimits};
 use crate::{socket, Error, Event, EventId, PublishError, Stats};
-
-/// Counters one loop publishes once per turn; read by [`Handle::stats`].
-#[derive(Default)]
-pub(crate) struct LoopStats {
-    /// Open connections on the loop.
-    pub connections: AtomicU64,
-    /// Open streams on the loop.
-    pub subscribers: AtomicU64,
-    /// Frames written in full to subscribers.
-    pub deliveries: AtomicU64,
-}
 
 /// State every loop and handle shares.
 pub(crate) struct Shared {
@@ -47,6 +37,8 @@ pub(crate) struct Shared {
     pub trusted_proxies: Vec<Cidr>,
     /// Connections per client address.
     pub clients: ClientTable,
+    /// Rare-event counters.
+    pub metrics: Metrics,
     /// Wakers of every loop, for shutdown.
     wakers: Vec<Arc<mio::Waker>>,
 }
@@ -59,6 +51,15 @@ impl Shared {
             topic_bytes_max: self.config.max_topic_bytes,
             frame_bytes_max: self.config.max_lag_bytes,
         }
+    }
+
+    /// The `/metrics` page.
+    pub(crate) fn render_metrics(&self) -> String {
+        let snapshot = metrics::Snapshot {
+            events_published: self.bus.published(),
+            max_connections: self.max_connections as u64,
+        };
+        metrics::render(&self.loop_stats, &self.metrics, &snapshot)
     }
 
     fn drain(&self) {
@@ -171,6 +172,7 @@ impl Server {
             max_connections,
             trusted_proxies,
             clients: ClientTable::new(),
+            metrics: Metrics::new(),
             draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             loop_stats: loops.iter().map(|l| l.3.clone()).collect(),

@@ -117,7 +117,6 @@ impl Topics {
     }
 
     /// Number of topics that exist on this loop.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.table.len()
     }

@@ -25,6 +25,9 @@ pub(crate) enum Route {
     Health,
     /// `GET|HEAD /`: the demo page.
     Demo,
+    /// `GET|HEAD /metrics`: Prometheus text. Served on the publish listener when there is
+    /// one (a private interface), else on the main listener.
+    Metrics,
     /// `OPTIONS /events` or `OPTIONS /publish`: a CORS preflight.
     Preflight,
 }
@@ -49,6 +52,9 @@ pub(crate) fn route(
         "/events" if listener == Listener::Main => (Route::Events, "GET, OPTIONS"),
         "/publish" => (Route::Publish, "POST, OPTIONS"),
         "/healthz" => (Route::Health, "GET, HEAD"),
+        "/metrics" if listener == Listener::Publish || !config.publish_listener => {
+            (Route::Metrics, "GET, HEAD")
+        }
         "/" if listener == Listener::Main && config.demo => (Route::Demo, "GET, HEAD"),
         _ => return Err(HttpError::NotFound),
     };
@@ -56,7 +62,7 @@ pub(crate) fn route(
         (Route::Events, Method::Get) => Route::Events,
         (Route::Events | Route::Publish, Method::Options) => Route::Preflight,
         (Route::Publish, Method::Post) => Route::Publish,
-        (Route::Health | Route::Demo, Method::Get | Method::Head) => route,
+        (Route::Health | Route::Demo | Route::Metrics, Method::Get | Method::Head) => route,
         _ => return Err(HttpError::MethodNotAllowed { allow }),
     };
     if allowed == Route::Publish && listener == Listener::Main && config.publish_listener {
@@ -152,6 +158,31 @@ mod tests {
             Ok(Route::Preflight),
         );
         check(Method::Head, "/", Listener::Main, CONFIG, Ok(Route::Demo));
+        let split = RouteConfig {
+            publish_listener: true,
+            demo: false,
+        };
+        check(
+            Method::Get,
+            "/metrics",
+            Listener::Main,
+            CONFIG,
+            Ok(Route::Metrics),
+        );
+        check(
+            Method::Get,
+            "/metrics",
+            Listener::Main,
+            split,
+            Err(HttpError::NotFound),
+        );
+        check(
+            Method::Get,
+            "/metrics",
+            Listener::Publish,
+            split,
+            Ok(Route::Metrics),
+        );
         check(
             Method::Get,
             "/nope",
