@@ -23,6 +23,15 @@ enum Command {
     Serve(Box<ServeArgs>),
 }
 
+fn log_level(text: &str) -> Result<log::LevelFilter, String> {
+    match text {
+        "error" | "warn" | "info" | "debug" | "trace" => text.parse().map_err(|_| text.to_owned()),
+        _ => Err(format!(
+            "{text:?} is not one of error, warn, info, debug, trace"
+        )),
+    }
+}
+
 fn bytes(text: &str) -> Result<usize, String> {
     parse_bytes(text)
 }
@@ -31,6 +40,9 @@ fn bytes(text: &str) -> Result<usize, String> {
 /// default shown.
 #[derive(Args)]
 struct ServeArgs {
+    /// Log level for the logfmt lines on stderr: error, warn, info, debug or trace. [default: warn]
+    #[arg(long, env = "HERALD_LOG_LEVEL", value_name = "LEVEL", default_value = "warn", hide_default_value = true, value_parser = log_level)]
+    log_level: log::LevelFilter,
     /// TOML file with settings (keys are the setting names with underscores, e.g. history_events = 100).
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -214,6 +226,7 @@ fn main() -> ExitCode {
         }
     };
     let Command::Serve(args) = cli.command;
+    let log_level = args.log_level;
     let config = match args.into_config() {
         Ok(config) => config,
         Err(line) => {
@@ -221,7 +234,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    init_logging(log_level);
     let server = match herald::Server::start(config) {
         Ok(server) => server,
         Err(error) => {
@@ -263,33 +276,76 @@ fn watch_signals(handle: herald::Handle) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Warnings and errors to stderr; `RUST_LOG=debug` shows closes and refusals.
-fn init_logging() {
-    struct Stderr(log::LevelFilter);
-    impl log::Log for Stderr {
-        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-            metadata.level() <= self.0
-        }
-        fn log(&self, record: &log::Record<'_>) {
-            if self.enabled(record.metadata()) {
-                eprintln!(
-                    "herald {} {}: {}",
-                    record.level(),
-                    record.target(),
-                    record.args()
-                );
-            }
-        }
-        fn flush(&self) {}
+/// Structured (logfmt) log lines on stderr: `ts=... level=... target=... msg="..."`.
+struct StderrLog(log::LevelFilter);
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= self.0
     }
-    let level = match std::env::var("RUST_LOG").as_deref() {
-        Ok("trace") => log::LevelFilter::Trace,
-        Ok("debug") => log::LevelFilter::Debug,
-        Ok("info") => log::LevelFilter::Info,
-        Ok("error") => log::LevelFilter::Error,
-        _ => log::LevelFilter::Warn,
-    };
-    if log::set_logger(Box::leak(Box::new(Stderr(level)))).is_ok() {
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let message = record.args().to_string();
+        let escaped = message
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        eprintln!(
+            "ts={} level={} target={} msg=\"{escaped}\"",
+            utc_timestamp(std::time::SystemTime::now()),
+            record.level().as_str().to_ascii_lowercase(),
+            record.target(),
+        );
+    }
+
+    fn flush(&self) {}
+}
+
+/// RFC 3339 UTC time with milliseconds, from the civil-from-days algorithm (H. Hinnant).
+fn utc_timestamp(time: std::time::SystemTime) -> String {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+fn init_logging(level: log::LevelFilter) {
+    if log::set_logger(Box::leak(Box::new(StderrLog(level)))).is_ok() {
         log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap_day = UNIX_EPOCH + Duration::from_millis(951_782_400_123);
+        assert_eq!(utc_timestamp(leap_day), "2000-02-29T00:00:00.123Z");
+        let later = UNIX_EPOCH + Duration::from_secs(1_795_754_409);
+        assert_eq!(utc_timestamp(later), "2026-11-27T04:40:09.000Z");
     }
 }
