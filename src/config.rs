@@ -154,6 +154,12 @@ pub struct Config {
     /// Address blocks (`10.0.0.0/8`, `::1`) of proxies whose `X-Forwarded-For` or
     /// `Forwarded` header names the client. Other peers are the client themselves.
     pub trusted_proxies: Vec<String>,
+    /// HS256 secret for subscriber tokens. When set, `GET /events` needs a JWT whose
+    /// `subscribe` claim lists the topics (names or `prefix*`).
+    pub subscribe_key: Option<String>,
+    /// HS256 secret for publisher tokens. When set, `POST /publish` also accepts a JWT
+    /// whose `publish` claim lists the topics (besides `publish_token`).
+    pub publish_key: Option<String>,
 }
 
 impl Default for Config {
@@ -185,6 +191,8 @@ impl Default for Config {
             max_connections: 0,
             max_connections_per_ip: 0,
             trusted_proxies: Vec::new(),
+            subscribe_key: None,
+            publish_key: None,
         }
     }
 }
@@ -342,6 +350,14 @@ impl Config {
                     "publish_token",
                     "must be non-empty printable ASCII without spaces",
                 );
+            }
+        }
+        for (setting, key) in [
+            ("subscribe_key", &self.subscribe_key),
+            ("publish_key", &self.publish_key),
+        ] {
+            if key.as_deref().is_some_and(str::is_empty) {
+                return fault(setting, "must not be empty");
             }
         }
         if self.publish_listen == Some(self.listen) && self.listen.port() != 0 {

@@ -10,6 +10,7 @@ use std::io::IoSlice;
 
 use std::net::IpAddr;
 
+use crate::auth::{self, Claim, Verifier};
 use crate::bus::{Bus, Resume};
 use crate::client::{client_addr, Cidr, ClientTable};
 use crate::config::Config;
@@ -46,6 +47,10 @@ pub(crate) struct RequestContext<'a> {
     pub clients: &'a ClientTable,
     /// Renders the `/metrics` page.
     pub render_metrics: &'a dyn Fn() -> String,
+    /// Verifies subscriber tokens, when a subscribe key is set.
+    pub subscribe_verifier: Option<&'a Verifier>,
+    /// Verifies publisher tokens, when a publish key is set.
+    pub publish_verifier: Option<&'a Verifier>,
 }
 
 /// Who is on the other end of a connection.
@@ -99,6 +104,8 @@ struct PendingBody {
     query: String,
     keep_alive: bool,
     cors: String,
+    /// Topic patterns the publisher's token allows (`None`: any topic).
+    grant: Option<Vec<String>>,
 }
 
 /// A plain HTTP exchange: reading request heads and bodies, writing answers in order.
@@ -337,14 +344,17 @@ impl Exchange {
                 self.answer(bytes, keep_alive)
             }
             Route::Events => match route::subscription(request.query, ctx.topic_limits) {
-                Ok(subscription) => Step::Subscribe(StreamRequest {
-                    topics: subscription.topics,
-                    last_event_id: request
-                        .last_event_id
-                        .map(str::to_owned)
-                        .or(subscription.last_event_id),
-                    cors,
-                }),
+                Ok(subscription) => match authorize_subscription(ctx, &request, &subscription) {
+                    Ok(()) => Step::Subscribe(StreamRequest {
+                        topics: subscription.topics,
+                        last_event_id: request
+                            .last_event_id
+                            .map(str::to_owned)
+                            .or(subscription.last_event_id),
+                        cors,
+                    }),
+                    Err(error) => self.refuse(error, &cors, keep_alive),
+                },
                 Err(error) => self.refuse(error, &cors, keep_alive),
             },
             Route::Publish => self.start_body(ctx, request, cors),
@@ -361,11 +371,10 @@ impl Exchange {
             return self.refuse(HttpError::BodyTooLarge, &cors, false);
         }
         let body_unread = request.content_length > 0;
-        if let Some(token) = &ctx.config.publish_token {
-            if !bearer_matches(request.authorization, token) {
-                return self.refuse(HttpError::Unauthorized, &cors, keep_alive && !body_unread);
-            }
-        }
+        let grant = match authorize_publisher(ctx, &request) {
+            Ok(grant) => grant,
+            Err(error) => return self.refuse(error, &cors, keep_alive && !body_unread),
+        };
         let format = match publish::body_format(request.content_type) {
             Ok(format) => format,
             Err(error) => return self.refuse(error, &cors, keep_alive && !body_unread),
@@ -380,6 +389,7 @@ impl Exchange {
             query,
             keep_alive,
             cors,
+            grant,
         });
         let buffered = self.filled - self.start;
         if expect_continue && buffered < content_length {
@@ -408,6 +418,11 @@ impl Exchange {
         let result = publish::parse_body(body.format, &body.query, &body.bytes).and_then(|event| {
             let outgoing =
                 publish::prepare(&event, ctx.publish_limits).map_err(HttpError::Publish)?;
+            if let Some(patterns) = &body.grant {
+                if !auth::allows_all(patterns, outgoing.topics.iter().map(|t| &**t)) {
+                    return Err(HttpError::Forbidden);
+                }
+            }
             ctx.bus.publish(outgoing).map_err(HttpError::Publish)
         });
         match result {
@@ -440,24 +455,54 @@ impl Exchange {
     }
 }
 
-/// Compares `Authorization: Bearer <token>` in time independent of where they differ.
-fn bearer_matches(authorization: Option<&[u8]>, token: &str) -> bool {
-    let Some(value) = authorization else {
-        return false;
+/// With a subscribe key, a subscription needs a token (`Authorization: Bearer`, the
+/// `token` query parameter, or the `herald_token` cookie) whose `subscribe` claim covers
+/// every topic.
+fn authorize_subscription(
+    ctx: &RequestContext<'_>,
+    request: &Request<'_>,
+    subscription: &route::Subscription,
+) -> Result<(), HttpError> {
+    let Some(verifier) = ctx.subscribe_verifier else {
+        return Ok(());
     };
-    let Some(given) = value
-        .strip_prefix(b"Bearer ")
-        .or_else(|| value.strip_prefix(b"bearer "))
-    else {
-        return false;
-    };
-    let given = given.trim_ascii();
-    let expected = token.as_bytes();
-    let mut difference = given.len() ^ expected.len();
-    for (i, &b) in expected.iter().enumerate() {
-        difference |= usize::from(b ^ given.get(i).copied().unwrap_or(0));
+    let token = auth::bearer(request.authorization)
+        .or(subscription.token.as_deref())
+        .or_else(|| auth::cookie_token(request.cookie))
+        .ok_or(HttpError::SubscribeUnauthorized)?;
+    let patterns = verifier
+        .patterns(token, Claim::Subscribe)
+        .map_err(|_| HttpError::SubscribeUnauthorized)?;
+    if !auth::allows_all(&patterns, subscription.topics.iter().map(String::as_str)) {
+        return Err(HttpError::Forbidden);
     }
-    difference == 0
+    Ok(())
+}
+
+/// With a publisher token or key, a publish needs `Authorization: Bearer` with the static
+/// token (any topic) or a token whose `publish` claim lists the topics, which are checked
+/// once the body is read. Returns those patterns (`None`: any topic).
+fn authorize_publisher(
+    ctx: &RequestContext<'_>,
+    request: &Request<'_>,
+) -> Result<Option<Vec<String>>, HttpError> {
+    let static_token = ctx.config.publish_token.as_deref();
+    if static_token.is_none() && ctx.publish_verifier.is_none() {
+        return Ok(None);
+    }
+    let given = auth::bearer(request.authorization);
+    if let Some(expected) = static_token {
+        if auth::static_token_matches(given, expected) {
+            return Ok(None);
+        }
+    }
+    match (ctx.publish_verifier, given) {
+        (Some(verifier), Some(token)) => verifier
+            .patterns(token, Claim::Publish)
+            .map(Some)
+            .map_err(|_| HttpError::Unauthorized),
+        _ => Err(HttpError::Unauthorized),
+    }
 }
 
 /// One of a stream's topics and where the stream sits in that topic's subscriber list.
@@ -981,6 +1026,8 @@ mod tests {
             trusted_proxies: &[],
             clients: &ClientTable::new(),
             render_metrics: &String::new,
+            subscribe_verifier: None,
+            publish_verifier: None,
         };
         let mut info = ConnInfo {
             listener: Listener::Main,
@@ -1060,14 +1107,5 @@ mod tests {
                 cors: String::new(),
             })
         );
-    }
-
-    #[test]
-    fn bearer_tokens() {
-        assert!(bearer_matches(Some(b"Bearer s3cret"), "s3cret"));
-        assert!(!bearer_matches(Some(b"Bearer s3cre"), "s3cret"));
-        assert!(!bearer_matches(Some(b"Bearer s3cretX"), "s3cret"));
-        assert!(!bearer_matches(Some(b"Basic s3cret"), "s3cret"));
-        assert!(!bearer_matches(None, "s3cret"));
     }
 }

@@ -62,7 +62,7 @@ const TIMER_TICK: Duration = Duration::from_millis(100);
 fn count_refusal(shared: &Shared, error: HttpError) {
     shared.metrics.count_refusal(error.answer().0);
     match error {
-        HttpError::Unauthorized => {
+        HttpError::Unauthorized | HttpError::SubscribeUnauthorized | HttpError::Forbidden => {
             shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
         }
         HttpError::TooManyFromClient => {
@@ -330,6 +330,8 @@ impl EventLoop {
             trusted_proxies: &shared.trusted_proxies,
             clients: &shared.clients,
             render_metrics,
+            subscribe_verifier: shared.subscribe_verifier.as_ref(),
+            publish_verifier: shared.publish_verifier.as_ref(),
         }
     }
 

@@ -29,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 mod bus;
 mod client;
 pub mod config;

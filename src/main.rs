@@ -136,6 +136,22 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     trusted_proxies: Option<Vec<String>>,
+    /// HS256 secret: GET /events then needs a JWT whose subscribe claim lists its topics. [default: none]
+    #[arg(
+        long,
+        env = "HERALD_SUBSCRIBE_KEY",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    subscribe_key: Option<String>,
+    /// HS256 secret: POST /publish then also accepts a JWT whose publish claim lists its topics. [default: none]
+    #[arg(
+        long,
+        env = "HERALD_PUBLISH_KEY",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    publish_key: Option<String>,
 }
 
 impl ServeArgs {
@@ -180,6 +196,12 @@ impl ServeArgs {
         }
         if self.publish_token.is_some() {
             config.publish_token = self.publish_token;
+        }
+        if self.subscribe_key.is_some() {
+            config.subscribe_key = self.subscribe_key;
+        }
+        if self.publish_key.is_some() {
+            config.publish_key = self.publish_key;
         }
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)

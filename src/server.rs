@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::auth::Verifier;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::{Bus, Fanout};
 use crate::client::{Cidr, ClientTable};
@@ -39,6 +40,10 @@ pub(crate) struct Shared {
     pub clients: ClientTable,
     /// Rare-event counters.
     pub metrics: Metrics,
+    /// Verifies subscriber tokens (`subscribe_key`).
+    pub subscribe_verifier: Option<Verifier>,
+    /// Verifies publisher tokens (`publish_key`).
+    pub publish_verifier: Option<Verifier>,
     /// Wakers of every loop, for shutdown.
     wakers: Vec<Arc<mio::Waker>>,
 }
@@ -165,6 +170,8 @@ impl Server {
             .iter()
             .filter_map(|block| Cidr::parse(block).ok()) // Validated above.
             .collect();
+        let subscribe_verifier = config.subscribe_key.as_deref().map(Verifier::new);
+        let publish_verifier = config.publish_key.as_deref().map(Verifier::new);
         let shared = Arc::new(Shared {
             config,
             bus: Box::new(EmbeddedBus::new(fanout)),
@@ -173,6 +180,8 @@ impl Server {
             trusted_proxies,
             clients: ClientTable::new(),
             metrics: Metrics::new(),
+            subscribe_verifier,
+            publish_verifier,
             draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             loop_stats: loops.iter().map(|l| l.3.clone()).collect(),

@@ -42,6 +42,10 @@ pub(crate) enum HttpError {
     PublishListenerOnly,
     /// Missing or wrong publisher token.
     Unauthorized,
+    /// Missing, invalid or expired subscriber token.
+    SubscribeUnauthorized,
+    /// A valid token that does not cover the requested topics.
+    Forbidden,
     /// The publish body exceeds `max_publish_bytes`.
     BodyTooLarge,
     /// The publish body's content type is not one herald reads.
@@ -88,6 +92,10 @@ impl HttpError {
                 (403, "publishing is only accepted on the publish listener")
             }
             HttpError::Unauthorized => (401, "missing or invalid publisher token"),
+            HttpError::SubscribeUnauthorized => {
+                (401, "missing, invalid or expired subscriber token")
+            }
+            HttpError::Forbidden => (403, "token does not allow these topics"),
             HttpError::BodyTooLarge => (413, "request body exceeds max_publish_bytes"),
             HttpError::UnsupportedMediaType => (
                 415,
@@ -207,7 +215,9 @@ pub(crate) fn refusal(error: HttpError, cors: &str, keep_alive: bool) -> Vec<u8>
         HttpError::MethodNotAllowed { allow } => {
             let _ = write!(extra, "Allow: {allow}\r\n");
         }
-        HttpError::Unauthorized => extra.push_str("WWW-Authenticate: Bearer\r\n"),
+        HttpError::Unauthorized | HttpError::SubscribeUnauthorized => {
+            extra.push_str("WWW-Authenticate: Bearer\r\n")
+        }
         HttpError::Publish(PublishError::Busy) | HttpError::TooManyFromClient => {
             extra.push_str("Retry-After: 1\r\n")
         }

@@ -60,6 +60,8 @@ pub(crate) struct Request<'b> {
     pub x_forwarded_for: Option<&'b str>,
     /// The last `Forwarded` header.
     pub forwarded: Option<&'b str>,
+    /// The last `Cookie` header.
+    pub cookie: Option<&'b str>,
 }
 
 /// Result of a parse attempt over the bytes received so far.
@@ -115,6 +117,7 @@ pub(crate) fn parse(buf: &[u8], full: bool) -> Result<Parsed<'_>, HttpError> {
         content_type: None,
         x_forwarded_for: None,
         forwarded: None,
+        cookie: None,
     };
     let mut has_host = false;
     for header in request.headers.iter() {
@@ -196,6 +199,8 @@ fn apply_header<'b>(
         head.x_forwarded_for = text().ok();
     } else if name.eq_ignore_ascii_case("forwarded") {
         head.forwarded = text().ok();
+    } else if name.eq_ignore_ascii_case("cookie") {
+        head.cookie = text().ok();
     }
     Ok(())
 }

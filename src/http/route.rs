@@ -78,6 +78,8 @@ pub(crate) struct Subscription {
     pub topics: Vec<String>,
     /// `lastEventId` from the query (the header, when present, takes precedence).
     pub last_event_id: Option<String>,
+    /// `token` from the query, for EventSource clients that cannot set headers.
+    pub token: Option<String>,
 }
 
 /// Limits on a subscription's topics.
@@ -94,6 +96,7 @@ pub(crate) struct TopicLimits {
 pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscription, HttpError> {
     let mut topics: Vec<String> = Vec::new();
     let mut last_event_id = None;
+    let mut token = None;
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         match &*key {
             "topic" => {
@@ -109,6 +112,7 @@ pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscript
                 topics.push(value.into_owned());
             }
             "lastEventId" => last_event_id = Some(value.into_owned()),
+            "token" => token = Some(value.into_owned()),
             _ => {}
         }
     }
@@ -118,6 +122,7 @@ pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscript
     Ok(Subscription {
         topics,
         last_event_id,
+        token,
     })
 }
 
