@@ -173,55 +173,82 @@ fn run_target(args: &RunArgs) -> Result<Target, String> {
 }
 
 fn run_peers(args: &PeersArgs) -> io::Result<()> {
-    let (herald_process, herald) = match (&args.herald_bin, args.herald_addr, args.herald_pid) {
-        (Some(bin), _, _) => {
-            let spawned = peers::start_herald(bin, args.threads, args.history)?;
-            let target = preset_target("herald", Preset::Herald, spawned.addr, spawned.pid())?;
-            (Some(spawned), target)
-        }
-        (None, Some(addr), Some(pid)) => {
-            (None, preset_target("herald", Preset::Herald, addr, pid)?)
-        }
-        _ => {
-            return Err(invalid(
-                "give --herald-bin, or --herald-addr with --herald-pid",
-            ))
-        }
-    };
-    let nchan_process = peers::start_nchan(args.threads, args.history)?;
-    let nchan = preset_target(
-        "nchan",
-        Preset::Nchan,
-        nchan_process.addr,
-        nchan_process.pid(),
-    )?;
-    eprintln!(
-        "herald at {} (pids {:?}); nchan at {} (pids {:?})",
-        herald.subscribe.addr, herald.pids, nchan.subscribe.addr, nchan.pids
-    );
     let mut out = io::stdout().lock();
-    let targets = [herald, nchan];
+    let mut reports = Vec::new();
     if args.scenario.scenario == Scenario::Sweep {
-        let reports = sweep::run(&targets, &args.scenario, &mut out)?;
+        // Fresh servers for every size, so each memory reading starts from a clean heap.
+        for &size in &args.scenario.sizes {
+            let servers = Servers::start(args)?;
+            reports.extend(sweep::run_size(
+                &servers.targets,
+                &args.scenario,
+                size,
+                &mut out,
+            )?);
+        }
+        sweep::write_summary(&mut out, &reports)?;
         for pair in reports.chunks(2) {
             if let [h, n] = pair {
                 report::write_comparison(&mut out, h, n)?;
             }
         }
-        drop((herald_process, nchan_process));
         return write_outputs(&args.output, &reports, Some(&reports));
     }
+    let servers = Servers::start(args)?;
     let settings = args.scenario.settings(args.scenario.scenario, None);
-    let mut reports = Vec::new();
-    for target in &targets {
+    for target in &servers.targets {
         let report = run::measure(target, &settings)?;
         report::write_table(&mut out, &report)?;
         out.flush()?;
         reports.push(report);
     }
     report::write_comparison(&mut out, &reports[0], &reports[1])?;
-    drop((herald_process, nchan_process));
     write_outputs(&args.output, &reports, None)
+}
+
+/// herald and nchan for one `peers` measurement; the processes this tool started stop
+/// when it is dropped.
+struct Servers {
+    /// herald first, then nchan.
+    targets: [Target; 2],
+    _herald: Option<peers::Spawned>,
+    _nchan: peers::Spawned,
+}
+
+impl Servers {
+    fn start(args: &PeersArgs) -> io::Result<Servers> {
+        let (herald_process, herald) = match (&args.herald_bin, args.herald_addr, args.herald_pid) {
+            (Some(bin), _, _) => {
+                let spawned = peers::start_herald(bin, args.threads, args.history)?;
+                let target = preset_target("herald", Preset::Herald, spawned.addr, spawned.pid())?;
+                (Some(spawned), target)
+            }
+            (None, Some(addr), Some(pid)) => {
+                (None, preset_target("herald", Preset::Herald, addr, pid)?)
+            }
+            _ => {
+                return Err(invalid(
+                    "give --herald-bin, or --herald-addr with --herald-pid",
+                ))
+            }
+        };
+        let nchan_process = peers::start_nchan(args.threads, args.history)?;
+        let nchan = preset_target(
+            "nchan",
+            Preset::Nchan,
+            nchan_process.addr,
+            nchan_process.pid(),
+        )?;
+        eprintln!(
+            "herald at {} (pids {:?}); nchan at {} (pids {:?})",
+            herald.subscribe.addr, herald.pids, nchan.subscribe.addr, nchan.pids
+        );
+        Ok(Servers {
+            targets: [herald, nchan],
+            _herald: herald_process,
+            _nchan: nchan_process,
+        })
+    }
 }
 
 fn preset_target(

@@ -178,6 +178,9 @@ fn write_requests(
     let topics = plan.topics.max(1) as u64;
     for k in events_of(plan, c) {
         let due = start + schedule.due(k - plan.first_event);
+        if due >= plan.deadline {
+            return stats;
+        }
         schedule::wait_until(due);
         while stats.sent - answered.load(Ordering::Acquire) >= INFLIGHT_MAX {
             if Instant::now() >= plan.deadline {

@@ -51,25 +51,27 @@ pub fn chart(series: &[Series]) -> String {
 "#
     );
     let x_max = nice_max(max_of(series, |p| p.connections));
-    let lat_max = nice_max(max_of(series, |p| p.p999_ms.max(p.p99_ms)));
+    let lat_max = max_of(series, |p| p.p999_ms.max(p.p99_ms));
     let mem_max = nice_max(max_of(series, |p| p.rss_per_connection));
-    axes(&mut svg, LEFTS[0], x_max, lat_max, "delivery latency (ms)");
-    axes(
-        &mut svg,
-        LEFTS[1],
-        x_max,
-        mem_max,
-        "server RSS per connection (bytes)",
-    );
     let percentiles: [Percentile; 3] = [
         ("p50", "#2a9d8f", |p| p.p50_ms),
         ("p99", "#e9c46a", |p| p.p99_ms),
         ("p99.9", "#e76f51", |p| p.p999_ms),
     ];
-    let (latency, memory) = (
-        Scale::new(LEFTS[0], x_max, lat_max),
-        Scale::new(LEFTS[1], x_max, mem_max),
-    );
+    let latency = Scale {
+        left: LEFTS[0],
+        x_max,
+        y_max: decade_above(lat_max),
+        y_min: Some(LATENCY_AXIS_MIN_MS),
+    };
+    let memory = Scale {
+        left: LEFTS[1],
+        x_max,
+        y_max: mem_max,
+        y_min: None,
+    };
+    axes(&mut svg, &latency, "delivery latency (ms, log scale)");
+    axes(&mut svg, &memory, "server RSS per connection (bytes)");
     for (s, dash) in series.iter().zip(DASHES) {
         for (_, colour, value) in percentiles {
             line(&mut svg, &latency, s, value, colour, dash);
@@ -88,22 +90,34 @@ pub fn chart(series: &[Series]) -> String {
     svg
 }
 
-/// Maps data to one panel's pixels.
+/// Maps data to one panel's pixels. With `y_min` set, the y axis is logarithmic from
+/// `y_min` to `y_max` (latencies span decades between servers); otherwise linear from 0.
 struct Scale {
     left: f64,
     x_max: f64,
     y_max: f64,
+    y_min: Option<f64>,
 }
 
 impl Scale {
-    fn new(left: f64, x_max: f64, y_max: f64) -> Scale {
-        Scale { left, x_max, y_max }
-    }
     fn x(&self, v: f64) -> f64 {
         self.left + PANEL_W * (v / self.x_max).clamp(0.0, 1.0)
     }
     fn y(&self, v: f64) -> f64 {
-        TOP + PANEL_H * (1.0 - (v / self.y_max).clamp(0.0, 1.0))
+        let f = match self.y_min {
+            Some(min) => (v.max(min) / min).log10() / (self.y_max / min).log10(),
+            None => v / self.y_max,
+        };
+        TOP + PANEL_H * (1.0 - f.clamp(0.0, 1.0))
+    }
+    /// Gridline values: decades on a log axis, fifths on a linear one.
+    fn y_ticks(&self) -> Vec<f64> {
+        match self.y_min {
+            Some(min) => std::iter::successors(Some(min), |v| Some(v * 10.0))
+                .take_while(|v| *v <= self.y_max * 1.000_001)
+                .collect(),
+            None => (0..=5).map(|i| self.y_max * i as f64 / 5.0).collect(),
+        }
     }
 }
 
@@ -128,9 +142,8 @@ pub fn nice_max(v: f64) -> f64 {
         .unwrap_or(10.0 * power)
 }
 
-fn axes(svg: &mut String, left: f64, x_max: f64, y_max: f64, title: &str) {
-    let s = Scale::new(left, x_max, y_max);
-    let (bottom, right) = (TOP + PANEL_H, left + PANEL_W);
+fn axes(svg: &mut String, s: &Scale, title: &str) {
+    let (left, bottom, right) = (s.left, TOP + PANEL_H, s.left + PANEL_W);
     let _ = writeln!(
         svg,
         r##"<text x="{}" y="{}" text-anchor="middle" font-size="14">{title}</text>
@@ -142,18 +155,23 @@ fn axes(svg: &mut String, left: f64, x_max: f64, y_max: f64, title: &str) {
         left + PANEL_W / 2.0,
         bottom + 35.0
     );
-    for i in 0..=5 {
-        let f = i as f64 / 5.0;
-        let (xv, yv) = (x_max * f, y_max * f);
-        let (x, y) = (s.x(xv), s.y(yv));
+    for yv in s.y_ticks() {
+        let y = s.y(yv);
         let _ = writeln!(
             svg,
             r##"<line x1="{left}" y1="{y}" x2="{right}" y2="{y}" stroke="#ddd"/>
-<text x="{}" y="{}" text-anchor="end">{}</text>
-<text x="{x}" y="{}" text-anchor="middle">{}</text>"##,
+<text x="{}" y="{}" text-anchor="end">{}</text>"##,
             left - 6.0,
             y + 4.0,
-            label(yv),
+            label(yv)
+        );
+    }
+    for i in 0..=5 {
+        let xv = s.x_max * i as f64 / 5.0;
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="{}" text-anchor="middle">{}</text>"##,
+            s.x(xv),
             bottom + 16.0,
             label(xv)
         );
@@ -163,9 +181,23 @@ fn axes(svg: &mut String, left: f64, x_max: f64, y_max: f64, title: &str) {
 fn label(v: f64) -> String {
     if v >= 10.0 || v == 0.0 {
         format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.1}")
     } else {
-        format!("{v:.2}")
+        format!("{v}")
     }
+}
+
+/// Bottom of the latency axis: loopback deliveries are rarely under 0.1 ms.
+const LATENCY_AXIS_MIN_MS: f64 = 0.1;
+
+/// The power of ten at or above `v`, at least ten times the axis bottom.
+fn decade_above(v: f64) -> f64 {
+    let floor = LATENCY_AXIS_MIN_MS * 10.0;
+    if !v.is_finite() || v <= floor {
+        return floor;
+    }
+    10f64.powf(v.log10().ceil())
 }
 
 fn line(
@@ -228,6 +260,22 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_axis() {
+        assert_eq!(decade_above(0.0), 1.0);
+        assert_eq!(decade_above(200.0), 1_000.0);
+        let s = Scale {
+            left: 0.0,
+            x_max: 1.0,
+            y_max: 1_000.0,
+            y_min: Some(0.1),
+        };
+        assert_eq!(s.y_ticks().len(), 5);
+        assert_eq!(s.y(0.1), TOP + PANEL_H);
+        assert_eq!(s.y(1_000.0), TOP);
+        assert_eq!(s.y(0.0), TOP + PANEL_H);
+    }
 
     #[test]
     fn nice_maxima() {

@@ -11,7 +11,9 @@ use crate::scenario::{Scenario, ScenarioArgs};
 use crate::svg::{self, Point, Series};
 use crate::target::Target;
 
-/// Runs the sweep; returns every report, size by size, target by target.
+/// Runs the sweep against targets that stay up between sizes (`run` mode: the memory
+/// figures of later sizes then include heap the earlier sizes left behind); `peers` uses
+/// [`run_size`] with fresh servers per size instead.
 pub fn run(
     targets: &[Target],
     args: &ScenarioArgs,
@@ -19,15 +21,28 @@ pub fn run(
 ) -> io::Result<Vec<Report>> {
     let mut reports = Vec::new();
     for &size in &args.sizes {
-        for target in targets {
-            let settings = args.settings(Scenario::Fanout, Some(size));
-            let mut report = run::measure(target, &settings)?;
-            report.scenario = "sweep".to_owned();
-            crate::report::write_table(out, &report)?;
-            reports.push(report);
-        }
+        reports.extend(run_size(targets, args, size, out)?);
     }
     write_summary(out, &reports)?;
+    Ok(reports)
+}
+
+/// One size of the sweep: fan-out with `size` subscribers against each target in turn.
+pub fn run_size(
+    targets: &[Target],
+    args: &ScenarioArgs,
+    size: usize,
+    out: &mut impl Write,
+) -> io::Result<Vec<Report>> {
+    let mut reports = Vec::new();
+    for target in targets {
+        let settings = args.settings(Scenario::Fanout, Some(size));
+        let mut report = run::measure(target, &settings)?;
+        report.scenario = "sweep".to_owned();
+        crate::report::write_table(out, &report)?;
+        out.flush()?;
+        reports.push(report);
+    }
     Ok(reports)
 }
 

@@ -1,5 +1,5 @@
 //! The `worker` subcommand: one process holding up to
-//! [`SOCKETS_PER_WORKER_MAX`](crate::protocol::SOCKETS_PER_WORKER_MAX) SSE subscribers on
+//! [`SOCKETS_PER_WORKER_MAX`] SSE subscribers on
 //! non-blocking sockets driven by one `mio` poll loop (no thread per connection). Sockets
 //! bind to source addresses 127.0.0.2, 127.0.0.3, ... so that no source runs out of ports.
 //!
