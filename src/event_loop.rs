@@ -17,15 +17,13 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::bus::Inbox;
-use crate::conn::{
-    self, ConnInfo, Exchange, Flushed, RequestContext, Step, Stream, StreamEnd, StreamRequest,
-    StreamTopic,
-};
+use crate::conn::{ConnInfo, Exchange, RequestContext, Step, StreamRequest};
 use crate::http::answer::HttpError;
 use crate::http::route::{Listener, RouteConfig, TopicLimits};
 use crate::metrics::{LoopCounters, LoopStats};
 use crate::server::Shared;
 use crate::socket::{self, IoOutcome};
+use crate::stream::{self, Flushed, Stream, StreamEnd, StreamTopic};
 use crate::timer::{TimerHandle, TimerWheel};
 use crate::topic::{HistoryLimits, SubscriberRef, TopicId, Topics};
 
@@ -680,7 +678,7 @@ impl EventLoop {
                 StreamTopic { id, position }
             })
             .collect();
-        let start = conn::start_stream(
+        let start = stream::start_stream(
             &request,
             topics,
             &self.topics,

@@ -1,0 +1,520 @@
+//! An open event stream: a cursor into the topic rings, written by gathering every frame
+//! the subscriber is behind by into one `write_vectored`, plus the bytes that go between
+//! frames (the response head, heartbeats, a parting `retry:` hint).
+//!
+//! Sans-io: the loop passes the socket write as a closure and the time as `now_ms`. A
+//! stream never holds a copy of an event, and its memory does not grow with its backlog.
+
+use std::borrow::Cow;
+use std::io::IoSlice;
+
+use crate::bus::{Bus, Resume};
+use crate::config::Config;
+use crate::conn::StreamRequest;
+use crate::http::answer;
+use crate::ring::Seq;
+use crate::sse::{self, Frame};
+use crate::topic::{TopicId, Topics};
+
+/// Frames gathered into one `write_vectored` call. Linux accepts 1024; 64 frames already
+/// amortise the syscall, and the iovec array lives on the stack.
+pub(crate) const IOVECS_PER_WRITE_MAX: usize = 64;
+
+/// One of a stream's topics and where the stream sits in that topic's subscriber list.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamTopic {
+    /// The topic.
+    pub id: TopicId,
+    /// Position in the topic's subscriber list (kept current when others leave).
+    pub position: u32,
+}
+
+/// Bytes to send before the next frame: the response head with the `retry:` frame and a
+/// gap event, a heartbeat comment, or a parting `retry:` hint. Only set between frames.
+struct Preamble {
+    bytes: Cow<'static, [u8]>,
+    sent: usize,
+}
+
+/// The heartbeat: an SSE comment line, ignored by every client.
+const HEARTBEAT: &[u8] = b":\n";
+
+/// How a stream that was asked to close is getting there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closing {
+    /// Finish the frame in flight, then send `retry: <ms>` and close.
+    Pending(u32),
+    /// The parting hint is queued or sent; close once it is out.
+    HintQueued,
+}
+
+/// An open event stream.
+pub(crate) struct Stream {
+    /// The stream's topics.
+    pub topics: Box<[StreamTopic]>,
+    /// Sequence number of the last frame written in full.
+    cursor: Seq,
+    /// Evictions at or below this were already reported to the client as a gap.
+    gap_floor: Seq,
+    /// Bytes of the next frame already written, and that frame's sequence number.
+    partial: Option<(Seq, usize)>,
+    preamble: Option<Box<Preamble>>,
+    closing: Option<Closing>,
+    /// The socket returned `WouldBlock`; the stream waits for writable readiness.
+    pub blocked: bool,
+    /// Loop turn in which the stream was last queued for a flush (dedupes the queue).
+    pub queued_turn: u64,
+    /// Loop clock (ms) of the last write that moved bytes; heartbeats go to quiet streams.
+    pub last_write_ms: u64,
+    /// Loop clock (ms) at which the stream's lifetime ends (0: never).
+    pub expires_ms: u64,
+}
+
+/// Why a stream stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamEnd {
+    /// It fell behind by more than `max_lag_bytes`, or past the history it needed.
+    SlowConsumer,
+    /// The peer closed, reset, or the socket failed.
+    PeerGone,
+    /// The stream was told to come back later and closed (lifetime or shutdown).
+    Finished,
+}
+
+/// Result of a flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flushed {
+    /// Everything available was written.
+    Idle,
+    /// The socket is full; wait for writable.
+    Blocked,
+    /// The write budget ran out with more to write; flush again next turn.
+    More,
+    /// Close the stream.
+    End(StreamEnd),
+}
+
+/// Where a new stream starts, and what it must be told first.
+pub(crate) struct StreamStart {
+    /// The stream's topics (registered by the caller).
+    pub topics: Box<[StreamTopic]>,
+    /// First frames to send: head, retry, maybe gap.
+    pub preamble: Vec<u8>,
+    /// Cursor: the stream is sent every kept event after it.
+    pub cursor: Seq,
+    /// Evictions up to here are covered by the gap event (if any).
+    pub gap_floor: Seq,
+}
+
+/// Decides a new stream's cursor and preamble from its Last-Event-ID.
+pub(crate) fn start_stream(
+    request: &StreamRequest,
+    topics: Box<[StreamTopic]>,
+    table: &Topics,
+    bus: &dyn Bus,
+    config: &Config,
+) -> StreamStart {
+    let mut preamble = answer::stream_head(&request.cors);
+    preamble.extend_from_slice(&sse::encode_retry(config.retry_ms));
+    let evicted_max = topics
+        .iter()
+        .filter_map(|t| table.get(t.id))
+        .map(|t| t.ring.evicted_max())
+        .max()
+        .unwrap_or(0);
+    let (cursor, gap) = match request.last_event_id.as_deref() {
+        None => (table.head_seq(), false),
+        Some(id) => match bus.resume_point(id) {
+            Resume::After(seq) => (seq, seq < evicted_max),
+            Resume::Unknown => (0, true),
+        },
+    };
+    if gap {
+        let id = request.last_event_id.as_deref().unwrap_or("");
+        preamble.extend_from_slice(&sse::encode_gap(&config.gap_event, id));
+    }
+    StreamStart {
+        topics,
+        preamble,
+        cursor,
+        gap_floor: if gap { evicted_max } else { 0 },
+    }
+}
+
+impl Stream {
+    /// A stream starting at `start`, at loop time `now_ms`.
+    pub(crate) fn new(start: StreamStart, now_ms: u64) -> Self {
+        Stream {
+            topics: start.topics,
+            cursor: start.cursor,
+            gap_floor: start.gap_floor,
+            partial: None,
+            preamble: Some(Box::new(Preamble {
+                bytes: Cow::Owned(start.preamble),
+                sent: 0,
+            })),
+            closing: None,
+            blocked: false,
+            // Not yet queued in any turn: events drained later in the turn that opened
+            // the stream must still queue it.
+            queued_turn: 0,
+            last_write_ms: now_ms,
+            expires_ms: 0,
+        }
+    }
+
+    /// Queues a heartbeat comment if the stream is quiet: nothing in flight and nothing
+    /// written for `heartbeat_ms`. Returns whether one was queued.
+    pub(crate) fn queue_heartbeat(&mut self, now_ms: u64, heartbeat_ms: u64) -> bool {
+        let quiet = self.preamble.is_none()
+            && self.partial.is_none()
+            && self.closing.is_none()
+            && !self.blocked
+            && now_ms.saturating_sub(self.last_write_ms) >= heartbeat_ms;
+        if quiet {
+            self.preamble = Some(Box::new(Preamble {
+                bytes: Cow::Borrowed(HEARTBEAT),
+                sent: 0,
+            }));
+        }
+        quiet
+    }
+
+    /// Asks the stream to finish the frame in flight, send `retry: <retry_ms>` and close.
+    pub(crate) fn close_with_hint(&mut self, retry_ms: u32) {
+        if self.closing.is_none() {
+            self.closing = Some(Closing::Pending(retry_ms));
+        }
+    }
+
+    /// Whether every topic still holds all events after the cursor (or the gap covered them).
+    fn covered(&self, table: &Topics) -> bool {
+        let floor = self.cursor.max(self.gap_floor);
+        self.topics.iter().all(|t| {
+            table
+                .get(t.id)
+                .is_some_and(|topic| topic.ring.covers(floor))
+        })
+    }
+
+    /// Bytes this stream is behind the newest event (frames shared by several of its
+    /// topics count once per topic: an over-estimate, never an under-estimate).
+    pub(crate) fn lag_bytes(&self, table: &Topics) -> Option<u64> {
+        if !self.covered(table) {
+            return None;
+        }
+        let mut lag: u64 = self
+            .topics
+            .iter()
+            .filter_map(|t| table.get(t.id))
+            .map(|topic| topic.ring.lag_bytes(self.cursor))
+            .sum();
+        if let Some((_, offset)) = self.partial {
+            lag = lag.saturating_sub(offset as u64);
+        }
+        if let Some(preamble) = &self.preamble {
+            lag += (preamble.bytes.len() - preamble.sent) as u64;
+        }
+        Some(lag)
+    }
+
+    /// Whether the stream is further behind than `lag_max` allows (or past the history).
+    pub(crate) fn too_slow(&self, table: &Topics, lag_max: usize) -> bool {
+        self.lag_bytes(table).is_none_or(|lag| lag > lag_max as u64)
+    }
+
+    /// Writes as much as the socket takes, up to `writes_max` calls. `write` is one
+    /// `write_vectored` on the stream's socket, already classified.
+    pub(crate) fn flush(
+        &mut self,
+        table: &Topics,
+        writes_max: usize,
+        now_ms: u64,
+        deliveries: &mut u64,
+        mut write: impl FnMut(&[IoSlice<'_>]) -> crate::socket::IoOutcome,
+    ) -> Flushed {
+        use crate::socket::IoOutcome;
+        for _ in 0..writes_max {
+            if !self.covered(table) {
+                return Flushed::End(StreamEnd::SlowConsumer);
+            }
+            let mut frames: [(Seq, usize); IOVECS_PER_WRITE_MAX] = [(0, 0); IOVECS_PER_WRITE_MAX];
+            let mut slices: [IoSlice<'_>; IOVECS_PER_WRITE_MAX] =
+                [IoSlice::new(&[]); IOVECS_PER_WRITE_MAX];
+            let mut count = 0;
+            if let Some(preamble) = &self.preamble {
+                slices[0] = IoSlice::new(&preamble.bytes[preamble.sent..]);
+                count = 1;
+            }
+            let mut stale_partial = false;
+            let partial = self.partial;
+            let first_slot = count;
+            // A closing stream only finishes the frame in flight.
+            let frames_max = match (self.closing, partial) {
+                (None, _) => IOVECS_PER_WRITE_MAX,
+                (Some(_), Some(_)) => first_slot + 1,
+                (Some(_), None) => first_slot,
+            };
+            for_each_after(table, &self.topics, self.cursor, |seq, frame| {
+                if count >= frames_max {
+                    return false;
+                }
+                let offset = match partial {
+                    Some((partial_seq, offset)) if count == first_slot => {
+                        if partial_seq != seq {
+                            stale_partial = true;
+                            return false;
+                        }
+                        offset
+                    }
+                    _ => 0,
+                };
+                slices[count] = IoSlice::new(&frame[offset..]);
+                frames[count] = (seq, frame.len() - offset);
+                count += 1;
+                count < IOVECS_PER_WRITE_MAX
+            });
+            if stale_partial {
+                return Flushed::End(StreamEnd::SlowConsumer);
+            }
+            if count == 0 {
+                match self.closing {
+                    None => return Flushed::Idle,
+                    Some(Closing::HintQueued) => return Flushed::End(StreamEnd::Finished),
+                    Some(Closing::Pending(retry_ms)) => {
+                        self.preamble = Some(Box::new(Preamble {
+                            bytes: Cow::Owned(sse::encode_retry(retry_ms).to_vec()),
+                            sent: 0,
+                        }));
+                        self.closing = Some(Closing::HintQueued);
+                        continue;
+                    }
+                }
+            }
+            let total: usize = slices[..count].iter().map(|s| s.len()).sum();
+            match write(&slices[..count]) {
+                IoOutcome::Done(n) => {
+                    self.last_write_ms = now_ms;
+                    self.advance(n, &frames[first_slot..count], deliveries);
+                    if n == total && count < frames_max && self.closing.is_none() {
+                        return Flushed::Idle;
+                    }
+                }
+                IoOutcome::WouldBlock => return Flushed::Blocked,
+                IoOutcome::PeerClosed | IoOutcome::Failed(_) => {
+                    return Flushed::End(StreamEnd::PeerGone)
+                }
+            }
+        }
+        Flushed::More
+    }
+
+    fn advance(&mut self, mut n: usize, frames: &[(Seq, usize)], deliveries: &mut u64) {
+        if let Some(preamble) = &mut self.preamble {
+            let take = n.min(preamble.bytes.len() - preamble.sent);
+            preamble.sent += take;
+            n -= take;
+            if preamble.sent < preamble.bytes.len() {
+                return;
+            }
+            self.preamble = None;
+        }
+        for &(seq, remaining) in frames {
+            if n >= remaining {
+                n -= remaining;
+                self.cursor = seq;
+                self.partial = None;
+                *deliveries += 1;
+            } else {
+                if n > 0 {
+                    let done = self.partial.map_or(0, |(_, offset)| offset);
+                    self.partial = Some((seq, done + n));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Calls `visit` with every kept frame after `cursor` across `topics`, in sequence order,
+/// each event once, until `visit` returns false.
+pub(crate) fn for_each_after<'t>(
+    table: &'t Topics,
+    topics: &[StreamTopic],
+    cursor: Seq,
+    mut visit: impl FnMut(Seq, &'t Frame) -> bool,
+) {
+    if let [only] = topics {
+        let Some(topic) = table.get(only.id) else {
+            return;
+        };
+        let mut index = topic.ring.first_after(cursor);
+        while let Some(entry) = topic.ring.get(index) {
+            if !visit(entry.seq, &entry.frame) {
+                return;
+            }
+            index += 1;
+        }
+        return;
+    }
+    // A k-way merge over the topics' rings; k is at most TOPICS_PER_SUBSCRIPTION_MAX.
+    let mut positions = [0usize; crate::config::TOPICS_PER_SUBSCRIPTION_MAX];
+    let rings: Vec<_> = topics
+        .iter()
+        .filter_map(|t| table.get(t.id).map(|topic| &topic.ring))
+        .collect();
+    for (ring, position) in rings.iter().zip(positions.iter_mut()) {
+        *position = ring.first_after(cursor);
+    }
+    loop {
+        let mut next: Option<(Seq, &'t Frame)> = None;
+        for (ring, &position) in rings.iter().zip(positions.iter()) {
+            if let Some(entry) = ring.get(position) {
+                if next.is_none_or(|(seq, _)| entry.seq < seq) {
+                    next = Some((entry.seq, &entry.frame));
+                }
+            }
+        }
+        let Some((seq, frame)) = next else {
+            return;
+        };
+        for (ring, position) in rings.iter().zip(positions.iter_mut()) {
+            if ring.get(*position).is_some_and(|entry| entry.seq == seq) {
+                *position += 1;
+            }
+        }
+        if !visit(seq, frame) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::socket::IoOutcome;
+    use crate::topic::{HistoryLimits, SubscriberRef};
+    use bytes::Bytes;
+
+    fn table() -> Topics {
+        Topics::new(HistoryLimits {
+            events: 100,
+            bytes: 1 << 20,
+            total_bytes: 1 << 24,
+        })
+    }
+
+    fn subscribe(table: &mut Topics, names: &[&str]) -> Box<[StreamTopic]> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(slot, name)| {
+                let (id, position) = table.subscribe(
+                    name,
+                    SubscriberRef {
+                        conn: 0,
+                        slot: slot as u16,
+                    },
+                );
+                StreamTopic { id, position }
+            })
+            .collect()
+    }
+
+    fn frame(seq: Seq) -> Frame {
+        Bytes::from(format!("id: {seq}\ndata: x\n\n"))
+    }
+
+    #[test]
+    fn merge_visits_union_once_in_order() {
+        let mut table = table();
+        let topics = subscribe(&mut table, &["a", "b"]);
+        table.append(1, &["a".into()], &frame(1));
+        table.append(2, &["a".into(), "b".into()], &frame(2));
+        table.append(3, &["b".into()], &frame(3));
+        table.append(4, &["c".into()], &frame(4));
+        let mut seen = Vec::new();
+        for_each_after(&table, &topics, 0, |seq, _| {
+            seen.push(seq);
+            true
+        });
+        assert_eq!(seen, [1, 2, 3]);
+        seen.clear();
+        for_each_after(&table, &topics, 2, |seq, _| {
+            seen.push(seq);
+            true
+        });
+        assert_eq!(seen, [3]);
+    }
+
+    #[test]
+    fn partial_writes_resume_mid_frame() {
+        let mut table = table();
+        let topics = subscribe(&mut table, &["a"]);
+        for seq in 1..=3 {
+            table.append(seq, &["a".into()], &frame(seq));
+        }
+        let mut stream = Stream::new(
+            StreamStart {
+                topics,
+                preamble: b"HEAD".to_vec(),
+                cursor: 0,
+                gap_floor: 0,
+            },
+            0,
+        );
+        let mut wire = Vec::new();
+        let mut deliveries = 0;
+        // A socket that takes 5 bytes per call, then blocks every other call.
+        let mut calls = 0;
+        loop {
+            let outcome = stream.flush(&table, 4, 0, &mut deliveries, |slices| {
+                calls += 1;
+                if calls % 2 == 0 {
+                    return IoOutcome::WouldBlock;
+                }
+                let mut budget = 5;
+                for slice in slices {
+                    let take = budget.min(slice.len());
+                    wire.extend_from_slice(&slice[..take]);
+                    budget -= take;
+                }
+                IoOutcome::Done(5 - budget)
+            });
+            if outcome == Flushed::Idle {
+                break;
+            }
+            assert!(calls < 100);
+        }
+        let expected: Vec<u8> = [&b"HEAD"[..], &frame(1), &frame(2), &frame(3)].concat();
+        assert_eq!(wire, expected);
+        assert_eq!(deliveries, 3);
+        assert_eq!(stream.lag_bytes(&table), Some(0));
+    }
+
+    #[test]
+    fn evicted_history_ends_a_lagging_stream() {
+        let mut table = Topics::new(HistoryLimits {
+            events: 2,
+            bytes: 1 << 20,
+            total_bytes: 1 << 24,
+        });
+        let topics = subscribe(&mut table, &["a"]);
+        let stream = Stream::new(
+            StreamStart {
+                topics,
+                preamble: Vec::new(),
+                cursor: 0,
+                gap_floor: 0,
+            },
+            0,
+        );
+        table.append(1, &["a".into()], &frame(1));
+        assert!(!stream.too_slow(&table, 1000));
+        assert!(stream.too_slow(&table, 5));
+        for seq in 2..=3 {
+            table.append(seq, &["a".into()], &frame(seq));
+        }
+        assert_eq!(stream.lag_bytes(&table), None);
+    }
+}
