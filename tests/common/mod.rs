@@ -11,8 +11,12 @@
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use herald::{Config, Event, EventId, Handle, PublishError, Server};
 
@@ -190,6 +194,48 @@ impl Conn {
             buffer: Vec::new(),
             eof: false,
         }
+    }
+
+    /// Connects to `addr` from the local address `from` (anything in 127.0.0.0/8 is local,
+    /// so one test can be several clients), optionally with a small `SO_RCVBUF` set before
+    /// the handshake (`recv_buffer`, bytes; the kernel may round it).
+    pub fn connect_with(
+        addr: SocketAddr,
+        from: Option<IpAddr>,
+        recv_buffer: Option<usize>,
+    ) -> Conn {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+            .unwrap_or_else(|e| panic!("socket() failed: {e}"));
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes).unwrap();
+        }
+        if let Some(ip) = from {
+            socket
+                .bind(&SocketAddr::new(ip, 0).into())
+                .unwrap_or_else(|e| panic!("binding the client socket to {ip} failed: {e}"));
+        }
+        socket
+            .connect_timeout(&addr.into(), DEADLINE)
+            .unwrap_or_else(|e| panic!("connect to {addr} from {from:?} failed: {e}"));
+        let stream: TcpStream = socket.into();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buffer: Vec::new(),
+            eof: false,
+        }
+    }
+
+    /// A second handle on the socket, e.g. to write from another thread while this one reads.
+    pub fn try_clone_stream(&self) -> TcpStream {
+        self.stream.try_clone().unwrap()
+    }
+
+    /// Closes the connection with a reset (`SO_LINGER` 0) instead of a FIN.
+    pub fn reset(self) {
+        SockRef::from(&self.stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
     }
 
     /// Writes all of `bytes` in one `write_all`.
@@ -636,7 +682,23 @@ impl Subscriber {
     /// Opens `GET target` with extra `headers`, asserts a 200 `text/event-stream` answer and
     /// reads up to the end of the first frame, which must be `retry: <ms>`.
     pub fn open(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Subscriber {
-        let mut conn = Conn::connect(addr);
+        Subscriber::open_on(Conn::connect(addr), target, headers)
+    }
+
+    /// [`Subscriber::open`] on a connection the caller made (e.g. from another source
+    /// address with [`Conn::connect_with`]).
+    pub fn open_on(conn: Conn, target: &str, headers: &[(&str, &str)]) -> Subscriber {
+        Subscriber::try_open_on(conn, target, headers)
+            .unwrap_or_else(|failed| panic!("GET {target} was refused: {}", failed.summary()))
+    }
+
+    /// Like [`Subscriber::open_on`], but a refusal is returned (with its body) instead of
+    /// failing the test.
+    pub fn try_open_on(
+        mut conn: Conn,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Subscriber, Response> {
         conn.send(build_request("GET", target, headers, b""));
         let head = conn.read_head(&format!("the response head of GET {target}"));
         if head.status != 200 {
@@ -644,7 +706,7 @@ impl Subscriber {
             if let Some(length) = head.content_length() {
                 failed.body = conn.read_exact_bytes(length, "the error body");
             }
-            panic!("GET {target} was refused: {}", failed.summary());
+            return Err(failed);
         }
         assert_eq!(
             head.header("content-type"),
@@ -660,7 +722,7 @@ impl Subscriber {
             raw: Vec::new(),
         };
         subscriber.wait_for_retry_frame(target);
-        subscriber
+        Ok(subscriber)
     }
 
     fn wait_for_retry_frame(&mut self, target: &str) {
@@ -755,6 +817,417 @@ impl Subscriber {
     /// The underlying connection, e.g. to see it closed.
     pub fn conn(&mut self) -> &mut Conn {
         &mut self.conn
+    }
+
+    /// The comment lines received so far (without their leading `:`), in order.
+    pub fn comments(&self) -> &[String] {
+        &self.parser.comments
+    }
+
+    /// Events parsed but not yet taken with [`Subscriber::next_event`].
+    pub fn pending_events(&self) -> &VecDeque<SseEvent> {
+        &self.pending
+    }
+
+    /// Reads until at least `n` comment lines have arrived in total.
+    pub fn wait_for_comments(&mut self, n: usize, waiting_for: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.parser.comments.len() < n {
+            self.read_more(deadline, waiting_for);
+        }
+    }
+
+    /// Reads until the server closes the stream; returns the events that arrived on the way
+    /// (after any still pending).
+    pub fn read_to_close(&mut self, waiting_for: &str) -> Vec<SseEvent> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.conn.try_fill(deadline, waiting_for) {
+                Some(0) => break,
+                Some(_) => {
+                    let bytes = self.conn.take_buffered();
+                    self.take(&bytes);
+                }
+                None => panic!(
+                    "timed out after {DEADLINE:?} waiting for {waiting_for}; body received: {}",
+                    preview(&self.raw)
+                ),
+            }
+        }
+        self.pending.drain(..).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------------
+
+/// One `GET /metrics` page, checked line by line against the Prometheus text exposition
+/// format (0.0.4) as it is parsed.
+#[derive(Clone, Debug)]
+pub struct Scrape {
+    /// The page as received.
+    pub text: String,
+    /// The samples in page order: `name` or `name{labels}` (labels as sent) and the value.
+    pub samples: Vec<(String, f64)>,
+}
+
+fn is_metric_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b':')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+}
+
+fn is_label_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Checks `k="v",k="v"` (the text between the braces) and returns the label names.
+fn parse_labels(labels: &str, line: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = labels;
+    while !rest.is_empty() {
+        let (name, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("metrics: bad labels in {line:?}"));
+        assert!(
+            is_label_name(name),
+            "metrics: bad label name {name:?} in {line:?}"
+        );
+        let mut value_end = None;
+        let mut escaped = false;
+        for (at, c) in after.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => {
+                    value_end = Some(at);
+                    break;
+                }
+                '\n' => panic!("metrics: raw newline in a label value in {line:?}"),
+                _ => {}
+            }
+        }
+        let end = value_end.unwrap_or_else(|| panic!("metrics: unterminated label in {line:?}"));
+        names.push(name.to_owned());
+        rest = &after[end + 1..];
+        if let Some(more) = rest.strip_prefix(',') {
+            rest = more;
+        } else {
+            assert!(rest.is_empty(), "metrics: junk after a label in {line:?}");
+        }
+    }
+    names
+}
+
+impl Scrape {
+    /// Parses a page, failing the test on any line that is not `# HELP name text`,
+    /// `# TYPE name kind` or a sample `name{labels} value`; on a sample whose family has no
+    /// `# TYPE` line before it; on a family typed twice; and on a duplicate sample.
+    pub fn parse(text: &str) -> Scrape {
+        assert!(
+            text.ends_with('\n'),
+            "metrics: the page must end with a line feed"
+        );
+        let mut types: Vec<(String, String)> = Vec::new();
+        let mut samples: Vec<(String, f64)> = Vec::new();
+        for line in text.lines() {
+            if let Some(comment) = line.strip_prefix('#') {
+                let mut parts = comment.trim_start().splitn(3, ' ');
+                let keyword = parts.next().unwrap_or_default();
+                let name = parts.next().unwrap_or_default();
+                let rest = parts.next().unwrap_or_default();
+                match keyword {
+                    "HELP" => assert!(is_metric_name(name), "metrics: bad HELP line {line:?}"),
+                    "TYPE" => {
+                        assert!(is_metric_name(name), "metrics: bad TYPE line {line:?}");
+                        assert!(
+                            ["counter", "gauge", "histogram", "summary", "untyped"].contains(&rest),
+                            "metrics: bad type in {line:?}"
+                        );
+                        assert!(
+                            !types.iter().any(|(n, _)| n == name),
+                            "metrics: family {name} typed twice"
+                        );
+                        types.push((name.to_owned(), rest.to_owned()));
+                    }
+                    _ => {} // Other comments are allowed by the format.
+                }
+                continue;
+            }
+            assert!(!line.trim().is_empty(), "metrics: blank line in the page");
+            let (key, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("metrics: sample line without a value: {line:?}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("metrics: bad value in {line:?}"));
+            let (name, label_names) = match key.split_once('{') {
+                Some((name, labels)) => {
+                    let labels = labels
+                        .strip_suffix('}')
+                        .unwrap_or_else(|| panic!("metrics: bad labels in {line:?}"));
+                    (name, parse_labels(labels, line))
+                }
+                None => (key, Vec::new()),
+            };
+            assert!(is_metric_name(name), "metrics: bad metric name in {line:?}");
+            let family = types.iter().find(|(family, kind)| {
+                name == family
+                    || (kind == "histogram"
+                        && ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|suffix| name.strip_suffix(suffix) == Some(family)))
+                    || (kind == "summary"
+                        && ["_sum", "_count"]
+                            .iter()
+                            .any(|suffix| name.strip_suffix(suffix) == Some(family)))
+            });
+            let (_, kind) = family
+                .unwrap_or_else(|| panic!("metrics: sample {line:?} has no # TYPE before it"));
+            if kind == "histogram" && name.ends_with("_bucket") {
+                assert!(
+                    label_names.iter().any(|l| l == "le"),
+                    "metrics: histogram bucket without le: {line:?}"
+                );
+            }
+            assert!(
+                !samples.iter().any(|(k, _)| k == key),
+                "metrics: duplicate sample {key}"
+            );
+            samples.push((key.to_owned(), value));
+        }
+        Scrape {
+            text: text.to_owned(),
+            samples,
+        }
+    }
+
+    /// The value of the sample `key` (`name` or `name{labels}` exactly as sent), if present.
+    pub fn get(&self, key: &str) -> Option<f64> {
+        self.samples.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// The value of the sample `key`; fails the test if the page has no such sample.
+    pub fn value(&self, key: &str) -> f64 {
+        self.get(key)
+            .unwrap_or_else(|| panic!("metrics: no sample {key} in\n{}", self.text))
+    }
+
+    /// Every sample whose name (before any `{`) is `name`, in page order.
+    pub fn family(&self, name: &str) -> Vec<(String, f64)> {
+        self.samples
+            .iter()
+            .filter(|(k, _)| k.split('{').next() == Some(name))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Asserts a `/metrics` answer is `200` Prometheus text, and parses it.
+pub fn parse_metrics_response(response: &Response) -> Scrape {
+    assert_eq!(response.status, 200, "GET /metrics: {}", response.summary());
+    let content_type = response.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/plain") && content_type.contains("version=0.0.4"),
+        "GET /metrics: Content-Type {content_type:?} is not Prometheus text 0.0.4"
+    );
+    Scrape::parse(response.body_text())
+}
+
+/// `GET /metrics` on a new connection.
+pub fn scrape(addr: SocketAddr) -> Scrape {
+    parse_metrics_response(&get(addr, "/metrics"))
+}
+
+/// `GET /metrics` on an existing keep-alive connection, so repeated scrapes open no new
+/// connections (and do not move the connection counters).
+pub fn scrape_on(conn: &mut Conn) -> Scrape {
+    conn.send(build_request("GET", "/metrics", &[], b""));
+    parse_metrics_response(&conn.read_response("the /metrics answer"))
+}
+
+/// Scrapes on `conn` until `condition` holds for a page, or fails after [`DEADLINE`] showing
+/// the last page. For counters that settle once the event loops finish their turn.
+pub fn scrape_until(
+    conn: &mut Conn,
+    what: &str,
+    mut condition: impl FnMut(&Scrape) -> bool,
+) -> Scrape {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let page = scrape_on(conn);
+        if condition(&page) {
+            return page;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {DEADLINE:?} waiting for {what}; last /metrics page:\n{}",
+            page.text
+        );
+        std::thread::yield_now();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The herald binary
+// ---------------------------------------------------------------------------------------------
+
+/// The `herald` binary Cargo built for this test run.
+pub const HERALD_BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+/// A running `herald serve --listen 127.0.0.1:0 ...`, found through its
+/// `herald listening on http://ADDR` stderr line. Killed (by its PID) when dropped unless it
+/// has exited.
+pub struct HeraldProcess {
+    child: Child,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    lines: Receiver<Option<String>>,
+    stderr: Vec<String>,
+    exited: Option<ExitStatus>,
+}
+
+impl HeraldProcess {
+    /// Starts `herald serve --listen 127.0.0.1:0 args...` without inherited `HERALD_*`
+    /// variables and waits (up to [`DEADLINE`]) for its listening line.
+    pub fn spawn(args: &[&str]) -> HeraldProcess {
+        let mut command = Command::new(HERALD_BIN);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("HERALD_") {
+                command.env_remove(name);
+            }
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {HERALD_BIN}: {e}"));
+        let stderr = child.stderr.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(Some(line)).is_err() {
+                    return;
+                }
+            }
+            let _ = sender.send(None);
+        });
+        let mut process = HeraldProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lines,
+            stderr: Vec::new(),
+            exited: None,
+        };
+        const MARKER: &str = "herald listening on http://";
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let Some(line) = process.next_line(deadline) else {
+                let status = process.child.wait().unwrap();
+                process.exited = Some(status);
+                panic!(
+                    "herald {args:?} exited with {status:?} before listening; stderr: {:?}",
+                    process.stderr
+                );
+            };
+            if let Some(at) = line.find(MARKER) {
+                let text = line[at + MARKER.len()..].trim().trim_end_matches('/');
+                process.addr = text
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad address in stderr line {line:?}"));
+                return process;
+            }
+        }
+    }
+
+    /// The next stderr line, or `None` once stderr is closed; fails at `deadline`.
+    fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(Some(line)) => {
+                self.stderr.push(line.clone());
+                Some(line)
+            }
+            Ok(None) | Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "herald (pid {}): timed out waiting on its stderr; so far: {:?}",
+                self.pid(),
+                self.stderr
+            ),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `"TERM"`) with `kill -SIGNAL PID`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("running kill failed: {e}"));
+        assert!(
+            status.success(),
+            "kill -{signal} {} failed: {status:?}",
+            self.pid()
+        );
+    }
+
+    /// Waits (up to `within`) for the process to exit: its stderr closes when it does.
+    /// Returns its exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        while self.next_line(deadline).is_some() {}
+        let status = self.child.wait().unwrap();
+        self.exited = Some(status);
+        status
+    }
+
+    /// The stderr lines read so far (only read while starting and in
+    /// [`HeraldProcess::wait_exit`]).
+    pub fn stderr_lines(&self) -> &[String] {
+        &self.stderr
+    }
+
+    /// A `kB` field of `/proc/PID/status` (e.g. `VmRSS`, `VmHWM`), in KiB.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        let value = status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("no {field} in {path}:\n{status}"));
+        value
+            .trim()
+            .strip_suffix(" kB")
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("bad {field} line in {path}: {value:?}"))
+    }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
