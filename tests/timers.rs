@@ -211,18 +211,7 @@ fn a_stream_past_max_stream_lifetime_ms_ends_with_a_retry_hint_and_eof() {
     assert_eq!(event.last_event_id, id.as_str());
     let rest = subscriber.read_to_close("the end of the stream's lifetime");
     assert!(rest.is_empty(), "unexpected events: {rest:?}");
-    let body = String::from_utf8_lossy(subscriber.raw_after_retry_frame()).into_owned();
-    let last = body
-        .rsplit_once("\n\n")
-        .and_then(|(before, tail)| {
-            assert!(tail.is_empty(), "the stream ended mid-frame: {body:?}");
-            before.rsplit("\n\n").next()
-        })
-        .unwrap_or_else(|| panic!("no closing frame in {body:?}"));
-    let hint: u64 = last
-        .strip_prefix("retry: ")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("the last frame must be `retry: N`, got {last:?} in {body:?}"));
+    let hint = subscriber.closing_retry_hint();
     assert!(
         hint >= u64::from(RETRY_MS),
         "the closing hint retry: {hint} is below retry_ms {RETRY_MS}"

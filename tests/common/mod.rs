@@ -837,6 +837,22 @@ impl Subscriber {
         }
     }
 
+    /// The `N` of the stream's last frame, which must be exactly `retry: N` and end the body
+    /// received so far (a stream the server ended with a reconnect hint).
+    pub fn closing_retry_hint(&self) -> u64 {
+        let body = String::from_utf8_lossy(self.raw_after_retry_frame()).into_owned();
+        let frames = body
+            .strip_suffix("\n\n")
+            .unwrap_or_else(|| panic!("the stream did not end with a whole frame: {body:?}"));
+        let last = frames.rsplit("\n\n").next().unwrap_or_default();
+        last.strip_prefix("retry: ")
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!("the last frame must be `retry: N`, got {last:?}; body: {body:?}")
+            })
+    }
+
     /// Reads until the server closes the stream; returns the events that arrived on the way
     /// (after any still pending).
     pub fn read_to_close(&mut self, waiting_for: &str) -> Vec<SseEvent> {
