@@ -82,8 +82,13 @@ pub(crate) fn parse(buf: &[u8], full: bool) -> Result<Parsed<'_>, HttpError> {
         Ok(Status::Partial) if full => return Err(HttpError::HeadTooLarge),
         Ok(Status::Partial) => return Ok(Parsed::NeedMore),
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::TooManyHeaders),
-        Err(httparse::Error::Version) if names_http_version(buf) => {
-            return Err(HttpError::VersionNotSupported)
+        Err(httparse::Error::Version) => {
+            return match request_line_version(buf) {
+                Version::Named => Err(HttpError::VersionNotSupported),
+                Version::Unfinished if full => Err(HttpError::HeadTooLarge),
+                Version::Unfinished => Ok(Parsed::NeedMore),
+                Version::Malformed => Err(HttpError::MalformedHead),
+            }
         }
         Err(_) => return Err(HttpError::MalformedHead),
     };
@@ -132,22 +137,38 @@ pub(crate) fn parse(buf: &[u8], full: bool) -> Result<Parsed<'_>, HttpError> {
     Ok(Parsed::Complete(head))
 }
 
-/// Whether the request line ends in a well-formed `HTTP/<digit>.<digit>` that is not one we
-/// speak (505), as opposed to garbage where the version should be (400).
-fn names_http_version(buf: &[u8]) -> bool {
-    let line_end = buf
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(buf.len());
-    let line = &buf[..line_end];
+/// What stands where a request line's version should be, once httparse refused it.
+enum Version {
+    /// A well-formed `HTTP/<digit>.<digit>` that is not one we speak (505).
+    Named,
+    /// The line is unfinished and could still become either: wait, so the answer does not
+    /// depend on how the line was split into reads.
+    Unfinished,
+    /// Garbage where the version should be (400).
+    Malformed,
+}
+
+/// Classifies the version field of the first line in `buf`.
+fn request_line_version(buf: &[u8]) -> Version {
+    const PATTERN: &[u8] = b"HTTP/0.0";
+    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n');
+    let line = &buf[..line_end.unwrap_or(buf.len())];
     let mut parts = line.split(|&b| b == b' ');
     let (Some(_method), Some(_target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return false;
+        return Version::Malformed;
     };
-    matches!(version, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-        if major.is_ascii_digit() && minor.is_ascii_digit())
+    let fits = version.len() <= PATTERN.len()
+        && version.iter().zip(PATTERN).all(|(&b, &p)| match p {
+            b'0' => b.is_ascii_digit(),
+            _ => b == p,
+        });
+    match (fits, line_end) {
+        (true, Some(_)) if version.len() == PATTERN.len() => Version::Named,
+        (true, None) => Version::Unfinished,
+        _ => Version::Malformed,
+    }
 }
 
 fn apply_header<'b>(
@@ -276,6 +297,25 @@ mod tests {
         }
         many.push_str("\r\n");
         assert_eq!(error(&many), HttpError::TooManyHeaders);
+    }
+
+    #[test]
+    fn version_answer_does_not_depend_on_reads() {
+        // Found by fuzz/head: "HTTP/2" alone was 400 while the whole line was 505.
+        let raw = "OPTIONS /events HTTP/2.0\r\nHost: x\r\n\r\n";
+        for end in 0..raw.find('\r').unwrap() {
+            assert!(
+                matches!(parse(&raw.as_bytes()[..end], false), Ok(Parsed::NeedMore)),
+                "prefix of {end} bytes"
+            );
+        }
+        assert_eq!(error(raw), HttpError::VersionNotSupported);
+        assert_eq!(error("GET / HTTP/2.01\r\n\r\n"), HttpError::MalformedHead);
+        assert_eq!(error("GET / HTTX"), HttpError::MalformedHead);
+        assert_eq!(
+            parse(b"GET / HTTP/2.0", true).unwrap_err(),
+            HttpError::HeadTooLarge
+        );
     }
 
     #[test]
