@@ -23,6 +23,9 @@ pub struct Spawned {
     pub addr: SocketAddr,
     /// Its temporary directory, removed on drop (nginx only).
     dir: Option<PathBuf>,
+    /// nginx's worker processes, found at start: they outlive a killed master, so drop
+    /// stops them too.
+    workers: Vec<u32>,
 }
 
 impl Spawned {
@@ -34,6 +37,9 @@ impl Spawned {
 
 impl Drop for Spawned {
     fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            stop_nginx(dir, &mut self.child, &self.workers);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(dir) = &self.dir {
@@ -41,6 +47,32 @@ impl Drop for Spawned {
         }
     }
 }
+
+/// Asks nginx to stop (`nginx -s stop`: the master ends its workers), waits a little, then
+/// ends any worker of ours that is still there, by pid.
+fn stop_nginx(dir: &Path, master: &mut Child, workers: &[u32]) {
+    let _ = Command::new("nginx")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .args(["-s", "stop"])
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while matches!(master.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &pid in workers {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "nginx" {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// How long nginx may take to stop before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The nginx configuration: nchan pub/sub locations on `addr` with `workers` processes.
 pub fn nginx_config(dir: &Path, addr: SocketAddr, workers: usize, history: usize) -> String {
@@ -108,13 +140,14 @@ pub fn start_nchan(workers: usize, history: usize) -> io::Result<Spawned> {
                 format!("nginx: {e} (apt-get install nginx-light libnginx-mod-nchan)"),
             )
         })?;
-    let spawned = Spawned {
+    let mut spawned = Spawned {
         child,
         addr,
         dir: Some(dir),
+        workers: Vec::new(),
     };
     wait_listening(addr)?;
-    wait_children(spawned.pid(), workers)?;
+    spawned.workers = wait_children(spawned.pid(), workers)?;
     Ok(spawned)
 }
 
@@ -140,6 +173,7 @@ pub fn start_herald(bin: &Path, threads: usize, history: usize) -> io::Result<Sp
             child,
             addr,
             dir: None,
+            workers: Vec::new(),
         }),
         Err(e) => {
             let _ = child.kill();
@@ -194,9 +228,14 @@ fn wait_listening(addr: SocketAddr) -> io::Result<()> {
     ))
 }
 
-fn wait_children(pid: u32, workers: usize) -> io::Result<()> {
+/// Waits for the master's `workers` children and returns their pids.
+fn wait_children(pid: u32, workers: usize) -> io::Result<Vec<u32>> {
     let deadline = Instant::now() + START_TIMEOUT;
-    while crate::procfs::children(pid).len() < workers {
+    loop {
+        let children = crate::procfs::children(pid);
+        if children.len() >= workers {
+            return Ok(children);
+        }
         if Instant::now() >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -205,7 +244,6 @@ fn wait_children(pid: u32, workers: usize) -> io::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
 }
 
 #[cfg(test)]
