@@ -10,10 +10,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::*;
@@ -21,27 +19,6 @@ use herald::Event;
 
 /// Pause between the bytes of a dribbled head: the slow client's behaviour.
 const DRIBBLE_PAUSE: Duration = Duration::from_millis(500);
-
-/// Writes `bytes` one at a time with [`DRIBBLE_PAUSE`] between them on its own thread,
-/// until they are all sent, a write fails (the server closed) or `stop` is set. Returns how
-/// many bytes went out.
-fn dribble(
-    mut socket: std::net::TcpStream,
-    bytes: Vec<u8>,
-    stop: Arc<AtomicBool>,
-) -> JoinHandle<usize> {
-    std::thread::spawn(move || {
-        let mut sent = 0;
-        for byte in bytes {
-            if stop.load(Ordering::Acquire) || socket.write_all(&[byte]).is_err() {
-                break;
-            }
-            sent += 1;
-            std::thread::sleep(DRIBBLE_PAUSE);
-        }
-        sent
-    })
-}
 
 #[test]
 fn a_head_dribbled_one_byte_per_500_ms_is_answered_408_and_closed_at_the_head_deadline() {
@@ -51,7 +28,7 @@ fn a_head_dribbled_one_byte_per_500_ms_is_answered_408_and_closed_at_the_head_de
     let head = build_request("GET", "/healthz", &[("X-Padding", "slow-loris")], b"");
     let head_len = head.len();
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = dribble(conn.try_clone_stream(), head, stop.clone());
+    let writer = dribble(conn.try_clone_stream(), head, DRIBBLE_PAUSE, stop.clone());
     let response = conn.read_response("the 408 answer to a dribbled head");
     stop.store(true, Ordering::Release);
     assert_error(&response, 408, "a head dribbled one byte per 500 ms");

@@ -13,7 +13,9 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -463,6 +465,28 @@ pub fn build_request(method: &str, target: &str, headers: &[(&str, &str)], body:
     request
 }
 
+/// Writes `bytes` to `socket` one at a time with `pause` between them, on its own thread,
+/// until they are all sent, a write fails (the server closed) or `stop` is set; returns how
+/// many went out. The pause is the behaviour of the slow client under test, not a wait.
+pub fn dribble(
+    mut socket: TcpStream,
+    bytes: Vec<u8>,
+    pause: Duration,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut sent = 0;
+        for byte in bytes {
+            if stop.load(Ordering::Acquire) || socket.write_all(&[byte]).is_err() {
+                break;
+            }
+            sent += 1;
+            std::thread::sleep(pause);
+        }
+        sent
+    })
+}
+
 /// Sends one request on a fresh connection and reads one response.
 pub fn exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> Response {
     let mut conn = Conn::connect(addr);
@@ -835,6 +859,11 @@ impl Subscriber {
         while self.parser.comments.len() < n {
             self.read_more(deadline, waiting_for);
         }
+    }
+
+    /// Gives up the parser and returns the connection (e.g. to [`Conn::reset`] it).
+    pub fn into_conn(self) -> Conn {
+        self.conn
     }
 
     /// The `N` of the stream's last frame, which must be exactly `retry: N` and end the body
