@@ -1,0 +1,147 @@
+//! Plain HTTP connections on the loop: driving an exchange through reads, parses and
+//! answers until it would block, and the lingering close after a final answer.
+
+use std::io::{Read, Write};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::*;
+
+/// Counts a refusal by status, and the ones with their own counters.
+pub(super) fn count_refusal(shared: &Shared, error: HttpError) {
+    shared.metrics.count_refusal(error.answer().0);
+    match error {
+        HttpError::Unauthorized | HttpError::SubscribeUnauthorized | HttpError::Forbidden => {
+            shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        HttpError::TooManyFromClient => {
+            shared
+                .metrics
+                .refused_per_ip
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+impl EventLoop {
+    pub(super) fn request_context<'s>(
+        shared: &'s Shared,
+        route: RouteConfig,
+        topic_limits: TopicLimits,
+        render_metrics: &'s dyn Fn() -> String,
+    ) -> RequestContext<'s> {
+        RequestContext {
+            config: &shared.config,
+            route,
+            topic_limits,
+            publish_limits: shared.publish_limits(),
+            bus: &*shared.bus,
+            trusted_proxies: &shared.trusted_proxies,
+            clients: &shared.clients,
+            render_metrics,
+            subscribe_verifier: shared.subscribe_verifier.as_ref(),
+            publish_verifier: shared.publish_verifier.as_ref(),
+        }
+    }
+
+    /// Reads, parses and answers requests on a plain HTTP connection until it would block.
+    pub(super) fn drive_http(&mut self, key: usize) {
+        let shared = self.shared.clone();
+        let render_metrics = || shared.render_metrics();
+        let ctx = Self::request_context(&shared, self.route, self.topic_limits, &render_metrics);
+        for _ in 0..HTTP_ROUNDS_MAX {
+            let Some(Connection {
+                socket,
+                info,
+                state,
+                idle,
+                ..
+            }) = self.conns.get_mut(key)
+            else {
+                return;
+            };
+            let ConnState::Http(exchange) = state else {
+                return;
+            };
+            if self.drain_deadline.is_some() && exchange.is_idle() {
+                return self.close(key); // Draining: no new requests on kept-alive connections.
+            }
+            let step = exchange.step(&ctx, info);
+            if let Some(error) = exchange.take_refusal() {
+                count_refusal(&shared, error);
+            }
+            match step {
+                Step::Read => {
+                    let target = exchange.read_target();
+                    if target.is_empty() {
+                        debug_assert!(false, "read requested with no room");
+                        return self.close(key);
+                    }
+                    match socket::io(|| socket.read(target)) {
+                        IoOutcome::Done(n) => {
+                            exchange.on_read(n);
+                            if *idle {
+                                // A new request started: it gets the head deadline.
+                                let at =
+                                    self.now + Duration::from_millis(shared.config.head_timeout_ms);
+                                self.set_timer(key, at, false);
+                            }
+                        }
+                        IoOutcome::WouldBlock => return,
+                        IoOutcome::PeerClosed => return self.close(key),
+                        IoOutcome::Failed(kind) => {
+                            log::debug!("read failed: {kind:?}");
+                            return self.close(key);
+                        }
+                    }
+                }
+                Step::Write => match socket::io(|| socket.write(exchange.unsent())) {
+                    IoOutcome::Done(n) => {
+                        self.counters.bytes_written += n as u64;
+                        if exchange.on_written(n) {
+                            // Answered: wait for the next request under the idle deadline,
+                            // or the head deadline when one is already arriving.
+                            let idle = exchange.is_idle();
+                            let ms = if idle {
+                                shared.config.idle_timeout_ms
+                            } else {
+                                shared.config.head_timeout_ms
+                            };
+                            self.set_timer(key, self.now + Duration::from_millis(ms), idle);
+                        }
+                    }
+                    IoOutcome::WouldBlock => return,
+                    IoOutcome::PeerClosed | IoOutcome::Failed(_) => return self.close(key),
+                },
+                Step::Subscribe(request) => return self.open_stream(key, request),
+                Step::Linger => return self.linger(key),
+                Step::Close => return self.close(key),
+            }
+        }
+        self.read_next.push(key);
+    }
+
+    /// Ends a connection whose final answer is written: shut the write side (a FIN after
+    /// the answer) and discard input for a moment, because closing with unread input would
+    /// send a reset that can destroy the answer before the client reads it.
+    pub(super) fn linger(&mut self, key: usize) {
+        if self.lingering >= LINGERING_MAX {
+            return self.close(key);
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Err(error) = conn.socket.shutdown(std::net::Shutdown::Write) {
+            log::debug!("shutdown failed: {error}");
+            return self.close(key);
+        }
+        let previous = std::mem::replace(&mut conn.state, ConnState::Lingering { discarded: 0 });
+        if let ConnState::Http(exchange) = previous {
+            self.recycle(exchange.into_buffer());
+        }
+        self.lingering += 1;
+        self.set_timer(key, self.now + LINGER, false);
+        self.discard_input(key);
+    }
+}

@@ -1,0 +1,90 @@
+//! Deadlines on the loop: the loop clock, the connection timers of the wheel and what
+//! each does when it fires (408, idle close, heartbeat, end of a stream's life).
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+impl EventLoop {
+    /// Replaces a connection's deadline.
+    pub(super) fn set_timer(&mut self, key: usize, at: Instant, idle: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(old) = conn.timer.take() {
+            self.wheel.cancel(old);
+        }
+        conn.timer = Some(self.wheel.set(at, key));
+        conn.idle = idle;
+    }
+
+    pub(super) fn now_ms(&self) -> u64 {
+        self.now.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    pub(super) fn random(&mut self) -> u64 {
+        self.jitter ^= self.jitter << 13;
+        self.jitter ^= self.jitter >> 7;
+        self.jitter ^= self.jitter << 17;
+        self.jitter
+    }
+
+    /// A reconnect hint between `retry_ms` and twice that, so clients told to leave
+    /// together do not come back together.
+    pub(super) fn jittered_retry_ms(&mut self) -> u32 {
+        let base = self.shared.config.retry_ms;
+        let spread = u64::from(base).max(1);
+        base.saturating_add((self.random() % spread) as u32)
+    }
+
+    pub(super) fn expire_timers(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.expire(self.now, |key| due.push(key));
+        for &key in &due {
+            self.on_timer(key);
+        }
+        due.clear();
+        self.due = due;
+    }
+
+    pub(super) fn on_timer(&mut self, key: usize) {
+        let now_ms = self.now_ms();
+        let config = &self.shared.config;
+        let (heartbeat_ms, head_timeout_ms) = (config.heartbeat_ms, config.head_timeout_ms);
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.timer = None;
+        match &mut conn.state {
+            ConnState::Lingering { .. } => self.close(key),
+            ConnState::Http(exchange) => match exchange.on_timeout() {
+                Step::Close => self.close(key),
+                _ => {
+                    // The 408 is written by the exchange; give it one more deadline to go out.
+                    let at = self.now + Duration::from_millis(head_timeout_ms);
+                    self.set_timer(key, at, false);
+                    self.drive_http(key);
+                }
+            },
+            ConnState::Stream(stream) => {
+                if stream.expires_ms != 0 && now_ms >= stream.expires_ms {
+                    let retry_ms = self.jittered_retry_ms();
+                    if let Some(Connection {
+                        state: ConnState::Stream(stream),
+                        ..
+                    }) = self.conns.get_mut(key)
+                    {
+                        stream.close_with_hint(retry_ms);
+                    }
+                    self.flush(key);
+                } else {
+                    if stream.queue_heartbeat(now_ms, heartbeat_ms) {
+                        self.counters.heartbeats += 1;
+                    }
+                    self.flush(key);
+                }
+                self.arm_stream_timer(key);
+            }
+        }
+    }
+}
