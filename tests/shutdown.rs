@@ -51,6 +51,16 @@ fn assert_told_to_come_back(subscriber: &mut Subscriber, which: &str) -> u64 {
     hint
 }
 
+/// Asserts nothing on stderr was logged at `error` (expected closes are not errors).
+fn assert_no_errors_logged(herald: &HeraldProcess) {
+    let errors: Vec<&String> = herald
+        .stderr_lines()
+        .iter()
+        .filter(|line| line.contains("level=error"))
+        .collect();
+    assert!(errors.is_empty(), "errors logged: {errors:?}");
+}
+
 fn assert_connection_refused(addr: SocketAddr, when: &str) {
     match TcpStream::connect_timeout(&addr, DEADLINE) {
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
@@ -86,6 +96,7 @@ fn sigterm_tells_every_subscriber_to_come_back_within_the_window_then_exits_0() 
         herald.stderr_lines()
     );
     assert_connection_refused(addr, "after the exit");
+    assert_no_errors_logged(&herald);
     // The hints are spread, not one value for everybody (20 draws from 2,001 values).
     let first = hints[0];
     assert!(

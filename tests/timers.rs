@@ -203,3 +203,26 @@ fn a_stream_past_max_stream_lifetime_ms_ends_with_a_retry_hint_and_eof() {
         id.as_str()
     );
 }
+
+#[test]
+fn timer_settings_below_100_ms_are_refused_at_start() {
+    type Setter = fn(&mut herald::Config, u64);
+    let cases: [(&str, Setter); 3] = [
+        ("head_timeout_ms", |c, ms| c.head_timeout_ms = ms),
+        ("heartbeat_ms", |c, ms| c.heartbeat_ms = ms),
+        ("idle_timeout_ms", |c, ms| c.idle_timeout_ms = ms),
+    ];
+    for (setting, set) in cases {
+        let mut config = test_config();
+        set(&mut config, 99);
+        match herald::Server::start(config) {
+            Ok(_) => panic!("{setting} = 99 was accepted; the minimum is 100 ms"),
+            Err(error) => assert!(
+                error.to_string().contains(setting),
+                "the error for {setting} = 99 must name it, got {error}"
+            ),
+        }
+        let server = start(|config| set(config, 100));
+        assert_healthy(server.local_addr(), &format!("{setting} = 100"));
+    }
+}
