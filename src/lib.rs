@@ -30,6 +30,8 @@
 #![warn(missing_docs)]
 
 mod auth;
+#[doc(hidden)]
+pub mod bench_core;
 mod bus;
 mod client;
 pub mod config;

@@ -212,7 +212,7 @@ pub(crate) fn render(
         (
             "herald_auth_failures_total",
             "counter",
-            "Publishes refused for a missing or wrong token.",
+            "Requests refused for a missing, invalid or insufficient token (401 and 403 from tokens).",
             metrics.auth_failures.load(Ordering::Relaxed),
         ),
         (
