@@ -1,0 +1,331 @@
+//! Checks shared by herald's fuzz targets, and a compact, spec-exact reader of
+//! `text/event-stream` (WHATWG HTML, "event stream interpretation") that the frame encoder is
+//! round-tripped through.
+//!
+//! Every check panics on a broken property, which libFuzzer reports as a crash. Inputs that a
+//! server would refuse are fine; a refusal must only be precise, one line, and independent of
+//! how the bytes were split into reads.
+
+use herald::bench_support::{
+    encode_frame, encoded_frame_len, head_outcome, parse_publish, prepare_publish, HeadOutcome,
+    PublishFormat, Refusal,
+};
+
+/// One event as an EventSource fires it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fired {
+    /// The event type: the last `event:` value, or `message`.
+    pub event_type: String,
+    /// The data lines joined with LF.
+    pub data: String,
+    /// The last event ID string when the event fired.
+    pub last_event_id: String,
+}
+
+/// Everything a whole stream did to an EventSource.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interpreted {
+    /// Events fired, in order.
+    pub events: Vec<Fired>,
+    /// The reconnection time set by the last valid `retry:` field.
+    pub retry_ms: Option<u64>,
+}
+
+/// Interprets a complete stream the way the WHATWG spec's steps do: decode UTF-8 (lossily),
+/// drop one leading BOM, split lines on CRLF, CR or LF (a last line without its end is never
+/// processed), blank line dispatches, `:` starts a comment, the field name runs to the first
+/// `:` and one space after it is dropped, `id` containing NUL is ignored, `retry` must be
+/// ASCII digits, and an event with an empty data buffer fires nothing.
+pub fn interpret(stream: &[u8]) -> Interpreted {
+    let decoded = String::from_utf8_lossy(stream);
+    let mut rest = decoded.strip_prefix('\u{FEFF}').unwrap_or(&decoded);
+    let mut out = Interpreted::default();
+    let (mut data, mut event_type) = (String::new(), String::new());
+    let (mut id_buffer, mut last_event_id) = (String::new(), String::new());
+    while let Some(end) = rest.find(['\r', '\n']) {
+        let line = &rest[..end];
+        rest = &rest[end
+            + if rest[end..].starts_with("\r\n") {
+                2
+            } else {
+                1
+            }..];
+        if line.is_empty() {
+            last_event_id.clone_from(&id_buffer);
+            if data.is_empty() {
+                event_type.clear();
+                continue;
+            }
+            data.pop(); // The buffer always ends in the LF its last data line added.
+            out.events.push(Fired {
+                event_type: match std::mem::take(&mut event_type) {
+                    name if name.is_empty() => "message".to_owned(),
+                    name => name,
+                },
+                data: std::mem::take(&mut data),
+                last_event_id: last_event_id.clone(),
+            });
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => event_type = value.to_owned(),
+            "data" => {
+                data.push_str(value);
+                data.push('\n');
+            }
+            "id" if !value.contains('\0') => id_buffer = value.to_owned(),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                out.retry_ms = Some(value.parse().unwrap_or(u64::MAX));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `data` with every CRLF and lone CR replaced by LF: what an EventSource hands back.
+pub fn normalize_line_breaks(data: &str) -> String {
+    data.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// The event-name rule, restated independently of herald: 1..=64 bytes without CR, LF, NUL.
+pub fn name_is_valid(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && !name.contains(['\r', '\n', '\0'])
+}
+
+/// The topic-name rule, restated: 1..=`max_bytes` of `[A-Za-z0-9_.:/@~-]`.
+pub fn topic_is_valid(topic: &str, max_bytes: usize) -> bool {
+    (1..=max_bytes).contains(&topic.len())
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:/@~".contains(&b))
+}
+
+/// Encodes one event and checks that a spec-exact reader gets it back: one event with the
+/// data (line breaks as LF), the name (or `message`), the id and the retry hint. Also checks
+/// that the frame ends its event, so the next frame on the stream is read on its own.
+pub fn check_frame(id: &str, name: Option<&str>, data: &str, retry_ms: Option<u32>) {
+    let frame = encode_frame(id, name, data, retry_ms);
+    assert_eq!(frame.len(), encoded_frame_len(id, name, data, retry_ms));
+    assert!(frame.ends_with(b"\n\n"), "frame does not end its event");
+    let expected = Fired {
+        event_type: name.unwrap_or("message").to_owned(),
+        data: normalize_line_breaks(data),
+        last_event_id: id.to_owned(),
+    };
+    let mut stream = frame.clone();
+    stream.extend_from_slice(&encode_frame("next", None, "after", None));
+    let interpreted = interpret(&stream);
+    let after = Fired {
+        event_type: "message".to_owned(),
+        data: "after".to_owned(),
+        last_event_id: "next".to_owned(),
+    };
+    assert_eq!(interpreted.events, [expected, after], "frame {frame:?}");
+    assert_eq!(
+        interpreted.retry_ms,
+        retry_ms.map(u64::from),
+        "frame {frame:?}"
+    );
+}
+
+fn check_refusal((status, reason): Refusal, expected_class: std::ops::RangeInclusive<u16>) {
+    assert!(expected_class.contains(&status), "status {status}");
+    assert!(
+        !reason.is_empty() && !reason.contains(['\r', '\n']),
+        "reason {reason:?}"
+    );
+}
+
+/// Checks the request-head parser and the routing decisions taken from a complete head:
+/// - a full buffer turns "need more" into 431 and changes nothing else;
+/// - the outcome does not depend on how the bytes were split into reads: a prefix either
+///   needs more or already reaches the same outcome;
+/// - bytes after a complete head change nothing, and the head ends with its blank line;
+/// - a subscription's topics are valid, distinct and within the default limits.
+pub fn check_head(buf: &[u8]) {
+    let outcome = head_outcome(buf, false);
+    match (&outcome, head_outcome(buf, true)) {
+        (HeadOutcome::NeedMore, HeadOutcome::Refused((431, _))) => {}
+        (HeadOutcome::NeedMore, full) => panic!("full buffer gave {full:?}"),
+        (other, full) => assert_eq!(other, &full, "full buffer changed the outcome"),
+    }
+    for end in prefix_ends(buf.len()) {
+        match head_outcome(&buf[..end], false) {
+            HeadOutcome::NeedMore => {}
+            early => assert_eq!(early, outcome, "the first {end} bytes decided differently"),
+        }
+    }
+    let summary = match outcome {
+        HeadOutcome::NeedMore => return,
+        HeadOutcome::Refused(refusal) => return check_refusal(refusal, 400..=599),
+        HeadOutcome::Complete(summary) => summary,
+    };
+    let head = &buf[..summary.head_len];
+    assert!(
+        head.ends_with(b"\n\n") || head.ends_with(b"\n\r\n"),
+        "head {head:?}"
+    );
+    assert_eq!(
+        head_outcome(head, false),
+        HeadOutcome::Complete(summary.clone()),
+        "bytes after the head changed it"
+    );
+    if let Err(refusal) = &summary.route {
+        check_refusal(*refusal, 400..=499);
+    }
+    match &summary.subscription {
+        Ok(topics) => {
+            assert!((1..=16).contains(&topics.len()), "{topics:?}");
+            for (i, topic) in topics.iter().enumerate() {
+                assert!(topic_is_valid(topic, 128), "{topic:?}");
+                assert!(!topics[..i].contains(topic), "duplicate {topic:?}");
+            }
+        }
+        Err(refusal) => check_refusal(*refusal, 400..=499),
+    }
+    if let Some(token) = &summary.bearer {
+        assert_eq!(token.trim_ascii(), token, "bearer token keeps whitespace");
+    }
+    if let Err(refusal) = summary.publish_format {
+        check_refusal(refusal, 415..=415);
+    }
+}
+
+/// Prefix lengths to re-parse: all of them for short inputs, an even spread otherwise (every
+/// prefix of a long input would make each run quadratic).
+fn prefix_ends(len: usize) -> Vec<usize> {
+    const ALL_BELOW: usize = 512;
+    const SPREAD: usize = 64;
+    if len <= ALL_BELOW {
+        (0..len).collect()
+    } else {
+        (0..SPREAD).map(|i| i * len / SPREAD).collect()
+    }
+}
+
+/// Splits a publish input into query (before the first LF) and body (after it); an input
+/// without LF is all body. The query must be UTF-8, as the head parser guarantees.
+pub fn split_publish_input(input: &[u8]) -> Option<(&str, &[u8])> {
+    let (query, body) = match input.iter().position(|&b| b == b'\n') {
+        Some(at) => (&input[..at], &input[at + 1..]),
+        None => (&input[..0], input),
+    };
+    Some((std::str::from_utf8(query).ok()?, body))
+}
+
+/// Checks one publish body parser:
+/// - a refusal is a one-line 400;
+/// - a raw body is the data byte for byte;
+/// - an accepted event re-encoded in the same format (`reencode` gives a query and a body)
+///   parses back to the same event;
+/// - an event that passes validation has valid, distinct topics, and its frame round-trips.
+pub fn check_publish(
+    format: PublishFormat,
+    input: &[u8],
+    reencode: impl Fn(&herald::Event) -> (String, Vec<u8>),
+) {
+    let Some((query, body)) = split_publish_input(input) else {
+        return;
+    };
+    let event = match parse_publish(format, query, body) {
+        Ok(event) => event,
+        Err(refusal) => return check_refusal(refusal, 400..=400),
+    };
+    if format == PublishFormat::Raw {
+        assert_eq!(
+            event.data.as_bytes(),
+            body,
+            "raw data differs from the body"
+        );
+    }
+    let (query, body) = reencode(&event);
+    assert_eq!(
+        parse_publish(format, &query, &body),
+        Ok(event.clone()),
+        "re-encoded as {query:?} and {:?}",
+        String::from_utf8_lossy(&body)
+    );
+    let Ok(topics) = prepare_publish(&event) else {
+        return;
+    };
+    assert!((1..=16).contains(&topics.len()), "{topics:?}");
+    for (i, topic) in topics.iter().enumerate() {
+        assert!(topic_is_valid(topic, 128), "{topic:?}");
+        assert!(!topics[..i].contains(topic), "duplicate {topic:?}");
+        assert!(event.topics.contains(topic), "{topic:?} was not published");
+    }
+    for topic in &event.topics {
+        assert!(topics.contains(topic), "{topic:?} was dropped");
+    }
+    if let Some(name) = &event.name {
+        assert!(name_is_valid(name), "{name:?} passed validation");
+    }
+    check_frame("1-1", event.name.as_deref(), &event.data, event.retry_ms);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fired(event_type: &str, data: &str, last_event_id: &str) -> Fired {
+        Fired {
+            event_type: event_type.to_owned(),
+            data: data.to_owned(),
+            last_event_id: last_event_id.to_owned(),
+        }
+    }
+
+    #[test]
+    fn interprets_the_spec_examples() {
+        // The WHATWG spec's own examples, plus line-end and BOM rules.
+        let stream = interpret(b"\xEF\xBB\xBFdata: YHOO\ndata: +2\ndata: 10\n\n");
+        assert_eq!(stream.events, [fired("message", "YHOO\n+2\n10", "")]);
+        let stream = interpret(b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n");
+        assert_eq!(
+            stream.events,
+            [
+                fired("message", "first event", "1"),
+                fired("message", "second event", ""),
+                fired("message", " third event", ""),
+            ]
+        );
+        let stream = interpret(b"data\n\ndata\ndata\n\ndata:");
+        assert_eq!(
+            stream.events,
+            [fired("message", "", ""), fired("message", "\n", "")]
+        );
+        let stream = interpret(b"event: e\rdata: a\r\ndata: b\rretry: 12\rretry: x\r\r");
+        assert_eq!(stream.events, [fired("e", "a\nb", "")]);
+        assert_eq!(stream.retry_ms, Some(12));
+        let stream = interpret(b"id: a\0b\ndata: x\n\nevent: lost\n\ndata: y\n\n");
+        assert_eq!(
+            stream.events,
+            [fired("message", "x", ""), fired("message", "y", "")]
+        );
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        check_frame("7-1", Some(" spaced "), "a\rb\r\nc\n", Some(5));
+        check_frame("7-2", None, "", None);
+        check_frame("7-3", Some("message"), "\u{FEFF}x", None);
+    }
+
+    #[test]
+    fn publish_inputs_split_at_the_first_line_feed() {
+        assert_eq!(
+            split_publish_input(b"topic=a\nx\ny"),
+            Some(("topic=a", &b"x\ny"[..]))
+        );
+        assert_eq!(split_publish_input(b"body"), Some(("", &b"body"[..])));
+        assert_eq!(split_publish_input(b"\xff\nbody"), None);
+    }
+}
