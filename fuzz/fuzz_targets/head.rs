@@ -1,6 +1,6 @@
-//! Request heads: httparse plus herald's framing rules, then routing, subscription query,
-//! bearer token, cookie and publish format. See `herald_fuzz::check_head` for the properties.
+//! Request heads: httparse and herald's framing rules, then routing, the subscription query,
+//! bearer token, cookie and publish format (`herald_fuzz::check_head`).
 
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| herald_fuzz::check_head(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| herald_fuzz::check_target("head", data));

@@ -6,10 +6,12 @@
 //! server would refuse are fine; a refusal must only be precise, one line, and independent of
 //! how the bytes were split into reads.
 
+use arbitrary::{Arbitrary, Unstructured};
 use herald::bench_support::{
-    encode_frame, encoded_frame_len, head_outcome, parse_publish, prepare_publish, HeadOutcome,
-    PublishFormat, Refusal,
+    encode_frame, encoded_frame_len, event_name_is_valid, head_outcome, parse_publish,
+    prepare_publish, HeadOutcome, PublishFormat, Refusal,
 };
+use herald::Event;
 
 /// One event as an EventSource fires it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,6 +138,41 @@ pub fn check_frame(id: &str, name: Option<&str>, data: &str, retry_ms: Option<u3
     );
 }
 
+/// The `sse_frame` target's input.
+#[derive(Arbitrary, Debug)]
+pub struct FrameInput {
+    /// Bus ids are `<sequence>-<epoch>`.
+    pub sequence: u64,
+    /// The second half of the id.
+    pub epoch: u64,
+    /// The event name, valid or not.
+    pub name: Option<String>,
+    /// The `retry:` hint.
+    pub retry_ms: Option<u32>,
+    /// The data.
+    pub data: String,
+}
+
+/// The `sse_frame` target: herald's name rule agrees with [`name_is_valid`], and a frame with
+/// a valid name round-trips ([`check_frame`]).
+pub fn check_frame_bytes(bytes: &[u8]) {
+    let Ok(input) = FrameInput::arbitrary_take_rest(Unstructured::new(bytes)) else {
+        return;
+    };
+    if let Some(name) = &input.name {
+        assert_eq!(
+            event_name_is_valid(name),
+            name_is_valid(name),
+            "name {name:?}"
+        );
+        if !name_is_valid(name) {
+            return;
+        }
+    }
+    let id = format!("{}-{}", input.sequence, input.epoch);
+    check_frame(&id, input.name.as_deref(), &input.data, input.retry_ms);
+}
+
 fn check_refusal((status, reason): Refusal, expected_class: std::ops::RangeInclusive<u16>) {
     assert!(expected_class.contains(&status), "status {status}");
     assert!(
@@ -230,7 +267,7 @@ pub fn split_publish_input(input: &[u8]) -> Option<(&str, &[u8])> {
 pub fn check_publish(
     format: PublishFormat,
     input: &[u8],
-    reencode: impl Fn(&herald::Event) -> (String, Vec<u8>),
+    reencode: fn(&Event) -> (String, Vec<u8>),
 ) {
     let Some((query, body)) = split_publish_input(input) else {
         return;
@@ -269,6 +306,62 @@ pub fn check_publish(
         assert!(name_is_valid(name), "{name:?} passed validation");
     }
     check_frame("1-1", event.name.as_deref(), &event.data, event.retry_ms);
+}
+
+/// Topics, name and retry of `event` as form fields.
+fn form_fields(event: &Event) -> form_urlencoded::Serializer<'static, String> {
+    let mut fields = form_urlencoded::Serializer::new(String::new());
+    for topic in &event.topics {
+        fields.append_pair("topic", topic);
+    }
+    if let Some(name) = &event.name {
+        fields.append_pair("event", name);
+    }
+    if let Some(retry_ms) = event.retry_ms {
+        fields.append_pair("retry", &retry_ms.to_string());
+    }
+    fields
+}
+
+/// `event` as a form body (every field in the body, empty query).
+pub fn form_body(event: &Event) -> (String, Vec<u8>) {
+    let mut fields = form_fields(event);
+    fields.append_pair("data", &event.data);
+    (String::new(), fields.finish().into_bytes())
+}
+
+/// `event` as a JSON body (every field in the body, empty query).
+pub fn json_body(event: &Event) -> (String, Vec<u8>) {
+    let mut object = serde_json::Map::new();
+    object.insert("topic".into(), event.topics.clone().into());
+    if let Some(name) = &event.name {
+        object.insert("event".into(), name.clone().into());
+    }
+    if let Some(retry_ms) = event.retry_ms {
+        object.insert("retry".into(), retry_ms.into());
+    }
+    object.insert("data".into(), event.data.clone().into());
+    (
+        String::new(),
+        serde_json::Value::Object(object).to_string().into_bytes(),
+    )
+}
+
+/// `event` as a raw body: the data, with everything else in the query.
+pub fn raw_body(event: &Event) -> (String, Vec<u8>) {
+    (form_fields(event).finish(), event.data.clone().into_bytes())
+}
+
+/// Runs the check of the target named `target` on one input.
+pub fn check_target(target: &str, input: &[u8]) {
+    match target {
+        "head" => check_head(input),
+        "publish_form" => check_publish(PublishFormat::Form, input, form_body),
+        "publish_json" => check_publish(PublishFormat::Json, input, json_body),
+        "publish_raw" => check_publish(PublishFormat::Raw, input, raw_body),
+        "sse_frame" => check_frame_bytes(input),
+        _ => panic!("no target {target:?}"),
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +410,27 @@ mod tests {
         check_frame("7-1", Some(" spaced "), "a\rb\r\nc\n", Some(5));
         check_frame("7-2", None, "", None);
         check_frame("7-3", Some("message"), "\u{FEFF}x", None);
+    }
+
+    /// Replays `seeds/<target>/*` through each target's check, on stable, under `cargo test`.
+    #[test]
+    fn seeds_pass() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+        let mut replayed = 0;
+        for target in [
+            "head",
+            "publish_form",
+            "publish_json",
+            "publish_raw",
+            "sse_frame",
+        ] {
+            for entry in std::fs::read_dir(seeds.join(target)).unwrap() {
+                let path = entry.unwrap().path();
+                check_target(target, &std::fs::read(&path).unwrap());
+                replayed += 1;
+            }
+        }
+        assert!(replayed >= 15, "only {replayed} seeds");
     }
 
     #[test]
