@@ -142,6 +142,11 @@ fn read_json(fields: &mut Fields, body: &[u8]) -> Result<(), HttpError> {
     let Value::Object(object) = value else {
         return Err(HttpError::BadPublish("JSON body must be an object"));
     };
+    // `Value` keeps the last of repeated keys; a proxy or another parser may keep the
+    // first. Refusing repeats keeps every reader of the body in agreement.
+    if has_repeated_top_level_key(body) {
+        return Err(HttpError::BadPublish("JSON body repeats a key"));
+    }
     for (key, value) in object {
         match (key.as_str(), value) {
             ("topic", Value::String(topic)) => fields.topics.push(topic),
@@ -174,6 +179,33 @@ fn read_json(fields: &mut Fields, body: &[u8]) -> Result<(), HttpError> {
         }
     }
     Ok(())
+}
+
+/// Whether the top-level JSON object in `body` (already known to be valid) names a key
+/// twice. Reads keys only; values are skipped without being built.
+fn has_repeated_top_level_key(body: &[u8]) -> bool {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Keys;
+    impl<'de> Visitor<'de> for Keys {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            let mut seen: Vec<String> = Vec::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if seen.contains(&key) {
+                    return Ok(true);
+                }
+                seen.push(key);
+            }
+            Ok(false)
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    deserializer.deserialize_map(Keys).unwrap_or(true)
 }
 
 /// Limits every publish is checked against.
@@ -221,6 +253,7 @@ pub(crate) fn prepare(event: &Event, limits: PublishLimits) -> Result<Outgoing<'
         name: event.name.as_deref(),
         data: &event.data,
         retry_ms: event.retry_ms,
+        origin: None,
     })
 }
 
@@ -368,6 +401,24 @@ mod tests {
             "",
             "{",
             Err(HttpError::BadPublish("body is not valid JSON")),
+        );
+        for repeated in [
+            r#"{"topic":"a","topic":"b","data":"x"}"#,
+            r#"{"topic":"a","data":"x","data":"y"}"#,
+        ] {
+            check(
+                Json,
+                "",
+                repeated,
+                Err(HttpError::BadPublish("JSON body repeats a key")),
+            );
+        }
+        // Repeats inside nested data are the data's business, not a framing question.
+        check(
+            Json,
+            "",
+            r#"{"topic":"a","data":{"k":1,"k":2}}"#,
+            Ok(event(&["a"], None, r#"{"k":2}"#, None)),
         );
     }
 
