@@ -17,6 +17,10 @@ use crate::http::head::{self, Method, Parsed, Request};
 use crate::http::route::{self, Listener, Route, RouteConfig, TopicLimits};
 use crate::publish::{self, BodyFormat, PublishLimits};
 
+/// Answers to pipelined requests gathered before they are written; past this the
+/// exchange writes before parsing the next request, so the buffer stays bounded.
+const ANSWERS_BATCH_BYTES_MAX: usize = 16 * 1024;
+
 /// The built-in demo page.
 const DEMO_HTML: &str = include_str!("demo.html");
 
@@ -38,6 +42,8 @@ pub(crate) struct RequestContext<'a> {
     pub clients: &'a ClientTable,
     /// Renders the `/metrics` page.
     pub render_metrics: &'a dyn Fn() -> String,
+    /// Index of the loop handling the request.
+    pub loop_index: usize,
     /// Verifies subscriber tokens, when a subscribe key is set.
     pub subscribe_verifier: Option<&'a Verifier>,
     /// Verifies publisher tokens, when a publish key is set.
@@ -235,12 +241,32 @@ impl Exchange {
 
     /// Decides the next step from the bytes received so far.
     pub(crate) fn step(&mut self, ctx: &RequestContext<'_>, info: &mut ConnInfo) -> Step {
-        if !self.out.is_empty() {
-            return Step::Write;
+        loop {
+            if self.close_after {
+                return if self.out.is_empty() {
+                    Step::Linger
+                } else {
+                    Step::Write
+                };
+            }
+            // Answers to pipelined requests already received go out in one write.
+            let nothing_buffered = self.start == self.filled && self.body.is_none();
+            if !self.out.is_empty()
+                && (nothing_buffered || self.out.len() >= ANSWERS_BATCH_BYTES_MAX)
+            {
+                return Step::Write;
+            }
+            let answered = self.out.len();
+            match self.next_request(ctx, info) {
+                Step::Write if self.out.len() > answered => continue,
+                Step::Read if !self.out.is_empty() => return Step::Write,
+                step => return step,
+            }
         }
-        if self.close_after {
-            return Step::Linger;
-        }
+    }
+
+    /// Advances the request being received: the body in progress, or the next head.
+    fn next_request(&mut self, ctx: &RequestContext<'_>, info: &mut ConnInfo) -> Step {
         if self.body.is_some() {
             return self.continue_body(ctx);
         }
@@ -254,8 +280,8 @@ impl Exchange {
             Ok(Parsed::Complete(request)) => self.on_head(ctx, info, request),
         };
         self.inbuf = inbuf;
-        if self.body.is_some() && self.out.is_empty() {
-            return self.continue_body(ctx);
+        if self.body.is_some() {
+            return self.continue_body(ctx); // Copy what is buffered of the body.
         }
         step
     }
@@ -263,13 +289,14 @@ impl Exchange {
     fn refuse(&mut self, error: HttpError, cors: &str, keep_alive: bool) -> Step {
         let keep_alive = keep_alive && !error.closes();
         self.refusal = Some(error);
-        self.out = answer::refusal(error, cors, keep_alive);
+        self.out
+            .extend_from_slice(&answer::refusal(error, cors, keep_alive));
         self.close_after = !keep_alive;
         Step::Write
     }
 
     fn answer(&mut self, bytes: Vec<u8>, keep_alive: bool) -> Step {
-        self.out = bytes;
+        self.out.extend_from_slice(&bytes);
         self.close_after = !keep_alive;
         Step::Write
     }
@@ -334,6 +361,12 @@ impl Exchange {
                 );
                 self.answer(bytes, keep_alive)
             }
+            Route::Events if !self.out.is_empty() => {
+                // Earlier pipelined answers go out before the stream takes the connection:
+                // un-consume the head and parse it again once they are written.
+                self.start -= request.head_len;
+                Step::Write
+            }
             Route::Events => match route::subscription(request.query, ctx.topic_limits) {
                 Ok(subscription) => match authorize_subscription(ctx, &request, &subscription) {
                     Ok(()) => Step::Subscribe(StreamRequest {
@@ -384,7 +417,7 @@ impl Exchange {
         });
         let buffered = self.filled - self.start;
         if expect_continue && buffered < content_length {
-            self.out = answer::CONTINUE.to_vec();
+            self.out.extend_from_slice(answer::CONTINUE);
             return Step::Write;
         }
         Step::Read // The caller copies what is buffered into the body first.
@@ -407,8 +440,9 @@ impl Exchange {
         };
         let json = body.format == BodyFormat::Json;
         let result = publish::parse_body(body.format, &body.query, &body.bytes).and_then(|event| {
-            let outgoing =
+            let mut outgoing =
                 publish::prepare(&event, ctx.publish_limits).map_err(HttpError::Publish)?;
+            outgoing.origin = Some(ctx.loop_index);
             if let Some(patterns) = &body.grant {
                 if !auth::allows_all(patterns, outgoing.topics.iter().map(|t| &**t)) {
                     return Err(HttpError::Forbidden);
@@ -503,6 +537,12 @@ mod tests {
     /// Feeds `input` to a fresh exchange in one read and returns every answer byte it
     /// writes, and the final step.
     fn exchange(config: &Config, input: &[u8]) -> (String, Step) {
+        let (written, step, _writes) = exchange_counting_writes(config, input);
+        (written, step)
+    }
+
+    /// As [`exchange`], also returning how many writes the exchange asked for.
+    fn exchange_counting_writes(config: &Config, input: &[u8]) -> (String, Step, usize) {
         let bus = crate::bus::embedded::EmbeddedBus::new(crate::bus::Fanout::new());
         let ctx = RequestContext {
             config,
@@ -523,6 +563,7 @@ mod tests {
             trusted_proxies: &[],
             clients: &ClientTable::new(),
             render_metrics: &String::new,
+            loop_index: 0,
             subscribe_verifier: None,
             publish_verifier: None,
         };
@@ -536,6 +577,7 @@ mod tests {
         );
         let mut input = input;
         let mut written = Vec::new();
+        let mut writes = 0;
         loop {
             match exchange.step(&ctx, &mut info) {
                 Step::Read if !input.is_empty() => {
@@ -546,11 +588,12 @@ mod tests {
                     exchange.on_read(n);
                 }
                 Step::Write => {
+                    writes += 1;
                     written.extend_from_slice(exchange.unsent());
                     let n = exchange.unsent().len();
                     exchange.on_written(n);
                 }
-                step => return (String::from_utf8(written).unwrap(), step),
+                step => return (String::from_utf8(written).unwrap(), step, writes),
             }
         }
     }
@@ -573,6 +616,20 @@ mod tests {
         );
         assert!(out.ends_with("ok\n"), "{out}");
         assert_eq!(step, Step::Read);
+    }
+
+    #[test]
+    fn pipelined_answers_go_out_in_one_write_but_a_stream_waits_for_them() {
+        let config = Config::default();
+        let publish = "POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx";
+        let (out, step, writes) = exchange_counting_writes(&config, publish.repeat(5).as_bytes());
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 5);
+        assert_eq!((step, writes), (Step::Read, 1));
+        let then_subscribe = format!("{publish}GET /events?topic=a HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (out, step, writes) = exchange_counting_writes(&config, then_subscribe.as_bytes());
+        assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 1);
+        assert!(matches!(step, Step::Subscribe(_)), "{step:?}");
+        assert_eq!(writes, 1);
     }
 
     #[test]

@@ -194,7 +194,7 @@ impl Server {
             publish_addr,
         };
         for (index, (poll, listeners, inbox, stats)) in loops.into_iter().enumerate() {
-            let event_loop = EventLoop::new(poll, listeners, inbox, shared.clone(), stats)
+            let event_loop = EventLoop::new(index, poll, listeners, inbox, shared.clone(), stats)
                 .map_err(io_error("cannot register a listener"))?;
             let thread = std::thread::Builder::new()
                 .name(format!("herald-loop-{index}"))

@@ -65,12 +65,13 @@ impl Bus for EmbeddedBus {
         if !self.fanout.has_room(frame.len()) {
             return Err(PublishError::Busy);
         }
+        let origin = event.origin;
         let item = Arc::new(Published {
             seq,
             topics: event.topics.into_boxed_slice(),
             frame,
         });
-        self.fanout.deliver(&item);
+        self.fanout.deliver(&item, origin);
         *last = seq;
         self.published.store(seq, Ordering::Release);
         Ok(EventId(id))
@@ -109,6 +110,7 @@ mod tests {
             name: None,
             data,
             retry_ms: None,
+            origin: None,
         }
     }
 

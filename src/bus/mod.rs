@@ -93,8 +93,8 @@ impl Fanout {
 
     /// Hands an event to every loop, waking a loop only when its inbox was empty (a loop
     /// drains its inbox to empty, or notes that it stopped early, before it sleeps).
-    pub(crate) fn deliver(&self, item: &InboxItem) {
-        for link in &self.links {
+    pub(crate) fn deliver(&self, item: &InboxItem, origin: Option<usize>) {
+        for (index, link) in self.links.iter().enumerate() {
             let was_empty = link.tx.is_empty();
             link.bytes.fetch_add(item.frame.len(), Ordering::Relaxed);
             if link.tx.try_send(item.clone()).is_err() {
@@ -103,7 +103,7 @@ impl Fanout {
                 link.bytes.fetch_sub(item.frame.len(), Ordering::Relaxed);
                 continue;
             }
-            if was_empty {
+            if was_empty && origin != Some(index) {
                 if let Err(error) = link.waker.wake() {
                     log::warn!("could not wake an event loop: {error}");
                 }
@@ -138,6 +138,9 @@ pub(crate) struct Outgoing<'a> {
     pub data: &'a str,
     /// Optional `retry:` hint.
     pub retry_ms: Option<u32>,
+    /// The loop publishing it, if any: it drains its own inbox later in the same turn,
+    /// so it needs no wake-up.
+    pub origin: Option<usize>,
 }
 
 /// The event source every loop reads from.

@@ -30,6 +30,7 @@ impl EventLoop {
         route: RouteConfig,
         topic_limits: TopicLimits,
         render_metrics: &'s dyn Fn() -> String,
+        loop_index: usize,
     ) -> RequestContext<'s> {
         RequestContext {
             config: &shared.config,
@@ -40,6 +41,7 @@ impl EventLoop {
             trusted_proxies: &shared.trusted_proxies,
             clients: &shared.clients,
             render_metrics,
+            loop_index,
             subscribe_verifier: shared.subscribe_verifier.as_ref(),
             publish_verifier: shared.publish_verifier.as_ref(),
         }
@@ -49,7 +51,13 @@ impl EventLoop {
     pub(super) fn drive_http(&mut self, key: usize) {
         let shared = self.shared.clone();
         let render_metrics = || shared.render_metrics();
-        let ctx = Self::request_context(&shared, self.route, self.topic_limits, &render_metrics);
+        let ctx = Self::request_context(
+            &shared,
+            self.route,
+            self.topic_limits,
+            &render_metrics,
+            self.index,
+        );
         for _ in 0..HTTP_ROUNDS_MAX {
             let Some(Connection {
                 socket,

@@ -111,6 +111,8 @@ enum ConnState {
 
 /// One event loop and everything it owns.
 pub(crate) struct EventLoop {
+    /// This loop's position among the server's loops (its inbox's index in the bus).
+    index: usize,
     poll: Poll,
     listeners: Vec<ListenerSlot>,
     conns: Slab<Connection>,
@@ -155,6 +157,7 @@ pub(crate) struct EventLoop {
 impl EventLoop {
     /// Registers the listeners and the inbox; the loop starts with [`EventLoop::run`].
     pub(crate) fn new(
+        index: usize,
         poll: Poll,
         mut listeners: Vec<ListenerSlot>,
         inbox: Inbox,
@@ -180,6 +183,7 @@ impl EventLoop {
             total_bytes: config.history_total_bytes,
         };
         Ok(EventLoop {
+            index,
             poll,
             listeners,
             conns: Slab::new(),
