@@ -43,6 +43,9 @@ struct ServeArgs {
     /// Log level for the logfmt lines on stderr: error, warn, info, debug or trace. [default: warn]
     #[arg(long, env = "HERALD_LOG_LEVEL", value_name = "LEVEL", default_value = "warn", hide_default_value = true, value_parser = log_level)]
     log_level: log::LevelFilter,
+    /// Publish sample `tick`, `alert` and `metrics` events to topic `demo` so the demo page is alive. [default: false]
+    #[arg(long, env = "HERALD_DEMO_FEED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", default_value = "false", hide_default_value = true)]
+    demo_feed: bool,
     /// TOML file with settings (keys are the setting names with underscores, e.g. history_events = 100).
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -249,6 +252,7 @@ fn main() -> ExitCode {
     };
     let Command::Serve(args) = cli.command;
     let log_level = args.log_level;
+    let demo_feed = args.demo_feed;
     let config = match args.into_config() {
         Ok(config) => config,
         Err(line) => {
@@ -268,6 +272,12 @@ fn main() -> ExitCode {
         eprintln!("herald: cannot install signal handlers: {error}");
         return ExitCode::from(1);
     }
+    if demo_feed {
+        if let Err(error) = spawn_demo_feed(server.handle()) {
+            eprintln!("herald: cannot start the demo feed: {error}");
+            return ExitCode::from(1);
+        }
+    }
     eprintln!("herald listening on http://{}", server.local_addr());
     if let Some(addr) = server.publish_addr() {
         eprintln!("herald publishing on http://{addr}");
@@ -275,6 +285,54 @@ fn main() -> ExitCode {
     server.wait();
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Publishes sample events to topic `demo` until the server stops: a price `tick` every
+/// second, `metrics` every two seconds and an `alert` every five, like the stock-ticker and
+/// notification examples of the classic SSE tutorial.
+fn spawn_demo_feed(handle: herald::Handle) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("herald-demo-feed".into())
+        .spawn(move || {
+            let mut prices = [187.20_f64, 141.80, 415.50];
+            let symbols = ["AAPL", "GOOGL", "MSFT"];
+            let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+            for second in 0u64.. {
+                // xorshift: sample data only.
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let mut events = Vec::new();
+                for (price, symbol) in prices.iter_mut().zip(symbols) {
+                    let step = ((state >> (8 * (symbol.len() % 3))) % 201) as f64 / 100.0 - 1.0;
+                    *price = (*price + step).max(1.0);
+                    let data = format!(r#"{{"symbol":"{symbol}","price":{price:.2}}}"#);
+                    events.push(herald::Event::new("demo", data).named("tick"));
+                }
+                if second % 2 == 0 {
+                    let data = format!(
+                        r#"{{"cpu":{},"memory_mb":{},"connections":{}}}"#,
+                        state % 100,
+                        512 + state % 256,
+                        handle.stats().connections
+                    );
+                    events.push(herald::Event::new("demo", data).named("metrics"));
+                }
+                if second % 5 == 0 {
+                    let level = ["info", "warning", "critical"][(state % 3) as usize];
+                    let data =
+                        format!(r#"{{"level":"{level}","message":"sample alert {second}"}}"#);
+                    events.push(herald::Event::new("demo", data).named("alert"));
+                }
+                for event in &events {
+                    if handle.publish(event) == Err(herald::PublishError::ShuttingDown) {
+                        return;
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        })?;
+    Ok(())
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
