@@ -371,10 +371,12 @@ impl Exchange {
                 Ok(subscription) => match authorize_subscription(ctx, &request, &subscription) {
                     Ok(()) => Step::Subscribe(StreamRequest {
                         topics: subscription.topics,
+                        // An empty id is no id (EventSource never sends one).
                         last_event_id: request
                             .last_event_id
                             .map(str::to_owned)
-                            .or(subscription.last_event_id),
+                            .or(subscription.last_event_id)
+                            .filter(|id| !id.is_empty()),
                         cors,
                     }),
                     Err(error) => self.refuse(error, &cors, keep_alive),
@@ -630,6 +632,21 @@ mod tests {
         assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 1);
         assert!(matches!(step, Step::Subscribe(_)), "{step:?}");
         assert_eq!(writes, 1);
+    }
+
+    #[test]
+    fn an_empty_last_event_id_is_no_id() {
+        let config = Config::default();
+        for head in [
+            "GET /events?topic=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: \r\n\r\n",
+            "GET /events?topic=a&lastEventId= HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            let (_, step) = exchange(&config, head.as_bytes());
+            let Step::Subscribe(request) = step else {
+                panic!("{head:?} gave {step:?}");
+            };
+            assert_eq!(request.last_event_id, None, "{head:?}");
+        }
     }
 
     #[test]
