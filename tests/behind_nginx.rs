@@ -1,0 +1,867 @@
+//! herald behind a real nginx (issue 6, part 4): Debian's `nginx-light` on loopback, with a
+//! private configuration built from the `nginx` block of README's "Behind nginx" section.
+//! Events pass through unbuffered, `X-Forwarded-For` names the client only when the trusted
+//! proxy sends it, and heartbeats keep nginx's `proxy_read_timeout` from cutting quiet streams.
+//!
+//! nginx runs as a child process (`daemon off`) whose prefix, configuration, error log and pid
+//! file live in a temporary directory; [`Nginx`] stops it and its worker by PID when dropped.
+//! These tests need `/usr/sbin/nginx` (`apt-get install -y nginx-light`) and fail, saying so,
+//! without it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{
+    build_request, events_target, post_request, publish_form, Conn, EventStreamParser,
+    HeraldProcess, Response, SseEvent, DEADLINE,
+};
+
+/// Where Debian's nginx packages put the binary.
+const NGINX_BIN: &str = "/usr/sbin/nginx";
+
+/// README.md, whose recommended nginx configuration these tests run.
+const README: &str = include_str!("../README.md");
+
+// ---------------------------------------------------------------------------------------------
+// nginx
+// ---------------------------------------------------------------------------------------------
+
+/// Ports tried before giving up when another process takes the free port first.
+const NGINX_PORT_ATTEMPTS: usize = 3;
+
+/// A running nginx master process and its worker, on a free `127.0.0.1` port.
+struct Nginx {
+    /// The master process, started with `daemon off` so it is our child.
+    master: Child,
+    /// Worker PIDs, from the master's `start worker process PID` lines. A worker outlives a
+    /// killed master, so it is stopped by its own PID if it is still there at the end.
+    workers: Vec<u32>,
+    /// The address nginx listens on.
+    addr: SocketAddr,
+    /// The private prefix: configuration, error log, pid file and temp paths.
+    dir: PathBuf,
+    /// The master's (and workers') stderr, one line per message; `None` once every holder
+    /// of the pipe has exited.
+    lines: Receiver<Option<String>>,
+    /// The stderr lines read so far.
+    stderr: Vec<String>,
+}
+
+/// A port that was free a moment ago (nginx binds it itself, so it cannot be handed over).
+fn free_port() -> SocketAddr {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The whole `nginx.conf` around `servers` (the `http`-level blocks under test).
+fn nginx_conf(dir: &Path, servers: &str) -> String {
+    let dir = dir.display();
+    format!(
+        "worker_processes 1;\n\
+         pid {dir}/nginx.pid;\n\
+         error_log {dir}/error.log info;\n\
+         error_log stderr notice;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n\
+         access_log off;\n\
+         client_body_temp_path {dir}/client_body;\n\
+         proxy_temp_path {dir}/proxy;\n\
+         fastcgi_temp_path {dir}/fastcgi;\n\
+         uwsgi_temp_path {dir}/uwsgi;\n\
+         scgi_temp_path {dir}/scgi;\n\
+         {servers}\n\
+         }}\n"
+    )
+}
+
+impl Nginx {
+    /// Starts nginx in a fresh directory named after `name`, with the `http`-level blocks
+    /// `servers(listen)` returns for its listening address. Returns once the master has bound
+    /// the port and started its worker (both are logged, in that order, on stderr).
+    fn start(name: &str, servers: impl Fn(SocketAddr) -> String) -> Nginx {
+        assert!(
+            Path::new(NGINX_BIN).exists(),
+            "{NGINX_BIN} is missing: these tests run herald behind Debian's nginx-light \
+             (apt-get install -y nginx-light)"
+        );
+        let dir = std::env::temp_dir().join(format!("herald-nginx-{}-{name}", std::process::id()));
+        for attempt in 1..=NGINX_PORT_ATTEMPTS {
+            // Fresh each attempt: a failed attempt's `Nginx` removes the directory when dropped.
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let addr = free_port();
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, nginx_conf(&dir, &servers(addr))).unwrap();
+            let mut nginx = Nginx::spawn(&dir, &conf, addr);
+            if nginx.wait_for_workers() {
+                return nginx;
+            }
+            let status = nginx.master.wait().unwrap();
+            let port_taken = nginx
+                .stderr
+                .iter()
+                .any(|line| line.contains("Address already in use"));
+            assert!(
+                port_taken && attempt < NGINX_PORT_ATTEMPTS,
+                "nginx exited with {status:?} before starting its worker; stderr: {:#?}\nconfig:\n{}",
+                nginx.stderr,
+                std::fs::read_to_string(&conf).unwrap_or_default()
+            );
+        }
+        unreachable!("the last attempt either returns or fails its assertion")
+    }
+
+    fn spawn(dir: &Path, conf: &Path, addr: SocketAddr) -> Nginx {
+        let mut master = Command::new(NGINX_BIN)
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(conf)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {NGINX_BIN}: {e}"));
+        let stderr = master.stderr.take().unwrap();
+        let (sender, lines) = mpsc::channel();
+        // Drains the pipe for as long as nginx lives, so a chatty error log never blocks it.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(Some(line)).is_err() {
+                    return;
+                }
+            }
+            let _ = sender.send(None);
+        });
+        Nginx {
+            master,
+            workers: Vec::new(),
+            addr,
+            dir: dir.to_owned(),
+            lines,
+            stderr: Vec::new(),
+        }
+    }
+
+    /// Reads stderr until the worker has started (true) or nginx has exited (false).
+    fn wait_for_workers(&mut self) -> bool {
+        const MARKER: &str = "start worker process ";
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match self.lines.recv_timeout(left) {
+                Ok(Some(line)) => line,
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => return false,
+                Err(RecvTimeoutError::Timeout) => panic!(
+                    "nginx did not start its worker within {DEADLINE:?}; stderr: {:#?}",
+                    self.stderr
+                ),
+            };
+            if let Some(at) = line.find(MARKER) {
+                let pid = line[at + MARKER.len()..]
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| {
+                        panic!("bad worker pid in nginx's stderr line {line:?}");
+                    });
+                self.workers.push(pid);
+            }
+            self.stderr.push(line);
+            if !self.workers.is_empty() {
+                return true;
+            }
+        }
+    }
+
+    /// The error log written so far (`info` and above).
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    /// Whether `pid` is still an nginx process (a stopped worker's PID is not reused within
+    /// the moment this check matters, but do not signal a stranger if it were).
+    fn is_nginx(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.contains("(nginx)") && !stat.contains(") Z "))
+    }
+
+    /// `kill -SIGNAL PID`; a process that is already gone is not an error here.
+    fn signal(pid: u32, signal: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Fast shutdown (SIGTERM: the master stops its worker and exits), waiting until every
+    /// holder of the stderr pipe is gone; past [`DEADLINE`], SIGKILL to master and workers.
+    fn stop(&mut self) {
+        if self.master.try_wait().unwrap().is_none() {
+            Nginx::signal(self.master.id(), "TERM");
+        }
+        let deadline = Instant::now() + DEADLINE;
+        let all_exited = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(Some(line)) => self.stderr.push(line),
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => break true,
+                Err(RecvTimeoutError::Timeout) => break false,
+            }
+        };
+        if !all_exited {
+            eprintln!("nginx did not stop within {DEADLINE:?} of SIGTERM; killing it");
+            let _ = self.master.kill();
+        }
+        let _ = self.master.wait();
+        for &worker in &self.workers {
+            if Nginx::is_nginx(worker) {
+                Nginx::signal(worker, "KILL");
+            }
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "nginx error log ({}):\n{}",
+                self.dir.display(),
+                self.error_log()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The fenced `nginx` block of README's "Behind nginx" section.
+fn readme_nginx_block() -> &'static str {
+    const FENCE: &str = "```nginx\n";
+    let (_, section) = README
+        .split_once("## Behind nginx")
+        .expect("README.md has a \"Behind nginx\" section");
+    let start = section.find(FENCE).expect("an ```nginx block in it") + FENCE.len();
+    let end = start + section[start..].find("```").unwrap();
+    &section[start..end]
+}
+
+/// README's recommended configuration, verbatim but for its upstream (herald's address), its
+/// `listen` line (loopback, no TLS) and `edits`. Each replaced text must occur exactly once,
+/// so a change to the README's block fails here rather than testing something else.
+fn readme_config(herald: SocketAddr, listen: SocketAddr, edits: &[(&str, &str)]) -> String {
+    let upstream = format!("server {herald};");
+    let listen = format!("listen {listen};");
+    let mut block = readme_nginx_block().to_owned();
+    let replacements = [
+        ("server 127.0.0.1:8080;", upstream.as_str()),
+        ("listen 443 ssl;", listen.as_str()),
+    ];
+    for (from, to) in replacements.iter().chain(edits) {
+        assert_eq!(
+            block.matches(from).count(),
+            1,
+            "README's nginx block should contain {from:?} exactly once:\n{block}"
+        );
+        block = block.replace(from, to);
+    }
+    block
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event streams, direct or through nginx
+// ---------------------------------------------------------------------------------------------
+
+/// Where a chunked body decoder is: nginx answers HTTP/1.1 clients with chunked streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading a chunk-size line.
+    Size,
+    /// This many bytes of chunk data are still to come.
+    Data(usize),
+    /// This many bytes of the CRLF after a chunk's data are still to come.
+    DataEnd(usize),
+    /// After the last (zero-size) chunk: reading trailer lines up to a blank one.
+    Trailer,
+    /// The body is complete.
+    Done,
+}
+
+/// A `Transfer-Encoding: chunked` decoder: bytes in, body bytes out.
+struct Dechunker {
+    state: ChunkState,
+    line: Vec<u8>,
+}
+
+impl Dechunker {
+    fn new() -> Self {
+        Dechunker {
+            state: ChunkState::Size,
+            line: Vec::new(),
+        }
+    }
+
+    /// Whether the last chunk has arrived (the sender ended the body on purpose).
+    fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        while let Some(&first) = bytes.first() {
+            match self.state {
+                ChunkState::Size | ChunkState::Trailer => {
+                    let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+                        self.line.extend_from_slice(bytes);
+                        break;
+                    };
+                    self.line.extend_from_slice(&bytes[..end]);
+                    bytes = &bytes[end + 1..];
+                    let line = std::mem::take(&mut self.line);
+                    let line = String::from_utf8_lossy(&line);
+                    let line = line.strip_suffix('\r').unwrap_or(&line);
+                    self.state = match self.state {
+                        ChunkState::Size => {
+                            let size = line.split(';').next().unwrap_or_default().trim();
+                            match usize::from_str_radix(size, 16) {
+                                Ok(0) => ChunkState::Trailer,
+                                Ok(size) => ChunkState::Data(size),
+                                Err(_) => panic!("bad chunk-size line {line:?}"),
+                            }
+                        }
+                        _ if line.is_empty() => ChunkState::Done,
+                        _ => ChunkState::Trailer,
+                    };
+                }
+                ChunkState::Data(left) => {
+                    let taken = left.min(bytes.len());
+                    body.extend_from_slice(&bytes[..taken]);
+                    bytes = &bytes[taken..];
+                    self.state = match left - taken {
+                        0 => ChunkState::DataEnd(2),
+                        left => ChunkState::Data(left),
+                    };
+                }
+                ChunkState::DataEnd(left) => {
+                    assert_eq!(first, b"\r\n"[2 - left], "chunk data not followed by CRLF");
+                    bytes = &bytes[1..];
+                    self.state = match left {
+                        1 => ChunkState::Size,
+                        _ => ChunkState::DataEnd(1),
+                    };
+                }
+                ChunkState::Done => panic!("bytes after the last chunk: {bytes:?}"),
+            }
+        }
+        body
+    }
+}
+
+/// What one read of an [`EventStream`] brought.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Some bytes (maybe only part of a frame).
+    Bytes,
+    /// The stream ended: end of file, a reset, or the last chunk.
+    Ended,
+    /// Nothing arrived before the deadline.
+    TimedOut,
+}
+
+/// An open `GET /events` stream, chunked (through nginx) or close-delimited (direct), read
+/// with deadlines the caller chooses. The same code reads both ways, so their timings compare.
+struct EventStream {
+    /// Owns the socket; only its send and head reading are used.
+    _conn: Conn,
+    /// The socket, read directly so a deadline can pass without failing the test.
+    socket: TcpStream,
+    /// Present when the body is chunked.
+    chunks: Option<Dechunker>,
+    parser: EventStreamParser,
+    pending: VecDeque<SseEvent>,
+    ended: bool,
+}
+
+impl EventStream {
+    /// `GET target` from source address `from` (any, if `None`); waits for the `retry:`
+    /// frame, after which herald has registered the subscriber. A refusal comes back whole.
+    fn open(
+        addr: SocketAddr,
+        from: Option<IpAddr>,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<EventStream, Response> {
+        let mut conn = Conn::connect_with(addr, from, None);
+        conn.send(build_request("GET", target, headers, b""));
+        let mut head = conn.read_head(&format!("the response head of GET {target}"));
+        if head.status != 200 {
+            let length = head
+                .content_length()
+                .unwrap_or_else(|| panic!("refusal without Content-Length: {}", head.summary()));
+            head.body = conn.read_exact_bytes(length, "the refusal's body");
+            return Err(head);
+        }
+        assert_eq!(
+            head.header("content-type"),
+            Some("text/event-stream"),
+            "GET {target} from {from:?}: {}",
+            head.summary()
+        );
+        let chunked = head
+            .header("transfer-encoding")
+            .is_some_and(|coding| coding.eq_ignore_ascii_case("chunked"));
+        let socket = conn.try_clone_stream();
+        let early = conn.take_buffered();
+        let mut stream = EventStream {
+            _conn: conn,
+            socket,
+            chunks: chunked.then(Dechunker::new),
+            parser: EventStreamParser::new(),
+            pending: VecDeque::new(),
+            ended: false,
+        };
+        stream.take(&early);
+        let deadline = Instant::now() + DEADLINE;
+        while stream.parser.retry_ms.is_none() {
+            let read = stream.read_before(deadline);
+            assert_eq!(
+                read,
+                Outcome::Bytes,
+                "waiting for the `retry:` frame of {target}"
+            );
+        }
+        Ok(stream)
+    }
+
+    fn take(&mut self, bytes: &[u8]) {
+        let body = match &mut self.chunks {
+            Some(chunks) => {
+                let body = chunks.feed(bytes);
+                self.ended |= chunks.is_done();
+                body
+            }
+            None => bytes.to_vec(),
+        };
+        self.pending.extend(self.parser.feed(&body));
+    }
+
+    /// Reads once, waiting at most until `deadline`.
+    fn read_before(&mut self, deadline: Instant) -> Outcome {
+        if self.ended {
+            return Outcome::Ended;
+        }
+        let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+        else {
+            return Outcome::TimedOut;
+        };
+        self.socket.set_read_timeout(Some(left)).unwrap();
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            match self.socket.read(&mut buffer) {
+                Ok(0) => {
+                    self.ended = true;
+                    return Outcome::Ended;
+                }
+                Ok(n) => {
+                    self.take(&buffer[..n]);
+                    return if self.ended {
+                        Outcome::Ended
+                    } else {
+                        Outcome::Bytes
+                    };
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Outcome::TimedOut;
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    self.ended = true;
+                    return Outcome::Ended;
+                }
+                Err(e) => panic!("reading an event stream failed: {e}"),
+            }
+        }
+    }
+
+    /// The next event, within [`DEADLINE`].
+    fn next_event(&mut self, waiting_for: &str) -> SseEvent {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return event;
+            }
+            match self.read_before(deadline) {
+                Outcome::Bytes => {}
+                outcome => panic!("{outcome:?} while waiting for {waiting_for}"),
+            }
+        }
+    }
+
+    /// The heartbeat comments received so far.
+    fn heartbeats(&self) -> usize {
+        self.parser.comments.len()
+    }
+
+    /// Whether a chunked stream ended with its last chunk (the proxy finished the response
+    /// because herald ended it) rather than being cut.
+    fn ended_with_last_chunk(&self) -> bool {
+        self.chunks.as_ref().is_some_and(Dechunker::is_done)
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unbuffered delivery
+// ---------------------------------------------------------------------------------------------
+
+/// Events published one at a time in the latency comparison.
+const LATENCY_EVENTS: usize = 100;
+
+/// Reads `n` events on its own thread, sending each one's data and arrival time.
+fn stamp_arrivals(
+    mut stream: EventStream,
+    n: usize,
+    path: &'static str,
+) -> (Receiver<(String, Instant)>, JoinHandle<()>) {
+    let (sender, arrivals) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for i in 0..n {
+            let event = stream.next_event(&format!("event {} of {n} {path}", i + 1));
+            if sender.send((event.data, Instant::now())).is_err() {
+                return;
+            }
+        }
+    });
+    (arrivals, reader)
+}
+
+/// Waits (up to [`DEADLINE`]) for the arrival of the event with `data`.
+fn arrival(arrivals: &Receiver<(String, Instant)>, data: &str, path: &str) -> Instant {
+    let (received, at) = arrivals.recv_timeout(DEADLINE).unwrap_or_else(|_| {
+        panic!(
+            "{data:?} did not arrive {path} within {DEADLINE:?} of its publish, and nothing \
+             else was published meanwhile: the stream is buffered"
+        )
+    });
+    assert_eq!(received, data, "events arrived out of order {path}");
+    at
+}
+
+/// Microseconds at quantile `q` (0 to 1) of sorted `values`.
+fn quantile(values: &[i64], q: f64) -> i64 {
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Publishes [`LATENCY_EVENTS`] events one at a time, each only after the previous one has
+/// arrived through nginx (a proxy that buffers the stream holds it, and the wait times out),
+/// to one subscriber through nginx configured with README's block plus `edits` and one
+/// connected to herald directly. Prints the per-event latency difference.
+fn assert_events_pass_unbuffered(name: &str, edits: &[(&str, &str)]) {
+    let herald = HeraldProcess::spawn(&[]);
+    let nginx = Nginx::start(name, |listen| readme_config(herald.addr, listen, edits));
+    let target = events_target(&["latency"], None);
+    let proxied = EventStream::open(nginx.addr, None, &target, &[])
+        .unwrap_or_else(|refused| panic!("through nginx: {}", refused.summary()));
+    assert!(
+        proxied.chunks.is_some(),
+        "nginx should stream to an HTTP/1.1 client in chunks"
+    );
+    let direct = EventStream::open(herald.addr, None, &target, &[])
+        .unwrap_or_else(|refused| panic!("direct: {}", refused.summary()));
+    let (proxied_arrivals, proxied_reader) =
+        stamp_arrivals(proxied, LATENCY_EVENTS, "through nginx");
+    let (direct_arrivals, direct_reader) = stamp_arrivals(direct, LATENCY_EVENTS, "direct");
+
+    let mut publisher = Conn::connect(herald.addr);
+    let mut proxied_us = Vec::with_capacity(LATENCY_EVENTS);
+    let mut direct_us = Vec::with_capacity(LATENCY_EVENTS);
+    let mut difference_us = Vec::with_capacity(LATENCY_EVENTS);
+    for i in 0..LATENCY_EVENTS {
+        let data = format!("event {i}");
+        let published = Instant::now();
+        publisher.send(post_request(
+            "/publish?topic=latency",
+            Some("text/plain"),
+            data.as_bytes(),
+            &[],
+        ));
+        let answer = publisher.read_response("the publish answer");
+        assert_eq!(answer.status, 200, "publish: {}", answer.summary());
+        let through_nginx = arrival(&proxied_arrivals, &data, "through nginx");
+        let direct = arrival(&direct_arrivals, &data, "direct");
+        let micros = |from: Instant, to: Instant| {
+            i64::try_from(to.duration_since(from).as_micros()).unwrap()
+        };
+        proxied_us.push(micros(published, through_nginx));
+        direct_us.push(micros(published, direct));
+        difference_us.push(proxied_us[i] - direct_us[i]);
+    }
+    proxied_reader.join().unwrap();
+    direct_reader.join().unwrap();
+
+    for values in [&mut proxied_us, &mut direct_us, &mut difference_us] {
+        values.sort_unstable();
+    }
+    eprintln!(
+        "{name}: {LATENCY_EVENTS} events, publish-to-receive latency in µs: \
+         direct median {} max {}; through nginx median {} max {}; \
+         nginx minus direct per event: median {} p90 {} max {}",
+        quantile(&direct_us, 0.5),
+        quantile(&direct_us, 1.0),
+        quantile(&proxied_us, 0.5),
+        quantile(&proxied_us, 1.0),
+        quantile(&difference_us, 0.5),
+        quantile(&difference_us, 0.9),
+        quantile(&difference_us, 1.0),
+    );
+}
+
+#[test]
+fn readme_nginx_config_passes_each_event_through_unbuffered() {
+    assert_events_pass_unbuffered("readme", &[]);
+}
+
+/// README: "herald also sends `X-Accel-Buffering: no` on every stream, so nginx does not
+/// buffer it even where `proxy_buffering` is on."
+#[test]
+fn x_accel_buffering_keeps_a_buffering_nginx_from_buffering_streams() {
+    assert_events_pass_unbuffered(
+        "buffering-on",
+        &[("proxy_buffering off;", "proxy_buffering on;")],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// X-Forwarded-For
+// ---------------------------------------------------------------------------------------------
+
+/// Opens a stream that must be admitted; `why` says what admission shows.
+fn admitted(addr: SocketAddr, from: &str, headers: &[(&str, &str)], why: &str) -> EventStream {
+    EventStream::open(
+        addr,
+        Some(ip(from)),
+        &events_target(&["xff"], None),
+        headers,
+    )
+    .unwrap_or_else(|refused| panic!("{why}: refused with {}", refused.summary()))
+}
+
+/// Opens a stream that must be refused with 429 as over `--max-connections-per-ip`.
+fn refused_per_ip(addr: SocketAddr, from: &str, headers: &[(&str, &str)], why: &str) {
+    match EventStream::open(
+        addr,
+        Some(ip(from)),
+        &events_target(&["xff"], None),
+        headers,
+    ) {
+        Ok(_) => panic!("{why}: the stream was admitted"),
+        Err(refusal) => {
+            assert_eq!(refusal.status, 429, "{why}: {}", refusal.summary());
+            assert!(
+                refusal.body_text().contains("max_connections_per_ip"),
+                "{why}: {}",
+                refusal.summary()
+            );
+        }
+    }
+}
+
+#[test]
+fn x_forwarded_for_names_the_client_only_when_the_trusted_proxy_sends_it() {
+    let herald = HeraldProcess::spawn(&[
+        "--trusted-proxy",
+        "127.0.0.1/32",
+        "--max-connections-per-ip",
+        "2",
+    ]);
+    let nginx = Nginx::start("xff", |listen| readme_config(herald.addr, listen, &[]));
+
+    // nginx connects to herald from 127.0.0.1 and appends the client's address; herald counts
+    // that address, so two clients get two streams each through the one proxy address.
+    let mut streams = vec![
+        admitted(
+            nginx.addr,
+            "127.0.0.2",
+            &[],
+            "1st stream of 127.0.0.2 via nginx",
+        ),
+        admitted(
+            nginx.addr,
+            "127.0.0.2",
+            &[],
+            "2nd stream of 127.0.0.2 via nginx",
+        ),
+        admitted(
+            nginx.addr,
+            "127.0.0.3",
+            &[],
+            "1st stream of 127.0.0.3 via nginx",
+        ),
+        admitted(
+            nginx.addr,
+            "127.0.0.3",
+            &[],
+            "2nd stream of 127.0.0.3 via nginx",
+        ),
+    ];
+    refused_per_ip(
+        nginx.addr,
+        "127.0.0.2",
+        &[],
+        "3rd stream of 127.0.0.2 via nginx",
+    );
+    // Behind the proxy a client cannot pick its address either: nginx appends the real one,
+    // and herald walks the list from the right, stopping at the first untrusted hop.
+    refused_per_ip(
+        nginx.addr,
+        "127.0.0.2",
+        &[("X-Forwarded-For", "127.0.0.9")],
+        "3rd stream of 127.0.0.2 via nginx claiming to be 127.0.0.9",
+    );
+
+    // An untrusted peer naming 127.0.0.2 (which is full) is counted as itself.
+    let forged = [("X-Forwarded-For", "127.0.0.2")];
+    streams.push(admitted(
+        herald.addr,
+        "127.0.0.5",
+        &forged,
+        "1st direct stream of 127.0.0.5 claiming to be 127.0.0.2",
+    ));
+    streams.push(admitted(
+        herald.addr,
+        "127.0.0.5",
+        &forged,
+        "2nd direct stream of 127.0.0.5 claiming to be 127.0.0.2",
+    ));
+    refused_per_ip(
+        herald.addr,
+        "127.0.0.5",
+        &forged,
+        "3rd direct stream of 127.0.0.5 claiming to be 127.0.0.2",
+    );
+
+    // Every admitted stream, proxied or not, is live.
+    publish_form(herald.addr, &[("topic", "xff"), ("data", "to all six")]);
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let event = stream.next_event(&format!("the event on stream {}", i + 1));
+        assert_eq!(event.data, "to all six");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle timeouts and heartbeats
+// ---------------------------------------------------------------------------------------------
+
+/// How long the quiet stream is watched: more than three of nginx's 2 s read timeouts.
+const QUIET_WATCH: Duration = Duration::from_secs(7);
+
+#[test]
+fn heartbeats_keep_nginx_read_timeout_from_cutting_a_quiet_stream() {
+    let herald = HeraldProcess::spawn(&["--heartbeat-ms", "500"]);
+    let nginx = Nginx::start("heartbeat", |listen| {
+        readme_config(
+            herald.addr,
+            listen,
+            &[("proxy_read_timeout 1h;", "proxy_read_timeout 2s;")],
+        )
+    });
+    let mut stream = EventStream::open(nginx.addr, None, &events_target(&["quiet"], None), &[])
+        .unwrap_or_else(|refused| panic!("through nginx: {}", refused.summary()));
+    let opened = Instant::now();
+    loop {
+        match stream.read_before(opened + QUIET_WATCH) {
+            Outcome::Bytes => {}
+            Outcome::TimedOut => break,
+            Outcome::Ended => panic!(
+                "the quiet stream ended after {:?} with {} heartbeats; last chunk: {}",
+                opened.elapsed(),
+                stream.heartbeats(),
+                stream.ended_with_last_chunk()
+            ),
+        }
+    }
+    assert!(
+        stream.pending.is_empty(),
+        "nothing was published, yet events arrived: {:?}",
+        stream.pending
+    );
+    assert!(
+        stream.heartbeats() > 0,
+        "no heartbeat comment arrived in {QUIET_WATCH:?}"
+    );
+    eprintln!(
+        "heartbeat: {} heartbeat comments through nginx in {QUIET_WATCH:?}, no close",
+        stream.heartbeats()
+    );
+
+    publish_form(
+        herald.addr,
+        &[("topic", "quiet"), ("data", "after the quiet")],
+    );
+    let event = stream.next_event("the event published after the quiet spell");
+    assert_eq!(event.data, "after the quiet");
+    let log = nginx.error_log();
+    assert!(
+        !log.contains("upstream timed out"),
+        "nginx error log:\n{log}"
+    );
+}
+
+/// The control: the same quiet stream, but herald's heartbeat comes later than nginx's read
+/// timeout. nginx cuts the stream, so the heartbeats are what kept the other one open.
+#[test]
+fn nginx_cuts_a_quiet_stream_whose_heartbeat_comes_after_its_read_timeout() {
+    let herald = HeraldProcess::spawn(&["--heartbeat-ms", "5000"]);
+    let nginx = Nginx::start("no-heartbeat", |listen| {
+        readme_config(
+            herald.addr,
+            listen,
+            &[("proxy_read_timeout 1h;", "proxy_read_timeout 1s;")],
+        )
+    });
+    let mut stream = EventStream::open(nginx.addr, None, &events_target(&["quiet"], None), &[])
+        .unwrap_or_else(|refused| panic!("through nginx: {}", refused.summary()));
+    // Before herald's first heartbeat (5 s after the `retry:` frame): if nginx has not cut
+    // the stream by then, it would not have without heartbeats either.
+    let watch_until = Instant::now() + Duration::from_secs(4);
+    loop {
+        match stream.read_before(watch_until) {
+            Outcome::Bytes => {}
+            Outcome::Ended => break,
+            Outcome::TimedOut => {
+                panic!("nginx kept a stream quiet for 4 s open despite proxy_read_timeout 1s")
+            }
+        }
+    }
+    assert_eq!(stream.heartbeats(), 0, "a heartbeat arrived");
+    assert!(
+        !stream.ended_with_last_chunk(),
+        "the response was ended, not cut by nginx's timeout"
+    );
+    let log = nginx.error_log();
+    assert!(
+        log.contains("upstream timed out"),
+        "nginx error log:\n{log}"
+    );
+}
