@@ -72,9 +72,6 @@ impl EventLoop {
             let ConnState::Http(exchange) = state else {
                 return;
             };
-            if self.drain_deadline.is_some() && exchange.is_idle() {
-                return self.close(key); // Draining: no new requests on kept-alive connections.
-            }
             let step = exchange.step(&ctx, info);
             if let Some(error) = exchange.take_refusal() {
                 count_refusal(&shared, error);
@@ -95,6 +92,20 @@ impl EventLoop {
                                     self.now + Duration::from_millis(shared.config.head_timeout_ms);
                                 self.set_timer(key, at, false);
                             }
+                        }
+                        // Draining: a connection with no request under way and nothing
+                        // more to read is done. One whose bytes already arrived is served.
+                        IoOutcome::WouldBlock if self.drain_deadline.is_some() => {
+                            if let Some(Connection {
+                                state: ConnState::Http(exchange),
+                                ..
+                            }) = self.conns.get(key)
+                            {
+                                if exchange.is_idle() {
+                                    return self.close(key);
+                                }
+                            }
+                            return;
                         }
                         IoOutcome::WouldBlock => return,
                         IoOutcome::PeerClosed => return self.close(key),

@@ -294,7 +294,9 @@ impl EventLoop {
         for key in keys {
             let spread = (self.random() % (window_ms + 1)) as u32;
             match self.conns.get_mut(key).map(|conn| &mut conn.state) {
-                Some(ConnState::Http(exchange)) if exchange.is_idle() => self.close(key),
+                // Reads what already arrived: a request in flight is served, an idle
+                // connection is closed.
+                Some(ConnState::Http(_)) => self.drive_http(key),
                 Some(ConnState::Stream(stream)) => {
                     stream.close_with_hint(retry_ms.saturating_add(spread));
                     self.flush(key);
