@@ -38,6 +38,8 @@ pub(crate) struct LoopStats {
     pub slow_closes: AtomicU64,
     /// Heartbeat comments queued.
     pub heartbeats: AtomicU64,
+    /// Times accepting paused at the hard ceiling.
+    pub accept_pauses: AtomicU64,
     /// Loop turns, and their durations by bucket (the last bucket is +Inf).
     pub turns: AtomicU64,
     /// Sum of turn durations in nanoseconds.
@@ -59,6 +61,8 @@ pub(crate) struct LoopCounters {
     pub slow_closes: u64,
     /// See [`LoopStats::heartbeats`].
     pub heartbeats: u64,
+    /// See [`LoopStats::accept_pauses`].
+    pub accept_pauses: u64,
     /// See [`LoopStats::turns`].
     pub turns: u64,
     /// See [`LoopStats::turn_nanos`].
@@ -88,6 +92,7 @@ impl LoopCounters {
         store(&stats.bytes_written, self.bytes_written);
         store(&stats.slow_closes, self.slow_closes);
         store(&stats.heartbeats, self.heartbeats);
+        store(&stats.accept_pauses, self.accept_pauses);
         store(&stats.turns, self.turns);
         store(&stats.turn_nanos, self.turn_nanos);
         for (cell, &value) in stats.turn_buckets.iter().zip(&self.turn_buckets) {
@@ -148,7 +153,7 @@ pub(crate) fn render(
         loops.iter().map(|l| field(l).load(Ordering::Relaxed)).sum()
     };
     let mut out = String::with_capacity(4096);
-    let simple: [(&str, &str, &str, u64); 12] = [
+    let simple: [(&str, &str, &str, u64); 13] = [
         (
             "herald_connections",
             "gauge",
@@ -202,6 +207,12 @@ pub(crate) fn render(
             "counter",
             "Streams closed for falling behind by more than max_lag_bytes or the history.",
             sum(|l| &l.slow_closes),
+        ),
+        (
+            "herald_accept_pauses_total",
+            "counter",
+            "Times an event loop stopped accepting at the hard ceiling (1,024 refused connections still closing, or no file descriptors) until below the low-water mark.",
+            sum(|l| &l.accept_pauses),
         ),
         (
             "herald_heartbeats_total",

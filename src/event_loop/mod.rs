@@ -149,8 +149,9 @@ pub(crate) struct EventLoop {
     drain_deadline: Option<Instant>,
     /// Connections in `ConnState::Lingering`.
     lingering: usize,
-    /// Accepting is paused: too many lingering connections, or no file descriptors left
-    /// (then until this instant).
+    /// Accepting is paused: too many lingering connections, or no file descriptors left.
+    accept_paused: bool,
+    /// With `accept_paused`: not before this instant (after running out of descriptors).
     accept_paused_until: Option<Instant>,
 }
 
@@ -216,6 +217,7 @@ impl EventLoop {
             jitter: seed,
             drain_deadline: None,
             lingering: 0,
+            accept_paused: false,
             accept_paused_until: None,
         })
     }
@@ -309,19 +311,30 @@ impl EventLoop {
     /// Whether accepting may go on: resumes once lingering connections fall below the
     /// low-water mark and any descriptor back-off has passed.
     fn accepting(&self) -> bool {
-        let low_water = LINGERING_MAX * 9 / 10;
-        let paused_by_lingering = self.lingering >= low_water
-            && (self.lingering >= LINGERING_MAX || self.accept_paused_until.is_some());
-        let backing_off = self
+        if !self.accept_paused {
+            return true;
+        }
+        let below_low_water = self.lingering < LINGERING_MAX * 9 / 10;
+        let backoff_over = self
             .accept_paused_until
-            .is_some_and(|until| self.now < until);
-        !paused_by_lingering && !backing_off
+            .is_none_or(|until| self.now >= until);
+        below_low_water && backoff_over
+    }
+
+    /// Stops accepting until `accepting` says otherwise; `until` adds a minimum pause.
+    fn pause_accepting(&mut self, until: Option<Instant>) {
+        if !self.accept_paused {
+            self.counters.accept_pauses += 1;
+        }
+        self.accept_paused = true;
+        self.accept_paused_until = until;
     }
 
     fn accept_all(&mut self) {
         if !self.accepting() {
             return;
         }
+        self.accept_paused = false;
         self.accept_paused_until = None;
         for index in 0..self.listeners.len() {
             if self.listeners[index].pending {
@@ -333,7 +346,8 @@ impl EventLoop {
     fn accept(&mut self, index: usize) {
         for _ in 0..ACCEPTS_PER_TURN_MAX {
             if self.lingering >= LINGERING_MAX {
-                return; // Paused until lingering connections drain (see `accepting`).
+                // The hard ceiling: resume below the low-water mark (see `accepting`).
+                return self.pause_accepting(None);
             }
             let slot = &mut self.listeners[index];
             match slot.socket.accept() {
@@ -350,8 +364,7 @@ impl EventLoop {
                     // EMFILE and friends: the connection stays in the backlog; try again
                     // after a pause (the listener stays pending).
                     log::warn!("accept failed, pausing accepts: {e}");
-                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF);
-                    return;
+                    return self.pause_accepting(Some(self.now + ACCEPT_BACKOFF));
                 }
             }
         }
