@@ -193,15 +193,18 @@ fn has_repeated_top_level_key(body: &[u8]) -> bool {
             f.write_str("a JSON object")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-            let mut seen: Vec<String> = Vec::new();
-            while let Some(key) = map.next_key::<String>()? {
+            // Only the four known keys are tracked (an unknown key is refused by the
+            // caller anyway), so a body of many distinct keys costs linear time.
+            const KNOWN: [&str; 4] = ["topic", "event", "data", "retry"];
+            let mut seen = [false; KNOWN.len()];
+            let mut repeated = false;
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                 map.next_value::<IgnoredAny>()?;
-                if seen.contains(&key) {
-                    return Ok(true);
+                if let Some(index) = KNOWN.iter().position(|known| *known == key) {
+                    repeated |= std::mem::replace(&mut seen[index], true);
                 }
-                seen.push(key);
             }
-            Ok(false)
+            Ok(repeated)
         }
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
@@ -413,6 +416,16 @@ mod tests {
                 Err(HttpError::BadPublish("JSON body repeats a key")),
             );
         }
+        // Many distinct keys: refused as unknown, in one pass (no pairwise comparison).
+        let many: String = (0..20_000).map(|i| format!("\"k{i}\":1,")).collect();
+        check(
+            Json,
+            "",
+            &format!("{{{many}\"topic\":\"a\",\"data\":\"x\"}}"),
+            Err(HttpError::BadPublish(
+                "unknown JSON key (expected topic, event, data, retry)",
+            )),
+        );
         // Repeats inside nested data are the data's business, not a framing question.
         check(
             Json,
