@@ -12,7 +12,7 @@ use crate::bus::{Bus, Resume};
 use crate::config::Config;
 use crate::conn::StreamRequest;
 use crate::http::answer;
-use crate::ring::Seq;
+use crate::ring::{Ring, Seq};
 use crate::sse::{self, Frame};
 use crate::topic::{TopicId, Topics};
 
@@ -358,17 +358,20 @@ pub(crate) fn for_each_after<'t>(
         return;
     }
     // A k-way merge over the topics' rings; k is at most TOPICS_PER_SUBSCRIPTION_MAX.
-    let mut positions = [0usize; crate::config::TOPICS_PER_SUBSCRIPTION_MAX];
-    let rings: Vec<_> = topics
-        .iter()
-        .filter_map(|t| table.get(t.id).map(|topic| &topic.ring))
-        .collect();
-    for (ring, position) in rings.iter().zip(positions.iter_mut()) {
-        *position = ring.first_after(cursor);
+    // Fixed arrays on the stack: no allocation per write, even for wide subscriptions.
+    const WIDTH: usize = crate::config::TOPICS_PER_SUBSCRIPTION_MAX;
+    let mut positions = [0usize; WIDTH];
+    let mut rings: [Option<&'t Ring>; WIDTH] = [None; WIDTH];
+    let mut width = 0;
+    for topic in topics.iter().filter_map(|t| table.get(t.id)).take(WIDTH) {
+        rings[width] = Some(&topic.ring);
+        positions[width] = topic.ring.first_after(cursor);
+        width += 1;
     }
+    let rings = &rings[..width];
     loop {
         let mut next: Option<(Seq, &'t Frame)> = None;
-        for (ring, &position) in rings.iter().zip(positions.iter()) {
+        for (ring, &position) in rings.iter().flatten().zip(positions.iter()) {
             if let Some(entry) = ring.get(position) {
                 if next.is_none_or(|(seq, _)| entry.seq < seq) {
                     next = Some((entry.seq, &entry.frame));
@@ -378,7 +381,7 @@ pub(crate) fn for_each_after<'t>(
         let Some((seq, frame)) = next else {
             return;
         };
-        for (ring, position) in rings.iter().zip(positions.iter_mut()) {
+        for (ring, position) in rings.iter().flatten().zip(positions.iter_mut()) {
             if ring.get(*position).is_some_and(|entry| entry.seq == seq) {
                 *position += 1;
             }
