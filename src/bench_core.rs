@@ -74,6 +74,7 @@ impl FanoutBench {
                     preamble: Vec::new(),
                     cursor: 0,
                     gap_floor: 0,
+                    partial: false,
                 };
                 Stream::new(start, 0)
             })

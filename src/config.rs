@@ -80,6 +80,41 @@ pub const FDS_RESERVED: usize = 64;
 /// Largest accepted stream lifetime: one week.
 pub const STREAM_LIFETIME_MS_MAX: u64 = 7 * 24 * 3_600_000;
 
+/// Redis the Redis bus connects to, by default.
+pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379/0";
+/// Stream the Redis bus appends to and reads from, by default.
+pub const REDIS_STREAM_DEFAULT: &str = "herald";
+/// Longest stream name: Redis takes any key, but a name this long is a mistake.
+pub const REDIS_STREAM_BYTES_MAX: usize = 256;
+/// Ceiling on `redis_maxlen`: entries Redis keeps in memory for resumes.
+pub const REDIS_MAXLEN_MAX: usize = 100_000_000;
+/// Bytes of history one stream entry is counted as when `redis_maxlen` is derived from
+/// `history_total_bytes`: a typical small event with its id and fields.
+pub const REDIS_ENTRY_BYTES_ESTIMATE: usize = 1024;
+
+/// Where published events go and where the event loops read them from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// In-process: one node, ids `<start ms>-<sequence>`.
+    #[default]
+    Embedded,
+    /// A Redis Stream shared by every node: ids are stream entry ids.
+    Redis,
+}
+
+impl std::str::FromStr for BusKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "embedded" => Ok(BusKind::Embedded),
+            "redis" => Ok(BusKind::Redis),
+            _ => Err(format!("{text:?} is not embedded or redis")),
+        }
+    }
+}
+
 // A default-sized body must be able to become a frame that fits the default lag budget,
 // or a single large publish would disconnect every subscriber.
 const _: () = assert!(PUBLISH_BYTES_DEFAULT < LAG_BYTES_DEFAULT);
@@ -160,6 +195,16 @@ pub struct Config {
     /// HS256 secret for publisher tokens. When set, `POST /publish` also accepts a JWT
     /// whose `publish` claim lists the topics (besides `publish_token`).
     pub publish_key: Option<String>,
+    /// The bus: `embedded` (one node) or `redis` (a cluster sharing one Redis Stream).
+    pub bus: BusKind,
+    /// Redis the Redis bus uses (`redis://[user:password@]host:port/db`).
+    pub redis_url: String,
+    /// Name of the Redis Stream every node appends to and reads.
+    pub redis_stream: String,
+    /// Approximate length the stream is trimmed to on each append (`MAXLEN ~`); resumes
+    /// older than what it keeps get the gap event. 0: `history_total_bytes` / 1 KiB, at
+    /// least `history_events`.
+    pub redis_maxlen: usize,
 }
 
 impl Default for Config {
@@ -193,6 +238,10 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             subscribe_key: None,
             publish_key: None,
+            bus: BusKind::Embedded,
+            redis_url: REDIS_URL_DEFAULT.to_owned(),
+            redis_stream: REDIS_STREAM_DEFAULT.to_owned(),
+            redis_maxlen: 0,
         }
     }
 }
@@ -237,6 +286,18 @@ fn within(setting: &'static str, value: usize, min: usize, max: usize) -> Result
 }
 
 impl Config {
+    /// The stream length the Redis bus trims to: `redis_maxlen`, or when that is 0 the
+    /// total history budget at [`REDIS_ENTRY_BYTES_ESTIMATE`] per entry, at least
+    /// `history_events`, so the stream holds at least what a node's rings can.
+    pub fn effective_redis_maxlen(&self) -> usize {
+        if self.redis_maxlen != 0 {
+            return self.redis_maxlen;
+        }
+        (self.history_total_bytes / REDIS_ENTRY_BYTES_ESTIMATE)
+            .max(self.history_events)
+            .min(REDIS_MAXLEN_MAX)
+    }
+
     /// The connection limit in force: `max_connections`, or when that is 0 the open-file
     /// limit (read from `/proc/self/limits`) minus [`FDS_RESERVED`].
     pub fn effective_max_connections(&self) -> usize {
@@ -363,8 +424,34 @@ impl Config {
         if self.publish_listen == Some(self.listen) && self.listen.port() != 0 {
             return fault("publish_listen", "must differ from listen");
         }
+        within("redis_maxlen", self.redis_maxlen, 0, REDIS_MAXLEN_MAX)?;
+        if self.redis_stream.is_empty() || self.redis_stream.len() > REDIS_STREAM_BYTES_MAX {
+            return fault(
+                "redis_stream",
+                format!("must be 1..={REDIS_STREAM_BYTES_MAX} bytes"),
+            );
+        }
+        if self.bus == BusKind::Redis {
+            check_redis_url(&self.redis_url).or_else(|reason| fault("redis_url", reason))?;
+        }
         Ok(())
     }
+}
+
+/// Checks a Redis URL's shape without connecting.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
+    if !url.starts_with("redis://")
+        && !url.starts_with("redis+unix://")
+        && !url.starts_with("unix://")
+    {
+        return Err(format!(
+            "{url:?} is not a redis://host:port/db URL (TLS is the proxy's job)"
+        ));
+    }
+    url.into_connection_info()
+        .map(|_| ())
+        .map_err(|error| format!("{url:?}: {error}"))
 }
 
 /// The soft limit on open files, from `/proc/self/limits` (Linux).
@@ -418,6 +505,21 @@ mod tests {
         };
         check(|c| c.threads = 0, "threads");
         check(|c| c.history_events = 0, "history_events");
+        check(|c| c.redis_stream = String::new(), "redis_stream");
+        check(
+            |c| {
+                c.bus = BusKind::Redis;
+                c.redis_url = "not-a-url".into();
+            },
+            "redis_url",
+        );
+        check(
+            |c| {
+                c.bus = BusKind::Redis;
+                c.redis_url = "redis://127.0.0.1:notaport/0".into();
+            },
+            "redis_url",
+        );
         check(|c| c.history_total_bytes = 1, "history_total_bytes");
         check(|c| c.gap_event = "a\nb".into(), "gap_event");
         check(

@@ -7,9 +7,10 @@
 //! starts.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::{self, Claim, Verifier};
-use crate::bus::Bus;
+use crate::bus::{Bus, Submitted, Ticket};
 use crate::client::{client_addr, Cidr, ClientTable};
 use crate::config::Config;
 use crate::http::answer::{self, HttpError};
@@ -44,6 +45,10 @@ pub(crate) struct RequestContext<'a> {
     pub render_metrics: &'a dyn Fn() -> String,
     /// Index of the loop handling the request.
     pub loop_index: usize,
+    /// The connection's slab key, for requests the bus answers later.
+    pub conn: usize,
+    /// Source of ticket serials, unique across the server.
+    pub serials: &'a AtomicU64,
     /// Verifies subscriber tokens, when a subscribe key is set.
     pub subscribe_verifier: Option<&'a Verifier>,
     /// Verifies publisher tokens, when a publish key is set.
@@ -105,6 +110,22 @@ struct PendingBody {
     grant: Option<Vec<String>>,
 }
 
+/// How to answer a publish once the bus has.
+struct PublishReply {
+    json: bool,
+    keep_alive: bool,
+    cors: String,
+}
+
+/// A request the bus answers later; the exchange reads and answers nothing else meanwhile,
+/// so answers stay in request order.
+enum Awaiting {
+    /// A publish sent to the bus.
+    Publish { serial: u64, reply: PublishReply },
+    /// A resuming subscription whose missed events are being fetched.
+    Resume { serial: u64, request: StreamRequest },
+}
+
 /// A plain HTTP exchange: reading request heads and bodies, writing answers in order.
 pub(crate) struct Exchange {
     /// Bytes received and not yet consumed live in `inbuf[start..filled]`.
@@ -119,6 +140,8 @@ pub(crate) struct Exchange {
     close_after: bool,
     /// The last refusal answered, until the loop counts it.
     refusal: Option<HttpError>,
+    /// A request the bus has not answered yet.
+    awaiting: Option<Box<Awaiting>>,
 }
 
 /// What the loop should do for an exchange next.
@@ -135,6 +158,8 @@ pub(crate) enum Step {
     Linger,
     /// Close the connection now.
     Close,
+    /// Wait: the bus answers a request of this connection later.
+    Await,
 }
 
 /// A request for an event stream, as parsed from its head.
@@ -161,6 +186,7 @@ impl Exchange {
             sent: 0,
             close_after: false,
             refusal: None,
+            awaiting: None,
         }
     }
 
@@ -226,12 +252,59 @@ impl Exchange {
 
     /// Whether the connection sits between requests: nothing received, nothing to send.
     pub(crate) fn is_idle(&self) -> bool {
-        self.start == self.filled && self.body.is_none() && self.out.is_empty()
+        self.start == self.filled
+            && self.body.is_none()
+            && self.out.is_empty()
+            && self.awaiting.is_none()
+    }
+
+    /// Parks a subscription until the bus has fetched what it missed.
+    pub(crate) fn await_resume(&mut self, serial: u64, request: StreamRequest) {
+        self.awaiting = Some(Box::new(Awaiting::Resume { serial, request }));
+    }
+
+    /// The parked subscription the bus answered, if `serial` is its ticket.
+    pub(crate) fn take_resume(&mut self, serial: u64) -> Option<StreamRequest> {
+        match self.awaiting.as_deref() {
+            Some(Awaiting::Resume { serial: s, .. }) if *s == serial => {}
+            _ => return None,
+        }
+        match self.awaiting.take().map(|a| *a) {
+            Some(Awaiting::Resume { request, .. }) => Some(request),
+            _ => None,
+        }
+    }
+
+    /// Refuses a subscription that could not start (its missed events could not be
+    /// fetched). The connection closes after the answer.
+    pub(crate) fn refuse_stream(&mut self, error: HttpError, request: &StreamRequest) {
+        self.refuse(error, &request.cors, false);
+    }
+
+    /// The bus answered the publish with ticket `serial`: queue its answer. Returns false
+    /// when the answer is not for this exchange (its slot was reused).
+    pub(crate) fn on_published(
+        &mut self,
+        serial: u64,
+        result: Result<crate::EventId, crate::PublishError>,
+    ) -> bool {
+        match self.awaiting.as_deref() {
+            Some(Awaiting::Publish { serial: s, .. }) if *s == serial => {}
+            _ => return false,
+        }
+        if let Some(Awaiting::Publish { reply, .. }) = self.awaiting.take().map(|a| *a) {
+            self.answer_publish(result, reply);
+        }
+        true
     }
 
     /// The connection's deadline passed: a request in progress gets 408; an idle
-    /// keep-alive connection, or one that does not read its answer, is just closed.
+    /// keep-alive connection, or one that does not read its answer, is just closed. A
+    /// request at the bus is waited for (the bus answers within its own timeouts).
     pub(crate) fn on_timeout(&mut self) -> Step {
+        if self.awaiting.is_some() {
+            return Step::Await;
+        }
         if self.is_idle() || !self.out.is_empty() {
             return Step::Close;
         }
@@ -242,6 +315,14 @@ impl Exchange {
     /// Decides the next step from the bytes received so far.
     pub(crate) fn step(&mut self, ctx: &RequestContext<'_>, info: &mut ConnInfo) -> Step {
         loop {
+            if self.awaiting.is_some() {
+                // Earlier answers go out while the bus works.
+                return if self.out.is_empty() {
+                    Step::Await
+                } else {
+                    Step::Write
+                };
+            }
             if self.close_after {
                 return if self.out.is_empty() {
                     Step::Linger
@@ -259,7 +340,7 @@ impl Exchange {
             let answered = self.out.len();
             match self.next_request(ctx, info) {
                 Step::Write if self.out.len() > answered => continue,
-                Step::Read if !self.out.is_empty() => return Step::Write,
+                Step::Read | Step::Await if !self.out.is_empty() => return Step::Write,
                 step => return step,
             }
         }
@@ -440,45 +521,70 @@ impl Exchange {
         let Some(body) = self.body.take() else {
             return Step::Read;
         };
-        let json = body.format == BodyFormat::Json;
-        let result = publish::parse_body(body.format, &body.query, &body.bytes).and_then(|event| {
-            let mut outgoing =
-                publish::prepare(&event, ctx.publish_limits).map_err(HttpError::Publish)?;
-            outgoing.origin = Some(ctx.loop_index);
-            if let Some(patterns) = &body.grant {
-                if !auth::allows_all(patterns, outgoing.topics.iter().map(|t| &**t)) {
-                    return Err(HttpError::Forbidden);
-                }
+        let reply = PublishReply {
+            json: body.format == BodyFormat::Json,
+            keep_alive: body.keep_alive,
+            cors: body.cors,
+        };
+        let event = match publish::parse_body(body.format, &body.query, &body.bytes) {
+            Ok(event) => event,
+            Err(error) => return self.refuse(error, &reply.cors, reply.keep_alive),
+        };
+        let outgoing = match publish::prepare(&event, ctx.publish_limits) {
+            Ok(outgoing) => outgoing,
+            Err(error) => {
+                return self.refuse(HttpError::Publish(error), &reply.cors, reply.keep_alive)
             }
-            ctx.bus.publish(outgoing).map_err(HttpError::Publish)
-        });
-        match result {
-            Ok(id) if json => {
-                let payload = serde_json::json!({ "id": id.as_str() }).to_string();
-                let bytes = answer::response(
-                    200,
-                    "application/json",
-                    &body.cors,
-                    payload.as_bytes(),
-                    body.keep_alive,
-                    false,
-                );
-                self.answer(bytes, body.keep_alive)
+        };
+        if let Some(patterns) = &body.grant {
+            if !auth::allows_all(patterns, outgoing.topics.iter().map(|t| &**t)) {
+                return self.refuse(HttpError::Forbidden, &reply.cors, reply.keep_alive);
             }
-            Ok(id) => {
-                let payload = format!("{id}\n");
-                let bytes = answer::response(
-                    200,
-                    "text/plain; charset=utf-8",
-                    &body.cors,
-                    payload.as_bytes(),
-                    body.keep_alive,
-                    false,
-                );
-                self.answer(bytes, body.keep_alive)
-            }
-            Err(error) => self.refuse(error, &body.cors, body.keep_alive),
         }
+        let serial = ctx.serials.fetch_add(1, Ordering::Relaxed);
+        let ticket = Ticket {
+            loop_index: ctx.loop_index,
+            conn: ctx.conn,
+            serial,
+        };
+        match ctx.bus.publish(outgoing, Some(ticket)) {
+            Submitted::Done(result) => self.answer_publish(result, reply),
+            Submitted::Pending => {
+                self.awaiting = Some(Box::new(Awaiting::Publish { serial, reply }));
+                Step::Await
+            }
+        }
+    }
+
+    /// Answers a publish with its id (plain text, or JSON for a JSON body) or the refusal.
+    fn answer_publish(
+        &mut self,
+        result: Result<crate::EventId, crate::PublishError>,
+        reply: PublishReply,
+    ) -> Step {
+        let id = match result {
+            Ok(id) => id,
+            Err(error) => {
+                return self.refuse(HttpError::Publish(error), &reply.cors, reply.keep_alive)
+            }
+        };
+        let (content_type, payload) = if reply.json {
+            (
+                "application/json",
+                serde_json::json!({ "id": id.as_str() }).to_string(),
+            )
+        } else {
+            ("text/plain; charset=utf-8", format!("{id}\n"))
+        };
+        let bytes = answer::response(
+            200,
+            content_type,
+            &reply.cors,
+            payload.as_bytes(),
+            reply.keep_alive,
+            false,
+        );
+        self.answer(bytes, reply.keep_alive)
     }
 }
 
@@ -566,6 +672,8 @@ mod tests {
             clients: &ClientTable::new(),
             render_metrics: &String::new,
             loop_index: 0,
+            conn: 0,
+            serials: &AtomicU64::new(1),
             subscribe_verifier: None,
             publish_verifier: None,
         };

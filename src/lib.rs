@@ -50,7 +50,7 @@ mod topic;
 
 use std::fmt;
 
-pub use config::{Config, ConfigError};
+pub use config::{BusKind, Config, ConfigError};
 pub use server::{Handle, Server};
 
 /// One event to publish: its topics, optional name, data and optional `retry:` hint.
@@ -133,6 +133,9 @@ pub enum PublishError {
     Busy,
     /// The server is shutting down.
     ShuttingDown,
+    /// The Redis bus cannot reach Redis (or Redis refused the event); retry shortly. The
+    /// event may or may not have been stored: a retry can deliver it twice, never zero times.
+    Unavailable,
 }
 
 impl PublishError {
@@ -148,6 +151,7 @@ impl PublishError {
             PublishError::TooLarge => "encoded event exceeds max_lag_bytes",
             PublishError::Busy => "event loops are saturated; retry shortly",
             PublishError::ShuttingDown => "server is shutting down",
+            PublishError::Unavailable => "redis is unavailable; retry shortly",
         }
     }
 }

@@ -155,6 +155,23 @@ struct ServeArgs {
         hide_env_values = true
     )]
     publish_key: Option<String>,
+    /// Where events go: embedded (one node) or redis (nodes sharing one Redis Stream; see README "Cluster"). [default: embedded]
+    #[arg(long, env = "HERALD_BUS", value_name = "BUS")]
+    bus: Option<herald::BusKind>,
+    /// Redis for --bus redis: redis://[user:password@]host:port/db. [default: redis://127.0.0.1:6379/0]
+    #[arg(
+        long,
+        env = "HERALD_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    redis_url: Option<String>,
+    /// Redis Stream every node appends to and reads. [default: herald]
+    #[arg(long, env = "HERALD_REDIS_STREAM", value_name = "NAME")]
+    redis_stream: Option<String>,
+    /// Approximate length the stream is trimmed to (XADD MAXLEN ~). 0: history-total-bytes / 1 KiB, at least history-events. [default: 0]
+    #[arg(long, env = "HERALD_REDIS_MAXLEN", value_name = "N")]
+    redis_maxlen: Option<usize>,
 }
 
 impl ServeArgs {
@@ -192,7 +209,11 @@ impl ServeArgs {
             shutdown_retry_window_ms,
             max_connections,
             max_connections_per_ip,
-            trusted_proxies
+            trusted_proxies,
+            bus,
+            redis_url,
+            redis_stream,
+            redis_maxlen
         );
         if self.publish_listen.is_some() {
             config.publish_listen = self.publish_listen;

@@ -137,6 +137,8 @@ pub(crate) struct Snapshot {
     pub events_published: u64,
     /// The connection limit in force.
     pub max_connections: u64,
+    /// The bus's own counters.
+    pub bus: crate::bus::BusStats,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -237,6 +239,38 @@ pub(crate) fn render(
         family(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {value}");
     }
+    if let Some(connected) = snapshot.bus.connected {
+        let redis: [(&str, &str, &str, u64); 4] = [
+            (
+                "herald_redis_connected",
+                "gauge",
+                "Whether this node's stream reader is connected to Redis (1) or retrying (0).",
+                u64::from(connected),
+            ),
+            (
+                "herald_redis_reconnects_total",
+                "counter",
+                "Times the stream reader connected again after losing Redis.",
+                snapshot.bus.reconnects,
+            ),
+            (
+                "herald_redis_entries_skipped_total",
+                "counter",
+                "Stream entries skipped as malformed (no valid topic, bad event name, non-UTF-8 or oversized data, unorderable id).",
+                snapshot.bus.skipped,
+            ),
+            (
+                "herald_redis_backfills_total",
+                "counter",
+                "Resumes served with events fetched from the stream (XRANGE).",
+                snapshot.bus.backfills,
+            ),
+        ];
+        for (name, kind, help, value) in redis {
+            family(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
     family(
         &mut out,
         "herald_connections_refused_total",
@@ -322,11 +356,18 @@ mod tests {
             &Snapshot {
                 events_published: 3,
                 max_connections: 10,
+                bus: crate::bus::BusStats {
+                    connected: Some(true),
+                    reconnects: 2,
+                    ..Default::default()
+                },
             },
         );
         for line in [
             "herald_deliveries_total 7",
             "herald_events_published_total 3",
+            "herald_redis_connected 1",
+            "herald_redis_reconnects_total 2",
             "herald_http_refusals_total{status=\"404\"} 1",
             "herald_loop_turn_seconds_bucket{le=\"0.0001\"} 1",
             "herald_loop_turn_seconds_bucket{le=\"0.25\"} 1",

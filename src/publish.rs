@@ -256,7 +256,6 @@ pub(crate) fn prepare(event: &Event, limits: PublishLimits) -> Result<Outgoing<'
         name: event.name.as_deref(),
         data: &event.data,
         retry_ms: event.retry_ms,
-        origin: None,
     })
 }
 

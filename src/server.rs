@@ -3,15 +3,16 @@
 //! own thread, and hands out [`Handle`]s.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::auth::Verifier;
 use crate::bus::embedded::EmbeddedBus;
-use crate::bus::{Bus, Fanout};
+use crate::bus::redis::{RedisBus, RedisSettings};
+use crate::bus::{Bus, Fanout, Submitted};
 use crate::client::{Cidr, ClientTable};
-use crate::config::Config;
+use crate::config::{BusKind, Config};
 use crate::event_loop::{EventLoop, ListenerSlot, WAKER};
 use crate::http::route::Listener;
 use crate::metrics::{self, LoopStats, Metrics};
@@ -30,6 +31,8 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// Per-loop counters.
     pub loop_stats: Vec<Arc<LoopStats>>,
+    /// Serials of the tickets of requests the bus answers later.
+    pub serials: AtomicU64,
     /// Admitted connections across all loops.
     pub connections: AtomicUsize,
     /// The connection limit in force.
@@ -51,11 +54,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// Publish limits derived from the config.
     pub(crate) fn publish_limits(&self) -> PublishLimits {
-        PublishLimits {
-            topics_max: self.config.max_topics_per_subscription,
-            topic_bytes_max: self.config.max_topic_bytes,
-            frame_bytes_max: self.config.max_lag_bytes,
-        }
+        publish_limits(&self.config)
     }
 
     /// The `/metrics` page.
@@ -63,6 +62,7 @@ impl Shared {
         let snapshot = metrics::Snapshot {
             events_published: self.bus.published(),
             max_connections: self.max_connections as u64,
+            bus: self.bus.stats(),
         };
         metrics::render(&self.loop_stats, &self.metrics, &snapshot)
     }
@@ -85,6 +85,15 @@ impl Shared {
                 log::warn!("could not wake an event loop for shutdown: {error}");
             }
         }
+    }
+}
+
+/// The checks every publish gets, from the config.
+fn publish_limits(config: &Config) -> PublishLimits {
+    PublishLimits {
+        topics_max: config.max_topics_per_subscription,
+        topic_bytes_max: config.max_topic_bytes,
+        frame_bytes_max: config.max_lag_bytes,
     }
 }
 
@@ -172,9 +181,26 @@ impl Server {
             .collect();
         let subscribe_verifier = config.subscribe_key.as_deref().map(Verifier::new);
         let publish_verifier = config.publish_key.as_deref().map(Verifier::new);
+        let bus: Box<dyn Bus> = match config.bus {
+            BusKind::Embedded => Box::new(EmbeddedBus::new(fanout)),
+            BusKind::Redis => {
+                let settings = RedisSettings {
+                    url: config.redis_url.clone(),
+                    stream: config.redis_stream.clone(),
+                    maxlen: config.effective_redis_maxlen(),
+                    limits: publish_limits(&config),
+                    data_bytes_max: config.max_publish_bytes,
+                };
+                Box::new(
+                    RedisBus::start(fanout, settings)
+                        .map_err(io_error("cannot start the redis bus"))?,
+                )
+            }
+        };
         let shared = Arc::new(Shared {
             config,
-            bus: Box::new(EmbeddedBus::new(fanout)),
+            bus,
+            serials: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             max_connections,
             trusted_proxies,
@@ -256,9 +282,16 @@ impl Drop for Server {
 
 impl Handle {
     /// Publishes an event to its topics and returns the id subscribers will see.
+    ///
+    /// With the Redis bus this waits for Redis to store the event (a round trip), and
+    /// fails with [`PublishError::Unavailable`] while Redis cannot be reached.
     pub fn publish(&self, event: &Event) -> Result<EventId, PublishError> {
         let outgoing = publish::prepare(event, self.shared.publish_limits())?;
-        self.shared.bus.publish(outgoing)
+        match self.shared.bus.publish(outgoing, None) {
+            Submitted::Done(result) => result,
+            // Without a ticket a bus answers at once; this arm only keeps the match whole.
+            Submitted::Pending => Err(PublishError::Unavailable),
+        }
     }
 
     /// Live counters, summed over the event loops.

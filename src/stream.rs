@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::io::IoSlice;
 
-use crate::bus::{Bus, Resume};
+use crate::bus::{Backfill, Bus, Resume};
 use crate::config::Config;
 use crate::conn::StreamRequest;
 use crate::http::answer;
@@ -104,40 +104,62 @@ pub(crate) struct StreamStart {
     pub cursor: Seq,
     /// Evictions up to here are covered by the gap event (if any).
     pub gap_floor: Seq,
+    /// The backfill stopped at its byte budget: after the preamble the stream closes with
+    /// a short `retry:` so the client resumes from the last event it got.
+    pub partial: bool,
 }
 
-/// Decides a new stream's cursor and preamble from its Last-Event-ID.
+/// Decides a new stream's cursor and preamble from its Last-Event-ID, and from the
+/// events the bus fetched for it when the rings no longer had them.
 pub(crate) fn start_stream(
     request: &StreamRequest,
     topics: Box<[StreamTopic]>,
     table: &Topics,
     bus: &dyn Bus,
     config: &Config,
+    backfill: Option<Backfill>,
 ) -> StreamStart {
     let mut preamble = answer::stream_head(&request.cors);
     preamble.extend_from_slice(&sse::encode_retry(config.retry_ms));
+    let id = request.last_event_id.as_deref().unwrap_or("");
     let evicted_max = topics
         .iter()
         .filter_map(|t| table.get(t.id))
         .map(|t| t.ring.evicted_max())
         .max()
         .unwrap_or(0);
-    let (cursor, gap) = match request.last_event_id.as_deref() {
-        None => (table.head_seq(), false),
-        Some(id) => match bus.resume_point(id) {
+    let (cursor, gap) = match (&backfill, request.last_event_id.as_deref()) {
+        (Some(backfill), _) => {
+            if backfill.gap {
+                preamble.extend_from_slice(&sse::encode_gap(&config.gap_event, id));
+            }
+            preamble.extend_from_slice(&backfill.frames);
+            (
+                backfill.through,
+                backfill.complete && backfill.through < evicted_max,
+            )
+        }
+        (None, None) => (table.head_seq(), false),
+        (None, Some(id)) => match bus.resume_point(id) {
             Resume::After(seq) => (seq, seq < evicted_max),
             Resume::Unknown => (0, true),
         },
     };
     if gap {
-        let id = request.last_event_id.as_deref().unwrap_or("");
         preamble.extend_from_slice(&sse::encode_gap(&config.gap_event, id));
     }
+    let partial = backfill.is_some_and(|b| !b.complete);
     StreamStart {
         topics,
         preamble,
         cursor,
-        gap_floor: if gap { evicted_max } else { 0 },
+        // A partial stream sends nothing from the rings, so no eviction concerns it.
+        gap_floor: match (partial, gap) {
+            (true, _) => Seq::MAX,
+            (false, true) => evicted_max,
+            (false, false) => 0,
+        },
+        partial,
     }
 }
 
@@ -463,6 +485,7 @@ mod tests {
                 preamble: b"HEAD".to_vec(),
                 cursor: 0,
                 gap_floor: 0,
+                partial: false,
             },
             0,
         );
@@ -509,6 +532,7 @@ mod tests {
                 preamble: Vec::new(),
                 cursor: 0,
                 gap_floor: 0,
+                partial: false,
             },
             0,
         );

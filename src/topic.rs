@@ -106,9 +106,16 @@ impl Topics {
     }
 
     /// Looks up a topic without creating it.
-    #[cfg(test)]
     pub(crate) fn find(&self, name: &str) -> Option<TopicId> {
         self.by_name.get(name).copied()
+    }
+
+    /// Highest sequence number a topic named `name` has forgotten, whether it exists or
+    /// would be created now.
+    pub(crate) fn evicted_max(&self, name: &str) -> Seq {
+        self.find(name)
+            .and_then(|id| self.get(id))
+            .map_or(self.forgotten_max, |topic| topic.ring.evicted_max())
     }
 
     /// Highest sequence number appended on this loop.

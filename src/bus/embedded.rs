@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Bus, Fanout, Outgoing, Published, Resume};
+use super::{
+    BackfillRequest, Bus, BusStats, Fanout, Outgoing, Published, Resume, Submitted, Ticket,
+};
 use crate::ring::Seq;
 use crate::sse::{encode_event, EventFields};
 use crate::{EventId, PublishError};
@@ -42,8 +44,8 @@ impl EmbeddedBus {
     }
 }
 
-impl Bus for EmbeddedBus {
-    fn publish(&self, event: Outgoing<'_>) -> Result<EventId, PublishError> {
+impl EmbeddedBus {
+    fn publish_now(&self, event: Outgoing<'_>) -> Result<EventId, PublishError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(PublishError::ShuttingDown);
         }
@@ -65,16 +67,22 @@ impl Bus for EmbeddedBus {
         if !self.fanout.has_room(frame.len()) {
             return Err(PublishError::Busy);
         }
-        let origin = event.origin;
         let item = Arc::new(Published {
             seq,
             topics: event.topics.into_boxed_slice(),
             frame,
         });
-        self.fanout.deliver(&item, origin);
+        self.fanout.deliver(&item);
         *last = seq;
         self.published.store(seq, Ordering::Release);
         Ok(EventId(id))
+    }
+}
+
+impl Bus for EmbeddedBus {
+    /// Always answers at once: ids come from memory.
+    fn publish(&self, event: Outgoing<'_>, _ticket: Option<Ticket>) -> Submitted {
+        Submitted::Done(self.publish_now(event))
     }
 
     fn resume_point(&self, last_event_id: &str) -> Resume {
@@ -90,8 +98,26 @@ impl Bus for EmbeddedBus {
         Resume::After(seq)
     }
 
+    /// Every event of this run reaches the loops.
+    fn reach_floor(&self) -> Option<Seq> {
+        Some(0)
+    }
+
+    /// The rings are the only history.
+    fn can_backfill(&self) -> bool {
+        false
+    }
+
+    fn backfill(&self, _request: BackfillRequest, _ticket: Ticket) -> Result<(), PublishError> {
+        Err(PublishError::Unavailable)
+    }
+
     fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
+    }
+
+    fn stats(&self) -> BusStats {
+        BusStats::default()
     }
 
     fn close(&self) {
@@ -110,15 +136,14 @@ mod tests {
             name: None,
             data,
             retry_ms: None,
-            origin: None,
         }
     }
 
     #[test]
     fn ids_increase_and_resume_recognises_epoch() {
         let bus = EmbeddedBus::new(Fanout::new());
-        let first = bus.publish(outgoing("a")).unwrap();
-        let second = bus.publish(outgoing("b")).unwrap();
+        let first = bus.publish_now(outgoing("a")).unwrap();
+        let second = bus.publish_now(outgoing("b")).unwrap();
         assert_eq!(bus.resume_point(first.as_str()), Resume::After(1));
         assert_eq!(bus.resume_point(second.as_str()), Resume::After(2));
         assert_eq!(bus.resume_point(&bus.format_id(3)), Resume::Unknown);
@@ -126,7 +151,10 @@ mod tests {
         assert_eq!(bus.resume_point("nonsense"), Resume::Unknown);
         assert_eq!(bus.resume_point(""), Resume::Unknown);
         bus.close();
-        assert_eq!(bus.publish(outgoing("c")), Err(PublishError::ShuttingDown));
+        assert_eq!(
+            bus.publish(outgoing("c"), None),
+            Submitted::Done(Err(PublishError::ShuttingDown))
+        );
         assert_eq!(bus.published(), 2);
     }
 }

@@ -3,11 +3,14 @@
 //! A [`Bus`] assigns each event its id, encodes it once into a frame, and hands the same
 //! `Arc<Published>` to every loop's inbox through [`Fanout`], in id order. Publishers (HTTP
 //! handlers on any loop, library handles on any thread) only ever call the bus; loops only
-//! ever read their inbox. The embedded bus is the default; a Redis bus plugs in here.
+//! ever read their inbox. The embedded bus is the default; the Redis bus (`redis.rs`)
+//! answers publishes and resume backfills from its own threads, through each loop's
+//! completion queue.
 
 pub(crate) mod embedded;
+pub(crate) mod redis;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -37,10 +40,68 @@ pub(crate) struct Published {
 /// What a loop's inbox carries.
 pub(crate) type InboxItem = Arc<Published>;
 
-/// A loop's receiving end.
+/// Which request of which connection a bus answer is for. A connection has at most one
+/// request at the bus; `serial` tells a slot reused by a later connection apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket {
+    /// The loop that owns the connection.
+    pub loop_index: usize,
+    /// The connection's slab key.
+    pub conn: usize,
+    /// Unique per request across the server.
+    pub serial: u64,
+}
+
+/// What `Bus::publish` did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Submitted {
+    /// Answered at once.
+    Done(Result<EventId, PublishError>),
+    /// The answer comes later as a [`Completion`] for the ticket.
+    Pending,
+}
+
+/// Events a resuming subscriber missed, fetched from the bus's shared log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Backfill {
+    /// Encoded frames of the subscriber's topics, in id order.
+    pub frames: Vec<u8>,
+    /// Events after the client's id were trimmed from the log before it could be read.
+    pub gap: bool,
+    /// Every event up to here is in `frames` or is not for these topics.
+    pub through: Seq,
+    /// `through` reached the requested end; otherwise the byte budget ran out first.
+    pub complete: bool,
+}
+
+/// A resume older than a loop's rings: fetch the events in `(after, until]`.
+#[derive(Debug)]
+pub(crate) struct BackfillRequest {
+    /// The client's Last-Event-ID, as a sequence number.
+    pub after: Seq,
+    /// Events above this are in (or on their way to) the loop's rings.
+    pub until: Seq,
+    /// The subscription's topics.
+    pub topics: Vec<String>,
+    /// Stop adding frames past this many bytes.
+    pub bytes_max: usize,
+}
+
+/// A bus answer to a request a connection is waiting on.
+#[derive(Debug)]
+pub(crate) enum Completion {
+    /// The publish was stored (its id) or refused.
+    Published(Ticket, Result<EventId, PublishError>),
+    /// The backfill, or why it could not be fetched.
+    Backfilled(Ticket, Result<Backfill, PublishError>),
+}
+
+/// A loop's receiving end: published events, and answers to its connections' requests.
 pub(crate) struct Inbox {
     rx: Receiver<InboxItem>,
+    done: Receiver<Completion>,
     bytes: Arc<AtomicUsize>,
+    parked: Arc<AtomicBool>,
 }
 
 impl Inbox {
@@ -50,12 +111,48 @@ impl Inbox {
         self.bytes.fetch_sub(item.frame.len(), Ordering::Relaxed);
         Some(item)
     }
+
+    /// Takes the next completion, if any.
+    pub(crate) fn try_completion(&self) -> Option<Completion> {
+        self.done.try_recv().ok()
+    }
+
+    /// Called before the loop blocks in `poll`: from here on senders wake it. Returns
+    /// false (and stays awake) when something arrived meanwhile. Senders push, then check
+    /// the flag; the loop sets the flag, then checks the queues; with both sequentially
+    /// consistent, one of them sees the other, so nothing waits for an unrelated wake-up.
+    pub(crate) fn park(&self) -> bool {
+        self.parked.store(true, Ordering::SeqCst);
+        if self.rx.is_empty() && self.done.is_empty() {
+            return true;
+        }
+        self.parked.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// Called when `poll` returns: the loop is running and will look at its queues.
+    pub(crate) fn unpark(&self) {
+        self.parked.store(false, Ordering::Relaxed);
+    }
 }
 
 struct Link {
     tx: Sender<InboxItem>,
+    done: Sender<Completion>,
     bytes: Arc<AtomicUsize>,
+    parked: Arc<AtomicBool>,
     waker: Arc<mio::Waker>,
+}
+
+impl Link {
+    /// Wakes the loop if it is (about to be) blocked in `poll`.
+    fn nudge(&self) {
+        if self.parked.swap(false, Ordering::SeqCst) {
+            if let Err(error) = self.waker.wake() {
+                log::warn!("could not wake an event loop: {error}");
+            }
+        }
+    }
 }
 
 /// The senders to every loop's inbox. Callers serialise `deliver` calls (the bus holds a
@@ -73,13 +170,24 @@ impl Fanout {
     /// Creates an inbox for a loop woken by `waker`.
     pub(crate) fn add_loop(&mut self, waker: Arc<mio::Waker>) -> Inbox {
         let (tx, rx) = crossbeam_channel::bounded(INBOX_EVENTS_MAX);
+        // Unbounded in type only: each completion answers one request a bus accepted into
+        // its bounded queues, so at most that many are ever here.
+        let (done, done_rx) = crossbeam_channel::unbounded();
         let bytes = Arc::new(AtomicUsize::new(0));
+        let parked = Arc::new(AtomicBool::new(false));
         self.links.push(Link {
             tx,
+            done,
             bytes: bytes.clone(),
+            parked: parked.clone(),
             waker,
         });
-        Inbox { rx, bytes }
+        Inbox {
+            rx,
+            done: done_rx,
+            bytes,
+            parked,
+        }
     }
 
     /// Whether every inbox can take a frame of `len` bytes. Only the serialised publisher
@@ -91,23 +199,32 @@ impl Fanout {
         })
     }
 
-    /// Hands an event to every loop, waking a loop only when its inbox was empty (a loop
-    /// drains its inbox to empty, or notes that it stopped early, before it sleeps).
-    pub(crate) fn deliver(&self, item: &InboxItem, origin: Option<usize>) {
-        for (index, link) in self.links.iter().enumerate() {
-            let was_empty = link.tx.is_empty();
+    /// Hands an event to every loop, waking only loops that are blocked in `poll` (a
+    /// running loop looks at its inbox before it blocks; see [`Inbox::park`]).
+    pub(crate) fn deliver(&self, item: &InboxItem) {
+        for link in &self.links {
             link.bytes.fetch_add(item.frame.len(), Ordering::Relaxed);
             if link.tx.try_send(item.clone()).is_err() {
-                // has_room was checked under the same lock; only a loop that has exited
-                // (shutdown) disconnects.
+                // has_room was checked by the one serialised deliverer; only a loop that
+                // has exited (shutdown) disconnects.
                 link.bytes.fetch_sub(item.frame.len(), Ordering::Relaxed);
                 continue;
             }
-            if was_empty && origin != Some(index) {
-                if let Err(error) = link.waker.wake() {
-                    log::warn!("could not wake an event loop: {error}");
-                }
-            }
+            link.nudge();
+        }
+    }
+
+    /// Hands a completion to the loop its ticket names.
+    pub(crate) fn complete(&self, completion: Completion) {
+        let ticket = match &completion {
+            Completion::Published(ticket, _) | Completion::Backfilled(ticket, _) => *ticket,
+        };
+        let Some(link) = self.links.get(ticket.loop_index) else {
+            return;
+        };
+        // Fails only when the loop has exited, and its connections with it.
+        if link.done.send(completion).is_ok() {
+            link.nudge();
         }
     }
 
@@ -138,19 +255,41 @@ pub(crate) struct Outgoing<'a> {
     pub data: &'a str,
     /// Optional `retry:` hint.
     pub retry_ms: Option<u32>,
-    /// The loop publishing it, if any: it drains its own inbox later in the same turn,
-    /// so it needs no wake-up.
-    pub origin: Option<usize>,
+}
+
+/// Rare-event counters of a bus, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BusStats {
+    /// Whether the bus's reader is connected to its log (`None`: the bus has none).
+    pub connected: Option<bool>,
+    /// Times the reader connected again after losing its connection.
+    pub reconnects: u64,
+    /// Log entries no loop received because they were malformed.
+    pub skipped: u64,
+    /// Resumes served from the log.
+    pub backfills: u64,
 }
 
 /// The event source every loop reads from.
 pub(crate) trait Bus: Send + Sync {
-    /// Assigns an id, encodes the event and delivers it to every loop.
-    fn publish(&self, event: Outgoing<'_>) -> Result<EventId, PublishError>;
+    /// Assigns an id, encodes the event and delivers it to every loop. With a `ticket`,
+    /// the bus may answer later through the ticket's loop; without one it answers now,
+    /// blocking the calling thread if it must.
+    fn publish(&self, event: Outgoing<'_>, ticket: Option<Ticket>) -> Submitted;
     /// Interprets a client's Last-Event-ID.
     fn resume_point(&self, last_event_id: &str) -> Resume;
-    /// Events published since start.
+    /// Every event above this sequence number reaches the loops' inboxes; the ones at or
+    /// below it never did. `None` while unknown (the bus is not connected yet).
+    fn reach_floor(&self) -> Option<Seq>;
+    /// Whether `backfill` can fetch events the loops never had or already evicted.
+    fn can_backfill(&self) -> bool;
+    /// Fetches the events of a resume older than a loop's rings; answers with
+    /// [`Completion::Backfilled`], or refuses now when its queue is full.
+    fn backfill(&self, request: BackfillRequest, ticket: Ticket) -> Result<(), PublishError>;
+    /// Events handed to the loops since start.
     fn published(&self) -> u64;
+    /// Counters for `/metrics`.
+    fn stats(&self) -> BusStats;
     /// Refuses further publishes.
     fn close(&self);
 }

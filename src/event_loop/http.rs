@@ -31,6 +31,7 @@ impl EventLoop {
         topic_limits: TopicLimits,
         render_metrics: &'s dyn Fn() -> String,
         loop_index: usize,
+        conn: usize,
     ) -> RequestContext<'s> {
         RequestContext {
             config: &shared.config,
@@ -42,6 +43,8 @@ impl EventLoop {
             clients: &shared.clients,
             render_metrics,
             loop_index,
+            conn,
+            serials: &shared.serials,
             subscribe_verifier: shared.subscribe_verifier.as_ref(),
             publish_verifier: shared.publish_verifier.as_ref(),
         }
@@ -57,6 +60,7 @@ impl EventLoop {
             self.topic_limits,
             &render_metrics,
             self.index,
+            key,
         );
         for _ in 0..HTTP_ROUNDS_MAX {
             let Some(Connection {
@@ -136,6 +140,8 @@ impl EventLoop {
                 Step::Subscribe(request) => return self.open_stream(key, request),
                 Step::Linger => return self.linger(key),
                 Step::Close => return self.close(key),
+                // A completion from the bus drives the connection again.
+                Step::Await => return,
             }
         }
         self.read_next.push(key);

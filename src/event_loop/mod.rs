@@ -20,7 +20,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::bus::Inbox;
+use crate::bus::{Backfill, BackfillRequest, Completion, Inbox, Resume, Ticket};
 use crate::conn::{ConnInfo, Exchange, RequestContext, Step, StreamRequest};
 use crate::http::answer::HttpError;
 use crate::http::route::{Listener, RouteConfig, TopicLimits};
@@ -30,6 +30,7 @@ use crate::socket::{self, IoOutcome};
 use crate::stream::{self, Flushed, Stream, StreamEnd, StreamTopic};
 use crate::timer::{TimerHandle, TimerWheel};
 use crate::topic::{HistoryLimits, SubscriberRef, TopicId, Topics};
+use crate::PublishError;
 
 /// Token of the loop's waker.
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -237,7 +238,15 @@ impl EventLoop {
             } else {
                 None
             };
-            if let Err(error) = self.poll.poll(&mut events, timeout) {
+            // A loop about to block tells the bus to wake it; one with work left stays awake.
+            let timeout = if timeout == Some(Duration::ZERO) || self.inbox.park() {
+                timeout
+            } else {
+                Some(Duration::ZERO)
+            };
+            let polled = self.poll.poll(&mut events, timeout);
+            self.inbox.unpark();
+            if let Err(error) = polled {
                 if error.kind() != std::io::ErrorKind::Interrupted {
                     log::error!("poll failed, stopping this event loop: {error}");
                     return;
@@ -268,6 +277,7 @@ impl EventLoop {
             for key in std::mem::take(&mut self.read_next) {
                 self.on_ready(key, false);
             }
+            self.drain_completions();
             self.drain_inbox();
             self.fan_out();
             self.publish_stats();

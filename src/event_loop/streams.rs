@@ -6,9 +6,123 @@ use std::time::Duration;
 
 use super::*;
 
+/// The `retry:` a stream gets when its backfill was cut at the byte budget: the client
+/// comes straight back for the rest.
+const PARTIAL_BACKFILL_RETRY_MS: u32 = 100;
+
 impl EventLoop {
-    /// Turns an HTTP connection into an event stream and sends its first bytes.
+    /// Starts a subscription: at once, or, when it resumes from before what this loop's
+    /// rings hold and the bus keeps a log, once the bus has fetched the missed events.
     pub(super) fn open_stream(&mut self, key: usize, request: StreamRequest) {
+        let fetch = match self.backfill_request(&request) {
+            None => return self.start_stream(key, request, None),
+            Some(fetch) => fetch,
+        };
+        let serial = self.shared.serials.fetch_add(1, Ordering::Relaxed);
+        let ticket = Ticket {
+            loop_index: self.index,
+            conn: key,
+            serial,
+        };
+        let submitted = fetch.and_then(|fetch| {
+            self.shared
+                .bus
+                .backfill(fetch, ticket)
+                .map_err(|error| match error {
+                    PublishError::Busy => HttpError::ResumeBusy,
+                    other => HttpError::Publish(other),
+                })
+        });
+        let Some(Connection {
+            state: ConnState::Http(exchange),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
+        };
+        match submitted {
+            Ok(()) => exchange.await_resume(serial, request),
+            Err(error) => {
+                exchange.refuse_stream(error, &request);
+                self.drive_http(key);
+            }
+        }
+    }
+
+    /// What to fetch from the bus for a resume this loop's rings cannot serve: the events
+    /// after the client's id up to where the rings (or the bus's reach) begin. `None`
+    /// when the rings suffice; an error when the bus cannot tell yet.
+    fn backfill_request(
+        &self,
+        request: &StreamRequest,
+    ) -> Option<Result<BackfillRequest, HttpError>> {
+        let bus = &*self.shared.bus;
+        if !bus.can_backfill() {
+            return None;
+        }
+        let Resume::After(after) = bus.resume_point(request.last_event_id.as_deref()?) else {
+            return None; // Not an id of this bus: the gap event, as always.
+        };
+        let Some(reach) = bus.reach_floor() else {
+            return Some(Err(HttpError::Publish(PublishError::Unavailable)));
+        };
+        let evicted = request
+            .topics
+            .iter()
+            .map(|name| self.topics.evicted_max(name))
+            .max()
+            .unwrap_or(0);
+        let until = reach.max(evicted);
+        (after < until).then(|| {
+            Ok(BackfillRequest {
+                after,
+                until,
+                topics: request.topics.clone(),
+                bytes_max: self.shared.config.max_lag_bytes,
+            })
+        })
+    }
+
+    /// Answers the bus's completions: publish answers and fetched resumes.
+    pub(super) fn drain_completions(&mut self) {
+        while let Some(completion) = self.inbox.try_completion() {
+            match completion {
+                Completion::Published(ticket, result) => {
+                    if let Some(Connection {
+                        state: ConnState::Http(exchange),
+                        ..
+                    }) = self.conns.get_mut(ticket.conn)
+                    {
+                        if exchange.on_published(ticket.serial, result) {
+                            self.drive_http(ticket.conn);
+                        }
+                    }
+                }
+                Completion::Backfilled(ticket, result) => {
+                    let Some(Connection {
+                        state: ConnState::Http(exchange),
+                        ..
+                    }) = self.conns.get_mut(ticket.conn)
+                    else {
+                        continue;
+                    };
+                    let Some(request) = exchange.take_resume(ticket.serial) else {
+                        continue;
+                    };
+                    match result {
+                        Ok(backfill) => self.start_stream(ticket.conn, request, Some(backfill)),
+                        Err(error) => {
+                            exchange.refuse_stream(HttpError::Publish(error), &request);
+                            self.drive_http(ticket.conn);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Turns an HTTP connection into an event stream and sends its first bytes.
+    fn start_stream(&mut self, key: usize, request: StreamRequest, backfill: Option<Backfill>) {
         let topics: Box<[StreamTopic]> = request
             .topics
             .iter()
@@ -29,8 +143,13 @@ impl EventLoop {
             &self.topics,
             &*self.shared.bus,
             &self.shared.config,
+            backfill,
         );
+        let partial = start.partial;
         let mut stream = Stream::new(start, self.now_ms());
+        if partial {
+            stream.close_with_hint(PARTIAL_BACKFILL_RETRY_MS);
+        }
         let lifetime_ms = self.shared.config.max_stream_lifetime_ms;
         if lifetime_ms != 0 {
             // Between 90 % and 100 % of the configured lifetime.

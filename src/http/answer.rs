@@ -64,6 +64,8 @@ pub(crate) enum HttpError {
     ServerFull,
     /// The client address holds `max_connections_per_ip`.
     TooManyFromClient,
+    /// A resume needs events from the Redis stream and too many such fetches are queued.
+    ResumeBusy,
 }
 
 impl HttpError {
@@ -106,12 +108,18 @@ impl HttpError {
             HttpError::TooManyTopics => (400, PublishError::TooManyTopics.reason()),
             HttpError::BadPublish(reason) => (400, reason),
             HttpError::ServerFull => (503, "server is at max_connections; retry later"),
+            HttpError::ResumeBusy => (
+                503,
+                "too many resumes are being fetched from redis; retry shortly",
+            ),
             HttpError::TooManyFromClient => {
                 (429, "too many connections from this address (max_connections_per_ip)")
             }
             HttpError::Publish(error) => (
                 match error {
-                    PublishError::Busy | PublishError::ShuttingDown => 503,
+                    PublishError::Busy
+                    | PublishError::ShuttingDown
+                    | PublishError::Unavailable => 503,
                     PublishError::TooLarge => 413,
                     _ => 400,
                 },
@@ -218,9 +226,9 @@ pub(crate) fn refusal(error: HttpError, cors: &str, keep_alive: bool) -> Vec<u8>
         HttpError::Unauthorized | HttpError::SubscribeUnauthorized => {
             extra.push_str("WWW-Authenticate: Bearer\r\n")
         }
-        HttpError::Publish(PublishError::Busy) | HttpError::TooManyFromClient => {
-            extra.push_str("Retry-After: 1\r\n")
-        }
+        HttpError::Publish(PublishError::Busy | PublishError::Unavailable)
+        | HttpError::TooManyFromClient
+        | HttpError::ResumeBusy => extra.push_str("Retry-After: 1\r\n"),
         HttpError::ServerFull => extra.push_str("Retry-After: 5\r\n"),
         _ => {}
     }

@@ -1,0 +1,909 @@
+//! The Redis Streams bus: every node appends to one stream and reads it back, so event
+//! ids (stream entry ids) and their order are the same on every node.
+//!
+//! Three threads per node, each with its own connection, so the event loops never wait on
+//! Redis:
+//! - the writer takes publishes from a bounded queue and sends each batch as one pipeline
+//!   of `XADD <stream> MAXLEN ~ <n> * ...`; every publisher is answered with its entry id,
+//!   or refused, only once Redis replied;
+//! - the reader runs a blocking `XREAD` after the last id it saw, encodes each entry's
+//!   frame once and hands it to every loop in stream order. After losing Redis it
+//!   reconnects with capped backoff and continues after that id, so nothing that reached
+//!   the stream is skipped;
+//! - the backfiller answers resumes older than a loop's rings with `XRANGE`.
+//!
+//! Entry format, for herald and for any application that appends directly:
+//! `topic` (one name or several separated by `,`; the field may repeat), `data` (UTF-8),
+//! optional `event` (the SSE event name) and `retry` (milliseconds). Other fields are
+//! ignored. An entry that fails the checks a publish gets is skipped by every node alike.
+//!
+//! A stream id `<ms>-<n>` maps to the loops' sequence number `ms << 22 | n`, which keeps
+//! the order; ids outside `ms < 2^42`, `n < 2^22` (never produced by `XADD *`) are skipped.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use redis::{ConnectionLike, Value};
+
+use super::{
+    Backfill, BackfillRequest, Bus, BusStats, Completion, Fanout, Outgoing, Published, Resume,
+    Submitted, Ticket,
+};
+use crate::publish::{self, PublishLimits};
+use crate::ring::Seq;
+use crate::sse::{encode_event, EventFields};
+use crate::{Event, EventId, PublishError};
+
+/// Publishes waiting for the writer. Past this a publish gets 503 at once: Redis is
+/// slower than the publishers, and queueing more would only add latency and memory.
+const WRITE_QUEUE_MAX: usize = 4_096;
+/// `XADD`s sent in one pipeline: one round trip for a burst, bounded reply memory.
+const WRITE_BATCH_MAX: usize = 256;
+/// Resumes waiting for the backfiller; past this a resume gets 503 and retries.
+const BACKFILL_QUEUE_MAX: usize = 1_024;
+/// Entries one `XREAD` or `XRANGE` returns, bounding the reply held in memory.
+const READ_COUNT_MAX: usize = 512;
+/// How long one `XREAD` blocks: also how soon the reader notices a shutdown.
+const READ_BLOCK: Duration = Duration::from_millis(1_000);
+/// Time to open a connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Time Redis has to answer one command (the reader adds `READ_BLOCK`).
+const IO_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// First and largest wait between reconnection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_millis(2_000);
+/// How long a library `Handle::publish` waits for Redis before giving up with
+/// `Unavailable` (the writer's own timeouts answer well before this).
+const HANDLE_WAIT: Duration = Duration::from_millis(10_000);
+/// Bits of a sequence number that hold the entry's per-millisecond counter.
+const SEQ_BITS: u32 = 22;
+
+/// The sequence number of stream id `ms-n`, if it fits.
+pub(crate) fn pack(ms: u64, n: u64) -> Option<Seq> {
+    (ms >> (64 - SEQ_BITS) == 0 && n >> SEQ_BITS == 0).then_some(ms << SEQ_BITS | n)
+}
+
+/// The stream id of a sequence number.
+pub(crate) fn format_id(seq: Seq) -> String {
+    format!("{}-{}", seq >> SEQ_BITS, seq & ((1 << SEQ_BITS) - 1))
+}
+
+/// Parses a full stream id `ms-n`.
+pub(crate) fn parse_id(text: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(text).ok()?;
+    let (ms, n) = text.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(ms) || !digits(n) {
+        return None;
+    }
+    Some((ms.parse().ok()?, n.parse().ok()?))
+}
+
+/// What the bus's threads share.
+struct Core {
+    client: redis::Client,
+    stream: String,
+    maxlen: usize,
+    limits: PublishLimits,
+    data_bytes_max: usize,
+    fanout: Fanout,
+    closed: AtomicBool,
+    /// The stream's last id when the reader first connected (`u64::MAX`: not yet).
+    floor: AtomicU64,
+    delivered: AtomicU64,
+    connected: AtomicBool,
+    reconnects: AtomicU64,
+    skipped: AtomicU64,
+    backfills: AtomicU64,
+}
+
+/// Where a publish's answer goes.
+enum Reply {
+    /// A connection on a loop.
+    Loop(Ticket),
+    /// A thread blocked in `Handle::publish`.
+    Wait(Sender<Result<EventId, PublishError>>),
+}
+
+struct WriteJob {
+    topics: Vec<Box<str>>,
+    name: Option<String>,
+    data: String,
+    retry_ms: Option<u32>,
+    reply: Reply,
+}
+
+struct BackfillJob {
+    request: BackfillRequest,
+    ticket: Ticket,
+}
+
+/// A bus over one Redis Stream.
+pub(crate) struct RedisBus {
+    core: Arc<Core>,
+    writes: Sender<WriteJob>,
+    backfills: Sender<BackfillJob>,
+}
+
+/// What the Redis bus needs from the configuration.
+pub(crate) struct RedisSettings {
+    pub url: String,
+    pub stream: String,
+    pub maxlen: usize,
+    pub limits: PublishLimits,
+    pub data_bytes_max: usize,
+}
+
+impl RedisBus {
+    /// Starts the writer, reader and backfiller threads. Redis need not be up: the
+    /// threads keep trying, and publishes are refused until it is.
+    pub(crate) fn start(fanout: Fanout, settings: RedisSettings) -> std::io::Result<RedisBus> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+        let core = Arc::new(Core {
+            client,
+            stream: settings.stream,
+            maxlen: settings.maxlen,
+            limits: settings.limits,
+            data_bytes_max: settings.data_bytes_max,
+            fanout,
+            closed: AtomicBool::new(false),
+            floor: AtomicU64::new(u64::MAX),
+            delivered: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            backfills: AtomicU64::new(0),
+        });
+        let (writes, write_jobs) = crossbeam_channel::bounded(WRITE_QUEUE_MAX);
+        let (backfills, backfill_jobs) = crossbeam_channel::bounded(BACKFILL_QUEUE_MAX);
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(body)
+                .map(drop)
+        };
+        let c = core.clone();
+        spawn(
+            "herald-redis-writer",
+            Box::new(move || run_writer(&c, &write_jobs)),
+        )?;
+        let c = core.clone();
+        spawn("herald-redis-reader", Box::new(move || run_reader(&c)))?;
+        let c = core.clone();
+        spawn(
+            "herald-redis-backfill",
+            Box::new(move || run_backfiller(&c, &backfill_jobs)),
+        )?;
+        Ok(RedisBus {
+            core,
+            writes,
+            backfills,
+        })
+    }
+}
+
+impl Drop for RedisBus {
+    /// The threads notice within `READ_BLOCK` and exit; nobody waits for them.
+    fn drop(&mut self) {
+        self.core.closed.store(true, Ordering::Release);
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, event: Outgoing<'_>, ticket: Option<Ticket>) -> Submitted {
+        if self.core.closed.load(Ordering::Acquire) {
+            return Submitted::Done(Err(PublishError::ShuttingDown));
+        }
+        let (reply, wait) = match ticket {
+            Some(ticket) => (Reply::Loop(ticket), None),
+            None => {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                (Reply::Wait(tx), Some(rx))
+            }
+        };
+        let job = WriteJob {
+            topics: event.topics,
+            name: event.name.map(str::to_owned),
+            data: event.data.to_owned(),
+            retry_ms: event.retry_ms,
+            reply,
+        };
+        match self.writes.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Submitted::Done(Err(PublishError::Busy)),
+            Err(TrySendError::Disconnected(_)) => {
+                return Submitted::Done(Err(PublishError::ShuttingDown))
+            }
+        }
+        match wait {
+            None => Submitted::Pending,
+            Some(rx) => Submitted::Done(
+                rx.recv_timeout(HANDLE_WAIT)
+                    .unwrap_or(Err(PublishError::Unavailable)),
+            ),
+        }
+    }
+
+    /// Any well-formed stream id: one newer than this node has read yet is simply
+    /// waited for, since another node may have published it a moment ago.
+    fn resume_point(&self, last_event_id: &str) -> Resume {
+        match parse_id(last_event_id.as_bytes()).and_then(|(ms, n)| pack(ms, n)) {
+            Some(seq) => Resume::After(seq),
+            None => Resume::Unknown,
+        }
+    }
+
+    fn reach_floor(&self) -> Option<Seq> {
+        let floor = self.core.floor.load(Ordering::Acquire);
+        (floor != u64::MAX).then_some(floor)
+    }
+
+    fn can_backfill(&self) -> bool {
+        true
+    }
+
+    fn backfill(&self, request: BackfillRequest, ticket: Ticket) -> Result<(), PublishError> {
+        match self.backfills.try_send(BackfillJob { request, ticket }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(PublishError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(PublishError::ShuttingDown),
+        }
+    }
+
+    fn published(&self) -> u64 {
+        self.core.delivered.load(Ordering::Relaxed)
+    }
+
+    fn stats(&self) -> BusStats {
+        let core = &self.core;
+        BusStats {
+            connected: Some(core.connected.load(Ordering::Relaxed)),
+            reconnects: core.reconnects.load(Ordering::Relaxed),
+            skipped: core.skipped.load(Ordering::Relaxed),
+            backfills: core.backfills.load(Ordering::Relaxed),
+        }
+    }
+
+    fn close(&self) {
+        self.core.closed.store(true, Ordering::Release);
+        self.core.fanout.wake_all();
+    }
+}
+
+/// Opens a connection with the bus's timeouts; `extra_read` is added to the read timeout
+/// (the reader's blocking `XREAD`).
+fn connect(core: &Core, extra_read: Duration) -> redis::RedisResult<redis::Connection> {
+    let conn = core.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    conn.set_read_timeout(Some(IO_TIMEOUT + extra_read))?;
+    conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(conn)
+}
+
+/// A connection idle for longer than this is checked with a `PING` before use, so the
+/// first request after a Redis restart goes out on a fresh connection instead of failing
+/// on the dead one (an `XADD` that fails is not retried: it may have been stored).
+const IDLE_CHECK: Duration = Duration::from_millis(1_000);
+
+/// A connection that is reopened on demand, no more often than a capped backoff allows,
+/// so requests fail fast while Redis is down.
+struct Link {
+    role: &'static str,
+    conn: Option<redis::Connection>,
+    retry_at: Instant,
+    backoff: Duration,
+    down_logged: bool,
+    /// When the connection last answered.
+    used_at: Instant,
+}
+
+impl Link {
+    fn new(role: &'static str) -> Self {
+        Link {
+            role,
+            conn: None,
+            retry_at: Instant::now(),
+            backoff: BACKOFF_MIN,
+            down_logged: false,
+            used_at: Instant::now(),
+        }
+    }
+
+    fn get(&mut self, core: &Core) -> Option<&mut redis::Connection> {
+        let now = Instant::now();
+        if now.duration_since(self.used_at) > IDLE_CHECK {
+            if let Some(conn) = &mut self.conn {
+                if let Err(error) = redis::cmd("PING").query::<Value>(conn) {
+                    log::debug!("redis {} idle connection is gone: {error}", self.role);
+                    self.conn = None;
+                    self.retry_at = now;
+                }
+            }
+        }
+        self.used_at = now;
+        if self.conn.is_none() && now >= self.retry_at {
+            match connect(core, Duration::ZERO) {
+                Ok(conn) => {
+                    if self.down_logged {
+                        log::info!("redis {} reconnected", self.role);
+                    }
+                    self.conn = Some(conn);
+                    self.backoff = BACKOFF_MIN;
+                    self.down_logged = false;
+                }
+                Err(error) => {
+                    if !self.down_logged {
+                        log::warn!("redis {} cannot connect: {error}", self.role);
+                        self.down_logged = true;
+                    }
+                    self.retry_at = Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    /// The connection failed: drop it; the next request tries a new one at once.
+    fn lost(&mut self, error: &redis::RedisError) {
+        log::warn!("redis {} lost its connection: {error}", self.role);
+        self.conn = None;
+        self.down_logged = true;
+        self.retry_at = Instant::now();
+    }
+}
+
+fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
+    let mut link = Link::new("writer");
+    let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
+    loop {
+        match jobs.recv_timeout(READ_BLOCK) {
+            Ok(job) => batch.push(job),
+            Err(RecvTimeoutError::Timeout) => {
+                if core.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while batch.len() < WRITE_BATCH_MAX {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = match link.get(core) {
+            None => vec![Err(PublishError::Unavailable); batch.len()],
+            Some(conn) => match xadd_batch(conn, core, &batch) {
+                Ok(results) => results,
+                Err(error) => {
+                    link.lost(&error);
+                    vec![Err(PublishError::Unavailable); batch.len()]
+                }
+            },
+        };
+        for (job, result) in batch.drain(..).zip(results) {
+            match job.reply {
+                Reply::Loop(ticket) => core.fanout.complete(Completion::Published(ticket, result)),
+                // The waiter may have given up; nothing to do then.
+                Reply::Wait(tx) => drop(tx.try_send(result)),
+            }
+        }
+    }
+}
+
+/// Appends a batch in one pipeline. `Err` only when the connection failed (then any of
+/// the entries may or may not be stored); a refused entry is an `Err` in its slot.
+fn xadd_batch(
+    conn: &mut redis::Connection,
+    core: &Core,
+    batch: &[WriteJob],
+) -> redis::RedisResult<Vec<Result<EventId, PublishError>>> {
+    let mut pipe = redis::pipe();
+    for job in batch {
+        let cmd = pipe
+            .cmd("XADD")
+            .arg(&core.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(core.maxlen)
+            .arg("*")
+            .arg("topic")
+            .arg(job.topics.join(","));
+        if let Some(name) = &job.name {
+            cmd.arg("event").arg(name);
+        }
+        cmd.arg("data").arg(&job.data);
+        if let Some(retry_ms) = job.retry_ms {
+            cmd.arg("retry").arg(retry_ms);
+        }
+    }
+    let replies = conn.req_packed_commands(&pipe.get_packed_pipeline(), 0, batch.len())?;
+    Ok((0..batch.len())
+        .map(|i| match replies.get(i) {
+            Some(Value::BulkString(id)) if parse_id(id).is_some() => {
+                Ok(EventId(String::from_utf8_lossy(id).into_owned()))
+            }
+            Some(Value::ServerError(error)) => {
+                log::warn!("redis refused an XADD: {error:?}");
+                Err(PublishError::Unavailable)
+            }
+            other => {
+                log::warn!("unexpected XADD reply: {other:?}");
+                Err(PublishError::Unavailable)
+            }
+        })
+        .collect())
+}
+
+/// Sleeps up to `total`, in slices, returning early when the bus closes.
+fn nap(core: &Core, total: Duration) {
+    let until = Instant::now() + total;
+    while !core.closed.load(Ordering::Acquire) {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+    }
+}
+
+fn run_reader(core: &Core) {
+    let mut last: Option<RawId> = None;
+    let mut backoff = BACKOFF_MIN;
+    let mut ever_connected = false;
+    let mut down_logged = false;
+    while !core.closed.load(Ordering::Acquire) {
+        let mut conn = match connect(core, READ_BLOCK) {
+            Ok(conn) => conn,
+            Err(error) => {
+                if !down_logged {
+                    log::warn!("redis reader cannot connect: {error}");
+                    down_logged = true;
+                }
+                nap(core, backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        if last.is_none() {
+            // Start after the stream's current end: older entries are served to resumes
+            // by the backfiller, not replayed into the rings.
+            match last_entry(&mut conn, &core.stream) {
+                Ok(id) => {
+                    last = Some(id);
+                    let floor = pack(id.0, id.1).unwrap_or(Seq::MAX - 1);
+                    core.floor.store(floor, Ordering::Release);
+                }
+                Err(error) => {
+                    log::warn!("redis reader cannot read the stream's end: {error}");
+                    nap(core, backoff);
+                    continue;
+                }
+            }
+        }
+        if ever_connected {
+            core.reconnects.fetch_add(1, Ordering::Relaxed);
+            log::info!("redis reader reconnected");
+        }
+        ever_connected = true;
+        down_logged = false;
+        core.connected.store(true, Ordering::Release);
+        while !core.closed.load(Ordering::Acquire) {
+            let after = last.unwrap_or((0, 0));
+            match xread(&mut conn, core, after) {
+                Ok(entries) => {
+                    for (id, fields) in entries {
+                        deliver(core, id, &fields);
+                        last = Some(id);
+                    }
+                }
+                Err(error) => {
+                    log::warn!("redis reader lost its connection: {error}");
+                    down_logged = true;
+                    break;
+                }
+            }
+        }
+        core.connected.store(false, Ordering::Release);
+    }
+}
+
+/// The id of the stream's newest entry (`0-0` when it is empty or missing).
+fn last_entry(conn: &mut redis::Connection, stream: &str) -> redis::RedisResult<RawId> {
+    let reply: Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query(conn)?;
+    Ok(entries(reply).first().map_or((0, 0), |(id, _)| *id))
+}
+
+/// One blocking `XREAD` after `after`.
+fn xread(
+    conn: &mut redis::Connection,
+    core: &Core,
+    after: RawId,
+) -> redis::RedisResult<Vec<(RawId, Vec<Value>)>> {
+    let reply: Value = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(READ_COUNT_MAX)
+        .arg("BLOCK")
+        .arg(READ_BLOCK.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(&core.stream)
+        .arg(format!("{}-{}", after.0, after.1))
+        .query(conn)?;
+    // RESP2: [[stream, [entry, ...]]], or nil when the block timed out.
+    let Value::Array(streams) = reply else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        if let Value::Array(mut pair) = stream {
+            if pair.len() == 2 {
+                if let Some(list) = pair.pop() {
+                    out.extend(entries(list));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A stream entry id, as `(ms, n)`.
+type RawId = (u64, u64);
+
+/// Decodes a list of stream entries `[[id, [field, value, ...]], ...]` (in id order);
+/// items that are not entries are dropped.
+fn entries(reply: Value) -> Vec<(RawId, Vec<Value>)> {
+    let Value::Array(items) = reply else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(mut pair) = item else {
+            continue;
+        };
+        if pair.len() != 2 {
+            continue;
+        }
+        let fields = match pair.pop() {
+            Some(Value::Array(fields)) => fields,
+            _ => Vec::new(),
+        };
+        if let Some(id) = pair.pop().as_ref().and_then(text).and_then(parse_id) {
+            out.push((id, fields));
+        }
+    }
+    out
+}
+
+fn text(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+/// An entry's fields as an event, checked like a publish body.
+pub(crate) fn decode(fields: &[Value], data_bytes_max: usize) -> Result<Event, &'static str> {
+    let mut event = Event {
+        topics: Vec::new(),
+        name: None,
+        data: String::new(),
+        retry_ms: None,
+    };
+    let (mut has_data, mut has_retry) = (false, false);
+    for pair in fields.chunks(2) {
+        let [field, value] = pair else {
+            return Err("odd number of field values");
+        };
+        let (Some(field), Some(value)) = (text(field), text(value)) else {
+            return Err("a field or value is not a string");
+        };
+        let value = std::str::from_utf8(value).map_err(|_| "a value is not UTF-8")?;
+        match field {
+            b"topic" => {
+                for name in value.split(',') {
+                    event.topics.push(name.to_owned());
+                }
+            }
+            b"data" if has_data => return Err("data given twice"),
+            b"data" => {
+                if value.len() > data_bytes_max {
+                    return Err("data larger than max_publish_bytes");
+                }
+                event.data = value.to_owned();
+                has_data = true;
+            }
+            b"event" if event.name.is_some() => return Err("event given twice"),
+            b"event" => event.name = Some(value.to_owned()),
+            b"retry" if has_retry => return Err("retry given twice"),
+            b"retry" => {
+                event.retry_ms = Some(value.parse().map_err(|_| "retry is not a number")?);
+                has_retry = true;
+            }
+            _ => {} // Applications may keep their own fields next to ours.
+        }
+    }
+    Ok(event)
+}
+
+/// The entry as a frame for the loops, or why every node skips it.
+fn to_published(core: &Core, id: RawId, fields: &[Value]) -> Result<Published, &'static str> {
+    let seq = pack(id.0, id.1).ok_or("id outside ms < 2^42, n < 2^22")?;
+    let event = decode(fields, core.data_bytes_max)?;
+    let outgoing = publish::prepare(&event, core.limits).map_err(PublishError::reason)?;
+    let id = format_id(seq);
+    let frame = encode_event(&EventFields {
+        id: &id,
+        name: outgoing.name,
+        data: outgoing.data,
+        retry_ms: outgoing.retry_ms,
+    });
+    Ok(Published {
+        seq,
+        topics: outgoing.topics.into_boxed_slice(),
+        frame,
+    })
+}
+
+/// Hands one entry to every loop, waiting (not dropping) while their inboxes are full:
+/// the stream keeps the entries, so the reader can be the one that waits.
+fn deliver(core: &Core, id: RawId, fields: &[Value]) {
+    let published = match to_published(core, id, fields) {
+        Ok(published) => published,
+        Err(reason) => {
+            core.skipped.fetch_add(1, Ordering::Relaxed);
+            log::warn!("skipping stream entry {}-{}: {reason}", id.0, id.1);
+            return;
+        }
+    };
+    while !core.fanout.has_room(published.frame.len()) {
+        if core.closed.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    core.fanout.deliver(&Arc::new(published));
+    core.delivered.fetch_add(1, Ordering::Relaxed);
+}
+
+fn run_backfiller(core: &Core, jobs: &Receiver<BackfillJob>) {
+    let mut link = Link::new("backfiller");
+    loop {
+        let job = match jobs.recv_timeout(READ_BLOCK) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                if core.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let result = match link.get(core) {
+            None => Err(PublishError::Unavailable),
+            Some(conn) => match backfill(conn, core, &job.request) {
+                Ok(backfill) => {
+                    core.backfills.fetch_add(1, Ordering::Relaxed);
+                    Ok(backfill)
+                }
+                Err(error) => {
+                    link.lost(&error);
+                    Err(PublishError::Unavailable)
+                }
+            },
+        };
+        core.fanout
+            .complete(Completion::Backfilled(job.ticket, result));
+    }
+}
+
+/// The events of `request.topics` in `(after, until]`, page by page, up to the byte
+/// budget; with `gap` when the stream already trimmed events after `after`.
+fn backfill(
+    conn: &mut redis::Connection,
+    core: &Core,
+    request: &BackfillRequest,
+) -> redis::RedisResult<Backfill> {
+    let mut out = Backfill {
+        frames: Vec::new(),
+        gap: trimmed_after(conn, &core.stream, request.after)?,
+        through: request.after,
+        complete: false,
+    };
+    // Pages continue after the last id seen, packable or not.
+    let mut from = format_id(request.after);
+    loop {
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(&core.stream)
+            .arg(format!("({from}"))
+            .arg(format_id(request.until))
+            .arg("COUNT")
+            .arg(READ_COUNT_MAX)
+            .query(conn)?;
+        let page = entries(reply);
+        let full_page = page.len() == READ_COUNT_MAX;
+        for (id, fields) in page {
+            from = format!("{}-{}", id.0, id.1);
+            let Some(seq) = pack(id.0, id.1) else {
+                continue; // Skipped by every reader too.
+            };
+            if let Ok(published) = to_published(core, id, &fields) {
+                let wanted = published
+                    .topics
+                    .iter()
+                    .any(|topic| request.topics.iter().any(|t| **t == **topic));
+                if wanted {
+                    if out.frames.len() + published.frame.len() > request.bytes_max {
+                        return Ok(out);
+                    }
+                    out.frames.extend_from_slice(&published.frame);
+                }
+            }
+            out.through = seq;
+        }
+        if !full_page {
+            out.through = request.until;
+            out.complete = true;
+            return Ok(out);
+        }
+    }
+}
+
+/// Whether the stream dropped (trimmed or deleted) an entry newer than `after`: Redis 7
+/// reports the largest deleted id. A missing stream lost everything it had.
+fn trimmed_after(
+    conn: &mut redis::Connection,
+    stream: &str,
+    after: Seq,
+) -> redis::RedisResult<bool> {
+    let reply = match redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(stream)
+        .query::<Value>(conn)
+    {
+        Ok(reply) => reply,
+        Err(error) if error.kind() == redis::ErrorKind::ResponseError => return Ok(after > 0),
+        Err(error) => return Err(error),
+    };
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Map(pairs) => pairs,
+        Value::Array(flat) => {
+            let mut pairs = Vec::with_capacity(flat.len() / 2);
+            let mut items = flat.into_iter();
+            while let (Some(key), Some(value)) = (items.next(), items.next()) {
+                pairs.push((key, value));
+            }
+            pairs
+        }
+        _ => return Ok(after > 0),
+    };
+    let field = |name: &[u8]| {
+        pairs
+            .iter()
+            .find(|(key, _)| text(key) == Some(name))
+            .map(|(_, value)| value)
+    };
+    if let Some(deleted) = field(b"max-deleted-entry-id").and_then(text) {
+        let deleted = parse_id(deleted)
+            .and_then(|(ms, n)| pack(ms, n))
+            .unwrap_or(Seq::MAX);
+        return Ok(deleted > after);
+    }
+    // Before Redis 7: an entry older than the first one kept may be gone.
+    let first = match field(b"first-entry") {
+        Some(Value::Array(entry)) => entry
+            .first()
+            .and_then(text)
+            .and_then(parse_id)
+            .and_then(|(ms, n)| pack(ms, n)),
+        _ => None,
+    };
+    Ok(first.is_some_and(|first| first > after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn ids_pack_in_order_and_round_trip() {
+        let a = pack(1_764_230_400_123, 0).unwrap();
+        let b = pack(1_764_230_400_123, 1).unwrap();
+        let c = pack(1_764_230_400_124, 0).unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(format_id(b), "1764230400123-1");
+        assert_eq!(parse_id(b"1764230400123-1"), Some((1_764_230_400_123, 1)));
+        assert_eq!(pack(1 << 42, 0), None);
+        assert_eq!(pack(0, 1 << 22), None);
+        assert_eq!(pack((1 << 42) - 1, (1 << 22) - 1), Some(u64::MAX));
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1",
+            "1-2-3",
+            "a-1",
+            "1-+1",
+            "99999999999999999999999-0",
+        ] {
+            assert_eq!(parse_id(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn entries_decode_like_publishes() {
+        let fields = [
+            bulk("topic"),
+            bulk("a,b"),
+            bulk("topic"),
+            bulk("c"),
+            bulk("event"),
+            bulk("note"),
+            bulk("data"),
+            bulk("x\ny"),
+            bulk("retry"),
+            bulk("250"),
+            bulk("app_field"),
+            bulk("ignored"),
+        ];
+        let event = decode(&fields, 100).unwrap();
+        assert_eq!(event.topics, ["a", "b", "c"]);
+        assert_eq!(event.name.as_deref(), Some("note"));
+        assert_eq!(event.data, "x\ny");
+        assert_eq!(event.retry_ms, Some(250));
+
+        let twice = [
+            bulk("topic"),
+            bulk("a"),
+            bulk("data"),
+            bulk("1"),
+            bulk("data"),
+            bulk("2"),
+        ];
+        assert_eq!(decode(&twice, 100).unwrap_err(), "data given twice");
+        let odd = [bulk("topic"), bulk("a"), bulk("data")];
+        assert!(decode(&odd, 100).is_err());
+        let big = [bulk("topic"), bulk("a"), bulk("data"), bulk("0123456789")];
+        assert!(decode(&big, 5).is_err());
+        let binary = [
+            bulk("topic"),
+            bulk("a"),
+            bulk("data"),
+            Value::BulkString(vec![0xff]),
+        ];
+        assert!(decode(&binary, 100).is_err());
+        let retry = [bulk("topic"), bulk("a"), bulk("retry"), bulk("soon")];
+        assert!(decode(&retry, 100).is_err());
+    }
+
+    #[test]
+    fn entry_lists_keep_order_and_drop_bad_ids() {
+        let entry =
+            |id: &str| Value::Array(vec![bulk(id), Value::Array(vec![bulk("topic"), bulk("a")])]);
+        let reply = Value::Array(vec![
+            entry("5-0"),
+            entry("nonsense"),
+            entry("5-1"),
+            entry("9999999999999999-0"),
+        ]);
+        let ids: Vec<RawId> = entries(reply).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, [(5, 0), (5, 1), (9_999_999_999_999_999, 0)]);
+        assert!(entries(Value::Nil).is_empty());
+    }
+}
