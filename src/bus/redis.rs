@@ -760,8 +760,11 @@ fn backfill(
     }
 }
 
-/// Whether the stream dropped (trimmed or deleted) an entry newer than `after`: Redis 7
-/// reports the largest deleted id. A missing stream lost everything it had.
+/// Whether the stream may have dropped an entry newer than `after`: it no longer holds
+/// `after` itself (trimming removes the oldest entries first, so whatever followed `after`
+/// before the first entry kept is gone too), or it deleted a newer one (`XDEL`, which
+/// Redis 7 reports as `max-deleted-entry-id`). When exactly `after` was the last entry
+/// trimmed this reports a gap that was not needed; it never misses one.
 fn trimmed_after(
     conn: &mut redis::Connection,
     stream: &str,
@@ -773,6 +776,7 @@ fn trimmed_after(
         .query::<Value>(conn)
     {
         Ok(reply) => reply,
+        // No such stream: whatever it held is gone.
         Err(error) if error.kind() == redis::ErrorKind::ResponseError => return Ok(after > 0),
         Err(error) => return Err(error),
     };
@@ -794,22 +798,22 @@ fn trimmed_after(
             .find(|(key, _)| text(key) == Some(name))
             .map(|(_, value)| value)
     };
-    if let Some(deleted) = field(b"max-deleted-entry-id").and_then(text) {
-        let deleted = parse_id(deleted)
-            .and_then(|(ms, n)| pack(ms, n))
-            .unwrap_or(Seq::MAX);
-        return Ok(deleted > after);
-    }
-    // Before Redis 7: an entry older than the first one kept may be gone.
-    let first = match field(b"first-entry") {
-        Some(Value::Array(entry)) => entry
-            .first()
-            .and_then(text)
+    let seq_of = |value: &Value| {
+        text(value)
             .and_then(parse_id)
-            .and_then(|(ms, n)| pack(ms, n)),
+            .map(|(ms, n)| pack(ms, n).unwrap_or(Seq::MAX))
+    };
+    let deleted = field(b"max-deleted-entry-id").and_then(seq_of).unwrap_or(0);
+    let first = match field(b"first-entry") {
+        Some(Value::Array(entry)) => entry.first().and_then(seq_of),
         _ => None,
     };
-    Ok(first.is_some_and(|first| first > after))
+    let oldest_gone = match first {
+        Some(first) => first > after,
+        // Empty: everything up to the last id ever generated is gone.
+        None => field(b"last-generated-id").and_then(seq_of).unwrap_or(0) > after,
+    };
+    Ok(oldest_gone || deleted > after)
 }
 
 #[cfg(test)]
