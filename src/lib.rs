@@ -171,7 +171,8 @@ pub struct Stats {
     pub connections: u64,
     /// Open event streams.
     pub subscribers: u64,
-    /// Events accepted by the bus since start.
+    /// Events the bus handed to the event loops since start (with the Redis bus: the
+    /// stream entries this node read, whichever node published them).
     pub events_published: u64,
     /// Events written in full to a subscriber (one per subscriber per event).
     pub deliveries: u64,

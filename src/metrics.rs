@@ -189,7 +189,7 @@ pub(crate) fn render(
         (
             "herald_events_published_total",
             "counter",
-            "Events accepted by the bus.",
+            "Events the bus handed to the event loops (with the Redis bus: stream entries this node read, from any publisher).",
             snapshot.events_published,
         ),
         (
