@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::{self, Claim, Verifier};
-use crate::bus::{Bus, Submitted, Ticket};
+use crate::bus::{Backfill, Bus, Submitted, Ticket};
 use crate::client::{client_addr, Cidr, ClientTable};
 use crate::config::Config;
 use crate::http::answer::{self, HttpError};
@@ -122,8 +122,13 @@ struct PublishReply {
 enum Awaiting {
     /// A publish sent to the bus.
     Publish { serial: u64, reply: PublishReply },
-    /// A resuming subscription whose missed events are being fetched.
-    Resume { serial: u64, request: StreamRequest },
+    /// A resuming subscription whose missed events are being fetched; `so_far` holds
+    /// what earlier fetches for it brought.
+    Resume {
+        serial: u64,
+        request: StreamRequest,
+        so_far: Option<Backfill>,
+    },
 }
 
 /// A plain HTTP exchange: reading request heads and bodies, writing answers in order.
@@ -259,18 +264,30 @@ impl Exchange {
     }
 
     /// Parks a subscription until the bus has fetched what it missed.
-    pub(crate) fn await_resume(&mut self, serial: u64, request: StreamRequest) {
-        self.awaiting = Some(Box::new(Awaiting::Resume { serial, request }));
+    pub(crate) fn await_resume(
+        &mut self,
+        serial: u64,
+        request: StreamRequest,
+        so_far: Option<Backfill>,
+    ) {
+        self.awaiting = Some(Box::new(Awaiting::Resume {
+            serial,
+            request,
+            so_far,
+        }));
     }
 
-    /// The parked subscription the bus answered, if `serial` is its ticket.
-    pub(crate) fn take_resume(&mut self, serial: u64) -> Option<StreamRequest> {
+    /// The parked subscription the bus answered, and what earlier fetches brought, if
+    /// `serial` is its ticket.
+    pub(crate) fn take_resume(&mut self, serial: u64) -> Option<(StreamRequest, Option<Backfill>)> {
         match self.awaiting.as_deref() {
             Some(Awaiting::Resume { serial: s, .. }) if *s == serial => {}
             _ => return None,
         }
         match self.awaiting.take().map(|a| *a) {
-            Some(Awaiting::Resume { request, .. }) => Some(request),
+            Some(Awaiting::Resume {
+                request, so_far, ..
+            }) => Some((request, so_far)),
             _ => None,
         }
     }

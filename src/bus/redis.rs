@@ -489,6 +489,17 @@ fn run_reader(core: &Core) {
         if ever_connected {
             core.reconnects.fetch_add(1, Ordering::Relaxed);
             log::info!("redis reader reconnected");
+            // Only possible when this node was cut off while others kept publishing for
+            // longer than the stream keeps entries: say so loudly, it cannot be repaired.
+            if let Some((ms, n)) = last {
+                let after = pack(ms, n).unwrap_or(Seq::MAX);
+                if trimmed_after(&mut conn, &core.stream, after).unwrap_or(false) {
+                    log::error!(
+                        "the stream trimmed entries after {ms}-{n} before this node read them; \
+                         its subscribers miss them (raise --redis-maxlen)"
+                    );
+                }
+            }
         }
         ever_connected = true;
         down_logged = false;

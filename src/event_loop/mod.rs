@@ -25,6 +25,7 @@ use crate::conn::{ConnInfo, Exchange, RequestContext, Step, StreamRequest};
 use crate::http::answer::HttpError;
 use crate::http::route::{Listener, RouteConfig, TopicLimits};
 use crate::metrics::{LoopCounters, LoopStats};
+use crate::ring::Seq;
 use crate::server::Shared;
 use crate::socket::{self, IoOutcome};
 use crate::stream::{self, Flushed, Stream, StreamEnd, StreamTopic};

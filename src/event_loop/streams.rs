@@ -14,39 +14,63 @@ impl EventLoop {
     /// Starts a subscription: at once, or, when it resumes from before what this loop's
     /// rings hold and the bus keeps a log, once the bus has fetched the missed events.
     pub(super) fn open_stream(&mut self, key: usize, request: StreamRequest) {
-        let fetch = match self.backfill_request(&request) {
-            None => return self.start_stream(key, request, None),
-            Some(fetch) => fetch,
-        };
+        match self.backfill_request(&request) {
+            None => self.start_stream(key, request, None),
+            Some(Ok(fetch)) => self.fetch_backfill(key, request, fetch, None),
+            Some(Err(error)) => self.refuse_stream(key, error, &request),
+        }
+    }
+
+    /// Parks a subscription while the bus fetches `fetch`; `so_far` is what earlier
+    /// fetches for it brought.
+    fn fetch_backfill(
+        &mut self,
+        key: usize,
+        request: StreamRequest,
+        fetch: BackfillRequest,
+        so_far: Option<Backfill>,
+    ) {
         let serial = self.shared.serials.fetch_add(1, Ordering::Relaxed);
         let ticket = Ticket {
             loop_index: self.index,
             conn: key,
             serial,
         };
-        let submitted = fetch.and_then(|fetch| {
-            self.shared
-                .bus
-                .backfill(fetch, ticket)
-                .map_err(|error| match error {
-                    PublishError::Busy => HttpError::ResumeBusy,
-                    other => HttpError::Publish(other),
-                })
-        });
-        let Some(Connection {
+        if let Err(error) = self.shared.bus.backfill(fetch, ticket) {
+            let error = match error {
+                PublishError::Busy => HttpError::ResumeBusy,
+                other => HttpError::Publish(other),
+            };
+            return self.refuse_stream(key, error, &request);
+        }
+        if let Some(Connection {
             state: ConnState::Http(exchange),
             ..
         }) = self.conns.get_mut(key)
-        else {
-            return;
-        };
-        match submitted {
-            Ok(()) => exchange.await_resume(serial, request),
-            Err(error) => {
-                exchange.refuse_stream(error, &request);
-                self.drive_http(key);
-            }
+        {
+            exchange.await_resume(serial, request, so_far);
         }
+    }
+
+    /// Answers a subscription that cannot start with `error` (and closes).
+    fn refuse_stream(&mut self, key: usize, error: HttpError, request: &StreamRequest) {
+        if let Some(Connection {
+            state: ConnState::Http(exchange),
+            ..
+        }) = self.conns.get_mut(key)
+        {
+            exchange.refuse_stream(error, request);
+            self.drive_http(key);
+        }
+    }
+
+    /// Newest eviction across the rings of these topics (or the one a new topic inherits).
+    fn evicted_max(&self, topics: &[String]) -> Seq {
+        topics
+            .iter()
+            .map(|name| self.topics.evicted_max(name))
+            .max()
+            .unwrap_or(0)
     }
 
     /// What to fetch from the bus for a resume this loop's rings cannot serve: the events
@@ -66,13 +90,7 @@ impl EventLoop {
         let Some(reach) = bus.reach_floor() else {
             return Some(Err(HttpError::Publish(PublishError::Unavailable)));
         };
-        let evicted = request
-            .topics
-            .iter()
-            .map(|name| self.topics.evicted_max(name))
-            .max()
-            .unwrap_or(0);
-        let until = reach.max(evicted);
+        let until = reach.max(self.evicted_max(&request.topics));
         (after < until).then(|| {
             Ok(BackfillRequest {
                 after,
@@ -81,6 +99,28 @@ impl EventLoop {
                 bytes_max: self.shared.config.max_lag_bytes,
             })
         })
+    }
+
+    /// A fetch came back. The rings may have evicted past its end meanwhile (events kept
+    /// arriving): fetch the difference too, until the rings cover the rest or the byte
+    /// budget is spent; then start the stream.
+    fn on_backfilled(&mut self, key: usize, request: StreamRequest, mut backfill: Backfill) {
+        let budget = self.shared.config.max_lag_bytes;
+        let evicted = self.evicted_max(&request.topics);
+        if backfill.complete && backfill.through < evicted {
+            if backfill.frames.len() >= budget {
+                backfill.complete = false;
+            } else {
+                let fetch = BackfillRequest {
+                    after: backfill.through,
+                    until: evicted,
+                    topics: request.topics.clone(),
+                    bytes_max: budget - backfill.frames.len(),
+                };
+                return self.fetch_backfill(key, request, fetch, Some(backfill));
+            }
+        }
+        self.start_stream(key, request, Some(backfill));
     }
 
     /// Answers the bus's completions: publish answers and fetched resumes.
@@ -106,14 +146,26 @@ impl EventLoop {
                     else {
                         continue;
                     };
-                    let Some(request) = exchange.take_resume(ticket.serial) else {
+                    let Some((request, so_far)) = exchange.take_resume(ticket.serial) else {
                         continue;
                     };
                     match result {
-                        Ok(backfill) => self.start_stream(ticket.conn, request, Some(backfill)),
+                        Ok(backfill) => {
+                            let backfill = match so_far {
+                                Some(mut earlier) => {
+                                    earlier.frames.extend_from_slice(&backfill.frames);
+                                    Backfill {
+                                        frames: earlier.frames,
+                                        gap: earlier.gap || backfill.gap,
+                                        ..backfill
+                                    }
+                                }
+                                None => backfill,
+                            };
+                            self.on_backfilled(ticket.conn, request, backfill);
+                        }
                         Err(error) => {
-                            exchange.refuse_stream(HttpError::Publish(error), &request);
-                            self.drive_http(ticket.conn);
+                            self.refuse_stream(ticket.conn, HttpError::Publish(error), &request)
                         }
                     }
                 }
