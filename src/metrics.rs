@@ -240,7 +240,7 @@ pub(crate) fn render(
         let _ = writeln!(out, "{name} {value}");
     }
     if let Some(connected) = snapshot.bus.connected {
-        let redis: [(&str, &str, &str, u64); 4] = [
+        let redis: [(&str, &str, &str, u64); 5] = [
             (
                 "herald_redis_connected",
                 "gauge",
@@ -264,6 +264,12 @@ pub(crate) fn render(
                 "counter",
                 "Resumes served with events fetched from the stream (XRANGE).",
                 snapshot.bus.backfills,
+            ),
+            (
+                "herald_redis_holes_total",
+                "counter",
+                "Times the stream trimmed entries before this node read them (every stream was then told to resume, and gets the gap event). Raise --redis-maxlen if this moves.",
+                snapshot.bus.holes,
             ),
         ];
         for (name, kind, help, value) in redis {

@@ -1477,3 +1477,82 @@ fn bad_cluster_settings_exit_2_with_one_line_naming_the_setting() {
     let node = HeraldProcess::spawn(&["--redis-url", "not-a-url", "--threads", "1"]);
     assert_healthy(node.addr, "starting with an unused bad --redis-url");
 }
+
+/// Entries appended while the node is frozen, with a stream that keeps about 100.
+const OVERTAKE_EVENTS: usize = 2_000;
+
+/// A node whose reader is overtaken by the stream's trimming (here: the whole process is
+/// frozen with SIGSTOP while 2,000 entries go into a stream that keeps about 100) cannot
+/// deliver what was trimmed. It must not skip it silently: it counts the hole, tells its
+/// streams to resume, and a resume then starts with the gap event, followed by exactly
+/// what the stream still keeps.
+#[test]
+fn a_node_overtaken_by_the_trim_makes_its_streams_resume_into_the_gap_event() {
+    let redis = RedisServer::start("overtaken");
+    let stream = "overtaken";
+    let node = Node::spawn("node", &redis.url(), stream, &["--redis-maxlen", "100"]);
+    node.wait_connected();
+    let mut subscriber = subscribe(node.addr(), &["t"]);
+    let first = publish_to(node.addr(), "t", "first");
+    assert_eq!(
+        seen(&subscriber.next_event("the first event")),
+        message("first", &first)
+    );
+
+    let pid = node.process.pid().to_string();
+    let signal = |name: &str| {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.clone()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {pid}");
+    };
+    signal("STOP");
+    let mut redis_conn = redis.client();
+    for i in 0..OVERTAKE_EVENTS {
+        let data = format!("while frozen {i}");
+        redis_conn.command(&[
+            "XADD", stream, "MAXLEN", "~", "100", "*", "topic", "t", "data", &data,
+        ]);
+    }
+    assert!(
+        redis_conn.xrange(stream, &first, &first).is_empty(),
+        "the first event ({first}) must have been trimmed while the node was frozen"
+    );
+    signal("CONT");
+
+    // The stream ends with a parting `retry:` (whatever it got before the hole is fine).
+    let got = subscriber.read_to_close("the stream to be told to resume");
+    let last = got
+        .last()
+        .map_or(first.clone(), |event| event.last_event_id.clone());
+    assert!(
+        got.len() < OVERTAKE_EVENTS,
+        "the subscriber cannot have received the {OVERTAKE_EVENTS} events, most were trimmed"
+    );
+    assert!(
+        node.metric("herald_redis_holes_total") >= 1.0,
+        "the hole is counted"
+    );
+
+    let kept = redis_conn.xrange(stream, &format!("({last}"), "+");
+    let expected: Vec<Seen> = kept
+        .iter()
+        .map(|entry| message(entry.field("data").unwrap(), &entry.id))
+        .collect();
+    let mut resumed = resume_with_header(node.addr(), &["t"], &last);
+    let gap = resumed.next_event("the gap event");
+    assert_eq!(
+        (gap.event_type.as_str(), gap.data.as_str()),
+        ("gap", format!("{{\"lastEventId\":\"{last}\"}}").as_str()),
+        "the resume after the hole starts with the gap event"
+    );
+    let end = publish_to(node.addr(), "t", "end");
+    let after_gap = seen_before_end(&mut resumed);
+    assert_same_events(
+        &after_gap,
+        &expected,
+        "after the gap event: every entry the stream keeps",
+    );
+    assert!(!end.is_empty());
+}

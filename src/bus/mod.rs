@@ -31,7 +31,8 @@ pub(crate) const INBOX_BYTES_MAX: usize = 256 * 1024 * 1024;
 pub(crate) struct Published {
     /// Bus-assigned sequence number.
     pub seq: Seq,
-    /// Distinct, validated topic names.
+    /// Distinct, validated topic names. None: not an event but the bus saying it lost the
+    /// events up to `seq` before it could deliver them; every stream must resume.
     pub topics: Box<[Box<str>]>,
     /// The encoded event, shared by every loop and subscriber.
     pub frame: Frame,
@@ -268,6 +269,8 @@ pub(crate) struct BusStats {
     pub skipped: u64,
     /// Resumes served from the log.
     pub backfills: u64,
+    /// Times the log dropped events before this node read them.
+    pub holes: u64,
 }
 
 /// The event source every loop reads from.

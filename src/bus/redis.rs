@@ -97,6 +97,7 @@ struct Core {
     reconnects: AtomicU64,
     skipped: AtomicU64,
     backfills: AtomicU64,
+    holes: AtomicU64,
 }
 
 /// Where a publish's answer goes.
@@ -156,6 +157,7 @@ impl RedisBus {
             reconnects: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             backfills: AtomicU64::new(0),
+            holes: AtomicU64::new(0),
         });
         let (writes, write_jobs) = crossbeam_channel::bounded(WRITE_QUEUE_MAX);
         let (backfills, backfill_jobs) = crossbeam_channel::bounded(BACKFILL_QUEUE_MAX);
@@ -264,6 +266,7 @@ impl Bus for RedisBus {
             reconnects: core.reconnects.load(Ordering::Relaxed),
             skipped: core.skipped.load(Ordering::Relaxed),
             backfills: core.backfills.load(Ordering::Relaxed),
+            holes: core.holes.load(Ordering::Relaxed),
         }
     }
 
@@ -486,28 +489,36 @@ fn run_reader(core: &Core) {
                 }
             }
         }
+        // After a disconnection the stream may have moved on past what this node read.
+        let mut verify = ever_connected;
         if ever_connected {
             core.reconnects.fetch_add(1, Ordering::Relaxed);
             log::info!("redis reader reconnected");
-            // Only possible when this node was cut off while others kept publishing for
-            // longer than the stream keeps entries: say so loudly, it cannot be repaired.
-            if let Some((ms, n)) = last {
-                let after = pack(ms, n).unwrap_or(Seq::MAX);
-                if trimmed_after(&mut conn, &core.stream, after).unwrap_or(false) {
-                    log::error!(
-                        "the stream trimmed entries after {ms}-{n} before this node read them; \
-                         its subscribers miss them (raise --redis-maxlen)"
-                    );
-                }
-            }
         }
         ever_connected = true;
         down_logged = false;
         core.connected.store(true, Ordering::Release);
         while !core.closed.load(Ordering::Acquire) {
             let after = last.unwrap_or((0, 0));
-            match xread(&mut conn, core, after) {
-                Ok(entries) => {
+            let batch = xread(&mut conn, core, after).and_then(|entries| {
+                // Trimming removes the oldest entries first, so nothing after `after` was
+                // lost while `after` itself is still kept. Only a reader that was away, or
+                // that reads a full batch (it is behind), can have been overtaken.
+                let behind = entries.len() == READ_COUNT_MAX || core.maxlen < READ_COUNT_MAX;
+                let lost = match entries.first() {
+                    Some(_) if after != (0, 0) && (verify || behind) => {
+                        first_entry(&mut conn, &core.stream)?.is_some_and(|first| first > after)
+                    }
+                    _ => false,
+                };
+                Ok((entries, lost))
+            });
+            match batch {
+                Ok((entries, lost)) => {
+                    if let (true, Some((next, _))) = (lost, entries.first()) {
+                        report_hole(core, after, *next);
+                    }
+                    verify &= entries.is_empty();
                     for (id, fields) in entries {
                         deliver(core, id, &fields);
                         last = Some(id);
@@ -522,6 +533,54 @@ fn run_reader(core: &Core) {
         }
         core.connected.store(false, Ordering::Release);
     }
+}
+
+/// The id of the stream's oldest entry, if it has one.
+fn first_entry(conn: &mut redis::Connection, stream: &str) -> redis::RedisResult<Option<RawId>> {
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query(conn)?;
+    Ok(entries(reply).first().map(|(id, _)| *id))
+}
+
+/// The stream dropped entries after `last` before this node read them (it was cut off,
+/// or slower than the publishers for longer than the stream keeps entries). They cannot
+/// be delivered; instead the loops' knowledge now starts before `next`, and every stream
+/// is told to resume, so each client learns of the gap from the backfill (which finds
+/// the stream trimmed after its id) rather than missing events silently.
+fn report_hole(core: &Core, last: RawId, next: RawId) {
+    let holes = core.holes.fetch_add(1, Ordering::Relaxed) + 1;
+    // A reader that stays behind reports a hole per batch: log the first and then every
+    // hundredth, the metric counts them all.
+    if holes % 100 == 1 {
+        log::error!(
+            "the stream dropped entries after {}-{} before this node read them (next kept: \
+             {}-{}; {holes} such holes so far); streams resume and get the gap event. Raise \
+             --redis-maxlen.",
+            last.0,
+            last.1,
+            next.0,
+            next.1
+        );
+    }
+    let floor = pack(next.0, next.1).map_or(Seq::MAX - 1, |seq| seq.saturating_sub(1));
+    core.floor.fetch_max(floor, Ordering::AcqRel);
+    let marker = Published {
+        seq: floor,
+        topics: Box::new([]),
+        frame: bytes::Bytes::new(),
+    };
+    while !core.fanout.has_room(0) {
+        if core.closed.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    core.fanout.deliver(&Arc::new(marker));
 }
 
 /// The id of the stream's newest entry (`0-0` when it is empty or missing).

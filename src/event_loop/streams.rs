@@ -106,7 +106,9 @@ impl EventLoop {
     /// budget is spent; then start the stream.
     fn on_backfilled(&mut self, key: usize, request: StreamRequest, mut backfill: Backfill) {
         let budget = self.shared.config.max_lag_bytes;
-        let evicted = self.evicted_max(&request.topics);
+        // The bus's reach moves up when it lost events: those must come from its log too.
+        let reach = self.shared.bus.reach_floor().unwrap_or(0);
+        let evicted = self.evicted_max(&request.topics).max(reach);
         if backfill.complete && backfill.through < evicted {
             if backfill.frames.len() >= budget {
                 backfill.complete = false;
@@ -281,11 +283,41 @@ impl EventLoop {
                 self.inbox_pending = false;
                 return;
             };
+            if item.topics.is_empty() {
+                self.restart_streams();
+                continue;
+            }
             self.topics.append(item.seq, &item.topics, &item.frame);
             events += 1;
             bytes += item.frame.len();
         }
         self.inbox_pending = true;
+    }
+
+    /// The bus lost events before this loop got them (see `Published`): every stream is
+    /// told to come back after a jittered delay. Resuming, each is served from the bus's
+    /// log, which reports the gap to the clients that missed something.
+    fn restart_streams(&mut self) {
+        let keys: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| matches!(conn.state, ConnState::Stream(_)))
+            .map(|(key, _)| key)
+            .collect();
+        if !keys.is_empty() {
+            log::info!("telling {} streams to resume after lost events", keys.len());
+        }
+        for key in keys {
+            let retry_ms = self.jittered_retry_ms();
+            if let Some(Connection {
+                state: ConnState::Stream(stream),
+                ..
+            }) = self.conns.get_mut(key)
+            {
+                stream.close_with_hint(retry_ms);
+            }
+            self.flush(key);
+        }
     }
 
     /// Writes every stream whose topics received events (once each), and those left over
