@@ -2,12 +2,15 @@
 //!
 //! `run` measures one scenario against one target; `peers` starts nginx + nchan (and
 //! optionally herald) and measures the same scenario against both, printing herald/nchan
-//! ratios; `worker` is the subscriber process the other two spawn. Subscribers live in
+//! ratios; `cluster` starts redis-server, three herald nodes on the Redis bus and one on the
+//! embedded bus, and measures the latency Redis adds and the publish rate one stream
+//! sustains; `worker` is the subscriber process the others spawn. Subscribers live in
 //! worker processes on `mio` event loops; the orchestrator publishes on a paced absolute
 //! schedule, reads server memory and CPU from `/proc`, and merges the workers' HDR
 //! histograms into one report (a table on stdout, JSON with `--json`, an SVG chart of a
 //! sweep with `--svg`). Only loopback addresses (127.0.0.0/8) can be targeted.
 
+mod cluster;
 mod fleet;
 mod http;
 mod latency;
@@ -16,6 +19,7 @@ mod peers;
 mod procfs;
 mod protocol;
 mod publisher;
+mod redis;
 mod report;
 mod run;
 mod scenario;
@@ -54,6 +58,9 @@ enum Command {
     Run(RunArgs),
     /// Start nginx + nchan (and herald from --herald-bin) and run the scenario against both.
     Peers(PeersArgs),
+    /// Start redis-server, herald nodes with --bus redis and one embedded herald; measure
+    /// the latency Redis adds and the publish rate one stream sustains.
+    Cluster(Box<cluster::ClusterArgs>),
     /// Internal: a subscriber process (spec and control words on stdin, JSON lines out).
     #[command(hide = true)]
     Worker,
@@ -127,6 +134,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run_one(&args),
         Command::Peers(args) => run_peers(&args),
+        Command::Cluster(args) => cluster::run(&args),
         Command::Worker => worker::main(),
     };
     match result {

@@ -153,12 +153,23 @@ pub fn start_nchan(workers: usize, history: usize) -> io::Result<Spawned> {
 
 /// Starts herald from `bin` on `127.0.0.1:0` and reads its address from stderr.
 pub fn start_herald(bin: &Path, threads: usize, history: usize) -> io::Result<Spawned> {
+    start_herald_with(bin, threads, history, &[])
+}
+
+/// [`start_herald`] with more `serve` flags (the cluster mode's `--bus redis ...`).
+pub fn start_herald_with(
+    bin: &Path,
+    threads: usize,
+    history: usize,
+    extra: &[String],
+) -> io::Result<Spawned> {
     let mut child = Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0", "--demo", "false"])
         .arg("--threads")
         .arg(threads.to_string())
         .arg("--history-events")
         .arg(history.to_string())
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -210,7 +221,7 @@ pub fn parse_listening(line: &str) -> Option<SocketAddr> {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_loopback_port() -> io::Result<SocketAddr> {
+pub fn free_loopback_port() -> io::Result<SocketAddr> {
     TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 

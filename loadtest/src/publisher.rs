@@ -5,7 +5,8 @@
 //!
 //! Event `k` goes to topic `k % topics` with per-topic sequence number `k / topics`;
 //! topic `t` always uses connection `t % connections`, so each topic's events reach the
-//! server in sequence order.
+//! server in sequence order. With several endpoints (the nodes of a cluster), connection
+//! `c` publishes through endpoint `c % endpoints`.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -31,8 +32,8 @@ pub const CONNECTIONS_MAX: usize = 64;
 /// One publishing phase.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Where to publish.
-    pub endpoint: Endpoint,
+    /// Where to publish: connection `c` uses `endpoints[c % endpoints.len()]` (at least one).
+    pub endpoints: Vec<Endpoint>,
     /// Topic names are `{topic_prefix}{n}`.
     pub topic_prefix: String,
     /// Topics in the run.
@@ -126,9 +127,9 @@ pub fn run(plan: &Plan) -> PublishStats {
 /// One connection: a writer on schedule, a reader for the answers.
 fn run_connection(plan: &Plan, c: usize, start: Instant) -> PublishStats {
     let expected = events_of(plan, c).count() as u64;
-    let stream = match connect(&plan.endpoint) {
-        Ok(stream) => stream,
-        Err(_) => {
+    let stream = match endpoint_of(plan, c).map(connect) {
+        Some(Ok(stream)) => stream,
+        _ => {
             return PublishStats {
                 io_errors: 1,
                 ..PublishStats::default()
@@ -156,6 +157,12 @@ fn run_connection(plan: &Plan, c: usize, start: Instant) -> PublishStats {
     })
 }
 
+/// The endpoint connection `c` publishes through.
+fn endpoint_of(plan: &Plan, c: usize) -> Option<&Endpoint> {
+    let n = plan.endpoints.len();
+    (n > 0).then(|| &plan.endpoints[c % n])
+}
+
 fn connect(endpoint: &Endpoint) -> io::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&endpoint.addr.into(), Duration::from_secs(5))?;
     stream.set_nodelay(true)?;
@@ -174,6 +181,9 @@ fn write_requests(
 ) -> PublishStats {
     let schedule = Schedule::new(plan.rate);
     let mut stats = PublishStats::default();
+    let Some(endpoint) = endpoint_of(plan, c) else {
+        return stats;
+    };
     let (mut body, mut request) = (Vec::new(), Vec::new());
     let topics = plan.topics.max(1) as u64;
     for k in events_of(plan, c) {
@@ -190,12 +200,10 @@ fn write_requests(
         }
         let late = Instant::now().saturating_duration_since(due);
         stats.late_max_ms = stats.late_max_ms.max(late.as_secs_f64() * 1000.0);
-        let path = plan
-            .endpoint
-            .path(&topic_name(&plan.topic_prefix, (k % topics) as usize));
+        let path = endpoint.path(&topic_name(&plan.topic_prefix, (k % topics) as usize));
         payload::encode(&mut body, k / topics, unix_nanos(), plan.payload_bytes);
         request.clear();
-        http::publish_request(&mut request, &plan.endpoint.host, &path, &body);
+        http::publish_request(&mut request, &endpoint.host, &path, &body);
         if stream.write_all(&request).is_err() || Instant::now() >= plan.deadline {
             stats.io_errors += 1;
             return stats;
@@ -298,7 +306,10 @@ mod tests {
 
     fn plan(topics: usize, connections: usize) -> Plan {
         Plan {
-            endpoint: Endpoint::parse("http://127.0.0.1:1/p?topic={topic}").unwrap(),
+            endpoints: vec![
+                Endpoint::parse("http://127.0.0.1:1/p?topic={topic}").unwrap(),
+                Endpoint::parse("http://127.0.0.1:2/p?topic={topic}").unwrap(),
+            ],
             topic_prefix: "t".into(),
             topics,
             first_event: 10,
@@ -319,6 +330,15 @@ mod tests {
         assert_eq!(c1, vec![11, 13, 15, 17, 19, 21]);
         let single = plan(1, 1);
         assert_eq!(events_of(&single, 0).count(), 12);
+        let ports: Vec<u16> = (0..3)
+            .map(|c| endpoint_of(&p, c).unwrap().addr.port())
+            .collect();
+        assert_eq!(ports, vec![1, 2, 1]);
+        let none = Plan {
+            endpoints: Vec::new(),
+            ..p
+        };
+        assert!(endpoint_of(&none, 0).is_none());
     }
 
     #[test]

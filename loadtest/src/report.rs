@@ -8,7 +8,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use crate::latency::Summary;
+use crate::latency::{Buckets, Summary};
 use crate::procfs::Memory;
 use crate::protocol::Failures;
 use crate::publisher::PublishStats;
@@ -93,6 +93,9 @@ pub struct Report {
     pub deliveries_per_second: f64,
     /// Delivery latency.
     pub latency: Summary,
+    /// The latency histogram itself, for merging runs (not written to JSON).
+    #[serde(skip)]
+    pub latency_buckets: Buckets,
     /// Server CPU seconds over the publishing window.
     pub server_cpu_seconds: f64,
     /// Server CPU seconds per million deliveries.

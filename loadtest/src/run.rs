@@ -89,23 +89,31 @@ fn source_base() -> usize {
     slot * SOURCES_PER_RUN
 }
 
-/// Splits the subscribers over as few workers as `per_worker` allows, evenly.
+/// Splits the subscribers over as few workers as `per_worker` allows, evenly; a cluster
+/// target gets a multiple of its node count, and worker `w` subscribes on node
+/// `w % nodes`, so the subscribers spread evenly over the nodes.
 pub fn worker_specs(
     target: &Target,
     s: &Settings,
     prefix: &str,
     source_base: usize,
 ) -> Vec<WorkerSpec> {
-    let workers = s.subscribers.div_ceil(s.per_worker).max(1);
+    let nodes = target.subscribe_endpoints();
+    let workers = s
+        .subscribers
+        .div_ceil(s.per_worker.max(1))
+        .max(1)
+        .next_multiple_of(nodes.len());
     let mut first = 0;
     (0..workers)
         .map(|w| {
             let count = s.subscribers / workers + usize::from(w < s.subscribers % workers);
+            let node = nodes[w % nodes.len()];
             let spec = WorkerSpec {
                 index: w,
-                connect: target.subscribe.addr,
-                host: target.subscribe.host.clone(),
-                path_template: target.subscribe.path_template.clone(),
+                connect: node.addr,
+                host: node.host.clone(),
+                path_template: node.path_template.clone(),
                 topic_prefix: prefix.to_owned(),
                 topics: s.topics,
                 first,
@@ -183,6 +191,7 @@ impl Publishing<'_> {
             }
         }
         report.latency = Summary::of(&latency);
+        report.latency_buckets = latency::Buckets::of(&latency);
         report.deliveries_per_second = if window > 0.0 {
             report.received as f64 / window
         } else {
@@ -244,7 +253,7 @@ impl Publishing<'_> {
     /// Publishes `events` at `rate`, drains, collects.
     fn phase(&mut self, rate: f64, events: u64) -> io::Result<Phase> {
         let plan = Plan {
-            endpoint: self.target.publish.clone(),
+            endpoints: self.target.publish_endpoints(),
             topic_prefix: self.prefix.to_owned(),
             topics: self.settings.topics,
             first_event: self.next_event,
@@ -291,4 +300,58 @@ fn add_publish(total: &mut PublishStats, phase: &PublishStats) {
     total.io_errors += phase.io_errors;
     total.late_max_ms = total.late_max_ms.max(phase.late_max_ms);
     total.elapsed_s = before + phase.elapsed_s;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::ScenarioArgs;
+    use clap::Parser;
+
+    /// Just the scenario flags, to build settings the way the command line does.
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        scenario: ScenarioArgs,
+    }
+
+    fn settings(args: &[&str]) -> Settings {
+        let flags = Flags::parse_from(std::iter::once("t").chain(args.iter().copied()));
+        flags.scenario.settings(Scenario::Fanout, None)
+    }
+
+    fn herald_at(ports: &[u16]) -> Target {
+        let nodes: Vec<(String, String)> = ports
+            .iter()
+            .map(|&p| crate::target::Preset::Herald.templates(([127, 0, 0, 1], p).into()))
+            .collect();
+        Target::cluster("t", &nodes, &[]).unwrap()
+    }
+
+    #[test]
+    fn single_target_uses_few_workers() {
+        let s = settings(&["--subscribers", "25000", "--per-worker", "10000"]);
+        let specs = worker_specs(&herald_at(&[7]), &s, "p-", 0);
+        let counts: Vec<usize> = specs.iter().map(|w| w.count).collect();
+        assert_eq!(counts, vec![8_334, 8_333, 8_333]);
+        assert!(specs.iter().all(|w| w.connect.port() == 7));
+        assert_eq!(specs[1].first, 8_334);
+    }
+
+    #[test]
+    fn cluster_spreads_workers_over_nodes() {
+        let s = settings(&["--subscribers", "9000", "--per-worker", "10000"]);
+        let specs = worker_specs(&herald_at(&[1, 2, 3]), &s, "p-", 0);
+        let ports: Vec<u16> = specs.iter().map(|w| w.connect.port()).collect();
+        assert_eq!(ports, vec![1, 2, 3]);
+        assert!(specs.iter().all(|w| w.count == 3_000));
+        assert_eq!(specs[2].first, 6_000);
+        assert_eq!(specs[2].host, "127.0.0.1:3");
+        // Four workers' worth of subscribers round up to six, two per node.
+        let s = settings(&["--subscribers", "40", "--per-worker", "10"]);
+        let specs = worker_specs(&herald_at(&[1, 2, 3]), &s, "p-", 0);
+        let ports: Vec<u16> = specs.iter().map(|w| w.connect.port()).collect();
+        assert_eq!(ports, vec![1, 2, 3, 1, 2, 3]);
+        assert_eq!(specs.iter().map(|w| w.count).sum::<usize>(), 40);
+    }
 }

@@ -95,15 +95,28 @@ impl Preset {
     }
 }
 
-/// One server under test.
+/// One more node of a clustered target: its own subscribe and publish endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Node {
+    /// Where this node's subscribers connect.
+    pub subscribe: Endpoint,
+    /// Where events are published through this node.
+    pub publish: Endpoint,
+}
+
+/// One server under test (one process, or several nodes sharing one bus).
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
     /// A label for reports (`herald`, `nchan`, or what the user called it).
     pub name: String,
-    /// Where subscribers connect.
+    /// Where subscribers connect (the first node's endpoint for a cluster).
     pub subscribe: Endpoint,
-    /// Where events are published.
+    /// Where events are published (the first node's endpoint for a cluster).
     pub publish: Endpoint,
+    /// The other nodes of a cluster: worker `w` subscribes on node `w % nodes` and publish
+    /// connection `c` goes through node `c % nodes`. Empty for a single server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub more_nodes: Vec<Node>,
     /// The server's processes (memory and CPU are summed over them).
     pub pids: Vec<u32>,
 }
@@ -122,8 +135,40 @@ impl Target {
             name: name.to_owned(),
             subscribe: Endpoint::parse(sub_url)?,
             publish: Endpoint::parse(pub_url)?,
+            more_nodes: Vec::new(),
             pids: all,
         })
+    }
+
+    /// A cluster target: nodes given as (subscribe, publish) URL templates, the first one
+    /// first; `pids` as for [`Target::new`] (every node, plus the bus if it is a process).
+    pub fn cluster(name: &str, nodes: &[(String, String)], pids: &[u32]) -> Result<Target, String> {
+        let Some(((sub, publish), rest)) = nodes.split_first() else {
+            return Err("a cluster needs at least one node".into());
+        };
+        let mut target = Target::new(name, sub, publish, pids)?;
+        for (sub, publish) in rest {
+            target.more_nodes.push(Node {
+                subscribe: Endpoint::parse(sub)?,
+                publish: Endpoint::parse(publish)?,
+            });
+        }
+        Ok(target)
+    }
+
+    /// Every node's subscribe endpoint, the first node first.
+    pub fn subscribe_endpoints(&self) -> Vec<&Endpoint> {
+        std::iter::once(&self.subscribe)
+            .chain(self.more_nodes.iter().map(|n| &n.subscribe))
+            .collect()
+    }
+
+    /// Every node's publish endpoint, the first node first.
+    pub fn publish_endpoints(&self) -> Vec<Endpoint> {
+        std::iter::once(&self.publish)
+            .chain(self.more_nodes.iter().map(|n| &n.publish))
+            .cloned()
+            .collect()
     }
 }
 
@@ -169,5 +214,29 @@ mod tests {
         assert_eq!(p, "http://127.0.0.1:1/pub/{topic}");
         let (s, _) = Preset::Herald.templates(addr);
         assert!(Endpoint::parse(&s).is_ok());
+    }
+
+    #[test]
+    fn cluster_nodes() {
+        let nodes: Vec<(String, String)> = (1..=3)
+            .map(|port| Preset::Herald.templates(SocketAddr::from(([127, 0, 0, 1], port))))
+            .collect();
+        let t = Target::cluster("c", &nodes, &[]).unwrap();
+        let subs: Vec<u16> = t
+            .subscribe_endpoints()
+            .iter()
+            .map(|e| e.addr.port())
+            .collect();
+        assert_eq!(subs, vec![1, 2, 3]);
+        let pubs: Vec<u16> = t
+            .publish_endpoints()
+            .iter()
+            .map(|e| e.addr.port())
+            .collect();
+        assert_eq!(pubs, vec![1, 2, 3]);
+        assert!(Target::cluster("c", &[], &[]).is_err());
+        let single = Target::new("s", &nodes[0].0, &nodes[0].1, &[]).unwrap();
+        assert_eq!(single.subscribe_endpoints().len(), 1);
+        assert_eq!(single.publish_endpoints().len(), 1);
     }
 }

@@ -1,0 +1,123 @@
+//! Smoke test of `loadtest cluster`: a private redis-server, three herald nodes on the
+//! Redis bus and one embedded herald, with tiny sizes (300 subscribers, one second of
+//! publishing in two rounds, two short ladder steps, sub-second XADD runs). It asserts that the probe saw
+//! stream ids, that the latency runs were clean on both sides, and that every part
+//! reported. It keeps the instrument from rotting; it measures nothing. Needs
+//! /usr/bin/redis-server (CI installs it).
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use serde_json::Value;
+
+/// The herald binary: next to this package's binary when the workspace was built (as
+/// `cargo test --workspace` does), otherwise built into a private target directory.
+fn herald_bin() -> PathBuf {
+    let loadtest = PathBuf::from(env!("CARGO_BIN_EXE_loadtest"));
+    let dir = loadtest.parent().unwrap();
+    let beside = dir.join("herald");
+    if beside.exists() {
+        return beside;
+    }
+    let target_dir = dir.parent().unwrap().join("loadtest-herald");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let status = Command::new(cargo)
+        .current_dir(workspace)
+        .args(["build", "-p", "herald", "--bin", "herald", "--target-dir"])
+        .arg(&target_dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "building herald failed");
+    target_dir.join("debug").join("herald")
+}
+
+fn n(v: &Value, path: &[&str]) -> f64 {
+    let mut at = v;
+    for key in path {
+        at = &at[key];
+    }
+    at.as_f64()
+        .unwrap_or_else(|| panic!("{path:?} missing in {v:#}"))
+}
+
+#[test]
+fn cluster_against_three_redis_nodes() {
+    assert!(
+        Path::new("/usr/bin/redis-server").exists(),
+        "this test needs /usr/bin/redis-server (apt-get install redis-server)"
+    );
+    let json = std::env::temp_dir().join(format!("loadtest-cluster-{}.json", std::process::id()));
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("cluster")
+        .arg("--herald-bin")
+        .arg(herald_bin())
+        .args(["--subscribers", "300", "--rate", "20", "--duration", "1"])
+        .args(["--rounds", "2"])
+        .args(["--search-subscribers", "36", "--search-topics", "6"])
+        .args(["--search-publishers", "3", "--search-rate", "100"])
+        .args(["--search-embedded", "false"])
+        .args(["--search-steps-max", "2", "--search-step-seconds", "0.5"])
+        .args(["--ceiling-seconds", "0.3", "--ceiling-connections", "1,2"])
+        .args(["--ceiling-depths", "16"])
+        .args(["--settle-ms", "100", "--drain-quiet-ms", "2000"])
+        .args(["--deadline-seconds", "60"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "loadtest cluster failed\n{stdout}\n{stderr}"
+    );
+    eprintln!(
+        "cluster smoke took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(stdout.contains("ratio"), "no summary printed:\n{stdout}");
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+
+    assert_eq!(n(&r, &["nodes"]), 3.0);
+    let probe_id = r["probes"][1]["id"].as_str().unwrap();
+    let (ms, seq) = probe_id.split_once('-').unwrap();
+    assert!(
+        ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok(),
+        "{probe_id}"
+    );
+    assert_eq!(r["problems"].as_array().unwrap().len(), 0, "{r:#}");
+    for side in ["latency_embedded", "latency_cluster"] {
+        let rounds = r[side].as_array().unwrap();
+        assert_eq!(rounds.len(), 2, "{side}");
+        for round in rounds {
+            // 20 events to 300 subscribers on one topic.
+            assert_eq!(n(round, &["connected"]), 300.0, "{side}");
+            assert_eq!(n(round, &["workers"]), 3.0, "{side}");
+            assert_eq!(n(round, &["expected"]), 6_000.0, "{side}");
+            assert_eq!(n(round, &["received"]), 6_000.0, "{side}");
+            assert_eq!(n(round, &["lost"]), 0.0, "{side}");
+            assert_eq!(n(round, &["duplicated"]), 0.0, "{side}");
+            assert!(n(round, &["latency", "p99_ms"]) > 0.0, "{side}");
+        }
+        assert_eq!(n(&r, &[&format!("{side}_merged"), "count"]), 12_000.0);
+    }
+    assert!(n(&r, &["latency_ratio", "p50"]) > 0.0);
+    // 100 ev/s through three nodes is far below anything this machine sustains.
+    assert!(
+        n(&r, &["sustained_cluster_events_per_second"]) >= 100.0,
+        "{r:#}"
+    );
+    assert!(r["search_embedded"].is_null());
+    assert_eq!(r["ceiling"].as_array().unwrap().len(), 2);
+    assert!(n(&r, &["ceiling_entries_per_second"]) > 0.0);
+    assert!(n(&r, &["ceiling_with_readers", "entries"]) > 0.0);
+    for m in r["node_metrics"].as_array().unwrap() {
+        assert_eq!(m["herald_redis_connected"].as_f64(), Some(1.0), "{m}");
+        assert_eq!(m["herald_redis_entries_skipped_total"].as_f64(), Some(0.0));
+    }
+}
