@@ -24,6 +24,11 @@ const ARTIFACTS = process.env.HERALD_BROWSER_ARTIFACTS || path.resolve(HERE, '..
 const WAIT_MS = 10_000;
 /** Per-case budget, so a hang fails the case instead of the whole run. */
 const CASE_MS = 30_000;
+/**
+ * Chromium's start-up: one launch for the whole file. On a busy 2-core machine (a load test
+ * next door) it has been seen to take more than 10 s, so it gets more room than any other wait.
+ */
+const LAUNCH_MS = 60_000;
 
 // Flags the issue asks for, plus those that keep Chromium off the (closed) network.
 // playwright-core gives every launch a fresh temporary --user-data-dir of its own.
@@ -203,7 +208,7 @@ let pageServer;
 let pageOrigin;
 
 before(async () => {
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: WAIT_MS });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, timeout: LAUNCH_MS });
   pageServer = http.createServer((req, res) => {
     if (req.url.startsWith('/recorder.html')) {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
