@@ -1556,3 +1556,63 @@ fn a_node_overtaken_by_the_trim_makes_its_streams_resume_into_the_gap_event() {
     );
     assert!(!end.is_empty());
 }
+
+/// Publishes tried while the stream's key holds a string.
+const WRONG_TYPE_PUBLISHES: usize = 50;
+
+/// A stream name that holds another type of key: Redis accepts the connections and refuses
+/// every command. Publishes get 503 (never a false 200), the node keeps serving, its log
+/// says why without a line per attempt, and once the key is gone everything works.
+#[test]
+fn a_stream_key_of_another_type_gets_503_without_flooding_the_log_then_recovers() {
+    let redis = RedisServer::start("wrong-type");
+    let stream = "wrong-type";
+    let mut redis_conn = redis.client();
+    redis_conn.command(&["SET", stream, "not a stream"]);
+    let mut node = Node::spawn("node", &redis.url(), stream, &["--log-level", "info"]);
+    let mut subscriber = subscribe(node.addr(), &["t"]);
+    for i in 0..WRONG_TYPE_PUBLISHES {
+        assert_redis_unavailable(
+            &try_publish(node.addr(), "t", &format!("refused {i}")),
+            "a publish while the key is a string",
+        );
+    }
+    assert_eq!(
+        node.metric(CONNECTED),
+        0.0,
+        "the reader cannot read a string"
+    );
+    redis_conn.command(&["DEL", stream]);
+    node.wait_connected();
+    let deadline = Instant::now() + DEADLINE;
+    let id = loop {
+        let answer = try_publish(node.addr(), "t", "accepted");
+        if answer.status == 200 {
+            break answer.body_text().trim().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publishing never recovered: {}",
+            answer.summary()
+        );
+        std::thread::sleep(RETRY_POLL);
+    };
+    assert_eq!(
+        seen(&subscriber.next_event("the first accepted event")),
+        message("accepted", &id),
+        "no refused publish reached a subscriber"
+    );
+    node.process.signal("TERM");
+    node.wait_exit(DEADLINE);
+    let wrong_type_lines = node
+        .process
+        .stderr_lines()
+        .iter()
+        .filter(|line| line.contains("WRONGTYPE"))
+        .count();
+    assert!(
+        (1..=6).contains(&wrong_type_lines),
+        "the log names the cause, without a line per refused publish or read: \
+         {wrong_type_lines} WRONGTYPE lines"
+    );
+}

@@ -361,6 +361,7 @@ impl Link {
 fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
     let mut link = Link::new("writer");
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
+    let mut refusals = Throttle::new();
     loop {
         match jobs.recv_timeout(READ_BLOCK) {
             Ok(job) => batch.push(job),
@@ -380,7 +381,7 @@ fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
         }
         let results = match link.get(core) {
             None => vec![Err(PublishError::Unavailable); batch.len()],
-            Some(conn) => match xadd_batch(conn, core, &batch) {
+            Some(conn) => match xadd_batch(conn, core, &batch, &mut refusals) {
                 Ok(results) => results,
                 Err(error) => {
                     link.lost(&error);
@@ -404,6 +405,7 @@ fn xadd_batch(
     conn: &mut redis::Connection,
     core: &Core,
     batch: &[WriteJob],
+    refusals: &mut Throttle,
 ) -> redis::RedisResult<Vec<Result<EventId, PublishError>>> {
     let mut pipe = redis::pipe();
     for job in batch {
@@ -430,16 +432,45 @@ fn xadd_batch(
             Some(Value::BulkString(id)) if parse_id(id).is_some() => {
                 Ok(EventId(String::from_utf8_lossy(id).into_owned()))
             }
-            Some(Value::ServerError(error)) => {
-                log::warn!("redis refused an XADD: {error:?}");
-                Err(PublishError::Unavailable)
-            }
             other => {
-                log::warn!("unexpected XADD reply: {other:?}");
+                if let Some(held) = refusals.allow() {
+                    log::warn!("redis refused an XADD ({held} more not logged): {other:?}");
+                }
                 Err(PublishError::Unavailable)
             }
         })
         .collect())
+}
+
+/// Lets a log line through at most once per `LOG_EVERY`, counting the ones held back: a
+/// misconfigured stream or a misbehaving writer must not flood the log at event rate
+/// (the metrics count every occurrence).
+struct Throttle {
+    next: Option<Instant>,
+    held: u64,
+}
+
+/// Shortest time between two lines of one kind.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl Throttle {
+    const fn new() -> Self {
+        Throttle {
+            next: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may go out now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.next.is_some_and(|next| now < next) {
+            self.held += 1;
+            return None;
+        }
+        self.next = Some(now + LOG_EVERY);
+        Some(std::mem::take(&mut self.held))
+    }
 }
 
 /// Sleeps up to `total`, in slices, returning early when the bus closes.
@@ -459,6 +490,7 @@ fn run_reader(core: &Core) {
     let mut backoff = BACKOFF_MIN;
     let mut ever_connected = false;
     let mut down_logged = false;
+    let mut skips = Throttle::new();
     while !core.closed.load(Ordering::Acquire) {
         let mut conn = match connect(core, READ_BLOCK) {
             Ok(conn) => conn,
@@ -472,7 +504,6 @@ fn run_reader(core: &Core) {
                 continue;
             }
         };
-        backoff = BACKOFF_MIN;
         if last.is_none() {
             // Start after the stream's current end: older entries are served to resumes
             // by the backfiller, not replayed into the rings.
@@ -483,8 +514,12 @@ fn run_reader(core: &Core) {
                     core.floor.store(floor, Ordering::Release);
                 }
                 Err(error) => {
-                    log::warn!("redis reader cannot read the stream's end: {error}");
+                    if !down_logged {
+                        log::warn!("redis reader cannot read the stream's end: {error}");
+                        down_logged = true;
+                    }
                     nap(core, backoff);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
                 }
             }
@@ -496,8 +531,9 @@ fn run_reader(core: &Core) {
             log::info!("redis reader reconnected");
         }
         ever_connected = true;
-        down_logged = false;
-        core.connected.store(true, Ordering::Release);
+        // Backoff resets only once a read worked: a Redis that accepts connections but
+        // refuses the read (a key of another type, a missing permission) is not hammered.
+        let mut healthy = false;
         while !core.closed.load(Ordering::Acquire) {
             let after = last.unwrap_or((0, 0));
             let batch = xread(&mut conn, core, after).and_then(|entries| {
@@ -515,23 +551,35 @@ fn run_reader(core: &Core) {
             });
             match batch {
                 Ok((entries, lost)) => {
+                    if !healthy {
+                        healthy = true;
+                        backoff = BACKOFF_MIN;
+                        down_logged = false;
+                        core.connected.store(true, Ordering::Release);
+                    }
                     if let (true, Some((next, _))) = (lost, entries.first()) {
                         report_hole(core, after, *next);
                     }
                     verify &= entries.is_empty();
                     for (id, fields) in entries {
-                        deliver(core, id, &fields);
+                        deliver(core, id, &fields, &mut skips);
                         last = Some(id);
                     }
                 }
                 Err(error) => {
-                    log::warn!("redis reader lost its connection: {error}");
-                    down_logged = true;
+                    if !down_logged {
+                        log::warn!("redis reader lost its connection: {error}");
+                        down_logged = true;
+                    }
                     break;
                 }
             }
         }
         core.connected.store(false, Ordering::Release);
+        if !healthy {
+            nap(core, backoff);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
     }
 }
 
@@ -728,12 +776,18 @@ fn to_published(core: &Core, id: RawId, fields: &[Value]) -> Result<Published, &
 
 /// Hands one entry to every loop, waiting (not dropping) while their inboxes are full:
 /// the stream keeps the entries, so the reader can be the one that waits.
-fn deliver(core: &Core, id: RawId, fields: &[Value]) {
+fn deliver(core: &Core, id: RawId, fields: &[Value], skips: &mut Throttle) {
     let published = match to_published(core, id, fields) {
         Ok(published) => published,
         Err(reason) => {
             core.skipped.fetch_add(1, Ordering::Relaxed);
-            log::warn!("skipping stream entry {}-{}: {reason}", id.0, id.1);
+            if let Some(held) = skips.allow() {
+                log::warn!(
+                    "skipping stream entry {}-{} ({held} more skipped without a line): {reason}",
+                    id.0,
+                    id.1
+                );
+            }
             return;
         }
     };
