@@ -504,24 +504,26 @@ fn run_reader(core: &Core) {
                 continue;
             }
         };
-        if last.is_none() {
-            // Start after the stream's current end: older entries are served to resumes
-            // by the backfiller, not replayed into the rings.
-            match last_entry(&mut conn, &core.stream) {
-                Ok(id) => {
+        // Reading the stream's end also proves the stream can be read at all (a key of
+        // another type fails here). The first time, reading starts after it: older entries
+        // are served to resumes by the backfiller, not replayed into the rings.
+        match last_entry(&mut conn, &core.stream) {
+            Ok(id) => {
+                if last.is_none() {
                     last = Some(id);
                     let floor = pack(id.0, id.1).unwrap_or(Seq::MAX - 1);
                     core.floor.store(floor, Ordering::Release);
                 }
-                Err(error) => {
-                    if !down_logged {
-                        log::warn!("redis reader cannot read the stream's end: {error}");
-                        down_logged = true;
-                    }
-                    nap(core, backoff);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue;
+                core.connected.store(true, Ordering::Release);
+            }
+            Err(error) => {
+                if !down_logged {
+                    log::warn!("redis reader cannot read the stream: {error}");
+                    down_logged = true;
                 }
+                nap(core, backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
             }
         }
         // After a disconnection the stream may have moved on past what this node read.
@@ -555,7 +557,6 @@ fn run_reader(core: &Core) {
                         healthy = true;
                         backoff = BACKOFF_MIN;
                         down_logged = false;
-                        core.connected.store(true, Ordering::Release);
                     }
                     if let (true, Some((next, _))) = (lost, entries.first()) {
                         report_hole(core, after, *next);
