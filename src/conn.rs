@@ -6,6 +6,7 @@
 //! next, and writes the bytes handed back. The head buffer is given back once a stream
 //! starts.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -21,6 +22,10 @@ use crate::publish::{self, BodyFormat, PublishLimits};
 /// Answers to pipelined requests gathered before they are written; past this the
 /// exchange writes before parsing the next request, so the buffer stays bounded.
 const ANSWERS_BATCH_BYTES_MAX: usize = 16 * 1024;
+/// Pipelined publishes of one connection the bus may be working on at once (the Redis
+/// bus answers them in order, from one pipeline). Past this the exchange reads no further
+/// request until answers come back, which bounds what a connection can queue.
+const PUBLISHES_IN_FLIGHT_MAX: usize = 64;
 
 /// The built-in demo page.
 const DEMO_HTML: &str = include_str!("demo.html");
@@ -117,18 +122,22 @@ struct PublishReply {
     cors: String,
 }
 
-/// A request the bus answers later; the exchange reads and answers nothing else meanwhile,
-/// so answers stay in request order.
-enum Awaiting {
-    /// A publish sent to the bus.
+/// An answer queued behind a publish the bus has not answered yet: answers go out in
+/// request order, whatever order they are ready in.
+enum Queued {
+    /// The bus's answer to the publish with this ticket serial.
     Publish { serial: u64, reply: PublishReply },
-    /// A resuming subscription whose missed events are being fetched; `so_far` holds
-    /// what earlier fetches for it brought.
-    Resume {
-        serial: u64,
-        request: StreamRequest,
-        so_far: Option<Backfill>,
-    },
+    /// An answer that is ready.
+    Ready(Vec<u8>),
+}
+
+/// A resuming subscription whose missed events the bus is fetching; the exchange reads
+/// nothing more, since the connection becomes a stream.
+struct Resuming {
+    serial: u64,
+    request: StreamRequest,
+    /// What earlier fetches for it brought.
+    so_far: Option<Backfill>,
 }
 
 /// A plain HTTP exchange: reading request heads and bodies, writing answers in order.
@@ -145,8 +154,12 @@ pub(crate) struct Exchange {
     close_after: bool,
     /// The last refusal answered, until the loop counts it.
     refusal: Option<HttpError>,
-    /// A request the bus has not answered yet.
-    awaiting: Option<Box<Awaiting>>,
+    /// Answers waiting for the oldest publish the bus has not answered; empty otherwise.
+    queued: VecDeque<Queued>,
+    /// Publishes in `queued` the bus has not answered.
+    in_flight: usize,
+    /// A subscription waiting for its backfill.
+    resuming: Option<Box<Resuming>>,
 }
 
 /// What the loop should do for an exchange next.
@@ -191,7 +204,9 @@ impl Exchange {
             sent: 0,
             close_after: false,
             refusal: None,
-            awaiting: None,
+            queued: VecDeque::new(),
+            in_flight: 0,
+            resuming: None,
         }
     }
 
@@ -260,7 +275,13 @@ impl Exchange {
         self.start == self.filled
             && self.body.is_none()
             && self.out.is_empty()
-            && self.awaiting.is_none()
+            && self.queued.is_empty()
+            && self.resuming.is_none()
+    }
+
+    /// Whether the bus owes this exchange an answer.
+    fn waiting_on_bus(&self) -> bool {
+        self.in_flight > 0 || self.resuming.is_some()
     }
 
     /// Parks a subscription until the bus has fetched what it missed.
@@ -270,7 +291,7 @@ impl Exchange {
         request: StreamRequest,
         so_far: Option<Backfill>,
     ) {
-        self.awaiting = Some(Box::new(Awaiting::Resume {
+        self.resuming = Some(Box::new(Resuming {
             serial,
             request,
             so_far,
@@ -280,16 +301,11 @@ impl Exchange {
     /// The parked subscription the bus answered, and what earlier fetches brought, if
     /// `serial` is its ticket.
     pub(crate) fn take_resume(&mut self, serial: u64) -> Option<(StreamRequest, Option<Backfill>)> {
-        match self.awaiting.as_deref() {
-            Some(Awaiting::Resume { serial: s, .. }) if *s == serial => {}
-            _ => return None,
+        if self.resuming.as_ref()?.serial != serial {
+            return None;
         }
-        match self.awaiting.take().map(|a| *a) {
-            Some(Awaiting::Resume {
-                request, so_far, ..
-            }) => Some((request, so_far)),
-            _ => None,
-        }
+        let resuming = *self.resuming.take()?;
+        Some((resuming.request, resuming.so_far))
     }
 
     /// Refuses a subscription that could not start (its missed events could not be
@@ -298,28 +314,40 @@ impl Exchange {
         self.refuse(error, &request.cors, false);
     }
 
-    /// The bus answered the publish with ticket `serial`: queue its answer. Returns false
-    /// when the answer is not for this exchange (its slot was reused).
+    /// The bus answered the publish with ticket `serial`: its answer takes its place in
+    /// line, and the answers now ready at the front go out. Returns whether the answer was
+    /// for this exchange (its slot may have been reused), and the refusal it carried.
     pub(crate) fn on_published(
         &mut self,
         serial: u64,
         result: Result<crate::EventId, crate::PublishError>,
-    ) -> bool {
-        match self.awaiting.as_deref() {
-            Some(Awaiting::Publish { serial: s, .. }) if *s == serial => {}
-            _ => return false,
+    ) -> (bool, Option<HttpError>) {
+        let Some(slot) = self
+            .queued
+            .iter_mut()
+            .find(|q| matches!(q, Queued::Publish { serial: s, .. } if *s == serial))
+        else {
+            return (false, None);
+        };
+        let Queued::Publish { reply, .. } = slot else {
+            return (false, None);
+        };
+        let (bytes, refusal) = publish_answer(result, reply);
+        *slot = Queued::Ready(bytes);
+        self.in_flight -= 1;
+        while let Some(Queued::Ready(_)) = self.queued.front() {
+            if let Some(Queued::Ready(bytes)) = self.queued.pop_front() {
+                self.out.extend_from_slice(&bytes);
+            }
         }
-        if let Some(Awaiting::Publish { reply, .. }) = self.awaiting.take().map(|a| *a) {
-            self.answer_publish(result, reply);
-        }
-        true
+        (true, refusal)
     }
 
     /// The connection's deadline passed: a request in progress gets 408; an idle
     /// keep-alive connection, or one that does not read its answer, is just closed. A
     /// request at the bus is waited for (the bus answers within its own timeouts).
     pub(crate) fn on_timeout(&mut self) -> Step {
-        if self.awaiting.is_some() {
+        if self.waiting_on_bus() {
             return Step::Await;
         }
         if self.is_idle() || !self.out.is_empty() {
@@ -332,19 +360,21 @@ impl Exchange {
     /// Decides the next step from the bytes received so far.
     pub(crate) fn step(&mut self, ctx: &RequestContext<'_>, info: &mut ConnInfo) -> Step {
         loop {
-            if self.awaiting.is_some() {
-                // Earlier answers go out while the bus works.
-                return if self.out.is_empty() {
-                    Step::Await
-                } else {
-                    Step::Write
-                };
+            // Ready answers go out while the bus works; nothing more is read meanwhile
+            // when a stream waits for its backfill or too many publishes are in flight.
+            let wait = if self.out.is_empty() {
+                Step::Await
+            } else {
+                Step::Write
+            };
+            if self.resuming.is_some() || self.in_flight >= PUBLISHES_IN_FLIGHT_MAX {
+                return wait;
             }
             if self.close_after {
-                return if self.out.is_empty() {
-                    Step::Linger
-                } else {
-                    Step::Write
+                return match (self.out.is_empty(), self.queued.is_empty()) {
+                    (false, _) => Step::Write,
+                    (true, false) => Step::Await,
+                    (true, true) => Step::Linger,
                 };
             }
             // Answers to pipelined requests already received go out in one write.
@@ -354,12 +384,22 @@ impl Exchange {
             {
                 return Step::Write;
             }
-            let answered = self.out.len();
+            let progress = (self.out.len(), self.queued.len());
             match self.next_request(ctx, info) {
-                Step::Write if self.out.len() > answered => continue,
+                Step::Write if (self.out.len(), self.queued.len()) != progress => continue,
                 Step::Read | Step::Await if !self.out.is_empty() => return Step::Write,
                 step => return step,
             }
+        }
+    }
+
+    /// Queues an answer behind the publishes the bus still owes, or sends it with the
+    /// next write when it owes none.
+    fn emit(&mut self, bytes: &[u8]) {
+        if self.queued.is_empty() {
+            self.out.extend_from_slice(bytes);
+        } else {
+            self.queued.push_back(Queued::Ready(bytes.to_vec()));
         }
     }
 
@@ -387,14 +427,13 @@ impl Exchange {
     fn refuse(&mut self, error: HttpError, cors: &str, keep_alive: bool) -> Step {
         let keep_alive = keep_alive && !error.closes();
         self.refusal = Some(error);
-        self.out
-            .extend_from_slice(&answer::refusal(error, cors, keep_alive));
+        self.emit(&answer::refusal(error, cors, keep_alive));
         self.close_after = !keep_alive;
         Step::Write
     }
 
     fn answer(&mut self, bytes: Vec<u8>, keep_alive: bool) -> Step {
-        self.out.extend_from_slice(&bytes);
+        self.emit(&bytes);
         self.close_after = !keep_alive;
         Step::Write
     }
@@ -459,11 +498,15 @@ impl Exchange {
                 );
                 self.answer(bytes, keep_alive)
             }
-            Route::Events if !self.out.is_empty() => {
+            Route::Events if !self.out.is_empty() || !self.queued.is_empty() => {
                 // Earlier pipelined answers go out before the stream takes the connection:
                 // un-consume the head and parse it again once they are written.
                 self.start -= request.head_len;
-                Step::Write
+                if self.out.is_empty() {
+                    Step::Await
+                } else {
+                    Step::Write
+                }
             }
             Route::Events => match route::subscription(request.query, ctx.topic_limits) {
                 Ok(subscription) => match authorize_subscription(ctx, &request, &subscription) {
@@ -517,7 +560,7 @@ impl Exchange {
         });
         let buffered = self.filled - self.start;
         if expect_continue && buffered < content_length {
-            self.out.extend_from_slice(answer::CONTINUE);
+            self.emit(answer::CONTINUE);
             return Step::Write;
         }
         Step::Read // The caller copies what is buffered into the body first.
@@ -565,44 +608,55 @@ impl Exchange {
             serial,
         };
         match ctx.bus.publish(outgoing, Some(ticket)) {
-            Submitted::Done(result) => self.answer_publish(result, reply),
+            Submitted::Done(result) => {
+                let (bytes, refusal) = publish_answer(result, &reply);
+                if refusal.is_some() {
+                    self.refusal = refusal;
+                }
+                self.answer(bytes, reply.keep_alive)
+            }
             Submitted::Pending => {
-                self.awaiting = Some(Box::new(Awaiting::Publish { serial, reply }));
-                Step::Await
+                // The next pipelined request is read meanwhile; the answer keeps its place.
+                self.close_after = !reply.keep_alive;
+                self.queued.push_back(Queued::Publish { serial, reply });
+                self.in_flight += 1;
+                Step::Write
             }
         }
     }
+}
 
-    /// Answers a publish with its id (plain text, or JSON for a JSON body) or the refusal.
-    fn answer_publish(
-        &mut self,
-        result: Result<crate::EventId, crate::PublishError>,
-        reply: PublishReply,
-    ) -> Step {
-        let id = match result {
-            Ok(id) => id,
-            Err(error) => {
-                return self.refuse(HttpError::Publish(error), &reply.cors, reply.keep_alive)
-            }
-        };
-        let (content_type, payload) = if reply.json {
-            (
-                "application/json",
-                serde_json::json!({ "id": id.as_str() }).to_string(),
-            )
-        } else {
-            ("text/plain; charset=utf-8", format!("{id}\n"))
-        };
-        let bytes = answer::response(
-            200,
-            content_type,
-            &reply.cors,
-            payload.as_bytes(),
-            reply.keep_alive,
-            false,
-        );
-        self.answer(bytes, reply.keep_alive)
-    }
+/// The answer to a publish: its id (plain text, or JSON for a JSON body) or the refusal,
+/// which is also returned for the metrics. A refused publish keeps the connection open.
+fn publish_answer(
+    result: Result<crate::EventId, crate::PublishError>,
+    reply: &PublishReply,
+) -> (Vec<u8>, Option<HttpError>) {
+    let id = match result {
+        Ok(id) => id,
+        Err(error) => {
+            let error = HttpError::Publish(error);
+            let keep_alive = reply.keep_alive && !error.closes();
+            return (answer::refusal(error, &reply.cors, keep_alive), Some(error));
+        }
+    };
+    let (content_type, payload) = if reply.json {
+        (
+            "application/json",
+            serde_json::json!({ "id": id.as_str() }).to_string(),
+        )
+    } else {
+        ("text/plain; charset=utf-8", format!("{id}\n"))
+    };
+    let bytes = answer::response(
+        200,
+        content_type,
+        &reply.cors,
+        payload.as_bytes(),
+        reply.keep_alive,
+        false,
+    );
+    (bytes, None)
 }
 
 /// With a subscribe key, a subscription needs a token (`Authorization: Bearer`, the
@@ -666,10 +720,14 @@ mod tests {
         (written, step)
     }
 
-    /// As [`exchange`], also returning how many writes the exchange asked for.
-    fn exchange_counting_writes(config: &Config, input: &[u8]) -> (String, Step, usize) {
-        let bus = crate::bus::embedded::EmbeddedBus::new(crate::bus::Fanout::new());
-        let ctx = RequestContext {
+    /// The request context the tests run with, over `bus`.
+    fn context<'a>(
+        config: &'a Config,
+        bus: &'a dyn Bus,
+        clients: &'a ClientTable,
+        serials: &'a AtomicU64,
+    ) -> RequestContext<'a> {
+        RequestContext {
             config,
             route: RouteConfig {
                 publish_listener: false,
@@ -684,16 +742,24 @@ mod tests {
                 topic_bytes_max: 32,
                 frame_bytes_max: 1 << 20,
             },
-            bus: &bus,
+            bus,
             trusted_proxies: &[],
-            clients: &ClientTable::new(),
+            clients,
             render_metrics: &String::new,
             loop_index: 0,
             conn: 0,
-            serials: &AtomicU64::new(1),
+            serials,
             subscribe_verifier: None,
             publish_verifier: None,
-        };
+        }
+    }
+
+    /// As [`exchange`], also returning how many writes the exchange asked for.
+    fn exchange_counting_writes(config: &Config, input: &[u8]) -> (String, Step, usize) {
+        let bus = crate::bus::embedded::EmbeddedBus::new(crate::bus::Fanout::new());
+        let clients = ClientTable::new();
+        let serials = AtomicU64::new(1);
+        let ctx = context(config, &bus, &clients, &serials);
         let mut info = ConnInfo {
             listener: Listener::Main,
             counted: None,
@@ -723,6 +789,173 @@ mod tests {
                 step => return (String::from_utf8(written).unwrap(), step, writes),
             }
         }
+    }
+
+    /// A bus that answers every publish later, like the Redis bus.
+    struct LaterBus;
+
+    impl Bus for LaterBus {
+        fn publish(&self, _: crate::bus::Outgoing<'_>, _: Option<Ticket>) -> Submitted {
+            Submitted::Pending
+        }
+        fn resume_point(&self, _: &str) -> crate::bus::Resume {
+            crate::bus::Resume::Unknown
+        }
+        fn reach_floor(&self) -> Option<crate::ring::Seq> {
+            Some(0)
+        }
+        fn can_backfill(&self) -> bool {
+            false
+        }
+        fn backfill(
+            &self,
+            _: crate::bus::BackfillRequest,
+            _: Ticket,
+        ) -> Result<(), crate::PublishError> {
+            Err(crate::PublishError::Unavailable)
+        }
+        fn published(&self) -> u64 {
+            0
+        }
+        fn stats(&self) -> crate::bus::BusStats {
+            crate::bus::BusStats::default()
+        }
+        fn close(&self) {}
+    }
+
+    /// Drives `exchange` until it needs the bus or more input, writing what it asks to.
+    fn drive(exchange: &mut Exchange, ctx: &RequestContext<'_>, written: &mut Vec<u8>) -> Step {
+        let mut info = ConnInfo {
+            listener: Listener::Main,
+            counted: None,
+        };
+        loop {
+            match exchange.step(ctx, &mut info) {
+                Step::Write => {
+                    written.extend_from_slice(exchange.unsent());
+                    let n = exchange.unsent().len();
+                    exchange.on_written(n);
+                }
+                step => return step,
+            }
+        }
+    }
+
+    fn statuses(written: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(written)
+            .lines()
+            .filter(|l| l.starts_with("HTTP/1.1"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn publishes_answered_later_keep_request_order() {
+        let config = Config::default();
+        let clients = ClientTable::new();
+        let serials = AtomicU64::new(1);
+        let ctx = context(&config, &LaterBus, &clients, &serials);
+        let mut exchange = Exchange::new(
+            vec![0; 1024].into_boxed_slice(),
+            IpAddr::from([127, 0, 0, 1]),
+        );
+        let input: &[u8] =
+            b"POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1\
+POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n2\
+GET /nope HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
+        let target = exchange.read_target();
+        target[..input.len()].copy_from_slice(input);
+        exchange.on_read(input.len());
+        let mut written = Vec::new();
+        // All three publishes go to the bus at once; nothing can be answered yet.
+        assert_eq!(drive(&mut exchange, &ctx, &mut written), Step::Read);
+        assert!(written.is_empty(), "{}", String::from_utf8_lossy(&written));
+        assert!(!exchange.is_idle());
+        assert_eq!(exchange.on_timeout(), Step::Await, "the bus is waited for");
+        // The second answer comes first: it waits for the first.
+        let id = |n: &str| Ok(crate::EventId(format!("1-{n}")));
+        assert_eq!(exchange.on_published(2, id("2")), (true, None));
+        assert_eq!(drive(&mut exchange, &ctx, &mut written), Step::Read);
+        assert!(written.is_empty());
+        assert_eq!(exchange.on_published(1, id("1")), (true, None));
+        assert_eq!(drive(&mut exchange, &ctx, &mut written), Step::Read);
+        assert_eq!(
+            statuses(&written),
+            [
+                "HTTP/1.1 200 OK",
+                "HTTP/1.1 200 OK",
+                "HTTP/1.1 404 Not Found"
+            ],
+            "the 404 was ready: it goes out as soon as the publishes before it did"
+        );
+        // A refusal is counted and answered in its place.
+        let refused = exchange.on_published(3, Err(crate::PublishError::Unavailable));
+        assert_eq!(
+            refused,
+            (
+                true,
+                Some(HttpError::Publish(crate::PublishError::Unavailable))
+            )
+        );
+        assert_eq!(
+            exchange.on_published(3, id("3")),
+            (false, None),
+            "answered once"
+        );
+        assert_eq!(drive(&mut exchange, &ctx, &mut written), Step::Read);
+        assert_eq!(
+            statuses(&written),
+            [
+                "HTTP/1.1 200 OK",
+                "HTTP/1.1 200 OK",
+                "HTTP/1.1 404 Not Found",
+                "HTTP/1.1 503 Service Unavailable"
+            ]
+        );
+        let text = String::from_utf8_lossy(&written);
+        let first = text.find("1-1\n").unwrap();
+        let second = text.find("1-2\n").unwrap();
+        assert!(first < second, "{text}");
+        assert!(exchange.is_idle());
+    }
+
+    #[test]
+    fn in_flight_publishes_are_bounded() {
+        let config = Config::default();
+        let clients = ClientTable::new();
+        let serials = AtomicU64::new(1);
+        let ctx = context(&config, &LaterBus, &clients, &serials);
+        let mut exchange = Exchange::new(
+            vec![0; 8192].into_boxed_slice(),
+            IpAddr::from([127, 0, 0, 1]),
+        );
+        let one: &[u8] = b"POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx";
+        let input = one.repeat(PUBLISHES_IN_FLIGHT_MAX + 5);
+        let mut offered = &input[..];
+        let mut written = Vec::new();
+        loop {
+            match drive(&mut exchange, &ctx, &mut written) {
+                Step::Read if !offered.is_empty() => {
+                    let target = exchange.read_target();
+                    let n = target.len().min(offered.len());
+                    target[..n].copy_from_slice(&offered[..n]);
+                    offered = &offered[n..];
+                    exchange.on_read(n);
+                }
+                step => {
+                    assert_eq!(step, Step::Await, "stops reading at the bound");
+                    break;
+                }
+            }
+        }
+        assert_eq!(exchange.in_flight, PUBLISHES_IN_FLIGHT_MAX);
+        assert_eq!(
+            exchange.on_published(1, Ok(crate::EventId("1-1".into()))),
+            (true, None)
+        );
+        assert_eq!(drive(&mut exchange, &ctx, &mut written), Step::Await);
+        assert_eq!(statuses(&written).len(), 1);
     }
 
     #[test]

@@ -1616,3 +1616,45 @@ fn a_stream_key_of_another_type_gets_503_without_flooding_the_log_then_recovers(
          {wrong_type_lines} WRONGTYPE lines"
     );
 }
+
+/// Publishes sent back to back on one connection, without waiting for answers.
+const PIPELINED_PUBLISHES: usize = 300;
+
+/// A publisher that pipelines (sends many requests before reading any answer) keeps many
+/// publishes at Redis at once, and still gets its answers in request order, each id the
+/// one its event carries, with the events delivered in that order.
+#[test]
+fn pipelined_publishes_on_one_connection_are_answered_in_order() {
+    let redis = RedisServer::start("pipelined");
+    let node = Node::spawn("node", &redis.url(), "pipelined", &[]);
+    node.wait_connected();
+    let mut subscriber = subscribe(node.addr(), &["p"]);
+    let mut requests = Vec::new();
+    for i in 0..PIPELINED_PUBLISHES {
+        requests.extend_from_slice(&post_request(
+            "/publish?topic=p",
+            Some("text/plain"),
+            format!("pipelined {i}").as_bytes(),
+            &[],
+        ));
+    }
+    let mut conn = Conn::connect(node.addr());
+    conn.send(&requests);
+    let ids: Vec<String> = (0..PIPELINED_PUBLISHES)
+        .map(|i| {
+            let answer = conn.read_response(&format!("answer {i}"));
+            assert_eq!(answer.status, 200, "publish {i}: {}", answer.summary());
+            answer.body_text().trim().to_owned()
+        })
+        .collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    assert_strictly_increasing(&refs, "the answers, in request order");
+    let events = subscriber.events(PIPELINED_PUBLISHES);
+    for (i, (event, id)) in events.iter().zip(&ids).enumerate() {
+        assert_eq!(
+            seen(event),
+            message(&format!("pipelined {i}"), id),
+            "event {i} carries the id its publish was answered with"
+        );
+    }
+}

@@ -135,7 +135,11 @@ impl EventLoop {
                         ..
                     }) = self.conns.get_mut(ticket.conn)
                     {
-                        if exchange.on_published(ticket.serial, result) {
+                        let (ours, refusal) = exchange.on_published(ticket.serial, result);
+                        if let Some(error) = refusal {
+                            super::http::count_refusal(&self.shared, error);
+                        }
+                        if ours {
                             self.drive_http(ticket.conn);
                         }
                     }
