@@ -152,8 +152,9 @@ pub(crate) struct Exchange {
     out: Vec<u8>,
     sent: usize,
     close_after: bool,
-    /// The last refusal answered, until the loop counts it.
-    refusal: Option<HttpError>,
+    /// Refusals answered since the loop last counted them (one `step` can answer many
+    /// pipelined requests; bounded by the answers one step batches).
+    refusals: Vec<HttpError>,
     /// Answers waiting for the oldest publish the bus has not answered; empty otherwise.
     queued: VecDeque<Queued>,
     /// Publishes in `queued` the bus has not answered.
@@ -203,16 +204,16 @@ impl Exchange {
             out: Vec::new(),
             sent: 0,
             close_after: false,
-            refusal: None,
+            refusals: Vec::new(),
             queued: VecDeque::new(),
             in_flight: 0,
             resuming: None,
         }
     }
 
-    /// The refusal answered since the last call, for the metrics.
-    pub(crate) fn take_refusal(&mut self) -> Option<HttpError> {
-        self.refusal.take()
+    /// The refusals answered since the last call, for the metrics.
+    pub(crate) fn take_refusals(&mut self) -> impl Iterator<Item = HttpError> + '_ {
+        self.refusals.drain(..)
     }
 
     /// An exchange whose only answer is a refusal (the connection is closed after it).
@@ -426,7 +427,7 @@ impl Exchange {
 
     fn refuse(&mut self, error: HttpError, cors: &str, keep_alive: bool) -> Step {
         let keep_alive = keep_alive && !error.closes();
-        self.refusal = Some(error);
+        self.refusals.push(error);
         self.emit(&answer::refusal(error, cors, keep_alive));
         self.close_after = !keep_alive;
         Step::Write
@@ -610,9 +611,7 @@ impl Exchange {
         match ctx.bus.publish(outgoing, Some(ticket)) {
             Submitted::Done(result) => {
                 let (bytes, refusal) = publish_answer(result, &reply);
-                if refusal.is_some() {
-                    self.refusal = refusal;
-                }
+                self.refusals.extend(refusal);
                 self.answer(bytes, reply.keep_alive)
             }
             Submitted::Pending => {

@@ -278,3 +278,29 @@ fn heartbeats_are_counted() {
         quiet.comments().len()
     );
 }
+
+/// Refusals answered to pipelined requests in one read.
+const PIPELINED_REFUSALS: usize = 25;
+
+/// Every refusal is counted, also when one read brings many pipelined requests that are
+/// answered together.
+#[test]
+fn pipelined_refusals_are_each_counted() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut requests = Vec::new();
+    for i in 0..PIPELINED_REFUSALS {
+        requests.extend_from_slice(&build_request("GET", &format!("/nope/{i}"), &[], b""));
+    }
+    let mut conn = Conn::connect(addr);
+    conn.send(&requests);
+    for i in 0..PIPELINED_REFUSALS {
+        let answer = conn.read_response(&format!("answer {i}"));
+        assert_eq!(answer.status, 404, "{}", answer.summary());
+    }
+    let page = scrape(addr);
+    assert_eq!(
+        page.value("herald_http_refusals_total{status=\"404\"}"),
+        PIPELINED_REFUSALS as f64
+    );
+}

@@ -77,7 +77,7 @@ impl EventLoop {
                 return;
             };
             let step = exchange.step(&ctx, info);
-            if let Some(error) = exchange.take_refusal() {
+            for error in exchange.take_refusals() {
                 count_refusal(&shared, error);
             }
             match step {
