@@ -195,6 +195,21 @@ fn assert_same_events(got: &[Seen], expected: &[Seen], who: &str) {
     }
 }
 
+/// Node A (default history) and node B, whose rings keep 2 events per topic so resumes
+/// on it need the stream; both connected.
+fn node_and_small_ring_node(redis: &RedisServer, stream: &str) -> (Node, Node) {
+    let a = Node::spawn("node A", &redis.url(), stream, &[]);
+    let b = Node::spawn(
+        "node B (history 2)",
+        &redis.url(),
+        stream,
+        &["--history-events", "2"],
+    );
+    a.wait_connected();
+    b.wait_connected();
+    (a, b)
+}
+
 /// Publishes `data` to topic `topic` with a form body; returns the answered id.
 fn publish_to(addr: SocketAddr, topic: &str, data: &str) -> String {
     publish_form(addr, &[("topic", topic), ("data", data)])
@@ -456,15 +471,7 @@ fn resume_on_another_node_from_its_ring() {
 fn resume_older_than_the_nodes_ring_is_backfilled_from_the_stream() {
     let redis = RedisServer::start("resume-backfill");
     let stream = "resume-backfill";
-    let a = Node::spawn("node A", &redis.url(), stream, &[]);
-    let b = Node::spawn(
-        "node B (history 2)",
-        &redis.url(),
-        stream,
-        &["--history-events", "2"],
-    );
-    a.wait_connected();
-    b.wait_connected();
+    let (a, b) = node_and_small_ring_node(&redis, stream);
     let nodes = [a.addr(), b.addr()];
     let mut reader = subscribe(a.addr(), &["r"]);
     let mut witness = subscribe(b.addr(), &["r"]);
@@ -561,15 +568,7 @@ fn a_node_started_after_the_events_serves_the_resume_from_the_stream() {
 fn resumes_backfilled_while_events_keep_coming_have_no_gap_and_no_duplicate() {
     let redis = RedisServer::start("resume-seam");
     let stream = "resume-seam";
-    let a = Node::spawn("node A", &redis.url(), stream, &[]);
-    let b = Node::spawn(
-        "node B (history 2)",
-        &redis.url(),
-        stream,
-        &["--history-events", "2"],
-    );
-    a.wait_connected();
-    b.wait_connected();
+    let (a, b) = node_and_small_ring_node(&redis, stream);
     let mut witness = subscribe(b.addr(), &["r"]);
     let mut all: Vec<Seen> = Vec::new();
     for i in 0..20 {

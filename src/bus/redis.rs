@@ -492,15 +492,19 @@ fn run_reader(core: &Core) {
     let mut down_logged = false;
     let mut skips = Throttle::new();
     while !core.closed.load(Ordering::Acquire) {
+        // Logs the first failure of an outage, then waits a growing backoff.
+        let mut retry_later = |what: &str, error: redis::RedisError| {
+            if !down_logged {
+                log::warn!("redis reader cannot {what}: {error}");
+                down_logged = true;
+            }
+            nap(core, backoff);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        };
         let mut conn = match connect(core, READ_BLOCK) {
             Ok(conn) => conn,
             Err(error) => {
-                if !down_logged {
-                    log::warn!("redis reader cannot connect: {error}");
-                    down_logged = true;
-                }
-                nap(core, backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                retry_later("connect", error);
                 continue;
             }
         };
@@ -517,12 +521,7 @@ fn run_reader(core: &Core) {
                 core.connected.store(true, Ordering::Release);
             }
             Err(error) => {
-                if !down_logged {
-                    log::warn!("redis reader cannot read the stream: {error}");
-                    down_logged = true;
-                }
-                nap(core, backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                retry_later("read the stream", error);
                 continue;
             }
         }

@@ -312,15 +312,7 @@ impl EventLoop {
             log::info!("telling {} streams to resume after lost events", keys.len());
         }
         for key in keys {
-            let retry_ms = self.jittered_retry_ms();
-            if let Some(Connection {
-                state: ConnState::Stream(stream),
-                ..
-            }) = self.conns.get_mut(key)
-            {
-                stream.close_with_hint(retry_ms);
-            }
-            self.flush(key);
+            self.send_back(key);
         }
     }
 

@@ -37,6 +37,20 @@ impl EventLoop {
         base.saturating_add((self.random() % spread) as u32)
     }
 
+    /// Tells a stream to come back after a jittered delay (`retry:`), then to close, and
+    /// writes what it can of that now.
+    pub(super) fn send_back(&mut self, key: usize) {
+        let retry_ms = self.jittered_retry_ms();
+        if let Some(Connection {
+            state: ConnState::Stream(stream),
+            ..
+        }) = self.conns.get_mut(key)
+        {
+            stream.close_with_hint(retry_ms);
+        }
+        self.flush(key);
+    }
+
     pub(super) fn expire_timers(&mut self) {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.expire(self.now, |key| due.push(key));
@@ -68,15 +82,7 @@ impl EventLoop {
             },
             ConnState::Stream(stream) => {
                 if stream.expires_ms != 0 && now_ms >= stream.expires_ms {
-                    let retry_ms = self.jittered_retry_ms();
-                    if let Some(Connection {
-                        state: ConnState::Stream(stream),
-                        ..
-                    }) = self.conns.get_mut(key)
-                    {
-                        stream.close_with_hint(retry_ms);
-                    }
-                    self.flush(key);
+                    self.send_back(key);
                 } else {
                     if stream.queue_heartbeat(now_ms, heartbeat_ms) {
                         self.counters.heartbeats += 1;
