@@ -26,6 +26,10 @@ const ANSWERS_BATCH_BYTES_MAX: usize = 16 * 1024;
 /// bus answers them in order, from one pipeline). Past this the exchange reads no further
 /// request until answers come back, which bounds what a connection can queue.
 const PUBLISHES_IN_FLIGHT_MAX: usize = 64;
+/// Bytes of ready answers held behind a publish the bus still owes (a client may pipeline
+/// other requests behind its publishes). Past this the exchange reads no further request
+/// until the bus answers, so a connection cannot make the server hold answers unbounded.
+const QUEUED_ANSWER_BYTES_MAX: usize = 64 * 1024;
 
 /// The built-in demo page.
 const DEMO_HTML: &str = include_str!("demo.html");
@@ -159,6 +163,8 @@ pub(crate) struct Exchange {
     queued: VecDeque<Queued>,
     /// Publishes in `queued` the bus has not answered.
     in_flight: usize,
+    /// Bytes of the ready answers in `queued`.
+    queued_bytes: usize,
     /// A subscription waiting for its backfill.
     resuming: Option<Box<Resuming>>,
 }
@@ -207,6 +213,7 @@ impl Exchange {
             refusals: Vec::new(),
             queued: VecDeque::new(),
             in_flight: 0,
+            queued_bytes: 0,
             resuming: None,
         }
     }
@@ -334,10 +341,12 @@ impl Exchange {
             return (false, None);
         };
         let (bytes, refusal) = publish_answer(result, reply);
+        self.queued_bytes += bytes.len();
         *slot = Queued::Ready(bytes);
         self.in_flight -= 1;
         while let Some(Queued::Ready(_)) = self.queued.front() {
             if let Some(Queued::Ready(bytes)) = self.queued.pop_front() {
+                self.queued_bytes -= bytes.len();
                 self.out.extend_from_slice(&bytes);
             }
         }
@@ -368,7 +377,10 @@ impl Exchange {
             } else {
                 Step::Write
             };
-            if self.resuming.is_some() || self.in_flight >= PUBLISHES_IN_FLIGHT_MAX {
+            if self.resuming.is_some()
+                || self.in_flight >= PUBLISHES_IN_FLIGHT_MAX
+                || self.queued_bytes >= QUEUED_ANSWER_BYTES_MAX
+            {
                 return wait;
             }
             if self.close_after {
@@ -400,6 +412,7 @@ impl Exchange {
         if self.queued.is_empty() {
             self.out.extend_from_slice(bytes);
         } else {
+            self.queued_bytes += bytes.len();
             self.queued.push_back(Queued::Ready(bytes.to_vec()));
         }
     }
@@ -955,6 +968,48 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
         );
         assert_eq!(drive(&mut exchange, &ctx, &mut written), Step::Await);
         assert_eq!(statuses(&written).len(), 1);
+    }
+
+    #[test]
+    fn answers_held_behind_a_publish_are_bounded() {
+        let config = Config::default();
+        let clients = ClientTable::new();
+        let serials = AtomicU64::new(1);
+        let ctx = context(&config, &LaterBus, &clients, &serials);
+        let mut exchange = Exchange::new(
+            vec![0; 8192].into_boxed_slice(),
+            IpAddr::from([127, 0, 0, 1]),
+        );
+        let mut input: Vec<u8> =
+            b"POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx".to_vec();
+        let health: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        input.extend(health.repeat(10_000));
+        let mut offered = &input[..];
+        let mut written = Vec::new();
+        let step = loop {
+            match drive(&mut exchange, &ctx, &mut written) {
+                Step::Read if !offered.is_empty() => {
+                    let target = exchange.read_target();
+                    let n = target.len().min(offered.len());
+                    target[..n].copy_from_slice(&offered[..n]);
+                    offered = &offered[n..];
+                    exchange.on_read(n);
+                }
+                step => break step,
+            }
+        };
+        assert_eq!(step, Step::Await, "reading stops while the publish is owed");
+        assert!(written.is_empty());
+        assert!(exchange.queued_bytes >= QUEUED_ANSWER_BYTES_MAX);
+        assert!(exchange.queued_bytes < QUEUED_ANSWER_BYTES_MAX + 1024);
+        assert!(!offered.is_empty(), "the rest stays unread, in the socket");
+        assert_eq!(
+            exchange.on_published(1, Ok(crate::EventId("1-1".into()))),
+            (true, None)
+        );
+        drive(&mut exchange, &ctx, &mut written);
+        assert_eq!(exchange.queued_bytes, 0);
+        assert!(statuses(&written).len() > 100);
     }
 
     #[test]
