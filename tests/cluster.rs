@@ -1657,3 +1657,39 @@ fn pipelined_publishes_on_one_connection_are_answered_in_order() {
         );
     }
 }
+
+/// A Redis that requires a password: the password in `--redis-url` is used (publishes are
+/// stored and delivered); a wrong one gets 503 for publishes, and the node still serves
+/// its subscribers.
+#[test]
+fn the_password_in_the_redis_url_is_used() {
+    let redis = RedisServer::start("password");
+    let mut admin = redis.client();
+    admin.command(&["CONFIG", "SET", "requirepass", "s3cret"]);
+    let good = format!("redis://:s3cret@127.0.0.1:{}/0", redis.port);
+    let bad = format!("redis://:wrong@127.0.0.1:{}/0", redis.port);
+    let node = Node::spawn("node with the password", &good, "password", &[]);
+    let stranger = Node::spawn("node with a wrong password", &bad, "password", &[]);
+    node.wait_connected();
+    let mut subscriber = subscribe(node.addr(), &["t"]);
+    let id = publish_to(node.addr(), "t", "authenticated");
+    assert_eq!(
+        seen(&subscriber.next_event("the event")),
+        message("authenticated", &id)
+    );
+    assert_eq!(
+        admin.xrange("password", &id, &id).len(),
+        1,
+        "the event is in the stream"
+    );
+    assert_redis_unavailable(
+        &try_publish(stranger.addr(), "t", "refused"),
+        "a publish with a wrong password",
+    );
+    assert_eq!(stranger.metric(CONNECTED), 0.0);
+    let other = subscribe(stranger.addr(), &["t"]);
+    assert!(
+        other.retry_ms().is_some(),
+        "the node still serves subscribers"
+    );
+}
