@@ -853,6 +853,28 @@ mod tests {
         }
     }
 
+    /// Drives `exchange`, reading from `offered` whenever it asks, until it stops for
+    /// something else (or `offered` runs out).
+    fn feed(
+        exchange: &mut Exchange,
+        ctx: &RequestContext<'_>,
+        offered: &mut &[u8],
+        written: &mut Vec<u8>,
+    ) -> Step {
+        loop {
+            match drive(exchange, ctx, written) {
+                Step::Read if !offered.is_empty() => {
+                    let target = exchange.read_target();
+                    let n = target.len().min(offered.len());
+                    target[..n].copy_from_slice(&offered[..n]);
+                    *offered = &offered[n..];
+                    exchange.on_read(n);
+                }
+                step => return step,
+            }
+        }
+    }
+
     fn statuses(written: &[u8]) -> Vec<String> {
         String::from_utf8_lossy(written)
             .lines()
@@ -876,12 +898,13 @@ mod tests {
 POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n2\
 GET /nope HTTP/1.1\r\nHost: x\r\n\r\n\
 POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
-        let target = exchange.read_target();
-        target[..input.len()].copy_from_slice(input);
-        exchange.on_read(input.len());
+        let mut offered = input;
         let mut written = Vec::new();
         // All three publishes go to the bus at once; nothing can be answered yet.
-        assert_eq!(drive(&mut exchange, &ctx, &mut written), Step::Read);
+        assert_eq!(
+            feed(&mut exchange, &ctx, &mut offered, &mut written),
+            Step::Read
+        );
         assert!(written.is_empty(), "{}", String::from_utf8_lossy(&written));
         assert!(!exchange.is_idle());
         assert_eq!(exchange.on_timeout(), Step::Await, "the bus is waited for");
@@ -946,21 +969,8 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
         let input = one.repeat(PUBLISHES_IN_FLIGHT_MAX + 5);
         let mut offered = &input[..];
         let mut written = Vec::new();
-        loop {
-            match drive(&mut exchange, &ctx, &mut written) {
-                Step::Read if !offered.is_empty() => {
-                    let target = exchange.read_target();
-                    let n = target.len().min(offered.len());
-                    target[..n].copy_from_slice(&offered[..n]);
-                    offered = &offered[n..];
-                    exchange.on_read(n);
-                }
-                step => {
-                    assert_eq!(step, Step::Await, "stops reading at the bound");
-                    break;
-                }
-            }
-        }
+        let step = feed(&mut exchange, &ctx, &mut offered, &mut written);
+        assert_eq!(step, Step::Await, "stops reading at the bound");
         assert_eq!(exchange.in_flight, PUBLISHES_IN_FLIGHT_MAX);
         assert_eq!(
             exchange.on_published(1, Ok(crate::EventId("1-1".into()))),
@@ -986,18 +996,7 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
         input.extend(health.repeat(10_000));
         let mut offered = &input[..];
         let mut written = Vec::new();
-        let step = loop {
-            match drive(&mut exchange, &ctx, &mut written) {
-                Step::Read if !offered.is_empty() => {
-                    let target = exchange.read_target();
-                    let n = target.len().min(offered.len());
-                    target[..n].copy_from_slice(&offered[..n]);
-                    offered = &offered[n..];
-                    exchange.on_read(n);
-                }
-                step => break step,
-            }
-        };
+        let step = feed(&mut exchange, &ctx, &mut offered, &mut written);
         assert_eq!(step, Step::Await, "reading stops while the publish is owed");
         assert!(written.is_empty());
         assert!(exchange.queued_bytes >= QUEUED_ANSWER_BYTES_MAX);
