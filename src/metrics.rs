@@ -235,12 +235,9 @@ pub(crate) fn render(
             loops.len() as u64,
         ),
     ];
-    for (name, kind, help, value) in simple {
-        family(&mut out, name, kind, help);
-        let _ = writeln!(out, "{name} {value}");
-    }
-    if let Some(connected) = snapshot.bus.connected {
-        let redis: [(&str, &str, &str, u64); 5] = [
+    // Only a bus with a log (Redis) has these.
+    let redis = snapshot.bus.connected.map(|connected| -> [(&str, &str, &str, u64); 5] {
+        [
             (
                 "herald_redis_connected",
                 "gauge",
@@ -271,11 +268,11 @@ pub(crate) fn render(
                 "Times the stream trimmed entries before this node read them (every stream was then told to resume, and gets the gap event). Raise --redis-maxlen if this moves.",
                 snapshot.bus.holes,
             ),
-        ];
-        for (name, kind, help, value) in redis {
-            family(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {value}");
-        }
+        ]
+    });
+    for (name, kind, help, value) in simple.into_iter().chain(redis.into_iter().flatten()) {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
     }
     family(
         &mut out,
