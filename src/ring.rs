@@ -130,7 +130,7 @@ impl Ring {
     }
 
     /// Total length of the kept frames.
-    #[cfg(test)]
+    #[cfg(any(test, debug_assertions))]
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }

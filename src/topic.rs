@@ -18,7 +18,16 @@ pub(crate) type TopicId = usize;
 /// the budget queue entry and the frame's reference count.
 const ENTRY_OVERHEAD_BYTES: usize = 64;
 /// Bytes charged per topic beyond its name: map and table slots, ring and index headers.
+/// Only topics without subscribers are charged: those are what a flood of distinct
+/// published names creates, while subscribed topics are already bounded by connections
+/// times topics per subscription. Charging them would let subscriptions alone exhaust
+/// the budget and evict every new event before it is sent.
 const TOPIC_OVERHEAD_BYTES: usize = 160;
+
+/// What a topic without subscribers costs the history budget beyond its entries.
+fn topic_charge(name: &str) -> usize {
+    TOPIC_OVERHEAD_BYTES + 2 * name.len()
+}
 
 /// Checks a topic name: 1..=`max_bytes` bytes of `A-Z a-z 0-9 _ - . : / @ ~`. The set keeps
 /// names safe in URLs, logs, metrics and Redis keys, and leaves `*` and `,` free for patterns.
@@ -133,7 +142,7 @@ impl Topics {
             return id;
         }
         let name: Box<str> = name.into();
-        self.charged_bytes += TOPIC_OVERHEAD_BYTES + 2 * name.len();
+        self.charged_bytes += topic_charge(&name);
         let id = self.table.insert(Topic {
             name: name.clone(),
             ring: Ring::new(self.forgotten_max),
@@ -214,7 +223,7 @@ impl Topics {
         }
         let topic = self.table.remove(id);
         self.forgotten_max = self.forgotten_max.max(topic.ring.evicted_max());
-        self.charged_bytes -= TOPIC_OVERHEAD_BYTES + 2 * topic.name.len();
+        self.charged_bytes -= topic_charge(&topic.name);
         self.by_name.remove(&topic.name);
     }
 
@@ -222,7 +231,11 @@ impl Topics {
     /// subscriber's position in its list.
     pub(crate) fn subscribe(&mut self, name: &str, subscriber: SubscriberRef) -> (TopicId, u32) {
         let id = self.intern(name);
-        let subscribers = &mut self.table[id].subscribers;
+        let topic = &mut self.table[id];
+        if topic.subscribers.is_empty() {
+            self.charged_bytes -= topic_charge(&topic.name);
+        }
+        let subscribers = &mut topic.subscribers;
         subscribers.push(subscriber);
         // Subscriber counts are bounded by the loop's connections, far below u32::MAX.
         (id, (subscribers.len() - 1) as u32)
@@ -239,7 +252,11 @@ impl Topics {
         }
         topic.subscribers.swap_remove(position);
         let moved = topic.subscribers.get(position).copied();
-        self.remove_if_unused(id);
+        if topic.subscribers.is_empty() {
+            self.charged_bytes += topic_charge(&topic.name);
+            self.remove_if_unused(id);
+            self.enforce_total();
+        }
         moved
     }
 
@@ -279,6 +296,20 @@ impl Topics {
         debug_assert_eq!(self.by_name.len(), self.table.len());
         let live: usize = self.table.iter().map(|(_, t)| t.ring.len()).sum();
         debug_assert_eq!(live, self.entries_live);
+        let charged: usize = self
+            .table
+            .iter()
+            .map(|(_, t)| {
+                let entries = t.ring.bytes() + t.ring.len() * ENTRY_OVERHEAD_BYTES;
+                let topic = if t.subscribers.is_empty() {
+                    topic_charge(&t.name)
+                } else {
+                    0
+                };
+                entries + topic
+            })
+            .sum();
+        debug_assert_eq!(charged, self.charged_bytes, "charged bytes drifted");
         debug_assert!(self.order.len() >= self.entries_live);
         debug_assert!(
             self.charged_bytes <= self.limits.total_bytes || self.order.is_empty(),
@@ -342,6 +373,35 @@ mod tests {
         // A topic created after others were forgotten reports their evictions as a gap.
         let (id, _) = topics.subscribe("t1", SubscriberRef { conn: 0, slot: 0 });
         assert!(!topics.get(id).unwrap().ring.covers(1));
+    }
+
+    /// Subscriptions to many topics do not use up the history budget: a new event on a
+    /// subscribed topic is kept until it is sent, however many topics are subscribed.
+    #[test]
+    fn subscribed_topics_do_not_crowd_out_new_events() {
+        let budget = 64 * 1024;
+        let mut topics = Topics::new(limits(100, 10_000, budget));
+        let name = |i: usize| format!("{i:0>120}");
+        for i in 0..1_000 {
+            topics.subscribe(&name(i), SubscriberRef { conn: i, slot: 0 });
+        }
+        assert_eq!(
+            topics.charged_bytes(),
+            0,
+            "subscribed topics are not charged"
+        );
+        topics.append(1, &[name(7).into()], &frame(100));
+        let id = topics.find(&name(7)).unwrap();
+        let ring = &topics.get(id).unwrap().ring;
+        assert_eq!(ring.len(), 1, "the new event is kept");
+        assert!(ring.covers(0));
+        // Once nobody subscribes, a topic is charged again and may be evicted.
+        for i in 0..1_000 {
+            let id = topics.find(&name(i)).unwrap();
+            topics.unsubscribe(id, 0);
+        }
+        assert!(topics.charged_bytes() <= budget);
+        assert!(topics.len() <= 1);
     }
 
     #[test]
