@@ -734,12 +734,27 @@ fn read_head(stream: &mut TcpStream, until: Instant) -> io::Result<(Head, Vec<u8
     }
 }
 
-/// One request on a fresh connection; the status and the body as text.
+/// Largest response body [`exchange`] accepts (metrics pages and publish answers are a
+/// few KiB).
+const BODY_BYTES_MAX: usize = 1024 * 1024;
+
+fn body_too_large(addr: SocketAddr) -> io::Error {
+    io::Error::new(
+        ErrorKind::InvalidData,
+        format!("response body from {addr} exceeds {BODY_BYTES_MAX} bytes"),
+    )
+}
+
+/// One request on a fresh connection; the status and the body as text. A body over
+/// [`BODY_BYTES_MAX`] is an error.
 fn exchange(addr: SocketAddr, request: &[u8]) -> io::Result<(u16, String)> {
     let until = Instant::now() + Duration::from_secs(5);
     let mut stream = connect(v4(addr)?)?;
     stream.write_all(request)?;
     let (head, mut rest) = read_head(&mut stream, until)?;
+    if head.content_length.is_some_and(|n| n > BODY_BYTES_MAX) {
+        return Err(body_too_large(addr));
+    }
     let mut scratch = [0u8; 16 * 1024];
     let mut decoder = ChunkedDecoder::default();
     let mut body = Vec::new();
@@ -756,6 +771,9 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> io::Result<(u16, String)> {
         if done {
             break;
         }
+        if body.len() > BODY_BYTES_MAX || rest.len() > BODY_BYTES_MAX {
+            return Err(body_too_large(addr));
+        }
         if Instant::now() >= until {
             return Err(io::Error::new(ErrorKind::TimedOut, "response body"));
         }
@@ -769,6 +787,9 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> io::Result<(u16, String)> {
     if !head.chunked {
         rest.truncate(head.content_length.unwrap_or(rest.len()));
         body = rest;
+    }
+    if body.len() > BODY_BYTES_MAX {
+        return Err(body_too_large(addr));
     }
     Ok((head.status, String::from_utf8_lossy(&body).into_owned()))
 }
@@ -1061,6 +1082,52 @@ mod tests {
         assert!(is_stream_id("0-1"));
         for bad in ["", "1764230400123", "-1", "1-", "a-1", "1-2-3", "1 -2"] {
             assert!(!is_stream_id(bad), "{bad}");
+        }
+    }
+
+    /// Serves one connection on a loopback port with `answer` (written in pieces until
+    /// the client hangs up) and returns the address.
+    fn one_answer(answer: Vec<u8>, filler: Vec<u8>) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request);
+            let _ = conn.write_all(&answer);
+            for _ in 0..1_000 {
+                if filler.is_empty() || conn.write_all(&filler).is_err() {
+                    break;
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn exchange_caps_the_body() {
+        let ok = one_answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            Vec::new(),
+        );
+        assert_eq!(get(ok, "/").unwrap(), (200, "hello".to_owned()));
+
+        let announced = one_answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n".to_vec(),
+            vec![b'x'; 64 * 1024],
+        );
+        let until_close = one_answer(b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), vec![b'x'; 64 * 1024]);
+        let mut chunk = b"10000\r\n".to_vec();
+        chunk.resize(chunk.len() + 0x10000, b'x');
+        chunk.extend_from_slice(b"\r\n");
+        let chunked = one_answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            chunk,
+        );
+        for addr in [announced, until_close, chunked] {
+            let e = get(addr, "/").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
+            assert!(e.to_string().contains("exceeds 1048576 bytes"), "{e}");
         }
     }
 }

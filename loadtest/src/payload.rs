@@ -6,6 +6,7 @@
 //! its own clock on receipt (same machine, same clock).
 
 use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Smallest useful payload: the header with a 20-digit timestamp and a 10-digit sequence.
 pub const PAYLOAD_BYTES_MIN: usize = 40;
@@ -19,6 +20,14 @@ pub fn encode(out: &mut Vec<u8>, seq: u64, ts_nanos: u64, bytes: usize) {
     if out.len() < bytes {
         out.resize(bytes, b'x');
     }
+}
+
+/// The wall clock in nanoseconds since the Unix epoch, as payloads carry it in `ts` (0 if
+/// the clock is before the epoch).
+pub fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// The sequence number and timestamp of a payload, or `None` for foreign data.

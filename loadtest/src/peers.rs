@@ -37,20 +37,48 @@ impl Spawned {
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        if let Some(dir) = &self.dir {
-            stop_nginx(dir, &mut self.child, &self.workers);
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(dir) = &self.dir {
-            let _ = std::fs::remove_dir_all(dir);
+        match &self.dir {
+            Some(dir) => {
+                stop_child(&mut self.child, STOP_TIMEOUT, |_| nginx_stop(dir));
+                kill_nginx_workers(&self.workers);
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
         }
     }
 }
 
-/// Asks nginx to stop (`nginx -s stop`: the master ends its workers), waits a little, then
-/// ends any worker of ours that is still there, by pid.
-fn stop_nginx(dir: &Path, master: &mut Child, workers: &[u32]) {
+/// Spawns `command`; when that fails, the error names `program` and the Debian packages
+/// that provide it.
+pub fn spawn_or_hint(command: &mut Command, program: &str, packages: &str) -> io::Result<Child> {
+    command.spawn().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{program}: {e} (apt-get install {packages})"),
+        )
+    })
+}
+
+/// Stops a child of ours: if it is still running, `ask` asks it to exit (given its pid)
+/// and it gets `timeout` to do so; then it is killed and reaped.
+pub fn stop_child(child: &mut Child, timeout: Duration, ask: impl FnOnce(u32)) {
+    if matches!(child.try_wait(), Ok(None)) {
+        ask(child.id());
+        let deadline = Instant::now() + timeout;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Asks the nginx running from `dir` to stop (`nginx -s stop`: the master ends its
+/// workers).
+fn nginx_stop(dir: &Path) {
     let _ = Command::new("nginx")
         .arg("-p")
         .arg(dir)
@@ -59,10 +87,10 @@ fn stop_nginx(dir: &Path, master: &mut Child, workers: &[u32]) {
         .args(["-s", "stop"])
         .stderr(Stdio::null())
         .status();
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while matches!(master.try_wait(), Ok(None)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+}
+
+/// Ends any nginx worker of ours that outlived its master, by pid.
+fn kill_nginx_workers(workers: &[u32]) {
     for &pid in workers {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.trim() == "nginx" {
@@ -125,21 +153,18 @@ pub fn start_nchan(workers: usize, history: usize) -> io::Result<Spawned> {
     let addr = free_loopback_port()?;
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, nginx_config(&dir, addr, workers, history))?;
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("nginx: {e} (apt-get install nginx-light libnginx-mod-nchan)"),
-            )
-        })?;
+    let child = spawn_or_hint(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+        "nginx",
+        "nginx-light libnginx-mod-nchan",
+    )?;
     let mut spawned = Spawned {
         child,
         addr,

@@ -151,6 +151,19 @@ mod tests {
         let me = std::process::id();
         assert!(memory(&[me]).unwrap().rss_bytes > 0);
         assert!(cpu_seconds(&[me]).is_ok());
-        assert!(own_cpu_seconds() >= 0.0);
+        // Burn CPU until the kernel has counted at least one tick (10 ms) for this
+        // process, or 2 s of wall time have passed; `own_cpu_seconds` returns 0.0 when it
+        // cannot read `/proc/self/stat`, so this fails if it cannot.
+        let started = std::time::Instant::now();
+        let mut x = 1u64;
+        while own_cpu_seconds() == 0.0 && started.elapsed() < std::time::Duration::from_secs(2) {
+            for i in 0..100_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+            }
+        }
+        let own = own_cpu_seconds();
+        assert!(own > 0.0, "no CPU time counted for this process ({x})");
+        // The same process read by pid: at least as much, read later.
+        assert!(cpu_seconds(&[me]).unwrap() >= own);
     }
 }

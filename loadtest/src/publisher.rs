@@ -12,7 +12,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -201,7 +201,12 @@ fn write_requests(
         let late = Instant::now().saturating_duration_since(due);
         stats.late_max_ms = stats.late_max_ms.max(late.as_secs_f64() * 1000.0);
         let path = endpoint.path(&topic_name(&plan.topic_prefix, (k % topics) as usize));
-        payload::encode(&mut body, k / topics, unix_nanos(), plan.payload_bytes);
+        payload::encode(
+            &mut body,
+            k / topics,
+            payload::unix_nanos(),
+            plan.payload_bytes,
+        );
         request.clear();
         http::publish_request(&mut request, &endpoint.host, &path, &body);
         if stream.write_all(&request).is_err() || Instant::now() >= plan.deadline {
@@ -221,19 +226,31 @@ struct Answers {
     io_errors: u64,
 }
 
-/// Reads `expected` pipelined answers (or until the deadline or an error).
+/// Largest answer (head and body) accepted on a publish connection; a publish answer is a
+/// few hundred bytes, so anything bigger is a broken or hostile server, not a slow one.
+const ANSWER_BYTES_MAX: usize = 1024 * 1024;
+
+/// Bytes asked of the socket per read.
+const READ_BYTES: usize = 64 * 1024;
+
+/// Reads `expected` pipelined answers (or until the deadline or an error). An answer that
+/// would need more than [`ANSWER_BYTES_MAX`] buffered bytes counts as an I/O error.
 fn read_answers(
-    mut stream: TcpStream,
+    mut stream: impl Read,
     expected: u64,
     answered: &AtomicU64,
     deadline: Instant,
 ) -> Answers {
     let mut answers = Answers::default();
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut scratch = vec![0u8; 64 * 1024];
+    // `buf[at..]` is not parsed yet; the answers before `at` are counted, and dropped
+    // once per read rather than once per answer.
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BYTES);
+    let mut at = 0;
+    let mut scratch = vec![0u8; READ_BYTES];
     while answers.accepted + answers.refused < expected {
-        match take_answer(&mut buf) {
-            Ok(Some(status)) => {
+        match take_answer(&buf[at..]) {
+            Ok(Some((status, used))) => {
+                at += used;
                 if (200..300).contains(&status) {
                     answers.accepted += 1;
                 } else {
@@ -241,6 +258,11 @@ fn read_answers(
                 }
                 answered.fetch_add(1, Ordering::AcqRel);
                 continue;
+            }
+            // What is left is the start of one answer; past the cap it never ends here.
+            Ok(None) if buf.len() - at > ANSWER_BYTES_MAX => {
+                answers.io_errors += 1;
+                break;
             }
             Ok(None) => {}
             Err(()) => {
@@ -252,6 +274,8 @@ fn read_answers(
             answers.io_errors += 1;
             break;
         }
+        buf.drain(..at);
+        at = 0;
         match stream.read(&mut scratch) {
             Ok(0) => {
                 answers.io_errors += 1;
@@ -269,9 +293,10 @@ fn read_answers(
     answers
 }
 
-/// Removes one complete answer from the front of `buf` and returns its status, `Ok(None)`
-/// when more bytes are needed.
-fn take_answer(buf: &mut Vec<u8>) -> Result<Option<u16>, ()> {
+/// Parses one complete answer from the front of `buf`: its status and how many bytes it
+/// took, `Ok(None)` when more bytes are needed, `Err` for a malformed answer or one that
+/// announces a body over [`ANSWER_BYTES_MAX`].
+fn take_answer(buf: &[u8]) -> Result<Option<(u16, usize)>, ()> {
     let Some(head) = http::parse_head(buf).map_err(|_| ())? else {
         return Ok(None);
     };
@@ -285,19 +310,15 @@ fn take_answer(buf: &mut Vec<u8>) -> Result<Option<u16>, ()> {
         used
     } else {
         let length = head.content_length.unwrap_or(0);
+        if length > ANSWER_BYTES_MAX - head.len {
+            return Err(());
+        }
         if body.len() < length {
             return Ok(None);
         }
         length
     };
-    buf.drain(..head.len + used);
-    Ok(Some(head.status))
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    Ok(Some((head.status, head.len + used)))
 }
 
 #[cfg(test)]
@@ -344,11 +365,122 @@ mod tests {
     #[test]
     fn pipelined_answers() {
         let mut buf = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n1-1HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/1.1 503 X\r\nContent-Length: 9\r\n\r\nbu".to_vec();
-        assert_eq!(take_answer(&mut buf), Ok(Some(200)));
-        assert_eq!(take_answer(&mut buf), Ok(Some(201)));
-        assert_eq!(take_answer(&mut buf), Ok(None));
+        let mut at = 0;
+        let mut take = |buf: &[u8]| {
+            let answer = take_answer(&buf[at..]);
+            if let Ok(Some((_, used))) = answer {
+                at += used;
+            }
+            answer.map(|a| a.map(|(status, _)| status))
+        };
+        assert_eq!(take(&buf), Ok(Some(200)));
+        assert_eq!(take(&buf), Ok(Some(201)));
+        assert_eq!(take(&buf), Ok(None));
         buf.extend_from_slice(b"sy busy");
-        assert_eq!(take_answer(&mut buf), Ok(Some(503)));
-        assert!(buf.is_empty());
+        assert_eq!(take(&buf), Ok(Some(503)));
+        assert_eq!(at, buf.len());
+        assert_eq!(take_answer(b""), Ok(None));
+    }
+
+    #[test]
+    fn read_answers_counts_pipelined_answers_split_anywhere() {
+        let one = b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 429 No\r\nContent-Length: 0\r\n\r\n";
+        let bytes: Vec<u8> = one.repeat(3_000);
+        // A reader that hands out 7 bytes at a time, so answers straddle reads.
+        struct Trickle(Vec<u8>, usize);
+        impl Read for Trickle {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let n = 7.min(out.len()).min(self.0.len() - self.1);
+                out[..n].copy_from_slice(&self.0[self.1..self.1 + n]);
+                self.1 += n;
+                Ok(n)
+            }
+        }
+        let answered = AtomicU64::new(0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let answers = read_answers(Trickle(bytes, 0), 6_000, &answered, deadline);
+        assert_eq!(
+            (answers.accepted, answers.refused, answers.io_errors),
+            (3_000, 3_000, 0)
+        );
+        assert_eq!(answered.load(Ordering::Acquire), 6_000);
+    }
+
+    /// A server that answers with an endless chunked body, counting what it sent.
+    struct EndlessChunked {
+        head: bool,
+        sent: usize,
+    }
+
+    impl Read for EndlessChunked {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            let piece: Vec<u8> = if self.head {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec()
+            } else {
+                let mut chunk = b"1000\r\n".to_vec();
+                chunk.resize(chunk.len() + 0x1000, b'x');
+                chunk.extend_from_slice(b"\r\n");
+                chunk
+            };
+            self.head = false;
+            let n = piece.len().min(out.len());
+            out[..n].copy_from_slice(&piece[..n]);
+            self.sent += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn oversized_answers_fail_instead_of_growing() {
+        let answered = AtomicU64::new(0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+
+        // An endless chunked body: the reader gives up just past the cap.
+        let mut server = EndlessChunked {
+            head: true,
+            sent: 0,
+        };
+        let answers = read_answers(&mut server, 1, &answered, deadline);
+        assert_eq!(
+            (answers.accepted, answers.refused, answers.io_errors),
+            (0, 0, 1)
+        );
+        assert!(server.sent > ANSWER_BYTES_MAX, "{}", server.sent);
+        assert!(
+            server.sent <= ANSWER_BYTES_MAX + 2 * READ_BYTES,
+            "{}",
+            server.sent
+        );
+
+        // A huge Content-Length over a real socket: refused from the head alone.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n");
+            let filler = vec![b'x'; 64 * 1024];
+            // Until the client hangs up (or far more than the cap).
+            for _ in 0..1_000 {
+                if conn.write_all(&filler).is_err() {
+                    break;
+                }
+            }
+        });
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let answers = read_answers(stream, 1, &answered, deadline);
+        assert_eq!(
+            (answers.accepted, answers.refused, answers.io_errors),
+            (0, 0, 1)
+        );
+        assert!(Instant::now() < deadline);
+        server.join().unwrap();
+        assert_eq!(answered.load(Ordering::Acquire), 0);
+        assert_eq!(
+            take_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1048577\r\n\r\n"),
+            Err(())
+        );
     }
 }

@@ -8,11 +8,12 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::payload;
+use crate::peers;
 
 /// Debian's redis-server.
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
@@ -244,7 +245,7 @@ impl RedisServer {
     /// Starts `bin` on a free loopback port with `--save '' --appendonly no` in a private
     /// directory, and waits until it answers PING.
     pub fn start(bin: &Path) -> io::Result<RedisServer> {
-        let addr = match crate::peers::free_loopback_port()? {
+        let addr = match peers::free_loopback_port()? {
             std::net::SocketAddr::V4(addr) => addr,
             other => return Err(io::Error::other(format!("not IPv4: {other}"))),
         };
@@ -254,25 +255,22 @@ impl RedisServer {
             addr.port()
         ));
         std::fs::create_dir_all(&dir)?;
-        let child = Command::new(bin)
-            .arg("--port")
-            .arg(addr.port().to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--databases", "1"])
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--logfile")
-            .arg(dir.join("redis.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("{}: {e} (apt-get install redis-server)", bin.display()),
-                )
-            })?;
+        let child = peers::spawn_or_hint(
+            Command::new(bin)
+                .arg("--port")
+                .arg(addr.port().to_string())
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--daemonize", "no", "--databases", "1"])
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--logfile")
+                .arg(dir.join("redis.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+            &bin.display().to_string(),
+            "redis-server",
+        )?;
         let mut server = RedisServer {
             child,
             addr,
@@ -283,7 +281,9 @@ impl RedisServer {
         Ok(server)
     }
 
-    /// Waits for PING to answer PONG; returns the server's version.
+    /// Waits for PING to answer PONG; returns the server's version. Refused connections,
+    /// I/O errors and other answers (such as `-LOADING`) are retried until
+    /// [`START_TIMEOUT`]; the last of them is in the timeout's message.
     fn wait_ready(&mut self) -> io::Result<String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -293,23 +293,36 @@ impl RedisServer {
                     self.dir.join("redis.log").display()
                 )));
             }
-            if let Ok(mut conn) = Conn::connect(self.addr) {
-                if conn.call(&[b"PING"])? == Reply::Simple("PONG".into()) {
-                    let info = match conn.call(&[b"INFO", b"server"])? {
-                        Reply::Bulk(Some(text)) => String::from_utf8_lossy(&text).into_owned(),
-                        _ => String::new(),
-                    };
-                    return Ok(info_field(&info, "redis_version").unwrap_or_default());
-                }
-            }
+            let last = match self.ask_version(deadline) {
+                Ok(version) => return Ok(version),
+                Err(e) => e,
+            };
             if Instant::now() >= deadline {
                 return Err(io::Error::new(
                     ErrorKind::TimedOut,
-                    format!("redis-server did not answer on {}", self.addr),
+                    format!("redis-server did not answer on {}: {last}", self.addr),
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// One start-up attempt: connect, PING, and read `redis_version` from `INFO server`,
+    /// each read bounded by `deadline`.
+    fn ask_version(&self, deadline: Instant) -> io::Result<String> {
+        let mut conn = Conn::connect(self.addr)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        conn.stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(100))))?;
+        match conn.call(&[b"PING"])? {
+            Reply::Simple(pong) if pong == "PONG" => {}
+            other => return Err(io::Error::other(format!("PING answered {other:?}"))),
+        }
+        let info = match conn.call(&[b"INFO", b"server"])? {
+            Reply::Bulk(Some(text)) => String::from_utf8_lossy(&text).into_owned(),
+            _ => String::new(),
+        };
+        Ok(info_field(&info, "redis_version").unwrap_or_default())
     }
 
     /// The process id.
@@ -325,18 +338,12 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
+        peers::stop_child(&mut self.child, STOP_TIMEOUT, |pid| {
             let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
+                .args(["-TERM", &pid.to_string()])
                 .stderr(Stdio::null())
                 .status();
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        });
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -431,7 +438,7 @@ fn xadd_connection(plan: &XaddPlan, c: u64, stop_at: Instant) -> (u64, u64, u64)
     while Instant::now() < stop_at && entries + errors < XADD_ENTRIES_PER_CONNECTION_MAX {
         batch.clear();
         for _ in 0..depth {
-            payload::encode(&mut body, seq, unix_nanos(), plan.payload_bytes);
+            payload::encode(&mut body, seq, payload::unix_nanos(), plan.payload_bytes);
             seq += 1;
             encode(
                 &mut batch,
@@ -461,12 +468,6 @@ fn xadd_connection(plan: &XaddPlan, c: u64, stop_at: Instant) -> (u64, u64, u64)
         }
     }
     (entries, errors, 0)
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 #[cfg(test)]
@@ -560,10 +561,10 @@ mod tests {
     #[test]
     fn private_server_takes_pipelined_xadds() {
         let bin = Path::new(REDIS_SERVER);
-        if !bin.exists() {
-            eprintln!("skipped: {REDIS_SERVER} is not installed");
-            return;
-        }
+        assert!(
+            bin.exists(),
+            "this test needs {REDIS_SERVER} (apt-get install redis-server)"
+        );
         let server = RedisServer::start(bin).unwrap();
         assert!(!server.version.is_empty());
         let run = xadd_bench(&XaddPlan {
@@ -595,6 +596,45 @@ mod tests {
         let pid = server.pid();
         drop(server);
         assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
+    fn start_up_retries_after_io_errors() {
+        // A stand-in redis that hangs up on the first connection, answers garbage on the
+        // second, and only then behaves.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(addr) = listener.local_addr().unwrap() else {
+            panic!("not IPv4");
+        };
+        let fake = std::thread::spawn(move || {
+            let mut request = [0u8; 1024];
+            drop(listener.accept().unwrap());
+            let (mut conn, _) = listener.accept().unwrap();
+            let _ = conn.read(&mut request);
+            conn.write_all(b"?\r\n").unwrap();
+            drop(conn);
+            let (mut conn, _) = listener.accept().unwrap();
+            let _ = conn.read(&mut request);
+            conn.write_all(b"+PONG\r\n").unwrap();
+            let _ = conn.read(&mut request);
+            let info = "# Server\r\nredis_version:7.0.15\r\n";
+            write!(conn, "${}\r\n{info}\r\n", info.len()).unwrap();
+        });
+        let dir = std::env::temp_dir().join(format!("loadtest-redis-fake-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let mut server = RedisServer {
+            child,
+            addr,
+            dir: dir.clone(),
+            version: String::new(),
+        };
+        assert_eq!(server.wait_ready().unwrap(), "7.0.15");
+        fake.join().unwrap();
+        drop(server);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+        assert!(!dir.exists());
     }
 
     #[test]

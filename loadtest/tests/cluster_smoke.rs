@@ -6,42 +6,15 @@
 //! /usr/bin/redis-server (CI installs it).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use serde_json::Value;
 
-/// The herald binary: next to this package's binary when the workspace was built (as
-/// `cargo test --workspace` does), otherwise built into a private target directory.
-fn herald_bin() -> PathBuf {
-    let loadtest = PathBuf::from(env!("CARGO_BIN_EXE_loadtest"));
-    let dir = loadtest.parent().unwrap();
-    let beside = dir.join("herald");
-    if beside.exists() {
-        return beside;
-    }
-    let target_dir = dir.parent().unwrap().join("loadtest-herald");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let status = Command::new(cargo)
-        .current_dir(workspace)
-        .args(["build", "-p", "herald", "--bin", "herald", "--target-dir"])
-        .arg(&target_dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "building herald failed");
-    target_dir.join("debug").join("herald")
-}
-
-fn n(v: &Value, path: &[&str]) -> f64 {
-    let mut at = v;
-    for key in path {
-        at = &at[key];
-    }
-    at.as_f64()
-        .unwrap_or_else(|| panic!("{path:?} missing in {v:#}"))
-}
+use common::{herald_bin, number};
 
 #[test]
 fn cluster_against_three_redis_nodes() {
@@ -83,7 +56,7 @@ fn cluster_against_three_redis_nodes() {
     let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let _ = std::fs::remove_file(&json);
 
-    assert_eq!(n(&r, &["nodes"]), 3.0);
+    assert_eq!(number(&r, &["nodes"]), 3.0);
     let probe_id = r["probes"][1]["id"].as_str().unwrap();
     let (ms, seq) = probe_id.split_once('-').unwrap();
     assert!(
@@ -96,26 +69,26 @@ fn cluster_against_three_redis_nodes() {
         assert_eq!(rounds.len(), 2, "{side}");
         for round in rounds {
             // 20 events to 300 subscribers on one topic.
-            assert_eq!(n(round, &["connected"]), 300.0, "{side}");
-            assert_eq!(n(round, &["workers"]), 3.0, "{side}");
-            assert_eq!(n(round, &["expected"]), 6_000.0, "{side}");
-            assert_eq!(n(round, &["received"]), 6_000.0, "{side}");
-            assert_eq!(n(round, &["lost"]), 0.0, "{side}");
-            assert_eq!(n(round, &["duplicated"]), 0.0, "{side}");
-            assert!(n(round, &["latency", "p99_ms"]) > 0.0, "{side}");
+            assert_eq!(number(round, &["connected"]), 300.0, "{side}");
+            assert_eq!(number(round, &["workers"]), 3.0, "{side}");
+            assert_eq!(number(round, &["expected"]), 6_000.0, "{side}");
+            assert_eq!(number(round, &["received"]), 6_000.0, "{side}");
+            assert_eq!(number(round, &["lost"]), 0.0, "{side}");
+            assert_eq!(number(round, &["duplicated"]), 0.0, "{side}");
+            assert!(number(round, &["latency", "p99_ms"]) > 0.0, "{side}");
         }
-        assert_eq!(n(&r, &[&format!("{side}_merged"), "count"]), 12_000.0);
+        assert_eq!(number(&r, &[&format!("{side}_merged"), "count"]), 12_000.0);
     }
-    assert!(n(&r, &["latency_ratio", "p50"]) > 0.0);
+    assert!(number(&r, &["latency_ratio", "p50"]) > 0.0);
     // 100 ev/s through three nodes is far below anything this machine sustains.
     assert!(
-        n(&r, &["sustained_cluster_events_per_second"]) >= 100.0,
+        number(&r, &["sustained_cluster_events_per_second"]) >= 100.0,
         "{r:#}"
     );
     assert!(r["search_embedded"].is_null());
     assert_eq!(r["ceiling"].as_array().unwrap().len(), 2);
-    assert!(n(&r, &["ceiling_entries_per_second"]) > 0.0);
-    assert!(n(&r, &["ceiling_with_readers", "entries"]) > 0.0);
+    assert!(number(&r, &["ceiling_entries_per_second"]) > 0.0);
+    assert!(number(&r, &["ceiling_with_readers", "entries"]) > 0.0);
     for m in r["node_metrics"].as_array().unwrap() {
         assert_eq!(m["herald_redis_connected"].as_f64(), Some(1.0), "{m}");
         assert_eq!(m["herald_redis_entries_skipped_total"].as_f64(), Some(0.0));

@@ -4,11 +4,14 @@
 //! report that adds up. It keeps the instrument from rotting; it measures nothing.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
+
+use common::{herald_bin, number};
 
 /// herald, killed when the test ends however it ends.
 struct Herald {
@@ -21,28 +24,6 @@ impl Drop for Herald {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The herald binary: next to this package's binary when the workspace was built (as
-/// `cargo test --workspace` does), otherwise built into a private target directory.
-fn herald_bin() -> PathBuf {
-    let loadtest = PathBuf::from(env!("CARGO_BIN_EXE_loadtest"));
-    let dir = loadtest.parent().unwrap();
-    let beside = dir.join("herald");
-    if beside.exists() {
-        return beside;
-    }
-    let target_dir = dir.parent().unwrap().join("loadtest-herald");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let status = Command::new(cargo)
-        .current_dir(workspace)
-        .args(["build", "-p", "herald", "--bin", "herald", "--target-dir"])
-        .arg(&target_dir)
-        .status()
-        .unwrap();
-    assert!(status.success(), "building herald failed");
-    target_dir.join("debug").join("herald")
 }
 
 fn start_herald() -> Herald {
@@ -110,36 +91,27 @@ fn n(report: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("{key} missing in {report:#}"))
 }
 
-fn f(report: &Value, path: &[&str]) -> f64 {
-    let mut v = report;
-    for key in path {
-        v = &v[key];
-    }
-    v.as_f64()
-        .unwrap_or_else(|| panic!("{path:?} missing in {report:#}"))
-}
-
 /// Delivery counts add up: everything expected arrived once, with sane latencies.
 fn assert_clean(report: &Value, expected: u64) {
     assert_eq!(n(report, "connected"), 200, "{report:#}");
-    assert_eq!(f(report, &["failures", "status"]), 0.0);
+    assert_eq!(number(report, &["failures", "status"]), 0.0);
     assert_eq!(n(report, "expected"), expected, "{report:#}");
     assert_eq!(n(report, "received"), expected, "{report:#}");
     assert_eq!(n(report, "lost"), 0, "{report:#}");
     assert_eq!(n(report, "duplicated"), 0, "{report:#}");
-    assert_eq!(f(report, &["latency", "count"]) as u64, expected);
+    assert_eq!(number(report, &["latency", "count"]) as u64, expected);
     let (p50, p99, max) = (
-        f(report, &["latency", "p50_ms"]),
-        f(report, &["latency", "p99_ms"]),
-        f(report, &["latency", "max_ms"]),
+        number(report, &["latency", "p50_ms"]),
+        number(report, &["latency", "p99_ms"]),
+        number(report, &["latency", "max_ms"]),
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{report:#}");
     assert_eq!(
-        f(report, &["publish", "accepted"]) as u64,
+        number(report, &["publish", "accepted"]) as u64,
         n(report, "events")
     );
     assert!(report["rss_per_connection_bytes"].is_number(), "{report:#}");
-    assert!(f(report, &["deliveries_per_second"]) > 0.0);
+    assert!(number(report, &["deliveries_per_second"]) > 0.0);
 }
 
 #[test]
