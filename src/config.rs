@@ -449,9 +449,16 @@ fn check_redis_url(url: &str) -> Result<(), String> {
             "{url:?} is not a redis://host:port/db URL (TLS is the proxy's job)"
         ));
     }
-    url.into_connection_info()
-        .map(|_| ())
-        .map_err(|error| format!("{url:?}: {error}"))
+    let info = url
+        .into_connection_info()
+        .map_err(|error| format!("{url:?}: {error}"))?;
+    // The bus parses RESP2 replies; RESP3 maps would read as no entries.
+    if info.redis.protocol != redis::ProtocolVersion::RESP2 {
+        return Err(format!(
+            "{url:?}: herald speaks RESP2 to Redis; drop ?protocol="
+        ));
+    }
+    Ok(())
 }
 
 /// The soft limit on open files, from `/proc/self/limits` (Linux).
@@ -517,6 +524,13 @@ mod tests {
             |c| {
                 c.bus = BusKind::Redis;
                 c.redis_url = "redis://127.0.0.1:notaport/0".into();
+            },
+            "redis_url",
+        );
+        check(
+            |c| {
+                c.bus = BusKind::Redis;
+                c.redis_url = "redis://127.0.0.1:6379/0?protocol=resp3".into();
             },
             "redis_url",
         );

@@ -1693,3 +1693,35 @@ fn the_password_in_the_redis_url_is_used() {
         "the node still serves subscribers"
     );
 }
+
+/// Publishes pipelined on one connection while Redis is frozen.
+const FROZEN_PIPELINED: usize = 20;
+
+/// A frozen Redis (SIGSTOP: its socket open, nothing answered) fails a batch of pipelined
+/// publishes once, within the bus's timeouts, instead of waiting the read timeout again
+/// for every publish of the batch: all of them are answered 503 within the test deadline
+/// (with one timeout per publish it took 40 s).
+#[test]
+fn a_frozen_redis_fails_a_pipelined_batch_once() {
+    let redis = RedisServer::start("frozen-batch");
+    let node = Node::spawn("node", &redis.url(), "frozen-batch", &[]);
+    node.wait_connected();
+    publish_to(node.addr(), "t", "warm");
+    redis.signal("STOP");
+    let mut requests = Vec::new();
+    for i in 0..FROZEN_PIPELINED {
+        requests.extend_from_slice(&post_request(
+            "/publish?topic=t",
+            Some("text/plain"),
+            format!("frozen {i}").as_bytes(),
+            &[],
+        ));
+    }
+    let mut conn = Conn::connect(node.addr());
+    conn.send(&requests);
+    for i in 0..FROZEN_PIPELINED {
+        let answer = conn.read_response(&format!("answer {i} while Redis is frozen"));
+        assert_redis_unavailable(&answer, "a publish while Redis is frozen");
+    }
+    redis.signal("CONT");
+}

@@ -20,12 +20,12 @@
 //! A stream id `<ms>-<n>` maps to the loops' sequence number `ms << 22 | n`, which keeps
 //! the order; ids outside `ms < 2^42`, `n < 2^22` (never produced by `XADD *`) are skipped.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use redis::{ConnectionLike, Value};
+use redis::Value;
 
 use super::{
     Backfill, BackfillRequest, Bus, BusStats, Completion, Fanout, Outgoing, Published, Resume,
@@ -39,6 +39,11 @@ use crate::{Event, EventId, PublishError};
 /// Publishes waiting for the writer. Past this a publish gets 503 at once: Redis is
 /// slower than the publishers, and queueing more would only add latency and memory.
 const WRITE_QUEUE_MAX: usize = 4_096;
+/// Event bytes waiting for the writer, for the same reason: 4,096 publishes of the largest
+/// size would otherwise hold gigabytes while Redis is slow.
+const WRITE_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Event bytes sent in one pipeline (at least one publish always goes).
+const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// `XADD`s sent in one pipeline: one round trip for a burst, bounded reply memory.
 const WRITE_BATCH_MAX: usize = 256;
 /// Resumes waiting for the backfiller; past this a resume gets 503 and retries.
@@ -98,6 +103,8 @@ struct Core {
     skipped: AtomicU64,
     backfills: AtomicU64,
     holes: AtomicU64,
+    /// Event bytes in the writer's queue.
+    queued_bytes: AtomicUsize,
 }
 
 /// Where a publish's answer goes.
@@ -158,6 +165,7 @@ impl RedisBus {
             skipped: AtomicU64::new(0),
             backfills: AtomicU64::new(0),
             holes: AtomicU64::new(0),
+            queued_bytes: AtomicUsize::new(0),
         });
         let (writes, write_jobs) = crossbeam_channel::bounded(WRITE_QUEUE_MAX);
         let (backfills, backfill_jobs) = crossbeam_channel::bounded(BACKFILL_QUEUE_MAX);
@@ -206,6 +214,12 @@ impl Bus for RedisBus {
                 (Reply::Wait(tx), Some(rx))
             }
         };
+        let size = event.data.len();
+        let queued = &self.core.queued_bytes;
+        if queued.fetch_add(size, Ordering::AcqRel) + size > WRITE_QUEUE_BYTES_MAX {
+            queued.fetch_sub(size, Ordering::AcqRel);
+            return Submitted::Done(Err(PublishError::Busy));
+        }
         let job = WriteJob {
             topics: event.topics,
             name: event.name.map(str::to_owned),
@@ -215,9 +229,12 @@ impl Bus for RedisBus {
         };
         match self.writes.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Submitted::Done(Err(PublishError::Busy)),
-            Err(TrySendError::Disconnected(_)) => {
-                return Submitted::Done(Err(PublishError::ShuttingDown))
+            Err(error) => {
+                queued.fetch_sub(size, Ordering::AcqRel);
+                return Submitted::Done(Err(match error {
+                    TrySendError::Full(_) => PublishError::Busy,
+                    TrySendError::Disconnected(_) => PublishError::ShuttingDown,
+                }));
             }
         }
         match wait {
@@ -363,8 +380,12 @@ fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
     let mut refusals = Throttle::new();
     loop {
-        match jobs.recv_timeout(READ_BLOCK) {
-            Ok(job) => batch.push(job),
+        let mut bytes = match jobs.recv_timeout(READ_BLOCK) {
+            Ok(job) => {
+                let size = job.data.len();
+                batch.push(job);
+                size
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if core.closed.load(Ordering::Acquire) {
                     return;
@@ -372,13 +393,17 @@ fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return,
-        }
-        while batch.len() < WRITE_BATCH_MAX {
+        };
+        while batch.len() < WRITE_BATCH_MAX && bytes < WRITE_BATCH_BYTES_MAX {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => {
+                    bytes += job.data.len();
+                    batch.push(job);
+                }
                 Err(_) => break,
             }
         }
+        core.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
         let results = match link.get(core) {
             None => vec![Err(PublishError::Unavailable); batch.len()],
             Some(conn) => match xadd_batch(conn, core, &batch, &mut refusals) {
@@ -426,7 +451,13 @@ fn xadd_batch(
             cmd.arg("retry").arg(retry_ms);
         }
     }
-    let replies = conn.req_packed_commands(&pipe.get_packed_pipeline(), 0, batch.len())?;
+    // Replies are read one by one so the first I/O error (a frozen Redis timing out) ends
+    // the batch at once; reading on would wait the timeout again for every reply.
+    conn.send_packed_command(&pipe.get_packed_pipeline())?;
+    let mut replies = Vec::with_capacity(batch.len());
+    for _ in 0..batch.len() {
+        replies.push(conn.recv_response()?); // A refused entry is Ok(ServerError).
+    }
     Ok((0..batch.len())
         .map(|i| match replies.get(i) {
             Some(Value::BulkString(id)) if parse_id(id).is_some() => {
@@ -658,9 +689,18 @@ fn xread(
         .arg(&core.stream)
         .arg(format!("{}-{}", after.0, after.1))
         .query(conn)?;
-    // RESP2: [[stream, [entry, ...]]], or nil when the block timed out.
-    let Value::Array(streams) = reply else {
-        return Ok(Vec::new());
+    // RESP2: [[stream, [entry, ...]]], or nil when the block timed out. Anything else is
+    // an error, so the reader backs off instead of spinning on entries it cannot see.
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams,
+        other => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::TypeError,
+                "unexpected XREAD reply",
+                format!("{other:?}"),
+            )))
+        }
     };
     let mut out = Vec::new();
     for stream in streams {
@@ -712,7 +752,11 @@ fn text(value: &Value) -> Option<&[u8]> {
 }
 
 /// An entry's fields as an event, checked like a publish body.
-pub(crate) fn decode(fields: &[Value], data_bytes_max: usize) -> Result<Event, &'static str> {
+pub(crate) fn decode(
+    fields: &[Value],
+    data_bytes_max: usize,
+    topics_max: usize,
+) -> Result<Event, &'static str> {
     let mut event = Event {
         topics: Vec::new(),
         name: None,
@@ -730,7 +774,15 @@ pub(crate) fn decode(fields: &[Value], data_bytes_max: usize) -> Result<Event, &
         let value = std::str::from_utf8(value).map_err(|_| "a value is not UTF-8")?;
         match field {
             b"topic" => {
+                // Distinct names only, and no more than a publish may name: a long
+                // repetitive value must not become millions of strings.
                 for name in value.split(',') {
+                    if event.topics.iter().any(|t| t == name) {
+                        continue;
+                    }
+                    if event.topics.len() == topics_max {
+                        return Err(PublishError::TooManyTopics.reason());
+                    }
                     event.topics.push(name.to_owned());
                 }
             }
@@ -756,10 +808,19 @@ pub(crate) fn decode(fields: &[Value], data_bytes_max: usize) -> Result<Event, &
 }
 
 /// The entry as a frame for the loops, or why every node skips it.
-fn to_published(core: &Core, id: RawId, fields: &[Value]) -> Result<Published, &'static str> {
+/// `wanted` sees the topics before the frame is encoded: `None` when it declines.
+fn to_published(
+    core: &Core,
+    id: RawId,
+    fields: &[Value],
+    wanted: impl Fn(&[Box<str>]) -> bool,
+) -> Result<Option<Published>, &'static str> {
     let seq = pack(id.0, id.1).ok_or("id outside ms < 2^42, n < 2^22")?;
-    let event = decode(fields, core.data_bytes_max)?;
+    let event = decode(fields, core.data_bytes_max, core.limits.topics_max)?;
     let outgoing = publish::prepare(&event, core.limits).map_err(PublishError::reason)?;
+    if !wanted(&outgoing.topics) {
+        return Ok(None);
+    }
     let id = format_id(seq);
     let frame = encode_event(&EventFields {
         id: &id,
@@ -767,18 +828,19 @@ fn to_published(core: &Core, id: RawId, fields: &[Value]) -> Result<Published, &
         data: outgoing.data,
         retry_ms: outgoing.retry_ms,
     });
-    Ok(Published {
+    Ok(Some(Published {
         seq,
         topics: outgoing.topics.into_boxed_slice(),
         frame,
-    })
+    }))
 }
 
 /// Hands one entry to every loop, waiting (not dropping) while their inboxes are full:
 /// the stream keeps the entries, so the reader can be the one that waits.
 fn deliver(core: &Core, id: RawId, fields: &[Value], skips: &mut Throttle) {
-    let published = match to_published(core, id, fields) {
-        Ok(published) => published,
+    let published = match to_published(core, id, fields, |_| true) {
+        Ok(Some(published)) => published,
+        Ok(None) => return,
         Err(reason) => {
             core.skipped.fetch_add(1, Ordering::Relaxed);
             if let Some(held) = skips.allow() {
@@ -841,10 +903,12 @@ fn backfill(
 ) -> redis::RedisResult<Backfill> {
     let mut out = Backfill {
         frames: Vec::new(),
-        gap: trimmed_after(conn, &core.stream, request.after)?,
+        gap: false,
         through: request.after,
         complete: false,
     };
+    // Whether entries after the id were trimmed is asked after the scan: trimming only moves
+    // forward, so a trim racing the scan is still seen (asked before, it could be missed).
     // Pages continue after the last id seen, packable or not.
     let mut from = format_id(request.after);
     loop {
@@ -862,23 +926,24 @@ fn backfill(
             let Some(seq) = pack(id.0, id.1) else {
                 continue; // Skipped by every reader too.
             };
-            if let Ok(published) = to_published(core, id, &fields) {
-                let wanted = published
-                    .topics
+            let wanted = |topics: &[Box<str>]| {
+                topics
                     .iter()
-                    .any(|topic| request.topics.iter().any(|t| **t == **topic));
-                if wanted {
-                    if out.frames.len() + published.frame.len() > request.bytes_max {
-                        return Ok(out);
-                    }
-                    out.frames.extend_from_slice(&published.frame);
+                    .any(|topic| request.topics.iter().any(|t| **t == **topic))
+            };
+            if let Ok(Some(published)) = to_published(core, id, &fields, wanted) {
+                if out.frames.len() + published.frame.len() > request.bytes_max {
+                    out.gap = trimmed_after(conn, &core.stream, request.after)?;
+                    return Ok(out);
                 }
+                out.frames.extend_from_slice(&published.frame);
             }
             out.through = seq;
         }
         if !full_page {
             out.through = request.until;
             out.complete = true;
+            out.gap = trimmed_after(conn, &core.stream, request.after)?;
             return Ok(out);
         }
     }
@@ -990,7 +1055,7 @@ mod tests {
             bulk("app_field"),
             bulk("ignored"),
         ];
-        let event = decode(&fields, 100).unwrap();
+        let event = decode(&fields, 100, 4).unwrap();
         assert_eq!(event.topics, ["a", "b", "c"]);
         assert_eq!(event.name.as_deref(), Some("note"));
         assert_eq!(event.data, "x\ny");
@@ -1004,20 +1069,28 @@ mod tests {
             bulk("data"),
             bulk("2"),
         ];
-        assert_eq!(decode(&twice, 100).unwrap_err(), "data given twice");
+        assert_eq!(decode(&twice, 100, 4).unwrap_err(), "data given twice");
         let odd = [bulk("topic"), bulk("a"), bulk("data")];
-        assert!(decode(&odd, 100).is_err());
+        assert!(decode(&odd, 100, 4).is_err());
         let big = [bulk("topic"), bulk("a"), bulk("data"), bulk("0123456789")];
-        assert!(decode(&big, 5).is_err());
+        assert!(decode(&big, 5, 4).is_err());
         let binary = [
             bulk("topic"),
             bulk("a"),
             bulk("data"),
             Value::BulkString(vec![0xff]),
         ];
-        assert!(decode(&binary, 100).is_err());
+        assert!(decode(&binary, 100, 4).is_err());
         let retry = [bulk("topic"), bulk("a"), bulk("retry"), bulk("soon")];
-        assert!(decode(&retry, 100).is_err());
+        assert!(decode(&retry, 100, 4).is_err());
+        let many = "a,".repeat(100_000) + "b";
+        let repeated = [bulk("topic"), bulk(&many), bulk("data"), bulk("x")];
+        assert_eq!(decode(&repeated, 100, 4).unwrap().topics, ["a", "b"]);
+        let wide = [bulk("topic"), bulk("a,b,c,d,e"), bulk("data"), bulk("x")];
+        assert_eq!(
+            decode(&wide, 100, 4).unwrap_err(),
+            PublishError::TooManyTopics.reason()
+        );
     }
 
     #[test]
