@@ -209,3 +209,32 @@ fn slow_subscribers_are_closed_while_a_reader_gets_everything_and_memory_stays_b
     );
     drop(slow);
 }
+
+/// Events of 1 MiB published at a subscriber that never reads: far more than loopback's
+/// socket buffers hold, far less than its lag budget.
+const STALL_EVENTS: usize = 24;
+
+/// A subscriber that stops reading is closed as a slow consumer once no byte has moved
+/// for two heartbeat intervals, even when no further event arrives to trigger the lag
+/// check (its lag budget is set far above what it holds, so only the stall can close it).
+#[test]
+fn a_stalled_stream_is_closed_without_further_events() {
+    let server = start(|config| {
+        config.heartbeat_ms = 200;
+        config.max_lag_bytes = 256 * 1024 * 1024;
+        config.max_publish_bytes = 2 * 1024 * 1024;
+        config.history_bytes = 256 * 1024 * 1024;
+        config.history_total_bytes = 512 * 1024 * 1024;
+    });
+    let addr = server.local_addr();
+    let stalled = subscribe(addr, &["big"]);
+    let data = "x".repeat(1024 * 1024);
+    for _ in 0..STALL_EVENTS {
+        publish(&server.handle(), &herald::Event::new("big", data.clone()));
+    }
+    wait_until("the stalled stream is closed as a slow consumer", || {
+        scrape(addr).value("herald_slow_consumer_closes_total") == 1.0
+    });
+    assert_eq!(scrape(addr).value("herald_subscribers"), 0.0);
+    drop(stalled);
+}

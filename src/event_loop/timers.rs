@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// Heartbeat intervals a blocked stream may go without writing a byte before it is closed.
+const STALLED_HEARTBEATS: u64 = 2;
+
 impl EventLoop {
     /// Replaces a connection's deadline.
     pub(super) fn set_timer(&mut self, key: usize, at: Instant, idle: bool) {
@@ -81,6 +84,16 @@ impl EventLoop {
                 }
             },
             ConnState::Stream(stream) => {
+                // A client that stopped reading holds whatever it is behind by (its share
+                // of the rings, a resume's backfill): with no bytes moving for two
+                // heartbeat intervals it is a slow consumer, even if no event comes to
+                // trigger the lag check.
+                let stalled = stream.blocked
+                    && now_ms.saturating_sub(stream.last_write_ms)
+                        >= STALLED_HEARTBEATS * heartbeat_ms;
+                if stalled {
+                    return self.close_stream(key, StreamEnd::SlowConsumer);
+                }
                 if stream.expires_ms != 0 && now_ms >= stream.expires_ms {
                     self.send_back(key);
                 } else {
