@@ -275,7 +275,12 @@ impl EventLoop {
                 }
             }
             self.accept_all();
-            for key in std::mem::take(&mut self.read_next) {
+            // A connection left over from the last turn may also have had a readiness
+            // event this turn: drive it once, within one budget.
+            let mut leftovers = std::mem::take(&mut self.read_next);
+            leftovers.sort_unstable();
+            leftovers.dedup();
+            for key in leftovers {
                 self.on_ready(key, false);
             }
             self.drain_completions();

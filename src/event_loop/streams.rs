@@ -323,15 +323,19 @@ impl EventLoop {
         let mut dirty = std::mem::take(&mut self.dirty);
         self.topics.take_dirty(&mut dirty);
         let turn = self.turn;
-        for &key in &queue {
-            if let Some(Connection {
+        // Leftovers may name a stream more than once (flushed again from a timer or a
+        // readiness event): each is written once per turn, within one budget.
+        let conns = &mut self.conns;
+        queue.retain(|&key| match conns.get_mut(key) {
+            Some(Connection {
                 state: ConnState::Stream(stream),
                 ..
-            }) = self.conns.get_mut(key)
-            {
+            }) if stream.queued_turn != turn => {
                 stream.queued_turn = turn;
+                true
             }
-        }
+            _ => false,
+        });
         for &id in &dirty {
             let Some(topic) = self.topics.get(id) else {
                 continue;
