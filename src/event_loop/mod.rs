@@ -300,8 +300,6 @@ impl EventLoop {
     fn begin_drain(&mut self) {
         let config = &self.shared.config;
         self.drain_deadline = Some(self.now + Duration::from_millis(config.shutdown_timeout_ms));
-        let window_ms = config.shutdown_retry_window_ms;
-        let retry_ms = config.retry_ms;
         for slot in &mut self.listeners {
             if let Err(error) = self.poll.registry().deregister(&mut slot.socket) {
                 log::debug!("could not deregister a listener: {error}");
@@ -310,15 +308,11 @@ impl EventLoop {
         self.listeners.clear();
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
-            let spread = (self.random() % (window_ms + 1)) as u32;
-            match self.conns.get_mut(key).map(|conn| &mut conn.state) {
+            match self.conns.get(key).map(|conn| &conn.state) {
                 // Reads what already arrived: a request in flight is served, an idle
                 // connection is closed.
                 Some(ConnState::Http(_)) => self.drive_http(key),
-                Some(ConnState::Stream(stream)) => {
-                    stream.close_with_hint(retry_ms.saturating_add(spread));
-                    self.flush(key);
-                }
+                Some(ConnState::Stream(_)) => self.send_back(key),
                 _ => {}
             }
         }

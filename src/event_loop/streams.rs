@@ -223,18 +223,12 @@ impl EventLoop {
             self.recycle(exchange.into_buffer());
         }
         self.subscribers += 1;
-        if self.drain_deadline.is_some() {
-            let retry_ms = self.jittered_retry_ms();
-            if let Some(Connection {
-                state: ConnState::Stream(stream),
-                ..
-            }) = self.conns.get_mut(key)
-            {
-                stream.close_with_hint(retry_ms);
-            }
-        }
         self.arm_stream_timer(key);
-        self.flush(key);
+        if self.drain_deadline.is_some() {
+            self.send_back(key); // Opened while draining: told to come back at once.
+        } else {
+            self.flush(key);
+        }
     }
 
     /// Writes a stream everything it is behind by, within the per-turn budget.

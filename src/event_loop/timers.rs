@@ -41,9 +41,16 @@ impl EventLoop {
     }
 
     /// Tells a stream to come back after a jittered delay (`retry:`), then to close, and
-    /// writes what it can of that now.
+    /// writes what it can of that now. While draining, the delay is spread over
+    /// `shutdown_retry_window_ms`, so a restart is not a reconnect storm.
     pub(super) fn send_back(&mut self, key: usize) {
-        let retry_ms = self.jittered_retry_ms();
+        let retry_ms = if self.drain_deadline.is_some() {
+            let config = &self.shared.config;
+            let (base, window_ms) = (config.retry_ms, config.shutdown_retry_window_ms);
+            base.saturating_add((self.random() % (window_ms + 1)) as u32)
+        } else {
+            self.jittered_retry_ms()
+        };
         if let Some(Connection {
             state: ConnState::Stream(stream),
             ..
