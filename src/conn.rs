@@ -648,8 +648,10 @@ fn publish_answer(
         Ok(id) => id,
         Err(error) => {
             let error = HttpError::Publish(error);
-            let keep_alive = reply.keep_alive && !error.closes();
-            return (answer::refusal(error, &reply.cors, keep_alive), Some(error));
+            return (
+                answer::refusal(error, &reply.cors, reply.keep_alive),
+                Some(error),
+            );
         }
     };
     let (content_type, payload) = if reply.json {

@@ -15,7 +15,7 @@ use crate::{EventId, PublishError};
 /// In-process sequence numbers with an epoch.
 pub(crate) struct EmbeddedBus {
     epoch: u64,
-    /// The last assigned sequence number; the lock also serialises delivery so inboxes
+    /// The last assigned sequence number (the next is one more); the lock also serialises delivery so inboxes
     /// receive events in id order.
     next: Mutex<Seq>,
     published: AtomicU64,

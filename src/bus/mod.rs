@@ -31,7 +31,7 @@ pub(crate) const INBOX_BYTES_MAX: usize = 256 * 1024 * 1024;
 pub(crate) struct Published {
     /// Bus-assigned sequence number.
     pub seq: Seq,
-    /// Distinct, validated topic names. None: not an event but the bus saying it lost the
+    /// Distinct, validated topic names. Empty: not an event but the bus saying it lost the
     /// events up to `seq` before it could deliver them; every stream must resume.
     pub topics: Box<[Box<str>]>,
     /// The encoded event, shared by every loop and subscriber.
@@ -41,8 +41,8 @@ pub(crate) struct Published {
 /// What a loop's inbox carries.
 pub(crate) type InboxItem = Arc<Published>;
 
-/// Which request of which connection a bus answer is for. A connection has at most one
-/// request at the bus; `serial` tells a slot reused by a later connection apart.
+/// Which request of which connection a bus answer is for. `serial` is unique per request,
+/// so it tells a connection's requests apart and a slot reused by a later connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Ticket {
     /// The loop that owns the connection.

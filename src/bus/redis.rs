@@ -315,7 +315,7 @@ struct Link {
     retry_at: Instant,
     backoff: Duration,
     down_logged: bool,
-    /// When the connection last answered.
+    /// When the connection was last handed out for a request.
     used_at: Instant,
 }
 

@@ -271,7 +271,11 @@ impl EventLoop {
                             slot.pending = true;
                         }
                     }
-                    Token(key) => self.on_ready(key, event.is_writable()),
+                    Token(key) => self.on_ready(
+                        key,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable(),
+                    ),
                 }
             }
             self.accept_all();
@@ -281,7 +285,7 @@ impl EventLoop {
             leftovers.sort_unstable();
             leftovers.dedup();
             for key in leftovers {
-                self.on_ready(key, false);
+                self.on_ready(key, true, false);
             }
             self.drain_completions();
             self.drain_inbox();
@@ -432,7 +436,9 @@ impl EventLoop {
         }
     }
 
-    fn on_ready(&mut self, key: usize, writable: bool) {
+    /// Readiness (or leftover work, counted as readable) on a connection. A stream reads
+    /// only when there is input to discard: a write-ready wake-up needs no read.
+    fn on_ready(&mut self, key: usize, readable: bool, writable: bool) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -444,9 +450,12 @@ impl EventLoop {
                     stream.blocked = false;
                     self.flush(key);
                 }
-                self.discard_input(key);
+                if readable {
+                    self.discard_input(key);
+                }
             }
-            ConnState::Lingering { .. } => self.discard_input(key),
+            ConnState::Lingering { .. } if readable => self.discard_input(key),
+            ConnState::Lingering { .. } => {}
         }
     }
 
