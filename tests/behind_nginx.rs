@@ -981,3 +981,80 @@ fn readme_cluster_config_spreads_subscribers_over_the_nodes() {
     drop(nginx);
     drop(nodes);
 }
+
+/// How long the control below waits for an event that a buffering nginx holds back.
+const BUFFERED_WAIT: Duration = Duration::from_secs(1);
+
+/// The control for [`x_accel_buffering_keeps_a_buffering_nginx_from_buffering_streams`]:
+/// the same nginx (`proxy_buffering on`) in front of an upstream that streams an event
+/// *without* `X-Accel-Buffering: no` holds the event back until the upstream ends the
+/// response. So the test above shows the header at work, not an nginx that never buffers.
+#[test]
+fn a_buffering_nginx_holds_back_a_stream_without_x_accel_buffering() {
+    let upstream = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (finish, finished) = mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = upstream.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(conn.read(&mut byte).unwrap(), 1, "request head");
+            head.push(byte[0]);
+        }
+        use std::io::Write;
+        conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+              Connection: close\r\n\r\nretry: 1000\n\ndata: held\n\n",
+        )
+        .unwrap();
+        // Keep the response open until the test has looked, then end it.
+        let _ = finished.recv_timeout(DEADLINE);
+    });
+    let nginx = Nginx::start("buffering-control", |listen| {
+        readme_config(
+            upstream_addr,
+            listen,
+            &[("proxy_buffering off;", "proxy_buffering on;")],
+        )
+    });
+    let mut client = TcpStream::connect(nginx.addr).unwrap();
+    use std::io::Write;
+    client
+        .write_all(&build_request("GET", "/events?topic=t", &[], b""))
+        .unwrap();
+    client.set_read_timeout(Some(BUFFERED_WAIT)).unwrap();
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    let mut buffer = [0u8; 4096];
+    while started.elapsed() < BUFFERED_WAIT {
+        match client.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("reading through nginx: {e}"),
+        }
+    }
+    assert!(
+        !String::from_utf8_lossy(&seen).contains("data: held"),
+        "nginx with proxy_buffering on passed an unmarked stream through unbuffered, so the \
+         X-Accel-Buffering test proves nothing: {}",
+        String::from_utf8_lossy(&seen)
+    );
+    finish.send(()).unwrap();
+    server.join().unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while !String::from_utf8_lossy(&seen).contains("data: held") && Instant::now() < deadline {
+        match client.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            Err(e) => panic!("reading through nginx: {e}"),
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&seen).contains("data: held"),
+        "the held event arrives once the upstream ends the response: {}",
+        String::from_utf8_lossy(&seen)
+    );
+}

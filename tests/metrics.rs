@@ -65,7 +65,15 @@ fn assert_histogram(page: &Scrape, name: &str) {
         "{name}: last bucket must be +Inf"
     );
     assert_eq!(previous_count, page.value(&format!("{name}_count")));
-    assert!(page.value(&format!("{name}_sum")) >= 0.0);
+    let sum = page.value(&format!("{name}_sum"));
+    assert!(
+        if previous_count == 0.0 {
+            sum == 0.0
+        } else {
+            sum > 0.0
+        },
+        "{name}: _sum {sum} must be positive exactly when _count ({previous_count}) is"
+    );
 }
 
 #[test]
