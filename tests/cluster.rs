@@ -1498,15 +1498,7 @@ fn a_node_overtaken_by_the_trim_makes_its_streams_resume_into_the_gap_event() {
         message("first", &first)
     );
 
-    let pid = node.process.pid().to_string();
-    let signal = |name: &str| {
-        let status = Command::new("kill")
-            .args([format!("-{name}"), pid.clone()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} {pid}");
-    };
-    signal("STOP");
+    node.process.signal("STOP");
     let mut redis_conn = redis.client();
     for i in 0..OVERTAKE_EVENTS {
         let data = format!("while frozen {i}");
@@ -1518,7 +1510,7 @@ fn a_node_overtaken_by_the_trim_makes_its_streams_resume_into_the_gap_event() {
         redis_conn.xrange(stream, &first, &first).is_empty(),
         "the first event ({first}) must have been trimmed while the node was frozen"
     );
-    signal("CONT");
+    node.process.signal("CONT");
 
     // The stream ends with a parting `retry:` (whatever it got before the hole is fine).
     let got = subscriber.read_to_close("the stream to be told to resume");

@@ -1223,15 +1223,7 @@ impl HeraldProcess {
 
     /// Sends `signal` (e.g. `"TERM"`) with `kill -SIGNAL PID`.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.pid().to_string()])
-            .status()
-            .unwrap_or_else(|e| panic!("running kill failed: {e}"));
-        assert!(
-            status.success(),
-            "kill -{signal} {} failed: {status:?}",
-            self.pid()
-        );
+        send_signal(self.pid(), signal);
     }
 
     /// Waits (up to `within`) for the process to exit: its stderr closes when it does.
@@ -1444,6 +1436,16 @@ impl EventStreamParser {
 /// Parses a whole stream in one piece.
 pub fn parse_stream(bytes: &[u8]) -> Vec<SseEvent> {
     EventStreamParser::new().feed(bytes)
+}
+
+/// Sends `signal` (e.g. `"TERM"`, `"STOP"`) to a process this test started, with
+/// `kill -SIGNAL PID`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("running kill failed: {e}"));
+    assert!(status.success(), "kill -{signal} {pid} failed: {status:?}");
 }
 
 #[cfg(test)]

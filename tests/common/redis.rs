@@ -418,15 +418,7 @@ impl RedisServer {
 
     /// Sends `signal` (e.g. `"STOP"`, `"CONT"`) to the server with `kill -SIGNAL PID`.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.pid().to_string()])
-            .status()
-            .unwrap_or_else(|e| panic!("running kill failed: {e}"));
-        assert!(
-            status.success(),
-            "kill -{signal} {}: {status:?}",
-            self.pid()
-        );
+        crate::common::send_signal(self.pid(), signal);
     }
 
     /// Starts the server again on the same port and directory (it reloads its AOF).
