@@ -307,13 +307,34 @@ fn connect(core: &Core, extra_read: Duration) -> redis::RedisResult<redis::Conne
 /// on the dead one (an `XADD` that fails is not retried: it may have been stored).
 const IDLE_CHECK: Duration = Duration::from_millis(1_000);
 
+/// The wait before the next attempt after a failure: `BACKOFF_MIN`, doubling up to
+/// `BACKOFF_MAX`, back to the minimum once something worked.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(BACKOFF_MIN)
+    }
+
+    /// The wait to use now; the next one is twice as long (capped).
+    fn step(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.0 = BACKOFF_MIN;
+    }
+}
+
 /// A connection that is reopened on demand, no more often than a capped backoff allows,
 /// so requests fail fast while Redis is down.
 struct Link {
     role: &'static str,
     conn: Option<redis::Connection>,
     retry_at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
     down_logged: bool,
     /// When the connection was last handed out for a request.
     used_at: Instant,
@@ -325,7 +346,7 @@ impl Link {
             role,
             conn: None,
             retry_at: Instant::now(),
-            backoff: BACKOFF_MIN,
+            backoff: Backoff::new(),
             down_logged: false,
             used_at: Instant::now(),
         }
@@ -350,7 +371,7 @@ impl Link {
                         log::info!("redis {} reconnected", self.role);
                     }
                     self.conn = Some(conn);
-                    self.backoff = BACKOFF_MIN;
+                    self.backoff.reset();
                     self.down_logged = false;
                 }
                 Err(error) => {
@@ -358,8 +379,7 @@ impl Link {
                         log::warn!("redis {} cannot connect: {error}", self.role);
                         self.down_logged = true;
                     }
-                    self.retry_at = Instant::now() + self.backoff;
-                    self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                    self.retry_at = Instant::now() + self.backoff.step();
                 }
             }
         }
@@ -518,7 +538,7 @@ fn nap(core: &Core, total: Duration) {
 
 fn run_reader(core: &Core) {
     let mut last: Option<RawId> = None;
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     let mut ever_connected = false;
     let mut down_logged = false;
     let mut skips = Throttle::new();
@@ -529,8 +549,7 @@ fn run_reader(core: &Core) {
                 log::warn!("redis reader cannot {what}: {error}");
                 down_logged = true;
             }
-            nap(core, backoff);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            nap(core, backoff.step());
         };
         let mut conn = match connect(core, READ_BLOCK) {
             Ok(conn) => conn,
@@ -542,7 +561,7 @@ fn run_reader(core: &Core) {
         // Reading the stream's end also proves the stream can be read at all (a key of
         // another type fails here). The first time, reading starts after it: older entries
         // are served to resumes by the backfiller, not replayed into the rings.
-        match last_entry(&mut conn, &core.stream) {
+        match last_entry(&mut conn, &core.stream).map(|id| id.unwrap_or((0, 0))) {
             Ok(id) => {
                 if last.is_none() {
                     last = Some(id);
@@ -585,7 +604,7 @@ fn run_reader(core: &Core) {
                 Ok((entries, lost)) => {
                     if !healthy {
                         healthy = true;
-                        backoff = BACKOFF_MIN;
+                        backoff.reset();
                         down_logged = false;
                     }
                     if let (true, Some((next, _))) = (lost, entries.first()) {
@@ -608,18 +627,31 @@ fn run_reader(core: &Core) {
         }
         core.connected.store(false, Ordering::Release);
         if !healthy {
-            nap(core, backoff);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            nap(core, backoff.step());
         }
     }
 }
 
 /// The id of the stream's oldest entry, if it has one.
 fn first_entry(conn: &mut redis::Connection, stream: &str) -> redis::RedisResult<Option<RawId>> {
-    let reply: Value = redis::cmd("XRANGE")
+    edge_entry(conn, stream, "XRANGE", ["-", "+"])
+}
+
+/// The id of the stream's newest entry, if it has one.
+fn last_entry(conn: &mut redis::Connection, stream: &str) -> redis::RedisResult<Option<RawId>> {
+    edge_entry(conn, stream, "XREVRANGE", ["+", "-"])
+}
+
+/// The first entry `command` (`XRANGE` or `XREVRANGE`) lists over `range`.
+fn edge_entry(
+    conn: &mut redis::Connection,
+    stream: &str,
+    command: &str,
+    range: [&str; 2],
+) -> redis::RedisResult<Option<RawId>> {
+    let reply: Value = redis::cmd(command)
         .arg(stream)
-        .arg("-")
-        .arg("+")
+        .arg(&range[..])
         .arg("COUNT")
         .arg(1)
         .query(conn)?;
@@ -660,18 +692,6 @@ fn report_hole(core: &Core, last: RawId, next: RawId) {
         std::thread::sleep(Duration::from_millis(1));
     }
     core.fanout.deliver(&Arc::new(marker));
-}
-
-/// The id of the stream's newest entry (`0-0` when it is empty or missing).
-fn last_entry(conn: &mut redis::Connection, stream: &str) -> redis::RedisResult<RawId> {
-    let reply: Value = redis::cmd("XREVRANGE")
-        .arg(stream)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query(conn)?;
-    Ok(entries(reply).first().map_or((0, 0), |(id, _)| *id))
 }
 
 /// One blocking `XREAD` after `after`.
