@@ -379,18 +379,43 @@ pub(crate) fn for_each_after<'t>(
         }
         return;
     }
-    // A k-way merge over the topics' rings; k is at most TOPICS_PER_SUBSCRIPTION_MAX.
-    // Fixed arrays on the stack: no allocation per write, even for wide subscriptions.
-    const WIDTH: usize = crate::config::TOPICS_PER_SUBSCRIPTION_MAX;
-    let mut positions = [0usize; WIDTH];
-    let mut rings: [Option<&'t Ring>; WIDTH] = [None; WIDTH];
+    // A k-way merge over the topics' rings. Subscriptions up to the default width merge
+    // in small stack arrays (no allocation and little to zero per write); wider ones, which
+    // only a raised `max_topics_per_subscription` allows, use the heap.
+    const INLINE: usize = crate::config::TOPICS_PER_SUBSCRIPTION_DEFAULT;
+    if topics.len() <= INLINE {
+        let mut rings: [Option<&'t Ring>; INLINE] = [None; INLINE];
+        let mut positions = [0usize; INLINE];
+        merge(table, topics, cursor, &mut rings, &mut positions, visit);
+    } else {
+        let mut rings = vec![None; topics.len()];
+        let mut positions = vec![0usize; topics.len()];
+        merge(table, topics, cursor, &mut rings, &mut positions, visit);
+    }
+}
+
+/// The k-way merge of [`for_each_after`] in caller-provided space (at least one slot per
+/// topic).
+fn merge<'t>(
+    table: &'t Topics,
+    topics: &[StreamTopic],
+    cursor: Seq,
+    rings: &mut [Option<&'t Ring>],
+    positions: &mut [usize],
+    mut visit: impl FnMut(Seq, &'t Frame) -> bool,
+) {
     let mut width = 0;
-    for topic in topics.iter().filter_map(|t| table.get(t.id)).take(WIDTH) {
-        rings[width] = Some(&topic.ring);
-        positions[width] = topic.ring.first_after(cursor);
+    for (topic, (ring, position)) in topics
+        .iter()
+        .filter_map(|t| table.get(t.id))
+        .zip(rings.iter_mut().zip(positions.iter_mut()))
+    {
+        *ring = Some(&topic.ring);
+        *position = topic.ring.first_after(cursor);
         width += 1;
     }
     let rings = &rings[..width];
+    let positions = &mut positions[..width];
     loop {
         let mut next: Option<(Seq, &'t Frame)> = None;
         for (ring, &position) in rings.iter().flatten().zip(positions.iter()) {
@@ -448,6 +473,33 @@ mod tests {
 
     fn frame(seq: Seq) -> Frame {
         Bytes::from(format!("id: {seq}\ndata: x\n\n"))
+    }
+
+    /// Subscriptions wider than the inline width merge the same way (on the heap).
+    #[test]
+    fn wide_and_narrow_merges_agree() {
+        for width in [2usize, 16, 17, 40] {
+            let mut table = table();
+            let names: Vec<String> = (0..width).map(|i| format!("t{i}")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let topics = subscribe(&mut table, &refs);
+            for seq in 1..=120u64 {
+                // Each event goes to one or two of the topics.
+                let a = names[seq as usize % width].as_str();
+                let b = names[(seq as usize * 7) % width].as_str();
+                let mut to: Vec<Box<str>> = vec![a.into()];
+                if b != a {
+                    to.push(b.into());
+                }
+                table.append(seq, &to, &frame(seq));
+            }
+            let mut seen = Vec::new();
+            for_each_after(&table, &topics, 10, |seq, _| {
+                seen.push(seq);
+                true
+            });
+            assert_eq!(seen, (11..=120).collect::<Vec<_>>(), "width {width}");
+        }
     }
 
     #[test]
