@@ -43,7 +43,7 @@ pub(crate) struct RequestContext<'a> {
     /// Subscription limits.
     pub topic_limits: TopicLimits,
     /// Publish limits.
-    pub publish_limits: PublishLimits,
+    pub publish_limits: &'a PublishLimits,
     /// The bus that publishes go to.
     pub bus: &'a dyn Bus,
     /// Proxies allowed to name the client.
@@ -734,6 +734,16 @@ mod tests {
         (written, step)
     }
 
+    /// The publish limits the tests run with (the context borrows them).
+    static LIMITS: std::sync::LazyLock<PublishLimits> =
+        std::sync::LazyLock::new(|| PublishLimits {
+            topics_max: 4,
+            topic_bytes_max: 32,
+            frame_bytes_max: 1 << 20,
+            data_bytes_max: 1 << 19,
+            gap_event: "gap".into(),
+        });
+
     /// The request context the tests run with, over `bus`.
     fn context<'a>(
         config: &'a Config,
@@ -751,11 +761,7 @@ mod tests {
                 per_subscription: 4,
                 name_bytes: 32,
             },
-            publish_limits: PublishLimits {
-                topics_max: 4,
-                topic_bytes_max: 32,
-                frame_bytes_max: 1 << 20,
-            },
+            publish_limits: &LIMITS,
             bus,
             trusted_proxies: &[],
             clients,

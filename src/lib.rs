@@ -136,6 +136,12 @@ pub enum PublishError {
     /// The Redis bus cannot reach Redis (or Redis refused the event); retry shortly. The
     /// event may or may not have been stored: a retry can deliver it twice, never zero times.
     Unavailable,
+    /// The event name is the configured `gap_event`, which only herald sends.
+    ReservedEventName,
+    /// The `retry` hint is not whole milliseconds within 0..=86400000.
+    InvalidRetry,
+    /// The data is larger than `max_publish_bytes`.
+    DataTooLarge,
 }
 
 impl PublishError {
@@ -152,6 +158,9 @@ impl PublishError {
             PublishError::Busy => "event loops are saturated; retry shortly",
             PublishError::ShuttingDown => "server is shutting down",
             PublishError::Unavailable => "redis is unavailable; retry shortly",
+            PublishError::ReservedEventName => "event name is reserved for gap notices (gap_event)",
+            PublishError::InvalidRetry => "retry must be milliseconds between 0 and 86400000",
+            PublishError::DataTooLarge => "event data exceeds max_publish_bytes",
         }
     }
 }
@@ -354,8 +363,10 @@ pub mod bench_support {
             topics_max: crate::config::TOPICS_PER_SUBSCRIPTION_DEFAULT,
             topic_bytes_max: crate::config::TOPIC_BYTES_DEFAULT,
             frame_bytes_max: crate::config::LAG_BYTES_DEFAULT,
+            data_bytes_max: crate::config::PUBLISH_BYTES_DEFAULT,
+            gap_event: crate::config::GAP_EVENT_DEFAULT.into(),
         };
-        let outgoing = publish::prepare(event, limits)?;
+        let outgoing = publish::prepare(event, &limits)?;
         Ok(outgoing.topics.iter().map(|t| t.to_string()).collect())
     }
 

@@ -1,12 +1,16 @@
-//! `POST /publish` bodies: form, JSON and raw, each into an [`Event`], and the validation
-//! every publish (HTTP or library) passes before the bus sees it. The body is already
+//! `POST /publish` bodies: form, JSON and raw, each into an [`Event`], and [`prepare`], the
+//! validation every event passes whatever its source (HTTP, the library `Handle`, or an
+//! entry the Redis reader decoded) before it is stored or delivered. The body is already
 //! bounded by `max_publish_bytes` when it gets here. No I/O here.
+
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::bus::Outgoing;
 use crate::config::RETRY_MS_MAX;
 use crate::http::answer::HttpError;
+use crate::http::form;
 use crate::sse::{check_event_name, encoded_len, EventFields};
 use crate::{topic, Event, PublishError};
 
@@ -30,11 +34,13 @@ pub(crate) fn body_format(content_type: Option<&str>) -> Result<BodyFormat, Http
     let Some(content_type) = content_type else {
         return Ok(BodyFormat::Raw);
     };
+    // OWS only: `str::trim` would also strip U+00A0 and read `application/json\u{a0}` as
+    // JSON, which a proxy in front sees as another type.
     let media = content_type
         .split(';')
         .next()
         .unwrap_or("")
-        .trim()
+        .trim_matches([' ', '\t'])
         .to_ascii_lowercase();
     match media.as_str() {
         "application/x-www-form-urlencoded" => Ok(BodyFormat::Form),
@@ -69,13 +75,7 @@ impl Fields {
     }
 
     fn set_retry(&mut self, retry: &str) -> Result<(), HttpError> {
-        let retry_ms = retry
-            .parse::<u32>()
-            .ok()
-            .filter(|&ms| ms <= RETRY_MS_MAX)
-            .ok_or(HttpError::BadPublish(
-                "retry must be milliseconds between 0 and 86400000",
-            ))?;
+        let retry_ms = parse_retry(retry).ok_or(HttpError::Publish(PublishError::InvalidRetry))?;
         if self.retry_ms.replace(retry_ms).is_some() {
             return Err(HttpError::BadPublish("retry given twice"));
         }
@@ -93,10 +93,24 @@ impl Fields {
     }
 }
 
+/// A `retry` value: `1*DIGIT` (no sign, space or fraction, as an EventSource reads `retry:`)
+/// within [`RETRY_MS_MAX`]. Every source parses `retry` here; [`prepare`] checks the ceiling
+/// again for events built in Rust.
+pub(crate) fn parse_retry(text: &str) -> Option<u32> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<u32>().ok().filter(|&ms| ms <= RETRY_MS_MAX)
+}
+
+/// The refusal for a query string or form body that is not UTF-8 once percent-decoded.
+const NOT_UTF8: HttpError = HttpError::BadPublish("a field is not UTF-8 once percent-decoded");
+
 /// Reads a publish from its query string and body.
 pub(crate) fn parse_body(format: BodyFormat, query: &str, body: &[u8]) -> Result<Event, HttpError> {
     let mut fields = Fields::default();
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+    for pair in form::pairs(query.as_bytes()) {
+        let (key, value) = pair.map_err(|_| NOT_UTF8)?;
         match &*key {
             "topic" => fields.topics.push(value.into_owned()),
             "event" => fields.set_name(value.into_owned())?,
@@ -120,7 +134,8 @@ fn read_form(fields: &mut Fields, body: &[u8]) -> Result<(), HttpError> {
     if std::str::from_utf8(body).is_err() {
         return Err(HttpError::BadPublish("body is not valid UTF-8"));
     }
-    for (key, value) in form_urlencoded::parse(body) {
+    for pair in form::pairs(body) {
+        let (key, value) = pair.map_err(|_| NOT_UTF8)?;
         match &*key {
             "topic" => fields.topics.push(value.into_owned()),
             "data" => fields.set_data(value.into_owned())?,
@@ -137,6 +152,8 @@ fn read_form(fields: &mut Fields, body: &[u8]) -> Result<(), HttpError> {
 }
 
 fn read_json(fields: &mut Fields, body: &[u8]) -> Result<(), HttpError> {
+    // serde_json refuses a lone surrogate escape (`"\ud800"`) as invalid JSON, so JSON strings
+    // are UTF-8 as strictly as form and raw bodies.
     let value: Value = serde_json::from_slice(body)
         .map_err(|_| HttpError::BadPublish("body is not valid JSON"))?;
     let Value::Object(object) = value else {
@@ -211,8 +228,8 @@ fn has_repeated_top_level_key(body: &[u8]) -> bool {
     deserializer.deserialize_map(Keys).unwrap_or(true)
 }
 
-/// Limits every publish is checked against.
-#[derive(Clone, Copy, Debug)]
+/// Limits every event is checked against, whatever its source.
+#[derive(Clone, Debug)]
 pub(crate) struct PublishLimits {
     /// Most topics per event.
     pub topics_max: usize,
@@ -220,10 +237,21 @@ pub(crate) struct PublishLimits {
     pub topic_bytes_max: usize,
     /// Largest encoded frame (a subscriber's lag budget).
     pub frame_bytes_max: usize,
+    /// Largest data (`max_publish_bytes`): an HTTP body is cut there already, and an event
+    /// from the library or the Redis stream gets the same ceiling.
+    pub data_bytes_max: usize,
+    /// The `gap_event` name. Only herald sends it: a published event of that name would tell
+    /// every resuming client's code to refetch its state, or hide a real gap.
+    pub gap_event: Arc<str>,
 }
 
-/// Validates an event and dedupes its topics for the bus.
-pub(crate) fn prepare(event: &Event, limits: PublishLimits) -> Result<Outgoing<'_>, PublishError> {
+/// Validates an event and dedupes its topics for the bus. HTTP publishes, library
+/// publishes and Redis stream entries all pass here, so one source cannot carry what
+/// another is refused.
+pub(crate) fn prepare<'e>(
+    event: &'e Event,
+    limits: &PublishLimits,
+) -> Result<Outgoing<'e>, PublishError> {
     if event.topics.is_empty() {
         return Err(PublishError::NoTopic);
     }
@@ -241,6 +269,15 @@ pub(crate) fn prepare(event: &Event, limits: PublishLimits) -> Result<Outgoing<'
     }
     if let Some(name) = &event.name {
         check_event_name(name).map_err(|_| PublishError::InvalidEventName)?;
+        if **name == *limits.gap_event {
+            return Err(PublishError::ReservedEventName);
+        }
+    }
+    if event.retry_ms.is_some_and(|ms| ms > RETRY_MS_MAX) {
+        return Err(PublishError::InvalidRetry);
+    }
+    if event.data.len() > limits.data_bytes_max {
+        return Err(PublishError::DataTooLarge);
     }
     let fields = EventFields {
         id: "",
@@ -263,11 +300,15 @@ pub(crate) fn prepare(event: &Event, limits: PublishLimits) -> Result<Outgoing<'
 mod tests {
     use super::*;
 
-    const LIMITS: PublishLimits = PublishLimits {
-        topics_max: 2,
-        topic_bytes_max: 16,
-        frame_bytes_max: 200,
-    };
+    fn limits() -> PublishLimits {
+        PublishLimits {
+            topics_max: 2,
+            topic_bytes_max: 16,
+            frame_bytes_max: 200,
+            data_bytes_max: 150,
+            gap_event: "gap".into(),
+        }
+    }
 
     fn event(topics: &[&str], name: Option<&str>, data: &str, retry_ms: Option<u32>) -> Event {
         Event {
@@ -343,9 +384,7 @@ mod tests {
             Form,
             "",
             "data=x&retry=-1",
-            Err(HttpError::BadPublish(
-                "retry must be milliseconds between 0 and 86400000",
-            )),
+            Err(HttpError::Publish(PublishError::InvalidRetry)),
         );
     }
 
@@ -452,9 +491,10 @@ mod tests {
     #[test]
     fn validation() {
         let ok = event(&["a", "b", "a"], Some("e"), "x", None);
-        let outgoing = prepare(&ok, LIMITS).unwrap();
+        let limits = limits();
+        let outgoing = prepare(&ok, &limits).unwrap();
         assert_eq!(outgoing.topics.len(), 2);
-        let fail = |e: Event, expected| assert_eq!(prepare(&e, LIMITS).err(), Some(expected));
+        let fail = |e: Event, expected| assert_eq!(prepare(&e, &limits).err(), Some(expected));
         fail(event(&[], None, "x", None), PublishError::NoTopic);
         fail(event(&["a b"], None, "x", None), PublishError::InvalidTopic);
         fail(
@@ -466,8 +506,73 @@ mod tests {
             PublishError::InvalidEventName,
         );
         fail(
-            event(&["a"], None, &"x".repeat(200), None),
+            event(&["a"], None, &"x".repeat(151), None),
+            PublishError::DataTooLarge,
+        );
+        fail(
+            event(&["a"], None, &"\n".repeat(150), None),
             PublishError::TooLarge,
+        );
+        fail(
+            event(&["a"], Some("gap"), "x", None),
+            PublishError::ReservedEventName,
+        );
+        fail(
+            event(&["a"], None, "x", Some(RETRY_MS_MAX + 1)),
+            PublishError::InvalidRetry,
+        );
+        for fine in [Some("Gap"), Some("gaps")] {
+            assert!(prepare(&event(&["a"], fine, "x", Some(RETRY_MS_MAX)), &limits).is_ok());
+        }
+    }
+
+    #[test]
+    fn retry_is_digits_within_a_day() {
+        assert_eq!(parse_retry("0"), Some(0));
+        assert_eq!(parse_retry("0086400000"), Some(RETRY_MS_MAX));
+        for bad in [
+            "",
+            "+5",
+            "-1",
+            " 5",
+            "5 ",
+            "1.5",
+            "86400001",
+            "4294967296",
+            "\u{661}",
+        ] {
+            assert_eq!(parse_retry(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn percent_decoding_is_strict_everywhere() {
+        use BodyFormat::{Form, Json, Raw};
+        let not_utf8 = Err(NOT_UTF8);
+        check(Form, "", "topic=a&data=%FF", not_utf8.clone());
+        check(Form, "", "topic=a&event=%C3%28&data=x", not_utf8.clone());
+        check(Form, "topic=a%FF", "data=x", not_utf8.clone());
+        check(Raw, "topic=a&event=%FF", "x", not_utf8.clone());
+        check(Json, "x=%ED%A0%80", r#"{"topic":"a","data":"x"}"#, not_utf8);
+        for lone in [r#""\ud800""#, r#""\udc00x""#, r#""a\ud83d""#] {
+            check(
+                Json,
+                "",
+                &format!(r#"{{"topic":"a","data":{lone}}}"#),
+                Err(HttpError::BadPublish("body is not valid JSON")),
+            );
+        }
+        check(
+            Json,
+            "",
+            r#"{"topic":"a","data":"\ud83d\ude00"}"#,
+            Ok(event(&["a"], None, "\u{1f600}", None)),
+        );
+        check(
+            Form,
+            "",
+            "topic=a&data=%E2%82%AC+%F0%9F%98%80",
+            Ok(event(&["a"], None, "\u{20ac} \u{1f600}", None)),
         );
     }
 }

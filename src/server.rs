@@ -49,12 +49,14 @@ pub(crate) struct Shared {
     pub publish_verifier: Option<Verifier>,
     /// Wakers of every loop, for shutdown.
     wakers: Vec<Arc<mio::Waker>>,
+    /// The checks every publish gets, built once from the config.
+    publish_limits: PublishLimits,
 }
 
 impl Shared {
     /// Publish limits derived from the config.
-    pub(crate) fn publish_limits(&self) -> PublishLimits {
-        publish_limits(&self.config)
+    pub(crate) fn publish_limits(&self) -> &PublishLimits {
+        &self.publish_limits
     }
 
     /// The `/metrics` page.
@@ -94,6 +96,8 @@ fn publish_limits(config: &Config) -> PublishLimits {
         topics_max: config.max_topics_per_subscription,
         topic_bytes_max: config.max_topic_bytes,
         frame_bytes_max: config.max_lag_bytes,
+        data_bytes_max: config.max_publish_bytes,
+        gap_event: config.gap_event.as_str().into(),
     }
 }
 
@@ -197,6 +201,7 @@ impl Server {
                 )
             }
         };
+        let limits = publish_limits(&config);
         let shared = Arc::new(Shared {
             config,
             bus,
@@ -212,6 +217,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             loop_stats: loops.iter().map(|l| l.3.clone()).collect(),
             wakers,
+            publish_limits: limits,
         });
         let mut server = Server {
             shared: shared.clone(),

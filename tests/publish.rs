@@ -4,12 +4,15 @@
 //! and the separate publish listener.
 
 mod common;
+#[path = "common/redis.rs"]
+mod redis_support;
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::*;
-use herald::Event;
+use herald::{BusKind, Event};
+use redis_support::RedisServer;
 
 fn assert_text_answer(response: &Response, case: &str) -> String {
     assert_eq!(response.status, 200, "{case}: {}", response.summary());
@@ -369,4 +372,224 @@ fn publish_listener_serves_publish_and_healthz_only() {
 fn server_without_publish_listen_has_no_publish_addr() {
     let server = start(|_| {});
     assert_eq!(server.publish_addr(), None);
+}
+
+// --- What every event source refuses alike (issue 10, item 12) ------------------------------
+
+const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+const JSON: Option<&str> = Some("application/json");
+
+/// Asserts a 400 whose reason contains `reason`.
+fn assert_refused(response: &Response, reason: &str, case: &str) {
+    assert_error(response, 400, case);
+    assert!(
+        response.body_text().contains(reason),
+        "{case}: reason {:?} should mention {reason:?}",
+        response.body_text()
+    );
+}
+
+#[test]
+fn the_gap_event_name_is_refused_from_every_http_format_and_the_library() {
+    let server = start(|config| config.gap_event = "resync".into());
+    let addr = server.local_addr();
+    let mut subscriber = subscribe(addr, &["g"]);
+    let form_body = form(&[("topic", "g"), ("event", "resync"), ("data", "x")]);
+    let cases: [(&str, &str, Option<&str>, &[u8]); 4] = [
+        ("form", "/publish", FORM, form_body.as_bytes()),
+        (
+            "JSON",
+            "/publish",
+            JSON,
+            br#"{"topic":"g","event":"resync","data":"x"}"#,
+        ),
+        ("raw", "/publish?topic=g&event=resync", None, b"x"),
+        (
+            "form with the name in the URL",
+            "/publish?event=resync",
+            FORM,
+            b"topic=g&data=x",
+        ),
+    ];
+    for (case, target, content_type, body) in cases {
+        let response = post(addr, target, content_type, body);
+        assert_refused(&response, "gap_event", case);
+    }
+    let refused = server
+        .handle()
+        .publish(&Event::new("g", "x").named("resync"));
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("gap_event")),
+        "the library may not publish the gap event name either"
+    );
+    // Only the configured name is reserved, exactly (EventSource types are case-sensitive).
+    for name in ["gap", "Resync"] {
+        let id = publish_form(addr, &[("topic", "g"), ("event", name), ("data", name)]);
+        let event = subscriber.next_event(&format!("the event named {name:?}"));
+        assert_eq!((event.event_type.as_str(), event.last_event_id), (name, id));
+    }
+    publish_form(addr, &[("topic", "g"), ("data", "end")]);
+    assert_eq!(subscriber.events_before("end"), vec![]);
+}
+
+#[test]
+fn retry_outside_whole_milliseconds_up_to_a_day_is_refused_from_http_and_the_library() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let over = Event::new("r", "x").with_retry_ms(86_400_001);
+    assert!(
+        handle
+            .publish(&over)
+            .is_err_and(|e| e.to_string().contains("retry")),
+        "the library's retry has the HTTP ceiling"
+    );
+    publish(&handle, &Event::new("r", "x").with_retry_ms(86_400_000));
+    for (case, body) in [
+        ("retry over a day", "topic=r&data=x&retry=86400001"),
+        ("retry with a plus sign", "topic=r&data=x&retry=%2B5"),
+        ("retry with a space", "topic=r&data=x&retry=+5"),
+        ("empty retry", "topic=r&data=x&retry="),
+    ] {
+        let response = post(addr, "/publish", FORM, body.as_bytes());
+        assert_refused(&response, "retry", case);
+    }
+}
+
+#[test]
+fn percent_encoded_bytes_that_are_not_utf8_are_refused_everywhere() {
+    let server = start(|_| {});
+    let addr = server.local_addr();
+    let mut subscriber = subscribe(addr, &["u"]);
+    let cases: [(&str, &str, Option<&str>, &[u8]); 8] = [
+        ("form data %FF", "/publish", FORM, b"topic=u&data=%FF"),
+        (
+            "form event %FF",
+            "/publish",
+            FORM,
+            b"topic=u&event=%FF&data=x",
+        ),
+        (
+            "form data %C3%28",
+            "/publish",
+            FORM,
+            b"topic=u&data=a%C3%28b",
+        ),
+        (
+            "form topic in the URL %FF",
+            "/publish?topic=u%FF",
+            FORM,
+            b"data=x",
+        ),
+        (
+            "raw event in the URL %FF",
+            "/publish?topic=u&event=%FF",
+            None,
+            b"x",
+        ),
+        (
+            "raw with an unknown URL parameter %FF",
+            "/publish?topic=u&x=%FF",
+            None,
+            b"x",
+        ),
+        (
+            "JSON lone surrogate in data",
+            "/publish",
+            JSON,
+            br#"{"topic":"u","data":"\ud800"}"#,
+        ),
+        (
+            "JSON lone surrogate in event",
+            "/publish",
+            JSON,
+            br#"{"topic":"u","event":"\udc00","data":"x"}"#,
+        ),
+    ];
+    for (case, target, content_type, body) in cases {
+        let response = post(addr, target, content_type, body);
+        assert_error(&response, 400, case);
+    }
+    // Subscriptions: topic and lastEventId are decoded as strictly.
+    for target in [
+        "/events?topic=u%FF",
+        "/events?topic=u&lastEventId=%FF",
+        "/events?topic=u&lastEventId=1%0A2",
+        "/events?topic=u&lastEventId=%00",
+    ] {
+        let response = get(addr, target);
+        assert_error(&response, 400, target);
+    }
+    // Valid UTF-8 in every place still works.
+    let id = publish_form(
+        addr,
+        &[
+            ("topic", "u"),
+            ("event", "\u{e9}t\u{e9}"),
+            ("data", "\u{20ac}"),
+        ],
+    );
+    let event = subscriber.next_event("the UTF-8 event");
+    assert_eq!(
+        (
+            event.event_type.as_str(),
+            event.data.as_str(),
+            event.last_event_id
+        ),
+        ("\u{e9}t\u{e9}", "\u{20ac}", id)
+    );
+    publish_form(addr, &[("topic", "u"), ("data", "end")]);
+    assert_eq!(
+        subscriber.events_before("end"),
+        vec![],
+        "nothing refused was published"
+    );
+}
+
+#[test]
+fn redis_stream_entries_pass_the_checks_http_publishes_pass() {
+    let redis = RedisServer::start("publish-checks");
+    let url = redis.url();
+    let server = start(move |config| {
+        config.bus = BusKind::Redis;
+        config.redis_url = url;
+        config.redis_stream = "checks".into();
+    });
+    let handle = server.handle();
+    wait_until("the node reads the stream", || {
+        let _ = handle.publish(&Event::new("warmup", "x"));
+        handle.stats().events_published > 0
+    });
+    let mut subscriber = subscribe(server.local_addr(), &["s"]);
+    let mut redis_conn = redis.client();
+    let invalid: [&[(&str, &str)]; 5] = [
+        &[
+            ("topic", "s"),
+            ("retry", "86400001"),
+            ("data", "over a day"),
+        ],
+        &[("topic", "s"), ("retry", "+5"), ("data", "signed retry")],
+        &[
+            ("topic", "s"),
+            ("retry", "4294967296"),
+            ("data", "u32 overflow"),
+        ],
+        &[("topic", "s"), ("event", "gap"), ("data", "the gap name")],
+        &[
+            ("topic", "s"),
+            ("event", "a\u{0}b"),
+            ("data", "NUL in the name"),
+        ],
+    ];
+    for fields in invalid {
+        redis_conn.xadd("checks", fields);
+    }
+    let after = redis_conn.xadd(
+        "checks",
+        &[("topic", "s"), ("retry", "86400000"), ("data", "after")],
+    );
+    let events = subscriber.events_before("after");
+    assert_eq!(events, vec![], "entries that HTTP would refuse are skipped");
+    assert_eq!(subscriber.last_event_id(), after);
+    assert_eq!(subscriber.retry_ms(), Some(86_400_000));
 }

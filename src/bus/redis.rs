@@ -818,7 +818,8 @@ pub(crate) fn decode(
             b"event" => event.name = Some(value.to_owned()),
             b"retry" if has_retry => return Err("retry given twice"),
             b"retry" => {
-                event.retry_ms = Some(value.parse().map_err(|_| "retry is not a number")?);
+                event.retry_ms =
+                    Some(publish::parse_retry(value).ok_or(PublishError::InvalidRetry.reason())?);
                 has_retry = true;
             }
             _ => {} // Applications may keep their own fields next to ours.
@@ -837,7 +838,7 @@ fn to_published(
 ) -> Result<Option<Published>, &'static str> {
     let seq = pack(id.0, id.1).ok_or("id outside ms < 2^42, n < 2^22")?;
     let event = decode(fields, core.data_bytes_max, core.limits.topics_max)?;
-    let outgoing = publish::prepare(&event, core.limits).map_err(PublishError::reason)?;
+    let outgoing = publish::prepare(&event, &core.limits).map_err(PublishError::reason)?;
     if !wanted(&outgoing.topics) {
         return Ok(None);
     }

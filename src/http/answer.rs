@@ -29,6 +29,10 @@ pub(crate) enum HttpError {
     LengthRequired,
     /// `Expect` other than `100-continue`.
     ExpectationFailed,
+    /// A header herald reads is repeated or its value is unreadable; the reason says which.
+    BadHeader(&'static str),
+    /// A query parameter herald reads could not be decoded; the reason says which.
+    BadQuery(&'static str),
     /// A body on a request that takes none.
     UnexpectedBody,
     /// No route for the path.
@@ -87,6 +91,7 @@ impl HttpError {
                 "request body needs Content-Length (Transfer-Encoding is not supported)",
             ),
             HttpError::ExpectationFailed => (417, "only Expect: 100-continue is supported"),
+            HttpError::BadHeader(reason) | HttpError::BadQuery(reason) => (400, reason),
             HttpError::UnexpectedBody => (400, "this request takes no body"),
             HttpError::NotFound => (404, "no such path"),
             HttpError::MethodNotAllowed { .. } => (405, "method not allowed for this path"),
@@ -120,7 +125,7 @@ impl HttpError {
                     PublishError::Busy
                     | PublishError::ShuttingDown
                     | PublishError::Unavailable => 503,
-                    PublishError::TooLarge => 413,
+                    PublishError::TooLarge | PublishError::DataTooLarge => 413,
                     _ => 400,
                 },
                 error.reason(),
@@ -142,6 +147,7 @@ impl HttpError {
                 | HttpError::BadContentLength
                 | HttpError::LengthRequired
                 | HttpError::ExpectationFailed
+                | HttpError::BadHeader(_)
                 | HttpError::UnexpectedBody
                 | HttpError::BodyTooLarge
                 | HttpError::ServerFull

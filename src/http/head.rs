@@ -124,11 +124,11 @@ pub(crate) fn parse(buf: &[u8], full: bool) -> Result<Parsed<'_>, HttpError> {
         forwarded: None,
         cookie: None,
     };
-    let mut has_host = false;
+    let mut seen = Seen::default();
     for header in request.headers.iter() {
-        apply_header(&mut head, header.name, header.value, &mut has_host)?;
+        apply_header(&mut head, header.name, header.value, &mut seen)?;
     }
-    if minor_version == 1 && !has_host {
+    if minor_version == 1 && !seen.host {
         return Err(HttpError::MissingHost);
     }
     if head.has_content_length && head.has_transfer_encoding {
@@ -148,9 +148,12 @@ enum Version {
     Malformed,
 }
 
-/// Classifies the version field of the first line in `buf`.
+/// Classifies the version field of the request line in `buf`, after the empty lines that
+/// httparse skips before it (RFC 9112 §2.2: a server SHOULD ignore at least one), so that
+/// `\r\nGET / HTTP/2.0` is 505 like the same line without the empty one before it.
 fn request_line_version(buf: &[u8]) -> Version {
     const PATTERN: &[u8] = b"HTTP/0.0";
+    let buf = skip_empty_lines(buf);
     let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n');
     let line = &buf[..line_end.unwrap_or(buf.len())];
     let mut parts = line.split(|&b| b == b' ');
@@ -171,31 +174,126 @@ fn request_line_version(buf: &[u8]) -> Version {
     }
 }
 
+/// Headers herald reads as one value. A repeat is refused rather than resolved: a front
+/// proxy that keeps the first of two `Host` or `Authorization` lines while herald kept the
+/// last would check one request and forward another (RFC 9110 §5.3 lets a recipient refuse).
+#[derive(Default)]
+struct Seen {
+    host: bool,
+    content_type: bool,
+    last_event_id: bool,
+    origin: bool,
+    authorization: bool,
+}
+
+/// Marks `flag` seen, refusing a second sighting of the header `name`.
+fn once(flag: &mut bool, repeated: &'static str) -> Result<(), HttpError> {
+    if std::mem::replace(flag, true) {
+        return Err(HttpError::BadHeader(repeated));
+    }
+    Ok(())
+}
+
+/// Strips the optional whitespace around a field value: SP and HTAB only (RFC 9110 §5.6.3).
+/// `str::trim` would also strip Unicode spaces such as U+00A0, which a proxy reads as part
+/// of the value, so the two would disagree about it.
+pub(crate) fn trim_ows(value: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| matches!(b, b' ' | b'\t');
+    let start = value.iter().position(|b| !is_ows(b)).unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !is_ows(b))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
+/// A `Content-Length` value: `1*DIGIT` with OWS around it (RFC 9112 §6.3), or a list of the
+/// same such value repeated (`5, 5`, which RFC 9110 §8.6 lets a recipient read as `5`).
+/// Anything else (a sign, another value, an empty member, Unicode space, overflow) is `None`:
+/// a proxy in front could frame the body differently, which is request smuggling.
+fn content_length(value: &[u8]) -> Option<usize> {
+    let mut length = None;
+    for member in value.split(|&b| b == b',') {
+        let digits = trim_ows(member);
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        // All ASCII digits, so this is UTF-8; parse refuses only overflow here.
+        let parsed = std::str::from_utf8(digits).ok()?.parse::<usize>().ok()?;
+        if length.is_some_and(|first| first != parsed) {
+            return None;
+        }
+        length = Some(parsed);
+    }
+    length
+}
+
+/// Whether `value` is a `Host` value: `uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2),
+/// checked by its characters (reg-name, IP literal and port are all drawn from these). Empty
+/// is allowed: it is what a client sends for a target without an authority.
+fn is_host(value: &[u8]) -> bool {
+    value.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+            )
+    })
+}
+
+/// `buf` after its leading empty lines (CRLF or bare LF), as httparse skips them.
+fn skip_empty_lines(mut buf: &[u8]) -> &[u8] {
+    loop {
+        buf = match buf {
+            [b'\r', b'\n', rest @ ..] | [b'\n', rest @ ..] => rest,
+            _ => return buf,
+        };
+    }
+}
+
 fn apply_header<'b>(
     head: &mut Request<'b>,
     name: &str,
     value: &'b [u8],
-    has_host: &mut bool,
+    seen: &mut Seen,
 ) -> Result<(), HttpError> {
-    let text = || std::str::from_utf8(value).map(str::trim);
+    let value = trim_ows(value);
+    let text = || std::str::from_utf8(value);
     if name.eq_ignore_ascii_case("content-length") {
-        let length = text()
-            .ok()
-            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|t| t.parse::<usize>().ok())
-            .ok_or(HttpError::BadContentLength)?;
+        let length = content_length(value).ok_or(HttpError::BadContentLength)?;
         if head.has_content_length && head.content_length != length {
             return Err(HttpError::BadContentLength);
         }
         head.has_content_length = true;
         head.content_length = length;
     } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        // Any value: herald reads no chunked bodies, so its presence alone decides (411).
         head.has_transfer_encoding = true;
     } else if name.eq_ignore_ascii_case("host") {
-        *has_host = true;
+        once(&mut seen.host, "Host header given twice")?;
+        if !is_host(value) {
+            return Err(HttpError::BadHeader("Host header is not a host[:port]"));
+        }
     } else if name.eq_ignore_ascii_case("connection") {
         for token in value.split(|&b| b == b',') {
-            let token = token.trim_ascii();
+            let token = trim_ows(token);
             if token.eq_ignore_ascii_case(b"close") {
                 head.keep_alive = false;
             } else if token.eq_ignore_ascii_case(b"keep-alive") && head.minor_version == 0 {
@@ -203,19 +301,27 @@ fn apply_header<'b>(
             }
         }
     } else if name.eq_ignore_ascii_case("expect") {
-        if value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+        // The expectation token is case-insensitive (RFC 9110 §10.1.1).
+        if value.eq_ignore_ascii_case(b"100-continue") {
             head.expect_continue = true;
         } else {
             return Err(HttpError::ExpectationFailed);
         }
     } else if name.eq_ignore_ascii_case("last-event-id") {
-        head.last_event_id = Some(text().map_err(|_| HttpError::MalformedHead)?);
+        once(&mut seen.last_event_id, "Last-Event-ID header given twice")?;
+        let id = text().map_err(|_| HttpError::BadHeader("Last-Event-ID header is not UTF-8"))?;
+        head.last_event_id = Some(id);
     } else if name.eq_ignore_ascii_case("origin") {
-        head.origin = text().ok();
+        once(&mut seen.origin, "Origin header given twice")?;
+        let origin = text().map_err(|_| HttpError::BadHeader("Origin header is not UTF-8"))?;
+        head.origin = Some(origin);
     } else if name.eq_ignore_ascii_case("authorization") {
+        once(&mut seen.authorization, "Authorization header given twice")?;
         head.authorization = Some(value);
     } else if name.eq_ignore_ascii_case("content-type") {
-        head.content_type = text().ok();
+        once(&mut seen.content_type, "Content-Type header given twice")?;
+        let media = text().map_err(|_| HttpError::BadHeader("Content-Type header is not UTF-8"))?;
+        head.content_type = Some(media);
     } else if name.eq_ignore_ascii_case("x-forwarded-for") {
         head.x_forwarded_for = text().ok();
     } else if name.eq_ignore_ascii_case("forwarded") {
@@ -297,6 +403,165 @@ mod tests {
         }
         many.push_str("\r\n");
         assert_eq!(error(&many), HttpError::TooManyHeaders);
+    }
+
+    #[test]
+    fn content_length_values() {
+        let head =
+            |value: &str| format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
+        for (value, length) in [
+            ("5", 5),
+            ("005", 5),
+            ("\t5 ", 5),
+            ("5,5", 5),
+            ("5 , 5,\t5", 5),
+            ("0", 0),
+            ("18446744073709551615", usize::MAX),
+        ] {
+            let raw = head(value);
+            let request = complete(&raw);
+            assert_eq!(
+                (request.has_content_length, request.content_length),
+                (true, length),
+                "{value:?}"
+            );
+        }
+        for value in [
+            "5\u{a0}",
+            "\u{a0}5",
+            "5\u{85}",
+            "5\u{2028}",
+            "5\u{feff}",
+            "\u{3000}5",
+            "+5",
+            "-0",
+            "5,6",
+            "5,",
+            ",5",
+            "5,,5",
+            "5 5",
+            "5;q=1",
+            "0x5",
+            "5e0",
+            "\u{661}",
+            "18446744073709551616",
+            "",
+        ] {
+            assert_eq!(
+                error(&head(value)),
+                HttpError::BadContentLength,
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_values_are_read_exactly() {
+        let ok = complete(
+            "GET / HTTP/1.1\r\nHost: [::1]:80\r\nOrigin: \thttps://a.example \r\nLast-Event-ID: 5-1\u{a0}\r\nContent-Type: text/plain\u{a0}\r\nExpect: 100-CONTINUE\r\n\r\n",
+        );
+        assert_eq!(ok.origin, Some("https://a.example"));
+        // U+00A0 is part of the value, as a proxy in front reads it.
+        assert_eq!(ok.last_event_id, Some("5-1\u{a0}"));
+        assert_eq!(ok.content_type, Some("text/plain\u{a0}"));
+        assert!(ok.expect_continue);
+        assert!(complete("GET / HTTP/1.1\r\nHost:\r\n\r\n").path == "/");
+        let table: [(&[u8], HttpError); 14] = [
+            (
+                b"Host: a\r\nHost: a\r\n",
+                HttpError::BadHeader("Host header given twice"),
+            ),
+            (
+                b"Host: a b\r\n",
+                HttpError::BadHeader("Host header is not a host[:port]"),
+            ),
+            (
+                b"Host: a/b\r\n",
+                HttpError::BadHeader("Host header is not a host[:port]"),
+            ),
+            (
+                b"Host: u@a\r\n",
+                HttpError::BadHeader("Host header is not a host[:port]"),
+            ),
+            (
+                b"Host: a\xc2\xa0\r\n",
+                HttpError::BadHeader("Host header is not a host[:port]"),
+            ),
+            (
+                b"Host: a\r\nOrigin: x\r\norigin: y\r\n",
+                HttpError::BadHeader("Origin header given twice"),
+            ),
+            (
+                b"Host: a\r\nOrigin: \xff\r\n",
+                HttpError::BadHeader("Origin header is not UTF-8"),
+            ),
+            (
+                b"Host: a\r\nLast-Event-ID: 1\r\nLast-Event-Id: 1\r\n",
+                HttpError::BadHeader("Last-Event-ID header given twice"),
+            ),
+            (
+                b"Host: a\r\nLast-Event-ID: \xff\r\n",
+                HttpError::BadHeader("Last-Event-ID header is not UTF-8"),
+            ),
+            (
+                b"Host: a\r\nContent-Type: a\r\nContent-Type: a\r\n",
+                HttpError::BadHeader("Content-Type header given twice"),
+            ),
+            (
+                b"Host: a\r\nContent-Type: text/plain\xff\r\n",
+                HttpError::BadHeader("Content-Type header is not UTF-8"),
+            ),
+            (
+                b"Host: a\r\nAuthorization: Bearer a\r\nAuthorization: Bearer a\r\n",
+                HttpError::BadHeader("Authorization header given twice"),
+            ),
+            (
+                b"Host: a\r\nExpect: 100-continue\xc2\xa0\r\n",
+                HttpError::ExpectationFailed,
+            ),
+            (
+                b"Host: a\r\nExpect: 100-continue, x\r\n",
+                HttpError::ExpectationFailed,
+            ),
+        ];
+        for (headers, expected) in table {
+            let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+            raw.extend_from_slice(headers);
+            raw.extend_from_slice(b"\r\n");
+            assert_eq!(
+                parse(&raw, false).unwrap_err(),
+                expected,
+                "{}",
+                String::from_utf8_lossy(&raw)
+            );
+            assert!(expected.closes(), "{expected:?} must close");
+        }
+    }
+
+    #[test]
+    fn empty_lines_before_the_request_line_are_skipped() {
+        for raw in [
+            "\r\nGET / HTTP/2.0\r\nHost: x\r\n\r\n",
+            "\nGET / HTTP/2.0\r\nHost: x\r\n\r\n",
+            "\r\n\n\r\nGET / HTTP/1.2\r\nHost: x\r\n\r\n",
+        ] {
+            assert_eq!(error(raw), HttpError::VersionNotSupported, "{raw:?}");
+            // Every prefix still waits rather than deciding early.
+            let line_end = raw.trim_start_matches(['\r', '\n']).find('\r').unwrap();
+            let leading = raw.len() - raw.trim_start_matches(['\r', '\n']).len();
+            for end in 0..leading + line_end {
+                assert!(
+                    matches!(parse(&raw.as_bytes()[..end], false), Ok(Parsed::NeedMore)),
+                    "{raw:?}: prefix of {end} bytes"
+                );
+            }
+        }
+        assert_eq!(
+            error("\r\nGET / HTTX/1.1\r\n\r\n"),
+            HttpError::MalformedHead
+        );
+        let request = complete("\r\n\r\nGET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!((request.path, request.head_len), ("/a", 32));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! HTTP/1.x for herald: request heads ([`head`]), routes and query parameters ([`route`]),
-//! and response bytes ([`answer`]). Everything here is sans-io: bytes in, bytes or errors out.
+//! strict form decoding ([`form`]), and response bytes ([`answer`]). Everything here is
+//! sans-io: bytes in, bytes or errors out.
 
 pub(crate) mod answer;
+pub(crate) mod form;
 pub(crate) mod head;
 pub(crate) mod route;

@@ -2,6 +2,7 @@
 //! No I/O here.
 
 use super::answer::HttpError;
+use super::form;
 use super::head::Method;
 use crate::topic;
 
@@ -92,12 +93,16 @@ pub(crate) struct TopicLimits {
 }
 
 /// Reads `topic` (repeatable) and `lastEventId` from a query string. Other parameters are
-/// ignored: browsers and proxies add cache-busters.
+/// ignored: browsers and proxies add cache-busters. Any parameter that is not UTF-8 once
+/// percent-decoded is refused: read leniently, `%FF` would become U+FFFD.
 pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscription, HttpError> {
     let mut topics: Vec<String> = Vec::new();
     let mut last_event_id = None;
     let mut token = None;
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+    for pair in form::pairs(query.as_bytes()) {
+        let (key, value) = pair.map_err(|_| {
+            HttpError::BadQuery("a query parameter is not UTF-8 once percent-decoded")
+        })?;
         match &*key {
             "topic" => {
                 if !topic::is_valid_name(&value, limits.name_bytes) {
@@ -110,6 +115,13 @@ pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscript
                     return Err(HttpError::TooManyTopics);
                 }
                 topics.push(value.into_owned());
+            }
+            // No id herald sends, or an EventSource keeps, holds CR, LF or NUL; the header
+            // cannot carry them either, so the query may not.
+            "lastEventId" if value.contains(['\r', '\n', '\0']) => {
+                return Err(HttpError::BadQuery(
+                    "lastEventId must not contain CR, LF or NUL",
+                ))
             }
             "lastEventId" => last_event_id = Some(value.into_owned()),
             "token" => token = Some(value.into_owned()),
@@ -266,5 +278,35 @@ mod tests {
             subscription("topic=a&topic=b&topic=c", LIMITS),
             Err(HttpError::TooManyTopics)
         );
+    }
+
+    #[test]
+    fn undecodable_or_control_parameters_are_refused() {
+        let not_utf8 = Err(HttpError::BadQuery(
+            "a query parameter is not UTF-8 once percent-decoded",
+        ));
+        for query in [
+            "topic=a%FF",
+            "topic=a&lastEventId=%FF",
+            "topic=a&token=%C3%28",
+            "topic=a&_=%FF",
+        ] {
+            assert_eq!(subscription(query, LIMITS), not_utf8, "{query:?}");
+        }
+        for query in [
+            "topic=a&lastEventId=1%0A2",
+            "topic=a&lastEventId=1%0D",
+            "topic=a&lastEventId=%00",
+        ] {
+            assert_eq!(
+                subscription(query, LIMITS),
+                Err(HttpError::BadQuery(
+                    "lastEventId must not contain CR, LF or NUL"
+                )),
+                "{query:?}"
+            );
+        }
+        let ok = subscription("topic=a&lastEventId=%E2%82%AC", LIMITS).unwrap();
+        assert_eq!(ok.last_event_id.as_deref(), Some("€"));
     }
 }
