@@ -50,7 +50,7 @@ mod topic;
 
 use std::fmt;
 
-pub use config::{BusKind, Config, ConfigError};
+pub use config::{BusKind, Config, ConfigError, ForwardedHeader};
 pub use server::{Handle, Server};
 
 /// One event to publish: its topics, optional name, data and optional `retry:` hint.
