@@ -266,6 +266,11 @@ fn issue_10_connections_closed_every_way_give_their_address_slot_back() {
             "round {round}: {}",
             response.summary()
         );
+        // Both are closed once their peers have read the answers: the slots come back then.
+        drop(timed_out);
+        wait_until("the answered connections to close", || {
+            server.handle().stats().connections == 0
+        });
         let stream = subscribe_from(addr, 5, "news", &[]);
         let idle = conn_from(addr, 5);
         wait_until("the idle connection to be accepted", || {

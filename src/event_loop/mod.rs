@@ -533,6 +533,20 @@ impl EventLoop {
         self.read_next.push(key);
     }
 
+    /// Gives back what admission took for `conn`: its listener's budget slot and its
+    /// per-address slot. Called once per connection, as it leaves the slab (in `close`) or
+    /// with the loop (in `drop`).
+    fn release_admission(shared: &Shared, conn: &Connection) {
+        if conn.admitted {
+            Self::budget(shared, conn.info.listener)
+                .0
+                .fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(client) = conn.info.counted {
+            shared.clients.release(client);
+        }
+    }
+
     /// Closes a connection and removes a stream from its topics.
     fn close(&mut self, key: usize) {
         if !self.conns.contains(key) {
@@ -542,15 +556,7 @@ impl EventLoop {
         if let Some(timer) = conn.timer {
             self.wheel.cancel(timer);
         }
-        if conn.admitted {
-            Self::budget(&self.shared, conn.info.listener)
-                .0
-                .fetch_sub(1, Ordering::AcqRel);
-        }
-        // The one release of the per-address slot taken at accept or at the head.
-        if let Some(client) = conn.info.counted {
-            self.shared.clients.release(client);
-        }
+        Self::release_admission(&self.shared, &conn);
         match conn.state {
             ConnState::Lingering { .. } => self.lingering -= 1,
             ConnState::Http(exchange) => self.recycle(exchange.into_buffer()),
@@ -586,6 +592,17 @@ impl EventLoop {
             .store(self.topics.len() as u64, Ordering::Relaxed);
         self.counters.record_turn(self.now.elapsed());
         self.counters.publish(stats);
+    }
+}
+
+impl Drop for EventLoop {
+    /// A loop that stops (shutdown, or a failed poll while the others go on) gives back
+    /// the admission of every connection it still holds, so the server's budgets and
+    /// per-address counts stay true.
+    fn drop(&mut self) {
+        for (_, conn) in self.conns.iter() {
+            Self::release_admission(&self.shared, conn);
+        }
     }
 }
 
