@@ -630,6 +630,39 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(fixed.effective_max_connections(), 123);
+        // A publish listener's budget is kept out of the subscribers' share.
+        let with_publish = Config {
+            publish_listen: Some("127.0.0.1:0".parse().unwrap()),
+            max_publish_connections: 100,
+            ..Config::default()
+        };
+        assert_eq!(
+            with_publish.effective_max_connections(),
+            limit - FDS_RESERVED - 100
+        );
+    }
+
+    #[test]
+    fn new_admission_settings_are_validated() {
+        let check = |tweak: fn(&mut Config), setting: &str| {
+            let mut config = Config::default();
+            tweak(&mut config);
+            assert_eq!(config.validate().map_err(|e| e.setting), Err(setting));
+        };
+        check(|c| c.ipv6_prefix_per_ip = 0, "ipv6_prefix_per_ip");
+        check(|c| c.ipv6_prefix_per_ip = 129, "ipv6_prefix_per_ip");
+        check(|c| c.max_publish_connections = 0, "max_publish_connections");
+        let config = Config {
+            ipv6_prefix_per_ip: 128,
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
+        assert_eq!("forwarded".parse(), Ok(ForwardedHeader::Forwarded));
+        assert_eq!(
+            "x-forwarded-for".parse(),
+            Ok(ForwardedHeader::XForwardedFor)
+        );
+        assert!("X-Real-IP".parse::<ForwardedHeader>().is_err());
     }
 
     #[test]
