@@ -80,6 +80,15 @@ pub const FDS_RESERVED: usize = 64;
 /// Largest accepted stream lifetime: one week.
 pub const STREAM_LIFETIME_MS_MAX: u64 = 7 * 24 * 3_600_000;
 
+/// Bits of an IPv6 client address that name one client for `max_connections_per_ip`, by
+/// default: a /64 is what one site or one host is given, and a host can pick any address in
+/// it, so counting full addresses would let one host open a connection per address.
+pub const IPV6_PREFIX_PER_IP_DEFAULT: u8 = 64;
+/// Connections the separate publish listener holds at most, by default. It has its own
+/// budget so publishers and operators are served while subscribers fill `max_connections`;
+/// publishers are a few application servers with keep-alive pools, and scrapers.
+pub const PUBLISH_CONNECTIONS_DEFAULT: usize = 128;
+
 /// Redis the Redis bus connects to, by default.
 pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379/0";
 /// Stream the Redis bus appends to and reads from, by default.
@@ -111,6 +120,31 @@ impl std::str::FromStr for BusKind {
             "embedded" => Ok(BusKind::Embedded),
             "redis" => Ok(BusKind::Redis),
             _ => Err(format!("{text:?} is not embedded or redis")),
+        }
+    }
+}
+
+/// The request header that names the client when the peer is a trusted proxy. Only this
+/// one is read, so a client cannot pick the header its proxy does not rewrite.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (nginx's `$proxy_add_x_forwarded_for`).
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "x-forwarded-for" => Ok(ForwardedHeader::XForwardedFor),
+            "forwarded" => Ok(ForwardedHeader::Forwarded),
+            _ => Err(format!("{text:?} is not x-forwarded-for or forwarded")),
         }
     }
 }
@@ -205,6 +239,16 @@ pub struct Config {
     /// older than what it keeps get the gap event. 0: `history_total_bytes` / 1 KiB, at
     /// least `history_events`.
     pub redis_maxlen: usize,
+    /// The header a trusted proxy names the client in: `x-forwarded-for` or `forwarded`.
+    /// The other one is ignored; an unreadable or malformed hop ends the walk at the
+    /// nearest trusted proxy.
+    pub forwarded_header: ForwardedHeader,
+    /// IPv6 clients are counted for `max_connections_per_ip` by their network of this many
+    /// bits (1..=128); IPv4-mapped IPv6 addresses count as IPv4.
+    pub ipv6_prefix_per_ip: u8,
+    /// Most open connections on `publish_listen`, counted apart from `max_connections`, so
+    /// publishers and operators are served while subscribers fill the main listener.
+    pub max_publish_connections: usize,
 }
 
 impl Default for Config {
@@ -242,6 +286,9 @@ impl Default for Config {
             redis_url: REDIS_URL_DEFAULT.to_owned(),
             redis_stream: REDIS_STREAM_DEFAULT.to_owned(),
             redis_maxlen: 0,
+            forwarded_header: ForwardedHeader::XForwardedFor,
+            ipv6_prefix_per_ip: IPV6_PREFIX_PER_IP_DEFAULT,
+            max_publish_connections: PUBLISH_CONNECTIONS_DEFAULT,
         }
     }
 }
@@ -299,13 +346,19 @@ impl Config {
     }
 
     /// The connection limit in force: `max_connections`, or when that is 0 the open-file
-    /// limit (read from `/proc/self/limits`) minus [`FDS_RESERVED`].
+    /// limit (read from `/proc/self/limits`) minus [`FDS_RESERVED`] and, with a publish
+    /// listener, minus its budget, so subscribers cannot take the descriptors it needs.
     pub fn effective_max_connections(&self) -> usize {
         if self.max_connections != 0 {
             return self.max_connections;
         }
+        let publish = self
+            .publish_listen
+            .map_or(0, |_| self.max_publish_connections);
         open_files_limit()
-            .map_or(10_000, |limit| limit.saturating_sub(FDS_RESERVED))
+            .map_or(10_000, |limit| {
+                limit.saturating_sub(FDS_RESERVED).saturating_sub(publish)
+            })
             .clamp(1, CONNECTIONS_MAX)
     }
 
@@ -425,6 +478,18 @@ impl Config {
             return fault("publish_listen", "must differ from listen");
         }
         within("redis_maxlen", self.redis_maxlen, 0, REDIS_MAXLEN_MAX)?;
+        within(
+            "ipv6_prefix_per_ip",
+            usize::from(self.ipv6_prefix_per_ip),
+            1,
+            128,
+        )?;
+        within(
+            "max_publish_connections",
+            self.max_publish_connections,
+            1,
+            CONNECTIONS_MAX,
+        )?;
         if self.redis_stream.is_empty() || self.redis_stream.len() > REDIS_STREAM_BYTES_MAX {
             return fault(
                 "redis_stream",
@@ -565,6 +630,39 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(fixed.effective_max_connections(), 123);
+        // A publish listener's budget is kept out of the subscribers' share.
+        let with_publish = Config {
+            publish_listen: Some("127.0.0.1:0".parse().unwrap()),
+            max_publish_connections: 100,
+            ..Config::default()
+        };
+        assert_eq!(
+            with_publish.effective_max_connections(),
+            limit - FDS_RESERVED - 100
+        );
+    }
+
+    #[test]
+    fn new_admission_settings_are_validated() {
+        let check = |tweak: fn(&mut Config), setting: &str| {
+            let mut config = Config::default();
+            tweak(&mut config);
+            assert_eq!(config.validate().map_err(|e| e.setting), Err(setting));
+        };
+        check(|c| c.ipv6_prefix_per_ip = 0, "ipv6_prefix_per_ip");
+        check(|c| c.ipv6_prefix_per_ip = 129, "ipv6_prefix_per_ip");
+        check(|c| c.max_publish_connections = 0, "max_publish_connections");
+        let config = Config {
+            ipv6_prefix_per_ip: 128,
+            ..Config::default()
+        };
+        assert!(config.validate().is_ok());
+        assert_eq!("forwarded".parse(), Ok(ForwardedHeader::Forwarded));
+        assert_eq!(
+            "x-forwarded-for".parse(),
+            Ok(ForwardedHeader::XForwardedFor)
+        );
+        assert!("X-Real-IP".parse::<ForwardedHeader>().is_err());
     }
 
     #[test]

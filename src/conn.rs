@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::{self, Claim, Verifier};
 use crate::bus::{Backfill, Bus, Submitted, Ticket};
-use crate::client::{client_addr, Cidr, ClientTable};
-use crate::config::Config;
+use crate::client::{client_addr, client_key, Cidr, ClientTable};
+use crate::config::{Config, ForwardedHeader};
 use crate::http::answer::{self, HttpError};
 use crate::http::head::{self, Method, Parsed, Request};
 use crate::http::route::{self, Listener, Route, RouteConfig, TopicLimits};
@@ -69,14 +69,16 @@ pub(crate) struct RequestContext<'a> {
 pub(crate) struct ConnInfo {
     /// The listener the connection came in on.
     pub listener: Listener,
-    /// The client address counted against `max_connections_per_ip`, if any.
+    /// The client key (see `client::client_key`) counted against
+    /// `max_connections_per_ip`, if any; released exactly once, when the connection closes.
     pub counted: Option<IpAddr>,
 }
 
 impl ConnInfo {
-    /// Counts the connection for the client this request comes from (the peer, or who a
-    /// trusted proxy says), moving the count if a kept-alive proxy connection now speaks
-    /// for another client. Returns false when that client is at its limit.
+    /// Counts the connection for the client a trusted proxy names, moving the count if a
+    /// kept-alive proxy connection now speaks for another client. Returns false when that
+    /// client is at its limit. Other peers were counted by their own address at accept
+    /// (see the event loop's admission), and the publish listener has its own budget.
     fn admit_client(
         &mut self,
         ctx: &RequestContext<'_>,
@@ -84,15 +86,23 @@ impl ConnInfo {
         request: &Request<'_>,
     ) -> bool {
         let max = ctx.config.max_connections_per_ip;
-        if max == 0 {
+        if max == 0
+            || self.listener == Listener::Publish
+            || !ctx.trusted_proxies.iter().any(|cidr| cidr.contains(peer))
+        {
             return true;
         }
+        let lines = match ctx.config.forwarded_header {
+            ForwardedHeader::XForwardedFor => request.x_forwarded_for,
+            ForwardedHeader::Forwarded => request.forwarded,
+        };
         let client = client_addr(
             peer,
             ctx.trusted_proxies,
-            request.x_forwarded_for,
-            request.forwarded,
+            ctx.config.forwarded_header,
+            lines.as_slice(),
         );
+        let client = client_key(client, ctx.config.ipv6_prefix_per_ip);
         if self.counted == Some(client) {
             return true;
         }

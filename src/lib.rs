@@ -50,7 +50,7 @@ mod topic;
 
 use std::fmt;
 
-pub use config::{BusKind, Config, ConfigError};
+pub use config::{BusKind, Config, ConfigError, ForwardedHeader};
 pub use server::{Handle, Server};
 
 /// One event to publish: its topics, optional name, data and optional `retry:` hint.
@@ -288,6 +288,9 @@ pub mod bench_support {
         pub cookie_token: Option<String>,
         /// The publish body format named by `Content-Type`.
         pub publish_format: Result<PublishFormat, Refusal>,
+        /// The client a proxy at 10.0.0.1 (10.0.0.0/8 trusted) names in `X-Forwarded-For`,
+        /// then in `Forwarded`.
+        pub forwarded_clients: [std::net::IpAddr; 2],
     }
 
     /// Parses the head at the start of `buf` (`full`: the buffer cannot take more bytes) and,
@@ -319,7 +322,22 @@ pub mod bench_support {
             bearer: crate::auth::bearer(request.authorization).map(str::to_owned),
             cookie_token: crate::auth::cookie_token(request.cookie).map(str::to_owned),
             publish_format: publish_format(request.content_type),
+            forwarded_clients: forwarded_clients(&request),
         })
+    }
+
+    /// What [`HeadSummary::forwarded_clients`] holds.
+    fn forwarded_clients(request: &head::Request<'_>) -> [std::net::IpAddr; 2] {
+        use crate::client::{client_addr, Cidr};
+        use crate::config::ForwardedHeader;
+        let peer = std::net::IpAddr::from([10, 0, 0, 1]);
+        // A literal block, which parses.
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap_or_else(|_| unreachable!())];
+        [
+            (ForwardedHeader::XForwardedFor, request.x_forwarded_for),
+            (ForwardedHeader::Forwarded, request.forwarded),
+        ]
+        .map(|(header, lines)| client_addr(peer, &trusted, header, lines.as_slice()))
     }
 
     /// How a publish body is read (a public mirror of the crate's body format).

@@ -172,6 +172,15 @@ struct ServeArgs {
     /// Approximate length the stream is trimmed to (XADD MAXLEN ~). 0: history-total-bytes / 1 KiB, at least history-events. [default: 0]
     #[arg(long, env = "HERALD_REDIS_MAXLEN", value_name = "N")]
     redis_maxlen: Option<usize>,
+    /// Header a trusted proxy names the client in: x-forwarded-for or forwarded; the other is ignored. [default: x-forwarded-for]
+    #[arg(long, env = "HERALD_FORWARDED_HEADER", value_name = "HEADER")]
+    forwarded_header: Option<herald::ForwardedHeader>,
+    /// IPv6 clients count for --max-connections-per-ip by their network of this many bits (1-128). [default: 64]
+    #[arg(long, env = "HERALD_IPV6_PREFIX_PER_IP", value_name = "BITS")]
+    ipv6_prefix_per_ip: Option<u8>,
+    /// Most open connections on --publish-listen, apart from --max-connections. [default: 128]
+    #[arg(long, env = "HERALD_MAX_PUBLISH_CONNECTIONS", value_name = "N")]
+    max_publish_connections: Option<usize>,
 }
 
 impl ServeArgs {
@@ -213,7 +222,10 @@ impl ServeArgs {
             bus,
             redis_url,
             redis_stream,
-            redis_maxlen
+            redis_maxlen,
+            forwarded_header,
+            ipv6_prefix_per_ip,
+            max_publish_connections
         );
         if self.publish_listen.is_some() {
             config.publish_listen = self.publish_listen;

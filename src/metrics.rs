@@ -108,6 +108,8 @@ pub(crate) struct Metrics {
     pub refused_full: AtomicU64,
     /// Connections refused at `max_connections_per_ip`.
     pub refused_per_ip: AtomicU64,
+    /// Connections refused at `max_publish_connections` on the publish listener.
+    pub refused_publish_full: AtomicU64,
     /// Publishes refused for a missing or wrong token.
     pub auth_failures: AtomicU64,
 }
@@ -119,6 +121,7 @@ impl Metrics {
             refusals: Default::default(),
             refused_full: AtomicU64::new(0),
             refused_per_ip: AtomicU64::new(0),
+            refused_publish_full: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
         }
     }
@@ -289,6 +292,11 @@ pub(crate) fn render(
         out,
         "herald_connections_refused_total{{reason=\"max_connections_per_ip\"}} {}",
         metrics.refused_per_ip.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "herald_connections_refused_total{{reason=\"max_publish_connections\"}} {}",
+        metrics.refused_publish_full.load(Ordering::Relaxed)
     );
     family(
         &mut out,

@@ -37,6 +37,9 @@ pub(crate) struct Shared {
     pub connections: AtomicUsize,
     /// The connection limit in force.
     pub max_connections: usize,
+    /// Admitted connections on the publish listeners, across all loops; its own budget
+    /// (`max_publish_connections`), apart from `connections`.
+    pub publish_connections: AtomicUsize,
     /// Parsed `trusted_proxies`.
     pub trusted_proxies: Vec<Cidr>,
     /// Connections per client address.
@@ -208,6 +211,7 @@ impl Server {
             serials: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             max_connections,
+            publish_connections: AtomicUsize::new(0),
             trusted_proxies,
             clients: ClientTable::new(),
             metrics: Metrics::new(),

@@ -256,7 +256,14 @@ fn top_level_help_names_the_serve_command() {
 
 #[test]
 fn invalid_flag_values_exit_2_with_one_line_naming_the_setting() {
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 16] = [
+        (&["--forwarded-header", "x-real-ip"], "forwarded_header"),
+        (&["--ipv6-prefix-per-ip", "0"], "ipv6_prefix_per_ip"),
+        (&["--ipv6-prefix-per-ip", "129"], "ipv6_prefix_per_ip"),
+        (
+            &["--max-publish-connections", "0"],
+            "max_publish_connections",
+        ),
         (&["--threads", "0"], "threads"),
         (&["--threads", "many"], "threads"),
         (&["--max-lag-bytes", "banana"], "max_lag_bytes"),

@@ -108,7 +108,11 @@ fn metrics_is_prometheus_text_with_every_documented_family_and_no_topic_labels()
             "herald_http_refusals_total{{status=\"{status}\"}}"
         ));
     }
-    for reason in ["max_connections", "max_connections_per_ip"] {
+    for reason in [
+        "max_connections",
+        "max_connections_per_ip",
+        "max_publish_connections",
+    ] {
         page.value(&format!(
             "herald_connections_refused_total{{reason=\"{reason}\"}}"
         ));

@@ -20,6 +20,15 @@ pub(super) fn count_refusal(shared: &Shared, error: HttpError) {
                 .refused_per_ip
                 .fetch_add(1, Ordering::Relaxed);
         }
+        HttpError::ServerFull => {
+            shared.metrics.refused_full.fetch_add(1, Ordering::Relaxed);
+        }
+        HttpError::PublishListenerFull => {
+            shared
+                .metrics
+                .refused_publish_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
         _ => {}
     }
 }

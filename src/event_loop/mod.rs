@@ -21,6 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::bus::{Backfill, BackfillRequest, Completion, Inbox, Resume, Ticket};
+use crate::client::client_key;
 use crate::conn::{ConnInfo, Exchange, RequestContext, Step, StreamRequest};
 use crate::http::answer::HttpError;
 use crate::http::route::{Listener, RouteConfig, TopicLimits};
@@ -88,7 +89,7 @@ impl ListenerSlot {
 struct Connection {
     socket: TcpStream,
     info: ConnInfo,
-    /// Counted in the server's connection total (refused connections are not).
+    /// Counted in its listener's connection budget (refused connections are not).
     admitted: bool,
     state: ConnState,
     /// The connection's one pending deadline (head, idle, or the stream's next check).
@@ -408,32 +409,73 @@ impl EventLoop {
         let deadline = self.now + Duration::from_millis(self.shared.config.head_timeout_ms);
         let timer = self.wheel.set(deadline, key);
         self.counters.accepted += 1;
-        let admitted =
-            self.shared.connections.fetch_add(1, Ordering::AcqRel) < self.shared.max_connections;
-        let exchange = if admitted {
-            Exchange::new(buffer, peer)
-        } else {
-            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
-            self.shared
-                .metrics
-                .refused_full
-                .fetch_add(1, Ordering::Relaxed);
-            Exchange::refused(buffer, peer, HttpError::ServerFull)
+        let admission = Self::admission(&self.shared, peer, listener);
+        let admitted = admission.is_ok();
+        let (exchange, counted) = match admission {
+            Ok(counted) => (Exchange::new(buffer, peer), counted),
+            // Counted by the exchange's refusals when the loop drives it.
+            Err(error) => (Exchange::refused(buffer, peer, error), None),
         };
         entry.insert(Connection {
             socket,
-            info: ConnInfo {
-                listener,
-                counted: None,
-            },
+            info: ConnInfo { listener, counted },
             admitted,
             state: ConnState::Http(Box::new(exchange)),
             timer: Some(timer),
             idle: false,
         });
         if !admitted {
-            self.drive_http(key); // Write the 503 right away.
+            self.drive_http(key); // Write the refusal right away.
         }
+    }
+
+    /// The connection budget of a listener: the publish listener has its own, so
+    /// publishers and operators are served while subscribers fill the main one.
+    fn budget(shared: &Shared, listener: Listener) -> (&std::sync::atomic::AtomicUsize, usize) {
+        match listener {
+            Listener::Main => (&shared.connections, shared.max_connections),
+            Listener::Publish => (
+                &shared.publish_connections,
+                shared.config.max_publish_connections,
+            ),
+        }
+    }
+
+    /// Takes a slot of the listener's budget and, for a peer on the main listener that is
+    /// not a trusted proxy, one of its address's `max_connections_per_ip` slots, at accept:
+    /// a client holding unfinished heads is counted before it sends a byte. Returns the key
+    /// counted (released when the connection closes) or the refusal. A trusted proxy's
+    /// connections are counted by the client it names, once a head arrives.
+    fn admission(
+        shared: &Shared,
+        peer: std::net::IpAddr,
+        listener: Listener,
+    ) -> Result<Option<std::net::IpAddr>, HttpError> {
+        let per_ip = shared.config.max_connections_per_ip;
+        let names_itself = !shared
+            .trusted_proxies
+            .iter()
+            .any(|cidr| cidr.contains(peer));
+        let mut counted = None;
+        if listener == Listener::Main && per_ip != 0 && names_itself {
+            let key = client_key(peer, shared.config.ipv6_prefix_per_ip);
+            if !shared.clients.acquire(key, per_ip) {
+                return Err(HttpError::TooManyFromClient);
+            }
+            counted = Some(key);
+        }
+        let (connections, max) = Self::budget(shared, listener);
+        if connections.fetch_add(1, Ordering::AcqRel) >= max {
+            connections.fetch_sub(1, Ordering::AcqRel);
+            if let Some(key) = counted {
+                shared.clients.release(key);
+            }
+            return Err(match listener {
+                Listener::Main => HttpError::ServerFull,
+                Listener::Publish => HttpError::PublishListenerFull,
+            });
+        }
+        Ok(counted)
     }
 
     /// Readiness (or leftover work, counted as readable) on a connection. A stream reads
@@ -491,6 +533,20 @@ impl EventLoop {
         self.read_next.push(key);
     }
 
+    /// Gives back what admission took for `conn`: its listener's budget slot and its
+    /// per-address slot. Called once per connection, as it leaves the slab (in `close`) or
+    /// with the loop (in `drop`).
+    fn release_admission(shared: &Shared, conn: &Connection) {
+        if conn.admitted {
+            Self::budget(shared, conn.info.listener)
+                .0
+                .fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(client) = conn.info.counted {
+            shared.clients.release(client);
+        }
+    }
+
     /// Closes a connection and removes a stream from its topics.
     fn close(&mut self, key: usize) {
         if !self.conns.contains(key) {
@@ -500,12 +556,7 @@ impl EventLoop {
         if let Some(timer) = conn.timer {
             self.wheel.cancel(timer);
         }
-        if conn.admitted {
-            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
-        }
-        if let Some(client) = conn.info.counted {
-            self.shared.clients.release(client);
-        }
+        Self::release_admission(&self.shared, &conn);
         match conn.state {
             ConnState::Lingering { .. } => self.lingering -= 1,
             ConnState::Http(exchange) => self.recycle(exchange.into_buffer()),
@@ -541,6 +592,17 @@ impl EventLoop {
             .store(self.topics.len() as u64, Ordering::Relaxed);
         self.counters.record_turn(self.now.elapsed());
         self.counters.publish(stats);
+    }
+}
+
+impl Drop for EventLoop {
+    /// A loop that stops (shutdown, or a failed poll while the others go on) gives back
+    /// the admission of every connection it still holds, so the server's budgets and
+    /// per-address counts stay true.
+    fn drop(&mut self) {
+        for (_, conn) in self.conns.iter() {
+            Self::release_admission(&self.shared, conn);
+        }
     }
 }
 

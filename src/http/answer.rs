@@ -66,6 +66,8 @@ pub(crate) enum HttpError {
     Publish(PublishError),
     /// The server holds `max_connections`.
     ServerFull,
+    /// The publish listener holds `max_publish_connections`.
+    PublishListenerFull,
     /// The client address holds `max_connections_per_ip`.
     TooManyFromClient,
     /// A resume needs events from the Redis stream and too many such fetches are queued.
@@ -113,6 +115,10 @@ impl HttpError {
             HttpError::TooManyTopics => (400, PublishError::TooManyTopics.reason()),
             HttpError::BadPublish(reason) => (400, reason),
             HttpError::ServerFull => (503, "server is at max_connections; retry later"),
+            HttpError::PublishListenerFull => (
+                503,
+                "publish listener is at max_publish_connections; retry shortly",
+            ),
             HttpError::ResumeBusy => (
                 503,
                 "too many resumes are being fetched from redis; retry shortly",
@@ -151,6 +157,7 @@ impl HttpError {
                 | HttpError::UnexpectedBody
                 | HttpError::BodyTooLarge
                 | HttpError::ServerFull
+                | HttpError::PublishListenerFull
                 | HttpError::TooManyFromClient
         )
     }
@@ -234,6 +241,7 @@ pub(crate) fn refusal(error: HttpError, cors: &str, keep_alive: bool) -> Vec<u8>
         }
         HttpError::Publish(PublishError::Busy | PublishError::Unavailable)
         | HttpError::TooManyFromClient
+        | HttpError::PublishListenerFull
         | HttpError::ResumeBusy => extra.push_str("Retry-After: 1\r\n"),
         HttpError::ServerFull => extra.push_str("Retry-After: 5\r\n"),
         _ => {}

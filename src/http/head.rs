@@ -10,6 +10,37 @@ use super::answer::HttpError;
 /// Headers parsed per request; more is 431. Browsers send about 15.
 pub(crate) const HEADERS_MAX: usize = 64;
 
+/// Lines of one forwarding header kept per request, the last ones: each proxy on the way
+/// adds at most one, and no real chain has this many. When a head has more, the walk over
+/// them ends at the earliest line kept, which is the nearest trusted hop's view.
+pub(crate) const FORWARDING_LINES_MAX: usize = 8;
+
+/// Every line of one header, in arrival order, as raw bytes (a proxy may pass any byte
+/// through; the reader decides what is unreadable). Only the last
+/// [`FORWARDING_LINES_MAX`] are kept.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct HeaderLines<'b> {
+    lines: [&'b [u8]; FORWARDING_LINES_MAX],
+    len: usize,
+}
+
+impl<'b> HeaderLines<'b> {
+    /// Adds the next line, dropping the earliest when full.
+    fn push(&mut self, line: &'b [u8]) {
+        if self.len == FORWARDING_LINES_MAX {
+            self.lines.copy_within(1.., 0);
+            self.len -= 1;
+        }
+        self.lines[self.len] = line;
+        self.len += 1;
+    }
+
+    /// The lines in arrival order (the last is the nearest proxy's).
+    pub(crate) fn as_slice(&self) -> &[&'b [u8]] {
+        &self.lines[..self.len]
+    }
+}
+
 /// HTTP method, as far as routing cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Method {
@@ -56,15 +87,19 @@ pub(crate) struct Request<'b> {
     pub authorization: Option<&'b [u8]>,
     /// `Content-Type` header, parameters included.
     pub content_type: Option<&'b str>,
-    /// The last `X-Forwarded-For` header (proxies append to it).
-    pub x_forwarded_for: Option<&'b str>,
-    /// The last `Forwarded` header.
-    pub forwarded: Option<&'b str>,
+    /// Every `X-Forwarded-For` line (proxies append to the last or add a line).
+    pub x_forwarded_for: HeaderLines<'b>,
+    /// Every `Forwarded` line.
+    pub forwarded: HeaderLines<'b>,
     /// The last `Cookie` header.
     pub cookie: Option<&'b str>,
 }
 
 /// Result of a parse attempt over the bytes received so far.
+// A complete head carries every forwarding header line (a few hundred bytes of slices); it
+// lives on the stack for one request and is destructured at once, so boxing it would only
+// add an allocation per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Parsed<'b> {
     /// The head is incomplete; read more (the buffer has room).
@@ -120,8 +155,8 @@ pub(crate) fn parse(buf: &[u8], full: bool) -> Result<Parsed<'_>, HttpError> {
         origin: None,
         authorization: None,
         content_type: None,
-        x_forwarded_for: None,
-        forwarded: None,
+        x_forwarded_for: HeaderLines::default(),
+        forwarded: HeaderLines::default(),
         cookie: None,
     };
     let mut seen = Seen::default();
@@ -323,9 +358,9 @@ fn apply_header<'b>(
         let media = text().map_err(|_| HttpError::BadHeader("Content-Type header is not UTF-8"))?;
         head.content_type = Some(media);
     } else if name.eq_ignore_ascii_case("x-forwarded-for") {
-        head.x_forwarded_for = text().ok();
+        head.x_forwarded_for.push(value);
     } else if name.eq_ignore_ascii_case("forwarded") {
-        head.forwarded = text().ok();
+        head.forwarded.push(value);
     } else if name.eq_ignore_ascii_case("cookie") {
         head.cookie = text().ok();
     }
