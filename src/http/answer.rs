@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use crate::auth::TokenError;
 use crate::PublishError;
 
 /// Everything herald refuses, each with one status and one reason.
@@ -40,10 +41,11 @@ pub(crate) enum HttpError {
     },
     /// Publishing is bound to the separate publish listener.
     PublishListenerOnly,
-    /// Missing or wrong publisher token.
-    Unauthorized,
-    /// Missing, invalid or expired subscriber token.
-    SubscribeUnauthorized,
+    /// A missing or refused token (subscriber or publisher); the reason says which.
+    Unauthorized(TokenError),
+    /// More than one `Authorization` header (it is not a list; which one counts would be
+    /// a guess).
+    DuplicateAuthorization,
     /// A valid token that does not cover the requested topics.
     Forbidden,
     /// The publish body exceeds `max_publish_bytes`.
@@ -93,10 +95,8 @@ impl HttpError {
             HttpError::PublishListenerOnly => {
                 (403, "publishing is only accepted on the publish listener")
             }
-            HttpError::Unauthorized => (401, "missing or invalid publisher token"),
-            HttpError::SubscribeUnauthorized => {
-                (401, "missing, invalid or expired subscriber token")
-            }
+            HttpError::Unauthorized(error) => (401, error.reason()),
+            HttpError::DuplicateAuthorization => (400, "several Authorization headers"),
             HttpError::Forbidden => (403, "token does not allow these topics"),
             HttpError::BodyTooLarge => (413, "request body exceeds max_publish_bytes"),
             HttpError::UnsupportedMediaType => (
@@ -223,9 +223,7 @@ pub(crate) fn refusal(error: HttpError, cors: &str, keep_alive: bool) -> Vec<u8>
         HttpError::MethodNotAllowed { allow } => {
             let _ = write!(extra, "Allow: {allow}\r\n");
         }
-        HttpError::Unauthorized | HttpError::SubscribeUnauthorized => {
-            extra.push_str("WWW-Authenticate: Bearer\r\n")
-        }
+        HttpError::Unauthorized(_) => extra.push_str("WWW-Authenticate: Bearer\r\n"),
         HttpError::Publish(PublishError::Busy | PublishError::Unavailable)
         | HttpError::TooManyFromClient
         | HttpError::ResumeBusy => extra.push_str("Retry-After: 1\r\n"),

@@ -52,7 +52,7 @@ pub(crate) struct Request<'b> {
     pub last_event_id: Option<&'b str>,
     /// `Origin` header.
     pub origin: Option<&'b str>,
-    /// `Authorization` header.
+    /// `Authorization` header (a second one is refused).
     pub authorization: Option<&'b [u8]>,
     /// `Content-Type` header, parameters included.
     pub content_type: Option<&'b str>,
@@ -213,7 +213,10 @@ fn apply_header<'b>(
     } else if name.eq_ignore_ascii_case("origin") {
         head.origin = text().ok();
     } else if name.eq_ignore_ascii_case("authorization") {
-        head.authorization = Some(value);
+        // Not a list field (RFC 9110 §5.3): two of them leave the credentials ambiguous.
+        if head.authorization.replace(value).is_some() {
+            return Err(HttpError::DuplicateAuthorization);
+        }
     } else if name.eq_ignore_ascii_case("content-type") {
         head.content_type = text().ok();
     } else if name.eq_ignore_ascii_case("x-forwarded-for") {
