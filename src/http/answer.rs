@@ -174,16 +174,28 @@ fn status_text(status: u16) -> &'static str {
 }
 
 /// CORS headers for a request's `Origin`, given the configured allowed origins.
+///
+/// An origin named in the list is echoed with `Access-Control-Allow-Credentials: true`, so
+/// a page there may send cookies (`new EventSource(url, {withCredentials: true})`, the
+/// `herald_token` cookie). `*` allows any other origin, never with credentials (browsers
+/// refuse that pair). With any named origin configured, every answer depends on the
+/// request's `Origin` (allowed or not, or absent), so every one carries `Vary: Origin` and
+/// no cache serves one origin's answer to another.
 pub(crate) fn cors_headers(allowed: &[String], origin: Option<&str>) -> String {
+    let named = |candidate: &String| candidate != "*";
     let mut out = String::new();
-    if allowed.iter().any(|a| a == "*") {
-        out.push_str("Access-Control-Allow-Origin: *\r\n");
-    } else if let Some(origin) = origin.filter(|o| allowed.iter().any(|a| a == o)) {
+    let echoed = origin.filter(|o| allowed.iter().any(|a| named(a) && a == o));
+    if let Some(origin) = echoed {
         // The origin matched a configured value, so it has no CR or LF.
         let _ = write!(
             out,
-            "Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"
+            "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Allow-Credentials: true\r\n"
         );
+    } else if allowed.iter().any(|a| a == "*") {
+        out.push_str("Access-Control-Allow-Origin: *\r\n");
+    }
+    if allowed.iter().any(named) {
+        out.push_str("Vary: Origin\r\n");
     }
     out
 }
@@ -314,13 +326,30 @@ mod tests {
         let list = vec!["https://a.example".to_owned()];
         assert_eq!(
             cors_headers(&list, Some("https://a.example")),
-            "Access-Control-Allow-Origin: https://a.example\r\nVary: Origin\r\n"
+            "Access-Control-Allow-Origin: https://a.example\r\n\
+             Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n"
         );
-        assert_eq!(cors_headers(&list, Some("https://b.example")), "");
-        assert_eq!(cors_headers(&list, None), "");
         assert_eq!(
-            cors_headers(&["*".to_owned()], None),
+            cors_headers(&list, Some("https://b.example")),
+            "Vary: Origin\r\n"
+        );
+        assert_eq!(cors_headers(&list, None), "Vary: Origin\r\n");
+        assert_eq!(
+            cors_headers(&["*".to_owned()], Some("https://a.example")),
             "Access-Control-Allow-Origin: *\r\n"
+        );
+        assert_eq!(cors_headers(&[], Some("https://a.example")), "");
+        // A named origin and `*`: the named one gets credentials, any other the wildcard.
+        let mixed = vec!["*".to_owned(), "https://a.example".to_owned()];
+        assert!(cors_headers(&mixed, Some("https://a.example"))
+            .contains("Access-Control-Allow-Credentials: true\r\n"));
+        assert_eq!(
+            cors_headers(&mixed, Some("https://b.example")),
+            "Access-Control-Allow-Origin: *\r\nVary: Origin\r\n"
+        );
+        assert_eq!(
+            cors_headers(&mixed, Some("*")),
+            "Access-Control-Allow-Origin: *\r\nVary: Origin\r\n"
         );
     }
 }
