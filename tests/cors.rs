@@ -291,7 +291,8 @@ fn named_origins_get_credentials_and_every_answer_varies_on_origin() {
     let addr = server.local_addr();
     let cookie = format!("herald_token={COOKIE_TOKEN}");
     // (method, target, headers besides Origin, status, case)
-    let cases: [(&str, &str, Vec<(&str, &str)>, u16, &str); 7] = [
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: [Case; 7] = [
         (
             "GET",
             "/events?topic=cors",
