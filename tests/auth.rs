@@ -5,7 +5,10 @@
 //! missing, badly signed or expired is `401` with `WWW-Authenticate: Bearer`, not covered
 //! is `403`. With `publish_key`, `/publish` accepts a JWT whose `publish` claim covers its
 //! topics (`403` otherwise) besides the static `publish_token`. `herald_auth_failures_total`
-//! counts every refusal.
+//! counts every refusal. Issue 10: `exp` and `nbf` must be numbers and are enforced with a
+//! 5 s leeway, `crit` is refused, a stream ends with a `retry:` when its token does, the
+//! `Bearer` scheme is case-insensitive, the cookie may be quoted, and the sources have one
+//! precedence.
 //!
 //! The tokens are fixed vectors made by an independent implementation, PyJWT 2.15.1
 //! (`pip install pyjwt`), with this script:
