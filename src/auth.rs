@@ -1,28 +1,114 @@
 //! Who may subscribe to and publish on which topics: HS256 JSON Web Tokens whose
-//! `subscribe` or `publish` claim lists topic names or `prefix*` patterns, verified with the
-//! `jsonwebtoken` crate, and the static publisher token. No I/O here.
+//! `subscribe` or `publish` claim lists topic names or `prefix*` patterns, and the static
+//! publisher token; where a request carries its token. No I/O, and no clock: the caller
+//! passes the wall-clock time.
+//!
+//! The `jsonwebtoken` crate checks the signature and the algorithm; the time claims are
+//! checked here against the injected time, because the crate reads the system clock itself
+//! and lets an `exp` it cannot parse (a string, a negative number, `null`) through as if
+//! the token had none.
 
-use jsonwebtoken::errors::ErrorKind;
+use base64::Engine as _;
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use subtle::ConstantTimeEq;
 
-/// Seconds of clock skew tolerated on `exp` and `nbf`.
-const LEEWAY_SECS: u64 = 5;
+/// Seconds of clock skew tolerated on `exp` and `nbf` between the token's issuer and
+/// herald. A stream opened with an expiring token is closed this long after `exp`.
+pub(crate) const LEEWAY_SECS: u64 = 5;
 /// Patterns one token may carry; more is treated as an invalid token (it is bounded by the
 /// head size anyway, but matching cost should not depend on a client's choice).
 const PATTERNS_MAX: usize = 256;
+/// The cookie EventSource clients (which cannot set headers) carry their token in.
+pub(crate) const COOKIE_NAME: &str = "herald_token";
 
-/// A missing, malformed, badly signed or expired token (answered 401).
+/// Why a token is refused (answered 401 with this reason).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct InvalidToken;
+pub(crate) enum TokenError {
+    /// The request carries no token.
+    Missing,
+    /// Not a JWT, not HS256, or the signature does not verify with the key.
+    Invalid,
+    /// `exp` (plus the leeway) has passed.
+    Expired,
+    /// `nbf` (minus the leeway) is still ahead.
+    NotYetValid,
+    /// `exp` or `nbf` is not a non-negative number.
+    BadTime,
+    /// The header lists `crit` extensions, none of which herald understands.
+    UnknownCrit,
+    /// More than `PATTERNS_MAX` patterns.
+    TooManyPatterns,
+}
 
-/// The claims herald reads.
+impl TokenError {
+    /// The one-line reason sent with the 401.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing token",
+            TokenError::Invalid => "invalid token (not an HS256 JWT signed with the key)",
+            TokenError::Expired => "expired token (exp has passed)",
+            TokenError::NotYetValid => "token not valid yet (nbf is ahead)",
+            TokenError::BadTime => "invalid token: exp and nbf must be non-negative numbers",
+            TokenError::UnknownCrit => {
+                "invalid token: crit names extensions herald does not support"
+            }
+            TokenError::TooManyPatterns => "invalid token: too many topic patterns",
+        }
+    }
+}
+
+/// The claims herald reads. `exp` and `nbf` are kept as raw JSON so that a present but
+/// malformed value (including `null`) is told apart from an absent one.
 #[derive(Deserialize)]
 struct Claims {
     #[serde(default)]
     subscribe: Option<Vec<String>>,
     #[serde(default)]
     publish: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    exp: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    nbf: Option<Value>,
+}
+
+/// `Some` for any value that is present, `null` included.
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+/// The header field herald checks itself (`jsonwebtoken`'s header drops it).
+#[derive(Deserialize)]
+struct CritHeader {
+    #[serde(default, deserialize_with = "present")]
+    crit: Option<Value>,
+}
+
+/// Which way a fractional NumericDate is rounded to milliseconds: towards refusing.
+#[derive(Clone, Copy)]
+enum Round {
+    Down,
+    Up,
+}
+
+/// A NumericDate (RFC 7519: seconds since the epoch, integer or not) in milliseconds, or
+/// `BadTime` for anything else (strings, negative numbers, `null`, ...).
+fn numeric_date_ms(value: &Value, round: Round) -> Result<u64, TokenError> {
+    let Value::Number(number) = value else {
+        return Err(TokenError::BadTime);
+    };
+    if let Some(secs) = number.as_u64() {
+        return Ok(secs.saturating_mul(1000));
+    }
+    match number.as_f64() {
+        // Float to integer casts saturate, so a huge date is the far future.
+        Some(secs) if secs.is_finite() && secs >= 0.0 => Ok(match round {
+            Round::Down => (secs * 1000.0).floor() as u64,
+            Round::Up => (secs * 1000.0).ceil() as u64,
+        }),
+        _ => Err(TokenError::BadTime),
+    }
 }
 
 /// Which claim a token must carry.
@@ -32,6 +118,16 @@ pub(crate) enum Claim {
     Subscribe,
     /// `publish`: topics the holder may publish to.
     Publish,
+}
+
+/// What a verified token grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// The patterns of the claim asked for (a token without that claim grants nothing).
+    pub patterns: Vec<String>,
+    /// Wall-clock time (Unix milliseconds) from which the token is refused: `exp` plus the
+    /// leeway; `None` for a token without `exp`.
+    pub until_unix_ms: Option<u64>,
 }
 
 /// A verifier for one HS256 secret.
@@ -44,8 +140,9 @@ impl Verifier {
     /// A verifier for tokens signed with `secret`.
     pub(crate) fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
-        // `exp` is checked when present; tokens without one do not expire.
+        // The time claims are checked in `grant`, against the caller's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.required_spec_claims.clear();
         validation.validate_aud = false;
         Verifier {
@@ -54,26 +151,63 @@ impl Verifier {
         }
     }
 
-    /// Verifies `token` and returns the patterns of `claim` (a token without that claim
-    /// grants nothing).
-    pub(crate) fn patterns(&self, token: &str, claim: Claim) -> Result<Vec<String>, InvalidToken> {
+    /// Verifies `token` at wall-clock time `now_unix_ms` and returns what its `claim`
+    /// grants. `exp` and `nbf` are optional (a token without `exp` does not expire), but
+    /// when present they must be non-negative numbers; `iat` is not checked.
+    pub(crate) fn grant(
+        &self,
+        token: &str,
+        claim: Claim,
+        now_unix_ms: u64,
+    ) -> Result<Grant, TokenError> {
         let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|error| {
-            match error.kind() {
-                ErrorKind::ExpiredSignature => log::debug!("expired token"),
-                kind => log::debug!("invalid token: {kind:?}"),
-            }
-            InvalidToken
+            log::debug!("invalid token: {:?}", error.kind());
+            TokenError::Invalid
         })?;
+        // RFC 7515 §4.1.11: a token that marks an extension critical must be refused by
+        // a recipient that does not understand it, and herald understands none.
+        if has_crit(token) {
+            return Err(TokenError::UnknownCrit);
+        }
+        let leeway_ms = LEEWAY_SECS * 1000;
+        let claims = data.claims;
+        if let Some(nbf) = &claims.nbf {
+            let nbf_ms = numeric_date_ms(nbf, Round::Up)?;
+            if now_unix_ms.saturating_add(leeway_ms) < nbf_ms {
+                return Err(TokenError::NotYetValid);
+            }
+        }
+        let until_unix_ms = match &claims.exp {
+            Some(exp) => Some(numeric_date_ms(exp, Round::Down)?.saturating_add(leeway_ms)),
+            None => None,
+        };
+        if until_unix_ms.is_some_and(|until| now_unix_ms >= until) {
+            return Err(TokenError::Expired);
+        }
         let patterns = match claim {
-            Claim::Subscribe => data.claims.subscribe,
-            Claim::Publish => data.claims.publish,
+            Claim::Subscribe => claims.subscribe,
+            Claim::Publish => claims.publish,
         }
         .unwrap_or_default();
         if patterns.len() > PATTERNS_MAX {
-            return Err(InvalidToken);
+            return Err(TokenError::TooManyPatterns);
         }
-        Ok(patterns)
+        Ok(Grant {
+            patterns,
+            until_unix_ms,
+        })
     }
+}
+
+/// Whether the (already verified) token's header has a `crit` member.
+fn has_crit(token: &str) -> bool {
+    let header = token.split('.').next().unwrap_or("");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|json| serde_json::from_slice::<CritHeader>(&json).ok())
+        // The header decoded for the signature check, so it decodes here.
+        .is_none_or(|header| header.crit.is_some())
 }
 
 /// Whether `patterns` cover `topic`: an exact name, `prefix*`, or `*` for everything.
@@ -94,66 +228,202 @@ pub(crate) fn allows_all<'t>(
     topics.all(|topic| allows(patterns, topic))
 }
 
-/// The bearer token of an `Authorization` header.
-pub(crate) fn bearer(authorization: Option<&[u8]>) -> Option<&str> {
-    let value = authorization?;
-    let token = value
-        .strip_prefix(b"Bearer ")
-        .or_else(|| value.strip_prefix(b"bearer "))?;
-    std::str::from_utf8(token.trim_ascii()).ok()
+/// The credentials of an `Authorization: Bearer` header (RFC 6750 §2.1). The scheme is
+/// case-insensitive (RFC 9110 §11.1) and spaces or tabs around it and the token are
+/// ignored. `None` when there is no header, it names another scheme, or it carries no
+/// token; `Invalid` for a token with bytes a token cannot have (so it is refused, not
+/// passed over for another source).
+pub(crate) fn bearer(authorization: Option<&[u8]>) -> Option<Result<&str, TokenError>> {
+    let value = authorization?.trim_ascii();
+    let end = value
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(value.len());
+    let (scheme, token) = value.split_at(end);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = token.trim_ascii_start();
+    if token.is_empty() {
+        return None;
+    }
+    Some(
+        std::str::from_utf8(token)
+            .ok()
+            .filter(|token| token.bytes().all(|b| b.is_ascii_graphic()))
+            .ok_or(TokenError::Invalid),
+    )
 }
 
-/// The `herald_token` cookie, for EventSource clients that cannot set headers.
+/// The `herald_token` cookie: the first pair of that name in the `Cookie` header (RFC
+/// 6265 §5.4 sends the most specific path first), with the optional double quotes of a
+/// cookie value removed. An empty value counts as no cookie.
 pub(crate) fn cookie_token(cookie: Option<&str>) -> Option<&str> {
     cookie?.split(';').find_map(|pair| {
         let (name, value) = pair.split_once('=')?;
-        (name.trim() == "herald_token").then(|| value.trim())
+        if name.trim() != COOKIE_NAME {
+            return None;
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|quoted| quoted.strip_suffix('"'))
+            .unwrap_or(value);
+        (!value.is_empty()).then_some(value)
     })
 }
 
-/// Compares a bearer token with the static publisher token in time independent of where
-/// they differ.
-pub(crate) fn static_token_matches(given: Option<&str>, expected: &str) -> bool {
-    let Some(given) = given else {
-        return false;
-    };
-    let (given, expected) = (given.as_bytes(), expected.as_bytes());
-    let mut difference = given.len() ^ expected.len();
-    for (i, &b) in expected.iter().enumerate() {
-        difference |= usize::from(b ^ given.get(i).copied().unwrap_or(0));
+/// A subscriber's token, from the first of these sources that carries one (the others
+/// are not looked at): `Authorization: Bearer`, the `token` query parameter, the
+/// `herald_token` cookie.
+pub(crate) fn subscriber_token<'r>(
+    authorization: Option<&'r [u8]>,
+    query: Option<&'r str>,
+    cookie: Option<&'r str>,
+) -> Result<&'r str, TokenError> {
+    if let Some(token) = bearer(authorization) {
+        return token;
     }
-    difference == 0
+    query
+        .filter(|token| !token.is_empty())
+        .or_else(|| cookie_token(cookie))
+        .ok_or(TokenError::Missing)
+}
+
+/// Compares a bearer token with the static publisher token in time that does not depend
+/// on their contents (only on whether the lengths differ).
+pub(crate) fn static_token_matches(given: &str, expected: &str) -> bool {
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::EncodingKey;
 
     // Made with PyJWT 2.15 (an independent implementation):
     //   jwt.encode({"subscribe": ["news", "prices/*"], "publish": ["news"]}, "s3cret", "HS256")
     const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWJzY3JpYmUiOlsibmV3cyIsInByaWNlcy8qIl0sInB1Ymxpc2giOlsibmV3cyJdfQ.NRpBrpVlS2QJyoaIWcbKfGQB4E2VATD2WHmxnrERj6o";
     //   jwt.encode({"subscribe": ["news"], "exp": 1000000000}, "s3cret", "HS256")
     const EXPIRED: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWJzY3JpYmUiOlsibmV3cyJdLCJleHAiOjEwMDAwMDAwMDB9.UoM2wVllKnYKzv8LmPhY6T69bAMcaeQ6aVqje2f60Ag";
+    /// 2001-09-09 01:46:40 UTC, in milliseconds.
+    const NOW_MS: u64 = 1_000_000_000_000;
+
+    /// An HS256 token with this header and these claims (JSON text), signed with `s3cret`.
+    fn mint(header: &str, claims: &str) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let message = format!("{}.{}", b64.encode(header), b64.encode(claims));
+        let key = EncodingKey::from_secret(b"s3cret");
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256);
+        format!("{message}.{}", signature.unwrap())
+    }
+
+    fn grant(claims: &str, now_ms: u64) -> Result<Grant, TokenError> {
+        let token = mint(r#"{"alg":"HS256","typ":"JWT"}"#, claims);
+        Verifier::new("s3cret").grant(&token, Claim::Subscribe, now_ms)
+    }
 
     #[test]
     fn verifies_independently_made_tokens() {
         let verifier = Verifier::new("s3cret");
-        let subscribe = verifier.patterns(TOKEN, Claim::Subscribe).unwrap();
-        assert_eq!(subscribe, ["news", "prices/*"]);
-        assert_eq!(verifier.patterns(TOKEN, Claim::Publish).unwrap(), ["news"]);
+        let subscribe = verifier.grant(TOKEN, Claim::Subscribe, NOW_MS).unwrap();
+        assert_eq!(subscribe.patterns, ["news", "prices/*"]);
+        assert_eq!(subscribe.until_unix_ms, None);
+        let publish = verifier.grant(TOKEN, Claim::Publish, NOW_MS).unwrap();
+        assert_eq!(publish.patterns, ["news"]);
+        // Expired at 1_000_000_000 s; accepted within the leeway, refused after it.
+        let within = NOW_MS + LEEWAY_SECS * 1000 - 1;
+        let grant = verifier.grant(EXPIRED, Claim::Subscribe, within).unwrap();
+        assert_eq!(grant.until_unix_ms, Some(within + 1));
         assert_eq!(
-            verifier.patterns(EXPIRED, Claim::Subscribe),
-            Err(InvalidToken)
+            verifier.grant(EXPIRED, Claim::Subscribe, within + 1),
+            Err(TokenError::Expired)
         );
         let wrong_key = Verifier::new("other");
         assert_eq!(
-            wrong_key.patterns(TOKEN, Claim::Subscribe),
-            Err(InvalidToken)
+            wrong_key.grant(TOKEN, Claim::Subscribe, NOW_MS),
+            Err(TokenError::Invalid)
         );
         assert_eq!(
-            verifier.patterns("not.a.jwt", Claim::Subscribe),
-            Err(InvalidToken)
+            verifier.grant("not.a.jwt", Claim::Subscribe, NOW_MS),
+            Err(TokenError::Invalid)
         );
+    }
+
+    #[test]
+    fn malformed_time_claims_are_refused() {
+        for claims in [
+            r#"{"subscribe":["news"],"exp":"1000000000"}"#,
+            r#"{"subscribe":["news"],"exp":-1}"#,
+            r#"{"subscribe":["news"],"exp":null}"#,
+            r#"{"subscribe":["news"],"exp":-0.5}"#,
+            r#"{"subscribe":["news"],"nbf":"0"}"#,
+            r#"{"subscribe":["news"],"nbf":null}"#,
+        ] {
+            assert_eq!(grant(claims, NOW_MS), Err(TokenError::BadTime), "{claims}");
+        }
+        // `jsonwebtoken` already refuses an array here (as an invalid token).
+        assert!(grant(r#"{"subscribe":["news"],"exp":[1]}"#, NOW_MS).is_err());
+    }
+
+    #[test]
+    fn time_claims_are_checked_against_the_given_clock_with_leeway() {
+        let leeway = LEEWAY_SECS * 1000;
+        // A fractional exp counts from its exact instant.
+        let claims = r#"{"subscribe":["news"],"exp":1000000000.5}"#;
+        let until = NOW_MS + 500 + leeway;
+        assert_eq!(grant(claims, NOW_MS).unwrap().until_unix_ms, Some(until));
+        assert_eq!(grant(claims, until), Err(TokenError::Expired));
+        // nbf: valid from nbf minus the leeway.
+        let claims = r#"{"subscribe":["news"],"nbf":1000000010}"#;
+        assert_eq!(
+            grant(claims, NOW_MS + 10_000 - leeway - 1),
+            Err(TokenError::NotYetValid)
+        );
+        assert!(grant(claims, NOW_MS + 10_000 - leeway).is_ok());
+        // A huge exp is the far future, not an overflow.
+        let claims = r#"{"subscribe":["news"],"exp":1e300}"#;
+        assert!(grant(claims, NOW_MS).is_ok());
+        // iat is informational: one in the future is not refused.
+        let claims = r#"{"subscribe":["news"],"iat":4102444800}"#;
+        assert!(grant(claims, NOW_MS).is_ok());
+    }
+
+    #[test]
+    fn a_crit_header_is_refused() {
+        let claims = r#"{"subscribe":["news"]}"#;
+        for header in [
+            r#"{"alg":"HS256","crit":["b64"],"b64":false}"#,
+            r#"{"alg":"HS256","crit":["exp"]}"#,
+            r#"{"alg":"HS256","crit":[]}"#,
+        ] {
+            let token = mint(header, claims);
+            let verifier = Verifier::new("s3cret");
+            assert_eq!(
+                verifier.grant(&token, Claim::Subscribe, NOW_MS),
+                Err(TokenError::UnknownCrit),
+                "{header}"
+            );
+        }
+        let plain = mint(r#"{"alg":"HS256"}"#, claims);
+        assert!(Verifier::new("s3cret")
+            .grant(&plain, Claim::Subscribe, NOW_MS)
+            .is_ok());
+    }
+
+    #[test]
+    fn reasons_are_one_line() {
+        for error in [
+            TokenError::Missing,
+            TokenError::Invalid,
+            TokenError::Expired,
+            TokenError::NotYetValid,
+            TokenError::BadTime,
+            TokenError::UnknownCrit,
+            TokenError::TooManyPatterns,
+        ] {
+            assert!(!error.reason().is_empty() && !error.reason().contains('\n'));
+        }
     }
 
     #[test]
@@ -169,16 +439,66 @@ mod tests {
     }
 
     #[test]
-    fn token_sources() {
-        assert_eq!(bearer(Some(b"Bearer abc ")), Some("abc"));
-        assert_eq!(bearer(Some(b"Basic abc")), None);
+    fn bearer_credentials() {
+        for (header, token) in [
+            (&b"Bearer abc "[..], Some(Ok("abc"))),
+            (b"bearer abc", Some(Ok("abc"))),
+            (b"BEARER abc", Some(Ok("abc"))),
+            (b"BeArEr \t abc", Some(Ok("abc"))),
+            (b" Bearer abc", Some(Ok("abc"))),
+            (b"Bearer", None),
+            (b"Bearer   ", None),
+            (b"Bearerabc", None),
+            (b"Basic abc", None),
+            (b"Bearer a b", Some(Err(TokenError::Invalid))),
+            (b"Bearer \xff", Some(Err(TokenError::Invalid))),
+        ] {
+            assert_eq!(bearer(Some(header)), token, "{:?}", header.escape_ascii());
+        }
+        assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn cookie_tokens() {
         assert_eq!(
             cookie_token(Some("a=1; herald_token=xyz; b=2")),
             Some("xyz")
         );
+        assert_eq!(cookie_token(Some(r#"herald_token="xyz""#)), Some("xyz"));
+        assert_eq!(
+            cookie_token(Some("herald_token=first; herald_token=second")),
+            Some("first")
+        );
+        assert_eq!(cookie_token(Some("herald_token=")), None);
+        assert_eq!(cookie_token(Some(r#"herald_token="""#)), None);
         assert_eq!(cookie_token(Some("a=1")), None);
-        assert!(static_token_matches(Some("s3cret"), "s3cret"));
-        assert!(!static_token_matches(Some("s3cre"), "s3cret"));
-        assert!(!static_token_matches(None, "s3cret"));
+        assert_eq!(cookie_token(Some("xherald_token=1")), None);
+    }
+
+    #[test]
+    fn token_precedence() {
+        let cookie = Some("herald_token=c");
+        assert_eq!(
+            subscriber_token(Some(b"Bearer h"), Some("q"), cookie),
+            Ok("h")
+        );
+        assert_eq!(
+            subscriber_token(Some(b"Basic x"), Some("q"), cookie),
+            Ok("q")
+        );
+        assert_eq!(subscriber_token(None, Some(""), cookie), Ok("c"));
+        assert_eq!(
+            subscriber_token(Some(b"Bearer a b"), None, cookie),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(subscriber_token(None, None, None), Err(TokenError::Missing));
+    }
+
+    #[test]
+    fn static_tokens() {
+        assert!(static_token_matches("s3cret", "s3cret"));
+        assert!(!static_token_matches("s3cre", "s3cret"));
+        assert!(!static_token_matches("s3cret!", "s3cret"));
+        assert!(!static_token_matches("", "s3cret"));
     }
 }

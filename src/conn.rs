@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::auth::{self, Claim, Verifier};
+use crate::auth::{self, Claim, TokenError, Verifier};
 use crate::bus::{Backfill, Bus, Submitted, Ticket};
 use crate::client::{client_addr, client_key, Cidr, ClientTable};
 use crate::config::{Config, ForwardedHeader};
@@ -62,6 +62,8 @@ pub(crate) struct RequestContext<'a> {
     pub subscribe_verifier: Option<&'a Verifier>,
     /// Verifies publisher tokens, when a publish key is set.
     pub publish_verifier: Option<&'a Verifier>,
+    /// Wall-clock time of this loop turn (Unix milliseconds), for token `exp` and `nbf`.
+    pub now_unix_ms: u64,
 }
 
 /// Who is on the other end of a connection.
@@ -206,6 +208,9 @@ pub(crate) struct StreamRequest {
     pub last_event_id: Option<String>,
     /// CORS header lines for the response.
     pub cors: String,
+    /// When the subscriber's token stops being accepted (Unix milliseconds: `exp` plus the
+    /// leeway); the stream is sent back to reconnect then.
+    pub token_until_unix_ms: Option<u64>,
 }
 
 impl Exchange {
@@ -534,7 +539,7 @@ impl Exchange {
             }
             Route::Events => match route::subscription(request.query, ctx.topic_limits) {
                 Ok(subscription) => match authorize_subscription(ctx, &request, &subscription) {
-                    Ok(()) => Step::Subscribe(StreamRequest {
+                    Ok(token_until_unix_ms) => Step::Subscribe(StreamRequest {
                         topics: subscription.topics,
                         // An empty id is no id (EventSource never sends one).
                         last_event_id: request
@@ -543,6 +548,7 @@ impl Exchange {
                             .or(subscription.last_event_id)
                             .filter(|id| !id.is_empty()),
                         cors,
+                        token_until_unix_ms,
                     }),
                     Err(error) => self.refuse(error, &cors, keep_alive),
                 },
@@ -683,33 +689,40 @@ fn publish_answer(
     (bytes, None)
 }
 
-/// With a subscribe key, a subscription needs a token (`Authorization: Bearer`, the
-/// `token` query parameter, or the `herald_token` cookie) whose `subscribe` claim covers
-/// every topic.
+/// With a subscribe key, a subscription needs a token (see [`auth::subscriber_token`] for
+/// where it is read) whose `subscribe` claim covers every topic. Returns when the token
+/// stops being accepted (Unix milliseconds), which ends the stream.
 fn authorize_subscription(
     ctx: &RequestContext<'_>,
     request: &Request<'_>,
     subscription: &route::Subscription,
-) -> Result<(), HttpError> {
+) -> Result<Option<u64>, HttpError> {
     let Some(verifier) = ctx.subscribe_verifier else {
-        return Ok(());
+        return Ok(None);
     };
-    let token = auth::bearer(request.authorization)
-        .or(subscription.token.as_deref())
-        .or_else(|| auth::cookie_token(request.cookie))
-        .ok_or(HttpError::SubscribeUnauthorized)?;
-    let patterns = verifier
-        .patterns(token, Claim::Subscribe)
-        .map_err(|_| HttpError::SubscribeUnauthorized)?;
-    if !auth::allows_all(&patterns, subscription.topics.iter().map(String::as_str)) {
+    let token = auth::subscriber_token(
+        request.authorization,
+        subscription.token.as_deref(),
+        request.cookie,
+    )
+    .map_err(HttpError::Unauthorized)?;
+    let grant = verifier
+        .grant(token, Claim::Subscribe, ctx.now_unix_ms)
+        .map_err(HttpError::Unauthorized)?;
+    if !auth::allows_all(
+        &grant.patterns,
+        subscription.topics.iter().map(String::as_str),
+    ) {
         return Err(HttpError::Forbidden);
     }
-    Ok(())
+    Ok(grant.until_unix_ms)
 }
 
 /// With a publisher token or key, a publish needs `Authorization: Bearer` with the static
 /// token (any topic) or a token whose `publish` claim lists the topics, which are checked
-/// once the body is read. Returns those patterns (`None`: any topic).
+/// once the body is read. Returns those patterns (`None`: any topic). A publish is
+/// checked once, when it arrives; a kept-alive connection presents its token again with
+/// every request.
 fn authorize_publisher(
     ctx: &RequestContext<'_>,
     request: &Request<'_>,
@@ -718,19 +731,19 @@ fn authorize_publisher(
     if static_token.is_none() && ctx.publish_verifier.is_none() {
         return Ok(None);
     }
-    let given = auth::bearer(request.authorization);
-    if let Some(expected) = static_token {
-        if auth::static_token_matches(given, expected) {
-            return Ok(None);
-        }
+    let given = auth::bearer(request.authorization)
+        .unwrap_or(Err(TokenError::Missing))
+        .map_err(HttpError::Unauthorized)?;
+    if static_token.is_some_and(|expected| auth::static_token_matches(given, expected)) {
+        return Ok(None);
     }
-    match (ctx.publish_verifier, given) {
-        (Some(verifier), Some(token)) => verifier
-            .patterns(token, Claim::Publish)
-            .map(Some)
-            .map_err(|_| HttpError::Unauthorized),
-        _ => Err(HttpError::Unauthorized),
-    }
+    let verifier = ctx
+        .publish_verifier
+        .ok_or(HttpError::Unauthorized(TokenError::Invalid))?;
+    verifier
+        .grant(given, Claim::Publish, ctx.now_unix_ms)
+        .map(|grant| Some(grant.patterns))
+        .map_err(HttpError::Unauthorized)
 }
 
 #[cfg(test)]
@@ -781,6 +794,7 @@ mod tests {
             serials,
             subscribe_verifier: None,
             publish_verifier: None,
+            now_unix_ms: 0,
         }
     }
 
@@ -1105,6 +1119,7 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
                 topics: vec!["a".into(), "b".into()],
                 last_event_id: Some("h".into()),
                 cors: String::new(),
+                token_until_unix_ms: None,
             })
         );
     }

@@ -282,7 +282,8 @@ pub mod bench_support {
         pub route: Result<String, Refusal>,
         /// The query read as a subscription (16 topics of up to 128 bytes): its topics.
         pub subscription: Result<Vec<String>, Refusal>,
-        /// The bearer token of the `Authorization` header.
+        /// The bearer token of the `Authorization` header (scheme in any case; `None` for
+        /// another scheme or a token with bytes no token has).
         pub bearer: Option<String>,
         /// The `herald_token` cookie.
         pub cookie_token: Option<String>,
@@ -319,7 +320,9 @@ pub mod bench_support {
             subscription: route::subscription(request.query, limits)
                 .map(|subscription| subscription.topics)
                 .map_err(|error| error.answer()),
-            bearer: crate::auth::bearer(request.authorization).map(str::to_owned),
+            bearer: crate::auth::bearer(request.authorization)
+                .and_then(Result::ok)
+                .map(str::to_owned),
             cookie_token: crate::auth::cookie_token(request.cookie).map(str::to_owned),
             publish_format: publish_format(request.content_type),
             forwarded_clients: forwarded_clients(&request),

@@ -66,7 +66,8 @@ pub(crate) struct Stream {
     pub queued_turn: u64,
     /// Loop clock (ms) of the last write that moved bytes; heartbeats go to quiet streams.
     pub last_write_ms: u64,
-    /// Loop clock (ms) at which the stream's lifetime ends (0: never).
+    /// Loop clock (ms) at which the stream is sent back to reconnect (0: never): the
+    /// earlier of its `max_stream_lifetime_ms` and its token's `exp` plus the leeway.
     pub expires_ms: u64,
 }
 
@@ -77,7 +78,8 @@ pub(crate) enum StreamEnd {
     SlowConsumer,
     /// The peer closed, reset, or the socket failed.
     PeerGone,
-    /// The stream was told to come back later and closed (lifetime or shutdown).
+    /// The stream was told to come back later and closed (lifetime, token expiry or
+    /// shutdown).
     Finished,
 }
 

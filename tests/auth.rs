@@ -5,7 +5,10 @@
 //! missing, badly signed or expired is `401` with `WWW-Authenticate: Bearer`, not covered
 //! is `403`. With `publish_key`, `/publish` accepts a JWT whose `publish` claim covers its
 //! topics (`403` otherwise) besides the static `publish_token`. `herald_auth_failures_total`
-//! counts every refusal.
+//! counts every refusal. Issue 10: `exp` and `nbf` must be numbers and are enforced with a
+//! 5 s leeway, `crit` is refused, a stream ends with a `retry:` when its token does, the
+//! `Bearer` scheme is case-insensitive, the cookie may be quoted, and the sources have one
+//! precedence.
 //!
 //! The tokens are fixed vectors made by an independent implementation, PyJWT 2.15.1
 //! (`pip install pyjwt`), with this script:
@@ -331,4 +334,275 @@ fn a_publish_key_alone_requires_a_token() {
     assert_eq!(response.status, 200, "{}", response.summary());
     assert_eq!(server.handle().stats().events_published, 1);
     assert_eq!(auth_failures(addr), 1.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time claims, crit, token sources (issue 10 items 6 to 8)
+// ---------------------------------------------------------------------------------------------
+
+/// The wall clock in Unix seconds, which tokens' `exp` and `nbf` are measured in.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An HS256 token with exactly this header and these claims (JSON text, written out by
+/// hand so malformed claims can be tried), signed with `key`. Only the HMAC comes from a
+/// library: what is under test is how herald reads the claims.
+fn mint(key: &str, header: &str, claims: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let message = format!("{}.{}", b64.encode(header), b64.encode(claims));
+    let key = jsonwebtoken::EncodingKey::from_secret(key.as_bytes());
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256);
+    format!("{message}.{}", signature.unwrap())
+}
+
+/// A subscriber token for `news` with these extra claims (JSON members, may be empty).
+fn sub_token(extra: &str) -> String {
+    let claims = if extra.is_empty() {
+        r#"{"subscribe":["news"]}"#.to_owned()
+    } else {
+        format!(r#"{{"subscribe":["news"],{extra}}}"#)
+    };
+    mint(SUBSCRIBE_KEY, r#"{"alg":"HS256","typ":"JWT"}"#, &claims)
+}
+
+#[test]
+fn malformed_time_claims_a_future_nbf_and_a_crit_header_are_refused_401() {
+    let server = start(|config| {
+        config.subscribe_key = Some(SUBSCRIBE_KEY.to_owned());
+        config.publish_key = Some(PUBLISH_KEY.to_owned());
+    });
+    let addr = server.local_addr();
+    let now = unix_now();
+    let crit = mint(
+        SUBSCRIBE_KEY,
+        r#"{"alg":"HS256","typ":"JWT","crit":["b64"],"b64":false}"#,
+        r#"{"subscribe":["news"]}"#,
+    );
+    // (token, what the reason must mention, case)
+    let refused: Vec<(String, &str, &str)> = vec![
+        (sub_token(r#""exp":"4102444800""#), "exp", "exp as a string"),
+        (sub_token(r#""exp":-1"#), "exp", "a negative exp"),
+        (sub_token(r#""exp":null"#), "exp", "exp null"),
+        (sub_token(r#""exp":{}"#), "exp", "exp an object"),
+        (
+            sub_token(&format!(r#""nbf":{}"#, now + 3600)),
+            "nbf",
+            "nbf an hour ahead",
+        ),
+        (sub_token(r#""nbf":"0""#), "nbf", "nbf as a string"),
+        (
+            sub_token(&format!(r#""exp":{}.5"#, now - 60)),
+            "exp",
+            "a fractional exp a minute ago",
+        ),
+        (crit, "crit", "a crit header"),
+    ];
+    for (token, mentions, case) in &refused {
+        let response = try_subscribe(addr, &["news"], Some(token), &[])
+            .map(|_| ())
+            .expect_err(case);
+        assert_error(&response, 401, case);
+        assert!(
+            response.body_text().contains(mentions),
+            "{case}: the reason must name {mentions}; {}",
+            response.summary()
+        );
+        assert_eq!(
+            response.header("www-authenticate"),
+            Some("Bearer"),
+            "{case}"
+        );
+    }
+    // Publisher tokens follow the same rules.
+    let bad_exp = mint(
+        PUBLISH_KEY,
+        r#"{"alg":"HS256"}"#,
+        r#"{"publish":["news"],"exp":"never"}"#,
+    );
+    let response = publish_with(addr, &["news"], "x", Some(&bearer(&bad_exp)));
+    assert_error(&response, 401, "a publisher token with exp as a string");
+    // Siblings that stay accepted: a fractional exp ahead, nbf passed (or within the
+    // leeway), iat in the future (informational), no exp at all.
+    for (extra, case) in [
+        (
+            format!(r#""exp":{}.25"#, now + 3600),
+            "a fractional exp ahead",
+        ),
+        (format!(r#""nbf":{}"#, now - 10), "nbf passed"),
+        (format!(r#""nbf":{}"#, now + 1), "nbf a second ahead"),
+        (format!(r#""iat":{}"#, now + 3600), "iat an hour ahead"),
+        (String::new(), "no exp"),
+    ] {
+        if let Err(response) = try_subscribe(addr, &["news"], Some(&sub_token(&extra)), &[]) {
+            panic!("{case}: refused: {}", response.summary());
+        }
+    }
+    assert_eq!(auth_failures(addr), (refused.len() + 1) as f64);
+}
+
+#[test]
+fn a_stream_whose_token_expires_gets_a_jittered_retry_and_is_closed_and_a_fresh_token_reconnects() {
+    const RETRY_MS: u32 = 1_500;
+    let server = start(|config| {
+        config.subscribe_key = Some(SUBSCRIBE_KEY.to_owned());
+        config.retry_ms = RETRY_MS;
+        // A longer lifetime does not keep the stream past its token.
+        config.max_stream_lifetime_ms = 600_000;
+    });
+    let addr = server.local_addr();
+    // exp three seconds ago: still accepted within the 5 s leeway, so the token ends about
+    // two seconds from now.
+    let expiring = sub_token(&format!(r#""exp":{}"#, unix_now() - 3));
+    let mut subscriber = try_subscribe(addr, &["news"], Some(&expiring), &[])
+        .unwrap_or_else(|r| panic!("a token within the leeway was refused: {}", r.summary()));
+    let id = publish(&server.handle(), &Event::new("news", "before expiry"));
+    assert_eq!(
+        subscriber
+            .next_event("an event before the token expires")
+            .last_event_id,
+        id.as_str()
+    );
+    let rest = subscriber.read_to_close("the stream's end at its token's exp plus the leeway");
+    assert!(rest.is_empty(), "unexpected events: {rest:?}");
+    let hint = subscriber.closing_retry_hint();
+    assert!(
+        (u64::from(RETRY_MS)..2 * u64::from(RETRY_MS)).contains(&hint),
+        "the closing retry: {hint} must be jittered within [{RETRY_MS}, {})",
+        2 * RETRY_MS
+    );
+    // The same token now fails; a fresh one (here in the cookie, as a browser page that
+    // renewed it would send) resumes where the stream stopped.
+    let response = try_subscribe(addr, &["news"], Some(&expiring), &[])
+        .map(|_| ())
+        .expect_err("the expired token");
+    assert_error(&response, 401, "reconnecting with the expired token");
+    let fresh = sub_token(&format!(r#""exp":{}"#, unix_now() + 3600));
+    let cookie = format!("herald_token={fresh}");
+    let missed = publish(&server.handle(), &Event::new("news", "while away"));
+    let mut again = Subscriber::open(
+        addr,
+        &events_target(&["news"], Some(id.as_str())),
+        &[("Cookie", &cookie)],
+    );
+    assert_eq!(
+        again
+            .next_event("the event missed while reconnecting")
+            .last_event_id,
+        missed.as_str()
+    );
+}
+
+#[test]
+fn auth_schemes_are_case_insensitive_cookies_may_be_quoted_and_sources_have_one_precedence() {
+    let server = start(|config| {
+        config.subscribe_key = Some(SUBSCRIBE_KEY.to_owned());
+        config.publish_key = Some(PUBLISH_KEY.to_owned());
+        config.publish_token = Some(PUBLISH_TOKEN.to_owned());
+    });
+    let addr = server.local_addr();
+    let good = SUB_NEWS_PRICES;
+    let quoted = format!("a=1; herald_token=\"{good}\"; b=2");
+    let upper = format!("BEARER {good}");
+    let lower = format!("bearer {good}");
+    let spaced = format!("Bearer \t {good} ");
+    let bad_header = bearer(SUB_WRONG_KEY);
+    let good_cookie = format!("herald_token={good}");
+    let bad_cookie = format!("herald_token={SUB_WRONG_KEY}");
+    let first_of_two = format!("herald_token={good}; herald_token={SUB_WRONG_KEY}");
+    type Case<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let accepted: Vec<Case> = vec![
+        (None, vec![("Authorization", &upper)], "scheme in capitals"),
+        (
+            None,
+            vec![("Authorization", &lower)],
+            "scheme in lower case",
+        ),
+        (None, vec![("Authorization", &spaced)], "spaces and a tab"),
+        (None, vec![("Cookie", &quoted)], "a quoted cookie value"),
+        (
+            None,
+            vec![("Cookie", &first_of_two)],
+            "the first of two herald_token cookies",
+        ),
+        (
+            Some(""),
+            vec![("Cookie", &good_cookie)],
+            "an empty token parameter is no token",
+        ),
+        (
+            None,
+            vec![
+                ("Authorization", "Basic dXNlcjpwYXNz"),
+                ("Cookie", &good_cookie),
+            ],
+            "another scheme is passed over",
+        ),
+        (
+            None,
+            vec![("Authorization", &upper), ("Cookie", &bad_cookie)],
+            "the header wins over the cookie",
+        ),
+        (
+            Some(good),
+            vec![("Cookie", &bad_cookie)],
+            "the parameter wins over the cookie",
+        ),
+    ];
+    for (query, headers, case) in &accepted {
+        if let Err(response) = try_subscribe(addr, &["news"], *query, headers) {
+            panic!("{case}: refused: {}", response.summary());
+        }
+    }
+    type Refused<'a> = (Option<&'a str>, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let refused: Vec<Refused> = vec![
+        (
+            Some(good),
+            vec![("Authorization", &bad_header)],
+            401,
+            "a bad header token is not passed over for the parameter",
+        ),
+        (
+            None,
+            vec![("Authorization", &bad_header), ("Cookie", &good_cookie)],
+            401,
+            "a bad header token is not passed over for the cookie",
+        ),
+        (
+            None,
+            vec![("Authorization", &upper), ("Authorization", &upper)],
+            400,
+            "two Authorization headers",
+        ),
+    ];
+    for (query, headers, status, case) in &refused {
+        let response = try_subscribe(addr, &["news"], *query, headers)
+            .map(|_| ())
+            .expect_err(case);
+        assert_error(&response, *status, case);
+    }
+    // RFC 6750's `access_token` parameter is not read: `token` is the one parameter.
+    let target = format!("/events?topic=news&access_token={}", url_encode(good));
+    let response = Subscriber::try_open_on(Conn::connect(addr), &target, &[])
+        .map(|_| ())
+        .expect_err("access_token");
+    assert_error(&response, 401, "the access_token parameter");
+    // Publishers: the scheme in any case, for the static token and for a JWT.
+    for authorization in [
+        format!("BEARER {PUBLISH_TOKEN}"),
+        format!("bEaReR {PUB_NEWS_ALERTS}"),
+    ] {
+        let response = publish_with(addr, &["news"], "x", Some(&authorization));
+        assert_eq!(
+            response.status,
+            200,
+            "{authorization}: {}",
+            response.summary()
+        );
+    }
 }

@@ -252,3 +252,141 @@ fn no_cors_configured_gives_no_allow_origin() {
         preflight.summary()
     );
 }
+
+/// Whether `response` lists `Origin` in `Vary`.
+fn varies_on_origin(response: &Response) -> bool {
+    response
+        .headers_named("vary")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case("origin"))
+}
+
+/// `GET` or `POST` `target` with these headers on its own connection; the answer, whether
+/// a stream head (read up to its head) or a complete response.
+fn answer_to(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Response {
+    let mut all = headers.to_vec();
+    all.push(("Connection", "close"));
+    let body: &[u8] = if method == "POST" { b"x" } else { b"" };
+    if method == "POST" {
+        all.push(("Content-Type", "text/plain"));
+    }
+    let mut conn = Conn::connect(addr);
+    conn.send(build_request(method, target, &all, body));
+    conn.read_head(&format!("the answer to {method} {target}"))
+}
+
+/// `{"subscribe": ["cors"]}` signed with [`SUBSCRIBE_KEY`], made with Python's standard
+/// library (`hmac`, `hashlib.sha256`, `base64.urlsafe_b64encode` without padding) over the
+/// header `{"alg":"HS256","typ":"JWT"}`.
+const COOKIE_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWJzY3JpYmUiOlsiY29ycyJdfQ.dD43I81gwdTYgmumBfPmm7tQWjptw4gjtJqbQCIEicY";
+const SUBSCRIBE_KEY: &str = "herald-test-subscribe-secret-0123456789";
+
+#[test]
+fn named_origins_get_credentials_and_every_answer_varies_on_origin() {
+    let server = start(|config| {
+        config.cors_origins = origin_list();
+        config.subscribe_key = Some(SUBSCRIBE_KEY.to_owned());
+    });
+    let addr = server.local_addr();
+    let cookie = format!("herald_token={COOKIE_TOKEN}");
+    // (method, target, headers besides Origin, status, case)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: [Case; 7] = [
+        (
+            "GET",
+            "/events?topic=cors",
+            vec![("Cookie", &cookie)],
+            200,
+            "a stream with a cookie token",
+        ),
+        (
+            "GET",
+            "/events?topic=cors",
+            vec![],
+            401,
+            "a 401 for no token",
+        ),
+        (
+            "GET",
+            "/events?topic=other",
+            vec![("Cookie", &cookie)],
+            403,
+            "a 403",
+        ),
+        ("GET", "/events", vec![], 400, "a 400 for no topic"),
+        ("GET", "/nowhere", vec![], 404, "a 404"),
+        ("GET", "/healthz", vec![], 200, "the health check"),
+        ("POST", "/publish?topic=cors", vec![], 200, "a publish"),
+    ];
+    for (method, target, headers, status, case) in &cases {
+        for origin in [Some(ALLOWED), Some(NOT_ALLOWED), None] {
+            let mut all = headers.clone();
+            all.extend(origin.map(|o| ("Origin", o)));
+            let response = answer_to(addr, method, target, &all);
+            let case = format!("{case} ({method} {target}, Origin {origin:?})");
+            assert_eq!(response.status, *status, "{case}: {}", response.summary());
+            assert!(
+                varies_on_origin(&response),
+                "{case}: no Vary: Origin; {}",
+                response.summary()
+            );
+            let (allow_origin, credentials) = match origin {
+                Some(ALLOWED) => (Some(ALLOWED), Some("true")),
+                _ => (None, None),
+            };
+            assert_eq!(
+                response.header("access-control-allow-origin"),
+                allow_origin,
+                "{case}: {}",
+                response.summary()
+            );
+            assert_eq!(
+                response.header("access-control-allow-credentials"),
+                credentials,
+                "{case}: {}",
+                response.summary()
+            );
+        }
+    }
+    for origin in [ALLOWED, NOT_ALLOWED] {
+        let response = preflight(addr, "/events?topic=cors", origin, "GET");
+        let case = format!("a preflight from {origin}");
+        assert_preflight(&response, &case);
+        assert!(
+            varies_on_origin(&response),
+            "{case}: {}",
+            response.summary()
+        );
+        let credentials = (origin == ALLOWED).then_some("true");
+        assert_eq!(
+            response.header("access-control-allow-credentials"),
+            credentials,
+            "{case}: {}",
+            response.summary()
+        );
+    }
+}
+
+#[test]
+fn a_wildcard_never_allows_credentials_and_varies_on_nothing() {
+    let server = start(|config| config.cors_origins = vec!["*".to_owned()]);
+    let addr = server.local_addr();
+    for origin in [ALLOWED, NOT_ALLOWED] {
+        let subscriber = open_events(addr, Some(origin));
+        let preflight = preflight(addr, "/publish", origin, "POST");
+        for (response, case) in [(&subscriber.head, "a stream"), (&preflight, "a preflight")] {
+            assert_eq!(
+                response.header("access-control-allow-credentials"),
+                None,
+                "{case} from {origin}: {}",
+                response.summary()
+            );
+            assert!(
+                !varies_on_origin(response),
+                "{case} from {origin}: {}",
+                response.summary()
+            );
+        }
+    }
+}

@@ -229,7 +229,13 @@ pub fn check_head(buf: &[u8]) {
         Err(refusal) => check_refusal(*refusal, 400..=499),
     }
     if let Some(token) = &summary.bearer {
-        assert_eq!(token.trim_ascii(), token, "bearer token keeps whitespace");
+        assert!(
+            !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()),
+            "bearer token {token:?} is empty or has bytes no token has"
+        );
+    }
+    if let Some(token) = &summary.cookie_token {
+        assert!(!token.is_empty(), "an empty cookie counts as none");
     }
     if let Err(refusal) = summary.publish_format {
         check_refusal(refusal, 415..=415);

@@ -11,7 +11,7 @@ use super::*;
 pub(super) fn count_refusal(shared: &Shared, error: HttpError) {
     shared.metrics.count_refusal(error.answer().0);
     match error {
-        HttpError::Unauthorized | HttpError::SubscribeUnauthorized | HttpError::Forbidden => {
+        HttpError::Unauthorized(_) | HttpError::Forbidden => {
             shared.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
         }
         HttpError::TooManyFromClient => {
@@ -41,6 +41,7 @@ impl EventLoop {
         render_metrics: &'s dyn Fn() -> String,
         loop_index: usize,
         conn: usize,
+        now_unix_ms: u64,
     ) -> RequestContext<'s> {
         RequestContext {
             config: &shared.config,
@@ -56,6 +57,7 @@ impl EventLoop {
             serials: &shared.serials,
             subscribe_verifier: shared.subscribe_verifier.as_ref(),
             publish_verifier: shared.publish_verifier.as_ref(),
+            now_unix_ms,
         }
     }
 
@@ -70,6 +72,7 @@ impl EventLoop {
             &render_metrics,
             self.index,
             key,
+            self.now_unix_ms,
         );
         for _ in 0..HTTP_ROUNDS_MAX {
             let Some(Connection {

@@ -144,6 +144,9 @@ pub(crate) struct EventLoop {
     due: Vec<usize>,
     /// The loop's clock, read once per turn.
     now: Instant,
+    /// The wall clock (Unix milliseconds), read with `now`: tokens' `exp` and `nbf` are
+    /// wall-clock times. Only token checks use it; deadlines run on `now`.
+    now_unix_ms: u64,
     origin: Instant,
     /// xorshift state for lifetime and retry jitter (spreading, not security).
     jitter: u64,
@@ -216,6 +219,7 @@ impl EventLoop {
             wheel: TimerWheel::new(origin, TIMER_TICK),
             due: Vec::new(),
             now: origin,
+            now_unix_ms: timers::unix_ms(),
             origin,
             jitter: seed,
             drain_deadline: None,
@@ -259,6 +263,7 @@ impl EventLoop {
             }
             self.turn += 1;
             self.now = Instant::now();
+            self.now_unix_ms = timers::unix_ms();
             if self.drain_deadline.is_none() && self.shared.draining.load(Ordering::Acquire) {
                 self.begin_drain();
             }

@@ -214,6 +214,14 @@ impl EventLoop {
             let jitter = self.random() % (lifetime_ms / 10).max(1);
             stream.expires_ms = self.now_ms() + lifetime_ms - jitter;
         }
+        if let Some(until_unix_ms) = request.token_until_unix_ms {
+            // The token's end (exp plus the leeway) ends the stream too, whichever comes
+            // first: the client comes back, after a jittered `retry:`, with a fresh token.
+            let token_end_ms = self.loop_ms_at(until_unix_ms);
+            if stream.expires_ms == 0 || token_end_ms < stream.expires_ms {
+                stream.expires_ms = token_end_ms;
+            }
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };

@@ -1,5 +1,10 @@
 //! Deadlines on the loop: the loop clock, the connection timers of the wheel and what
 //! each does when it fires (408, idle close, heartbeat, end of a stream's life).
+//!
+//! Two clocks are read once per turn: the monotonic `now`, which every deadline runs on,
+//! and the wall clock, which only token checks need (`exp` and `nbf` are Unix times). A
+//! wall-clock time is turned into a loop deadline once, when a stream opens, so a later
+//! step of the wall clock does not move it.
 
 use std::time::{Duration, Instant};
 
@@ -7,6 +12,14 @@ use super::*;
 
 /// Heartbeat intervals a blocked stream may go without writing a byte before it is closed.
 const STALLED_HEARTBEATS: u64 = 2;
+
+/// The wall clock in Unix milliseconds (0 if it reads before 1970, which makes every token
+/// with an `exp` look fresh rather than expired: the deadline still comes, late).
+pub(super) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
 
 impl EventLoop {
     /// Replaces a connection's deadline.
@@ -23,6 +36,13 @@ impl EventLoop {
 
     pub(super) fn now_ms(&self) -> u64 {
         self.now.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
+    /// The loop time (ms) at which wall-clock time `unix_ms` arrives, as the two clocks
+    /// stand this turn (a time already past is now). Never 0, which means "never".
+    pub(super) fn loop_ms_at(&self, unix_ms: u64) -> u64 {
+        let ahead = unix_ms.saturating_sub(self.now_unix_ms);
+        self.now_ms().saturating_add(ahead).max(1)
     }
 
     pub(super) fn random(&mut self) -> u64 {

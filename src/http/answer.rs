@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use crate::auth::TokenError;
 use crate::PublishError;
 
 /// Everything herald refuses, each with one status and one reason.
@@ -44,10 +45,8 @@ pub(crate) enum HttpError {
     },
     /// Publishing is bound to the separate publish listener.
     PublishListenerOnly,
-    /// Missing or wrong publisher token.
-    Unauthorized,
-    /// Missing, invalid or expired subscriber token.
-    SubscribeUnauthorized,
+    /// A missing or refused token (subscriber or publisher); the reason says which.
+    Unauthorized(TokenError),
     /// A valid token that does not cover the requested topics.
     Forbidden,
     /// The publish body exceeds `max_publish_bytes`.
@@ -100,10 +99,7 @@ impl HttpError {
             HttpError::PublishListenerOnly => {
                 (403, "publishing is only accepted on the publish listener")
             }
-            HttpError::Unauthorized => (401, "missing or invalid publisher token"),
-            HttpError::SubscribeUnauthorized => {
-                (401, "missing, invalid or expired subscriber token")
-            }
+            HttpError::Unauthorized(error) => (401, error.reason()),
             HttpError::Forbidden => (403, "token does not allow these topics"),
             HttpError::BodyTooLarge => (413, "request body exceeds max_publish_bytes"),
             HttpError::UnsupportedMediaType => (
@@ -187,16 +183,28 @@ fn status_text(status: u16) -> &'static str {
 }
 
 /// CORS headers for a request's `Origin`, given the configured allowed origins.
+///
+/// An origin named in the list is echoed with `Access-Control-Allow-Credentials: true`, so
+/// a page there may send cookies (`new EventSource(url, {withCredentials: true})`, the
+/// `herald_token` cookie). `*` allows any other origin, never with credentials (browsers
+/// refuse that pair). With any named origin configured, every answer depends on the
+/// request's `Origin` (allowed or not, or absent), so every one carries `Vary: Origin` and
+/// no cache serves one origin's answer to another.
 pub(crate) fn cors_headers(allowed: &[String], origin: Option<&str>) -> String {
+    let named = |candidate: &String| candidate != "*";
     let mut out = String::new();
-    if allowed.iter().any(|a| a == "*") {
-        out.push_str("Access-Control-Allow-Origin: *\r\n");
-    } else if let Some(origin) = origin.filter(|o| allowed.iter().any(|a| a == o)) {
+    let echoed = origin.filter(|o| allowed.iter().any(|a| named(a) && a == o));
+    if let Some(origin) = echoed {
         // The origin matched a configured value, so it has no CR or LF.
         let _ = write!(
             out,
-            "Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n"
+            "Access-Control-Allow-Origin: {origin}\r\nAccess-Control-Allow-Credentials: true\r\n"
         );
+    } else if allowed.iter().any(|a| a == "*") {
+        out.push_str("Access-Control-Allow-Origin: *\r\n");
+    }
+    if allowed.iter().any(named) {
+        out.push_str("Vary: Origin\r\n");
     }
     out
 }
@@ -236,9 +244,7 @@ pub(crate) fn refusal(error: HttpError, cors: &str, keep_alive: bool) -> Vec<u8>
         HttpError::MethodNotAllowed { allow } => {
             let _ = write!(extra, "Allow: {allow}\r\n");
         }
-        HttpError::Unauthorized | HttpError::SubscribeUnauthorized => {
-            extra.push_str("WWW-Authenticate: Bearer\r\n")
-        }
+        HttpError::Unauthorized(_) => extra.push_str("WWW-Authenticate: Bearer\r\n"),
         HttpError::Publish(PublishError::Busy | PublishError::Unavailable)
         | HttpError::TooManyFromClient
         | HttpError::PublishListenerFull
@@ -330,13 +336,30 @@ mod tests {
         let list = vec!["https://a.example".to_owned()];
         assert_eq!(
             cors_headers(&list, Some("https://a.example")),
-            "Access-Control-Allow-Origin: https://a.example\r\nVary: Origin\r\n"
+            "Access-Control-Allow-Origin: https://a.example\r\n\
+             Access-Control-Allow-Credentials: true\r\nVary: Origin\r\n"
         );
-        assert_eq!(cors_headers(&list, Some("https://b.example")), "");
-        assert_eq!(cors_headers(&list, None), "");
         assert_eq!(
-            cors_headers(&["*".to_owned()], None),
+            cors_headers(&list, Some("https://b.example")),
+            "Vary: Origin\r\n"
+        );
+        assert_eq!(cors_headers(&list, None), "Vary: Origin\r\n");
+        assert_eq!(
+            cors_headers(&["*".to_owned()], Some("https://a.example")),
             "Access-Control-Allow-Origin: *\r\n"
+        );
+        assert_eq!(cors_headers(&[], Some("https://a.example")), "");
+        // A named origin and `*`: the named one gets credentials, any other the wildcard.
+        let mixed = vec!["*".to_owned(), "https://a.example".to_owned()];
+        assert!(cors_headers(&mixed, Some("https://a.example"))
+            .contains("Access-Control-Allow-Credentials: true\r\n"));
+        assert_eq!(
+            cors_headers(&mixed, Some("https://b.example")),
+            "Access-Control-Allow-Origin: *\r\nVary: Origin\r\n"
+        );
+        assert_eq!(
+            cors_headers(&mixed, Some("*")),
+            "Access-Control-Allow-Origin: *\r\nVary: Origin\r\n"
         );
     }
 }

@@ -83,7 +83,7 @@ pub(crate) struct Request<'b> {
     pub last_event_id: Option<&'b str>,
     /// `Origin` header.
     pub origin: Option<&'b str>,
-    /// `Authorization` header.
+    /// `Authorization` header (a second one is refused).
     pub authorization: Option<&'b [u8]>,
     /// `Content-Type` header, parameters included.
     pub content_type: Option<&'b str>,

@@ -9,6 +9,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
@@ -184,7 +185,8 @@ async function startRelay(herald) {
 }
 
 // The second origin: a static recorder page that subscribes to herald from elsewhere.
-// `?src=` is the full /events URL, `?names=` the named events to listen for. Everything the
+// `?src=` is the full /events URL, `?names=` the named events to listen for, `?credentials=1`
+// opens it with `withCredentials: true` (cookies go along cross-origin). Everything the
 // EventSource does is recorded in window.rec with page-side timestamps.
 const RECORDER_PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><title>herald recorder</title></head>
@@ -192,7 +194,7 @@ const RECORDER_PAGE = `<!doctype html>
 "use strict";
 const params = new URLSearchParams(location.search);
 const rec = window.rec = { opens: [], errors: [], events: [] };
-const source = window.source = new EventSource(params.get("src"));
+const source = window.source = new EventSource(params.get("src"), { withCredentials: params.get("credentials") === "1" });
 source.onopen = () => rec.opens.push(performance.now());
 source.onerror = () => rec.errors.push({ at: performance.now(), readyState: source.readyState });
 const keep = e => rec.events.push({
@@ -228,13 +230,17 @@ after(async () => {
   await Promise.all([...heralds].map((herald) => herald.stop()));
 });
 
-/** A fresh browser context with the recorder page subscribed to `topic` at `server.base`. */
-async function openRecorder(server, topic, names = []) {
+/**
+ * A fresh browser context with the recorder page subscribed to `topic` at `server.base`;
+ * `cookies` are set in the context first, `credentials` opens the stream withCredentials.
+ */
+async function openRecorder(server, topic, names = [], { cookies = [], credentials = false } = {}) {
   const context = await browser.newContext();
+  if (cookies.length > 0) await context.addCookies(cookies);
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   const src = `${server.base}/events?topic=${encodeURIComponent(topic)}`;
-  const query = new URLSearchParams({ src, names: names.join(',') });
+  const query = new URLSearchParams({ src, names: names.join(','), credentials: credentials ? '1' : '0' });
   await page.goto(`${pageOrigin}/recorder.html?${query}`);
   return { context, page };
 }
@@ -273,6 +279,41 @@ test('a cross-origin page receives default and named events (CORS)', { timeout: 
   const strictRec = await recorded(refused.page);
   assert.deepEqual(strictRec.opens, []);
   assert.deepEqual(strictRec.events, []);
+});
+
+/** An HS256 JWT with these claims, signed with `key` (node's own HMAC). */
+function jwt(claims, key) {
+  const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const message = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`;
+  return `${message}.${createHmac('sha256', key).update(message).digest('base64url')}`;
+}
+
+test('a cross-origin EventSource withCredentials subscribes with the herald_token cookie', { timeout: CASE_MS }, async (t) => {
+  const key = 'browser-test-subscribe-secret-0123456789';
+  const herald = await startHerald(['--cors-origin', pageOrigin, '--subscribe-key', key]);
+  t.after(() => herald.stop());
+  // The page and herald are on one host, other ports: cross-origin, same-site, as an app
+  // on app.example.com and herald on sse.example.com are. The cookie is herald's.
+  const cookies = [{ name: 'herald_token', value: jwt({ subscribe: ['creds'] }, key), url: herald.base }];
+  const { context, page } = await openRecorder(herald, 'creds', [], { cookies, credentials: true });
+  t.after(() => context.close());
+  await page.waitForFunction(() => window.rec.opens.length === 1);
+  const id = await publish(herald, { topic: 'creds', data: 'for cookie holders' });
+  await page.waitForFunction(() => window.rec.events.length === 1);
+  const rec = await recorded(page);
+  assert.deepEqual(
+    rec.events.map(({ id, data, origin }) => ({ id, data, origin })),
+    [{ id, data: 'for cookie holders', origin: herald.base }],
+  );
+  assert.deepEqual(rec.errors, [], 'the stream stayed open');
+
+  // Without withCredentials the browser keeps the cookie to itself: 401, and EventSource
+  // gives up for good.
+  const bare = await openRecorder(herald, 'creds', [], { cookies });
+  t.after(() => bare.context.close());
+  await bare.page.waitForFunction(() => window.rec.errors.length >= 1);
+  assert.equal(await bare.page.evaluate(() => window.source.readyState), 2, 'EventSource CLOSED');
+  assert.deepEqual((await recorded(bare.page)).opens, []);
 });
 
 test('after herald ends the stream the browser reconnects with Last-Event-ID and gets exactly the missed events', { timeout: CASE_MS }, async (t) => {
