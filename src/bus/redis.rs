@@ -21,7 +21,7 @@
 //! the order; ids outside `ms < 2^42`, `n < 2^22` (never produced by `XADD *`) are skipped.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -67,7 +67,7 @@ const SEQ_BITS: u32 = 22;
 
 /// The sequence number of stream id `ms-n`, if it fits.
 pub(crate) fn pack(ms: u64, n: u64) -> Option<Seq> {
-    (ms >> (64 - SEQ_BITS) == 0 && n >> SEQ_BITS == 0).then_some(ms << SEQ_BITS | n)
+    (ms >> (64 - SEQ_BITS) == 0 && n >> SEQ_BITS == 0).then_some(Seq::from(ms << SEQ_BITS | n))
 }
 
 /// The stream id of a sequence number.
@@ -86,6 +86,11 @@ pub(crate) fn parse_id(text: &[u8]) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, n.parse().ok()?))
 }
 
+/// Locks `mutex`; a panic while it was held cannot leave a plain value half-written.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// What the bus's threads share.
 struct Core {
     client: redis::Client,
@@ -95,8 +100,9 @@ struct Core {
     data_bytes_max: usize,
     fanout: Fanout,
     closed: AtomicBool,
-    /// The stream's last id when the reader first connected (`u64::MAX`: not yet).
-    floor: AtomicU64,
+    /// The stream's last id when the reader first connected (`None`: not yet). A lock, not
+    /// an atomic: there is no stable 128-bit atomic, and it is taken once per resume.
+    floor: Mutex<Option<Seq>>,
     delivered: AtomicU64,
     connected: AtomicBool,
     reconnects: AtomicU64,
@@ -158,7 +164,7 @@ impl RedisBus {
             data_bytes_max: settings.data_bytes_max,
             fanout,
             closed: AtomicBool::new(false),
-            floor: AtomicU64::new(u64::MAX),
+            floor: Mutex::new(None),
             delivered: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
@@ -256,8 +262,7 @@ impl Bus for RedisBus {
     }
 
     fn reach_floor(&self) -> Option<Seq> {
-        let floor = self.core.floor.load(Ordering::Acquire);
-        (floor != u64::MAX).then_some(floor)
+        *lock(&self.core.floor)
     }
 
     fn can_backfill(&self) -> bool {
@@ -566,7 +571,7 @@ fn run_reader(core: &Core) {
                 if last.is_none() {
                     last = Some(id);
                     let floor = pack(id.0, id.1).unwrap_or(Seq::MAX - 1);
-                    core.floor.store(floor, Ordering::Release);
+                    *lock(&core.floor) = Some(floor);
                 }
                 core.connected.store(true, Ordering::Release);
             }
@@ -679,7 +684,9 @@ fn report_hole(core: &Core, last: RawId, next: RawId) {
         );
     }
     let floor = pack(next.0, next.1).map_or(Seq::MAX - 1, |seq| seq.saturating_sub(1));
-    core.floor.fetch_max(floor, Ordering::AcqRel);
+    if let Some(known) = lock(&core.floor).as_mut() {
+        *known = (*known).max(floor);
+    }
     let marker = Published {
         seq: floor,
         topics: Box::new([]),
@@ -1043,7 +1050,10 @@ mod tests {
         assert_eq!(parse_id(b"1764230400123-1"), Some((1_764_230_400_123, 1)));
         assert_eq!(pack(1 << 42, 0), None);
         assert_eq!(pack(0, 1 << 22), None);
-        assert_eq!(pack((1 << 42) - 1, (1 << 22) - 1), Some(u64::MAX));
+        assert_eq!(
+            pack((1 << 42) - 1, (1 << 22) - 1),
+            Some(Seq::from(u64::MAX))
+        );
         for bad in [
             "",
             "-",
