@@ -1350,6 +1350,63 @@ fn entries_added_with_xadd_reach_every_node_and_invalid_ones_are_skipped_and_cou
     }
 }
 
+/// Issue 10, item 10: entries with stream ids outside what `XADD *` produces today (an
+/// outsider's explicit id in microseconds, then one with a sequence near 2^64) are ordinary
+/// entries. They, and every publish after them (whose ids now follow theirs), reach every
+/// subscriber on every node in stream order with the ids the publishers were answered with;
+/// nothing is skipped, and a resume from such an id is served from the stream.
+#[test]
+fn issue_10_any_valid_stream_id_is_delivered_and_so_is_everything_after_it() {
+    let redis = RedisServer::start("wide-ids");
+    let stream = "wide-ids";
+    let (a, b) = node_and_small_ring_node(&redis, stream);
+    let mut subscribers = [
+        ("the subscriber on A", subscribe(a.addr(), &["t"])),
+        ("the subscriber on B", subscribe(b.addr(), &["t"])),
+    ];
+    let mut outsider = redis.client();
+    let mut xadd = |id: &str, data: &str| {
+        let answered = outsider
+            .command(&["XADD", stream, id, "topic", "t", "data", data])
+            .text();
+        assert_eq!(answered, id, "the outsider's XADD");
+        message(data, id)
+    };
+    let mut expected = vec![xadd("1733000000000000-0", "outsider, microseconds")];
+    for (i, node) in [&a, &b].iter().enumerate() {
+        let data = format!("after microseconds {i}");
+        expected.push(message(&data, &publish_to(node.addr(), "t", &data)));
+    }
+    expected.push(xadd(
+        "1733000000000000-18446744073709551614",
+        "outsider, sequence near 2^64",
+    ));
+    for (i, node) in [&a, &b, &a].iter().enumerate() {
+        let data = format!("after the large sequence {i}");
+        expected.push(message(&data, &publish_to(node.addr(), "t", &data)));
+    }
+    assert_eq!(
+        expected[5].2, "1733000000000001-0",
+        "Redis carries a full sequence into the millisecond"
+    );
+    let ids: Vec<&str> = expected.iter().map(|e| e.2.as_str()).collect();
+    assert_strictly_increasing(&ids, "the answered ids");
+    publish_to(b.addr(), "t", "end");
+    for (who, subscriber) in &mut subscribers {
+        assert_same_events(&seen_before_end(subscriber), &expected, who);
+    }
+    // B keeps 2 events per topic: a resume from the first outsider entry needs the stream.
+    let mut resumed = resume_with_header(b.addr(), &["t"], &expected[0].2);
+    assert_same_events(
+        &seen_before_end(&mut resumed),
+        &expected[1..],
+        "a resume on B from the microsecond id",
+    );
+    for node in [&a, &b] {
+        assert_eq!(node.metric(SKIPPED), 0.0, "{SKIPPED} on {}", node.label);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Start-up
 // ---------------------------------------------------------------------------------------------

@@ -17,8 +17,10 @@
 //! optional `event` (the SSE event name) and `retry` (milliseconds). Other fields are
 //! ignored. An entry that fails the checks a publish gets is skipped by every node alike.
 //!
-//! A stream id `<ms>-<n>` maps to the loops' sequence number `ms << 22 | n`, which keeps
-//! the order; ids outside `ms < 2^42`, `n < 2^22` (never produced by `XADD *`) are skipped.
+//! A stream id `<ms>-<n>` (two 64-bit numbers) maps to the loops' 128-bit sequence number
+//! `ms << 64 | n`: exactly, both ways, and in order, so every id Redis accepts (an
+//! application's explicit id in microseconds, a sequence near 2^64) is delivered like any
+//! other, and so is everything after it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -62,17 +64,14 @@ const BACKOFF_MAX: Duration = Duration::from_millis(2_000);
 /// How long a library `Handle::publish` waits for Redis before giving up with
 /// `Unavailable` (the writer's own timeouts answer well before this).
 const HANDLE_WAIT: Duration = Duration::from_millis(10_000);
-/// Bits of a sequence number that hold the entry's per-millisecond counter.
-const SEQ_BITS: u32 = 22;
-
-/// The sequence number of stream id `ms-n`, if it fits.
-pub(crate) fn pack(ms: u64, n: u64) -> Option<Seq> {
-    (ms >> (64 - SEQ_BITS) == 0 && n >> SEQ_BITS == 0).then_some(Seq::from(ms << SEQ_BITS | n))
+/// The sequence number of stream id `ms-n`. Every id has one: a `Seq` is two ids' halves.
+pub(crate) fn pack(ms: u64, n: u64) -> Seq {
+    Seq::from(ms) << 64 | Seq::from(n)
 }
 
 /// The stream id of a sequence number.
 pub(crate) fn format_id(seq: Seq) -> String {
-    format!("{}-{}", seq >> SEQ_BITS, seq & ((1 << SEQ_BITS) - 1))
+    format!("{}-{}", seq >> 64, seq & Seq::from(u64::MAX))
 }
 
 /// Parses a full stream id `ms-n`.
@@ -255,7 +254,7 @@ impl Bus for RedisBus {
     /// Any well-formed stream id: one newer than this node has read yet is simply
     /// waited for, since another node may have published it a moment ago.
     fn resume_point(&self, last_event_id: &str) -> Resume {
-        match parse_id(last_event_id.as_bytes()).and_then(|(ms, n)| pack(ms, n)) {
+        match parse_id(last_event_id.as_bytes()).map(|(ms, n)| pack(ms, n)) {
             Some(seq) => Resume::After(seq),
             None => Resume::Unknown,
         }
@@ -570,7 +569,7 @@ fn run_reader(core: &Core) {
             Ok(id) => {
                 if last.is_none() {
                     last = Some(id);
-                    let floor = pack(id.0, id.1).unwrap_or(Seq::MAX - 1);
+                    let floor = pack(id.0, id.1);
                     *lock(&core.floor) = Some(floor);
                 }
                 core.connected.store(true, Ordering::Release);
@@ -683,7 +682,7 @@ fn report_hole(core: &Core, last: RawId, next: RawId) {
             next.1
         );
     }
-    let floor = pack(next.0, next.1).map_or(Seq::MAX - 1, |seq| seq.saturating_sub(1));
+    let floor = pack(next.0, next.1).saturating_sub(1);
     if let Some(known) = lock(&core.floor).as_mut() {
         *known = (*known).max(floor);
     }
@@ -842,7 +841,7 @@ fn to_published(
     fields: &[Value],
     wanted: impl Fn(&[Box<str>]) -> bool,
 ) -> Result<Option<Published>, &'static str> {
-    let seq = pack(id.0, id.1).ok_or("id outside ms < 2^42, n < 2^22")?;
+    let seq = pack(id.0, id.1);
     let event = decode(fields, core.data_bytes_max, core.limits.topics_max)?;
     let outgoing = publish::prepare(&event, core.limits).map_err(PublishError::reason)?;
     if !wanted(&outgoing.topics) {
@@ -950,9 +949,7 @@ fn backfill(
         let full_page = page.len() == READ_COUNT_MAX;
         for (id, fields) in page {
             from = format!("{}-{}", id.0, id.1);
-            let Some(seq) = pack(id.0, id.1) else {
-                continue; // Skipped by every reader too.
-            };
+            let seq = pack(id.0, id.1);
             let wanted = |topics: &[Box<str>]| {
                 topics
                     .iter()
@@ -1014,11 +1011,7 @@ fn trimmed_after(
             .find(|(key, _)| text(key) == Some(name))
             .map(|(_, value)| value)
     };
-    let seq_of = |value: &Value| {
-        text(value)
-            .and_then(parse_id)
-            .map(|(ms, n)| pack(ms, n).unwrap_or(Seq::MAX))
-    };
+    let seq_of = |value: &Value| text(value).and_then(parse_id).map(|(ms, n)| pack(ms, n));
     let deleted = field(b"max-deleted-entry-id").and_then(seq_of).unwrap_or(0);
     let first = match field(b"first-entry") {
         Some(Value::Array(entry)) => entry.first().and_then(seq_of),
@@ -1042,17 +1035,31 @@ mod tests {
 
     #[test]
     fn ids_pack_in_order_and_round_trip() {
-        let a = pack(1_764_230_400_123, 0).unwrap();
-        let b = pack(1_764_230_400_123, 1).unwrap();
-        let c = pack(1_764_230_400_124, 0).unwrap();
+        let a = pack(1_764_230_400_123, 0);
+        let b = pack(1_764_230_400_123, 1);
+        let c = pack(1_764_230_400_124, 0);
         assert!(a < b && b < c);
         assert_eq!(format_id(b), "1764230400123-1");
         assert_eq!(parse_id(b"1764230400123-1"), Some((1_764_230_400_123, 1)));
-        assert_eq!(pack(1 << 42, 0), None);
-        assert_eq!(pack(0, 1 << 22), None);
+        // Every id Redis accepts maps, in order, and back to itself.
+        let ids = [
+            (0, 1),
+            (1_764_230_400_123, u64::MAX),
+            (1_764_230_400_124, 0),
+            (1_733_000_000_000_000, 0),
+            (1_733_000_000_000_000, u64::MAX - 1),
+            (u64::MAX, u64::MAX),
+        ];
+        for pair in ids.windows(2) {
+            assert!(pack(pair[0].0, pair[0].1) < pack(pair[1].0, pair[1].1));
+        }
+        for (ms, n) in ids {
+            let text = format_id(pack(ms, n));
+            assert_eq!(parse_id(text.as_bytes()), Some((ms, n)), "{text}");
+        }
         assert_eq!(
-            pack((1 << 42) - 1, (1 << 22) - 1),
-            Some(Seq::from(u64::MAX))
+            format_id(Seq::MAX),
+            "18446744073709551615-18446744073709551615"
         );
         for bad in [
             "",
