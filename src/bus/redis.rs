@@ -8,7 +8,7 @@
 //!   or refused, only once Redis replied;
 //! - the reader runs a blocking `XREAD` after the last id it saw, encodes each entry's
 //!   frame once and hands it to every loop in stream order. After losing Redis it
-//!   reconnects with capped backoff and continues after that id, so nothing that reached
+//!   reconnects with capped, jittered backoff and continues after that id, so nothing that reached
 //!   the stream is skipped;
 //! - the backfiller answers resumes older than a loop's rings with `XRANGE`.
 //!
@@ -58,8 +58,11 @@ const READ_BLOCK: Duration = Duration::from_millis(1_000);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// Time Redis has to answer one command (the reader adds `READ_BLOCK`).
 const IO_TIMEOUT: Duration = Duration::from_millis(2_000);
-/// First and largest wait between reconnection attempts.
+/// Shortest wait between reconnection attempts: a Redis that is down is not asked more
+/// often than ten times a second per thread.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts: how late, at worst, a node notices that
+/// Redis is back.
 const BACKOFF_MAX: Duration = Duration::from_millis(2_000);
 /// How long a library `Handle::publish` waits for Redis before giving up with
 /// `Unavailable` (the writer's own timeouts answer well before this).
@@ -311,24 +314,52 @@ fn connect(core: &Core, extra_read: Duration) -> redis::RedisResult<redis::Conne
 /// on the dead one (an `XADD` that fails is not retried: it may have been stored).
 const IDLE_CHECK: Duration = Duration::from_millis(1_000);
 
-/// The wait before the next attempt after a failure: `BACKOFF_MIN`, doubling up to
-/// `BACKOFF_MAX`, back to the minimum once something worked.
-struct Backoff(Duration);
+/// The wait before the next attempt after a failure, with decorrelated jitter: each wait is
+/// drawn between `BACKOFF_MIN` and three times the previous one, capped at `BACKOFF_MAX`;
+/// back to the minimum once something worked. Random, so the nodes of a cluster that lost
+/// Redis together do not all come back to it in the same instant after it restarts. Sans-io:
+/// the random source is a seeded xorshift, so tests replay it.
+pub(crate) struct Backoff {
+    /// The previous wait (`BACKOFF_MIN` after a reset).
+    last: Duration,
+    /// xorshift64 state; never zero.
+    rng: u64,
+}
 
 impl Backoff {
-    fn new() -> Self {
-        Backoff(BACKOFF_MIN)
+    /// A backoff drawing from `seed` (any value; zero is replaced).
+    pub(crate) fn new(seed: u64) -> Self {
+        Backoff {
+            last: BACKOFF_MIN,
+            rng: seed.max(1),
+        }
     }
 
-    /// The wait to use now; the next one is twice as long (capped).
-    fn step(&mut self) -> Duration {
-        let wait = self.0;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+    /// A backoff seeded from the process's hash keys (random per process and per call), so
+    /// every thread of every node draws its own waits.
+    fn seeded() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Backoff::new(seed)
+    }
+
+    /// The wait to use now, in `[BACKOFF_MIN, BACKOFF_MAX]`.
+    pub(crate) fn step(&mut self) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let upper = (self.last * 3).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        let span = (upper - BACKOFF_MIN).as_micros() as u64;
+        let wait = BACKOFF_MIN + Duration::from_micros(self.rng % (span + 1));
+        self.last = wait;
         wait
     }
 
-    fn reset(&mut self) {
-        self.0 = BACKOFF_MIN;
+    /// Something worked: the next failure waits about the minimum again.
+    pub(crate) fn reset(&mut self) {
+        self.last = BACKOFF_MIN;
     }
 }
 
@@ -350,7 +381,7 @@ impl Link {
             role,
             conn: None,
             retry_at: Instant::now(),
-            backoff: Backoff::new(),
+            backoff: Backoff::seeded(),
             down_logged: false,
             used_at: Instant::now(),
         }
@@ -542,7 +573,7 @@ fn nap(core: &Core, total: Duration) {
 
 fn run_reader(core: &Core) {
     let mut last: Option<RawId> = None;
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::seeded();
     let mut ever_connected = false;
     let mut down_logged = false;
     let mut skips = Throttle::new();
@@ -1074,6 +1105,55 @@ mod tests {
         ] {
             assert_eq!(parse_id(bad.as_bytes()), None, "{bad:?}");
         }
+    }
+
+    /// Issue 10, item 16: nodes that lost Redis together retry at spread-out times, within
+    /// the bounds, and a seed replays its waits.
+    #[test]
+    fn backoff_waits_are_jittered_within_bounds() {
+        const NODES: u64 = 200;
+        const STEPS: usize = 12;
+        let mut nodes: Vec<Backoff> = (0..NODES)
+            .map(|n| Backoff::new(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .collect();
+        // When each node makes its attempt number `step`, as offsets from the failure.
+        let mut at = vec![Duration::ZERO; nodes.len()];
+        for step in 0..STEPS {
+            for (node, at) in nodes.iter_mut().zip(&mut at) {
+                let wait = node.step();
+                assert!((BACKOFF_MIN..=BACKOFF_MAX).contains(&wait), "{wait:?}");
+                *at += wait;
+            }
+            let mut sorted = at.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert!(
+                sorted.len() as u64 > NODES * 9 / 10,
+                "attempt {step}: only {} distinct instants for {NODES} nodes",
+                sorted.len()
+            );
+            let spread = sorted[sorted.len() - 1] - sorted[0];
+            assert!(
+                spread >= BACKOFF_MIN,
+                "attempt {step}: every node retries within {spread:?}"
+            );
+        }
+        // Past the first few attempts the waits reach the cap, but stay spread over it.
+        let late: Vec<Duration> = nodes.iter_mut().map(Backoff::step).collect();
+        assert!(late.iter().any(|w| *w > BACKOFF_MAX / 2));
+        assert!(late.iter().any(|w| *w < BACKOFF_MAX / 2));
+        // A reset starts over near the minimum.
+        for node in &mut nodes {
+            node.reset();
+            assert!(node.step() <= BACKOFF_MIN * 3);
+        }
+        let replay = |seed| {
+            let mut backoff = Backoff::new(seed);
+            (0..STEPS).map(|_| backoff.step()).collect::<Vec<_>>()
+        };
+        assert_eq!(replay(7), replay(7));
+        assert_ne!(replay(7), replay(8));
+        assert_eq!(replay(0).len(), STEPS, "a zero seed still draws");
     }
 
     #[test]
