@@ -1534,6 +1534,97 @@ fn bad_cluster_settings_exit_2_with_one_line_naming_the_setting() {
     assert_healthy(node.addr, "starting with an unused bad --redis-url");
 }
 
+/// The password every URL in the issue-10 redaction test carries; it must never be printed.
+const PASSWORD: &str = "s3cret";
+
+/// Issue 10, item 13: the Redis URL's credentials are never shown. Start-up errors (a bad
+/// port, RESP3, TLS, a malformed URL, through the flag, the environment and a TOML file),
+/// `--help` with the URL in the environment, the logs of nodes that cannot connect or are
+/// refused by Redis (at debug level), and `/metrics` all name the URL without its password.
+#[test]
+fn issue_10_the_redis_password_never_shows_in_errors_logs_help_or_metrics() {
+    let port = free_port();
+    let bad_urls = [
+        format!("redis://user:{PASSWORD}@127.0.0.1:notaport/0"),
+        format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0?protocol=resp3"),
+        format!("rediss://user:{PASSWORD}@127.0.0.1:{port}/0"),
+        format!("redis://user:{PASSWORD}@[::1/0"),
+        format!("redis://{PASSWORD}@127.0.0.1:notaport/0"),
+        format!("redis://user:{PASSWORD}/with/slash@127.0.0.1:notaport/0"),
+        format!("user:{PASSWORD}@127.0.0.1:{port}"),
+        format!("redis+unix:///tmp/none.sock?db=0&pass={PASSWORD}&protocol=resp3"),
+    ];
+    let toml = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "herald-cluster-{}-secret-redis-url.toml",
+        std::process::id()
+    ));
+    for url in &bad_urls {
+        let outcomes = [
+            run_to_exit(&["--bus", "redis", "--redis-url", url], &[]),
+            run_to_exit(&["--bus", "redis"], &[("HERALD_REDIS_URL", url)]),
+            {
+                std::fs::write(&toml, format!("bus = \"redis\"\nredis_url = \"{url}\"\n")).unwrap();
+                run_to_exit(&["--config", toml.to_str().unwrap()], &[])
+            },
+        ];
+        for (status, stderr) in outcomes {
+            assert_eq!(status.code(), Some(2), "{url}: {stderr}");
+            assert!(stderr.contains("redis_url"), "{url}: {stderr}");
+            assert!(
+                !stderr.contains(PASSWORD),
+                "the refusal of a bad --redis-url shows its password: {stderr}"
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&toml);
+
+    let help = Command::new(HERALD_BIN)
+        .args(["serve", "--help"])
+        .env(
+            "HERALD_REDIS_URL",
+            format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0"),
+        )
+        .output()
+        .unwrap();
+    let help =
+        String::from_utf8_lossy(&help.stdout).into_owned() + &String::from_utf8_lossy(&help.stderr);
+    assert!(help.contains("--redis-url"), "{help}");
+    assert!(
+        !help.contains(PASSWORD),
+        "--help shows the password: {help}"
+    );
+
+    // Nodes that run and log: no Redis at all, and a Redis that refuses the credentials.
+    let redis = RedisServer::start("secret");
+    redis
+        .client()
+        .command(&["CONFIG", "SET", "requirepass", "other"]);
+    let urls = [
+        format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0"),
+        format!("redis://:{PASSWORD}@127.0.0.1:{}/0", redis.port),
+    ];
+    for url in &urls {
+        let mut node =
+            HeraldProcess::spawn(&["--bus", "redis", "--redis-url", url, "--log-level", "debug"]);
+        let response = try_publish(node.addr, "t", "refused");
+        assert_eq!(response.status, 503, "{}", response.summary());
+        let metrics = get(node.addr, "/metrics");
+        assert!(!metrics.body_text().contains(PASSWORD), "/metrics shows it");
+        node.signal("TERM");
+        node.wait_exit(DEADLINE);
+        let log = node.stderr_lines().join("\n");
+        assert!(
+            log.contains("cannot connect"),
+            "the node logs its failure: {log}"
+        );
+        assert!(
+            log.contains(":***@127.0.0.1"),
+            "the node logs which Redis it uses, redacted: {log}"
+        );
+        assert!(!log.contains(PASSWORD), "the log shows the password: {log}");
+    }
+}
+
 /// Entries appended while the node is frozen, with a stream that keeps about 100.
 const OVERTAKE_EVENTS: usize = 2_000;
 

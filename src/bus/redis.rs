@@ -156,8 +156,17 @@ impl RedisBus {
     /// Starts the writer, reader and backfiller threads. Redis need not be up: the
     /// threads keep trying, and publishes are refused until it is.
     pub(crate) fn start(fanout: Fanout, settings: RedisSettings) -> std::io::Result<RedisBus> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+        let shown = crate::config::redact_url(&settings.url);
+        let client = redis::Client::open(settings.url.as_str()).map_err(|error| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{shown}: {}",
+                    error.to_string().replace(&settings.url, &shown)
+                ),
+            )
+        })?;
+        log::info!("redis bus on {shown}, stream {:?}", settings.stream);
         let core = Arc::new(Core {
             client,
             stream: settings.stream,
