@@ -196,6 +196,9 @@ pub(crate) struct StreamRequest {
     pub last_event_id: Option<String>,
     /// CORS header lines for the response.
     pub cors: String,
+    /// The client (the peer, or who a trusted proxy says): a resume's fetch from the bus
+    /// waits in this client's turn.
+    pub client: IpAddr,
 }
 
 impl Exchange {
@@ -533,6 +536,12 @@ impl Exchange {
                             .or(subscription.last_event_id)
                             .filter(|id| !id.is_empty()),
                         cors,
+                        client: client_addr(
+                            self.peer,
+                            ctx.trusted_proxies,
+                            request.x_forwarded_for,
+                            request.forwarded,
+                        ),
                     }),
                     Err(error) => self.refuse(error, &cors, keep_alive),
                 },
@@ -1089,6 +1098,7 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
                 topics: vec!["a".into(), "b".into()],
                 last_event_id: Some("h".into()),
                 cors: String::new(),
+                client: IpAddr::from([127, 0, 0, 1]),
             })
         );
     }

@@ -644,8 +644,11 @@ fn resumes_backfilled_while_events_keep_coming_have_no_gap_and_no_duplicate() {
 
 const TRIM_EVENTS: usize = 500;
 
+/// The gap event comes at once, without reading the stream for the client's topics (an id
+/// older than the stream cannot make the backfiller read all of it); then what the node's
+/// rings keep (issue 10, item 11).
 #[test]
-fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_is_kept() {
+fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_the_node_keeps() {
     let redis = RedisServer::start("resume-trimmed");
     let stream = "resume-trimmed";
     let small = ["--redis-maxlen", "10", "--history-events", "5"];
@@ -697,10 +700,13 @@ fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_is_kept
         "XINFO STREAM first-entry"
     );
     assert!(id_key(&kept[0].id) > id_key(&first));
-    let expected: Vec<Seen> = kept
+    // B's rings keep the 5 newest events of `r`.
+    assert!(kept.len() > 5, "the stream keeps more than B's rings");
+    let expected: Vec<Seen> = kept[kept.len() - 5..]
         .iter()
         .map(|entry| message(entry.field("data").unwrap(), &entry.id))
         .collect();
+    let scanned = b.metric(SCANNED);
 
     let backfills = b.metric(BACKFILLS);
     let mut resumed = resume_with_header(b.addr(), &["r"], &first);
@@ -714,8 +720,9 @@ fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_is_kept
     assert_same_events(
         &seen_before_end(&mut resumed),
         &expected,
-        "after the gap event: every entry the stream keeps",
+        "after the gap event: what B's rings keep",
     );
+    assert_eq!(b.metric(SCANNED), scanned, "no stream entry was read");
     assert_eq!(resumed.last_event_id(), end, "then the live event");
     let after = b.metric(BACKFILLS);
     assert!(
@@ -723,6 +730,143 @@ fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_is_kept
         "{BACKFILLS} on B must go up: its ring holds 5 events, the stream {} ({backfills} -> {after})",
         kept.len()
     );
+}
+
+/// Entries in the stream of the resume-amplification test.
+const AMPLIFY_ENTRIES: usize = 60_000;
+/// Hostile resumes in that test (all from one address).
+const AMPLIFY_HOSTILE: usize = 60;
+/// Entries one backfill reads at most (the bus's `BACKFILL_SCAN_MAX`).
+const BACKFILL_SCAN_MAX: usize = 4_096;
+const SCANNED: &str = "herald_redis_backfill_entries_scanned_total";
+
+/// Issue 10, item 11: resumes cannot make the node's backfiller read the whole stream for
+/// one client, nor make other clients wait behind them. On a 60,000-entry stream:
+/// - `Last-Event-ID: 0-1` (older than the stream) gets the gap event at once, reading no
+///   entry;
+/// - a resume from the first entry on a topic with no events reads at most one scan budget
+///   of entries, then moves the client's last id to the last entry read (`id:`), sends a
+///   short `retry:` and closes, so the client continues from there;
+/// - 60 such resumes from one address, then one legitimate resume from another: the
+///   legitimate one is served in its turn, not after the 60 (order of completion).
+#[test]
+fn issue_10_hostile_resumes_are_bounded_and_do_not_starve_other_clients() {
+    let redis = RedisServer::start("amplify");
+    let stream = "amplify";
+    let mut admin = redis.client();
+    let count = AMPLIFY_ENTRIES.to_string();
+    admin.command(&[
+        "EVAL",
+        "for i = 1, tonumber(ARGV[1]) do \
+         redis.call('XADD', KEYS[1], '*', 'topic', 'busy', 'data', 'e' .. i) end",
+        "1",
+        stream,
+        &count,
+    ]);
+    let head = admin.xrange_count(stream, "-", "+", BACKFILL_SCAN_MAX + 1);
+    let first = head[0].id.clone();
+    let last_of_first_scan = head[BACKFILL_SCAN_MAX].id.clone();
+    let tail = admin.xrevrange_count(stream, "+", "-", 100);
+    // The node starts after the entries: every resume here is served from the stream.
+    let node = Node::spawn("node", &redis.url(), stream, &[]);
+    node.wait_connected();
+
+    let scanned = node.metric(SCANNED);
+    let mut early = resume_with_header(node.addr(), &["quiet"], "0-1");
+    let gap = early.next_event("the gap event for 0-1");
+    assert_eq!(gap.event_type, "gap");
+    assert_eq!(
+        node.metric(SCANNED),
+        scanned,
+        "an id older than the stream reads no entry"
+    );
+    drop(early);
+
+    // One hostile resume alone: one scan budget, then an id to continue from.
+    let target = events_target(&["quiet"], None);
+    let mut probe = Subscriber::open(node.addr(), &target, &[("Last-Event-ID", &first)]);
+    let events = probe.read_to_close("the first part of a resume on a quiet topic");
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        probe.last_event_id(),
+        last_of_first_scan,
+        "the client continues after the last entry read"
+    );
+    assert_eq!(probe.retry_ms(), Some(100), "and comes back shortly");
+    assert_eq!(node.metric(SCANNED), scanned + BACKFILL_SCAN_MAX as f64);
+
+    let (done, order) = mpsc::channel::<(String, u16)>();
+    let hostile_ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let addr = node.addr();
+    let mut threads = Vec::new();
+    let mut sockets = Vec::new();
+    for _ in 0..AMPLIFY_HOSTILE {
+        let (done, target, first) = (done.clone(), target.clone(), first.clone());
+        let mut conn = Conn::connect_with(addr, Some(hostile_ip), None);
+        sockets.push(conn.try_clone_stream());
+        threads.push(std::thread::spawn(move || {
+            conn.send(build_request(
+                "GET",
+                &target,
+                &[("Last-Event-ID", &first)],
+                b"",
+            ));
+            // Read to the close (the end of a part, or the test shutting the socket down).
+            let mut answer = Vec::new();
+            while let Some(bytes) = conn.read_some("a hostile resume") {
+                answer.extend_from_slice(&bytes);
+            }
+            let status = match answer.get(9..12) {
+                Some(code) => String::from_utf8_lossy(code).parse().unwrap_or(0),
+                None => 0, // Cut off by the test before it was served.
+            };
+            let _ = done.send(("hostile".to_owned(), status));
+        }));
+    }
+    // The backfiller is busy with them before the legitimate resume arrives.
+    node.wait_metric(SCANNED, "hostile resumes being read", |v| {
+        v > scanned + BACKFILL_SCAN_MAX as f64
+    });
+    let resume_from = tail[tail.len() - 1].id.clone();
+    let expected: Vec<Seen> = tail[..tail.len() - 1]
+        .iter()
+        .rev()
+        .map(|entry| message(entry.field("data").unwrap(), &entry.id))
+        .collect();
+    let legit_ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let conn = Conn::connect_with(addr, Some(legit_ip), None);
+    let mut legit = Subscriber::open_on(
+        conn,
+        &events_target(&["busy"], None),
+        &[("Last-Event-ID", &resume_from)],
+    );
+    let got: Vec<Seen> = legit.events(expected.len()).iter().map(seen).collect();
+    let _ = done.send(("legit".to_owned(), 200));
+    assert_same_events(&got, &expected, "the legitimate resume");
+    let mut before = 0;
+    let mut refused = 0;
+    for _ in 0..=AMPLIFY_HOSTILE {
+        let (who, status) = order
+            .recv_timeout(DEADLINE)
+            .expect("every resume completes");
+        match (who.as_str(), status) {
+            ("legit", _) => break,
+            (_, 200) => before += 1,
+            (_, 503) => refused += 1,
+            (_, other) => panic!("a hostile resume got {other}"),
+        }
+    }
+    assert!(
+        before <= 4,
+        "{before} hostile resumes (of {AMPLIFY_HOSTILE}; {refused} refused) completed before \
+         the legitimate one: it must be served in its turn"
+    );
+    for socket in sockets {
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+    }
+    for thread in threads {
+        thread.join().unwrap();
+    }
 }
 
 #[test]

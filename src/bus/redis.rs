@@ -22,20 +22,22 @@
 //! application's explicit id in microseconds, a sequence near 2^64) is delivered like any
 //! other, and so is everything after it.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use redis::Value;
 
+use super::fair::{FairQueue, Refused};
 use super::{
     Backfill, BackfillRequest, Bus, BusStats, Completion, Fanout, Outgoing, Published, Resume,
     Submitted, Ticket,
 };
 use crate::publish::{self, PublishLimits};
 use crate::ring::Seq;
-use crate::sse::{encode_event, EventFields};
+use crate::sse::{encode_event, encode_id, EventFields};
 use crate::{Event, EventId, PublishError};
 
 /// Publishes waiting for the writer. Past this a publish gets 503 at once: Redis is
@@ -50,6 +52,17 @@ const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 const WRITE_BATCH_MAX: usize = 256;
 /// Resumes waiting for the backfiller; past this a resume gets 503 and retries.
 const BACKFILL_QUEUE_MAX: usize = 1_024;
+/// Resumes one client address may have waiting for the backfiller; past this its further
+/// resumes get 503 and retry. The backfiller serves addresses in turn, so this only bounds
+/// how much of the queue one address can take (a NAT or a browser's reconnect burst stays
+/// well below it; a script sending resumes in a loop does not).
+const BACKFILL_QUEUED_PER_CLIENT_MAX: usize = 16;
+/// Stream entries one backfill reads, matching or not (eight `XRANGE` pages, a few ms of
+/// Redis time). A resume that needs more gets what was found, its last id moved to the last
+/// entry read, and a short `retry:`; it comes back for the rest in its turn. Without this a
+/// resume from far back on a quiet topic held the single backfiller for the whole stream.
+const BACKFILL_SCAN_MAX: usize = 8 * READ_COUNT_MAX;
+const _: () = assert!(BACKFILL_QUEUED_PER_CLIENT_MAX <= BACKFILL_QUEUE_MAX);
 /// Entries one `XREAD` or `XRANGE` returns, bounding the reply held in memory.
 const READ_COUNT_MAX: usize = 512;
 /// How long one `XREAD` blocks: also how soon the reader notices a shutdown.
@@ -110,6 +123,8 @@ struct Core {
     reconnects: AtomicU64,
     skipped: AtomicU64,
     backfills: AtomicU64,
+    /// Entries read by backfills.
+    backfill_scanned: AtomicU64,
     holes: AtomicU64,
     /// Event bytes in the writer's queue.
     queued_bytes: AtomicUsize,
@@ -140,7 +155,14 @@ struct BackfillJob {
 pub(crate) struct RedisBus {
     core: Arc<Core>,
     writes: Sender<WriteJob>,
-    backfills: Sender<BackfillJob>,
+    backfills: Arc<BackfillQueue>,
+}
+
+/// Resumes waiting for the backfiller, served one client address at a time.
+struct BackfillQueue {
+    jobs: Mutex<FairQueue<IpAddr, BackfillJob>>,
+    /// Signalled when a job is queued.
+    ready: Condvar,
 }
 
 /// What the Redis bus needs from the configuration.
@@ -181,11 +203,19 @@ impl RedisBus {
             reconnects: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             backfills: AtomicU64::new(0),
+            backfill_scanned: AtomicU64::new(0),
             holes: AtomicU64::new(0),
             queued_bytes: AtomicUsize::new(0),
         });
         let (writes, write_jobs) = crossbeam_channel::bounded(WRITE_QUEUE_MAX);
-        let (backfills, backfill_jobs) = crossbeam_channel::bounded(BACKFILL_QUEUE_MAX);
+        let backfills = Arc::new(BackfillQueue {
+            jobs: Mutex::new(FairQueue::new(
+                BACKFILL_QUEUE_MAX,
+                BACKFILL_QUEUED_PER_CLIENT_MAX,
+            )),
+            ready: Condvar::new(),
+        });
+        let backfill_jobs = backfills.clone();
         let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -281,10 +311,18 @@ impl Bus for RedisBus {
     }
 
     fn backfill(&self, request: BackfillRequest, ticket: Ticket) -> Result<(), PublishError> {
-        match self.backfills.try_send(BackfillJob { request, ticket }) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(PublishError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(PublishError::ShuttingDown),
+        if self.core.closed.load(Ordering::Acquire) {
+            return Err(PublishError::ShuttingDown);
+        }
+        let client = request.client;
+        let queued = lock(&self.backfills.jobs).push(client, BackfillJob { request, ticket });
+        match queued {
+            Ok(()) => {
+                self.backfills.ready.notify_one();
+                Ok(())
+            }
+            // Both are 503 with Retry-After: the queue, or this address's share, is full.
+            Err((Refused::Full | Refused::ClientFull, _)) => Err(PublishError::Busy),
         }
     }
 
@@ -299,6 +337,7 @@ impl Bus for RedisBus {
             reconnects: core.reconnects.load(Ordering::Relaxed),
             skipped: core.skipped.load(Ordering::Relaxed),
             backfills: core.backfills.load(Ordering::Relaxed),
+            backfill_scanned: core.backfill_scanned.load(Ordering::Relaxed),
             holes: core.holes.load(Ordering::Relaxed),
         }
     }
@@ -929,18 +968,24 @@ fn deliver(core: &Core, id: RawId, fields: &[Value], skips: &mut Throttle) {
     core.delivered.fetch_add(1, Ordering::Relaxed);
 }
 
-fn run_backfiller(core: &Core, jobs: &Receiver<BackfillJob>) {
+fn run_backfiller(core: &Core, queue: &BackfillQueue) {
     let mut link = Link::new("backfiller");
     loop {
-        let job = match jobs.recv_timeout(READ_BLOCK) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => {
+        let job = {
+            let mut jobs = lock(&queue.jobs);
+            loop {
                 if core.closed.load(Ordering::Acquire) {
                     return;
                 }
-                continue;
+                if let Some((_, job)) = jobs.pop() {
+                    break job;
+                }
+                jobs = queue
+                    .ready
+                    .wait_timeout(jobs, READ_BLOCK)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
-            Err(RecvTimeoutError::Disconnected) => return,
         };
         let result = match link.get(core) {
             None => Err(PublishError::Unavailable),
@@ -960,8 +1005,11 @@ fn run_backfiller(core: &Core, jobs: &Receiver<BackfillJob>) {
     }
 }
 
-/// The events of `request.topics` in `(after, until]`, page by page, up to the byte
-/// budget; with `gap` when the stream already trimmed events after `after`.
+/// The events of `request.topics` in `(after, until]`, page by page, up to the byte budget
+/// and `BACKFILL_SCAN_MAX` entries read; with `gap` when the stream already trimmed events
+/// after `after`. An `after` older than the stream's first entry is answered at once with
+/// the gap and nothing from the stream (the client refetches its state; the rings give it
+/// what follows), so an id like `0-1` costs one `XRANGE` of one entry, not the whole stream.
 fn backfill(
     conn: &mut redis::Connection,
     core: &Core,
@@ -973,36 +1021,45 @@ fn backfill(
         through: request.after,
         complete: false,
     };
+    if first_entry(conn, &core.stream)?.is_some_and(|(ms, n)| pack(ms, n) > request.after) {
+        out.gap = true;
+        out.through = request.until;
+        out.complete = true;
+        return Ok(out);
+    }
     // Whether entries after the id were trimmed is asked after the scan: trimming only moves
     // forward, so a trim racing the scan is still seen (asked before, it could be missed).
-    // Pages continue after the last id seen, packable or not.
+    // Pages continue after the last id seen.
     let mut from = format_id(request.after);
+    let mut scanned = 0;
+    let wanted = |topics: &[Box<str>]| {
+        topics
+            .iter()
+            .any(|topic| request.topics.iter().any(|t| **t == **topic))
+    };
     loop {
+        let count = READ_COUNT_MAX.min(BACKFILL_SCAN_MAX - scanned);
         let reply: Value = redis::cmd("XRANGE")
             .arg(&core.stream)
             .arg(format!("({from}"))
             .arg(format_id(request.until))
             .arg("COUNT")
-            .arg(READ_COUNT_MAX)
+            .arg(count)
             .query(conn)?;
         let page = entries(reply);
-        let full_page = page.len() == READ_COUNT_MAX;
+        let full_page = page.len() == count;
+        scanned += page.len();
+        core.backfill_scanned
+            .fetch_add(page.len() as u64, Ordering::Relaxed);
         for (id, fields) in page {
             from = format!("{}-{}", id.0, id.1);
-            let seq = pack(id.0, id.1);
-            let wanted = |topics: &[Box<str>]| {
-                topics
-                    .iter()
-                    .any(|topic| request.topics.iter().any(|t| **t == **topic))
-            };
             if let Ok(Some(published)) = to_published(core, id, &fields, wanted) {
                 if out.frames.len() + published.frame.len() > request.bytes_max {
-                    out.gap = trimmed_after(conn, &core.stream, request.after)?;
-                    return Ok(out);
+                    return cut_short(conn, core, request, out);
                 }
                 out.frames.extend_from_slice(&published.frame);
             }
-            out.through = seq;
+            out.through = pack(id.0, id.1);
         }
         if !full_page {
             out.through = request.until;
@@ -1010,7 +1067,25 @@ fn backfill(
             out.gap = trimmed_after(conn, &core.stream, request.after)?;
             return Ok(out);
         }
+        if scanned >= BACKFILL_SCAN_MAX {
+            return cut_short(conn, core, request, out);
+        }
     }
+}
+
+/// A backfill that ran out of budget: what it found, then an `id:` for the last entry it
+/// covered, so the client (told to come back at once) resumes after that entry, not after
+/// the last event it happened to be sent.
+fn cut_short(
+    conn: &mut redis::Connection,
+    core: &Core,
+    request: &BackfillRequest,
+    mut out: Backfill,
+) -> redis::RedisResult<Backfill> {
+    out.gap = trimmed_after(conn, &core.stream, request.after)?;
+    out.frames
+        .extend_from_slice(&encode_id(&format_id(out.through)));
+    Ok(out)
 }
 
 /// Whether the stream may have dropped an entry newer than `after`: it no longer holds
