@@ -36,7 +36,7 @@ impl RingBench {
     pub fn publish_and_read(&mut self, behind: u64) -> usize {
         self.ring.push(self.next, self.frame.clone());
         self.ring.trim(self.capacity, usize::MAX);
-        let cursor = self.next.saturating_sub(behind);
+        let cursor = self.next.saturating_sub(Seq::from(behind));
         self.next += 1;
         let mut index = self.ring.first_after(cursor);
         let mut read = 0;

@@ -163,7 +163,10 @@ const _: () = assert!(HEAD_BYTES_MIN <= HEAD_BYTES_DEFAULT && HEAD_BYTES_DEFAULT
 /// config.threads = 1;
 /// assert!(config.validate().is_ok());
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+///
+/// `Debug` shows the settings with their secrets (`publish_token`, `subscribe_key`,
+/// `publish_key`, the credentials in `redis_url`) replaced by `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address of the main listener (subscribe, publish, health, demo). Port 0 picks a free port.
@@ -291,6 +294,104 @@ impl Default for Config {
             max_publish_connections: PUBLISH_CONNECTIONS_DEFAULT,
         }
     }
+}
+
+/// Shown in place of a secret.
+const REDACTED: &str = "***";
+
+impl std::fmt::Debug for Config {
+    /// Lists the settings it knows to be harmless and the secrets as `***`; a setting added
+    /// later stays out (`..`) until it is listed here, so it cannot leak by default.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |value: &Option<String>| value.as_ref().map(|_| REDACTED);
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("publish_listen", &self.publish_listen)
+            .field("threads", &self.threads)
+            .field("history_events", &self.history_events)
+            .field("history_bytes", &self.history_bytes)
+            .field("history_total_bytes", &self.history_total_bytes)
+            .field("cors_origins", &self.cors_origins)
+            .field("publish_token", &secret(&self.publish_token))
+            .field("retry_ms", &self.retry_ms)
+            .field("gap_event", &self.gap_event)
+            .field(
+                "max_topics_per_subscription",
+                &self.max_topics_per_subscription,
+            )
+            .field("max_topic_bytes", &self.max_topic_bytes)
+            .field("max_publish_bytes", &self.max_publish_bytes)
+            .field("max_lag_bytes", &self.max_lag_bytes)
+            .field("max_head_bytes", &self.max_head_bytes)
+            .field("demo", &self.demo)
+            .field("head_timeout_ms", &self.head_timeout_ms)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("max_stream_lifetime_ms", &self.max_stream_lifetime_ms)
+            .field("shutdown_timeout_ms", &self.shutdown_timeout_ms)
+            .field("shutdown_retry_window_ms", &self.shutdown_retry_window_ms)
+            .field("max_connections", &self.max_connections)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("subscribe_key", &secret(&self.subscribe_key))
+            .field("publish_key", &secret(&self.publish_key))
+            .field("bus", &self.bus)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("redis_stream", &self.redis_stream)
+            .field("redis_maxlen", &self.redis_maxlen)
+            .field("forwarded_header", &self.forwarded_header)
+            .field("ipv6_prefix_per_ip", &self.ipv6_prefix_per_ip)
+            .field("max_publish_connections", &self.max_publish_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` with its credentials replaced by `***`, for errors and logs: the password of
+/// `user:password@` (the whole user part when it has no `:`, where Redis URLs may also put
+/// a lone password) and the value of a `pass` or `password` query parameter. Malformed URLs
+/// are redacted too: those are the ones printed in errors. The user part runs to the last
+/// `@`, so a password with an unescaped `/`, `?` or `@` is still covered.
+pub(crate) fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => url.split_at(at + 3),
+        None => ("", url),
+    };
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    let rest = match rest.rfind('@') {
+        Some(at) => {
+            match rest[..at].split_once(':') {
+                Some((user, _)) if !user.contains(['/', '?', '#']) => {
+                    out.push_str(user);
+                    out.push(':');
+                }
+                _ => {}
+            }
+            out.push_str(REDACTED);
+            out.push('@');
+            &rest[at + 1..]
+        }
+        None => rest,
+    };
+    let Some((path, query)) = rest.split_once('?') else {
+        out.push_str(rest);
+        return out;
+    };
+    out.push_str(path);
+    for (i, pair) in query.split('&').enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        match pair.split_once('=') {
+            Some((key, _))
+                if key.eq_ignore_ascii_case("pass") || key.eq_ignore_ascii_case("password") =>
+            {
+                out.push_str(key);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    out
 }
 
 /// One thread per core the OS says this process may use.
@@ -503,24 +604,26 @@ impl Config {
     }
 }
 
-/// Checks a Redis URL's shape without connecting.
+/// Checks a Redis URL's shape without connecting. Reasons show the URL redacted.
 fn check_redis_url(url: &str) -> Result<(), String> {
     use redis::IntoConnectionInfo;
+    let shown = redact_url(url);
     if !url.starts_with("redis://")
         && !url.starts_with("redis+unix://")
         && !url.starts_with("unix://")
     {
         return Err(format!(
-            "{url:?} is not a redis://host:port/db URL (TLS is the proxy's job)"
+            "{shown:?} is not a redis://host:port/db URL (TLS is the proxy's job)"
         ));
     }
     let info = url
         .into_connection_info()
-        .map_err(|error| format!("{url:?}: {error}"))?;
+        // The client's message is not expected to quote the URL; if it ever does, redacted.
+        .map_err(|error| format!("{shown:?}: {}", error.to_string().replace(url, &shown)))?;
     // The bus parses RESP2 replies; RESP3 maps would read as no entries.
     if info.redis.protocol != redis::ProtocolVersion::RESP2 {
         return Err(format!(
-            "{url:?}: herald speaks RESP2 to Redis; drop ?protocol="
+            "{shown:?}: herald speaks RESP2 to Redis; drop ?protocol="
         ));
     }
     Ok(())
@@ -559,6 +662,38 @@ pub fn parse_bytes(text: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_urls_are_shown_without_credentials() {
+        for (url, shown) in [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://user:pw@h:1/0", "redis://user:***@h:1/0"),
+            ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+            ("redis://pw@h:1/0", "redis://***@h:1/0"),
+            ("redis://u:p@w/x?y@h:1/0", "redis://u:***@h:1/0"),
+            ("redis://u:pw@[::1/0", "redis://u:***@[::1/0"),
+            ("u:pw@h:1", "u:***@h:1"),
+            ("redis://a/b:pw@h", "redis://***@h"),
+            (
+                "redis+unix:///s.sock?db=1&pass=pw&PASSWORD=pw&user=u",
+                "redis+unix:///s.sock?db=1&pass=***&PASSWORD=***&user=u",
+            ),
+            ("not-a-url", "not-a-url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let config = Config {
+            redis_url: "redis://u:pw1@h:1/0".into(),
+            publish_token: Some("pw2".into()),
+            subscribe_key: Some("pw3".into()),
+            publish_key: Some("pw4".into()),
+            ..Config::default()
+        };
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("pw"), "{debug}");
+        assert!(debug.contains("redis://u:***@h:1/0"), "{debug}");
+        assert!(debug.contains("redis_maxlen"), "{debug}");
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -94,17 +94,7 @@ impl ConnInfo {
         {
             return true;
         }
-        let lines = match ctx.config.forwarded_header {
-            ForwardedHeader::XForwardedFor => request.x_forwarded_for,
-            ForwardedHeader::Forwarded => request.forwarded,
-        };
-        let client = client_addr(
-            peer,
-            ctx.trusted_proxies,
-            ctx.config.forwarded_header,
-            lines.as_slice(),
-        );
-        let client = client_key(client, ctx.config.ipv6_prefix_per_ip);
+        let client = request_client(ctx, peer, request);
         if self.counted == Some(client) {
             return true;
         }
@@ -117,6 +107,23 @@ impl ConnInfo {
         self.counted = Some(client);
         true
     }
+}
+
+/// The key a request's client is counted under: the address a trusted proxy names (or
+/// the peer), grouped by `client_key`. Admission and the bus's fair share of resumes use
+/// this one reading.
+fn request_client(ctx: &RequestContext<'_>, peer: IpAddr, request: &Request<'_>) -> IpAddr {
+    let lines = match ctx.config.forwarded_header {
+        ForwardedHeader::XForwardedFor => request.x_forwarded_for,
+        ForwardedHeader::Forwarded => request.forwarded,
+    };
+    let client = client_addr(
+        peer,
+        ctx.trusted_proxies,
+        ctx.config.forwarded_header,
+        lines.as_slice(),
+    );
+    client_key(client, ctx.config.ipv6_prefix_per_ip)
 }
 
 /// A request body being received.
@@ -211,6 +218,9 @@ pub(crate) struct StreamRequest {
     /// When the subscriber's token stops being accepted (Unix milliseconds: `exp` plus the
     /// leeway); the stream is sent back to reconnect then.
     pub token_until_unix_ms: Option<u64>,
+    /// The client key (see `client_key`) the per-address limit counts: a resume's fetch
+    /// from the bus waits in this client's turn.
+    pub client: IpAddr,
 }
 
 impl Exchange {
@@ -549,6 +559,7 @@ impl Exchange {
                             .filter(|id| !id.is_empty()),
                         cors,
                         token_until_unix_ms,
+                        client: request_client(ctx, self.peer, &request),
                     }),
                     Err(error) => self.refuse(error, &cors, keep_alive),
                 },
@@ -1120,6 +1131,7 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
                 last_event_id: Some("h".into()),
                 cors: String::new(),
                 token_until_unix_ms: None,
+                client: IpAddr::from([127, 0, 0, 1]),
             })
         );
     }

@@ -239,7 +239,7 @@ pub(crate) fn render(
         ),
     ];
     // Only a bus with a log (Redis) has these.
-    let redis = snapshot.bus.connected.map(|connected| -> [(&str, &str, &str, u64); 5] {
+    let redis = snapshot.bus.connected.map(|connected| -> [(&str, &str, &str, u64); 6] {
         [
             (
                 "herald_redis_connected",
@@ -270,6 +270,12 @@ pub(crate) fn render(
                 "counter",
                 "Times the stream trimmed entries before this node read them (every stream was then told to resume, and gets the gap event). Raise --redis-maxlen if this moves.",
                 snapshot.bus.holes,
+            ),
+            (
+                "herald_redis_backfill_entries_scanned_total",
+                "counter",
+                "Stream entries read (XRANGE) to answer resumes, whether or not they were for the resume's topics.",
+                snapshot.bus.backfill_scanned,
             ),
         ]
     });

@@ -12,7 +12,7 @@ use crate::sse::Frame;
 
 /// Bus-assigned sequence number of an event; strictly increasing in publish order.
 /// `0` is "before every event".
-pub(crate) type Seq = u64;
+pub(crate) type Seq = u128;
 
 /// One kept event.
 pub(crate) struct Entry {

@@ -133,6 +133,13 @@ pub(crate) fn encode_gap(event_name: &str, last_event_id: &str) -> Frame {
     Bytes::from(out)
 }
 
+/// A frame that moves the client's last event id to `id` without an event: a block with
+/// `id:` and no `data:` sets the id but dispatches nothing (WHATWG HTML, "dispatch the
+/// event"), so a client told to come back resumes after `id`.
+pub(crate) fn encode_id(id: &str) -> Frame {
+    Bytes::from(format!("id: {id}\n\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -485,7 +485,7 @@ mod tests {
             let names: Vec<String> = (0..width).map(|i| format!("t{i}")).collect();
             let refs: Vec<&str> = names.iter().map(String::as_str).collect();
             let topics = subscribe(&mut table, &refs);
-            for seq in 1..=120u64 {
+            for seq in 1..=120u128 {
                 // Each event goes to one or two of the topics.
                 let a = names[seq as usize % width].as_str();
                 let b = names[(seq as usize * 7) % width].as_str();

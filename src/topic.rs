@@ -362,7 +362,7 @@ mod tests {
         let budget = 64 * 1024;
         let mut topics = Topics::new(limits(100, 10_000, budget));
         let mut sink = Vec::new();
-        for seq in 1..=10_000u64 {
+        for seq in 1..=10_000u128 {
             topics.append(seq, &[format!("t{seq}").into()], &frame(100));
             topics.take_dirty(&mut sink);
             topics.sweep(&sink);

@@ -644,8 +644,11 @@ fn resumes_backfilled_while_events_keep_coming_have_no_gap_and_no_duplicate() {
 
 const TRIM_EVENTS: usize = 500;
 
+/// The gap event comes at once, without reading the stream for the client's topics (an id
+/// older than the stream cannot make the backfiller read all of it); then what the node's
+/// rings keep (issue 10, item 11).
 #[test]
-fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_is_kept() {
+fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_the_node_keeps() {
     let redis = RedisServer::start("resume-trimmed");
     let stream = "resume-trimmed";
     let small = ["--redis-maxlen", "10", "--history-events", "5"];
@@ -697,10 +700,13 @@ fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_is_kept
         "XINFO STREAM first-entry"
     );
     assert!(id_key(&kept[0].id) > id_key(&first));
-    let expected: Vec<Seen> = kept
+    // B's rings keep the 5 newest events of `r`.
+    assert!(kept.len() > 5, "the stream keeps more than B's rings");
+    let expected: Vec<Seen> = kept[kept.len() - 5..]
         .iter()
         .map(|entry| message(entry.field("data").unwrap(), &entry.id))
         .collect();
+    let scanned = b.metric(SCANNED);
 
     let backfills = b.metric(BACKFILLS);
     let mut resumed = resume_with_header(b.addr(), &["r"], &first);
@@ -714,8 +720,9 @@ fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_is_kept
     assert_same_events(
         &seen_before_end(&mut resumed),
         &expected,
-        "after the gap event: every entry the stream keeps",
+        "after the gap event: what B's rings keep",
     );
+    assert_eq!(b.metric(SCANNED), scanned, "no stream entry was read");
     assert_eq!(resumed.last_event_id(), end, "then the live event");
     let after = b.metric(BACKFILLS);
     assert!(
@@ -723,6 +730,143 @@ fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_is_kept
         "{BACKFILLS} on B must go up: its ring holds 5 events, the stream {} ({backfills} -> {after})",
         kept.len()
     );
+}
+
+/// Entries in the stream of the resume-amplification test.
+const AMPLIFY_ENTRIES: usize = 60_000;
+/// Hostile resumes in that test (all from one address).
+const AMPLIFY_HOSTILE: usize = 60;
+/// Entries one backfill reads at most (the bus's `BACKFILL_SCAN_MAX`).
+const BACKFILL_SCAN_MAX: usize = 4_096;
+const SCANNED: &str = "herald_redis_backfill_entries_scanned_total";
+
+/// Issue 10, item 11: resumes cannot make the node's backfiller read the whole stream for
+/// one client, nor make other clients wait behind them. On a 60,000-entry stream:
+/// - `Last-Event-ID: 0-1` (older than the stream) gets the gap event at once, reading no
+///   entry;
+/// - a resume from the first entry on a topic with no events reads at most one scan budget
+///   of entries, then moves the client's last id to the last entry read (`id:`), sends a
+///   short `retry:` and closes, so the client continues from there;
+/// - 60 such resumes from one address, then one legitimate resume from another: the
+///   legitimate one is served in its turn, not after the 60 (order of completion).
+#[test]
+fn issue_10_hostile_resumes_are_bounded_and_do_not_starve_other_clients() {
+    let redis = RedisServer::start("amplify");
+    let stream = "amplify";
+    let mut admin = redis.client();
+    let count = AMPLIFY_ENTRIES.to_string();
+    admin.command(&[
+        "EVAL",
+        "for i = 1, tonumber(ARGV[1]) do \
+         redis.call('XADD', KEYS[1], '*', 'topic', 'busy', 'data', 'e' .. i) end",
+        "1",
+        stream,
+        &count,
+    ]);
+    let head = admin.xrange_count(stream, "-", "+", BACKFILL_SCAN_MAX + 1);
+    let first = head[0].id.clone();
+    let last_of_first_scan = head[BACKFILL_SCAN_MAX].id.clone();
+    let tail = admin.xrevrange_count(stream, "+", "-", 100);
+    // The node starts after the entries: every resume here is served from the stream.
+    let node = Node::spawn("node", &redis.url(), stream, &[]);
+    node.wait_connected();
+
+    let scanned = node.metric(SCANNED);
+    let mut early = resume_with_header(node.addr(), &["quiet"], "0-1");
+    let gap = early.next_event("the gap event for 0-1");
+    assert_eq!(gap.event_type, "gap");
+    assert_eq!(
+        node.metric(SCANNED),
+        scanned,
+        "an id older than the stream reads no entry"
+    );
+    drop(early);
+
+    // One hostile resume alone: one scan budget, then an id to continue from.
+    let target = events_target(&["quiet"], None);
+    let mut probe = Subscriber::open(node.addr(), &target, &[("Last-Event-ID", &first)]);
+    let events = probe.read_to_close("the first part of a resume on a quiet topic");
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(
+        probe.last_event_id(),
+        last_of_first_scan,
+        "the client continues after the last entry read"
+    );
+    assert_eq!(probe.retry_ms(), Some(100), "and comes back shortly");
+    assert_eq!(node.metric(SCANNED), scanned + BACKFILL_SCAN_MAX as f64);
+
+    let (done, order) = mpsc::channel::<(String, u16)>();
+    let hostile_ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let addr = node.addr();
+    let mut threads = Vec::new();
+    let mut sockets = Vec::new();
+    for _ in 0..AMPLIFY_HOSTILE {
+        let (done, target, first) = (done.clone(), target.clone(), first.clone());
+        let mut conn = Conn::connect_with(addr, Some(hostile_ip), None);
+        sockets.push(conn.try_clone_stream());
+        threads.push(std::thread::spawn(move || {
+            conn.send(build_request(
+                "GET",
+                &target,
+                &[("Last-Event-ID", &first)],
+                b"",
+            ));
+            // Read to the close (the end of a part, or the test shutting the socket down).
+            let mut answer = Vec::new();
+            while let Some(bytes) = conn.read_some("a hostile resume") {
+                answer.extend_from_slice(&bytes);
+            }
+            let status = match answer.get(9..12) {
+                Some(code) => String::from_utf8_lossy(code).parse().unwrap_or(0),
+                None => 0, // Cut off by the test before it was served.
+            };
+            let _ = done.send(("hostile".to_owned(), status));
+        }));
+    }
+    // The backfiller is busy with them before the legitimate resume arrives.
+    node.wait_metric(SCANNED, "hostile resumes being read", |v| {
+        v > scanned + BACKFILL_SCAN_MAX as f64
+    });
+    let resume_from = tail[tail.len() - 1].id.clone();
+    let expected: Vec<Seen> = tail[..tail.len() - 1]
+        .iter()
+        .rev()
+        .map(|entry| message(entry.field("data").unwrap(), &entry.id))
+        .collect();
+    let legit_ip: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    let conn = Conn::connect_with(addr, Some(legit_ip), None);
+    let mut legit = Subscriber::open_on(
+        conn,
+        &events_target(&["busy"], None),
+        &[("Last-Event-ID", &resume_from)],
+    );
+    let got: Vec<Seen> = legit.events(expected.len()).iter().map(seen).collect();
+    let _ = done.send(("legit".to_owned(), 200));
+    assert_same_events(&got, &expected, "the legitimate resume");
+    let mut before = 0;
+    let mut refused = 0;
+    for _ in 0..=AMPLIFY_HOSTILE {
+        let (who, status) = order
+            .recv_timeout(DEADLINE)
+            .expect("every resume completes");
+        match (who.as_str(), status) {
+            ("legit", _) => break,
+            (_, 200) => before += 1,
+            (_, 503) => refused += 1,
+            (_, other) => panic!("a hostile resume got {other}"),
+        }
+    }
+    assert!(
+        before <= 4,
+        "{before} hostile resumes (of {AMPLIFY_HOSTILE}; {refused} refused) completed before \
+         the legitimate one: it must be served in its turn"
+    );
+    for socket in sockets {
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+    }
+    for thread in threads {
+        thread.join().unwrap();
+    }
 }
 
 #[test]
@@ -1350,6 +1494,63 @@ fn entries_added_with_xadd_reach_every_node_and_invalid_ones_are_skipped_and_cou
     }
 }
 
+/// Issue 10, item 10: entries with stream ids outside what `XADD *` produces today (an
+/// outsider's explicit id in microseconds, then one with a sequence near 2^64) are ordinary
+/// entries. They, and every publish after them (whose ids now follow theirs), reach every
+/// subscriber on every node in stream order with the ids the publishers were answered with;
+/// nothing is skipped, and a resume from such an id is served from the stream.
+#[test]
+fn issue_10_any_valid_stream_id_is_delivered_and_so_is_everything_after_it() {
+    let redis = RedisServer::start("wide-ids");
+    let stream = "wide-ids";
+    let (a, b) = node_and_small_ring_node(&redis, stream);
+    let mut subscribers = [
+        ("the subscriber on A", subscribe(a.addr(), &["t"])),
+        ("the subscriber on B", subscribe(b.addr(), &["t"])),
+    ];
+    let mut outsider = redis.client();
+    let mut xadd = |id: &str, data: &str| {
+        let answered = outsider
+            .command(&["XADD", stream, id, "topic", "t", "data", data])
+            .text();
+        assert_eq!(answered, id, "the outsider's XADD");
+        message(data, id)
+    };
+    let mut expected = vec![xadd("1733000000000000-0", "outsider, microseconds")];
+    for (i, node) in [&a, &b].iter().enumerate() {
+        let data = format!("after microseconds {i}");
+        expected.push(message(&data, &publish_to(node.addr(), "t", &data)));
+    }
+    expected.push(xadd(
+        "1733000000000000-18446744073709551614",
+        "outsider, sequence near 2^64",
+    ));
+    for (i, node) in [&a, &b, &a].iter().enumerate() {
+        let data = format!("after the large sequence {i}");
+        expected.push(message(&data, &publish_to(node.addr(), "t", &data)));
+    }
+    assert_eq!(
+        expected[5].2, "1733000000000001-0",
+        "Redis carries a full sequence into the millisecond"
+    );
+    let ids: Vec<&str> = expected.iter().map(|e| e.2.as_str()).collect();
+    assert_strictly_increasing(&ids, "the answered ids");
+    publish_to(b.addr(), "t", "end");
+    for (who, subscriber) in &mut subscribers {
+        assert_same_events(&seen_before_end(subscriber), &expected, who);
+    }
+    // B keeps 2 events per topic: a resume from the first outsider entry needs the stream.
+    let mut resumed = resume_with_header(b.addr(), &["t"], &expected[0].2);
+    assert_same_events(
+        &seen_before_end(&mut resumed),
+        &expected[1..],
+        "a resume on B from the microsecond id",
+    );
+    for node in [&a, &b] {
+        assert_eq!(node.metric(SKIPPED), 0.0, "{SKIPPED} on {}", node.label);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Start-up
 // ---------------------------------------------------------------------------------------------
@@ -1475,6 +1676,97 @@ fn bad_cluster_settings_exit_2_with_one_line_naming_the_setting() {
     // The Redis URL is only read with --bus redis: the embedded bus starts regardless.
     let node = HeraldProcess::spawn(&["--redis-url", "not-a-url", "--threads", "1"]);
     assert_healthy(node.addr, "starting with an unused bad --redis-url");
+}
+
+/// The password every URL in the issue-10 redaction test carries; it must never be printed.
+const PASSWORD: &str = "s3cret";
+
+/// Issue 10, item 13: the Redis URL's credentials are never shown. Start-up errors (a bad
+/// port, RESP3, TLS, a malformed URL, through the flag, the environment and a TOML file),
+/// `--help` with the URL in the environment, the logs of nodes that cannot connect or are
+/// refused by Redis (at debug level), and `/metrics` all name the URL without its password.
+#[test]
+fn issue_10_the_redis_password_never_shows_in_errors_logs_help_or_metrics() {
+    let port = free_port();
+    let bad_urls = [
+        format!("redis://user:{PASSWORD}@127.0.0.1:notaport/0"),
+        format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0?protocol=resp3"),
+        format!("rediss://user:{PASSWORD}@127.0.0.1:{port}/0"),
+        format!("redis://user:{PASSWORD}@[::1/0"),
+        format!("redis://{PASSWORD}@127.0.0.1:notaport/0"),
+        format!("redis://user:{PASSWORD}/with/slash@127.0.0.1:notaport/0"),
+        format!("user:{PASSWORD}@127.0.0.1:{port}"),
+        format!("redis+unix:///tmp/none.sock?db=0&pass={PASSWORD}&protocol=resp3"),
+    ];
+    let toml = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "herald-cluster-{}-secret-redis-url.toml",
+        std::process::id()
+    ));
+    for url in &bad_urls {
+        let outcomes = [
+            run_to_exit(&["--bus", "redis", "--redis-url", url], &[]),
+            run_to_exit(&["--bus", "redis"], &[("HERALD_REDIS_URL", url)]),
+            {
+                std::fs::write(&toml, format!("bus = \"redis\"\nredis_url = \"{url}\"\n")).unwrap();
+                run_to_exit(&["--config", toml.to_str().unwrap()], &[])
+            },
+        ];
+        for (status, stderr) in outcomes {
+            assert_eq!(status.code(), Some(2), "{url}: {stderr}");
+            assert!(stderr.contains("redis_url"), "{url}: {stderr}");
+            assert!(
+                !stderr.contains(PASSWORD),
+                "the refusal of a bad --redis-url shows its password: {stderr}"
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&toml);
+
+    let help = Command::new(HERALD_BIN)
+        .args(["serve", "--help"])
+        .env(
+            "HERALD_REDIS_URL",
+            format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0"),
+        )
+        .output()
+        .unwrap();
+    let help =
+        String::from_utf8_lossy(&help.stdout).into_owned() + &String::from_utf8_lossy(&help.stderr);
+    assert!(help.contains("--redis-url"), "{help}");
+    assert!(
+        !help.contains(PASSWORD),
+        "--help shows the password: {help}"
+    );
+
+    // Nodes that run and log: no Redis at all, and a Redis that refuses the credentials.
+    let redis = RedisServer::start("secret");
+    redis
+        .client()
+        .command(&["CONFIG", "SET", "requirepass", "other"]);
+    let urls = [
+        format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0"),
+        format!("redis://:{PASSWORD}@127.0.0.1:{}/0", redis.port),
+    ];
+    for url in &urls {
+        let mut node =
+            HeraldProcess::spawn(&["--bus", "redis", "--redis-url", url, "--log-level", "debug"]);
+        let response = try_publish(node.addr, "t", "refused");
+        assert_eq!(response.status, 503, "{}", response.summary());
+        let metrics = get(node.addr, "/metrics");
+        assert!(!metrics.body_text().contains(PASSWORD), "/metrics shows it");
+        node.signal("TERM");
+        node.wait_exit(DEADLINE);
+        let log = node.stderr_lines().join("\n");
+        assert!(
+            log.contains("cannot connect"),
+            "the node logs its failure: {log}"
+        );
+        assert!(
+            log.contains(":***@127.0.0.1"),
+            "the node logs which Redis it uses, redacted: {log}"
+        );
+        assert!(!log.contains(PASSWORD), "the log shows the password: {log}");
+    }
 }
 
 /// Entries appended while the node is frozen, with a stream that keeps about 100.

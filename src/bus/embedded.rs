@@ -74,7 +74,9 @@ impl EmbeddedBus {
         });
         self.fanout.deliver(&item);
         *last = seq;
-        self.published.store(seq, Ordering::Release);
+        // The embedded sequence counts publishes of one run, far below u64::MAX.
+        self.published
+            .store(u64::try_from(seq).unwrap_or(u64::MAX), Ordering::Release);
         Ok(EventId(id))
     }
 }
@@ -89,13 +91,13 @@ impl Bus for EmbeddedBus {
         let Some((epoch, seq)) = last_event_id.split_once('-') else {
             return Resume::Unknown;
         };
-        let (Ok(epoch), Ok(seq)) = (epoch.parse::<u64>(), seq.parse::<Seq>()) else {
+        let (Ok(epoch), Ok(seq)) = (epoch.parse::<u64>(), seq.parse::<u64>()) else {
             return Resume::Unknown;
         };
         if epoch != self.epoch || seq > self.published.load(Ordering::Acquire) {
             return Resume::Unknown;
         }
-        Resume::After(seq)
+        Resume::After(Seq::from(seq))
     }
 
     /// Every event of this run reaches the loops.

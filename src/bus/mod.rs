@@ -8,6 +8,7 @@
 //! completion queue.
 
 pub(crate) mod embedded;
+pub(crate) mod fair;
 pub(crate) mod redis;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -71,7 +72,9 @@ pub(crate) struct Backfill {
     pub gap: bool,
     /// Every event up to here is in `frames` or is not for these topics.
     pub through: Seq,
-    /// `through` reached the requested end; otherwise the byte budget ran out first.
+    /// `through` reached the requested end; otherwise a budget (bytes, or entries read)
+    /// ran out first, and `frames` ends with an `id:` for `through`, so the client resumes
+    /// from there.
     pub complete: bool,
 }
 
@@ -86,6 +89,8 @@ pub(crate) struct BackfillRequest {
     pub topics: Vec<String>,
     /// Stop adding frames past this many bytes.
     pub bytes_max: usize,
+    /// Who asked: fetches are served one per client in turn.
+    pub client: std::net::IpAddr,
 }
 
 /// A bus answer to a request a connection is waiting on.
@@ -271,6 +276,8 @@ pub(crate) struct BusStats {
     pub backfills: u64,
     /// Times the log dropped events before this node read them.
     pub holes: u64,
+    /// Log entries read to answer resumes.
+    pub backfill_scanned: u64,
 }
 
 /// The event source every loop reads from.

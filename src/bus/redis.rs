@@ -8,7 +8,7 @@
 //!   or refused, only once Redis replied;
 //! - the reader runs a blocking `XREAD` after the last id it saw, encodes each entry's
 //!   frame once and hands it to every loop in stream order. After losing Redis it
-//!   reconnects with capped backoff and continues after that id, so nothing that reached
+//!   reconnects with capped, jittered backoff and continues after that id, so nothing that reached
 //!   the stream is skipped;
 //! - the backfiller answers resumes older than a loop's rings with `XRANGE`.
 //!
@@ -17,23 +17,27 @@
 //! optional `event` (the SSE event name) and `retry` (milliseconds). Other fields are
 //! ignored. An entry that fails the checks a publish gets is skipped by every node alike.
 //!
-//! A stream id `<ms>-<n>` maps to the loops' sequence number `ms << 22 | n`, which keeps
-//! the order; ids outside `ms < 2^42`, `n < 2^22` (never produced by `XADD *`) are skipped.
+//! A stream id `<ms>-<n>` (two 64-bit numbers) maps to the loops' 128-bit sequence number
+//! `ms << 64 | n`: exactly, both ways, and in order, so every id Redis accepts (an
+//! application's explicit id in microseconds, a sequence near 2^64) is delivered like any
+//! other, and so is everything after it.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use redis::Value;
 
+use super::fair::{FairQueue, Refused};
 use super::{
     Backfill, BackfillRequest, Bus, BusStats, Completion, Fanout, Outgoing, Published, Resume,
     Submitted, Ticket,
 };
 use crate::publish::{self, PublishLimits};
 use crate::ring::Seq;
-use crate::sse::{encode_event, EventFields};
+use crate::sse::{encode_event, encode_id, EventFields};
 use crate::{Event, EventId, PublishError};
 
 /// Publishes waiting for the writer. Past this a publish gets 503 at once: Redis is
@@ -48,6 +52,17 @@ const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 const WRITE_BATCH_MAX: usize = 256;
 /// Resumes waiting for the backfiller; past this a resume gets 503 and retries.
 const BACKFILL_QUEUE_MAX: usize = 1_024;
+/// Resumes one client address may have waiting for the backfiller; past this its further
+/// resumes get 503 and retry. The backfiller serves addresses in turn, so this only bounds
+/// how much of the queue one address can take (a NAT or a browser's reconnect burst stays
+/// well below it; a script sending resumes in a loop does not).
+const BACKFILL_QUEUED_PER_CLIENT_MAX: usize = 16;
+/// Stream entries one backfill reads, matching or not (eight `XRANGE` pages, a few ms of
+/// Redis time). A resume that needs more gets what was found, its last id moved to the last
+/// entry read, and a short `retry:`; it comes back for the rest in its turn. Without this a
+/// resume from far back on a quiet topic held the single backfiller for the whole stream.
+const BACKFILL_SCAN_MAX: usize = 8 * READ_COUNT_MAX;
+const _: () = assert!(BACKFILL_QUEUED_PER_CLIENT_MAX <= BACKFILL_QUEUE_MAX);
 /// Entries one `XREAD` or `XRANGE` returns, bounding the reply held in memory.
 const READ_COUNT_MAX: usize = 512;
 /// How long one `XREAD` blocks: also how soon the reader notices a shutdown.
@@ -56,23 +71,23 @@ const READ_BLOCK: Duration = Duration::from_millis(1_000);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
 /// Time Redis has to answer one command (the reader adds `READ_BLOCK`).
 const IO_TIMEOUT: Duration = Duration::from_millis(2_000);
-/// First and largest wait between reconnection attempts.
+/// Shortest wait between reconnection attempts: a Redis that is down is not asked more
+/// often than ten times a second per thread.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts: how late, at worst, a node notices that
+/// Redis is back.
 const BACKOFF_MAX: Duration = Duration::from_millis(2_000);
 /// How long a library `Handle::publish` waits for Redis before giving up with
 /// `Unavailable` (the writer's own timeouts answer well before this).
 const HANDLE_WAIT: Duration = Duration::from_millis(10_000);
-/// Bits of a sequence number that hold the entry's per-millisecond counter.
-const SEQ_BITS: u32 = 22;
-
-/// The sequence number of stream id `ms-n`, if it fits.
-pub(crate) fn pack(ms: u64, n: u64) -> Option<Seq> {
-    (ms >> (64 - SEQ_BITS) == 0 && n >> SEQ_BITS == 0).then_some(ms << SEQ_BITS | n)
+/// The sequence number of stream id `ms-n`. Every id has one: a `Seq` is two ids' halves.
+pub(crate) fn pack(ms: u64, n: u64) -> Seq {
+    Seq::from(ms) << 64 | Seq::from(n)
 }
 
 /// The stream id of a sequence number.
 pub(crate) fn format_id(seq: Seq) -> String {
-    format!("{}-{}", seq >> SEQ_BITS, seq & ((1 << SEQ_BITS) - 1))
+    format!("{}-{}", seq >> 64, seq & Seq::from(u64::MAX))
 }
 
 /// Parses a full stream id `ms-n`.
@@ -86,6 +101,11 @@ pub(crate) fn parse_id(text: &[u8]) -> Option<(u64, u64)> {
     Some((ms.parse().ok()?, n.parse().ok()?))
 }
 
+/// Locks `mutex`; a panic while it was held cannot leave a plain value half-written.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// What the bus's threads share.
 struct Core {
     client: redis::Client,
@@ -95,13 +115,16 @@ struct Core {
     data_bytes_max: usize,
     fanout: Fanout,
     closed: AtomicBool,
-    /// The stream's last id when the reader first connected (`u64::MAX`: not yet).
-    floor: AtomicU64,
+    /// The stream's last id when the reader first connected (`None`: not yet). A lock, not
+    /// an atomic: there is no stable 128-bit atomic, and it is taken once per resume.
+    floor: Mutex<Option<Seq>>,
     delivered: AtomicU64,
     connected: AtomicBool,
     reconnects: AtomicU64,
     skipped: AtomicU64,
     backfills: AtomicU64,
+    /// Entries read by backfills.
+    backfill_scanned: AtomicU64,
     holes: AtomicU64,
     /// Event bytes in the writer's queue.
     queued_bytes: AtomicUsize,
@@ -132,7 +155,14 @@ struct BackfillJob {
 pub(crate) struct RedisBus {
     core: Arc<Core>,
     writes: Sender<WriteJob>,
-    backfills: Sender<BackfillJob>,
+    backfills: Arc<BackfillQueue>,
+}
+
+/// Resumes waiting for the backfiller, served one client address at a time.
+struct BackfillQueue {
+    jobs: Mutex<FairQueue<IpAddr, BackfillJob>>,
+    /// Signalled when a job is queued.
+    ready: Condvar,
 }
 
 /// What the Redis bus needs from the configuration.
@@ -148,8 +178,17 @@ impl RedisBus {
     /// Starts the writer, reader and backfiller threads. Redis need not be up: the
     /// threads keep trying, and publishes are refused until it is.
     pub(crate) fn start(fanout: Fanout, settings: RedisSettings) -> std::io::Result<RedisBus> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+        let shown = crate::config::redact_url(&settings.url);
+        let client = redis::Client::open(settings.url.as_str()).map_err(|error| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{shown}: {}",
+                    error.to_string().replace(&settings.url, &shown)
+                ),
+            )
+        })?;
+        log::info!("redis bus on {shown}, stream {:?}", settings.stream);
         let core = Arc::new(Core {
             client,
             stream: settings.stream,
@@ -158,17 +197,25 @@ impl RedisBus {
             data_bytes_max: settings.data_bytes_max,
             fanout,
             closed: AtomicBool::new(false),
-            floor: AtomicU64::new(u64::MAX),
+            floor: Mutex::new(None),
             delivered: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             backfills: AtomicU64::new(0),
+            backfill_scanned: AtomicU64::new(0),
             holes: AtomicU64::new(0),
             queued_bytes: AtomicUsize::new(0),
         });
         let (writes, write_jobs) = crossbeam_channel::bounded(WRITE_QUEUE_MAX);
-        let (backfills, backfill_jobs) = crossbeam_channel::bounded(BACKFILL_QUEUE_MAX);
+        let backfills = Arc::new(BackfillQueue {
+            jobs: Mutex::new(FairQueue::new(
+                BACKFILL_QUEUE_MAX,
+                BACKFILL_QUEUED_PER_CLIENT_MAX,
+            )),
+            ready: Condvar::new(),
+        });
+        let backfill_jobs = backfills.clone();
         let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -249,15 +296,14 @@ impl Bus for RedisBus {
     /// Any well-formed stream id: one newer than this node has read yet is simply
     /// waited for, since another node may have published it a moment ago.
     fn resume_point(&self, last_event_id: &str) -> Resume {
-        match parse_id(last_event_id.as_bytes()).and_then(|(ms, n)| pack(ms, n)) {
+        match parse_id(last_event_id.as_bytes()).map(|(ms, n)| pack(ms, n)) {
             Some(seq) => Resume::After(seq),
             None => Resume::Unknown,
         }
     }
 
     fn reach_floor(&self) -> Option<Seq> {
-        let floor = self.core.floor.load(Ordering::Acquire);
-        (floor != u64::MAX).then_some(floor)
+        *lock(&self.core.floor)
     }
 
     fn can_backfill(&self) -> bool {
@@ -265,10 +311,18 @@ impl Bus for RedisBus {
     }
 
     fn backfill(&self, request: BackfillRequest, ticket: Ticket) -> Result<(), PublishError> {
-        match self.backfills.try_send(BackfillJob { request, ticket }) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(PublishError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(PublishError::ShuttingDown),
+        if self.core.closed.load(Ordering::Acquire) {
+            return Err(PublishError::ShuttingDown);
+        }
+        let client = request.client;
+        let queued = lock(&self.backfills.jobs).push(client, BackfillJob { request, ticket });
+        match queued {
+            Ok(()) => {
+                self.backfills.ready.notify_one();
+                Ok(())
+            }
+            // Both are 503 with Retry-After: the queue, or this address's share, is full.
+            Err((Refused::Full | Refused::ClientFull, _)) => Err(PublishError::Busy),
         }
     }
 
@@ -283,6 +337,7 @@ impl Bus for RedisBus {
             reconnects: core.reconnects.load(Ordering::Relaxed),
             skipped: core.skipped.load(Ordering::Relaxed),
             backfills: core.backfills.load(Ordering::Relaxed),
+            backfill_scanned: core.backfill_scanned.load(Ordering::Relaxed),
             holes: core.holes.load(Ordering::Relaxed),
         }
     }
@@ -307,24 +362,52 @@ fn connect(core: &Core, extra_read: Duration) -> redis::RedisResult<redis::Conne
 /// on the dead one (an `XADD` that fails is not retried: it may have been stored).
 const IDLE_CHECK: Duration = Duration::from_millis(1_000);
 
-/// The wait before the next attempt after a failure: `BACKOFF_MIN`, doubling up to
-/// `BACKOFF_MAX`, back to the minimum once something worked.
-struct Backoff(Duration);
+/// The wait before the next attempt after a failure, with decorrelated jitter: each wait is
+/// drawn between `BACKOFF_MIN` and three times the previous one, capped at `BACKOFF_MAX`;
+/// back to the minimum once something worked. Random, so the nodes of a cluster that lost
+/// Redis together do not all come back to it in the same instant after it restarts. Sans-io:
+/// the random source is a seeded xorshift, so tests replay it.
+pub(crate) struct Backoff {
+    /// The previous wait (`BACKOFF_MIN` after a reset).
+    last: Duration,
+    /// xorshift64 state; never zero.
+    rng: u64,
+}
 
 impl Backoff {
-    fn new() -> Self {
-        Backoff(BACKOFF_MIN)
+    /// A backoff drawing from `seed` (any value; zero is replaced).
+    pub(crate) fn new(seed: u64) -> Self {
+        Backoff {
+            last: BACKOFF_MIN,
+            rng: seed.max(1),
+        }
     }
 
-    /// The wait to use now; the next one is twice as long (capped).
-    fn step(&mut self) -> Duration {
-        let wait = self.0;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+    /// A backoff seeded from the process's hash keys (random per process and per call), so
+    /// every thread of every node draws its own waits.
+    fn seeded() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Backoff::new(seed)
+    }
+
+    /// The wait to use now, in `[BACKOFF_MIN, BACKOFF_MAX]`.
+    pub(crate) fn step(&mut self) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let upper = (self.last * 3).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        let span = (upper - BACKOFF_MIN).as_micros() as u64;
+        let wait = BACKOFF_MIN + Duration::from_micros(self.rng % (span + 1));
+        self.last = wait;
         wait
     }
 
-    fn reset(&mut self) {
-        self.0 = BACKOFF_MIN;
+    /// Something worked: the next failure waits about the minimum again.
+    pub(crate) fn reset(&mut self) {
+        self.last = BACKOFF_MIN;
     }
 }
 
@@ -346,7 +429,7 @@ impl Link {
             role,
             conn: None,
             retry_at: Instant::now(),
-            backoff: Backoff::new(),
+            backoff: Backoff::seeded(),
             down_logged: false,
             used_at: Instant::now(),
         }
@@ -538,7 +621,7 @@ fn nap(core: &Core, total: Duration) {
 
 fn run_reader(core: &Core) {
     let mut last: Option<RawId> = None;
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::seeded();
     let mut ever_connected = false;
     let mut down_logged = false;
     let mut skips = Throttle::new();
@@ -565,8 +648,8 @@ fn run_reader(core: &Core) {
             Ok(id) => {
                 if last.is_none() {
                     last = Some(id);
-                    let floor = pack(id.0, id.1).unwrap_or(Seq::MAX - 1);
-                    core.floor.store(floor, Ordering::Release);
+                    let floor = pack(id.0, id.1);
+                    *lock(&core.floor) = Some(floor);
                 }
                 core.connected.store(true, Ordering::Release);
             }
@@ -678,8 +761,10 @@ fn report_hole(core: &Core, last: RawId, next: RawId) {
             next.1
         );
     }
-    let floor = pack(next.0, next.1).map_or(Seq::MAX - 1, |seq| seq.saturating_sub(1));
-    core.floor.fetch_max(floor, Ordering::AcqRel);
+    let floor = pack(next.0, next.1).saturating_sub(1);
+    if let Some(known) = lock(&core.floor).as_mut() {
+        *known = (*known).max(floor);
+    }
     let marker = Published {
         seq: floor,
         topics: Box::new([]),
@@ -836,7 +921,7 @@ fn to_published(
     fields: &[Value],
     wanted: impl Fn(&[Box<str>]) -> bool,
 ) -> Result<Option<Published>, &'static str> {
-    let seq = pack(id.0, id.1).ok_or("id outside ms < 2^42, n < 2^22")?;
+    let seq = pack(id.0, id.1);
     let event = decode(fields, core.data_bytes_max, core.limits.topics_max)?;
     let outgoing = publish::prepare(&event, &core.limits).map_err(PublishError::reason)?;
     if !wanted(&outgoing.topics) {
@@ -884,18 +969,24 @@ fn deliver(core: &Core, id: RawId, fields: &[Value], skips: &mut Throttle) {
     core.delivered.fetch_add(1, Ordering::Relaxed);
 }
 
-fn run_backfiller(core: &Core, jobs: &Receiver<BackfillJob>) {
+fn run_backfiller(core: &Core, queue: &BackfillQueue) {
     let mut link = Link::new("backfiller");
     loop {
-        let job = match jobs.recv_timeout(READ_BLOCK) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => {
+        let job = {
+            let mut jobs = lock(&queue.jobs);
+            loop {
                 if core.closed.load(Ordering::Acquire) {
                     return;
                 }
-                continue;
+                if let Some((_, job)) = jobs.pop() {
+                    break job;
+                }
+                jobs = queue
+                    .ready
+                    .wait_timeout(jobs, READ_BLOCK)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
-            Err(RecvTimeoutError::Disconnected) => return,
         };
         let result = match link.get(core) {
             None => Err(PublishError::Unavailable),
@@ -915,8 +1006,11 @@ fn run_backfiller(core: &Core, jobs: &Receiver<BackfillJob>) {
     }
 }
 
-/// The events of `request.topics` in `(after, until]`, page by page, up to the byte
-/// budget; with `gap` when the stream already trimmed events after `after`.
+/// The events of `request.topics` in `(after, until]`, page by page, up to the byte budget
+/// and `BACKFILL_SCAN_MAX` entries read; with `gap` when the stream already trimmed events
+/// after `after`. An `after` older than the stream's first entry is answered at once with
+/// the gap and nothing from the stream (the client refetches its state; the rings give it
+/// what follows), so an id like `0-1` costs one `XRANGE` of one entry, not the whole stream.
 fn backfill(
     conn: &mut redis::Connection,
     core: &Core,
@@ -928,38 +1022,45 @@ fn backfill(
         through: request.after,
         complete: false,
     };
+    if first_entry(conn, &core.stream)?.is_some_and(|(ms, n)| pack(ms, n) > request.after) {
+        out.gap = true;
+        out.through = request.until;
+        out.complete = true;
+        return Ok(out);
+    }
     // Whether entries after the id were trimmed is asked after the scan: trimming only moves
     // forward, so a trim racing the scan is still seen (asked before, it could be missed).
-    // Pages continue after the last id seen, packable or not.
+    // Pages continue after the last id seen.
     let mut from = format_id(request.after);
+    let mut scanned = 0;
+    let wanted = |topics: &[Box<str>]| {
+        topics
+            .iter()
+            .any(|topic| request.topics.iter().any(|t| **t == **topic))
+    };
     loop {
+        let count = READ_COUNT_MAX.min(BACKFILL_SCAN_MAX - scanned);
         let reply: Value = redis::cmd("XRANGE")
             .arg(&core.stream)
             .arg(format!("({from}"))
             .arg(format_id(request.until))
             .arg("COUNT")
-            .arg(READ_COUNT_MAX)
+            .arg(count)
             .query(conn)?;
         let page = entries(reply);
-        let full_page = page.len() == READ_COUNT_MAX;
+        let full_page = page.len() == count;
+        scanned += page.len();
+        core.backfill_scanned
+            .fetch_add(page.len() as u64, Ordering::Relaxed);
         for (id, fields) in page {
             from = format!("{}-{}", id.0, id.1);
-            let Some(seq) = pack(id.0, id.1) else {
-                continue; // Skipped by every reader too.
-            };
-            let wanted = |topics: &[Box<str>]| {
-                topics
-                    .iter()
-                    .any(|topic| request.topics.iter().any(|t| **t == **topic))
-            };
             if let Ok(Some(published)) = to_published(core, id, &fields, wanted) {
                 if out.frames.len() + published.frame.len() > request.bytes_max {
-                    out.gap = trimmed_after(conn, &core.stream, request.after)?;
-                    return Ok(out);
+                    return cut_short(conn, core, request, out);
                 }
                 out.frames.extend_from_slice(&published.frame);
             }
-            out.through = seq;
+            out.through = pack(id.0, id.1);
         }
         if !full_page {
             out.through = request.until;
@@ -967,7 +1068,25 @@ fn backfill(
             out.gap = trimmed_after(conn, &core.stream, request.after)?;
             return Ok(out);
         }
+        if scanned >= BACKFILL_SCAN_MAX {
+            return cut_short(conn, core, request, out);
+        }
     }
+}
+
+/// A backfill that ran out of budget: what it found, then an `id:` for the last entry it
+/// covered, so the client (told to come back at once) resumes after that entry, not after
+/// the last event it happened to be sent.
+fn cut_short(
+    conn: &mut redis::Connection,
+    core: &Core,
+    request: &BackfillRequest,
+    mut out: Backfill,
+) -> redis::RedisResult<Backfill> {
+    out.gap = trimmed_after(conn, &core.stream, request.after)?;
+    out.frames
+        .extend_from_slice(&encode_id(&format_id(out.through)));
+    Ok(out)
 }
 
 /// Whether the stream may have dropped an entry newer than `after`: it no longer holds
@@ -1008,11 +1127,7 @@ fn trimmed_after(
             .find(|(key, _)| text(key) == Some(name))
             .map(|(_, value)| value)
     };
-    let seq_of = |value: &Value| {
-        text(value)
-            .and_then(parse_id)
-            .map(|(ms, n)| pack(ms, n).unwrap_or(Seq::MAX))
-    };
+    let seq_of = |value: &Value| text(value).and_then(parse_id).map(|(ms, n)| pack(ms, n));
     let deleted = field(b"max-deleted-entry-id").and_then(seq_of).unwrap_or(0);
     let first = match field(b"first-entry") {
         Some(Value::Array(entry)) => entry.first().and_then(seq_of),
@@ -1036,15 +1151,32 @@ mod tests {
 
     #[test]
     fn ids_pack_in_order_and_round_trip() {
-        let a = pack(1_764_230_400_123, 0).unwrap();
-        let b = pack(1_764_230_400_123, 1).unwrap();
-        let c = pack(1_764_230_400_124, 0).unwrap();
+        let a = pack(1_764_230_400_123, 0);
+        let b = pack(1_764_230_400_123, 1);
+        let c = pack(1_764_230_400_124, 0);
         assert!(a < b && b < c);
         assert_eq!(format_id(b), "1764230400123-1");
         assert_eq!(parse_id(b"1764230400123-1"), Some((1_764_230_400_123, 1)));
-        assert_eq!(pack(1 << 42, 0), None);
-        assert_eq!(pack(0, 1 << 22), None);
-        assert_eq!(pack((1 << 42) - 1, (1 << 22) - 1), Some(u64::MAX));
+        // Every id Redis accepts maps, in order, and back to itself.
+        let ids = [
+            (0, 1),
+            (1_764_230_400_123, u64::MAX),
+            (1_764_230_400_124, 0),
+            (1_733_000_000_000_000, 0),
+            (1_733_000_000_000_000, u64::MAX - 1),
+            (u64::MAX, u64::MAX),
+        ];
+        for pair in ids.windows(2) {
+            assert!(pack(pair[0].0, pair[0].1) < pack(pair[1].0, pair[1].1));
+        }
+        for (ms, n) in ids {
+            let text = format_id(pack(ms, n));
+            assert_eq!(parse_id(text.as_bytes()), Some((ms, n)), "{text}");
+        }
+        assert_eq!(
+            format_id(Seq::MAX),
+            "18446744073709551615-18446744073709551615"
+        );
         for bad in [
             "",
             "-",
@@ -1058,6 +1190,55 @@ mod tests {
         ] {
             assert_eq!(parse_id(bad.as_bytes()), None, "{bad:?}");
         }
+    }
+
+    /// Issue 10, item 16: nodes that lost Redis together retry at spread-out times, within
+    /// the bounds, and a seed replays its waits.
+    #[test]
+    fn backoff_waits_are_jittered_within_bounds() {
+        const NODES: u64 = 200;
+        const STEPS: usize = 12;
+        let mut nodes: Vec<Backoff> = (0..NODES)
+            .map(|n| Backoff::new(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .collect();
+        // When each node makes its attempt number `step`, as offsets from the failure.
+        let mut at = vec![Duration::ZERO; nodes.len()];
+        for step in 0..STEPS {
+            for (node, at) in nodes.iter_mut().zip(&mut at) {
+                let wait = node.step();
+                assert!((BACKOFF_MIN..=BACKOFF_MAX).contains(&wait), "{wait:?}");
+                *at += wait;
+            }
+            let mut sorted = at.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert!(
+                sorted.len() as u64 > NODES * 9 / 10,
+                "attempt {step}: only {} distinct instants for {NODES} nodes",
+                sorted.len()
+            );
+            let spread = sorted[sorted.len() - 1] - sorted[0];
+            assert!(
+                spread >= BACKOFF_MIN,
+                "attempt {step}: every node retries within {spread:?}"
+            );
+        }
+        // Past the first few attempts the waits reach the cap, but stay spread over it.
+        let late: Vec<Duration> = nodes.iter_mut().map(Backoff::step).collect();
+        assert!(late.iter().any(|w| *w > BACKOFF_MAX / 2));
+        assert!(late.iter().any(|w| *w < BACKOFF_MAX / 2));
+        // A reset starts over near the minimum.
+        for node in &mut nodes {
+            node.reset();
+            assert!(node.step() <= BACKOFF_MIN * 3);
+        }
+        let replay = |seed| {
+            let mut backoff = Backoff::new(seed);
+            (0..STEPS).map(|_| backoff.step()).collect::<Vec<_>>()
+        };
+        assert_eq!(replay(7), replay(7));
+        assert_ne!(replay(7), replay(8));
+        assert_eq!(replay(0).len(), STEPS, "a zero seed still draws");
     }
 
     #[test]

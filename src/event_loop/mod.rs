@@ -616,11 +616,13 @@ mod tests {
     use super::*;
 
     /// An idle subscriber costs its slab slot plus its topic entries; keep the slot small
-    /// (issue 3 targets under 1 KiB per idle subscriber, kernel buffers aside).
+    /// (issue 3 targets under 1 KiB per idle subscriber, kernel buffers aside). A `Seq` is
+    /// 128 bits so every Redis stream id maps exactly; a stream holds three (cursor, gap
+    /// floor, partly written frame), which put the slot at 192 B (152 B with 64 bits).
     #[test]
     fn connection_slot_stays_small() {
         // A slab slot is an enum of the value and a free-list index.
         let slot = std::mem::size_of::<Option<Connection>>();
-        assert!(slot <= 160, "slab entry is {slot} B");
+        assert!(slot <= 192, "slab entry is {slot} B");
     }
 }

@@ -97,6 +97,7 @@ impl EventLoop {
                 until,
                 topics: request.topics.clone(),
                 bytes_max: self.shared.config.max_lag_bytes,
+                client: request.client,
             })
         })
     }
@@ -118,6 +119,7 @@ impl EventLoop {
                     until: evicted,
                     topics: request.topics.clone(),
                     bytes_max: budget - backfill.frames.len(),
+                    client: request.client,
                 };
                 return self.fetch_backfill(key, request, fetch, Some(backfill));
             }

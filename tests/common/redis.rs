@@ -266,6 +266,30 @@ impl RespConn {
         parse_entries(&self.command(&["XRANGE", stream, start, end]))
     }
 
+    /// `XRANGE stream start end COUNT count`.
+    pub fn xrange_count(
+        &mut self,
+        stream: &str,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Vec<StreamEntry> {
+        let count = count.to_string();
+        parse_entries(&self.command(&["XRANGE", stream, start, end, "COUNT", &count]))
+    }
+
+    /// `XREVRANGE stream end start COUNT count` (newest first).
+    pub fn xrevrange_count(
+        &mut self,
+        stream: &str,
+        end: &str,
+        start: &str,
+        count: usize,
+    ) -> Vec<StreamEntry> {
+        let count = count.to_string();
+        parse_entries(&self.command(&["XREVRANGE", stream, end, start, "COUNT", &count]))
+    }
+
     /// The value of `key` in `XINFO STREAM stream` (a flat key-value array in RESP2).
     pub fn xinfo_stream(&mut self, stream: &str, key: &str) -> Resp {
         let items = self.command(&["XINFO", "STREAM", stream]).items();
