@@ -137,7 +137,7 @@ pub struct Config {
     /// Optional separate listener for `POST /publish`. When set, the main listener refuses
     /// publishes with 403, so publishing can stay on a private interface.
     pub publish_listen: Option<SocketAddr>,
-    /// Event loop threads, each with its own `SO_REUSEPORT` listener. Default: one per core.
+    /// Event loop threads, each accepting from the shared listener. Default: one per core.
     pub threads: usize,
     /// Events kept per topic for resume.
     pub history_events: usize,

@@ -286,7 +286,12 @@ fn main() -> ExitCode {
         Ok(server) => server,
         Err(error) => {
             eprintln!("herald: {error}");
-            return ExitCode::from(1);
+            // A taken address is a setting to change, like an invalid one.
+            let status = match error {
+                herald::Error::Config(_) | herald::Error::AddressInUse(_) => 2,
+                herald::Error::Io { .. } => 1,
+            };
+            return ExitCode::from(status);
         }
     };
     if let Err(error) = watch_signals(server.handle()) {

@@ -1,5 +1,6 @@
-//! Socket setup with `socket2` (one `SO_REUSEPORT` listener per event loop) and the one
-//! place where `io::Result`s are classified, so a failing socket only ever closes itself.
+//! Socket setup with `socket2` (one listening socket per address, shared by every event
+//! loop) and the one place where `io::Result`s are classified, so a failing socket only
+//! ever closes itself.
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
@@ -10,16 +11,31 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// thousands are normal for an SSE server after a restart or a proxy reload.
 const BACKLOG: i32 = 4096;
 
-/// Binds a non-blocking listener with `SO_REUSEPORT`, so every loop can bind the same
-/// address and the kernel spreads new connections across them.
-pub(crate) fn listen(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
+/// Binds a non-blocking listener and returns one handle to it per event loop (`loops`
+/// duplicates of one descriptor; each loop registers its own with its own poller and they
+/// race to accept).
+///
+/// Deliberately without `SO_REUSEPORT`: with it a second process (another herald, or
+/// anything else run by the same user) could bind the same address and silently take half
+/// the connections and publishes. Without it the bind itself is the check, atomic in the
+/// kernel, so there is no window between a probe and the real bind, and port 0 needs no
+/// special case. `SO_REUSEADDR` stays: on Linux it only allows binding over connections in
+/// `TIME_WAIT` left by a previous run, never over a live listener.
+///
+/// A bind refused with `AddrInUse` comes back as that error kind, for the caller to name
+/// the address.
+pub(crate) fn listen(addr: SocketAddr, loops: usize) -> io::Result<Vec<mio::net::TcpListener>> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
-    Ok(mio::net::TcpListener::from_std(socket.into()))
+    let mut handles = Vec::with_capacity(loops);
+    for _ in 1..loops {
+        handles.push(mio::net::TcpListener::from_std(socket.try_clone()?.into()));
+    }
+    handles.push(mio::net::TcpListener::from_std(socket.into()));
+    Ok(handles)
 }
 
 /// What an I/O call came to, for a connection.
@@ -95,10 +111,19 @@ mod tests {
     }
 
     #[test]
-    fn two_listeners_share_a_port() {
-        let first = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = first.local_addr().unwrap();
-        let second = listen(addr).unwrap();
-        assert_eq!(second.local_addr().unwrap(), addr);
+    fn every_loop_gets_a_handle_to_one_socket_and_a_second_bind_is_refused() {
+        let handles = listen("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_eq!(handles.len(), 3);
+        let addr = handles[0].local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        for handle in &handles {
+            assert_eq!(handle.local_addr().unwrap(), addr);
+        }
+        let second = listen(addr, 1).map(|_| ());
+        assert_eq!(
+            second.map_err(|e| e.kind()),
+            Err(ErrorKind::AddrInUse),
+            "a second listener on {addr}"
+        );
     }
 }
