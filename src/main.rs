@@ -282,6 +282,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(log_level);
+    let open_files = raise_open_files_limit();
     let server = match herald::Server::start(config) {
         Ok(server) => server,
         Err(error) => {
@@ -304,6 +305,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    log_connection_ceiling(open_files, &server);
     eprintln!("herald listening on http://{}", server.local_addr());
     if let Some(addr) = server.publish_addr() {
         eprintln!("herald publishing on http://{addr}");
@@ -311,6 +313,34 @@ fn main() -> ExitCode {
     server.wait();
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Raises the soft open-file limit to the hard one, so the connection ceiling derived from
+/// it is what the system allows rather than the common default of 1024; returns the soft
+/// limit in force afterwards.
+fn raise_open_files_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
+/// One info line with the open-file limit and the connection ceiling it gives, and a
+/// warning when an explicit `max_connections` is more than the descriptors allow.
+fn log_connection_ceiling(open_files: std::io::Result<u64>, server: &herald::Server) {
+    let ceiling = server.max_connections();
+    match open_files {
+        Ok(limit) => {
+            log::info!("open-file limit {limit}; connection ceiling {ceiling}");
+            let usable = limit.saturating_sub(herald::config::FDS_RESERVED as u64);
+            if ceiling as u64 > usable {
+                log::warn!(
+                    "max_connections {ceiling} is more than the open-file limit {limit} allows \
+                     ({usable}); past that, accepting pauses for want of descriptors"
+                );
+            }
+        }
+        Err(error) => log::warn!(
+            "cannot raise the open-file limit ({error}); connection ceiling {ceiling}"
+        ),
+    }
 }
 
 /// Publishes sample events to topic `demo` until the server stops: a price `tick` every

@@ -235,6 +235,12 @@ impl Server {
         self.local_addr
     }
 
+    /// The connection limit in force (`max_connections`, or the one derived from the
+    /// open-file limit when that is 0).
+    pub fn max_connections(&self) -> usize {
+        self.shared.max_connections
+    }
+
     /// The separate publish listener's address, when one is configured.
     pub fn publish_addr(&self) -> Option<SocketAddr> {
         self.publish_addr

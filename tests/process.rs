@@ -1,12 +1,127 @@
 #![allow(clippy::unwrap_used)]
 //! The process around the server (issue 10 items 4, 5 and 14): one process per address, the
 //! open-file limit raised and reported, and logging that never stops serving.
+//!
+//! Each binary is started through `sh -c` where a test needs a shell's `ulimit`, found
+//! through its `herald listening on http://ADDR` line, and killed by its PID when dropped.
 
 mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use common::*;
 
 use herald::{Error, Server};
+
+/// A started herald: its stderr up to and including the listening line, and the pipe itself
+/// (dropping it closes the read end).
+struct Started {
+    child: Child,
+    addr: SocketAddr,
+    lines: Vec<String>,
+    stderr: Option<BufReader<ChildStderr>>,
+    exited: bool,
+}
+
+/// Starts `command` (stderr piped, stdout to null) and reads its stderr on a thread until the
+/// listening line, within [`DEADLINE`]; the thread then hands the pipe back.
+fn start_process(mut command: Command) -> Started {
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("HERALD_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command.spawn().unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(n) if n > 0 => {
+                    let done = line.contains("herald listening on http://");
+                    lines.push(line.trim_end().to_owned());
+                    if done {
+                        let _ = sender.send((lines, Some(reader)));
+                        return;
+                    }
+                }
+                _ => {
+                    let _ = sender.send((lines, None));
+                    return;
+                }
+            }
+        }
+    });
+    let (lines, stderr) = match receiver.recv_timeout(DEADLINE) {
+        Ok(got) => got,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("herald did not print its listening line within {DEADLINE:?}");
+        }
+    };
+    let Some(stderr) = stderr else {
+        let status = child.wait().unwrap();
+        panic!("herald exited with {status:?} before listening; stderr: {lines:?}");
+    };
+    const MARKER: &str = "herald listening on http://";
+    let last = lines.last().unwrap();
+    let text = &last[last.find(MARKER).unwrap() + MARKER.len()..];
+    let addr = text.trim().trim_end_matches('/').parse().unwrap();
+    Started {
+        child,
+        addr,
+        lines,
+        stderr: Some(stderr),
+        exited: false,
+    }
+}
+
+impl Started {
+    /// Waits up to `within` for the exit.
+    fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.exited = true;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "herald (pid {}) did not exit within {within:?}",
+                self.child.id()
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if !self.exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `herald serve --listen 127.0.0.1:0 args...` run by `sh -c` after `limits` (shell commands
+/// such as `ulimit -Sn 1024`).
+fn herald_under_shell(limits: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(format!("{limits} && exec \"$0\" serve --listen 127.0.0.1:0 \"$@\""))
+        .arg(HERALD_BIN)
+        .args(args);
+    command
+}
 
 #[test]
 fn issue_10_the_library_refuses_an_address_another_server_holds() {
@@ -27,4 +142,30 @@ fn issue_10_the_library_refuses_an_address_another_server_holds() {
         Ok(_) => panic!("a publish listener shared {taken}"),
     }
     assert_healthy(taken, "after the second server was refused");
+}
+
+/// Hard limit the test sets for the child; the soft one starts at the common 1024.
+const HARD_NOFILE: u64 = 4096;
+
+#[test]
+fn issue_10_the_soft_open_file_limit_is_raised_to_the_hard_one_and_the_ceiling_logged() {
+    let herald = start_process(herald_under_shell(
+        &format!("ulimit -Sn 1024 && ulimit -Hn {HARD_NOFILE}"),
+        &["--log-level", "info"],
+    ));
+    let ceiling = HARD_NOFILE - herald::config::FDS_RESERVED as u64;
+    let scrape = scrape(herald.addr);
+    assert_eq!(
+        scrape.value("herald_connections_max"),
+        ceiling as f64,
+        "the connection ceiling under a soft limit of 1024 and a hard one of {HARD_NOFILE}"
+    );
+    let logged = herald.lines.iter().find(|line| {
+        line.contains("level=info") && line.contains(&format!("connection ceiling {ceiling}"))
+    });
+    assert!(
+        logged.is_some(),
+        "no info line giving the connection ceiling {ceiling}; stderr: {:?}",
+        herald.lines
+    );
 }
