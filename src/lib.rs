@@ -38,6 +38,7 @@ pub mod config;
 mod conn;
 mod event_loop;
 mod http;
+pub mod logging;
 mod metrics;
 mod publish;
 mod ring;

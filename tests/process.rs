@@ -84,6 +84,17 @@ fn start_process(mut command: Command) -> Started {
 }
 
 impl Started {
+    /// Closes herald's stderr: the read end of the pipe goes away, so its next write
+    /// fails with `EPIPE`.
+    fn close_stderr(&mut self) {
+        self.stderr = None;
+    }
+
+    /// Sends `signal` (e.g. `"TERM"`) by PID.
+    fn signal(&self, signal: &str) {
+        send_signal(self.child.id(), signal);
+    }
+
     /// Waits up to `within` for the exit.
     fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
@@ -109,6 +120,13 @@ impl Drop for Started {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `herald serve --listen 127.0.0.1:0 args...`.
+fn herald_command(args: &[&str]) -> Command {
+    let mut command = Command::new(HERALD_BIN);
+    command.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+    command
 }
 
 /// `herald serve --listen 127.0.0.1:0 args...` run by `sh -c` after `limits` (shell commands
@@ -168,4 +186,81 @@ fn issue_10_the_soft_open_file_limit_is_raised_to_the_hard_one_and_the_ceiling_l
         "no info line giving the connection ceiling {ceiling}; stderr: {:?}",
         herald.lines
     );
+}
+
+/// Opens a stream and drops it, then sends a request herald refuses: with `--log-level
+/// trace` each of these is a log line.
+fn make_it_log(addr: SocketAddr) {
+    let subscriber = subscribe(addr, &["logs"]);
+    drop(subscriber);
+    let response = get(addr, "/nowhere");
+    assert_eq!(response.status, 404, "{}", response.summary());
+}
+
+/// How long SIGTERM may take to stop herald: it only bounds a hang (the shutdown timeout is
+/// 5 s by default).
+const EXIT_DEADLINE: Duration = Duration::from_secs(10);
+
+#[test]
+fn issue_10_a_closed_stderr_drops_log_lines_counts_them_and_sigterm_still_stops_herald() {
+    let mut herald = start_process(herald_command(&["--log-level", "trace", "--threads", "2"]));
+    let addr = herald.addr;
+    herald.close_stderr();
+    // Enough lines on both loops that some are written (and fail) before the checks.
+    for _ in 0..20 {
+        make_it_log(addr);
+    }
+    let mut conn = Conn::connect(addr);
+    scrape_until(&mut conn, "log lines dropped on a closed stderr", |scrape| {
+        scrape.get("herald_log_lines_dropped_total").unwrap_or(0.0) > 0.0
+    });
+    make_it_log(addr);
+    assert_healthy(addr, "after logging into a closed stderr");
+    let id = publish_form(addr, &[("topic", "alive"), ("data", "yes")]);
+    split_id(&id);
+    herald.signal("TERM");
+    let status = herald.wait_exit(EXIT_DEADLINE);
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+}
+
+#[test]
+fn issue_10_sigterm_stops_herald_after_its_stderr_reader_went_away() {
+    let mut herald = start_process(herald_command(&[]));
+    herald.close_stderr();
+    herald.signal("TERM");
+    let status = herald.wait_exit(EXIT_DEADLINE);
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+}
+
+/// Requests made at most while filling a stderr nobody reads: a pipe holds 64 KiB and the
+/// log queue 4,096 lines, a few hundred thousand bytes of trace lines in all; each round
+/// logs several lines.
+const ROUNDS_TO_FILL_MAX: usize = 20_000;
+
+#[test]
+fn issue_10_a_stderr_nobody_reads_never_blocks_serving_and_drops_are_counted() {
+    let mut herald = start_process(herald_command(&["--log-level", "trace", "--threads", "1"]));
+    let addr = herald.addr;
+    let mut conn = Conn::connect(addr);
+    let mut filled = false;
+    for round in 1..=ROUNDS_TO_FILL_MAX {
+        make_it_log(addr);
+        if round % 200 == 0
+            && scrape_on(&mut conn)
+                .get("herald_log_lines_dropped_total")
+                .unwrap_or(0.0)
+                > 0.0
+        {
+            filled = true;
+            break;
+        }
+    }
+    assert!(
+        filled,
+        "no log line dropped after {ROUNDS_TO_FILL_MAX} rounds into an unread stderr"
+    );
+    assert_healthy(addr, "with its stderr full");
+    herald.signal("TERM");
+    let status = herald.wait_exit(EXIT_DEADLINE);
+    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
 }
