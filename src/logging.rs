@@ -44,7 +44,9 @@ static QUEUE: OnceLock<NonBlocking> = OnceLock::new();
 
 /// Log lines dropped since start: the queue was full, or stderr could not be written.
 pub fn lines_dropped() -> u64 {
-    let queue = QUEUE_DROPS.get().map_or(0, |counter| counter.dropped_lines());
+    let queue = QUEUE_DROPS
+        .get()
+        .map_or(0, |counter| counter.dropped_lines());
     WRITE_FAILURES.load(Ordering::Relaxed) + queue as u64
 }
 

@@ -322,7 +322,10 @@ fn main() -> ExitCode {
         }
     }
     log_connection_ceiling(open_files, &server);
-    announce(&format!("herald listening on http://{}", server.local_addr()));
+    announce(&format!(
+        "herald listening on http://{}",
+        server.local_addr()
+    ));
     if let Some(addr) = server.publish_addr() {
         announce(&format!("herald publishing on http://{addr}"));
     }
@@ -353,9 +356,9 @@ fn log_connection_ceiling(open_files: std::io::Result<u64>, server: &herald::Ser
                 );
             }
         }
-        Err(error) => log::warn!(
-            "cannot raise the open-file limit ({error}); connection ceiling {ceiling}"
-        ),
+        Err(error) => {
+            log::warn!("cannot raise the open-file limit ({error}); connection ceiling {ceiling}")
+        }
     }
 }
 

@@ -30,7 +30,10 @@ struct Started {
 /// Starts `command` (stderr piped, stdout to null) and reads its stderr on a thread until the
 /// listening line, within [`DEADLINE`]; the thread then hands the pipe back.
 fn start_process(mut command: Command) -> Started {
-    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (name, _) in std::env::vars() {
         if name.starts_with("HERALD_") {
             command.env_remove(name);
@@ -125,7 +128,9 @@ impl Drop for Started {
 /// `herald serve --listen 127.0.0.1:0 args...`.
 fn herald_command(args: &[&str]) -> Command {
     let mut command = Command::new(HERALD_BIN);
-    command.args(["serve", "--listen", "127.0.0.1:0"]).args(args);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args);
     command
 }
 
@@ -135,7 +140,9 @@ fn herald_under_shell(limits: &str, args: &[&str]) -> Command {
     let mut command = Command::new("sh");
     command
         .arg("-c")
-        .arg(format!("{limits} && exec \"$0\" serve --listen 127.0.0.1:0 \"$@\""))
+        .arg(format!(
+            "{limits} && exec \"$0\" serve --listen 127.0.0.1:0 \"$@\""
+        ))
         .arg(HERALD_BIN)
         .args(args);
     command
@@ -211,9 +218,11 @@ fn issue_10_a_closed_stderr_drops_log_lines_counts_them_and_sigterm_still_stops_
         make_it_log(addr);
     }
     let mut conn = Conn::connect(addr);
-    scrape_until(&mut conn, "log lines dropped on a closed stderr", |scrape| {
-        scrape.get("herald_log_lines_dropped_total").unwrap_or(0.0) > 0.0
-    });
+    scrape_until(
+        &mut conn,
+        "log lines dropped on a closed stderr",
+        |scrape| scrape.get("herald_log_lines_dropped_total").unwrap_or(0.0) > 0.0,
+    );
     make_it_log(addr);
     assert_healthy(addr, "after logging into a closed stderr");
     let id = publish_form(addr, &[("topic", "alive"), ("data", "yes")]);
