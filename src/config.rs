@@ -174,7 +174,7 @@ pub struct Config {
     /// Optional separate listener for `POST /publish`. When set, the main listener refuses
     /// publishes with 403, so publishing can stay on a private interface.
     pub publish_listen: Option<SocketAddr>,
-    /// Event loop threads, each with its own `SO_REUSEPORT` listener. Default: one per core.
+    /// Event loop threads, each accepting from the shared listener. Default: one per core.
     pub threads: usize,
     /// Events kept per topic for resume.
     pub history_events: usize,
@@ -446,8 +446,8 @@ impl Config {
             .min(REDIS_MAXLEN_MAX)
     }
 
-    /// The connection limit in force: `max_connections`, or when that is 0 the open-file
-    /// limit (read from `/proc/self/limits`) minus [`FDS_RESERVED`] and, with a publish
+    /// The connection limit in force: `max_connections`, or when that is 0 the soft
+    /// open-file limit ([`open_files_limit`]) minus [`FDS_RESERVED`] and, with a publish
     /// listener, minus its budget, so subscribers cannot take the descriptors it needs.
     pub fn effective_max_connections(&self) -> usize {
         if self.max_connections != 0 {
@@ -629,11 +629,11 @@ fn check_redis_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The soft limit on open files, from `/proc/self/limits` (Linux).
-fn open_files_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+/// The soft limit on open files (`RLIMIT_NOFILE`); the `herald` binary raises it to the
+/// hard limit before the server starts.
+pub fn open_files_limit() -> Option<usize> {
+    let (soft, _hard) = rlimit::Resource::NOFILE.get().ok()?;
+    Some(usize::try_from(soft).unwrap_or(usize::MAX))
 }
 
 /// Parses a byte size: a plain number of bytes or a number with a `K`, `KiB`, `M`, `MiB`,
@@ -758,7 +758,7 @@ mod tests {
     #[test]
     fn automatic_connection_limit_follows_the_open_file_limit() {
         let config = Config::default();
-        let limit = open_files_limit().expect("Linux has /proc/self/limits");
+        let limit = open_files_limit().expect("Linux has RLIMIT_NOFILE");
         assert_eq!(config.effective_max_connections(), limit - FDS_RESERVED);
         let fixed = Config {
             max_connections: 123,

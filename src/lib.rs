@@ -38,6 +38,7 @@ pub mod config;
 mod conn;
 mod event_loop;
 mod http;
+pub mod logging;
 mod metrics;
 mod publish;
 mod ring;
@@ -49,6 +50,7 @@ mod timer;
 mod topic;
 
 use std::fmt;
+use std::net::SocketAddr;
 
 pub use config::{BusKind, Config, ConfigError, ForwardedHeader};
 pub use server::{Handle, Server};
@@ -199,6 +201,9 @@ pub enum Error {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// The address is already bound by another socket, in this process or another one;
+    /// herald never shares a listening address.
+    AddressInUse(SocketAddr),
 }
 
 impl fmt::Display for Error {
@@ -206,6 +211,10 @@ impl fmt::Display for Error {
         match self {
             Error::Config(error) => error.fmt(f),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::AddressInUse(addr) => write!(
+                f,
+                "cannot listen on {addr}: the address is already in use (another herald or another program is listening there)"
+            ),
         }
     }
 }
@@ -215,6 +224,7 @@ impl std::error::Error for Error {
         match self {
             Error::Config(error) => Some(error),
             Error::Io { source, .. } => Some(source),
+            Error::AddressInUse(_) => None,
         }
     }
 }

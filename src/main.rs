@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::Write as _;
+
 use clap::{Args, Parser, Subcommand};
 use herald::config::{parse_bytes, Config};
+use herald::logging::announce;
 
 /// Server-Sent Events fan-out server.
 #[derive(Parser)]
@@ -269,6 +272,12 @@ fn key_at(text: &str, offset: usize) -> Option<(usize, &str)> {
     (!key.is_empty()).then_some((number, key))
 }
 
+/// Writes one line to stderr for a start-up failure before logging is set up; a stderr
+/// nobody reads is no reason to panic.
+fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "herald: {line}");
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -279,7 +288,7 @@ fn main() -> ExitCode {
         Err(error) => {
             let rendered = error.render().to_string();
             let line = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("herald: {}", line.trim_start_matches("error: "));
+            report(line.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };
@@ -289,35 +298,80 @@ fn main() -> ExitCode {
     let config = match args.into_config() {
         Ok(config) => config,
         Err(line) => {
-            eprintln!("herald: {line}");
+            report(&line);
             return ExitCode::from(2);
         }
     };
-    init_logging(log_level);
-    let server = match herald::Server::start(config) {
-        Ok(server) => server,
+    let _logging = match herald::logging::init(log_level) {
+        Ok(guard) => guard,
         Err(error) => {
-            eprintln!("herald: {error}");
+            report(&error.to_string());
             return ExitCode::from(1);
         }
     };
+    // From here on every line goes through the log queue: never a panic, never a block.
+    let open_files = raise_open_files_limit();
+    let server = match herald::Server::start(config) {
+        Ok(server) => server,
+        Err(error) => {
+            announce(&format!("herald: {error}"));
+            // A taken address is a setting to change, like an invalid one.
+            let status = match error {
+                herald::Error::Config(_) | herald::Error::AddressInUse(_) => 2,
+                herald::Error::Io { .. } => 1,
+            };
+            return ExitCode::from(status);
+        }
+    };
     if let Err(error) = watch_signals(server.handle()) {
-        eprintln!("herald: cannot install signal handlers: {error}");
+        announce(&format!("herald: cannot install signal handlers: {error}"));
         return ExitCode::from(1);
     }
     if demo_feed {
         if let Err(error) = spawn_demo_feed(server.handle()) {
-            eprintln!("herald: cannot start the demo feed: {error}");
+            announce(&format!("herald: cannot start the demo feed: {error}"));
             return ExitCode::from(1);
         }
     }
-    eprintln!("herald listening on http://{}", server.local_addr());
+    log_connection_ceiling(open_files, &server);
+    announce(&format!(
+        "herald listening on http://{}",
+        server.local_addr()
+    ));
     if let Some(addr) = server.publish_addr() {
-        eprintln!("herald publishing on http://{addr}");
+        announce(&format!("herald publishing on http://{addr}"));
     }
     server.wait();
     log::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Raises the soft open-file limit to the hard one, so the connection ceiling derived from
+/// it is what the system allows rather than the common default of 1024; returns the soft
+/// limit in force afterwards.
+fn raise_open_files_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
+}
+
+/// One info line with the open-file limit and the connection ceiling it gives, and a
+/// warning when an explicit `max_connections` is more than the descriptors allow.
+fn log_connection_ceiling(open_files: std::io::Result<u64>, server: &herald::Server) {
+    let ceiling = server.max_connections();
+    match open_files {
+        Ok(limit) => {
+            log::info!("open-file limit {limit}; connection ceiling {ceiling}");
+            let usable = limit.saturating_sub(herald::config::FDS_RESERVED as u64);
+            if ceiling as u64 > usable {
+                log::warn!(
+                    "max_connections {ceiling} is more than the open-file limit {limit} allows \
+                     ({usable}); past that, accepting pauses for want of descriptors"
+                );
+            }
+        }
+        Err(error) => {
+            log::warn!("cannot raise the open-file limit ({error}); connection ceiling {ceiling}")
+        }
+    }
 }
 
 /// Publishes sample events to topic `demo` until the server stops: a price `tick` every
@@ -375,90 +429,18 @@ fn watch_signals(handle: herald::Handle) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("herald-signals".into())
         .spawn(move || {
+            // Acting comes first and logging cannot fail or block, so a broken stderr
+            // never costs a signal.
             let mut seen = 0;
             for signal in signals.forever() {
                 seen += 1;
                 if seen > 1 {
-                    eprintln!("herald: second signal {signal}, exiting now");
+                    log::warn!("second signal {signal}, exiting now");
                     std::process::exit(130);
                 }
-                eprintln!("herald: signal {signal}, shutting down gracefully");
                 handle.shutdown();
+                log::warn!("signal {signal}, shutting down gracefully");
             }
         })?;
     Ok(())
-}
-
-/// Structured (logfmt) log lines on stderr: `ts=... level=... target=... msg="..."`.
-struct StderrLog(log::LevelFilter);
-
-impl log::Log for StderrLog {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= self.0
-    }
-
-    fn log(&self, record: &log::Record<'_>) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        let message = record.args().to_string();
-        let escaped = message
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        eprintln!(
-            "ts={} level={} target={} msg=\"{escaped}\"",
-            utc_timestamp(std::time::SystemTime::now()),
-            record.level().as_str().to_ascii_lowercase(),
-            record.target(),
-        );
-    }
-
-    fn flush(&self) {}
-}
-
-/// RFC 3339 UTC time with milliseconds, from the civil-from-days algorithm (H. Hinnant).
-fn utc_timestamp(time: std::time::SystemTime) -> String {
-    let since = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
-fn init_logging(level: log::LevelFilter) {
-    if log::set_logger(Box::leak(Box::new(StderrLog(level)))).is_ok() {
-        log::set_max_level(level);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let leap_day = UNIX_EPOCH + Duration::from_millis(951_782_400_123);
-        assert_eq!(utc_timestamp(leap_day), "2000-02-29T00:00:00.123Z");
-        let later = UNIX_EPOCH + Duration::from_secs(1_795_754_409);
-        assert_eq!(utc_timestamp(later), "2026-11-27T04:40:09.000Z");
-    }
 }

@@ -158,7 +158,7 @@ pub(crate) fn render(
         loops.iter().map(|l| field(l).load(Ordering::Relaxed)).sum()
     };
     let mut out = String::with_capacity(4096);
-    let simple: [(&str, &str, &str, u64); 13] = [
+    let simple: [(&str, &str, &str, u64); 14] = [
         (
             "herald_connections",
             "gauge",
@@ -236,6 +236,12 @@ pub(crate) fn render(
             "gauge",
             "Event loop threads.",
             loops.len() as u64,
+        ),
+        (
+            "herald_log_lines_dropped_total",
+            "counter",
+            "Log lines dropped because stderr was blocked (queue full) or broken (write failed).",
+            crate::logging::lines_dropped(),
         ),
     ];
     // Only a bus with a log (Redis) has these.

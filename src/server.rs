@@ -1,6 +1,6 @@
-//! Starting and stopping a herald server: binds one `SO_REUSEPORT` listener per event
-//! loop (and per publish listener), connects the loops to the bus, runs each loop on its
-//! own thread, and hands out [`Handle`]s.
+//! Starting and stopping a herald server: binds each listening address once (refusing one
+//! that another socket holds) and hands every event loop a handle to it, connects the loops
+//! to the bus, runs each loop on its own thread, and hands out [`Handle`]s.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -124,18 +124,17 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error 
     move |source| Error::Io { context, source }
 }
 
-/// Binds `threads` listeners on one address; the first resolves port 0 for the others.
+/// Binds one listener on `addr` and returns a handle to it for each of `threads` loops. An
+/// address that another socket holds (another process, or this one) is
+/// [`Error::AddressInUse`]: nothing is shared.
 fn bind_all(addr: SocketAddr, threads: usize) -> Result<Vec<mio::net::TcpListener>, Error> {
-    let first = socket::listen(addr).map_err(io_error(format!("cannot listen on {addr}")))?;
-    let bound = first.local_addr().map_err(io_error(format!(
-        "cannot read the address bound for {addr}"
-    )))?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners
-            .push(socket::listen(bound).map_err(io_error(format!("cannot listen on {bound}")))?);
-    }
-    Ok(listeners)
+    socket::listen(addr, threads).map_err(|source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => Error::AddressInUse(addr),
+        _ => Error::Io {
+            context: format!("cannot listen on {addr}"),
+            source,
+        },
+    })
 }
 
 impl Server {
@@ -244,6 +243,12 @@ impl Server {
     /// The address subscribers connect to (with the real port when the config said 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The connection limit in force (`max_connections`, or the one derived from the
+    /// open-file limit when that is 0).
+    pub fn max_connections(&self) -> usize {
+        self.shared.max_connections
     }
 
     /// The separate publish listener's address, when one is configured.

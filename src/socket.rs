@@ -1,25 +1,83 @@
-//! Socket setup with `socket2` (one `SO_REUSEPORT` listener per event loop) and the one
-//! place where `io::Result`s are classified, so a failing socket only ever closes itself.
+//! Socket setup with `socket2` (one listening socket per address, shared by every event
+//! loop) and the one place where `io::Result`s are classified, so a failing socket only
+//! ever closes itself.
 
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
 /// Pending connections the kernel queues per listener before accept. Connect storms of
 /// thousands are normal for an SSE server after a restart or a proxy reload.
 const BACKLOG: i32 = 4096;
 
-/// Binds a non-blocking listener with `SO_REUSEPORT`, so every loop can bind the same
-/// address and the kernel spreads new connections across them.
-pub(crate) fn listen(addr: SocketAddr) -> io::Result<mio::net::TcpListener> {
+/// Binds a non-blocking listener and returns one handle to it per event loop (`loops`
+/// duplicates of one descriptor; each loop registers its own with its own poller and they
+/// race to accept).
+///
+/// Deliberately without `SO_REUSEPORT`: with it a second process (another herald, or
+/// anything else run by the same user) could bind the same address and silently take half
+/// the connections and publishes. Without it the bind itself is the check, atomic in the
+/// kernel, so there is no window between a probe and the real bind, and port 0 needs no
+/// special case. `SO_REUSEADDR` stays: on Linux it only allows binding over connections in
+/// `TIME_WAIT` left by a previous run, never over a live listener.
+///
+/// A bind refused with `AddrInUse` comes back as that error kind, for the caller to name
+/// the address.
+pub(crate) fn listen(addr: SocketAddr, loops: usize) -> io::Result<Vec<mio::net::TcpListener>> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
-    Ok(mio::net::TcpListener::from_std(socket.into()))
+    let mut handles = Vec::with_capacity(loops);
+    for _ in 1..loops {
+        handles.push(mio::net::TcpListener::from_std(socket.try_clone()?.into()));
+    }
+    handles.push(mio::net::TcpListener::from_std(socket.into()));
+    Ok(handles)
+}
+
+/// Heartbeat intervals that data may stay unacknowledged (or a zero window unopened)
+/// before the kernel aborts the connection (`TCP_USER_TIMEOUT`). A stream is sent a
+/// heartbeat after one quiet interval, so a peer that vanished without FIN or RST (power
+/// loss, a dropped NAT entry) is closed within about this many intervals plus one, instead
+/// of the kernel's ~15 minutes of retransmissions. Three leaves room for a lost segment or
+/// two on a slow path; the slow-consumer rule (no bytes taken for two intervals while a
+/// write is blocked) still applies first when herald's own send buffer fills.
+pub(crate) const USER_TIMEOUT_HEARTBEATS: u32 = 3;
+
+/// Keepalive probes sent, one every third of a heartbeat interval, after a heartbeat
+/// interval with nothing in flight; an idle connection whose peer is gone is closed about
+/// two intervals later (with `TCP_USER_TIMEOUT` set, Linux ends it once that much time has
+/// passed without an answer).
+const KEEPALIVE_PROBES: u32 = 3;
+
+/// The kernel's keepalive timers count whole seconds.
+const KEEPALIVE_SECS_MIN: Duration = Duration::from_secs(1);
+
+// The longest heartbeat must fit the kernel's ranges: `TCP_USER_TIMEOUT` is a `u32` of
+// milliseconds, `TCP_KEEPIDLE` at most 32,767 seconds.
+const _: () =
+    assert!(crate::config::TIMER_MS_MAX * USER_TIMEOUT_HEARTBEATS as u64 <= u32::MAX as u64);
+const _: () = assert!(crate::config::TIMER_MS_MAX / 1_000 <= 32_767);
+
+/// Sets up an accepted connection: `TCP_NODELAY` (frames are small and should leave at
+/// once), and dead-peer detection scaled to `heartbeat`: `TCP_USER_TIMEOUT` of
+/// [`USER_TIMEOUT_HEARTBEATS`] intervals and TCP keepalive (idle one interval, then
+/// [`KEEPALIVE_PROBES`] probes a third of an interval apart, at least a second each).
+/// Options that cannot be set are returned as an error for the caller to log; the
+/// connection stays usable without them.
+pub(crate) fn tune(stream: &mio::net::TcpStream, heartbeat: Duration) -> io::Result<()> {
+    let socket = SockRef::from(stream);
+    socket.set_nodelay(true)?;
+    socket.set_tcp_user_timeout(Some(heartbeat * USER_TIMEOUT_HEARTBEATS))?;
+    let keepalive = TcpKeepalive::new()
+        .with_time(heartbeat.max(KEEPALIVE_SECS_MIN))
+        .with_interval((heartbeat / 3).max(KEEPALIVE_SECS_MIN))
+        .with_retries(KEEPALIVE_PROBES);
+    socket.set_tcp_keepalive(&keepalive)
 }
 
 /// What an I/O call came to, for a connection.
@@ -95,10 +153,52 @@ mod tests {
     }
 
     #[test]
-    fn two_listeners_share_a_port() {
-        let first = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = first.local_addr().unwrap();
-        let second = listen(addr).unwrap();
-        assert_eq!(second.local_addr().unwrap(), addr);
+    fn accepted_connections_get_dead_peer_detection_scaled_to_the_heartbeat() {
+        let listener = listen("127.0.0.1:0".parse().unwrap(), 1).unwrap().remove(0);
+        let addr = listener.local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let accepted = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        tune(&accepted, Duration::from_secs(15)).unwrap();
+        let socket = SockRef::from(&accepted);
+        assert!(socket.nodelay().unwrap());
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(45))
+        );
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.keepalive_time().unwrap(), Duration::from_secs(15));
+        assert_eq!(socket.keepalive_interval().unwrap(), Duration::from_secs(5));
+        assert_eq!(socket.keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        // Short heartbeats keep the kernel's whole-second minimum for keepalive.
+        tune(&accepted, Duration::from_millis(200)).unwrap();
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_millis(600))
+        );
+        assert_eq!(socket.keepalive_time().unwrap(), KEEPALIVE_SECS_MIN);
+        assert_eq!(socket.keepalive_interval().unwrap(), KEEPALIVE_SECS_MIN);
+    }
+
+    #[test]
+    fn every_loop_gets_a_handle_to_one_socket_and_a_second_bind_is_refused() {
+        let handles = listen("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_eq!(handles.len(), 3);
+        let addr = handles[0].local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        for handle in &handles {
+            assert_eq!(handle.local_addr().unwrap(), addr);
+        }
+        let second = listen(addr, 1).map(|_| ());
+        assert_eq!(
+            second.map_err(|e| e.kind()),
+            Err(ErrorKind::AddrInUse),
+            "a second listener on {addr}"
+        );
     }
 }

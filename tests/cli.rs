@@ -575,3 +575,72 @@ fn flag_beats_env_beats_file() {
         "HERALD_CONFIG"
     );
 }
+
+// --- One process per address (issue 10 item 4) -----------------------------------------------
+
+/// Asserts `served` still answers `/healthz` and takes a publish.
+fn assert_still_serving(addr: SocketAddr, publish_addr: SocketAddr, after: &str) {
+    assert_healthy(addr, after);
+    let response = post(
+        publish_addr,
+        "/publish",
+        Some("application/x-www-form-urlencoded"),
+        form(&[("topic", "still"), ("data", "here")]).as_bytes(),
+    );
+    assert_eq!(response.status, 200, "{after}: {}", response.summary());
+}
+
+#[test]
+fn issue_10_a_second_serve_on_a_served_address_exits_2_naming_it() {
+    let first = serve(&["serve", "--listen", "127.0.0.1:0"], &[], false);
+    let taken = first.addr.to_string();
+    assert_refused(&["serve", "--listen", &taken], &[], &taken);
+    assert_still_serving(first.addr, first.addr, "after the second serve was refused");
+}
+
+#[test]
+fn issue_10_a_second_serve_on_a_served_publish_address_exits_2_naming_it() {
+    let first = serve(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--publish-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+        true,
+    );
+    let publish_addr = first.publish_addr.unwrap();
+    let taken = publish_addr.to_string();
+    // Its own publish address, or another process's main address: both are refused.
+    assert_refused(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--publish-listen",
+            &taken,
+        ],
+        &[],
+        &taken,
+    );
+    assert_refused(&["serve", "--listen", &taken], &[], &taken);
+    let main = first.addr.to_string();
+    assert_refused(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--publish-listen",
+            &main,
+        ],
+        &[],
+        &main,
+    );
+    assert_still_serving(
+        first.addr,
+        publish_addr,
+        "after the second serves were refused",
+    );
+}

@@ -100,7 +100,7 @@ fn thousand_subscribers_get_two_hundred_events_exactly_once_in_order() {
 
 #[test]
 fn subscribers_on_both_loops_get_http_published_events() {
-    // Many connections spread over both loops' SO_REUSEPORT listeners; publishes arrive over
+    // Many connections spread over both loops (they share one listener); publishes arrive over
     // HTTP on whichever loop accepts them.
     let server = start(|config| config.threads = 2);
     let addr = server.local_addr();

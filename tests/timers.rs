@@ -226,3 +226,38 @@ fn timer_settings_below_100_ms_are_refused_at_start() {
         assert_healthy(server.local_addr(), &format!("{setting} = 100"));
     }
 }
+
+/// A subscriber that stops taking bytes while its kernel still answers (on loopback nothing
+/// can make a peer vanish without FIN or RST): its receive window closes, herald's bytes sit
+/// unsent in its send buffer (far below `max_lag_bytes`, so no write ever blocks and the
+/// slow-consumer rule never applies), and only `TCP_USER_TIMEOUT` can end it: the kernel
+/// keeps probing the zero window and the peer keeps answering. Issue 10 item 15.
+#[test]
+fn issue_10_a_stream_whose_peer_stops_taking_bytes_is_closed_by_the_tcp_user_timeout() {
+    let server = start(|config| {
+        config.heartbeat_ms = 200;
+        config.max_lag_bytes = 16 * 1024 * 1024;
+    });
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let conn = Conn::connect_with(addr, None, Some(1024));
+    // Held, never read again, until the end of the test.
+    let _subscriber = Subscriber::open_on(conn, &events_target(&["frozen"], None), &[]);
+    wait_until("the stream to be counted", || {
+        handle.stats().subscribers == 1
+    });
+    // A few KiB: more than the client's receive buffer, far less than herald's send buffer.
+    let data = "x".repeat(1024);
+    for _ in 0..16 {
+        publish(&handle, &Event::new("frozen", data.clone()));
+    }
+    let mut metrics = Conn::connect(addr);
+    let page = scrape_until(&mut metrics, "the frozen stream to be closed", |page| {
+        page.value("herald_subscribers") == 0.0
+    });
+    assert_eq!(
+        page.value("herald_slow_consumer_closes_total"),
+        0.0,
+        "the stream must end by the TCP user timeout, not as a slow consumer"
+    );
+}

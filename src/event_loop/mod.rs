@@ -394,8 +394,9 @@ impl EventLoop {
     /// Takes a new connection: an exchange with the head deadline, or, past
     /// `max_connections`, a 503 that is written and lingered over.
     fn admit(&mut self, mut socket: TcpStream, peer: std::net::IpAddr, listener: Listener) {
-        if let Err(error) = socket.set_nodelay(true) {
-            log::debug!("could not set TCP_NODELAY: {error}");
+        let heartbeat = Duration::from_millis(self.shared.config.heartbeat_ms);
+        if let Err(error) = crate::socket::tune(&socket, heartbeat) {
+            log::debug!("could not set TCP_NODELAY, TCP_USER_TIMEOUT or keepalive: {error}");
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();

@@ -1,0 +1,291 @@
+//! Log lines on stderr that can never stop or slow the server: logfmt lines
+//! (`ts=... level=... target=... msg="..."`) formatted by `tracing-subscriber` and written by
+//! `tracing-appender`'s non-blocking worker thread.
+//!
+//! The library logs through the `log` facade; [`init`] bridges it into `tracing`
+//! (`tracing-log`), so code may use either. A thread that logs only formats the line and
+//! offers it to a bounded queue: when the queue is full (stderr is slow or blocked) the line
+//! is dropped, and when writing fails (the reader of stderr went away: `EPIPE`) the line is
+//! dropped too. Both are counted in [`lines_dropped`], which `/metrics` reports as
+//! `herald_log_lines_dropped_total`. Nothing here panics on a failed write, unlike
+//! `eprintln!`.
+//!
+//! The line format is one [`FormatEvent`] implementation, so another format (JSON) is
+//! another formatter over the same writer.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_log::NormalizeEvent;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Lines queued for the writer thread before new ones are dropped. A line is a few hundred
+/// bytes, so the queue holds at most about a megabyte while stderr is blocked; a burst of
+/// warnings longer than this is better thinned than held in memory or waited for.
+pub const LINES_QUEUED_MAX: usize = 4096;
+
+/// Lines whose write to stderr failed (the pipe is broken, the disk is full).
+static WRITE_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// The queue's own count of lines dropped because it was full, once [`init`] has run.
+static QUEUE_DROPS: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// The queue to the writer thread, once [`init`] has run; [`announce`] writes through it so
+/// its lines keep their order with the log lines.
+static QUEUE: OnceLock<NonBlocking> = OnceLock::new();
+
+/// Log lines dropped since start: the queue was full, or stderr could not be written.
+pub fn lines_dropped() -> u64 {
+    let queue = QUEUE_DROPS
+        .get()
+        .map_or(0, |counter| counter.dropped_lines());
+    WRITE_FAILURES.load(Ordering::Relaxed) + queue as u64
+}
+
+/// Keeps the writer thread alive; dropping it writes what is queued (waiting at most about
+/// a second, `tracing-appender`'s bound) and stops the thread.
+#[must_use = "dropping the guard stops logging"]
+pub struct LogGuard {
+    _worker: WorkerGuard,
+}
+
+/// Why logging could not be set up.
+#[derive(Debug)]
+pub struct InitError(String);
+
+impl fmt::Display for InitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot set up logging: {}", self.0)
+    }
+}
+
+impl std::error::Error for InitError {}
+
+/// Installs the process-wide logger: logfmt lines at `level` and above on stderr, written
+/// by a background thread, dropped (and counted) rather than waited for. Call once, before
+/// starting the server, and keep the guard until the process ends.
+pub fn init(level: log::LevelFilter) -> Result<LogGuard, InitError> {
+    let (queue, worker) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LINES_QUEUED_MAX)
+        .thread_name("herald-log")
+        .finish(Stderr);
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing_level(level))
+        .event_format(Logfmt)
+        .with_writer(queue.clone())
+        .finish();
+    tracing::subscriber::set_global_default(subscriber)
+        .map_err(|error| InitError(error.to_string()))?;
+    tracing_log::LogTracer::builder()
+        .with_max_level(level)
+        .init()
+        .map_err(|error| InitError(error.to_string()))?;
+    let _ = QUEUE_DROPS.set(queue.error_counter());
+    let _ = QUEUE.set(queue);
+    Ok(LogGuard { _worker: worker })
+}
+
+/// Writes `line` (and a newline) to stderr whatever the log level: through the log queue
+/// once [`init`] has run, so it never blocks or panics; directly before that, ignoring
+/// errors.
+pub fn announce(line: &str) {
+    let text = format!("{line}\n");
+    let written = match QUEUE.get() {
+        Some(queue) => queue.clone().write_all(text.as_bytes()),
+        None => io::stderr().write_all(text.as_bytes()),
+    };
+    if written.is_err() {
+        WRITE_FAILURES.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn tracing_level(level: log::LevelFilter) -> tracing::level_filters::LevelFilter {
+    use tracing::level_filters::LevelFilter;
+    match level {
+        log::LevelFilter::Off => LevelFilter::OFF,
+        log::LevelFilter::Error => LevelFilter::ERROR,
+        log::LevelFilter::Warn => LevelFilter::WARN,
+        log::LevelFilter::Info => LevelFilter::INFO,
+        log::LevelFilter::Debug => LevelFilter::DEBUG,
+        log::LevelFilter::Trace => LevelFilter::TRACE,
+    }
+}
+
+/// The writer thread's stderr: a line it cannot write is counted and dropped, never
+/// returned as an error (the worker would ignore it uncounted) and never a panic.
+struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        if io::stderr().write_all(line).is_err() {
+            WRITE_FAILURES.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(()) // Stderr is unbuffered.
+    }
+}
+
+/// The logfmt line: `ts=<RFC 3339 UTC> level=<level> target=<module> msg="<message>"`,
+/// then any structured fields as `key=value`.
+struct Logfmt;
+
+impl<S, N> FormatEvent<S, N> for Logfmt
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        // Records from the `log` facade carry their real target in fields.
+        let normalized = event.normalized_metadata();
+        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        write!(
+            writer,
+            "ts={} level={} target={} msg=\"{}\"",
+            utc_timestamp(SystemTime::now()),
+            level_name(*metadata.level()),
+            metadata.target(),
+            escape(&fields.message),
+        )?;
+        for (name, value) in &fields.others {
+            write!(writer, " {name}=\"{}\"", escape(value))?;
+        }
+        writeln!(writer)
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "error",
+        Level::WARN => "warn",
+        Level::INFO => "info",
+        Level::DEBUG => "debug",
+        Level::TRACE => "trace",
+    }
+}
+
+/// Escapes a value for a double-quoted logfmt field, so a line is always one line.
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
+/// An event's message and other fields, without the `log.*` fields `tracing-log` adds.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    others: Vec<(&'static str, String)>,
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record(field, value.to_owned());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.record(field, format!("{value:?}"));
+    }
+}
+
+impl Fields {
+    fn record(&mut self, field: &Field, value: String) {
+        match field.name() {
+            "message" => self.message = value,
+            name if name.starts_with("log.") => {}
+            name => self.others.push((name, value)),
+        }
+    }
+}
+
+/// RFC 3339 UTC time with milliseconds, from the civil-from-days algorithm (H. Hinnant).
+fn utc_timestamp(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap_day = UNIX_EPOCH + Duration::from_millis(951_782_400_123);
+        assert_eq!(utc_timestamp(leap_day), "2000-02-29T00:00:00.123Z");
+        let later = UNIX_EPOCH + Duration::from_secs(1_795_754_409);
+        assert_eq!(utc_timestamp(later), "2026-11-27T04:40:09.000Z");
+    }
+
+    /// Collects what the formatter writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_are_logfmt_with_the_message_escaped_and_fields_appended() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(Logfmt)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "herald::test", peer = "a b", "said \"hi\"\nand left");
+        });
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let (ts, rest) = text.split_once(' ').unwrap();
+        assert!(ts.starts_with("ts=") && ts.ends_with('Z'), "{text:?}");
+        assert_eq!(
+            rest,
+            "level=warn target=herald::test msg=\"said \\\"hi\\\"\\nand left\" peer=\"a b\"\n"
+        );
+    }
+}
