@@ -72,9 +72,11 @@ impl EmbeddedBus {
             topics: event.topics.into_boxed_slice(),
             frame,
         });
+        // Recognisable before any loop can send it: a client that got the event from one
+        // loop and resumes on another must not find its id "from the future".
+        self.published.store(seq, Ordering::Release);
         self.fanout.deliver(&item);
         *last = seq;
-        self.published.store(seq, Ordering::Release);
         Ok(EventId(id))
     }
 }
@@ -96,6 +98,10 @@ impl Bus for EmbeddedBus {
             return Resume::Unknown;
         }
         Resume::After(seq)
+    }
+
+    fn id_of(&self, seq: Seq) -> String {
+        self.format_id(seq)
     }
 
     /// Every event of this run reaches the loops.

@@ -255,6 +255,10 @@ impl Bus for RedisBus {
         }
     }
 
+    fn id_of(&self, seq: Seq) -> String {
+        format_id(seq)
+    }
+
     fn reach_floor(&self) -> Option<Seq> {
         let floor = self.core.floor.load(Ordering::Acquire);
         (floor != u64::MAX).then_some(floor)
