@@ -856,6 +856,9 @@ mod tests {
         fn resume_point(&self, _: &str) -> crate::bus::Resume {
             crate::bus::Resume::Unknown
         }
+        fn id_of(&self, seq: crate::ring::Seq) -> String {
+            seq.to_string()
+        }
         fn reach_floor(&self) -> Option<crate::ring::Seq> {
             Some(0)
         }

@@ -4,8 +4,11 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::auth::Verifier;
 use crate::bus::embedded::EmbeddedBus;
@@ -29,6 +32,11 @@ pub(crate) struct Shared {
     pub draining: AtomicBool,
     /// Set once to stop every loop at once.
     pub stopping: AtomicBool,
+    /// When the graceful shutdown was asked for: every loop's drain ends
+    /// `shutdown_timeout_ms` after this, however late it notices.
+    pub drain_started: OnceLock<Instant>,
+    /// Tells [`Server::join`] that a shutdown began (it then waits with a deadline).
+    lifecycle: Sender<Lifecycle>,
     /// Per-loop counters.
     pub loop_stats: Vec<Arc<LoopStats>>,
     /// Serials of the tickets of requests the bus answers later.
@@ -73,15 +81,23 @@ impl Shared {
     }
 
     fn drain(&self) {
+        let _ = self.drain_started.set(Instant::now());
         if !self.draining.swap(true, Ordering::AcqRel) {
             self.wake_all();
+            let _ = self.lifecycle.send(Lifecycle::Draining);
         }
     }
 
     fn stop(&self) {
         if !self.stopping.swap(true, Ordering::AcqRel) {
             self.wake_all();
+            let _ = self.lifecycle.send(Lifecycle::Stopping);
         }
+    }
+
+    /// When a drain that began at `started` must be over.
+    pub(crate) fn drain_deadline(&self, started: Instant) -> Instant {
+        started + Duration::from_millis(self.config.shutdown_timeout_ms)
     }
 
     fn wake_all(&self) {
@@ -104,10 +120,35 @@ fn publish_limits(config: &Config) -> PublishLimits {
     }
 }
 
+/// What [`Server::join`] is told: a shutdown began, or a loop thread ended.
+enum Lifecycle {
+    Draining,
+    Stopping,
+    /// Sent when a loop thread ends, by a guard it owns, so a panic counts too.
+    Exited,
+}
+
+/// Sends [`Lifecycle::Exited`] when its loop thread ends, however it ends.
+struct ExitNotice(Sender<Lifecycle>);
+
+impl Drop for ExitNotice {
+    fn drop(&mut self) {
+        let _ = self.0.send(Lifecycle::Exited);
+    }
+}
+
+/// How long after a drain's deadline (or an immediate stop) the server waits for its loop
+/// threads before it gives up on them. A loop checks the deadline every turn, and a turn
+/// is bounded; only a thread blocked outside herald's control (a write to a stderr pipe
+/// nobody reads, say) can be later, and the process must still exit.
+const JOIN_GRACE: Duration = Duration::from_millis(500);
+
 /// A running herald server. Dropping it shuts it down.
 pub struct Server {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// Shutdown news for [`Server::join`].
+    lifecycle: Receiver<Lifecycle>,
     local_addr: SocketAddr,
     publish_addr: Option<SocketAddr>,
 }
@@ -204,7 +245,10 @@ impl Server {
             }
         };
         let limits = publish_limits(&config);
+        let (lifecycle_tx, lifecycle) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
+            lifecycle: lifecycle_tx.clone(),
+            drain_started: OnceLock::new(),
             config,
             bus,
             serials: AtomicU64::new(1),
@@ -225,15 +269,20 @@ impl Server {
         let mut server = Server {
             shared: shared.clone(),
             threads: Vec::with_capacity(threads),
+            lifecycle,
             local_addr,
             publish_addr,
         };
         for (index, (poll, listeners, inbox, stats)) in loops.into_iter().enumerate() {
             let event_loop = EventLoop::new(index, poll, listeners, inbox, shared.clone(), stats)
                 .map_err(io_error("cannot register a listener"))?;
+            let notice = ExitNotice(lifecycle_tx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("herald-loop-{index}"))
-                .spawn(move || event_loop.run())
+                .spawn(move || {
+                    let _notice = notice;
+                    event_loop.run();
+                })
                 .map_err(io_error("cannot start an event loop thread"))?;
             server.threads.push(thread);
         }
@@ -276,13 +325,56 @@ impl Server {
         self.join();
     }
 
+    /// Waits for the loop threads: without a deadline until a shutdown begins, then until
+    /// the drain's deadline plus [`JOIN_GRACE`] (an immediate stop: the grace alone). Loops
+    /// still running then are told to stop at once and given one more grace; any thread
+    /// still not done is left behind (the process exits without it) rather than waited on
+    /// past the deadline the operator set.
     fn join(&mut self) {
+        let mut running = self.threads.len();
+        let mut deadline = None;
+        let mut stopped = false;
+        while running > 0 {
+            if deadline.is_none() {
+                deadline = self.shutdown_deadline();
+            }
+            let news = match deadline {
+                None => self.lifecycle.recv().ok(),
+                Some(at) => self.lifecycle.recv_deadline(at).ok(),
+            };
+            match news {
+                Some(Lifecycle::Exited) => running -= 1,
+                Some(Lifecycle::Draining | Lifecycle::Stopping) => {}
+                None if !stopped => {
+                    log::warn!("{running} event loop(s) still running past the shutdown deadline; stopping them");
+                    stopped = true;
+                    self.shared.stop();
+                    deadline = Some(Instant::now() + JOIN_GRACE);
+                }
+                None => break,
+            }
+        }
         for thread in self.threads.drain(..) {
+            if !thread.is_finished() {
+                log::error!("an event loop thread did not stop; exiting without it");
+                continue; // Detached: joining would wait on whatever blocks it.
+            }
             if thread.join().is_err() {
                 log::error!("an event loop thread panicked");
             }
         }
         self.shared.bus.close();
+    }
+
+    /// When waiting for the loops must end, once a shutdown began.
+    fn shutdown_deadline(&self) -> Option<Instant> {
+        if let Some(&started) = self.shared.drain_started.get() {
+            return Some(self.shared.drain_deadline(started) + JOIN_GRACE);
+        }
+        self.shared
+            .stopping
+            .load(Ordering::Acquire)
+            .then(|| Instant::now() + JOIN_GRACE)
     }
 }
 

@@ -121,6 +121,18 @@ pub(crate) fn encode_retry(retry_ms: u32) -> Frame {
     Bytes::from(format!("retry: {retry_ms}\n\n"))
 }
 
+/// The frame that opens a stream, with the `retry:` hint and, for a client that sent no
+/// Last-Event-ID, the `id:` of where its stream starts. A block with an `id:` and no `data:`
+/// sets an EventSource's last event id without dispatching an event (WHATWG "dispatch the
+/// event", step 1), so a client that reconnects before its first event resumes from the
+/// point its first stream began instead of from whatever is newest by then.
+pub(crate) fn encode_opening(retry_ms: u32, start_id: Option<&str>) -> Vec<u8> {
+    match start_id {
+        Some(id) => format!("retry: {retry_ms}\nid: {id}\n\n").into_bytes(),
+        None => encode_retry(retry_ms).to_vec(),
+    }
+}
+
 /// The frame that tells a resuming client its Last-Event-ID is older than the history (or
 /// unknown). It carries no `id:` so the client's last id stays what it was.
 pub(crate) fn encode_gap(event_name: &str, last_event_id: &str) -> Frame {

@@ -122,7 +122,14 @@ pub(crate) fn start_stream(
     backfill: Option<Backfill>,
 ) -> StreamStart {
     let mut preamble = answer::stream_head(&request.cors);
-    preamble.extend_from_slice(&sse::encode_retry(config.retry_ms));
+    // A client without a Last-Event-ID is told where its stream starts: the newest event
+    // this loop has, or the bus's floor if that is higher (events at or below it never
+    // reach this loop). Resuming from that id loses nothing published in between.
+    let start_id = match (&backfill, request.last_event_id.as_deref()) {
+        (None, None) => Some(bus.id_of(table.head_seq().max(bus.reach_floor().unwrap_or(0)))),
+        _ => None,
+    };
+    preamble.extend_from_slice(&sse::encode_opening(config.retry_ms, start_id.as_deref()));
     let id = request.last_event_id.as_deref().unwrap_or("");
     let evicted_max = topics
         .iter()

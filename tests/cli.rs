@@ -393,8 +393,15 @@ fn unparseable_or_missing_toml_file_exits_2_with_one_line() {
 
 // --- Settings are honoured -------------------------------------------------------------------
 
+/// The opening frame of a stream without its `id:` line (the stream's start, checked in
+/// tests/subscribe.rs): what is left is the `retry:` hint these tests look at.
 fn retry_frame(addr: SocketAddr) -> Vec<u8> {
-    Subscriber::open(addr, "/events?topic=cli", &[]).raw
+    let raw = Subscriber::open(addr, "/events?topic=cli", &[]).raw;
+    String::from_utf8_lossy(&raw)
+        .split_inclusive('\n')
+        .filter(|line| !line.starts_with("id: "))
+        .collect::<String>()
+        .into_bytes()
 }
 
 #[test]

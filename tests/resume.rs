@@ -412,3 +412,42 @@ fn resume_on_a_two_loop_server_inside_history() {
         );
     }
 }
+
+/// A client that reconnects before its first event, as a browser does after a dropped
+/// connection, resumes from where its first stream started: the opening frame carries the
+/// start's `id:` (an id-only block sets an EventSource's last event id without firing), so
+/// an event published while it was away is not lost. Two loops, so the reconnect may land
+/// on the other loop. Without that id the client had nothing to send and started again at
+/// the newest event, losing the one in between (the churn load test's "unanchored" loss).
+#[test]
+fn a_client_that_reconnects_before_its_first_event_gets_what_was_published_meanwhile() {
+    let server = start(|config| config.threads = 2);
+    let addr = server.local_addr();
+    let handle = server.handle();
+    // Some history first, so the start is not simply "before every event".
+    publish(&handle, &Event::new("t", "before"));
+    publish(&handle, &Event::new("other", "elsewhere"));
+    for round in 0..4 {
+        let first = subscribe(addr, &["t"]);
+        let start_id = first.last_event_id().to_owned();
+        assert!(
+            !start_id.is_empty(),
+            "round {round}: the opening frame gives no id to resume from: {:?}",
+            String::from_utf8_lossy(&first.raw)
+        );
+        drop(first);
+        let missed = format!("published while away {round}");
+        let id = publish(&handle, &Event::new("t", missed.as_str())).to_string();
+        let mut again = Subscriber::open(
+            addr,
+            &events_target(&["t"], None),
+            &[("Last-Event-ID", &start_id)],
+        );
+        let event = again.next_event(&format!("round {round}: the event published while away"));
+        assert_eq!(
+            (event.data.as_str(), event.last_event_id.as_str()),
+            (missed.as_str(), id.as_str()),
+            "round {round}"
+        );
+    }
+}

@@ -154,3 +154,38 @@ fn a_publish_in_flight_at_sigterm_is_finished_and_new_connections_are_refused() 
         herald.stderr_lines()
     );
 }
+
+/// Streams that never read (their socket buffers full, the parting hint unwritable) do not
+/// hold a graceful shutdown past `--shutdown-timeout-ms`: the drain deadline runs from the
+/// signal for every loop, and the server stops waiting for its loops at that deadline plus
+/// a short grace whatever they are doing. The wait is a deadline, not a timing check: the
+/// exit must come before the timeout plus a wide margin.
+#[test]
+fn sigterm_exits_within_the_shutdown_timeout_though_streams_never_read() {
+    let mut herald = HeraldProcess::spawn(&[
+        "--threads",
+        "2",
+        "--shutdown-timeout-ms",
+        "1000",
+        "--max-lag-bytes",
+        "67108864",
+        "--max-publish-bytes",
+        "1048576",
+    ]);
+    let addr = herald.addr;
+    // Subscribers that read their opening frame and then nothing more.
+    let stalled: Vec<Subscriber> = (0..40).map(|_| subscribe(addr, &["flood"])).collect();
+    let data = "x".repeat(512 * 1024);
+    for _ in 0..24 {
+        publish_form(addr, &[("topic", "flood"), ("data", &data)]);
+    }
+    herald.signal("TERM");
+    let status = herald.wait_exit(Duration::from_millis(1_000) + EXIT_DEADLINE);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM; stderr: {:?}",
+        herald.stderr_lines()
+    );
+    drop(stalled);
+}

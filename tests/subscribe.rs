@@ -35,11 +35,7 @@ fn events_head_has_exactly_the_stream_headers_and_no_length() {
 fn stream_body_starts_with_the_default_retry_frame() {
     let server = start(|_| {});
     let subscriber = subscribe(server.local_addr(), &["news"]);
-    assert_eq!(
-        subscriber.raw,
-        format!("retry: {RETRY_MS_DEFAULT}\n\n").as_bytes(),
-        "first frame of the body"
-    );
+    assert_opening_frame(&subscriber.raw, RETRY_MS_DEFAULT);
     assert_eq!(subscriber.retry_ms(), Some(u64::from(RETRY_MS_DEFAULT)));
 }
 
@@ -47,7 +43,21 @@ fn stream_body_starts_with_the_default_retry_frame() {
 fn stream_body_starts_with_the_configured_retry_frame() {
     let server = start(|config| config.retry_ms = 1234);
     let subscriber = subscribe(server.local_addr(), &["news"]);
-    assert_eq!(subscriber.raw, b"retry: 1234\n\n");
+    assert_opening_frame(&subscriber.raw, 1234);
+}
+
+/// The first frame of a stream opened without Last-Event-ID: the `retry:` hint and the
+/// `id:` of where the stream starts (`<epoch>-<seq>`), so a client that reconnects before
+/// its first event can resume from there.
+fn assert_opening_frame(raw: &[u8], retry_ms: u32) {
+    let text = String::from_utf8_lossy(raw);
+    let id = text
+        .strip_prefix(&format!("retry: {retry_ms}\nid: "))
+        .and_then(|rest| rest.strip_suffix("\n\n"))
+        .unwrap_or_else(|| {
+            panic!("the first frame is not `retry: {retry_ms}` and an id: {text:?}")
+        });
+    split_id(id);
 }
 
 #[test]
@@ -239,9 +249,9 @@ fn http_1_0_subscriber_gets_a_stream() {
     let head = conn.read_head("the /events head for HTTP/1.0");
     assert_eq!(head.status, 200, "{}", head.summary());
     assert_eq!(head.header("content-type"), Some("text/event-stream"));
-    assert_eq!(
-        conn.read_until(b"\n\n", "the retry frame"),
-        format!("retry: {RETRY_MS_DEFAULT}\n\n").as_bytes()
+    assert_opening_frame(
+        &conn.read_until(b"\n\n", "the retry frame"),
+        RETRY_MS_DEFAULT,
     );
     let id = publish(&handle, &Event::new("old", "hi"));
     assert_eq!(

@@ -45,6 +45,10 @@ pub struct Fleet {
     rx: Receiver<(usize, WorkerMsg)>,
     /// Latest `received` from each worker's progress line.
     received: Vec<u64>,
+    /// Latest `streaming` from each worker's progress line.
+    streaming: Vec<usize>,
+    /// Subscribers each worker opened (its count less its failed initial subscriptions).
+    opened: Vec<usize>,
 }
 
 impl Fleet {
@@ -57,6 +61,8 @@ impl Fleet {
             stdins: Vec::new(),
             rx,
             received: vec![0; specs.len()],
+            streaming: vec![0; specs.len()],
+            opened: specs.iter().map(|spec| spec.count).collect(),
         };
         for (w, spec) in specs.iter().enumerate() {
             let mut child = Command::new(&exe)
@@ -107,8 +113,14 @@ impl Fleet {
             Ok(got) => got,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
         };
-        if let WorkerMsg::Progress { received, .. } = &msg {
+        if let WorkerMsg::Progress {
+            received,
+            streaming,
+            ..
+        } = &msg
+        {
             self.received[w] = *received;
+            self.streaming[w] = *streaming;
         }
         Some((w, msg))
     }
@@ -123,12 +135,15 @@ impl Fleet {
         };
         let mut pending = self.children.len();
         while pending > 0 {
-            let Some((_, msg)) = self.next(deadline) else {
+            let Some((w, msg)) = self.next(deadline) else {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("{pending} worker(s) not ready before the deadline"),
                 ));
             };
+            if let WorkerMsg::Ready { failed, .. } = &msg {
+                self.opened[w] = self.opened[w].saturating_sub(failed.len());
+            }
             if let WorkerMsg::Ready {
                 failed,
                 failures,
@@ -147,15 +162,28 @@ impl Fleet {
     }
 
     /// Waits until the workers have received `expected` events in this interval, or no
-    /// new event arrived for `quiet`, or `deadline`. Returns when the count was last seen
-    /// to grow.
+    /// new event arrived for `quiet` while every opened subscriber was streaming, or
+    /// `deadline`. A subscriber between streams (a lagging worker may take seconds to
+    /// reconnect) is still owed its replay, so quiet alone does not end the wait then.
+    /// Returns when the count was last seen to grow.
     pub fn drain(&mut self, expected: u64, quiet: Duration, deadline: Instant) -> Instant {
         let mut last_growth = Instant::now();
         let mut seen = self.received.iter().sum::<u64>();
         while seen < expected {
             let until = (last_growth + quiet).min(deadline);
             if self.next(until).is_none() {
-                break;
+                let all_streaming = self
+                    .streaming
+                    .iter()
+                    .zip(&self.opened)
+                    .all(|(streaming, opened)| streaming >= opened);
+                if all_streaming || Instant::now() >= deadline {
+                    break;
+                }
+                // Wait for the reconnects (progress lines come every 200 ms).
+                if self.next(deadline).is_none() {
+                    break;
+                }
             }
             let now_seen = self.received.iter().sum::<u64>();
             if now_seen > seen {
@@ -166,9 +194,10 @@ impl Fleet {
         last_growth
     }
 
-    /// Asks every worker for its counters and sums them.
-    pub fn collect(&mut self, deadline: Instant) -> io::Result<Collected> {
-        self.tell(Control::Collect)?;
+    /// Asks every worker for its counters and sums them; `published` is the number of
+    /// events the run has published so far.
+    pub fn collect(&mut self, published: u64, deadline: Instant) -> io::Result<Collected> {
+        self.tell(Control::Collect { published })?;
         let mut out = Collected {
             deliveries: Deliveries::default(),
             latency: latency::histogram(),

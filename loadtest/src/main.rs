@@ -88,6 +88,10 @@ struct RunArgs {
     /// Label for reports [default: the preset's name, or "target"].
     #[arg(long)]
     name: Option<String>,
+    /// Exit with an error unless every expected delivery arrived exactly once or was
+    /// announced by a gap notice with a real hole after it (see README, "Zero loss").
+    #[arg(long)]
+    require_zero_loss: bool,
     #[command(flatten)]
     scenario: ScenarioArgs,
     #[command(flatten)]
@@ -156,7 +160,18 @@ fn run_one(args: &RunArgs) -> io::Result<()> {
     let settings = args.scenario.settings(args.scenario.scenario, None);
     let report = run::measure(&target, &settings)?;
     report::write_table(&mut out, &report)?;
-    write_outputs(&args.output, &report, None)
+    write_outputs(&args.output, &report, None)?;
+    if args.require_zero_loss {
+        if let Some(why) = report::zero_loss_failure(&report) {
+            return Err(io::Error::other(format!("not zero loss: {why}")));
+        }
+        writeln!(
+            out,
+            "zero loss: {} of {} deliveries received once, {} announced by {} gap notice(s)",
+            report.received, report.expected, report.loss.announced, report.loss.gap_notices
+        )?;
+    }
+    Ok(())
 }
 
 fn run_target(args: &RunArgs) -> Result<Target, String> {

@@ -68,8 +68,16 @@ pub fn source_addr(base: usize, i: usize, per_source: usize) -> Ipv4Addr {
 pub enum Control {
     /// Publishing starts: begin churn, if any, and mark the CPU baseline.
     Go,
+    /// Publishing ended: stop churning, so every subscriber is streaming (or finishing its
+    /// last reconnect) while the deliveries drain, and none is cut off at collection.
+    Calm,
     /// Stop churning and send a [`WorkerMsg::Report`] for everything since the last one.
-    Collect,
+    /// `published` is how many events the run has published so far (events `0..published`,
+    /// event k on topic k % topics): what each subscriber still misses is counted as tail.
+    Collect {
+        /// Events published since the start of the run.
+        published: u64,
+    },
     /// Close everything and exit.
     Quit,
 }
@@ -77,20 +85,27 @@ pub enum Control {
 impl Control {
     /// Parses one control line.
     pub fn parse(line: &str) -> Option<Control> {
-        match line.trim() {
-            "go" => Some(Control::Go),
-            "collect" => Some(Control::Collect),
-            "quit" => Some(Control::Quit),
-            _ => None,
+        match line.trim().split_once(' ') {
+            Some(("collect", published)) => Some(Control::Collect {
+                published: published.parse().ok()?,
+            }),
+            Some(_) => None,
+            None => match line.trim() {
+                "go" => Some(Control::Go),
+                "calm" => Some(Control::Calm),
+                "quit" => Some(Control::Quit),
+                _ => None,
+            },
         }
     }
 
     /// The line that says this.
-    pub fn line(self) -> &'static str {
+    pub fn line(self) -> String {
         match self {
-            Control::Go => "go\n",
-            Control::Collect => "collect\n",
-            Control::Quit => "quit\n",
+            Control::Go => "go\n".to_owned(),
+            Control::Calm => "calm\n".to_owned(),
+            Control::Collect { published } => format!("collect {published}\n"),
+            Control::Quit => "quit\n".to_owned(),
         }
     }
 }
@@ -146,6 +161,23 @@ pub struct Deliveries {
     pub reconnects: u64,
     /// Reconnect attempts that failed (they are retried).
     pub reconnect_failures: u64,
+    /// Gap notices received: events named [`GAP_EVENT`], the server saying a resume
+    /// reached back past its history.
+    pub gap_notices: u64,
+    /// Gap notices after which the next event followed on without a hole: the server said
+    /// it lost events that it then delivered (history could have served the resume).
+    pub gap_notices_spurious: u64,
+    /// Events skipped right after a gap notice: announced, so not silently lost.
+    pub missed_announced: u64,
+    /// Events skipped by the first event of a stream that was opened without a
+    /// Last-Event-ID (the subscriber had no id to resume from yet), with no gap notice.
+    pub missed_unanchored: u64,
+    /// Events skipped on a stream with no gap notice and a Last-Event-ID: silent loss.
+    pub missed_silent: u64,
+    /// At collection: events published that an open stream had not delivered yet.
+    pub tail_streaming: u64,
+    /// At collection: events published that a subscriber between streams had not got.
+    pub tail_reconnecting: u64,
 }
 
 impl Deliveries {
@@ -158,8 +190,27 @@ impl Deliveries {
         self.disconnects += other.disconnects;
         self.reconnects += other.reconnects;
         self.reconnect_failures += other.reconnect_failures;
+        self.gap_notices += other.gap_notices;
+        self.gap_notices_spurious += other.gap_notices_spurious;
+        self.missed_announced += other.missed_announced;
+        self.missed_unanchored += other.missed_unanchored;
+        self.missed_silent += other.missed_silent;
+        self.tail_streaming += other.tail_streaming;
+        self.tail_reconnecting += other.tail_reconnecting;
+    }
+
+    /// Every event that a subscriber did not receive and that these counters explain.
+    pub fn missed(&self) -> u64 {
+        self.missed_announced
+            + self.missed_unanchored
+            + self.missed_silent
+            + self.tail_streaming
+            + self.tail_reconnecting
     }
 }
+
+/// The event name herald (by default) gives the notice that a resume lost events.
+pub const GAP_EVENT: &[u8] = b"gap";
 
 /// A message from a worker.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -215,10 +266,17 @@ mod tests {
 
     #[test]
     fn control_lines() {
-        for c in [Control::Go, Control::Collect, Control::Quit] {
-            assert_eq!(Control::parse(c.line()), Some(c));
+        for c in [
+            Control::Go,
+            Control::Calm,
+            Control::Collect { published: 1234 },
+            Control::Quit,
+        ] {
+            assert_eq!(Control::parse(&c.line()), Some(c));
         }
         assert_eq!(Control::parse("nope"), None);
+        assert_eq!(Control::parse("collect x"), None);
+        assert_eq!(Control::parse("go 1"), None);
     }
 
     #[test]

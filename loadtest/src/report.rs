@@ -89,6 +89,8 @@ pub struct Report {
     pub disconnects: u64,
     /// Streams reopened with Last-Event-ID.
     pub reconnects: u64,
+    /// Where every lost delivery went (see [`Loss`]).
+    pub loss: Loss,
     /// Deliveries per second over the publishing window.
     pub deliveries_per_second: f64,
     /// Delivery latency.
@@ -106,6 +108,106 @@ pub struct Report {
     pub saturation_rate: Option<f64>,
     /// The ladder's steps.
     pub steps: Vec<Step>,
+}
+
+/// The lost deliveries, event by event, by what explains each: the server announced it
+/// with a gap notice (history could not serve the resume: not silent), the subscriber had
+/// no id to resume from, nothing did, or it had not arrived when the workers were asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Loss {
+    /// Skipped right after a gap notice.
+    pub announced: u64,
+    /// Skipped at the start of a stream opened without a Last-Event-ID.
+    pub unanchored: u64,
+    /// Skipped with no gap notice on a stream that resumed from an id.
+    pub silent: u64,
+    /// Not yet delivered on an open stream at collection.
+    pub tail_streaming: u64,
+    /// Not yet delivered to a subscriber between streams at collection.
+    pub tail_reconnecting: u64,
+    /// Lost deliveries none of the above accounts for (0 unless the counting is wrong).
+    pub unexplained: u64,
+    /// Gap notices received.
+    pub gap_notices: u64,
+    /// Gap notices with no hole after them: history could have served the resume.
+    pub gap_notices_spurious: u64,
+}
+
+impl Loss {
+    /// The breakdown of `lost` deliveries from the workers' counters.
+    pub fn of(lost: u64, d: &crate::protocol::Deliveries) -> Loss {
+        Loss {
+            announced: d.missed_announced,
+            unanchored: d.missed_unanchored,
+            silent: d.missed_silent,
+            tail_streaming: d.tail_streaming,
+            tail_reconnecting: d.tail_reconnecting,
+            unexplained: lost.saturating_sub(d.missed()),
+            gap_notices: d.gap_notices,
+            gap_notices_spurious: d.gap_notices_spurious,
+        }
+    }
+
+    /// Adds another phase's breakdown.
+    pub fn add(&mut self, o: &Loss) {
+        self.announced += o.announced;
+        self.unanchored += o.unanchored;
+        self.silent += o.silent;
+        self.tail_streaming += o.tail_streaming;
+        self.tail_reconnecting += o.tail_reconnecting;
+        self.unexplained += o.unexplained;
+        self.gap_notices += o.gap_notices;
+        self.gap_notices_spurious += o.gap_notices_spurious;
+    }
+
+    /// Lost deliveries that no gap notice announced: what "nothing lost" must find zero.
+    pub fn unannounced(&self) -> u64 {
+        self.unanchored
+            + self.silent
+            + self.tail_streaming
+            + self.tail_reconnecting
+            + self.unexplained
+    }
+}
+
+/// Why a run does not prove that nothing was lost, or `None` when it does: every expected
+/// delivery arrived once or was announced by a gap notice that was not spurious.
+pub fn zero_loss_failure(r: &Report) -> Option<String> {
+    let l = &r.loss;
+    let mut why = Vec::new();
+    if l.unannounced() > 0 {
+        why.push(format!(
+            "{} deliveries lost without a gap notice (unanchored {}, silent {}, tail on open streams {}, tail between streams {}, unexplained {})",
+            l.unannounced(),
+            l.unanchored,
+            l.silent,
+            l.tail_streaming,
+            l.tail_reconnecting,
+            l.unexplained
+        ));
+    }
+    if l.gap_notices_spurious > 0 {
+        why.push(format!(
+            "{} gap notices with nothing missing after them",
+            l.gap_notices_spurious
+        ));
+    }
+    if r.duplicated > 0 {
+        why.push(format!("{} duplicated deliveries", r.duplicated));
+    }
+    if r.failures.total() > 0 {
+        why.push(format!(
+            "{} subscriptions failed to open",
+            r.failures.total()
+        ));
+    }
+    if r.publish.refused + r.publish.io_errors > 0 || r.publish.accepted < r.events {
+        why.push(format!(
+            "{} of {} publishes accepted",
+            r.publish.accepted, r.events
+        ));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
 }
 
 /// Events of `total` (numbered from 0, event k on topic k % topics) that fall on topic `t`.
@@ -200,6 +302,30 @@ const METRICS: &[Metric] = &[
     metric("expected deliveries", |r| Some(r.expected as f64), 0),
     metric("received", |r| Some(r.received as f64), 0),
     metric("lost", |r| Some(r.lost as f64), 0),
+    metric("  announced (gap)", |r| Some(r.loss.announced as f64), 0),
+    metric(
+        "  unanchored (no id)",
+        |r| Some(r.loss.unanchored as f64),
+        0,
+    ),
+    metric("  silent", |r| Some(r.loss.silent as f64), 0),
+    metric(
+        "  tail, open stream",
+        |r| Some(r.loss.tail_streaming as f64),
+        0,
+    ),
+    metric(
+        "  tail, between streams",
+        |r| Some(r.loss.tail_reconnecting as f64),
+        0,
+    ),
+    metric("  unexplained", |r| Some(r.loss.unexplained as f64), 0),
+    metric("gap notices", |r| Some(r.loss.gap_notices as f64), 0),
+    metric(
+        "  spurious",
+        |r| Some(r.loss.gap_notices_spurious as f64),
+        0,
+    ),
     metric("duplicated", |r| Some(r.duplicated as f64), 0),
     metric("reconnects", |r| Some(r.reconnects as f64), 0),
     metric("deliveries / s", |r| Some(r.deliveries_per_second), 0),
@@ -305,6 +431,39 @@ mod tests {
         assert_eq!(expected_deliveries(&per, 5, 3), 2 + 2 * 2);
         assert_eq!(lost(10, 7), 3);
         assert_eq!(lost(10, 12), 0);
+    }
+
+    #[test]
+    fn loss_is_explained_or_fails_the_proof() {
+        let d = crate::protocol::Deliveries {
+            missed_announced: 5,
+            missed_silent: 1,
+            tail_reconnecting: 2,
+            gap_notices: 1,
+            ..Default::default()
+        };
+        let loss = Loss::of(10, &d);
+        assert_eq!((loss.unexplained, loss.unannounced()), (2, 5));
+        let mut r = Report {
+            events: 3,
+            loss,
+            ..Report::default()
+        };
+        r.publish.accepted = 3;
+        let why = zero_loss_failure(&r).unwrap();
+        assert!(
+            why.contains("5 deliveries lost without a gap notice"),
+            "{why}"
+        );
+        r.loss = Loss::of(5, &Default::default());
+        r.loss.announced = 5;
+        r.loss.unexplained = 0;
+        assert_eq!(zero_loss_failure(&r), None);
+        r.loss.gap_notices_spurious = 1;
+        assert!(
+            zero_loss_failure(&r).unwrap().contains("spurious")
+                || zero_loss_failure(&r).unwrap().contains("nothing missing")
+        );
     }
 
     #[test]

@@ -223,6 +223,7 @@ impl Publishing<'_> {
         report.foreign += d.foreign;
         report.disconnects += d.disconnects;
         report.reconnects += d.reconnects;
+        report.loss.add(&report::Loss::of(lost, d));
         report.server_cpu_seconds += phase.server_cpu_seconds;
         report.client_cpu_seconds += phase.client_cpu_seconds;
         let p99_ms = Summary::of(&phase.collected.latency).p99_ms;
@@ -270,6 +271,9 @@ impl Publishing<'_> {
         self.fleet.tell(Control::Go)?;
         let start = Instant::now();
         let publish = publisher::run(&plan);
+        // Churn stops with the publishing: the drain then waits for every resume to
+        // finish, and no subscriber is cut off between streams at collection.
+        self.fleet.tell(Control::Calm)?;
         let quiet = Duration::from_millis(self.settings.drain_quiet_ms);
         let drain_deadline = (Instant::now() + DRAIN_MAX).min(self.deadline);
         let last = self.fleet.drain(expected, quiet, drain_deadline);
@@ -277,7 +281,7 @@ impl Publishing<'_> {
         let own_cpu = procfs::own_cpu_seconds() - own_cpu;
         let collected = self
             .fleet
-            .collect(self.deadline + Duration::from_secs(10))?;
+            .collect(self.next_event, self.deadline + Duration::from_secs(10))?;
         Ok(Phase {
             window_seconds: last
                 .duration_since(start)

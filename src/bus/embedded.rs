@@ -72,11 +72,13 @@ impl EmbeddedBus {
             topics: event.topics.into_boxed_slice(),
             frame,
         });
-        self.fanout.deliver(&item);
-        *last = seq;
+        // Recognisable before any loop can send it: a client that got the event from one
+        // loop and resumes on another must not find its id "from the future".
         // The embedded sequence counts publishes of one run, far below u64::MAX.
         self.published
             .store(u64::try_from(seq).unwrap_or(u64::MAX), Ordering::Release);
+        self.fanout.deliver(&item);
+        *last = seq;
         Ok(EventId(id))
     }
 }
@@ -98,6 +100,10 @@ impl Bus for EmbeddedBus {
             return Resume::Unknown;
         }
         Resume::After(Seq::from(seq))
+    }
+
+    fn id_of(&self, seq: Seq) -> String {
+        self.format_id(seq)
     }
 
     /// Every event of this run reaches the loops.

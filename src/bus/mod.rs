@@ -288,6 +288,8 @@ pub(crate) trait Bus: Send + Sync {
     fn publish(&self, event: Outgoing<'_>, ticket: Option<Ticket>) -> Submitted;
     /// Interprets a client's Last-Event-ID.
     fn resume_point(&self, last_event_id: &str) -> Resume;
+    /// The id a client sees for sequence number `seq` (the inverse of `resume_point`).
+    fn id_of(&self, seq: Seq) -> String;
     /// Every event above this sequence number reaches the loops' inboxes; the ones at or
     /// below it never did. `None` while unknown (the bus is not connected yet).
     fn reach_floor(&self) -> Option<Seq>;

@@ -302,6 +302,10 @@ impl Bus for RedisBus {
         }
     }
 
+    fn id_of(&self, seq: Seq) -> String {
+        format_id(seq)
+    }
+
     fn reach_floor(&self) -> Option<Seq> {
         *lock(&self.core.floor)
     }

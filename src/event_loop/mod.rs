@@ -308,8 +308,10 @@ impl EventLoop {
     /// Graceful shutdown: stop accepting, close idle connections, and tell every stream
     /// to come back after a jittered delay, then close it once that is written.
     fn begin_drain(&mut self) {
-        let config = &self.shared.config;
-        self.drain_deadline = Some(self.now + Duration::from_millis(config.shutdown_timeout_ms));
+        // The deadline runs from when the shutdown was asked for, not from when this loop
+        // noticed: a loop that was busy does not get to stretch it.
+        let started = self.shared.drain_started.get().copied().unwrap_or(self.now);
+        self.drain_deadline = Some(self.shared.drain_deadline(started));
         for slot in &mut self.listeners {
             if let Err(error) = self.poll.registry().deregister(&mut slot.socket) {
                 log::debug!("could not deregister a listener: {error}");

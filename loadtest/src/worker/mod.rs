@@ -204,6 +204,7 @@ impl Worker {
         let topic = protocol::topic_name(&self.spec.topic_prefix, sub.topic as usize);
         let path = self.spec.path_template.replace("{topic}", &topic);
         let request = crate::http::subscribe_request(&self.spec.host, &path, sub.parser.last_id());
+        sub.track.opening(!sub.parser.last_id().is_empty());
         sub.parser = crate::sse::SseParser::resumed(sub.parser.last_id().to_vec());
         sub.started = Instant::now();
         sub.state = SubState::Connecting {
@@ -295,8 +296,10 @@ impl Worker {
                     self.churning = self.spec.churn_percent > 0.0;
                     self.next_churn = Instant::now() + Duration::from_secs(1);
                 }
-                Ok(Control::Collect) => {
+                Ok(Control::Calm) => self.churning = false,
+                Ok(Control::Collect { published }) => {
                     self.churning = false;
+                    self.count_tails(published);
                     self.report()?;
                 }
                 Ok(Control::Quit) | Err(TryRecvError::Disconnected) => return Ok(false),
@@ -358,6 +361,23 @@ impl Worker {
                 self.drop_stream(i);
                 self.queue.push_front(i);
                 done += 1;
+            }
+        }
+    }
+
+    /// Counts, for every subscriber that opened, the events of `published` on its topic it
+    /// has not received yet: on an open stream (still in flight, or owed) or between
+    /// streams.
+    fn count_tails(&mut self, published: u64) {
+        let topics = self.spec.topics;
+        let d = &mut self.tally.deliveries;
+        for sub in self.subs.iter().filter(|s| s.opened_once) {
+            let owed = crate::report::events_on_topic(published, topics, sub.topic as usize)
+                .saturating_sub(sub.next_seq);
+            if sub.is_streaming() {
+                d.tail_streaming += owed;
+            } else {
+                d.tail_reconnecting += owed;
             }
         }
     }

@@ -103,6 +103,32 @@ pub struct Sub {
     pub opened_once: bool,
     /// Reconnect attempts so far (bounded by the worker).
     pub attempts: u32,
+    /// How the events this subscriber did not get are explained (see [`Track`]).
+    pub track: Track,
+}
+
+/// What a subscriber knows about the stream it is on, to explain every hole in its
+/// sequence: a gap notice announced it, the stream started without an id to resume from,
+/// or nothing did (a silent loss).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Track {
+    /// The current stream's request carried a Last-Event-ID.
+    pub anchored: bool,
+    /// No payload event has arrived on the current stream yet.
+    pub fresh: bool,
+    /// A gap notice arrived on this stream and no payload event since.
+    pub gap_pending: bool,
+}
+
+impl Track {
+    /// A new stream opens; `anchored` says whether it resumes from an id.
+    pub fn opening(&mut self, anchored: bool) {
+        *self = Track {
+            anchored,
+            fresh: true,
+            gap_pending: false,
+        };
+    }
 }
 
 impl Sub {
@@ -116,6 +142,7 @@ impl Sub {
             started: now,
             opened_once: false,
             attempts: 0,
+            track: Track::default(),
         }
     }
 
@@ -271,13 +298,14 @@ impl Sub {
             state,
             parser,
             next_seq,
+            track,
             ..
         } = self;
         let SubState::Streaming { chunked, .. } = state else {
             return Outcome::Pending;
         };
         let mut on_event = |event: crate::sse::Event<'_>| {
-            count_event(event.data, now_us, next_seq, tally);
+            count_event(&event, now_us, next_seq, track, tally);
         };
         let result = match chunked {
             None => parser.feed(bytes, &mut on_event).map_err(|_| ()),
@@ -302,21 +330,45 @@ impl Sub {
     }
 }
 
-/// Accounts one event's data: sequence tracking and latency.
-fn count_event(data: &[u8], now_us: u64, next_seq: &mut u64, tally: &mut Tally) {
-    let Some((seq, ts_nanos)) = payload::decode(data) else {
+/// Accounts one event: sequence tracking, the explanation of any hole, and latency.
+fn count_event(
+    event: &crate::sse::Event<'_>,
+    now_us: u64,
+    next_seq: &mut u64,
+    track: &mut Track,
+    tally: &mut Tally,
+) {
+    let Some((seq, ts_nanos)) = payload::decode(event.data) else {
         tally.deliveries.foreign += 1;
+        if event.name == crate::protocol::GAP_EVENT {
+            tally.deliveries.gap_notices += 1;
+            track.gap_pending = true;
+        }
         return;
     };
+    let (fresh, gap_pending) = (track.fresh, track.gap_pending);
+    track.fresh = false;
+    track.gap_pending = false;
     if seq < *next_seq {
         tally.deliveries.duplicated += 1;
         return;
     }
+    let d = &mut tally.deliveries;
     if seq > *next_seq {
-        tally.deliveries.gaps += 1;
+        d.gaps += 1;
+        let missed = seq - *next_seq;
+        if gap_pending {
+            d.missed_announced += missed;
+        } else if fresh && !track.anchored {
+            d.missed_unanchored += missed;
+        } else {
+            d.missed_silent += missed;
+        }
+    } else if gap_pending {
+        d.gap_notices_spurious += 1;
     }
     *next_seq = seq + 1;
-    tally.deliveries.received += 1;
+    d.received += 1;
     let latency_us = now_us
         .saturating_sub(ts_nanos / 1000)
         .clamp(1, LATENCY_US_MAX);
@@ -334,20 +386,73 @@ mod tests {
         }
     }
 
+    fn event<'a>(name: &'a [u8], data: &'a [u8]) -> crate::sse::Event<'a> {
+        crate::sse::Event {
+            id: b"",
+            name,
+            data,
+        }
+    }
+
     #[test]
     fn sequence_tracking() {
         let mut t = tally();
         let mut next = 0;
+        let mut track = Track::default();
+        track.opening(true);
         let mut data = Vec::new();
         for seq in [0, 1, 1, 3, 2, 4] {
             payload::encode(&mut data, seq, 1_000_000, 64);
-            count_event(&data, 2_000, &mut next, &mut t);
+            count_event(&event(b"", &data), 2_000, &mut next, &mut track, &mut t);
         }
-        count_event(b"not a payload", 0, &mut next, &mut t);
+        count_event(
+            &event(b"", b"not a payload"),
+            0,
+            &mut next,
+            &mut track,
+            &mut t,
+        );
         let d = t.deliveries;
         assert_eq!((d.received, d.duplicated, d.gaps, d.foreign), (4, 2, 1, 1));
+        assert_eq!((d.missed_silent, d.missed_announced), (1, 0));
         assert_eq!(next, 5);
         assert_eq!(t.latency.len(), 4);
         assert_eq!(t.latency.max(), 1_000);
+    }
+
+    /// Each hole is explained by what came before it on its stream.
+    #[test]
+    fn holes_are_classified() {
+        let mut t = tally();
+        let mut next = 0;
+        let mut track = Track::default();
+        let mut data = Vec::new();
+        let mut feed = |seq: u64, track: &mut Track, next: &mut u64, t: &mut Tally| {
+            payload::encode(&mut data, seq, 1_000_000, 64);
+            count_event(&event(b"", &data), 2_000, next, track, t);
+        };
+        // A stream opened without an id starts at the server's newest event.
+        track.opening(false);
+        feed(2, &mut track, &mut next, &mut t);
+        // A resumed stream announces what history no longer holds...
+        track.opening(true);
+        count_event(&event(b"gap", b""), 0, &mut next, &mut track, &mut t);
+        feed(7, &mut track, &mut next, &mut t);
+        // ...and a notice followed by no hole is spurious.
+        track.opening(true);
+        count_event(&event(b"gap", b"x"), 0, &mut next, &mut track, &mut t);
+        feed(8, &mut track, &mut next, &mut t);
+        // A hole with neither excuse is silent loss.
+        feed(10, &mut track, &mut next, &mut t);
+        let d = t.deliveries;
+        assert_eq!(
+            (d.missed_unanchored, d.missed_announced, d.missed_silent),
+            (2, 4, 1)
+        );
+        assert_eq!(
+            (d.gap_notices, d.gap_notices_spurious, d.foreign),
+            (2, 1, 2)
+        );
+        assert_eq!(d.received, 4);
     }
 }
