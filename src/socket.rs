@@ -43,16 +43,24 @@ pub(crate) fn listen(addr: SocketAddr, loops: usize) -> io::Result<Vec<mio::net:
 /// before the kernel aborts the connection (`TCP_USER_TIMEOUT`). A stream is sent a
 /// heartbeat after one quiet interval, so a peer that vanished without FIN or RST (power
 /// loss, a dropped NAT entry) is closed within about this many intervals plus one, instead
-/// of the kernel's ~15 minutes of retransmissions. Three leaves room for a lost segment or
-/// two on a slow path; the slow-consumer rule (no bytes taken for two intervals while a
-/// write is blocked) still applies first when herald's own send buffer fills.
-pub(crate) const USER_TIMEOUT_HEARTBEATS: u32 = 3;
+/// of the kernel's ~15 minutes of retransmissions. Four leaves room for a lost segment or
+/// two on a slow path, and lets the slow-consumer rule (no bytes taken for two intervals
+/// while a write is blocked, checked when the stream's timer fires, so up to three) close
+/// a blocked stream first, as a slow consumer, not as a failed socket.
+pub(crate) const USER_TIMEOUT_HEARTBEATS: u32 = 4;
+const _: () =
+    assert!(USER_TIMEOUT_HEARTBEATS as u64 > crate::event_loop::timers::STALLED_HEARTBEATS + 1);
 
 /// Keepalive probes sent, one every third of a heartbeat interval, after a heartbeat
 /// interval with nothing in flight; an idle connection whose peer is gone is closed about
 /// two intervals later (with `TCP_USER_TIMEOUT` set, Linux ends it once that much time has
 /// passed without an answer).
 const KEEPALIVE_PROBES: u32 = 3;
+
+/// The shortest `TCP_USER_TIMEOUT`: with sub-second heartbeats (tests use them; no real
+/// deployment does), the timer wheel's 100 ms tick is a large share of an interval, and
+/// the kernel could abort a blocked stream before the slow-consumer rule closes it.
+const USER_TIMEOUT_MIN: Duration = Duration::from_secs(2);
 
 /// The kernel's keepalive timers count whole seconds.
 const KEEPALIVE_SECS_MIN: Duration = Duration::from_secs(1);
@@ -65,14 +73,16 @@ const _: () = assert!(crate::config::TIMER_MS_MAX / 1_000 <= 32_767);
 
 /// Sets up an accepted connection: `TCP_NODELAY` (frames are small and should leave at
 /// once), and dead-peer detection scaled to `heartbeat`: `TCP_USER_TIMEOUT` of
-/// [`USER_TIMEOUT_HEARTBEATS`] intervals and TCP keepalive (idle one interval, then
+/// [`USER_TIMEOUT_HEARTBEATS`] intervals (at least [`USER_TIMEOUT_MIN`]) and TCP keepalive (idle one interval, then
 /// [`KEEPALIVE_PROBES`] probes a third of an interval apart, at least a second each).
 /// Options that cannot be set are returned as an error for the caller to log; the
 /// connection stays usable without them.
 pub(crate) fn tune(stream: &mio::net::TcpStream, heartbeat: Duration) -> io::Result<()> {
     let socket = SockRef::from(stream);
     socket.set_nodelay(true)?;
-    socket.set_tcp_user_timeout(Some(heartbeat * USER_TIMEOUT_HEARTBEATS))?;
+    socket.set_tcp_user_timeout(Some(
+        (heartbeat * USER_TIMEOUT_HEARTBEATS).max(USER_TIMEOUT_MIN),
+    ))?;
     let keepalive = TcpKeepalive::new()
         .with_time(heartbeat.max(KEEPALIVE_SECS_MIN))
         .with_interval((heartbeat / 3).max(KEEPALIVE_SECS_MIN))
@@ -169,7 +179,7 @@ mod tests {
         assert!(socket.nodelay().unwrap());
         assert_eq!(
             socket.tcp_user_timeout().unwrap(),
-            Some(Duration::from_secs(45))
+            Some(Duration::from_secs(60))
         );
         assert!(socket.keepalive().unwrap());
         assert_eq!(socket.keepalive_time().unwrap(), Duration::from_secs(15));
@@ -177,10 +187,7 @@ mod tests {
         assert_eq!(socket.keepalive_retries().unwrap(), KEEPALIVE_PROBES);
         // Short heartbeats keep the kernel's whole-second minimum for keepalive.
         tune(&accepted, Duration::from_millis(200)).unwrap();
-        assert_eq!(
-            socket.tcp_user_timeout().unwrap(),
-            Some(Duration::from_millis(600))
-        );
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT_MIN));
         assert_eq!(socket.keepalive_time().unwrap(), KEEPALIVE_SECS_MIN);
         assert_eq!(socket.keepalive_interval().unwrap(), KEEPALIVE_SECS_MIN);
     }

@@ -9,7 +9,7 @@
 
 mod http;
 mod streams;
-mod timers;
+pub(crate) mod timers;
 
 use std::io::Read;
 use std::sync::atomic::Ordering;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::*;
 
 /// Heartbeat intervals a blocked stream may go without writing a byte before it is closed.
-const STALLED_HEARTBEATS: u64 = 2;
+pub(crate) const STALLED_HEARTBEATS: u64 = 2;
 
 /// The wall clock in Unix milliseconds (0 if it reads before 1970, which makes every token
 /// with an `exp` look fresh rather than expired: the deadline still comes, late).
