@@ -281,8 +281,14 @@ fn heartbeats_are_counted() {
     let addr = server.local_addr();
     let mut quiet = subscribe(addr, &["quiet"]);
     quiet.wait_for_comments(3, "three heartbeats");
+    let received = quiet.comments().len() as f64;
+    // Counters are stored once per loop turn, so the scrape may run just before the turn
+    // that wrote the last heartbeat stores its count: wait for it, with a deadline.
     let mut conn = Conn::connect(addr);
-    let page = scrape_on(&mut conn);
+    let page = scrape_until(&mut conn, "the heartbeats to be counted", |page| {
+        page.get("herald_heartbeats_total")
+            .is_some_and(|counted| counted >= received)
+    });
     let counted = page.value("herald_heartbeats_total");
     assert!(
         counted >= quiet.comments().len() as f64,
