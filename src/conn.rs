@@ -869,8 +869,8 @@ mod tests {
             &self,
             _: crate::bus::BackfillRequest,
             _: Ticket,
-        ) -> Result<(), crate::PublishError> {
-            Err(crate::PublishError::Unavailable)
+        ) -> Result<(), crate::bus::BackfillError> {
+            Err(crate::bus::BackfillError::Unavailable)
         }
         fn published(&self) -> u64 {
             0

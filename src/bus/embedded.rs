@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{
-    BackfillRequest, Bus, BusStats, Fanout, Outgoing, Published, Resume, Submitted, Ticket,
+    BackfillError, BackfillRequest, Bus, BusStats, Fanout, InboxItem, Outgoing, Published, Resume,
+    Submitted, Ticket,
 };
 use crate::ring::Seq;
 use crate::sse::{encode_event, EventFields};
@@ -67,17 +68,17 @@ impl EmbeddedBus {
         if !self.fanout.has_room(frame.len()) {
             return Err(PublishError::Busy);
         }
-        let item = Arc::new(Published {
+        let item = InboxItem::Event(Arc::new(Published {
             seq,
             topics: event.topics.into_boxed_slice(),
             frame,
-        });
+        }));
         // Recognisable before any loop can send it: a client that got the event from one
         // loop and resumes on another must not find its id "from the future".
         // The embedded sequence counts publishes of one run, far below u64::MAX.
         self.published
             .store(u64::try_from(seq).unwrap_or(u64::MAX), Ordering::Release);
-        self.fanout.deliver(&item);
+        self.fanout.broadcast(&item);
         *last = seq;
         Ok(EventId(id))
     }
@@ -116,8 +117,8 @@ impl Bus for EmbeddedBus {
         false
     }
 
-    fn backfill(&self, _request: BackfillRequest, _ticket: Ticket) -> Result<(), PublishError> {
-        Err(PublishError::Unavailable)
+    fn backfill(&self, _request: BackfillRequest, _ticket: Ticket) -> Result<(), BackfillError> {
+        Err(BackfillError::Unavailable)
     }
 
     fn published(&self) -> u64 {

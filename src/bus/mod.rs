@@ -3,12 +3,11 @@
 //! A [`Bus`] assigns each event its id, encodes it once into a frame, and hands the same
 //! `Arc<Published>` to every loop's inbox through [`Fanout`], in id order. Publishers (HTTP
 //! handlers on any loop, library handles on any thread) only ever call the bus; loops only
-//! ever read their inbox. The embedded bus is the default; the Redis bus (`redis.rs`)
+//! ever read their inbox. The embedded bus is the default; the Redis bus (`redis/`)
 //! answers publishes and resume backfills from its own threads, through each loop's
 //! completion queue.
 
 pub(crate) mod embedded;
-pub(crate) mod fair;
 pub(crate) mod redis;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,15 +31,35 @@ pub(crate) const INBOX_BYTES_MAX: usize = 256 * 1024 * 1024;
 pub(crate) struct Published {
     /// Bus-assigned sequence number.
     pub seq: Seq,
-    /// Distinct, validated topic names. Empty: not an event but the bus saying it lost the
-    /// events up to `seq` before it could deliver them; every stream must resume.
+    /// Distinct, validated topic names (at least one).
     pub topics: Box<[Box<str>]>,
     /// The encoded event, shared by every loop and subscriber.
     pub frame: Frame,
 }
 
-/// What a loop's inbox carries.
-pub(crate) type InboxItem = Arc<Published>;
+/// What a loop's inbox carries, in id order.
+#[derive(Clone)]
+pub(crate) enum InboxItem {
+    /// The next event, shared by every loop.
+    Event(Arc<Published>),
+    /// The bus lost the events up to `through` before it could deliver them (its log
+    /// dropped them first): every stream must resume, so that each is served from the log,
+    /// which reports the gap to the clients that missed something.
+    Lost {
+        /// Every event up to here that this loop was not sent is gone from the log.
+        through: Seq,
+    },
+}
+
+impl InboxItem {
+    /// The frame bytes this item holds, as counted against `INBOX_BYTES_MAX`.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            InboxItem::Event(published) => published.frame.len(),
+            InboxItem::Lost { .. } => 0,
+        }
+    }
+}
 
 /// Which request of which connection a bus answer is for. `serial` is unique per request,
 /// so it tells a connection's requests apart and a slot reused by a later connection.
@@ -99,7 +118,19 @@ pub(crate) enum Completion {
     /// The publish was stored (its id) or refused.
     Published(Ticket, Result<EventId, PublishError>),
     /// The backfill, or why it could not be fetched.
-    Backfilled(Ticket, Result<Backfill, PublishError>),
+    Backfilled(Ticket, Result<Backfill, BackfillError>),
+}
+
+/// Why a resume's missed events could not be fetched. The loop answers the `GET /events`
+/// with a 503 and the client retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BackfillError {
+    /// The fetch queue, or this client address's share of it, is full.
+    Busy,
+    /// The bus is closing.
+    ShuttingDown,
+    /// The bus cannot reach its log (or has none, or does not know its reach yet).
+    Unavailable,
 }
 
 /// A loop's receiving end: published events, and answers to its connections' requests.
@@ -114,7 +145,7 @@ impl Inbox {
     /// Takes the next event, if any.
     pub(crate) fn try_recv(&self) -> Option<InboxItem> {
         let item = self.rx.try_recv().ok()?;
-        self.bytes.fetch_sub(item.frame.len(), Ordering::Relaxed);
+        self.bytes.fetch_sub(item.bytes(), Ordering::Relaxed);
         Some(item)
     }
 
@@ -142,7 +173,8 @@ impl Inbox {
     }
 }
 
-struct Link {
+/// The sending half of one loop's [`Inbox`].
+struct InboxSender {
     tx: Sender<InboxItem>,
     done: Sender<Completion>,
     bytes: Arc<AtomicUsize>,
@@ -150,7 +182,7 @@ struct Link {
     waker: Arc<mio::Waker>,
 }
 
-impl Link {
+impl InboxSender {
     /// Wakes the loop if it is (about to be) blocked in `poll`.
     fn nudge(&self) {
         if self.parked.swap(false, Ordering::SeqCst) {
@@ -161,16 +193,19 @@ impl Link {
     }
 }
 
-/// The senders to every loop's inbox. Callers serialise `deliver` calls (the bus holds a
-/// lock across id assignment and delivery), which is what keeps every inbox in id order.
+/// The senders to every loop's inbox. Callers serialise `broadcast` calls (the embedded
+/// bus holds a lock across id assignment and delivery, the Redis bus has one reader
+/// thread), which is what keeps every inbox in id order.
 pub(crate) struct Fanout {
-    links: Vec<Link>,
+    senders: Vec<InboxSender>,
 }
 
 impl Fanout {
     /// An empty fan-out; `add_loop` connects loops before any publish.
     pub(crate) fn new() -> Self {
-        Fanout { links: Vec::new() }
+        Fanout {
+            senders: Vec::new(),
+        }
     }
 
     /// Creates an inbox for a loop woken by `waker`.
@@ -181,7 +216,7 @@ impl Fanout {
         let (done, done_rx) = crossbeam_channel::unbounded();
         let bytes = Arc::new(AtomicUsize::new(0));
         let parked = Arc::new(AtomicBool::new(false));
-        self.links.push(Link {
+        self.senders.push(InboxSender {
             tx,
             done,
             bytes: bytes.clone(),
@@ -197,26 +232,27 @@ impl Fanout {
     }
 
     /// Whether every inbox can take a frame of `len` bytes. Only the serialised publisher
-    /// adds to inboxes, so room seen here is still there at `deliver`.
+    /// adds to inboxes, so room seen here is still there at `broadcast`.
     pub(crate) fn has_room(&self, len: usize) -> bool {
-        self.links.iter().all(|link| {
-            link.tx.len() < INBOX_EVENTS_MAX
-                && link.bytes.load(Ordering::Relaxed) + len <= INBOX_BYTES_MAX
+        self.senders.iter().all(|sender| {
+            sender.tx.len() < INBOX_EVENTS_MAX
+                && sender.bytes.load(Ordering::Relaxed) + len <= INBOX_BYTES_MAX
         })
     }
 
-    /// Hands an event to every loop, waking only loops that are blocked in `poll` (a
+    /// Hands an item to every loop, waking only loops that are blocked in `poll` (a
     /// running loop looks at its inbox before it blocks; see [`Inbox::park`]).
-    pub(crate) fn deliver(&self, item: &InboxItem) {
-        for link in &self.links {
-            link.bytes.fetch_add(item.frame.len(), Ordering::Relaxed);
-            if link.tx.try_send(item.clone()).is_err() {
-                // has_room was checked by the one serialised deliverer; only a loop that
+    pub(crate) fn broadcast(&self, item: &InboxItem) {
+        let bytes = item.bytes();
+        for sender in &self.senders {
+            sender.bytes.fetch_add(bytes, Ordering::Relaxed);
+            if sender.tx.try_send(item.clone()).is_err() {
+                // has_room was checked by the one serialised broadcaster; only a loop that
                 // has exited (shutdown) disconnects.
-                link.bytes.fetch_sub(item.frame.len(), Ordering::Relaxed);
+                sender.bytes.fetch_sub(bytes, Ordering::Relaxed);
                 continue;
             }
-            link.nudge();
+            sender.nudge();
         }
     }
 
@@ -225,19 +261,19 @@ impl Fanout {
         let ticket = match &completion {
             Completion::Published(ticket, _) | Completion::Backfilled(ticket, _) => *ticket,
         };
-        let Some(link) = self.links.get(ticket.loop_index) else {
+        let Some(sender) = self.senders.get(ticket.loop_index) else {
             return;
         };
         // Fails only when the loop has exited, and its connections with it.
-        if link.done.send(completion).is_ok() {
-            link.nudge();
+        if sender.done.send(completion).is_ok() {
+            sender.nudge();
         }
     }
 
     /// Wakes every loop (used for shutdown).
     pub(crate) fn wake_all(&self) {
-        for link in &self.links {
-            let _ = link.waker.wake();
+        for sender in &self.senders {
+            let _ = sender.waker.wake();
         }
     }
 }
@@ -297,11 +333,50 @@ pub(crate) trait Bus: Send + Sync {
     fn can_backfill(&self) -> bool;
     /// Fetches the events of a resume older than a loop's rings; answers with
     /// [`Completion::Backfilled`], or refuses now when its queue is full.
-    fn backfill(&self, request: BackfillRequest, ticket: Ticket) -> Result<(), PublishError>;
+    fn backfill(&self, request: BackfillRequest, ticket: Ticket) -> Result<(), BackfillError>;
     /// Events handed to the loops since start.
     fn published(&self) -> u64;
     /// Counters for `/metrics`.
     fn stats(&self) -> BusStats;
     /// Refuses further publishes.
     fn close(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: Seq, frame: &'static [u8]) -> InboxItem {
+        InboxItem::Event(Arc::new(Published {
+            seq,
+            topics: Box::new(["a".into()]),
+            frame: Frame::from_static(frame),
+        }))
+    }
+
+    /// Every loop gets every item in the order it was broadcast, a lost-events notice
+    /// included, and the inbox's byte count returns to zero once drained.
+    #[test]
+    fn broadcast_reaches_every_inbox_in_order() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let mut fanout = Fanout::new();
+        let inboxes = [fanout.add_loop(waker.clone()), fanout.add_loop(waker)];
+        fanout.broadcast(&event(1, b"one"));
+        fanout.broadcast(&InboxItem::Lost { through: 4 });
+        fanout.broadcast(&event(5, b"five!"));
+        for inbox in &inboxes {
+            assert_eq!(inbox.bytes.load(Ordering::Relaxed), 8);
+            let mut seen = Vec::new();
+            while let Some(item) = inbox.try_recv() {
+                seen.push(match item {
+                    InboxItem::Event(published) => (published.seq, published.frame.len()),
+                    InboxItem::Lost { through } => (through, 0),
+                });
+            }
+            assert_eq!(seen, [(1, 3), (4, 0), (5, 5)]);
+            assert_eq!(inbox.bytes.load(Ordering::Relaxed), 0);
+        }
+        assert!(fanout.has_room(INBOX_BYTES_MAX));
+    }
 }

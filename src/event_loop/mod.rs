@@ -32,7 +32,6 @@ use crate::socket::{self, IoOutcome};
 use crate::stream::{self, Flushed, Stream, StreamEnd, StreamTopic};
 use crate::timer::{TimerHandle, TimerWheel};
 use crate::topic::{HistoryLimits, SubscriberRef, TopicId, Topics};
-use crate::PublishError;
 
 /// Token of the loop's waker.
 pub(crate) const WAKER: Token = Token(usize::MAX);

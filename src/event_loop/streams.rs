@@ -5,6 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use super::*;
+use crate::bus::{BackfillError, InboxItem};
 
 /// The `retry:` a stream gets when its backfill was cut at the byte budget: the client
 /// comes straight back for the rest.
@@ -37,11 +38,7 @@ impl EventLoop {
             serial,
         };
         if let Err(error) = self.shared.bus.backfill(fetch, ticket) {
-            let error = match error {
-                PublishError::Busy => HttpError::ResumeBusy,
-                other => HttpError::Publish(other),
-            };
-            return self.refuse_stream(key, error, &request);
+            return self.refuse_stream(key, error.into(), &request);
         }
         if let Some(Connection {
             state: ConnState::Http(exchange),
@@ -88,7 +85,7 @@ impl EventLoop {
             return None; // Not an id of this bus: the gap event, as always.
         };
         let Some(reach) = bus.reach_floor() else {
-            return Some(Err(HttpError::Publish(PublishError::Unavailable)));
+            return Some(Err(BackfillError::Unavailable.into()));
         };
         let until = reach.max(self.evicted_max(&request.topics));
         (after < until).then(|| {
@@ -172,9 +169,7 @@ impl EventLoop {
                             };
                             self.on_backfilled(ticket.conn, request, backfill);
                         }
-                        Err(error) => {
-                            self.refuse_stream(ticket.conn, HttpError::Publish(error), &request)
-                        }
+                        Err(error) => self.refuse_stream(ticket.conn, error.into(), &request),
                     }
                 }
             }
@@ -291,21 +286,25 @@ impl EventLoop {
                 self.inbox_pending = false;
                 return;
             };
-            if item.topics.is_empty() {
-                self.restart_streams();
-                continue;
-            }
-            self.topics.append(item.seq, &item.topics, &item.frame);
+            let event = match item {
+                InboxItem::Event(event) => event,
+                InboxItem::Lost { through } => {
+                    self.restart_streams(through);
+                    continue;
+                }
+            };
+            self.topics.append(event.seq, &event.topics, &event.frame);
             events += 1;
-            bytes += item.frame.len();
+            bytes += event.frame.len();
         }
         self.inbox_pending = true;
     }
 
-    /// The bus lost events before this loop got them (see `Published`): every stream is
-    /// told to come back after a jittered delay. Resuming, each is served from the bus's
-    /// log, which reports the gap to the clients that missed something.
-    fn restart_streams(&mut self) {
+    /// The bus lost events up to `through` before this loop got them (see
+    /// `InboxItem::Lost`): every stream is told to come back after a jittered delay.
+    /// Resuming, each is served from the bus's log, which reports the gap to the clients
+    /// that missed something.
+    fn restart_streams(&mut self, through: Seq) {
         let keys: Vec<usize> = self
             .conns
             .iter()
@@ -313,7 +312,11 @@ impl EventLoop {
             .map(|(key, _)| key)
             .collect();
         if !keys.is_empty() {
-            log::info!("telling {} streams to resume after lost events", keys.len());
+            log::info!(
+                "telling {} streams to resume after lost events (up to {})",
+                keys.len(),
+                self.shared.bus.id_of(through)
+            );
         }
         for key in keys {
             self.send_back(key);

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::auth::TokenError;
+use crate::bus::BackfillError;
 use crate::PublishError;
 
 /// Everything herald refuses, each with one status and one reason.
@@ -182,6 +183,18 @@ fn status_text(status: u16) -> &'static str {
     }
 }
 
+impl From<BackfillError> for HttpError {
+    /// A resume whose missed events could not be fetched: 503, with Retry-After unless the
+    /// server is shutting down.
+    fn from(error: BackfillError) -> Self {
+        match error {
+            BackfillError::Busy => HttpError::ResumeBusy,
+            BackfillError::ShuttingDown => HttpError::Publish(PublishError::ShuttingDown),
+            BackfillError::Unavailable => HttpError::Publish(PublishError::Unavailable),
+        }
+    }
+}
+
 /// CORS headers for a request's `Origin`, given the configured allowed origins.
 ///
 /// An origin named in the list is echoed with `Access-Control-Allow-Credentials: true`, so
@@ -313,6 +326,27 @@ mod tests {
         let closing = String::from_utf8(refusal(HttpError::HeadTooLarge, "", true)).unwrap();
         assert!(closing.starts_with("HTTP/1.1 431 "));
         assert!(closing.contains("Connection: close\r\n"));
+    }
+
+    /// A resume the bus could not fetch is answered as before backfills had their own
+    /// error type: 503, and Retry-After unless the server is shutting down.
+    #[test]
+    fn backfill_errors_are_503() {
+        let cases = [
+            (BackfillError::Busy, true, "too many resumes"),
+            (BackfillError::Unavailable, true, "redis is unavailable"),
+            (BackfillError::ShuttingDown, false, "shutting down"),
+        ];
+        for (error, retry_after, reason) in cases {
+            let text = String::from_utf8(refusal(error.into(), "", true)).unwrap();
+            assert!(text.starts_with("HTTP/1.1 503 "), "{error:?}: {text}");
+            assert_eq!(
+                text.contains("Retry-After: 1\r\n"),
+                retry_after,
+                "{error:?}"
+            );
+            assert!(text.contains(reason), "{error:?}: {text}");
+        }
     }
 
     #[test]

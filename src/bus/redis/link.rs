@@ -1,0 +1,240 @@
+//! Talking to Redis from the bus's threads: [`RedisConn`], a connection reopened on demand
+//! under a jittered [`Backoff`], the plain `connect` the reader uses, and [`Throttle`],
+//! which keeps a fault that repeats at event rate from flooding the log. The decisions
+//! (`Backoff`, `Throttle`) are plain values; only `connect` and `RedisConn` do I/O.
+
+use std::time::{Duration, Instant};
+
+use redis::Value;
+
+use super::Core;
+
+/// Time to open a connection to Redis.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Time Redis has to answer one command (the reader adds `READ_BLOCK`).
+const IO_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// Shortest wait between reconnection attempts: a Redis that is down is not asked more
+/// often than ten times a second per thread.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts: how late, at worst, a node notices that
+/// Redis is back.
+const BACKOFF_MAX: Duration = Duration::from_millis(2_000);
+
+/// Opens a connection with the bus's timeouts; `extra_read` is added to the read timeout
+/// (the reader's blocking `XREAD`).
+pub(super) fn connect(core: &Core, extra_read: Duration) -> redis::RedisResult<redis::Connection> {
+    let conn = core.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    conn.set_read_timeout(Some(IO_TIMEOUT + extra_read))?;
+    conn.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(conn)
+}
+
+/// A connection idle for longer than this is checked with a `PING` before use, so the
+/// first request after a Redis restart goes out on a fresh connection instead of failing
+/// on the dead one (an `XADD` that fails is not retried: it may have been stored).
+const IDLE_CHECK: Duration = Duration::from_millis(1_000);
+
+/// The wait before the next attempt after a failure, with decorrelated jitter: each wait is
+/// drawn between `BACKOFF_MIN` and three times the previous one, capped at `BACKOFF_MAX`;
+/// back to the minimum once something worked. Random, so the nodes of a cluster that lost
+/// Redis together do not all come back to it in the same instant after it restarts. Sans-io:
+/// the random source is a seeded xorshift, so tests replay it.
+pub(super) struct Backoff {
+    /// The previous wait (`BACKOFF_MIN` after a reset).
+    last: Duration,
+    /// xorshift64 state; never zero.
+    rng: u64,
+}
+
+impl Backoff {
+    /// A backoff drawing from `seed` (any value; zero is replaced).
+    pub(super) fn new(seed: u64) -> Self {
+        Backoff {
+            last: BACKOFF_MIN,
+            rng: seed.max(1),
+        }
+    }
+
+    /// A backoff seeded from the process's hash keys (random per process and per call), so
+    /// every thread of every node draws its own waits.
+    pub(super) fn seeded() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Backoff::new(seed)
+    }
+
+    /// The wait to use now, in `[BACKOFF_MIN, BACKOFF_MAX]`.
+    pub(super) fn step(&mut self) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let upper = (self.last * 3).clamp(BACKOFF_MIN, BACKOFF_MAX);
+        let span = (upper - BACKOFF_MIN).as_micros() as u64;
+        let wait = BACKOFF_MIN + Duration::from_micros(self.rng % (span + 1));
+        self.last = wait;
+        wait
+    }
+
+    /// Something worked: the next failure waits about the minimum again.
+    pub(super) fn reset(&mut self) {
+        self.last = BACKOFF_MIN;
+    }
+}
+
+/// A connection that is reopened on demand, no more often than a capped backoff allows,
+/// so requests fail fast while Redis is down.
+pub(super) struct RedisConn {
+    role: &'static str,
+    conn: Option<redis::Connection>,
+    retry_at: Instant,
+    backoff: Backoff,
+    down_logged: bool,
+    /// When the connection was last handed out for a request.
+    used_at: Instant,
+}
+
+impl RedisConn {
+    /// A connection for the thread named by `role` (in log lines); opened on first use.
+    pub(super) fn new(role: &'static str) -> Self {
+        RedisConn {
+            role,
+            conn: None,
+            retry_at: Instant::now(),
+            backoff: Backoff::seeded(),
+            down_logged: false,
+            used_at: Instant::now(),
+        }
+    }
+
+    /// The connection, (re)opened if it is gone and the backoff allows; `None` while Redis
+    /// cannot be reached.
+    pub(super) fn get(&mut self, core: &Core) -> Option<&mut redis::Connection> {
+        let now = Instant::now();
+        if now.duration_since(self.used_at) > IDLE_CHECK {
+            if let Some(conn) = &mut self.conn {
+                if let Err(error) = redis::cmd("PING").query::<Value>(conn) {
+                    log::debug!("redis {} idle connection is gone: {error}", self.role);
+                    self.conn = None;
+                    self.retry_at = now;
+                }
+            }
+        }
+        self.used_at = now;
+        if self.conn.is_none() && now >= self.retry_at {
+            match connect(core, Duration::ZERO) {
+                Ok(conn) => {
+                    if self.down_logged {
+                        log::info!("redis {} reconnected", self.role);
+                    }
+                    self.conn = Some(conn);
+                    self.backoff.reset();
+                    self.down_logged = false;
+                }
+                Err(error) => {
+                    if !self.down_logged {
+                        log::warn!("redis {} cannot connect: {error}", self.role);
+                        self.down_logged = true;
+                    }
+                    self.retry_at = Instant::now() + self.backoff.step();
+                }
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    /// The connection failed: drop it; the next request tries a new one at once.
+    pub(super) fn lost(&mut self, error: &redis::RedisError) {
+        log::warn!("redis {} lost its connection: {error}", self.role);
+        self.conn = None;
+        self.down_logged = true;
+        self.retry_at = Instant::now();
+    }
+}
+
+/// Lets a log line through at most once per `LOG_EVERY`, counting the ones held back: a
+/// misconfigured stream or a misbehaving writer must not flood the log at event rate
+/// (the metrics count every occurrence).
+pub(super) struct Throttle {
+    next: Option<Instant>,
+    held: u64,
+}
+
+/// Shortest time between two lines of one kind.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+impl Throttle {
+    /// A throttle that lets the first line through.
+    pub(super) const fn new() -> Self {
+        Throttle {
+            next: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may go out now.
+    pub(super) fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.next.is_some_and(|next| now < next) {
+            self.held += 1;
+            return None;
+        }
+        self.next = Some(now + LOG_EVERY);
+        Some(std::mem::take(&mut self.held))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10, item 16: nodes that lost Redis together retry at spread-out times, within
+    /// the bounds, and a seed replays its waits.
+    #[test]
+    fn backoff_waits_are_jittered_within_bounds() {
+        const NODES: u64 = 200;
+        const STEPS: usize = 12;
+        let mut nodes: Vec<Backoff> = (0..NODES)
+            .map(|n| Backoff::new(n.wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+            .collect();
+        // When each node makes its attempt number `step`, as offsets from the failure.
+        let mut at = vec![Duration::ZERO; nodes.len()];
+        for step in 0..STEPS {
+            for (node, at) in nodes.iter_mut().zip(&mut at) {
+                let wait = node.step();
+                assert!((BACKOFF_MIN..=BACKOFF_MAX).contains(&wait), "{wait:?}");
+                *at += wait;
+            }
+            let mut sorted = at.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert!(
+                sorted.len() as u64 > NODES * 9 / 10,
+                "attempt {step}: only {} distinct instants for {NODES} nodes",
+                sorted.len()
+            );
+            let spread = sorted[sorted.len() - 1] - sorted[0];
+            assert!(
+                spread >= BACKOFF_MIN,
+                "attempt {step}: every node retries within {spread:?}"
+            );
+        }
+        // Past the first few attempts the waits reach the cap, but stay spread over it.
+        let late: Vec<Duration> = nodes.iter_mut().map(Backoff::step).collect();
+        assert!(late.iter().any(|w| *w > BACKOFF_MAX / 2));
+        assert!(late.iter().any(|w| *w < BACKOFF_MAX / 2));
+        // A reset starts over near the minimum.
+        for node in &mut nodes {
+            node.reset();
+            assert!(node.step() <= BACKOFF_MIN * 3);
+        }
+        let replay = |seed| {
+            let mut backoff = Backoff::new(seed);
+            (0..STEPS).map(|_| backoff.step()).collect::<Vec<_>>()
+        };
+        assert_eq!(replay(7), replay(7));
+        assert_ne!(replay(7), replay(8));
+        assert_eq!(replay(0).len(), STEPS, "a zero seed still draws");
+    }
+}

@@ -1,0 +1,268 @@
+//! The Redis Streams bus: every node appends to one stream and reads it back, so event
+//! ids (stream entry ids) and their order are the same on every node.
+//!
+//! Three threads per node, each with its own connection, so the event loops never wait on
+//! Redis:
+//! - the writer (`writer.rs`) takes publishes from a bounded queue and sends each batch as
+//!   one pipeline of `XADD <stream> MAXLEN ~ <n> * ...`; every publisher is answered with
+//!   its entry id, or refused, only once Redis replied;
+//! - the reader (`reader.rs`) runs a blocking `XREAD` after the last id it saw, encodes
+//!   each entry's frame once and hands it to every loop in stream order. After losing
+//!   Redis it reconnects with capped, jittered backoff and continues after that id, so
+//!   nothing that reached the stream is skipped;
+//! - the backfiller (`backfill.rs`) answers resumes older than a loop's rings with
+//!   `XRANGE`, serving client addresses in turn from a `FairQueue` (`fair.rs`).
+//!
+//! `entry.rs` is the entry codec all three share; `link.rs` is the reconnecting
+//! connection, its backoff and the log throttle. This file holds what the threads share
+//! ([`Core`]) and the [`Bus`] face the loops call, which only queues work for the threads.
+//!
+//! Entry format, for herald and for any application that appends directly:
+//! `topic` (one name or several separated by `,`; the field may repeat), `data` (UTF-8),
+//! optional `event` (the SSE event name) and `retry` (milliseconds). Other fields are
+//! ignored. An entry that fails the checks a publish gets is skipped by every node alike.
+//!
+//! A stream id `<ms>-<n>` (two 64-bit numbers) maps to the loops' 128-bit sequence number
+//! `ms << 64 | n`: exactly, both ways, and in order, so every id Redis accepts (an
+//! application's explicit id in microseconds, a sequence near 2^64) is delivered like any
+//! other, and so is everything after it.
+
+mod backfill;
+mod entry;
+mod fair;
+mod link;
+mod reader;
+mod writer;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use self::backfill::{run_backfiller, BackfillJob, BackfillQueue};
+use self::entry::{format_id, pack, parse_id};
+use self::reader::run_reader;
+use self::writer::{run_writer, Reply, WriteJob, WRITE_QUEUE_BYTES_MAX, WRITE_QUEUE_MAX};
+use super::{
+    BackfillError, BackfillRequest, Bus, BusStats, Fanout, Outgoing, Resume, Submitted, Ticket,
+};
+use crate::publish::PublishLimits;
+use crate::ring::Seq;
+use crate::PublishError;
+
+/// Entries one `XREAD` or `XRANGE` returns, bounding the reply held in memory.
+const READ_COUNT_MAX: usize = 512;
+/// How long one `XREAD` blocks: also how soon the reader notices a shutdown.
+const READ_BLOCK: Duration = Duration::from_millis(1_000);
+/// How long a library `Handle::publish` waits for Redis before giving up with
+/// `Unavailable` (the writer's own timeouts answer well before this).
+const HANDLE_WAIT: Duration = Duration::from_millis(10_000);
+
+/// Locks `mutex`; a panic while it was held cannot leave a plain value half-written.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the bus's threads share.
+struct Core {
+    client: redis::Client,
+    stream: String,
+    maxlen: usize,
+    limits: PublishLimits,
+    data_bytes_max: usize,
+    fanout: Fanout,
+    closed: AtomicBool,
+    /// The stream's last id when the reader first connected (`None`: not yet). A lock, not
+    /// an atomic: there is no stable 128-bit atomic, and it is taken once per resume.
+    floor: Mutex<Option<Seq>>,
+    delivered: AtomicU64,
+    connected: AtomicBool,
+    reconnects: AtomicU64,
+    skipped: AtomicU64,
+    backfills: AtomicU64,
+    /// Entries read by backfills.
+    backfill_scanned: AtomicU64,
+    holes: AtomicU64,
+    /// Event bytes in the writer's queue.
+    queued_bytes: AtomicUsize,
+}
+
+/// A bus over one Redis Stream.
+pub(crate) struct RedisBus {
+    core: Arc<Core>,
+    writes: Sender<WriteJob>,
+    backfills: Arc<BackfillQueue>,
+}
+
+/// What the Redis bus needs from the configuration.
+pub(crate) struct RedisSettings {
+    pub url: String,
+    pub stream: String,
+    pub maxlen: usize,
+    pub limits: PublishLimits,
+    pub data_bytes_max: usize,
+}
+
+impl RedisBus {
+    /// Starts the writer, reader and backfiller threads. Redis need not be up: the
+    /// threads keep trying, and publishes are refused until it is.
+    pub(crate) fn start(fanout: Fanout, settings: RedisSettings) -> std::io::Result<RedisBus> {
+        let shown = crate::config::redact_url(&settings.url);
+        let client = redis::Client::open(settings.url.as_str()).map_err(|error| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{shown}: {}",
+                    error.to_string().replace(&settings.url, &shown)
+                ),
+            )
+        })?;
+        log::info!("redis bus on {shown}, stream {:?}", settings.stream);
+        let core = Arc::new(Core {
+            client,
+            stream: settings.stream,
+            maxlen: settings.maxlen,
+            limits: settings.limits,
+            data_bytes_max: settings.data_bytes_max,
+            fanout,
+            closed: AtomicBool::new(false),
+            floor: Mutex::new(None),
+            delivered: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            backfills: AtomicU64::new(0),
+            backfill_scanned: AtomicU64::new(0),
+            holes: AtomicU64::new(0),
+            queued_bytes: AtomicUsize::new(0),
+        });
+        let (writes, write_jobs) = crossbeam_channel::bounded(WRITE_QUEUE_MAX);
+        let backfills = Arc::new(BackfillQueue::new());
+        let backfill_jobs = backfills.clone();
+        let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(body)
+                .map(drop)
+        };
+        let c = core.clone();
+        spawn(
+            "herald-redis-writer",
+            Box::new(move || run_writer(&c, &write_jobs)),
+        )?;
+        let c = core.clone();
+        spawn("herald-redis-reader", Box::new(move || run_reader(&c)))?;
+        let c = core.clone();
+        spawn(
+            "herald-redis-backfill",
+            Box::new(move || run_backfiller(&c, &backfill_jobs)),
+        )?;
+        Ok(RedisBus {
+            core,
+            writes,
+            backfills,
+        })
+    }
+}
+
+impl Drop for RedisBus {
+    /// The threads notice within `READ_BLOCK` and exit; nobody waits for them.
+    fn drop(&mut self) {
+        self.core.closed.store(true, Ordering::Release);
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, event: Outgoing<'_>, ticket: Option<Ticket>) -> Submitted {
+        if self.core.closed.load(Ordering::Acquire) {
+            return Submitted::Done(Err(PublishError::ShuttingDown));
+        }
+        let (reply, wait) = match ticket {
+            Some(ticket) => (Reply::Loop(ticket), None),
+            None => {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                (Reply::Wait(tx), Some(rx))
+            }
+        };
+        let size = event.data.len();
+        let queued = &self.core.queued_bytes;
+        if queued.fetch_add(size, Ordering::AcqRel) + size > WRITE_QUEUE_BYTES_MAX {
+            queued.fetch_sub(size, Ordering::AcqRel);
+            return Submitted::Done(Err(PublishError::Busy));
+        }
+        let job = WriteJob {
+            topics: event.topics,
+            name: event.name.map(str::to_owned),
+            data: event.data.to_owned(),
+            retry_ms: event.retry_ms,
+            reply,
+        };
+        match self.writes.try_send(job) {
+            Ok(()) => {}
+            Err(error) => {
+                queued.fetch_sub(size, Ordering::AcqRel);
+                return Submitted::Done(Err(match error {
+                    TrySendError::Full(_) => PublishError::Busy,
+                    TrySendError::Disconnected(_) => PublishError::ShuttingDown,
+                }));
+            }
+        }
+        match wait {
+            None => Submitted::Pending,
+            Some(rx) => Submitted::Done(
+                rx.recv_timeout(HANDLE_WAIT)
+                    .unwrap_or(Err(PublishError::Unavailable)),
+            ),
+        }
+    }
+
+    /// Any well-formed stream id: one newer than this node has read yet is simply
+    /// waited for, since another node may have published it a moment ago.
+    fn resume_point(&self, last_event_id: &str) -> Resume {
+        match parse_id(last_event_id.as_bytes()).map(|(ms, n)| pack(ms, n)) {
+            Some(seq) => Resume::After(seq),
+            None => Resume::Unknown,
+        }
+    }
+
+    fn id_of(&self, seq: Seq) -> String {
+        format_id(seq)
+    }
+
+    fn reach_floor(&self) -> Option<Seq> {
+        *lock(&self.core.floor)
+    }
+
+    fn can_backfill(&self) -> bool {
+        true
+    }
+
+    fn backfill(&self, request: BackfillRequest, ticket: Ticket) -> Result<(), BackfillError> {
+        if self.core.closed.load(Ordering::Acquire) {
+            return Err(BackfillError::ShuttingDown);
+        }
+        self.backfills.push(BackfillJob { request, ticket })
+    }
+
+    fn published(&self) -> u64 {
+        self.core.delivered.load(Ordering::Relaxed)
+    }
+
+    fn stats(&self) -> BusStats {
+        let core = &self.core;
+        BusStats {
+            connected: Some(core.connected.load(Ordering::Relaxed)),
+            reconnects: core.reconnects.load(Ordering::Relaxed),
+            skipped: core.skipped.load(Ordering::Relaxed),
+            backfills: core.backfills.load(Ordering::Relaxed),
+            backfill_scanned: core.backfill_scanned.load(Ordering::Relaxed),
+            holes: core.holes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn close(&self) {
+        self.core.closed.store(true, Ordering::Release);
+        self.core.fanout.wake_all();
+    }
+}

@@ -1,0 +1,147 @@
+//! The writer thread: takes publishes from a bounded queue and appends each batch as one
+//! pipeline of `XADD`s, then answers every publisher with its entry id or a refusal, only
+//! once Redis replied. It never delivers: what it stores reaches the loops through the
+//! reader, like an entry any other node or application appended.
+
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use redis::Value;
+
+use super::entry::parse_id;
+use super::link::{RedisConn, Throttle};
+use super::{Core, READ_BLOCK};
+use crate::bus::{Completion, Ticket};
+use crate::{EventId, PublishError};
+
+/// Publishes waiting for the writer. Past this a publish gets 503 at once: Redis is
+/// slower than the publishers, and queueing more would only add latency and memory.
+pub(super) const WRITE_QUEUE_MAX: usize = 4_096;
+/// Event bytes waiting for the writer, for the same reason: 4,096 publishes of the largest
+/// size would otherwise hold gigabytes while Redis is slow.
+pub(super) const WRITE_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Event bytes sent in one pipeline (at least one publish always goes).
+const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// `XADD`s sent in one pipeline: one round trip for a burst, bounded reply memory.
+const WRITE_BATCH_MAX: usize = 256;
+
+/// Where a publish's answer goes.
+pub(super) enum Reply {
+    /// A connection on a loop.
+    Loop(Ticket),
+    /// A thread blocked in `Handle::publish`.
+    Wait(Sender<Result<EventId, PublishError>>),
+}
+
+/// One publish waiting for the writer: the event, validated, and where its answer goes.
+pub(super) struct WriteJob {
+    /// Distinct, valid topic names.
+    pub topics: Vec<Box<str>>,
+    /// Valid event name.
+    pub name: Option<String>,
+    /// The data.
+    pub data: String,
+    /// Optional `retry:` hint.
+    pub retry_ms: Option<u32>,
+    /// Who waits for the answer.
+    pub reply: Reply,
+}
+
+/// The writer thread's body: runs until the bus closes.
+pub(super) fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
+    let mut connection = RedisConn::new("writer");
+    let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
+    let mut refusals = Throttle::new();
+    loop {
+        let mut bytes = match jobs.recv_timeout(READ_BLOCK) {
+            Ok(job) => {
+                let size = job.data.len();
+                batch.push(job);
+                size
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if core.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        while batch.len() < WRITE_BATCH_MAX && bytes < WRITE_BATCH_BYTES_MAX {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    bytes += job.data.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        core.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        let results = match connection.get(core) {
+            None => vec![Err(PublishError::Unavailable); batch.len()],
+            Some(conn) => match xadd_batch(conn, core, &batch, &mut refusals) {
+                Ok(results) => results,
+                Err(error) => {
+                    connection.lost(&error);
+                    vec![Err(PublishError::Unavailable); batch.len()]
+                }
+            },
+        };
+        for (job, result) in batch.drain(..).zip(results) {
+            match job.reply {
+                Reply::Loop(ticket) => core.fanout.complete(Completion::Published(ticket, result)),
+                // The waiter may have given up; nothing to do then.
+                Reply::Wait(tx) => drop(tx.try_send(result)),
+            }
+        }
+    }
+}
+
+/// Appends a batch in one pipeline. `Err` only when the connection failed (then any of
+/// the entries may or may not be stored); a refused entry is an `Err` in its slot.
+fn xadd_batch(
+    conn: &mut redis::Connection,
+    core: &Core,
+    batch: &[WriteJob],
+    refusals: &mut Throttle,
+) -> redis::RedisResult<Vec<Result<EventId, PublishError>>> {
+    let mut pipe = redis::pipe();
+    for job in batch {
+        let cmd = pipe
+            .cmd("XADD")
+            .arg(&core.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(core.maxlen)
+            .arg("*")
+            .arg("topic")
+            .arg(job.topics.join(","));
+        if let Some(name) = &job.name {
+            cmd.arg("event").arg(name);
+        }
+        cmd.arg("data").arg(&job.data);
+        if let Some(retry_ms) = job.retry_ms {
+            cmd.arg("retry").arg(retry_ms);
+        }
+    }
+    // Replies are read one by one so the first I/O error (a frozen Redis timing out) ends
+    // the batch at once; reading on would wait the timeout again for every reply.
+    conn.send_packed_command(&pipe.get_packed_pipeline())?;
+    let mut replies = Vec::with_capacity(batch.len());
+    for _ in 0..batch.len() {
+        replies.push(conn.recv_response()?); // A refused entry is Ok(ServerError).
+    }
+    Ok((0..batch.len())
+        .map(|i| match replies.get(i) {
+            Some(Value::BulkString(id)) if parse_id(id).is_some() => {
+                Ok(EventId(String::from_utf8_lossy(id).into_owned()))
+            }
+            other => {
+                if let Some(held) = refusals.allow() {
+                    log::warn!("redis refused an XADD ({held} more not logged): {other:?}");
+                }
+                Err(PublishError::Unavailable)
+            }
+        })
+        .collect())
+}
