@@ -70,7 +70,13 @@ pub enum Control {
     Go,
     /// Publishing ended: stop churning, so every subscriber is streaming (or finishing its
     /// last reconnect) while the deliveries drain, and none is cut off at collection.
-    Calm,
+    /// `published` is how many events the run has published so far: from now on progress
+    /// lines say how many of them the worker's subscribers still miss ([`WorkerMsg::Progress`]
+    /// `owed`), which is what tells the orchestrator the drain is over.
+    Calm {
+        /// Events published since the start of the run.
+        published: u64,
+    },
     /// Stop churning and send a [`WorkerMsg::Report`] for everything since the last one.
     /// `published` is how many events the run has published so far (events `0..published`,
     /// event k on topic k % topics): what each subscriber still misses is counted as tail.
@@ -89,10 +95,12 @@ impl Control {
             Some(("collect", published)) => Some(Control::Collect {
                 published: published.parse().ok()?,
             }),
+            Some(("calm", published)) => Some(Control::Calm {
+                published: published.parse().ok()?,
+            }),
             Some(_) => None,
             None => match line.trim() {
                 "go" => Some(Control::Go),
-                "calm" => Some(Control::Calm),
                 "quit" => Some(Control::Quit),
                 _ => None,
             },
@@ -103,7 +111,7 @@ impl Control {
     pub fn line(self) -> String {
         match self {
             Control::Go => "go\n".to_owned(),
-            Control::Calm => "calm\n".to_owned(),
+            Control::Calm { published } => format!("calm {published}\n"),
             Control::Collect { published } => format!("collect {published}\n"),
             Control::Quit => "quit\n".to_owned(),
         }
@@ -224,6 +232,12 @@ pub enum WorkerMsg {
         failed: usize,
         /// Events received since the last collect.
         received: u64,
+        /// After `calm`: the published events that subscribers which opened have not
+        /// received yet and have not skipped past (each subscriber's events after the last
+        /// one it got): in flight, owed by the server, or never coming. 0 means every
+        /// subscriber got the last event of its topic. `None` before `calm`.
+        #[serde(default)]
+        owed: Option<u64>,
     },
     /// Every initial subscription has either opened or failed.
     Ready {
@@ -268,7 +282,7 @@ mod tests {
     fn control_lines() {
         for c in [
             Control::Go,
-            Control::Calm,
+            Control::Calm { published: 7 },
             Control::Collect { published: 1234 },
             Control::Quit,
         ] {
@@ -277,6 +291,7 @@ mod tests {
         assert_eq!(Control::parse("nope"), None);
         assert_eq!(Control::parse("collect x"), None);
         assert_eq!(Control::parse("go 1"), None);
+        assert_eq!(Control::parse("calm"), None);
     }
 
     #[test]
@@ -285,6 +300,7 @@ mod tests {
             streaming: 3,
             failed: 1,
             received: 9,
+            owed: Some(2),
         };
         let line = serde_json::to_string(&msg).unwrap();
         assert!(line.contains("\"kind\":\"progress\""));

@@ -109,6 +109,9 @@ struct Worker {
     churn_cursor: usize,
     next_churn: Instant,
     next_progress: Instant,
+    /// Events published in the run, once publishing ended (`calm`): progress lines then
+    /// say how many of them are still owed to this worker's subscribers.
+    published: Option<u64>,
     cpu_mark: f64,
     buf: Box<[u8]>,
 }
@@ -141,6 +144,7 @@ impl Worker {
             churn_cursor: 0,
             next_churn: now,
             next_progress: now,
+            published: None,
             cpu_mark: crate::procfs::own_cpu_seconds(),
             buf: vec![0; READ_BYTES].into_boxed_slice(),
         }
@@ -295,8 +299,14 @@ impl Worker {
                     self.cpu_mark = crate::procfs::own_cpu_seconds();
                     self.churning = self.spec.churn_percent > 0.0;
                     self.next_churn = Instant::now() + Duration::from_secs(1);
+                    self.published = None;
                 }
-                Ok(Control::Calm) => self.churning = false,
+                Ok(Control::Calm { published }) => {
+                    self.churning = false;
+                    self.published = Some(published);
+                    // Say at once: the drain may already be over.
+                    self.send_progress()?;
+                }
                 Ok(Control::Collect { published }) => {
                     self.churning = false;
                     self.count_tails(published);
@@ -365,21 +375,26 @@ impl Worker {
         }
     }
 
+    /// The events of `published` on `sub`'s topic after the last one it received.
+    fn owed(&self, sub: &Sub, published: u64) -> u64 {
+        crate::report::events_on_topic(published, self.spec.topics, sub.topic as usize)
+            .saturating_sub(sub.next_seq)
+    }
+
     /// Counts, for every subscriber that opened, the events of `published` on its topic it
     /// has not received yet: on an open stream (still in flight, or owed) or between
     /// streams.
     fn count_tails(&mut self, published: u64) {
-        let topics = self.spec.topics;
-        let d = &mut self.tally.deliveries;
+        let mut d = self.tally.deliveries;
         for sub in self.subs.iter().filter(|s| s.opened_once) {
-            let owed = crate::report::events_on_topic(published, topics, sub.topic as usize)
-                .saturating_sub(sub.next_seq);
+            let owed = self.owed(sub, published);
             if sub.is_streaming() {
                 d.tail_streaming += owed;
             } else {
                 d.tail_reconnecting += owed;
             }
         }
+        self.tally.deliveries = d;
     }
 
     fn send_progress(&self) -> io::Result<()> {
@@ -387,6 +402,13 @@ impl Worker {
             streaming: self.subs.iter().filter(|s| s.is_streaming()).count(),
             failed: self.failed.len(),
             received: self.tally.deliveries.received,
+            owed: self.published.map(|published| {
+                self.subs
+                    .iter()
+                    .filter(|s| s.opened_once)
+                    .map(|s| self.owed(s, published))
+                    .sum()
+            }),
         })
     }
 
