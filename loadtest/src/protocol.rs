@@ -46,6 +46,10 @@ pub struct WorkerSpec {
     pub churn_percent: f64,
     /// The worker exits by itself after this long, whatever it was told.
     pub deadline_ms: u64,
+    /// The server's history depth in events per topic, when known: announced holes are
+    /// checked against it ([`Deliveries::gap_notices_unfounded`]).
+    #[serde(default)]
+    pub history_events: Option<u64>,
 }
 
 /// Name of topic `n` of a run.
@@ -175,6 +179,14 @@ pub struct Deliveries {
     /// Gap notices after which the next event followed on without a hole: the server said
     /// it lost events that it then delivered (history could have served the resume).
     pub gap_notices_spurious: u64,
+    /// With the server's history depth N known: gap notices whose hole was not real. The
+    /// first event skipped, m, was in history when the stream opened, because event m + N
+    /// of its topic was published after the stream's response head arrived (or never):
+    /// with N events kept per topic, m could not have been evicted yet.
+    pub gap_notices_unfounded: u64,
+    /// With the history depth known: announced holes whose check is done (event m + N
+    /// arrived), so `gap_notices_unfounded` speaks for them.
+    pub gap_notices_checked: u64,
     /// Events skipped right after a gap notice: announced, so not silently lost.
     pub missed_announced: u64,
     /// Events skipped by the first event of a stream that was opened without a
@@ -200,6 +212,8 @@ impl Deliveries {
         self.reconnect_failures += other.reconnect_failures;
         self.gap_notices += other.gap_notices;
         self.gap_notices_spurious += other.gap_notices_spurious;
+        self.gap_notices_unfounded += other.gap_notices_unfounded;
+        self.gap_notices_checked += other.gap_notices_checked;
         self.missed_announced += other.missed_announced;
         self.missed_unanchored += other.missed_unanchored;
         self.missed_silent += other.missed_silent;

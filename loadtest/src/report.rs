@@ -131,6 +131,11 @@ pub struct Loss {
     pub gap_notices: u64,
     /// Gap notices with no hole after them: history could have served the resume.
     pub gap_notices_spurious: u64,
+    /// Gap notices whose hole history held when the stream opened (checked only when the
+    /// run was told the server's history depth).
+    pub gap_notices_unfounded: u64,
+    /// Announced holes checked against the history depth.
+    pub gap_notices_checked: u64,
 }
 
 impl Loss {
@@ -145,6 +150,8 @@ impl Loss {
             unexplained: lost.saturating_sub(d.missed()),
             gap_notices: d.gap_notices,
             gap_notices_spurious: d.gap_notices_spurious,
+            gap_notices_unfounded: d.gap_notices_unfounded,
+            gap_notices_checked: d.gap_notices_checked,
         }
     }
 
@@ -158,6 +165,8 @@ impl Loss {
         self.unexplained += o.unexplained;
         self.gap_notices += o.gap_notices;
         self.gap_notices_spurious += o.gap_notices_spurious;
+        self.gap_notices_unfounded += o.gap_notices_unfounded;
+        self.gap_notices_checked += o.gap_notices_checked;
     }
 
     /// Lost deliveries that no gap notice announced: what "nothing lost" must find zero.
@@ -190,6 +199,12 @@ pub fn zero_loss_failure(r: &Report) -> Option<String> {
         why.push(format!(
             "{} gap notices with nothing missing after them",
             l.gap_notices_spurious
+        ));
+    }
+    if l.gap_notices_unfounded > 0 {
+        why.push(format!(
+            "{} gap notices over holes that history still held",
+            l.gap_notices_unfounded
         ));
     }
     if r.duplicated > 0 {
@@ -324,6 +339,16 @@ const METRICS: &[Metric] = &[
     metric(
         "  spurious",
         |r| Some(r.loss.gap_notices_spurious as f64),
+        0,
+    ),
+    metric(
+        "  checked real (history)",
+        |r| Some(r.loss.gap_notices_checked as f64),
+        0,
+    ),
+    metric(
+        "  unfounded (history held)",
+        |r| Some(r.loss.gap_notices_unfounded as f64),
         0,
     ),
     metric("duplicated", |r| Some(r.duplicated as f64), 0),
@@ -464,6 +489,11 @@ mod tests {
             zero_loss_failure(&r).unwrap().contains("spurious")
                 || zero_loss_failure(&r).unwrap().contains("nothing missing")
         );
+        r.loss.gap_notices_spurious = 0;
+        r.loss.gap_notices_unfounded = 1;
+        assert!(zero_loss_failure(&r)
+            .unwrap()
+            .contains("history still held"));
     }
 
     #[test]

@@ -127,6 +127,7 @@ pub fn worker_specs(
                 connect_timeout_ms: s.connect_timeout_ms,
                 churn_percent: s.churn_percent,
                 deadline_ms: s.deadline_seconds * 1000 + 30_000,
+                history_events: s.history_events,
             };
             first += count;
             spec
