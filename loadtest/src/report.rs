@@ -342,12 +342,12 @@ const METRICS: &[Metric] = &[
         0,
     ),
     metric(
-        "  checked real (history)",
+        "  checked vs history",
         |r| Some(r.loss.gap_notices_checked as f64),
         0,
     ),
     metric(
-        "  unfounded (history held)",
+        "  unfounded",
         |r| Some(r.loss.gap_notices_unfounded as f64),
         0,
     ),
