@@ -131,6 +131,9 @@ pub struct Failures {
     pub timeout: u64,
     /// The status was not 200.
     pub status: u64,
+    /// The highest of those statuses (0: none), so a run says what refused it.
+    #[serde(default)]
+    pub status_seen: u16,
     /// The Content-Type was not text/event-stream.
     pub content_type: u64,
     /// The head or body was not valid HTTP / SSE.
@@ -150,6 +153,7 @@ impl Failures {
         self.connect += other.connect;
         self.timeout += other.timeout;
         self.status += other.status;
+        self.status_seen = self.status_seen.max(other.status_seen);
         self.content_type += other.content_type;
         self.malformed += other.malformed;
         self.closed += other.closed;

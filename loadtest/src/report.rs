@@ -299,6 +299,11 @@ const fn metric(label: &'static str, value: fn(&Report) -> Option<f64>, decimals
 const METRICS: &[Metric] = &[
     metric("subscribers opened", |r| Some(r.connected as f64), 0),
     metric("subscribe failures", |r| Some(r.failures.total() as f64), 0),
+    metric(
+        "  by status (highest)",
+        |r| (r.failures.status > 0).then_some(r.failures.status_seen as f64),
+        0,
+    ),
     metric("connect time (s)", |r| Some(r.connect_seconds), 2),
     metric("connect p99 (ms)", |r| Some(r.connect_latency.p99_ms), 2),
     metric("server RSS / conn (B)", |r| r.rss_per_connection_bytes, 0),

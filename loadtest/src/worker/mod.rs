@@ -270,7 +270,10 @@ impl Worker {
         match failure {
             Failure::Connect => f.connect += 1,
             Failure::Timeout => f.timeout += 1,
-            Failure::Status => f.status += 1,
+            Failure::Status(code) => {
+                f.status += 1;
+                f.status_seen = f.status_seen.max(code);
+            }
             Failure::ContentType => f.content_type += 1,
             Failure::Malformed => f.malformed += 1,
             Failure::Closed => f.closed += 1,

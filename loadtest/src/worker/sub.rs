@@ -54,8 +54,8 @@ pub enum Failure {
     Connect,
     /// The head did not arrive in time.
     Timeout,
-    /// Status other than 200.
-    Status,
+    /// Status other than 200 (this one).
+    Status(u16),
     /// Not `text/event-stream`.
     ContentType,
     /// Bad HTTP or SSE.
@@ -319,7 +319,7 @@ impl Sub {
             Err(_) => return Outcome::Failed(Failure::Malformed),
         };
         if head.status != 200 {
-            return Outcome::Failed(Failure::Status);
+            return Outcome::Failed(Failure::Status(head.status));
         }
         if !head.event_stream {
             return Outcome::Failed(Failure::ContentType);
