@@ -493,6 +493,7 @@ fn base_settings(args: &ClusterArgs, subscribers: usize, deadline_seconds: u64) 
         steps_max: 1,
         p99_limit_ms: args.p99_limit_ms,
         deadline_seconds,
+        history_events: None,
     }
 }
 

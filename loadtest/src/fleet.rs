@@ -45,10 +45,6 @@ pub struct Fleet {
     rx: Receiver<(usize, WorkerMsg)>,
     /// Latest `received` from each worker's progress line.
     received: Vec<u64>,
-    /// Latest `streaming` from each worker's progress line.
-    streaming: Vec<usize>,
-    /// Subscribers each worker opened (its count less its failed initial subscriptions).
-    opened: Vec<usize>,
 }
 
 impl Fleet {
@@ -61,8 +57,6 @@ impl Fleet {
             stdins: Vec::new(),
             rx,
             received: vec![0; specs.len()],
-            streaming: vec![0; specs.len()],
-            opened: specs.iter().map(|spec| spec.count).collect(),
         };
         for (w, spec) in specs.iter().enumerate() {
             let mut child = Command::new(&exe)
@@ -113,14 +107,8 @@ impl Fleet {
             Ok(got) => got,
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
         };
-        if let WorkerMsg::Progress {
-            received,
-            streaming,
-            ..
-        } = &msg
-        {
+        if let WorkerMsg::Progress { received, .. } = &msg {
             self.received[w] = *received;
-            self.streaming[w] = *streaming;
         }
         Some((w, msg))
     }
@@ -135,15 +123,12 @@ impl Fleet {
         };
         let mut pending = self.children.len();
         while pending > 0 {
-            let Some((w, msg)) = self.next(deadline) else {
+            let Some((_, msg)) = self.next(deadline) else {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("{pending} worker(s) not ready before the deadline"),
                 ));
             };
-            if let WorkerMsg::Ready { failed, .. } = &msg {
-                self.opened[w] = self.opened[w].saturating_sub(failed.len());
-            }
             if let WorkerMsg::Ready {
                 failed,
                 failures,
@@ -161,37 +146,23 @@ impl Fleet {
         Ok(ready)
     }
 
-    /// Waits until the workers have received `expected` events in this interval, or no
-    /// new event arrived for `quiet` while every opened subscriber was streaming, or
-    /// `deadline`. A subscriber between streams (a lagging worker may take seconds to
-    /// reconnect) is still owed its replay, so quiet alone does not end the wait then.
-    /// Returns when the count was last seen to grow.
-    pub fn drain(&mut self, expected: u64, quiet: Duration, deadline: Instant) -> Instant {
-        let mut last_growth = Instant::now();
-        let mut seen = self.received.iter().sum::<u64>();
-        while seen < expected {
-            let until = (last_growth + quiet).min(deadline);
-            if self.next(until).is_none() {
-                let all_streaming = self
-                    .streaming
-                    .iter()
-                    .zip(&self.opened)
-                    .all(|(streaming, opened)| streaming >= opened);
-                if all_streaming || Instant::now() >= deadline {
+    /// Waits, after `calm`, until the [`DrainRule`] says the drain is over or `deadline`.
+    /// Returns when deliveries were last seen to grow.
+    pub fn drain(&mut self, quiet: Duration, deadline: Instant) -> Instant {
+        let seen = self.received.iter().sum::<u64>();
+        let mut rule = DrainRule::new(self.children.len(), quiet, seen, Instant::now());
+        while let Some((w, msg)) = self.next(deadline) {
+            if let WorkerMsg::Progress {
+                owed: Some(owed), ..
+            } = msg
+            {
+                let seen = self.received.iter().sum::<u64>();
+                if rule.on_progress(w, owed, seen, Instant::now()) {
                     break;
                 }
-                // Wait for the reconnects (progress lines come every 200 ms).
-                if self.next(deadline).is_none() {
-                    break;
-                }
-            }
-            let now_seen = self.received.iter().sum::<u64>();
-            if now_seen > seen {
-                seen = now_seen;
-                last_growth = Instant::now();
             }
         }
-        last_growth
+        rule.last_growth
     }
 
     /// Asks every worker for its counters and sums them; `published` is the number of
@@ -244,6 +215,73 @@ impl Fleet {
     }
 }
 
+/// When the drain after publishing is over. Sans-io (progress lines and times in), so the
+/// rule is tested apart from the worker processes.
+///
+/// The drain is over when nothing is owed: every worker's latest progress line (sent after
+/// `calm`) says each of its subscribers received the last published event of its topic.
+/// That is exact whatever the client's lag, the history's depth or the gaps: a subscriber
+/// between streams, or a worker too busy to read its sockets, is still owed its events and
+/// the wait goes on. It is also over when nothing moved (no delivery, no change in what is
+/// owed) for `quiet` according to a progress line that every worker sent at least `quiet`
+/// after the last movement: a server that loses events does not hold the run forever,
+/// while a stalled worker, whose silence says nothing, cannot end it (its first line after
+/// a silence longer than `quiet` starts the quiet period again).
+pub struct DrainRule {
+    quiet: Duration,
+    /// Each worker's owed count from its latest line after `calm`.
+    owed: Vec<Option<u64>>,
+    /// When each worker's latest line after `calm` arrived.
+    spoke: Vec<Option<Instant>>,
+    /// Deliveries seen so far.
+    seen: u64,
+    last_move: Instant,
+    /// When deliveries were last seen to grow.
+    pub last_growth: Instant,
+}
+
+impl DrainRule {
+    /// The rule for `workers` workers, starting at `now` with `seen` deliveries counted.
+    pub fn new(workers: usize, quiet: Duration, seen: u64, now: Instant) -> DrainRule {
+        DrainRule {
+            quiet,
+            owed: vec![None; workers],
+            spoke: vec![None; workers],
+            seen,
+            last_move: now,
+            last_growth: now,
+        }
+    }
+
+    /// Worker `w` says `owed` at `now`, with `seen` deliveries counted over all workers.
+    /// Returns whether the drain is over.
+    pub fn on_progress(&mut self, w: usize, owed: u64, seen: u64, now: Instant) -> bool {
+        let (Some(slot), Some(spoke)) = (self.owed.get_mut(w), self.spoke.get_mut(w)) else {
+            return false;
+        };
+        // A worker silent for longer than `quiet` was not seen to be still: what it says now
+        // starts the quiet period again.
+        let was_silent = spoke.is_some_and(|before| now.duration_since(before) > self.quiet);
+        if *slot != Some(owed) || was_silent {
+            *slot = Some(owed);
+            self.last_move = now;
+        }
+        *spoke = Some(now);
+        if seen != self.seen {
+            self.seen = seen;
+            self.last_growth = now;
+            self.last_move = now;
+        }
+        if self.owed.iter().all(|o| *o == Some(0)) {
+            return true;
+        }
+        let settled = self.last_move + self.quiet;
+        self.spoke
+            .iter()
+            .all(|at| at.is_some_and(|at| at >= settled))
+    }
+}
+
 impl Drop for Fleet {
     fn drop(&mut self) {
         for child in &mut self.children {
@@ -252,5 +290,62 @@ impl Drop for Fleet {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUIET: Duration = Duration::from_secs(2);
+
+    fn at(start: Instant, ms: u64) -> Instant {
+        start + Duration::from_millis(ms)
+    }
+
+    /// The drain ends the moment nothing is owed, however little time passed.
+    #[test]
+    fn over_when_nothing_is_owed() {
+        let t = Instant::now();
+        let mut rule = DrainRule::new(2, QUIET, 0, t);
+        assert!(!rule.on_progress(0, 0, 10, at(t, 10)));
+        assert!(!rule.on_progress(1, 3, 10, at(t, 20)));
+        assert!(rule.on_progress(1, 0, 13, at(t, 30)));
+        assert_eq!(rule.last_growth, at(t, 30));
+    }
+
+    /// A worker that stops talking (busy reading a backlog, or starved of CPU) while it is
+    /// owed events never lets the quiet period end the drain, however long it is silent:
+    /// the collection would count what sits in its socket buffers as missing.
+    #[test]
+    fn a_silent_worker_does_not_end_it() {
+        let t = Instant::now();
+        let mut rule = DrainRule::new(2, QUIET, 0, t);
+        assert!(!rule.on_progress(1, 500, 0, at(t, 0)));
+        for ms in (200..20_000).step_by(200) {
+            assert!(!rule.on_progress(0, 0, 0, at(t, ms)), "{ms} ms");
+        }
+        // It speaks again, still owed and still not moving: now quiet counts from here.
+        assert!(!rule.on_progress(1, 500, 0, at(t, 20_000)));
+        assert!(!rule.on_progress(1, 500, 0, at(t, 21_000)));
+        assert!(!rule.on_progress(0, 0, 0, at(t, 21_900)));
+    }
+
+    /// Owed events that never come (a server that loses them) end the drain once every
+    /// worker has reported, `quiet` after the last movement, that nothing moved.
+    #[test]
+    fn nothing_moving_for_quiet_ends_it() {
+        let t = Instant::now();
+        let mut rule = DrainRule::new(2, QUIET, 0, t);
+        assert!(!rule.on_progress(0, 7, 0, at(t, 100)));
+        assert!(!rule.on_progress(1, 0, 0, at(t, 150)));
+        assert!(!rule.on_progress(0, 5, 2, at(t, 300))); // A delivery: quiet restarts.
+        for ms in (500..2_300).step_by(200) {
+            assert!(!rule.on_progress(0, 5, 2, at(t, ms)), "{ms} ms");
+            assert!(!rule.on_progress(1, 0, 2, at(t, ms + 50)), "{ms} ms");
+        }
+        assert!(!rule.on_progress(0, 5, 2, at(t, 2_300))); // Worker 1 last spoke at 2,150.
+        assert!(rule.on_progress(1, 0, 2, at(t, 2_350)));
+        assert_eq!(rule.last_growth, at(t, 300));
     }
 }

@@ -46,6 +46,10 @@ pub struct WorkerSpec {
     pub churn_percent: f64,
     /// The worker exits by itself after this long, whatever it was told.
     pub deadline_ms: u64,
+    /// The server's history depth in events per topic, when known: announced holes are
+    /// checked against it ([`Deliveries::gap_notices_unfounded`]).
+    #[serde(default)]
+    pub history_events: Option<u64>,
 }
 
 /// Name of topic `n` of a run.
@@ -70,7 +74,13 @@ pub enum Control {
     Go,
     /// Publishing ended: stop churning, so every subscriber is streaming (or finishing its
     /// last reconnect) while the deliveries drain, and none is cut off at collection.
-    Calm,
+    /// `published` is how many events the run has published so far: from now on progress
+    /// lines say how many of them the worker's subscribers still miss ([`WorkerMsg::Progress`]
+    /// `owed`), which is what tells the orchestrator the drain is over.
+    Calm {
+        /// Events published since the start of the run.
+        published: u64,
+    },
     /// Stop churning and send a [`WorkerMsg::Report`] for everything since the last one.
     /// `published` is how many events the run has published so far (events `0..published`,
     /// event k on topic k % topics): what each subscriber still misses is counted as tail.
@@ -89,10 +99,12 @@ impl Control {
             Some(("collect", published)) => Some(Control::Collect {
                 published: published.parse().ok()?,
             }),
+            Some(("calm", published)) => Some(Control::Calm {
+                published: published.parse().ok()?,
+            }),
             Some(_) => None,
             None => match line.trim() {
                 "go" => Some(Control::Go),
-                "calm" => Some(Control::Calm),
                 "quit" => Some(Control::Quit),
                 _ => None,
             },
@@ -103,7 +115,7 @@ impl Control {
     pub fn line(self) -> String {
         match self {
             Control::Go => "go\n".to_owned(),
-            Control::Calm => "calm\n".to_owned(),
+            Control::Calm { published } => format!("calm {published}\n"),
             Control::Collect { published } => format!("collect {published}\n"),
             Control::Quit => "quit\n".to_owned(),
         }
@@ -119,6 +131,9 @@ pub struct Failures {
     pub timeout: u64,
     /// The status was not 200.
     pub status: u64,
+    /// The highest of those statuses (0: none), so a run says what refused it.
+    #[serde(default)]
+    pub status_seen: u16,
     /// The Content-Type was not text/event-stream.
     pub content_type: u64,
     /// The head or body was not valid HTTP / SSE.
@@ -138,6 +153,7 @@ impl Failures {
         self.connect += other.connect;
         self.timeout += other.timeout;
         self.status += other.status;
+        self.status_seen = self.status_seen.max(other.status_seen);
         self.content_type += other.content_type;
         self.malformed += other.malformed;
         self.closed += other.closed;
@@ -167,6 +183,14 @@ pub struct Deliveries {
     /// Gap notices after which the next event followed on without a hole: the server said
     /// it lost events that it then delivered (history could have served the resume).
     pub gap_notices_spurious: u64,
+    /// With the server's history depth N known: gap notices whose hole was not real. The
+    /// first event skipped, m, was in history when the stream opened, because event m + N
+    /// of its topic was published after the stream's response head arrived (or never):
+    /// with N events kept per topic, m could not have been evicted yet.
+    pub gap_notices_unfounded: u64,
+    /// With the history depth known: announced holes whose check is done (event m + N
+    /// arrived), so `gap_notices_unfounded` speaks for them.
+    pub gap_notices_checked: u64,
     /// Events skipped right after a gap notice: announced, so not silently lost.
     pub missed_announced: u64,
     /// Events skipped by the first event of a stream that was opened without a
@@ -192,6 +216,8 @@ impl Deliveries {
         self.reconnect_failures += other.reconnect_failures;
         self.gap_notices += other.gap_notices;
         self.gap_notices_spurious += other.gap_notices_spurious;
+        self.gap_notices_unfounded += other.gap_notices_unfounded;
+        self.gap_notices_checked += other.gap_notices_checked;
         self.missed_announced += other.missed_announced;
         self.missed_unanchored += other.missed_unanchored;
         self.missed_silent += other.missed_silent;
@@ -224,6 +250,12 @@ pub enum WorkerMsg {
         failed: usize,
         /// Events received since the last collect.
         received: u64,
+        /// After `calm`: the published events that subscribers which opened have not
+        /// received yet and have not skipped past (each subscriber's events after the last
+        /// one it got): in flight, owed by the server, or never coming. 0 means every
+        /// subscriber got the last event of its topic. `None` before `calm`.
+        #[serde(default)]
+        owed: Option<u64>,
     },
     /// Every initial subscription has either opened or failed.
     Ready {
@@ -268,7 +300,7 @@ mod tests {
     fn control_lines() {
         for c in [
             Control::Go,
-            Control::Calm,
+            Control::Calm { published: 7 },
             Control::Collect { published: 1234 },
             Control::Quit,
         ] {
@@ -277,6 +309,7 @@ mod tests {
         assert_eq!(Control::parse("nope"), None);
         assert_eq!(Control::parse("collect x"), None);
         assert_eq!(Control::parse("go 1"), None);
+        assert_eq!(Control::parse("calm"), None);
     }
 
     #[test]
@@ -285,6 +318,7 @@ mod tests {
             streaming: 3,
             failed: 1,
             received: 9,
+            owed: Some(2),
         };
         let line = serde_json::to_string(&msg).unwrap();
         assert!(line.contains("\"kind\":\"progress\""));

@@ -131,6 +131,11 @@ pub struct Loss {
     pub gap_notices: u64,
     /// Gap notices with no hole after them: history could have served the resume.
     pub gap_notices_spurious: u64,
+    /// Gap notices whose hole history held when the stream opened (checked only when the
+    /// run was told the server's history depth).
+    pub gap_notices_unfounded: u64,
+    /// Announced holes checked against the history depth.
+    pub gap_notices_checked: u64,
 }
 
 impl Loss {
@@ -145,6 +150,8 @@ impl Loss {
             unexplained: lost.saturating_sub(d.missed()),
             gap_notices: d.gap_notices,
             gap_notices_spurious: d.gap_notices_spurious,
+            gap_notices_unfounded: d.gap_notices_unfounded,
+            gap_notices_checked: d.gap_notices_checked,
         }
     }
 
@@ -158,6 +165,8 @@ impl Loss {
         self.unexplained += o.unexplained;
         self.gap_notices += o.gap_notices;
         self.gap_notices_spurious += o.gap_notices_spurious;
+        self.gap_notices_unfounded += o.gap_notices_unfounded;
+        self.gap_notices_checked += o.gap_notices_checked;
     }
 
     /// Lost deliveries that no gap notice announced: what "nothing lost" must find zero.
@@ -190,6 +199,12 @@ pub fn zero_loss_failure(r: &Report) -> Option<String> {
         why.push(format!(
             "{} gap notices with nothing missing after them",
             l.gap_notices_spurious
+        ));
+    }
+    if l.gap_notices_unfounded > 0 {
+        why.push(format!(
+            "{} gap notices over holes that history still held",
+            l.gap_notices_unfounded
         ));
     }
     if r.duplicated > 0 {
@@ -284,6 +299,11 @@ const fn metric(label: &'static str, value: fn(&Report) -> Option<f64>, decimals
 const METRICS: &[Metric] = &[
     metric("subscribers opened", |r| Some(r.connected as f64), 0),
     metric("subscribe failures", |r| Some(r.failures.total() as f64), 0),
+    metric(
+        "  by status (highest)",
+        |r| (r.failures.status > 0).then_some(r.failures.status_seen as f64),
+        0,
+    ),
     metric("connect time (s)", |r| Some(r.connect_seconds), 2),
     metric("connect p99 (ms)", |r| Some(r.connect_latency.p99_ms), 2),
     metric("server RSS / conn (B)", |r| r.rss_per_connection_bytes, 0),
@@ -324,6 +344,16 @@ const METRICS: &[Metric] = &[
     metric(
         "  spurious",
         |r| Some(r.loss.gap_notices_spurious as f64),
+        0,
+    ),
+    metric(
+        "  checked vs history",
+        |r| Some(r.loss.gap_notices_checked as f64),
+        0,
+    ),
+    metric(
+        "  unfounded",
+        |r| Some(r.loss.gap_notices_unfounded as f64),
         0,
     ),
     metric("duplicated", |r| Some(r.duplicated as f64), 0),
@@ -464,6 +494,11 @@ mod tests {
             zero_loss_failure(&r).unwrap().contains("spurious")
                 || zero_loss_failure(&r).unwrap().contains("nothing missing")
         );
+        r.loss.gap_notices_spurious = 0;
+        r.loss.gap_notices_unfounded = 1;
+        assert!(zero_loss_failure(&r)
+            .unwrap()
+            .contains("history still held"));
     }
 
     #[test]

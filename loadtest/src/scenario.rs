@@ -109,6 +109,12 @@ pub struct ScenarioArgs {
     /// The whole run stops after this many seconds, finished or not.
     #[arg(long, default_value_t = 900)]
     pub deadline_seconds: u64,
+    /// The server's history depth in events per topic (herald's --history-events), when
+    /// the count and not the bytes bounds it: each hole announced by a gap notice is then
+    /// checked to be real (the event that many after the first one skipped was published
+    /// before the stream opened, so history could not have held the skipped one).
+    #[arg(long)]
+    pub history_events: Option<u64>,
 }
 
 /// A scenario with every size resolved.
@@ -150,6 +156,8 @@ pub struct Settings {
     pub p99_limit_ms: f64,
     /// Seconds the run may take.
     pub deadline_seconds: u64,
+    /// The server's history depth in events per topic, to check announced holes against.
+    pub history_events: Option<u64>,
 }
 
 impl ScenarioArgs {
@@ -188,6 +196,7 @@ impl ScenarioArgs {
             steps_max: self.steps_max,
             p99_limit_ms: self.p99_limit_ms,
             deadline_seconds: self.deadline_seconds,
+            history_events: self.history_events,
         }
     }
 }

@@ -109,6 +109,9 @@ struct Worker {
     churn_cursor: usize,
     next_churn: Instant,
     next_progress: Instant,
+    /// Events published in the run, once publishing ended (`calm`): progress lines then
+    /// say how many of them are still owed to this worker's subscribers.
+    published: Option<u64>,
     cpu_mark: f64,
     buf: Box<[u8]>,
 }
@@ -117,7 +120,10 @@ impl Worker {
     fn new(spec: WorkerSpec, poll: Poll, control: Receiver<Control>) -> Worker {
         let now = Instant::now();
         let subs = (0..spec.count)
-            .map(|i| Sub::new(((spec.first + i) % spec.topics.max(1)) as u32, now))
+            .map(|i| {
+                let topic = ((spec.first + i) % spec.topics.max(1)) as u32;
+                Sub::new(topic, now, spec.history_events)
+            })
             .collect();
         Worker {
             queue: (0..spec.count).collect(),
@@ -141,6 +147,7 @@ impl Worker {
             churn_cursor: 0,
             next_churn: now,
             next_progress: now,
+            published: None,
             cpu_mark: crate::procfs::own_cpu_seconds(),
             buf: vec![0; READ_BYTES].into_boxed_slice(),
         }
@@ -263,7 +270,10 @@ impl Worker {
         match failure {
             Failure::Connect => f.connect += 1,
             Failure::Timeout => f.timeout += 1,
-            Failure::Status => f.status += 1,
+            Failure::Status(code) => {
+                f.status += 1;
+                f.status_seen = f.status_seen.max(code);
+            }
             Failure::ContentType => f.content_type += 1,
             Failure::Malformed => f.malformed += 1,
             Failure::Closed => f.closed += 1,
@@ -295,8 +305,14 @@ impl Worker {
                     self.cpu_mark = crate::procfs::own_cpu_seconds();
                     self.churning = self.spec.churn_percent > 0.0;
                     self.next_churn = Instant::now() + Duration::from_secs(1);
+                    self.published = None;
                 }
-                Ok(Control::Calm) => self.churning = false,
+                Ok(Control::Calm { published }) => {
+                    self.churning = false;
+                    self.published = Some(published);
+                    // Say at once: the drain may already be over.
+                    self.send_progress()?;
+                }
                 Ok(Control::Collect { published }) => {
                     self.churning = false;
                     self.count_tails(published);
@@ -365,21 +381,35 @@ impl Worker {
         }
     }
 
+    /// The events of `published` on `sub`'s topic after the last one it received.
+    fn owed(&self, sub: &Sub, published: u64) -> u64 {
+        crate::report::events_on_topic(published, self.spec.topics, sub.topic as usize)
+            .saturating_sub(sub.next_seq)
+    }
+
     /// Counts, for every subscriber that opened, the events of `published` on its topic it
     /// has not received yet: on an open stream (still in flight, or owed) or between
     /// streams.
     fn count_tails(&mut self, published: u64) {
+        let mut d = self.tally.deliveries;
         let topics = self.spec.topics;
-        let d = &mut self.tally.deliveries;
-        for sub in self.subs.iter().filter(|s| s.opened_once) {
-            let owed = crate::report::events_on_topic(published, topics, sub.topic as usize)
-                .saturating_sub(sub.next_seq);
+        for sub in self.subs.iter_mut().filter(|s| s.opened_once) {
+            let on_topic = crate::report::events_on_topic(published, topics, sub.topic as usize);
+            // A check waiting for an event that was never published: with N events of
+            // history the skipped one was still held.
+            if sub.track.gap_check.is_some_and(|c| c.seq >= on_topic) {
+                sub.track.gap_check = None;
+                d.gap_notices_checked += 1;
+                d.gap_notices_unfounded += 1;
+            }
+            let owed = on_topic.saturating_sub(sub.next_seq);
             if sub.is_streaming() {
                 d.tail_streaming += owed;
             } else {
                 d.tail_reconnecting += owed;
             }
         }
+        self.tally.deliveries = d;
     }
 
     fn send_progress(&self) -> io::Result<()> {
@@ -387,6 +417,13 @@ impl Worker {
             streaming: self.subs.iter().filter(|s| s.is_streaming()).count(),
             failed: self.failed.len(),
             received: self.tally.deliveries.received,
+            owed: self.published.map(|published| {
+                self.subs
+                    .iter()
+                    .filter(|s| s.opened_once)
+                    .map(|s| self.owed(s, published))
+                    .sum()
+            }),
         })
     }
 

@@ -54,8 +54,8 @@ pub enum Failure {
     Connect,
     /// The head did not arrive in time.
     Timeout,
-    /// Status other than 200.
-    Status,
+    /// Status other than 200 (this one).
+    Status(u16),
     /// Not `text/event-stream`.
     ContentType,
     /// Bad HTTP or SSE.
@@ -118,6 +118,25 @@ pub struct Track {
     pub fresh: bool,
     /// A gap notice arrived on this stream and no payload event since.
     pub gap_pending: bool,
+    /// When the current stream's response head arrived (unix microseconds; 0 before).
+    pub opened_us: u64,
+    /// The server's history depth in events per topic, when the run knows it.
+    pub history_events: Option<u64>,
+    /// The check of the last announced hole still waiting for its event (survives
+    /// reconnects: the event may come on a later stream).
+    pub gap_check: Option<GapCheck>,
+}
+
+/// Whether an announced hole was real, with N events of history per topic: the first event
+/// skipped, m, can only have been evicted if event m + N had been published before the
+/// server answered the resume, so that event's publish timestamp must not be later than
+/// the moment the stream's response head arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GapCheck {
+    /// m + N.
+    pub seq: u64,
+    /// When the head of the stream that announced the hole arrived, unix microseconds.
+    pub opened_us: u64,
 }
 
 impl Track {
@@ -127,13 +146,36 @@ impl Track {
             anchored,
             fresh: true,
             gap_pending: false,
+            opened_us: 0,
+            history_events: self.history_events,
+            gap_check: self.gap_check,
         };
+    }
+
+    /// Settles the pending check with the payload event `seq` published at `ts_us`:
+    /// counted when `seq` is the event it waits for; dropped when a later hole skipped
+    /// that event (the later hole has its own check).
+    fn settle_check(&mut self, seq: u64, ts_us: u64, d: &mut Deliveries) {
+        let Some(check) = self.gap_check else {
+            return;
+        };
+        if seq < check.seq {
+            return;
+        }
+        self.gap_check = None;
+        if seq == check.seq {
+            d.gap_notices_checked += 1;
+            if ts_us > check.opened_us {
+                d.gap_notices_unfounded += 1;
+            }
+        }
     }
 }
 
 impl Sub {
-    /// A subscriber to `topic` that has not connected yet.
-    pub fn new(topic: u32, now: Instant) -> Sub {
+    /// A subscriber to `topic` that has not connected yet; `history_events` is the
+    /// server's history depth when known (announced holes are then checked against it).
+    pub fn new(topic: u32, now: Instant, history_events: Option<u64>) -> Sub {
         Sub {
             topic,
             state: SubState::Idle,
@@ -142,7 +184,10 @@ impl Sub {
             started: now,
             opened_once: false,
             attempts: 0,
-            track: Track::default(),
+            track: Track {
+                history_events,
+                ..Track::default()
+            },
         }
     }
 
@@ -274,7 +319,7 @@ impl Sub {
             Err(_) => return Outcome::Failed(Failure::Malformed),
         };
         if head.status != 200 {
-            return Outcome::Failed(Failure::Status);
+            return Outcome::Failed(Failure::Status(head.status));
         }
         if !head.event_stream {
             return Outcome::Failed(Failure::ContentType);
@@ -285,6 +330,7 @@ impl Sub {
         };
         let chunked = head.chunked.then(ChunkedDecoder::default);
         self.state = SubState::Streaming { stream, chunked };
+        self.track.opened_us = now_us;
         match self.on_body(&raw[head.len..], now_us, tally) {
             Outcome::Pending => Outcome::Opened,
             Outcome::Ended => Outcome::Failed(Failure::Malformed),
@@ -354,11 +400,21 @@ fn count_event(
         return;
     }
     let d = &mut tally.deliveries;
+    let ts_us = ts_nanos / 1000;
+    track.settle_check(seq, ts_us, d);
     if seq > *next_seq {
         d.gaps += 1;
         let missed = seq - *next_seq;
         if gap_pending {
             d.missed_announced += missed;
+            if let Some(depth) = track.history_events {
+                track.gap_check = Some(GapCheck {
+                    seq: *next_seq + depth,
+                    opened_us: track.opened_us,
+                });
+                // The event after the hole may be the one the check waits for.
+                track.settle_check(seq, ts_us, d);
+            }
         } else if fresh && !track.anchored {
             d.missed_unanchored += missed;
         } else {
@@ -369,9 +425,7 @@ fn count_event(
     }
     *next_seq = seq + 1;
     d.received += 1;
-    let latency_us = now_us
-        .saturating_sub(ts_nanos / 1000)
-        .clamp(1, LATENCY_US_MAX);
+    let latency_us = now_us.saturating_sub(ts_us).clamp(1, LATENCY_US_MAX);
     tally.latency.saturating_record(latency_us);
 }
 
@@ -454,5 +508,47 @@ mod tests {
             (2, 1, 2)
         );
         assert_eq!(d.received, 4);
+    }
+
+    /// With N events of history, a hole announced at m is real only if event m + N was
+    /// published by the time the stream opened.
+    #[test]
+    fn announced_holes_are_checked_against_the_history_depth() {
+        let mut t = tally();
+        let mut next = 0;
+        let mut track = Track {
+            history_events: Some(2),
+            ..Track::default()
+        };
+        let mut data = Vec::new();
+        let mut feed = |seq: u64, ts_us: u64, track: &mut Track, next: &mut u64, t: &mut Tally| {
+            payload::encode(&mut data, seq, ts_us * 1000, 64);
+            count_event(&event(b"", &data), 9_000, next, track, t);
+        };
+        track.opening(true);
+        for seq in 0..5 {
+            feed(seq, 1_000, &mut track, &mut next, &mut t);
+        }
+        // Resumed at 5_000 us; history had 7 and 8 (so 5 and 6 were evicted): real.
+        track.opening(true);
+        track.opened_us = 5_000;
+        count_event(&event(b"gap", b""), 0, &mut next, &mut track, &mut t);
+        feed(7, 4_000, &mut track, &mut next, &mut t);
+        assert_eq!(track.gap_check, None);
+        feed(8, 4_500, &mut track, &mut next, &mut t);
+        // Resumed at 5_000 us and told 9 is gone, but 11 (9 + 2) was published later:
+        // history still held 9.
+        track.opening(true);
+        track.opened_us = 5_000;
+        count_event(&event(b"gap", b""), 0, &mut next, &mut track, &mut t);
+        feed(10, 4_800, &mut track, &mut next, &mut t);
+        assert!(track.gap_check.is_some());
+        // A reconnect keeps the check; the event it waits for arrives on the next stream.
+        track.opening(true);
+        feed(11, 6_000, &mut track, &mut next, &mut t);
+        let d = t.deliveries;
+        assert_eq!((d.missed_announced, d.gap_notices), (3, 2));
+        assert_eq!((d.gap_notices_checked, d.gap_notices_unfounded), (2, 1));
+        assert_eq!(d.missed_silent, 0);
     }
 }
