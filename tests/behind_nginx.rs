@@ -10,8 +10,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "common/redis.rs"]
-mod redis_support;
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read};
@@ -1053,7 +1051,7 @@ const CLUSTER_EVENTS: usize = 20;
 /// every subscriber once, in order, with the same ids whichever node serves it.
 #[test]
 fn readme_cluster_config_spreads_subscribers_over_the_nodes() {
-    let redis = redis_support::RedisServer::start("nginx-cluster");
+    let redis = common::redis::RedisServer::start("nginx-cluster");
     let url = redis.url();
     let nodes: Vec<HeraldProcess> = (0..3)
         .map(|_| {

@@ -25,8 +25,6 @@
 //! retries of something that fails until the system has recovered.
 
 mod common;
-#[path = "common/redis.rs"]
-mod redis_support;
 
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read};
@@ -36,8 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::redis::*;
 use common::*;
-use redis_support::*;
 
 const CONNECTED: &str = "herald_redis_connected";
 const RECONNECTS: &str = "herald_redis_reconnects_total";
