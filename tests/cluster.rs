@@ -1596,15 +1596,7 @@ fn a_node_starts_while_redis_is_down_and_connects_when_it_comes_up() {
 /// Runs `herald serve --listen 127.0.0.1:0 args...` with `env` (and no inherited `HERALD_*`)
 /// to its exit within [`DEADLINE`]; returns the status and stderr.
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
-    let mut command = Command::new(HERALD_BIN);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("HERALD_") {
-            command.env_remove(name);
-        }
-    }
+    let mut command = herald_serve(args);
     command.envs(env.iter().copied());
     let mut child = command
         .stdin(Stdio::null())
@@ -1612,13 +1604,7 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {HERALD_BIN}: {e}"));
-    let mut stderr = child.stderr.take().unwrap();
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        let _ = sender.send(text);
-    });
+    let receiver = read_all_on_thread(child.stderr.take().unwrap());
     match receiver.recv_timeout(DEADLINE) {
         Ok(text) => (child.wait().unwrap(), text),
         Err(_) => {

@@ -2,6 +2,7 @@
 //! way to spawn a child and drain its stderr ([`spawn_draining_stderr`], [`PipeLines`]),
 //! reading a pipe to its end, and signals by PID.
 
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -9,8 +10,129 @@ use std::time::{Duration, Instant};
 
 use super::DEADLINE;
 
+// ---------------------------------------------------------------------------------------------
+// Children and their pipes
+// ---------------------------------------------------------------------------------------------
+
+/// What [`PipeLines::next_before`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// One line, without its line end (also kept in [`PipeLines::seen`]).
+    Line(String),
+    /// The pipe is closed: every holder of its write end (the child and anything it started)
+    /// has exited, or it sent bytes that are not UTF-8.
+    Closed,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// A child's pipe read line by line on its own thread for as long as the child writes, so a
+/// chatty child never blocks on a full pipe; the lines read so far are kept for failure
+/// messages.
+pub struct PipeLines {
+    receiver: Receiver<Option<String>>,
+    seen: Vec<String>,
+}
+
+impl PipeLines {
+    /// Starts draining `pipe` on a thread.
+    pub fn new(pipe: impl Read + Send + 'static) -> PipeLines {
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(Some(line)).is_err() {
+                    return;
+                }
+            }
+            let _ = sender.send(None);
+        });
+        PipeLines {
+            receiver,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line, waiting at most until `deadline`.
+    pub fn next_before(&mut self, deadline: Instant) -> Next {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.receiver.recv_timeout(left) {
+            Ok(Some(line)) => {
+                self.seen.push(line.clone());
+                Next::Line(line)
+            }
+            Ok(None) | Err(RecvTimeoutError::Disconnected) => Next::Closed,
+            Err(RecvTimeoutError::Timeout) => Next::TimedOut,
+        }
+    }
+
+    /// The lines read so far, in order.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+}
+
+/// Spawns `command` with stdin and stdout on `/dev/null` and its stderr drained into a
+/// [`PipeLines`]; fails the test if it cannot start.
+pub fn spawn_draining_stderr(command: &mut Command) -> (Child, PipeLines) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", command.get_program().to_string_lossy()));
+    let stderr = PipeLines::new(child.stderr.take().unwrap());
+    (child, stderr)
+}
+
+/// Reads a pipe to its end on a thread; the receiver gets the whole text (lossily decoded).
+pub fn read_all_on_thread(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        let _ = sender.send(String::from_utf8_lossy(&bytes).into_owned());
+    });
+    receiver
+}
+
+/// Removes every inherited `HERALD_*` variable from `command`, so a developer's environment
+/// never changes what a test starts.
+pub fn without_herald_env(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars() {
+        if name.starts_with("HERALD_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Sends `signal` (e.g. `"TERM"`, `"STOP"`) to a process this test started, with
+/// `kill -SIGNAL PID`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap_or_else(|e| panic!("running kill failed: {e}"));
+    assert!(status.success(), "kill -{signal} {pid} failed: {status:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The herald binary
+// ---------------------------------------------------------------------------------------------
+
 /// The `herald` binary Cargo built for this test run.
 pub const HERALD_BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+/// `herald serve --listen 127.0.0.1:0 args...` without inherited `HERALD_*` variables.
+pub fn herald_serve(args: &[&str]) -> Command {
+    let mut command = Command::new(HERALD_BIN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args);
+    without_herald_env(&mut command);
+    command
+}
 
 /// A running `herald serve --listen 127.0.0.1:0 ...`, found through its
 /// `herald listening on http://ADDR` stderr line. Killed (by its PID) when dropped unless it
@@ -19,8 +141,7 @@ pub struct HeraldProcess {
     child: Child,
     /// The address it listens on.
     pub addr: SocketAddr,
-    lines: Receiver<Option<String>>,
-    stderr: Vec<String>,
+    stderr: PipeLines,
     exited: Option<ExitStatus>,
 }
 
@@ -28,39 +149,11 @@ impl HeraldProcess {
     /// Starts `herald serve --listen 127.0.0.1:0 args...` without inherited `HERALD_*`
     /// variables and waits (up to [`DEADLINE`]) for its listening line.
     pub fn spawn(args: &[&str]) -> HeraldProcess {
-        let mut command = Command::new(HERALD_BIN);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args);
-        for (name, _) in std::env::vars() {
-            if name.starts_with("HERALD_") {
-                command.env_remove(name);
-            }
-        }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {HERALD_BIN}: {e}"));
-        let stderr = child.stderr.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(Some(line)).is_err() {
-                    return;
-                }
-            }
-            let _ = sender.send(None);
-        });
+        let (child, stderr) = spawn_draining_stderr(&mut herald_serve(args));
         let mut process = HeraldProcess {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            lines,
-            stderr: Vec::new(),
+            stderr,
             exited: None,
         };
         const MARKER: &str = "herald listening on http://";
@@ -71,7 +164,7 @@ impl HeraldProcess {
                 process.exited = Some(status);
                 panic!(
                     "herald {args:?} exited with {status:?} before listening; stderr: {:?}",
-                    process.stderr
+                    process.stderr.seen()
                 );
             };
             if let Some(at) = line.find(MARKER) {
@@ -86,17 +179,13 @@ impl HeraldProcess {
 
     /// The next stderr line, or `None` once stderr is closed; fails at `deadline`.
     fn next_line(&mut self, deadline: Instant) -> Option<String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match self.lines.recv_timeout(left) {
-            Ok(Some(line)) => {
-                self.stderr.push(line.clone());
-                Some(line)
-            }
-            Ok(None) | Err(RecvTimeoutError::Disconnected) => None,
-            Err(RecvTimeoutError::Timeout) => panic!(
+        match self.stderr.next_before(deadline) {
+            Next::Line(line) => Some(line),
+            Next::Closed => None,
+            Next::TimedOut => panic!(
                 "herald (pid {}): timed out waiting on its stderr; so far: {:?}",
                 self.pid(),
-                self.stderr
+                self.stderr.seen()
             ),
         }
     }
@@ -124,7 +213,7 @@ impl HeraldProcess {
     /// The stderr lines read so far (only read while starting and in
     /// [`HeraldProcess::wait_exit`]).
     pub fn stderr_lines(&self) -> &[String] {
-        &self.stderr
+        self.stderr.seen()
     }
 
     /// A `kB` field of `/proc/PID/status` (e.g. `VmRSS`, `VmHWM`), in KiB.
@@ -151,14 +240,4 @@ impl Drop for HeraldProcess {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Sends `signal` (e.g. `"TERM"`, `"STOP"`) to a process this test started, with
-/// `kill -SIGNAL PID`.
-pub fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{signal}"), pid.to_string()])
-        .status()
-        .unwrap_or_else(|e| panic!("running kill failed: {e}"));
-    assert!(status.success(), "kill -{signal} {pid} failed: {status:?}");
 }
