@@ -10,21 +10,20 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "common/redis.rs"]
-mod redis_support;
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{
-    build_request, events_target, post_request, publish_form, scrape, wait_until, Conn,
-    EventStreamParser, HeraldProcess, Response, SseEvent, DEADLINE,
+    build_request, events_target, post_request, publish_form, scrape, spawn_draining_stderr,
+    wait_until, Conn, EventStreamParser, HeraldProcess, Next, PipeLines, Response, SseEvent,
+    DEADLINE,
 };
 
 /// Where Debian's nginx packages put the binary.
@@ -51,11 +50,9 @@ struct Nginx {
     addr: SocketAddr,
     /// The private prefix: configuration, error log, pid file and temp paths.
     dir: PathBuf,
-    /// The master's (and workers') stderr, one line per message; `None` once every holder
+    /// The master's (and workers') stderr, one line per message; closed once every holder
     /// of the pipe has exited.
-    lines: Receiver<Option<String>>,
-    /// The stderr lines read so far.
-    stderr: Vec<String>,
+    stderr: PipeLines,
 }
 
 /// A port that was free a moment ago (nginx binds it itself, so it cannot be handed over).
@@ -112,12 +109,13 @@ impl Nginx {
             let status = nginx.master.wait().unwrap();
             let port_taken = nginx
                 .stderr
+                .seen()
                 .iter()
                 .any(|line| line.contains("Address already in use"));
             assert!(
                 port_taken && attempt < NGINX_PORT_ATTEMPTS,
                 "nginx exited with {status:?} before starting its worker; stderr: {:#?}\nconfig:\n{}",
-                nginx.stderr,
+                nginx.stderr.seen(),
                 std::fs::read_to_string(&conf).unwrap_or_default()
             );
         }
@@ -125,39 +123,23 @@ impl Nginx {
     }
 
     fn spawn(dir: &Path, conf: &Path, addr: SocketAddr) -> Nginx {
-        let mut master = Command::new(NGINX_BIN)
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(conf)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {NGINX_BIN}: {e}"));
-        let stderr = master.stderr.take().unwrap();
-        let (sender, lines) = mpsc::channel();
         // Drains the pipe for as long as nginx lives, so a chatty error log never blocks it.
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(Some(line)).is_err() {
-                    return;
-                }
-            }
-            let _ = sender.send(None);
-        });
+        let (master, stderr) = spawn_draining_stderr(
+            Command::new(NGINX_BIN)
+                .arg("-p")
+                .arg(dir)
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .arg("-c")
+                .arg(conf)
+                .args(["-g", "daemon off;"]),
+        );
         Nginx {
             master,
             workers: Vec::new(),
             addr,
             dir: dir.to_owned(),
-            lines,
-            stderr: Vec::new(),
+            stderr,
         }
     }
 
@@ -166,13 +148,12 @@ impl Nginx {
         const MARKER: &str = "start worker process ";
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match self.lines.recv_timeout(left) {
-                Ok(Some(line)) => line,
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => return false,
-                Err(RecvTimeoutError::Timeout) => panic!(
+            let line = match self.stderr.next_before(deadline) {
+                Next::Line(line) => line,
+                Next::Closed => return false,
+                Next::TimedOut => panic!(
                     "nginx did not start its worker within {DEADLINE:?}; stderr: {:#?}",
-                    self.stderr
+                    self.stderr.seen()
                 ),
             };
             if let Some(at) = line.find(MARKER) {
@@ -184,7 +165,6 @@ impl Nginx {
                     });
                 self.workers.push(pid);
             }
-            self.stderr.push(line);
             if !self.workers.is_empty() {
                 return true;
             }
@@ -219,11 +199,10 @@ impl Nginx {
         }
         let deadline = Instant::now() + DEADLINE;
         let all_exited = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(Some(line)) => self.stderr.push(line),
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => break true,
-                Err(RecvTimeoutError::Timeout) => break false,
+            match self.stderr.next_before(deadline) {
+                Next::Line(_) => {}
+                Next::Closed => break true,
+                Next::TimedOut => break false,
             }
         };
         if !all_exited {
@@ -1053,7 +1032,7 @@ const CLUSTER_EVENTS: usize = 20;
 /// every subscriber once, in order, with the same ids whichever node serves it.
 #[test]
 fn readme_cluster_config_spreads_subscribers_over_the_nodes() {
-    let redis = redis_support::RedisServer::start("nginx-cluster");
+    let redis = common::redis::RedisServer::start("nginx-cluster");
     let url = redis.url();
     let nodes: Vec<HeraldProcess> = (0..3)
         .map(|_| {

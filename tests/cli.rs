@@ -7,16 +7,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use common::*;
-
-const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
 /// Every `serve` flag the spec lists.
 const FLAGS: [&str; 17] = [
@@ -41,13 +38,9 @@ const FLAGS: [&str; 17] = [
 
 /// A `herald` command with no inherited `HERALD_*` variables, plus `env`.
 fn herald(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(HERALD);
+    let mut command = Command::new(HERALD_BIN);
     command.args(args);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("HERALD_") {
-            command.env_remove(name);
-        }
-    }
+    without_herald_env(&mut command);
     command.envs(env.iter().copied());
     command.stdin(Stdio::null());
     command
@@ -65,24 +58,13 @@ impl Drop for Running {
     }
 }
 
-/// Reads a pipe to its end on a thread; the receiver gets the whole text.
-fn read_all_on_thread(mut pipe: impl Read + Send + 'static) -> Receiver<String> {
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        let _ = sender.send(String::from_utf8_lossy(&bytes).into_owned());
-    });
-    receiver
-}
-
 /// Runs `command` to its exit within [`DEADLINE`]; returns its status, stdout and stderr.
 fn run(mut command: Command, what: &str) -> (ExitStatus, String, String) {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut running = Running {
         child: command
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {HERALD}: {e}")),
+            .unwrap_or_else(|e| panic!("spawn {HERALD_BIN}: {e}")),
     };
     let stdout = read_all_on_thread(running.child.stdout.take().unwrap());
     let stderr = read_all_on_thread(running.child.stderr.take().unwrap());
@@ -167,45 +149,31 @@ fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
 /// `publishing on http://ADDR` when `expect_publish_listener`).
 fn serve(args: &[&str], env: &[(&str, &str)], expect_publish_listener: bool) -> Served {
     let what = format!("herald {} with env {env:?}", args.join(" "));
-    let mut command = herald(args, env);
-    command.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut running = Running {
-        child: command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {HERALD}: {e}")),
-    };
-    let (sender, lines) = mpsc::channel();
-    let stderr = running.child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (child, mut stderr) = spawn_draining_stderr(&mut herald(args, env));
+    let mut running = Running { child };
     let deadline = Instant::now() + DEADLINE;
-    let mut seen = Vec::new();
     let mut addr = None;
     let mut publish_addr = None;
     while addr.is_none() || (expect_publish_listener && publish_addr.is_none()) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
+        match stderr.next_before(deadline) {
+            Next::Line(line) => {
                 if let Some(found) = address_after(&line, "herald listening on http://") {
                     addr = Some(found);
                 }
                 if let Some(found) = address_after(&line, "publishing on http://") {
                     publish_addr = Some(found);
                 }
-                seen.push(line);
             }
-            Err(RecvTimeoutError::Timeout) => panic!(
-                "{what}: no `herald listening on http://ADDR` line within {DEADLINE:?}; stderr: {seen:?}"
+            Next::TimedOut => panic!(
+                "{what}: no `herald listening on http://ADDR` line within {DEADLINE:?}; stderr: {:?}",
+                stderr.seen()
             ),
-            Err(RecvTimeoutError::Disconnected) => {
+            Next::Closed => {
                 let status = running.child.wait().unwrap();
-                panic!("{what}: exited with {status:?} before listening; stderr: {seen:?}")
+                panic!(
+                    "{what}: exited with {status:?} before listening; stderr: {:?}",
+                    stderr.seen()
+                )
             }
         }
     }

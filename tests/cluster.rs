@@ -25,8 +25,6 @@
 //! retries of something that fails until the system has recovered.
 
 mod common;
-#[path = "common/redis.rs"]
-mod redis_support;
 
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read};
@@ -36,8 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::redis::*;
 use common::*;
-use redis_support::*;
 
 const CONNECTED: &str = "herald_redis_connected";
 const RECONNECTS: &str = "herald_redis_reconnects_total";
@@ -1598,15 +1596,7 @@ fn a_node_starts_while_redis_is_down_and_connects_when_it_comes_up() {
 /// Runs `herald serve --listen 127.0.0.1:0 args...` with `env` (and no inherited `HERALD_*`)
 /// to its exit within [`DEADLINE`]; returns the status and stderr.
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
-    let mut command = Command::new(HERALD_BIN);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("HERALD_") {
-            command.env_remove(name);
-        }
-    }
+    let mut command = herald_serve(args);
     command.envs(env.iter().copied());
     let mut child = command
         .stdin(Stdio::null())
@@ -1614,13 +1604,7 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {HERALD_BIN}: {e}"));
-    let mut stderr = child.stderr.take().unwrap();
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        let _ = sender.send(text);
-    });
+    let receiver = read_all_on_thread(child.stderr.take().unwrap());
     match receiver.recv_timeout(DEADLINE) {
         Ok(text) => (child.wait().unwrap(), text),
         Err(_) => {

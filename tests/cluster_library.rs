@@ -5,14 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "common/redis.rs"]
-mod redis_support;
 
 use std::time::{Duration, Instant};
 
+use common::redis::RedisServer;
 use common::{start, subscribe, wait_until, DEADLINE};
 use herald::{BusKind, Event, PublishError};
-use redis_support::RedisServer;
 
 fn join(redis: &RedisServer, stream: &str) -> herald::Server {
     let url = redis.url();

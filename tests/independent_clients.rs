@@ -10,12 +10,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread::JoinHandle;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -95,9 +93,8 @@ struct Received {
 struct ClientProcess {
     client: Client,
     child: Child,
-    lines: Receiver<Option<String>>,
-    stdout: Vec<String>,
-    stderr: Option<JoinHandle<String>>,
+    stdout: PipeLines,
+    stderr: Option<Receiver<String>>,
     /// The client gives up by itself at [`DEADLINE`] after its start; this is a bit later.
     deadline: Instant,
     count: usize,
@@ -146,28 +143,12 @@ impl ClientProcess {
             )
         });
         let deadline = Instant::now() + DEADLINE + CLIENT_GRACE;
-        let stdout = child.stdout.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(Some(line)).is_err() {
-                    return;
-                }
-            }
-            let _ = sender.send(None);
-        });
-        let mut stderr = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = stderr.read_to_string(&mut text);
-            text
-        });
+        let stdout = PipeLines::new(child.stdout.take().unwrap());
+        let stderr = read_all_on_thread(child.stderr.take().unwrap());
         ClientProcess {
             client,
             child,
-            lines,
-            stdout: Vec::new(),
+            stdout,
             stderr: Some(stderr),
             deadline,
             count,
@@ -176,14 +157,10 @@ impl ClientProcess {
 
     /// The next stdout line, or `None` once the client has closed stdout (exited).
     fn next_line(&mut self, waiting_for: &str) -> Option<String> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        match self.lines.recv_timeout(left) {
-            Ok(Some(line)) => {
-                self.stdout.push(line.clone());
-                Some(line)
-            }
-            Ok(None) | Err(RecvTimeoutError::Disconnected) => None,
-            Err(RecvTimeoutError::Timeout) => {
+        match self.stdout.next_before(self.deadline) {
+            Next::Line(line) => Some(line),
+            Next::Closed => None,
+            Next::TimedOut => {
                 let _ = self.child.kill();
                 let status = self.child.wait().unwrap();
                 self.fail(&format!("timed out waiting for {waiting_for}"), status)
@@ -196,13 +173,13 @@ impl ClientProcess {
         let stderr = self
             .stderr
             .take()
-            .map(|handle| handle.join().unwrap_or_default())
+            .map(|text| text.recv().unwrap_or_default())
             .unwrap_or_default();
         panic!(
             "{} client: {what}; it ended with {status}; stdout: {:#?}; stderr: {stderr}\n\
              (if a package is missing: {})",
             self.client.name(),
-            self.stdout,
+            self.stdout.seen(),
             self.client.install_hint()
         );
     }

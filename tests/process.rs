@@ -28,17 +28,14 @@ struct Started {
 }
 
 /// Starts `command` (stderr piped, stdout to null) and reads its stderr on a thread until the
-/// listening line, within [`DEADLINE`]; the thread then hands the pipe back.
+/// listening line, within [`DEADLINE`]; the thread then hands the pipe back. Unlike
+/// [`spawn_draining_stderr`], nothing drains it afterwards: these tests close it or let it fill.
 fn start_process(mut command: Command) -> Started {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    for (name, _) in std::env::vars() {
-        if name.starts_with("HERALD_") {
-            command.env_remove(name);
-        }
-    }
+    without_herald_env(&mut command);
     let mut child = command.spawn().unwrap();
     let mut reader = BufReader::new(child.stderr.take().unwrap());
     let (sender, receiver) = mpsc::channel();
@@ -125,15 +122,6 @@ impl Drop for Started {
     }
 }
 
-/// `herald serve --listen 127.0.0.1:0 args...`.
-fn herald_command(args: &[&str]) -> Command {
-    let mut command = Command::new(HERALD_BIN);
-    command
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args);
-    command
-}
-
 /// `herald serve --listen 127.0.0.1:0 args...` run by `sh -c` after `limits` (shell commands
 /// such as `ulimit -Sn 1024`).
 fn herald_under_shell(limits: &str, args: &[&str]) -> Command {
@@ -210,7 +198,7 @@ const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 
 #[test]
 fn issue_10_a_closed_stderr_drops_log_lines_counts_them_and_sigterm_still_stops_herald() {
-    let mut herald = start_process(herald_command(&["--log-level", "trace", "--threads", "2"]));
+    let mut herald = start_process(herald_serve(&["--log-level", "trace", "--threads", "2"]));
     let addr = herald.addr;
     herald.close_stderr();
     // Enough lines on both loops that some are written (and fail) before the checks.
@@ -234,7 +222,7 @@ fn issue_10_a_closed_stderr_drops_log_lines_counts_them_and_sigterm_still_stops_
 
 #[test]
 fn issue_10_sigterm_stops_herald_after_its_stderr_reader_went_away() {
-    let mut herald = start_process(herald_command(&[]));
+    let mut herald = start_process(herald_serve(&[]));
     herald.close_stderr();
     herald.signal("TERM");
     let status = herald.wait_exit(EXIT_DEADLINE);
@@ -248,7 +236,7 @@ const ROUNDS_TO_FILL_MAX: usize = 20_000;
 
 #[test]
 fn issue_10_a_stderr_nobody_reads_never_blocks_serving_and_drops_are_counted() {
-    let mut herald = start_process(herald_command(&["--log-level", "trace", "--threads", "1"]));
+    let mut herald = start_process(herald_serve(&["--log-level", "trace", "--threads", "1"]));
     let addr = herald.addr;
     let mut conn = Conn::connect(addr);
     let mut filled = false;

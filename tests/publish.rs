@@ -4,15 +4,13 @@
 //! and the separate publish listener.
 
 mod common;
-#[path = "common/redis.rs"]
-mod redis_support;
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use common::redis::RedisServer;
 use common::*;
 use herald::{BusKind, Event};
-use redis_support::RedisServer;
 
 fn assert_text_answer(response: &Response, case: &str) -> String {
     assert_eq!(response.status, 200, "{case}: {}", response.summary());

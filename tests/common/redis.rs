@@ -11,9 +11,6 @@
 //! [`Resp`] and [`RespConn`] speak just enough RESP2 for the tests: send a command as an
 //! array of bulk strings, read one reply of any type.
 
-#![allow(dead_code)]
-#![allow(clippy::unwrap_used)]
-
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -21,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::DEADLINE;
+use super::DEADLINE;
 
 /// Where the tests find Redis (Debian's `redis-server`, installed by `.ci/deps`).
 pub const REDIS_SERVER_BIN: &str = "/usr/bin/redis-server";
