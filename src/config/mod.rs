@@ -10,6 +10,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+mod kind;
 pub mod settings;
 
 pub use settings::{Config, Setting, SETTINGS};
