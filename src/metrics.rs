@@ -158,6 +158,11 @@ pub(crate) fn render(
         loops.iter().map(|l| field(l).load(Ordering::Relaxed)).sum()
     };
     let mut out = String::with_capacity(4096);
+    let accept_pauses_help = format!(
+        "Times an event loop stopped accepting at the hard ceiling ({} refused connections \
+         still closing, or no file descriptors) until below the low-water mark.",
+        crate::event_loop::LINGERING_MAX
+    );
     let simple: [(&str, &str, &str, u64); 14] = [
         (
             "herald_connections",
@@ -216,7 +221,7 @@ pub(crate) fn render(
         (
             "herald_accept_pauses_total",
             "counter",
-            "Times an event loop stopped accepting at the hard ceiling (1,024 refused connections still closing, or no file descriptors) until below the low-water mark.",
+            &accept_pauses_help,
             sum(|l| &l.accept_pauses),
         ),
         (

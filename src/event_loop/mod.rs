@@ -52,7 +52,7 @@ const STREAM_DISCARD_READS_MAX: usize = 4;
 const HEAD_POOL_MAX: usize = 64;
 /// Connections being refused or closed (lingering) per loop. Past this, accepting pauses
 /// until they drop below 90 %: a flood of refusals must not exhaust file descriptors.
-const LINGERING_MAX: usize = 1024;
+pub(crate) const LINGERING_MAX: usize = 1024;
 /// How long a closing connection discards input so its peer reads the answer.
 const LINGER: Duration = Duration::from_secs(1);
 /// Input discarded from a closing connection before it is closed regardless.
@@ -61,6 +61,8 @@ const LINGER_BYTES_MAX: usize = 64 * 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Resolution of the timer wheel: deadlines fire up to one tick late, never early.
 const TIMER_TICK: Duration = Duration::from_millis(100);
+// No timeout a setting may ask for is shorter than one tick, so none fires a tick early.
+const _: () = assert!(TIMER_TICK.as_millis() == crate::config::TIMER_MS_MIN as u128);
 
 fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 1 - index)

@@ -1,14 +1,19 @@
-//! Server configuration: every setting, its default, its ceiling and its validation.
+//! Server configuration: the defaults and ceilings as named consts, and validation.
 //!
-//! `Config` is plain data. The command line (`main.rs`) fills it from flags, `HERALD_*`
-//! environment variables and an optional TOML file; library users build it in code. Either
-//! way `Config::validate` runs before a server starts and names the first bad setting in one
-//! line. No I/O here.
+//! `Config` is plain data, declared once with every setting's flag, default, range and help
+//! in the table of [`settings`]. The command line (`main.rs`) fills it from flags,
+//! `HERALD_*` environment variables and an optional TOML file; library users build it in
+//! code. Either way `Config::validate` runs before a server starts and names the first bad
+//! setting in one line. No I/O here.
 
 use std::fmt;
-use std::net::SocketAddr;
 
 use serde::Deserialize;
+
+mod kind;
+pub mod settings;
+
+pub use settings::{Config, Setting, SETTINGS};
 
 /// Address the subscriber (and, by default, publish) listener binds to.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
@@ -112,6 +117,15 @@ pub enum BusKind {
     Redis,
 }
 
+impl fmt::Display for BusKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BusKind::Embedded => "embedded",
+            BusKind::Redis => "redis",
+        })
+    }
+}
+
 impl std::str::FromStr for BusKind {
     type Err = String;
 
@@ -137,6 +151,15 @@ pub enum ForwardedHeader {
     Forwarded,
 }
 
+impl fmt::Display for ForwardedHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::Forwarded => "forwarded",
+        })
+    }
+}
+
 impl std::str::FromStr for ForwardedHeader {
     type Err = String;
 
@@ -153,148 +176,6 @@ impl std::str::FromStr for ForwardedHeader {
 // or a single large publish would disconnect every subscriber.
 const _: () = assert!(PUBLISH_BYTES_DEFAULT < LAG_BYTES_DEFAULT);
 const _: () = assert!(HEAD_BYTES_MIN <= HEAD_BYTES_DEFAULT && HEAD_BYTES_DEFAULT <= HEAD_BYTES_MAX);
-
-/// Everything a herald server needs to start. `Config::default()` is what `herald serve`
-/// runs with when given no flags.
-///
-/// ```
-/// let mut config = herald::Config::default();
-/// config.listen = "127.0.0.1:0".parse().unwrap();
-/// config.threads = 1;
-/// assert!(config.validate().is_ok());
-/// ```
-///
-/// `Debug` shows the settings with their secrets (`publish_token`, `subscribe_key`,
-/// `publish_key`, the credentials in `redis_url`) replaced by `***`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Address of the main listener (subscribe, publish, health, demo). Port 0 picks a free port.
-    pub listen: SocketAddr,
-    /// Optional separate listener for `POST /publish`. When set, the main listener refuses
-    /// publishes with 403, so publishing can stay on a private interface.
-    pub publish_listen: Option<SocketAddr>,
-    /// Event loop threads, each accepting from the shared listener. Default: one per core.
-    pub threads: usize,
-    /// Events kept per topic for resume.
-    pub history_events: usize,
-    /// Bytes of encoded events kept per topic for resume.
-    pub history_bytes: usize,
-    /// Bytes of history kept across all topics.
-    pub history_total_bytes: usize,
-    /// Origins allowed to subscribe and publish cross-origin (`*` for any). Empty: no CORS headers.
-    pub cors_origins: Vec<String>,
-    /// When set, `POST /publish` requires `Authorization: Bearer <token>`.
-    pub publish_token: Option<String>,
-    /// Reconnect delay (milliseconds) sent in the first `retry:` frame of every stream.
-    pub retry_ms: u32,
-    /// Event name sent to a resuming client whose Last-Event-ID is older than the history.
-    pub gap_event: String,
-    /// Most topics one subscription may name.
-    pub max_topics_per_subscription: usize,
-    /// Longest topic name, in bytes.
-    pub max_topic_bytes: usize,
-    /// Largest publish body, in bytes.
-    pub max_publish_bytes: usize,
-    /// Bytes a subscriber may fall behind before it is closed (it then resumes from history).
-    pub max_lag_bytes: usize,
-    /// Largest request head, in bytes.
-    pub max_head_bytes: usize,
-    /// Serve the demo page on `GET /`.
-    pub demo: bool,
-    /// Milliseconds a client has to send a request head and body; then 408 and close.
-    pub head_timeout_ms: u64,
-    /// Milliseconds of quiet after which a stream gets a heartbeat comment.
-    pub heartbeat_ms: u64,
-    /// Milliseconds a keep-alive connection may wait between requests before it is closed.
-    pub idle_timeout_ms: u64,
-    /// Longest life of a stream in milliseconds (0: unlimited). Each stream gets a random
-    /// lifetime between 90 % and 100 % of this, then a `retry:` hint and a close, so
-    /// reconnects spread out.
-    pub max_stream_lifetime_ms: u64,
-    /// Milliseconds a graceful shutdown may take before remaining connections are dropped.
-    pub shutdown_timeout_ms: u64,
-    /// At shutdown each subscriber is told `retry:` of `retry_ms` plus a random share of
-    /// this window (milliseconds), so a restart is not a reconnect storm.
-    pub shutdown_retry_window_ms: u64,
-    /// Most open client connections; past it new ones get 503 with `Retry-After`.
-    /// 0: the process's open-file limit minus a small reserve.
-    pub max_connections: usize,
-    /// Most open connections per client address; past it new ones get 429 with
-    /// `Retry-After`. 0: unlimited.
-    pub max_connections_per_ip: usize,
-    /// Address blocks (`10.0.0.0/8`, `::1`) of proxies whose `X-Forwarded-For` or
-    /// `Forwarded` header names the client. Other peers are the client themselves.
-    pub trusted_proxies: Vec<String>,
-    /// HS256 secret for subscriber tokens. When set, `GET /events` needs a JWT whose
-    /// `subscribe` claim lists the topics (names or `prefix*`).
-    pub subscribe_key: Option<String>,
-    /// HS256 secret for publisher tokens. When set, `POST /publish` also accepts a JWT
-    /// whose `publish` claim lists the topics (besides `publish_token`).
-    pub publish_key: Option<String>,
-    /// The bus: `embedded` (one node) or `redis` (a cluster sharing one Redis Stream).
-    pub bus: BusKind,
-    /// Redis the Redis bus uses (`redis://[user:password@]host:port/db`).
-    pub redis_url: String,
-    /// Name of the Redis Stream every node appends to and reads.
-    pub redis_stream: String,
-    /// Approximate length the stream is trimmed to on each append (`MAXLEN ~`); resumes
-    /// older than what it keeps get the gap event. 0: `history_total_bytes` / 1 KiB, at
-    /// least `history_events`.
-    pub redis_maxlen: usize,
-    /// The header a trusted proxy names the client in: `x-forwarded-for` or `forwarded`.
-    /// The other one is ignored; an unreadable or malformed hop ends the walk at the
-    /// nearest trusted proxy.
-    pub forwarded_header: ForwardedHeader,
-    /// IPv6 clients are counted for `max_connections_per_ip` by their network of this many
-    /// bits (1..=128); IPv4-mapped IPv6 addresses count as IPv4.
-    pub ipv6_prefix_per_ip: u8,
-    /// Most open connections on `publish_listen`, counted apart from `max_connections`, so
-    /// publishers and operators are served while subscribers fill the main listener.
-    pub max_publish_connections: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            // The literal is a valid socket address; a test below parses it.
-            listen: LISTEN_DEFAULT.parse().unwrap_or_else(|_| unreachable!()),
-            publish_listen: None,
-            threads: default_threads(),
-            history_events: HISTORY_EVENTS_DEFAULT,
-            history_bytes: HISTORY_BYTES_DEFAULT,
-            history_total_bytes: HISTORY_TOTAL_BYTES_DEFAULT,
-            cors_origins: Vec::new(),
-            publish_token: None,
-            retry_ms: RETRY_MS_DEFAULT,
-            gap_event: GAP_EVENT_DEFAULT.to_owned(),
-            max_topics_per_subscription: TOPICS_PER_SUBSCRIPTION_DEFAULT,
-            max_topic_bytes: TOPIC_BYTES_DEFAULT,
-            max_publish_bytes: PUBLISH_BYTES_DEFAULT,
-            max_lag_bytes: LAG_BYTES_DEFAULT,
-            max_head_bytes: HEAD_BYTES_DEFAULT,
-            demo: true,
-            head_timeout_ms: HEAD_TIMEOUT_MS_DEFAULT,
-            heartbeat_ms: HEARTBEAT_MS_DEFAULT,
-            idle_timeout_ms: IDLE_TIMEOUT_MS_DEFAULT,
-            max_stream_lifetime_ms: 0,
-            shutdown_timeout_ms: SHUTDOWN_TIMEOUT_MS_DEFAULT,
-            shutdown_retry_window_ms: SHUTDOWN_RETRY_WINDOW_MS_DEFAULT,
-            max_connections: 0,
-            max_connections_per_ip: 0,
-            trusted_proxies: Vec::new(),
-            subscribe_key: None,
-            publish_key: None,
-            bus: BusKind::Embedded,
-            redis_url: REDIS_URL_DEFAULT.to_owned(),
-            redis_stream: REDIS_STREAM_DEFAULT.to_owned(),
-            redis_maxlen: 0,
-            forwarded_header: ForwardedHeader::XForwardedFor,
-            ipv6_prefix_per_ip: IPV6_PREFIX_PER_IP_DEFAULT,
-            max_publish_connections: PUBLISH_CONNECTIONS_DEFAULT,
-        }
-    }
-}
 
 /// Shown in place of a secret.
 const REDACTED: &str = "***";
@@ -342,6 +223,8 @@ impl std::fmt::Debug for Config {
             .field("forwarded_header", &self.forwarded_header)
             .field("ipv6_prefix_per_ip", &self.ipv6_prefix_per_ip)
             .field("max_publish_connections", &self.max_publish_connections)
+            .field("demo_feed", &self.demo_feed)
+            .field("log_level", &self.log_level)
             .finish_non_exhaustive()
     }
 }
@@ -426,7 +309,7 @@ fn fault(setting: &'static str, reason: impl Into<String>) -> Result<(), ConfigE
     })
 }
 
-fn within(setting: &'static str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+fn within(setting: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if value < min || value > max {
         return fault(setting, format!("{value} is outside {min}..={max}"));
     }
@@ -463,70 +346,29 @@ impl Config {
             .clamp(1, CONNECTIONS_MAX)
     }
 
-    /// Checks every setting against its range and the relations between them.
+    /// Checks every setting against its range (from the table in [`settings`]) and the
+    /// relations between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        within("threads", self.threads, 1, THREADS_MAX)?;
-        within("history_events", self.history_events, 1, HISTORY_EVENTS_MAX)?;
-        within("history_bytes", self.history_bytes, 1, HISTORY_BYTES_MAX)?;
-        within(
-            "history_total_bytes",
-            self.history_total_bytes,
-            1,
-            HISTORY_BYTES_MAX,
-        )?;
+        for setting in SETTINGS {
+            if let Some(range) = setting.range {
+                within(setting.name, (range.of)(self), range.min, range.max)?;
+            }
+        }
         if self.history_total_bytes < self.history_bytes {
             return fault(
                 "history_total_bytes",
                 "must be at least history_bytes (one topic's budget)",
             );
         }
-        within("retry_ms", self.retry_ms as usize, 0, RETRY_MS_MAX as usize)?;
         if let Err(reason) = crate::sse::check_event_name(&self.gap_event) {
             return fault("gap_event", reason);
         }
-        within(
-            "max_topics_per_subscription",
-            self.max_topics_per_subscription,
-            1,
-            TOPICS_PER_SUBSCRIPTION_MAX,
-        )?;
-        within("max_topic_bytes", self.max_topic_bytes, 1, TOPIC_BYTES_MAX)?;
-        within(
-            "max_publish_bytes",
-            self.max_publish_bytes,
-            1,
-            PUBLISH_BYTES_MAX,
-        )?;
-        within(
-            "max_head_bytes",
-            self.max_head_bytes,
-            HEAD_BYTES_MIN,
-            HEAD_BYTES_MAX,
-        )?;
-        let timer = |setting, value: u64| {
-            within(
-                setting,
-                value as usize,
-                TIMER_MS_MIN as usize,
-                TIMER_MS_MAX as usize,
-            )
-        };
-        timer("head_timeout_ms", self.head_timeout_ms)?;
-        timer("heartbeat_ms", self.heartbeat_ms)?;
-        timer("idle_timeout_ms", self.idle_timeout_ms)?;
-        timer("shutdown_timeout_ms", self.shutdown_timeout_ms)?;
-        within(
-            "shutdown_retry_window_ms",
-            self.shutdown_retry_window_ms as usize,
-            0,
-            TIMER_MS_MAX as usize,
-        )?;
         if self.max_stream_lifetime_ms != 0 {
             within(
                 "max_stream_lifetime_ms",
-                self.max_stream_lifetime_ms as usize,
+                self.max_stream_lifetime_ms,
                 1_000,
-                STREAM_LIFETIME_MS_MAX as usize,
+                STREAM_LIFETIME_MS_MAX,
             )?;
         }
         if self.max_lag_bytes <= self.max_publish_bytes {
@@ -547,13 +389,6 @@ impl Config {
                 );
             }
         }
-        within("max_connections", self.max_connections, 0, CONNECTIONS_MAX)?;
-        within(
-            "max_connections_per_ip",
-            self.max_connections_per_ip,
-            0,
-            CONNECTIONS_MAX,
-        )?;
         for block in &self.trusted_proxies {
             if let Err(reason) = crate::client::Cidr::parse(block) {
                 return fault("trusted_proxies", reason);
@@ -578,19 +413,6 @@ impl Config {
         if self.publish_listen == Some(self.listen) && self.listen.port() != 0 {
             return fault("publish_listen", "must differ from listen");
         }
-        within("redis_maxlen", self.redis_maxlen, 0, REDIS_MAXLEN_MAX)?;
-        within(
-            "ipv6_prefix_per_ip",
-            usize::from(self.ipv6_prefix_per_ip),
-            1,
-            128,
-        )?;
-        within(
-            "max_publish_connections",
-            self.max_publish_connections,
-            1,
-            CONNECTIONS_MAX,
-        )?;
         if self.redis_stream.is_empty() || self.redis_stream.len() > REDIS_STREAM_BYTES_MAX {
             return fault(
                 "redis_stream",
