@@ -6,10 +6,10 @@ use std::io::IoSlice;
 
 use bytes::Bytes;
 
-use crate::ring::{Ring, Seq};
+use crate::history::ring::{Ring, Seq};
+use crate::history::topics::{HistoryLimits, StreamTopic, SubscriberRef, Topics};
 use crate::socket::IoOutcome;
-use crate::stream::{Stream, StreamStart, StreamTopic};
-use crate::topic::{HistoryLimits, SubscriberRef, Topics};
+use crate::stream::{Stream, StreamStart};
 
 /// A ring of `capacity` entries being appended to and read by cursor.
 pub struct RingBench {

@@ -37,17 +37,16 @@ mod client;
 pub mod config;
 mod conn;
 mod event_loop;
+mod history;
 mod http;
 pub mod logging;
 mod metrics;
 mod publish;
-mod ring;
 mod server;
 mod socket;
 mod sse;
 mod stream;
 mod timer;
-mod topic;
 
 use std::fmt;
 use std::net::SocketAddr;

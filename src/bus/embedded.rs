@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::{
     BackfillRequest, Bus, BusStats, Fanout, Outgoing, Published, Resume, Submitted, Ticket,
 };
-use crate::ring::Seq;
+use crate::history::ring::Seq;
 use crate::sse::{encode_event, EventFields};
 use crate::{EventId, PublishError};
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::ring::Seq;
+use crate::history::ring::Seq;
 use crate::sse::Frame;
 use crate::{EventId, PublishError};
 

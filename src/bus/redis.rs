@@ -35,8 +35,8 @@ use super::{
     Backfill, BackfillRequest, Bus, BusStats, Completion, Fanout, Outgoing, Published, Resume,
     Submitted, Ticket,
 };
+use crate::history::ring::Seq;
 use crate::publish::{self, PublishLimits};
-use crate::ring::Seq;
 use crate::sse::{encode_event, encode_id, EventFields};
 use crate::{Event, EventId, PublishError};
 
