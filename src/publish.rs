@@ -9,11 +9,11 @@ use serde_json::Value;
 
 use crate::bus::Outgoing;
 use crate::config::RETRY_MS_MAX;
+use crate::event::{Event, PublishError};
 use crate::history::topics;
 use crate::http::answer::HttpError;
 use crate::http::form;
 use crate::sse::{check_event_name, encoded_len, EventFields};
-use crate::{Event, PublishError};
 
 /// Longest event id any bus produces (`<20 digits>-<20 digits>`, with room to spare); used
 /// to bound a frame's size before its id is known.

@@ -8,9 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::{
     BackfillRequest, Bus, BusStats, Fanout, Outgoing, Published, Resume, Submitted, Ticket,
 };
+use crate::event::{EventId, PublishError};
 use crate::history::ring::Seq;
 use crate::sse::{encode_event, EventFields};
-use crate::{EventId, PublishError};
 
 /// In-process sequence numbers with an epoch.
 pub(crate) struct EmbeddedBus {

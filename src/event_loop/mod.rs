@@ -23,6 +23,7 @@ use slab::Slab;
 use crate::bus::{Backfill, BackfillRequest, Completion, Inbox, Resume, Ticket};
 use crate::client::client_key;
 use crate::conn::{ConnInfo, Exchange, RequestContext, Step, StreamRequest};
+use crate::event::PublishError;
 use crate::history::ring::Seq;
 use crate::history::topics::{HistoryLimits, StreamTopic, SubscriberRef, TopicId, Topics};
 use crate::http::answer::HttpError;
@@ -32,7 +33,6 @@ use crate::server::Shared;
 use crate::socket::{self, IoOutcome};
 use crate::stream::{self, Flushed, Stream, StreamEnd};
 use crate::timer::{TimerHandle, TimerWheel};
-use crate::PublishError;
 
 /// Token of the loop's waker.
 pub(crate) const WAKER: Token = Token(usize::MAX);
