@@ -4,7 +4,7 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald::bench_core::{FanoutBench, RingBench};
+use herald::testing::{FanoutBench, RingBench};
 
 fn ring_publish_and_read(c: &mut Criterion) {
     let mut group = c.benchmark_group("ring_publish_and_read");

@@ -4,7 +4,7 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald::bench_support::{encode_event, parse_head};
+use herald::testing::{encode_frame, parse_head};
 
 fn frame_encoding(c: &mut Criterion) {
     let mut group = c.benchmark_group("sse_encode");
@@ -16,7 +16,14 @@ fn frame_encoding(c: &mut Criterion) {
     for (name, data) in &cases {
         group.throughput(Throughput::Bytes(data.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(name), data, |b, data| {
-            b.iter(|| encode_event(black_box("1795754409169-42"), Some("tick"), black_box(data)))
+            b.iter(|| {
+                encode_frame(
+                    black_box("1795754409169-42"),
+                    Some("tick"),
+                    black_box(data),
+                    None,
+                )
+            })
         });
     }
     group.finish();

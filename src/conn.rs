@@ -856,10 +856,10 @@ mod tests {
         fn resume_point(&self, _: &str) -> crate::bus::Resume {
             crate::bus::Resume::Unknown
         }
-        fn id_of(&self, seq: crate::ring::Seq) -> String {
+        fn id_of(&self, seq: crate::history::ring::Seq) -> String {
             seq.to_string()
         }
-        fn reach_floor(&self) -> Option<crate::ring::Seq> {
+        fn reach_floor(&self) -> Option<crate::history::ring::Seq> {
             Some(0)
         }
         fn can_backfill(&self) -> bool {

@@ -9,10 +9,11 @@ use serde_json::Value;
 
 use crate::bus::Outgoing;
 use crate::config::RETRY_MS_MAX;
+use crate::event::{Event, PublishError};
+use crate::history::topics;
 use crate::http::answer::HttpError;
 use crate::http::form;
 use crate::sse::{check_event_name, encoded_len, EventFields};
-use crate::{topic, Event, PublishError};
 
 /// Longest event id any bus produces (`<20 digits>-<20 digits>`, with room to spare); used
 /// to bound a frame's size before its id is known.
@@ -257,7 +258,7 @@ pub(crate) fn prepare<'e>(
     }
     let mut topics: Vec<Box<str>> = Vec::with_capacity(event.topics.len());
     for name in &event.topics {
-        if !topic::is_valid_name(name, limits.topic_bytes_max) {
+        if !topics::is_valid_name(name, limits.topic_bytes_max) {
             return Err(PublishError::InvalidTopic);
         }
         if !topics.iter().any(|t| **t == **name) {

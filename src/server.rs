@@ -16,11 +16,12 @@ use crate::bus::redis::{RedisBus, RedisSettings};
 use crate::bus::{Bus, Fanout, Submitted};
 use crate::client::{Cidr, ClientTable};
 use crate::config::{BusKind, Config};
+use crate::event::{Error, Event, EventId, PublishError, Stats};
 use crate::event_loop::{EventLoop, ListenerSlot, WAKER};
 use crate::http::route::Listener;
 use crate::metrics::{self, LoopStats, Metrics};
 use crate::publish::{self, PublishLimits};
-use crate::{socket, Error, Event, EventId, PublishError, Stats};
+use crate::socket;
 
 /// State every loop and handle shares.
 pub(crate) struct Shared {

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{EventStreamParser, SseEvent};
-use herald::bench_support::{
+use herald::testing::{
     encode_frame, event_name_is_valid, parse_publish, prepare_publish, PublishFormat,
 };
 use proptest::prelude::*;

@@ -7,7 +7,7 @@
 //! how the bytes were split into reads.
 
 use arbitrary::{Arbitrary, Unstructured};
-use herald::bench_support::{
+use herald::testing::{
     encode_frame, encoded_frame_len, event_name_is_valid, head_outcome, parse_publish,
     prepare_publish, HeadOutcome, PublishFormat, Refusal,
 };
@@ -122,7 +122,7 @@ pub fn check_frame(id: &str, name: Option<&str>, data: &str, retry_ms: Option<u3
         data: normalize_line_breaks(data),
         last_event_id: id.to_owned(),
     };
-    let mut stream = frame.clone();
+    let mut stream = frame.to_vec();
     stream.extend_from_slice(&encode_frame("next", None, "after", None));
     let interpreted = interpret(&stream);
     let after = Fired {

@@ -9,9 +9,9 @@ use super::{
     BackfillError, BackfillRequest, Bus, BusStats, Fanout, InboxItem, Outgoing, Published, Resume,
     Submitted, Ticket,
 };
-use crate::ring::Seq;
+use crate::event::{EventId, PublishError};
+use crate::history::ring::Seq;
 use crate::sse::{encode_event, EventFields};
-use crate::{EventId, PublishError};
 
 /// In-process sequence numbers with an epoch.
 pub(crate) struct EmbeddedBus {

@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::ring::Seq;
+use crate::event::{EventId, PublishError};
+use crate::history::ring::Seq;
 use crate::sse::Frame;
-use crate::{EventId, PublishError};
 
 /// Events one loop's inbox may hold. A publisher that finds an inbox this full gets
 /// `PublishError::Busy` (HTTP 503) instead of blocking; a loop drains far faster than

@@ -23,15 +23,15 @@ use slab::Slab;
 use crate::bus::{Backfill, BackfillRequest, Completion, Inbox, Resume, Ticket};
 use crate::client::client_key;
 use crate::conn::{ConnInfo, Exchange, RequestContext, Step, StreamRequest};
+use crate::history::ring::Seq;
+use crate::history::topics::{HistoryLimits, StreamTopic, SubscriberRef, TopicId, Topics};
 use crate::http::answer::HttpError;
 use crate::http::route::{Listener, RouteConfig, TopicLimits};
 use crate::metrics::{LoopCounters, LoopStats};
-use crate::ring::Seq;
 use crate::server::Shared;
 use crate::socket::{self, IoOutcome};
-use crate::stream::{self, Flushed, Stream, StreamEnd, StreamTopic};
+use crate::stream::{self, Flushed, Stream, StreamEnd};
 use crate::timer::{TimerHandle, TimerWheel};
-use crate::topic::{HistoryLimits, SubscriberRef, TopicId, Topics};
 
 /// Token of the loop's waker.
 pub(crate) const WAKER: Token = Token(usize::MAX);

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use crate::auth::TokenError;
 use crate::bus::BackfillError;
-use crate::PublishError;
+use crate::event::PublishError;
 
 /// Everything herald refuses, each with one status and one reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use super::answer::HttpError;
 use super::form;
 use super::head::Method;
-use crate::topic;
+use crate::history::topics;
 
 /// Which listener a connection came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +105,7 @@ pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscript
         })?;
         match &*key {
             "topic" => {
-                if !topic::is_valid_name(&value, limits.name_bytes) {
+                if !topics::is_valid_name(&value, limits.name_bytes) {
                     return Err(HttpError::InvalidTopic);
                 }
                 if topics.iter().any(|t| *t == *value) {

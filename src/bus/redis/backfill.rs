@@ -15,7 +15,7 @@ use super::link::RedisConn;
 use super::reader::first_entry;
 use super::{lock, Core, READ_BLOCK, READ_COUNT_MAX};
 use crate::bus::{Backfill, BackfillError, BackfillRequest, Completion, Ticket};
-use crate::ring::Seq;
+use crate::history::ring::Seq;
 use crate::sse::encode_id;
 
 /// Resumes waiting for the backfiller; past this a resume gets 503 and retries.

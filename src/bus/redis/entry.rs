@@ -6,10 +6,10 @@ use redis::Value;
 
 use super::Core;
 use crate::bus::Published;
+use crate::event::{Event, PublishError};
+use crate::history::ring::Seq;
 use crate::publish;
-use crate::ring::Seq;
 use crate::sse::{encode_event, EventFields};
-use crate::{Event, PublishError};
 
 /// The sequence number of stream id `ms-n`. Every id has one: a `Seq` is two ids' halves.
 pub(super) fn pack(ms: u64, n: u64) -> Seq {

@@ -47,9 +47,9 @@ use self::writer::{run_writer, Reply, WriteJob, WRITE_QUEUE_BYTES_MAX, WRITE_QUE
 use super::{
     BackfillError, BackfillRequest, Bus, BusStats, Fanout, Outgoing, Resume, Submitted, Ticket,
 };
+use crate::event::PublishError;
+use crate::history::ring::Seq;
 use crate::publish::PublishLimits;
-use crate::ring::Seq;
-use crate::PublishError;
 
 /// Entries one `XREAD` or `XRANGE` returns, bounding the reply held in memory.
 const READ_COUNT_MAX: usize = 512;

@@ -12,7 +12,7 @@ use super::entry::parse_id;
 use super::link::{RedisConn, Throttle};
 use super::{Core, READ_BLOCK};
 use crate::bus::{Completion, Ticket};
-use crate::{EventId, PublishError};
+use crate::event::{EventId, PublishError};
 
 /// Publishes waiting for the writer. Past this a publish gets 503 at once: Redis is
 /// slower than the publishers, and queueing more would only add latency and memory.

@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 
 use slab::Slab;
 
-use crate::ring::{Ring, Seq};
+use super::ring::{Ring, Seq};
 use crate::sse::Frame;
 
 /// Index of a topic in its loop's table. Valid while the topic has subscribers or history.
@@ -47,6 +47,15 @@ pub(crate) struct SubscriberRef {
     pub conn: usize,
     /// Index of the topic in the connection's own topic list.
     pub slot: u16,
+}
+
+/// One of a stream's topics and where the stream sits in that topic's subscriber list.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamTopic {
+    /// The topic.
+    pub id: TopicId,
+    /// Position in the topic's subscriber list (kept current when others leave).
+    pub position: u32,
 }
 
 /// One topic on one loop.
