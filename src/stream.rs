@@ -362,39 +362,9 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::topics::{HistoryLimits, SubscriberRef};
+    use crate::history::fixtures::{frame, subscribe, table};
+    use crate::history::topics::HistoryLimits;
     use crate::socket::IoOutcome;
-    use crate::sse::Frame;
-    use bytes::Bytes;
-
-    fn table() -> Topics {
-        Topics::new(HistoryLimits {
-            events: 100,
-            bytes: 1 << 20,
-            total_bytes: 1 << 24,
-        })
-    }
-
-    fn subscribe(table: &mut Topics, names: &[&str]) -> Box<[StreamTopic]> {
-        names
-            .iter()
-            .enumerate()
-            .map(|(slot, name)| {
-                let (id, position) = table.subscribe(
-                    name,
-                    SubscriberRef {
-                        conn: 0,
-                        slot: slot as u16,
-                    },
-                );
-                StreamTopic { id, position }
-            })
-            .collect()
-    }
-
-    fn frame(seq: Seq) -> Frame {
-        Bytes::from(format!("id: {seq}\ndata: x\n\n"))
-    }
 
     #[test]
     fn partial_writes_resume_mid_frame() {

@@ -92,37 +92,7 @@ fn merge<'t>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::topics::{HistoryLimits, SubscriberRef};
-    use bytes::Bytes;
-
-    fn table() -> Topics {
-        Topics::new(HistoryLimits {
-            events: 100,
-            bytes: 1 << 20,
-            total_bytes: 1 << 24,
-        })
-    }
-
-    fn subscribe(table: &mut Topics, names: &[&str]) -> Box<[StreamTopic]> {
-        names
-            .iter()
-            .enumerate()
-            .map(|(slot, name)| {
-                let (id, position) = table.subscribe(
-                    name,
-                    SubscriberRef {
-                        conn: 0,
-                        slot: slot as u16,
-                    },
-                );
-                StreamTopic { id, position }
-            })
-            .collect()
-    }
-
-    fn frame(seq: Seq) -> Frame {
-        Bytes::from(format!("id: {seq}\ndata: x\n\n"))
-    }
+    use crate::history::fixtures::{frame, subscribe, table};
 
     /// Subscriptions wider than the inline width merge the same way (on the heap).
     #[test]
