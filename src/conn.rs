@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::auth::{self, Claim, TokenError, Verifier};
 use crate::bus::{Backfill, Bus, Submitted, Ticket};
 use crate::client::{client_addr, client_key, Cidr, ClientTable};
-use crate::config::{Config, ForwardedHeader};
+use crate::config::{ForwardedHeader, Limits};
 use crate::http::answer::{self, HttpError};
 use crate::http::head::{self, Method, Parsed, Request};
-use crate::http::route::{self, Listener, Route, RouteConfig, TopicLimits};
-use crate::publish::{self, BodyFormat, PublishLimits};
+use crate::http::route::{self, Listener, Route};
+use crate::publish::{self, BodyFormat};
 
 /// Answers to pipelined requests gathered before they are written; past this the
 /// exchange writes before parsing the next request, so the buffer stays bounded.
@@ -36,14 +36,14 @@ const DEMO_HTML: &str = include_str!("demo.html");
 
 /// What the server knows that a request may need.
 pub(crate) struct RequestContext<'a> {
-    /// The configuration.
-    pub config: &'a Config,
-    /// Router settings.
-    pub route: RouteConfig,
-    /// Subscription limits.
-    pub topic_limits: TopicLimits,
-    /// Publish limits.
-    pub publish_limits: &'a PublishLimits,
+    /// The limits in force (routes, topics, publishes, bodies, connections per client).
+    pub limits: &'a Limits,
+    /// Origins allowed by CORS (`cors_origins`).
+    pub cors_origins: &'a [String],
+    /// The header a trusted proxy names the client in (`forwarded_header`).
+    pub forwarded_header: ForwardedHeader,
+    /// The static publish token (`publish_token`), if set.
+    pub publish_token: Option<&'a str>,
     /// The bus that publishes go to.
     pub bus: &'a dyn Bus,
     /// Proxies allowed to name the client.
@@ -87,9 +87,10 @@ impl ConnInfo {
         peer: IpAddr,
         request: &Request<'_>,
     ) -> bool {
-        let max = ctx.config.max_connections_per_ip;
-        if max == 0
-            || self.listener == Listener::Publish
+        let Some(max) = ctx.limits.connections_per_ip_max else {
+            return true;
+        };
+        if self.listener == Listener::Publish
             || !ctx.trusted_proxies.iter().any(|cidr| cidr.contains(peer))
         {
             return true;
@@ -113,17 +114,17 @@ impl ConnInfo {
 /// the peer), grouped by `client_key`. Admission and the bus's fair share of resumes use
 /// this one reading.
 fn request_client(ctx: &RequestContext<'_>, peer: IpAddr, request: &Request<'_>) -> IpAddr {
-    let lines = match ctx.config.forwarded_header {
+    let lines = match ctx.forwarded_header {
         ForwardedHeader::XForwardedFor => request.x_forwarded_for,
         ForwardedHeader::Forwarded => request.forwarded,
     };
     let client = client_addr(
         peer,
         ctx.trusted_proxies,
-        ctx.config.forwarded_header,
+        ctx.forwarded_header,
         lines.as_slice(),
     );
-    client_key(client, ctx.config.ipv6_prefix_per_ip)
+    client_key(client, ctx.limits.ipv6_prefix_bits)
 }
 
 /// A request body being received.
@@ -483,7 +484,7 @@ impl Exchange {
         info: &mut ConnInfo,
         request: Request<'_>,
     ) -> Step {
-        let cors = answer::cors_headers(&ctx.config.cors_origins, request.origin);
+        let cors = answer::cors_headers(ctx.cors_origins, request.origin);
         let keep_alive = request.keep_alive;
         // The head is consumed whatever the answer; a refusal that keeps the connection
         // open must not parse the same head again.
@@ -492,7 +493,12 @@ impl Exchange {
             return self.refuse(HttpError::TooManyFromClient, &cors, false);
         }
         let has_body = request.content_length > 0 || request.has_transfer_encoding;
-        let route = match route::route(request.method, request.path, info.listener, ctx.route) {
+        let route = match route::route(
+            request.method,
+            request.path,
+            info.listener,
+            ctx.limits.route,
+        ) {
             Ok(route) => route,
             // An unread body leaves the stream untrustworthy: answer and close.
             Err(error) => return self.refuse(error, &cors, keep_alive && !has_body),
@@ -547,7 +553,7 @@ impl Exchange {
                     Step::Write
                 }
             }
-            Route::Events => match route::subscription(request.query, ctx.topic_limits) {
+            Route::Events => match route::subscription(request.query, ctx.limits.topics) {
                 Ok(subscription) => match authorize_subscription(ctx, &request, &subscription) {
                     Ok(token_until_unix_ms) => Step::Subscribe(StreamRequest {
                         topics: subscription.topics,
@@ -575,7 +581,7 @@ impl Exchange {
         if request.has_transfer_encoding || !request.has_content_length {
             return self.refuse(HttpError::LengthRequired, &cors, false);
         }
-        if request.content_length > ctx.config.max_publish_bytes {
+        if request.content_length > ctx.limits.publish_body_bytes_max {
             return self.refuse(HttpError::BodyTooLarge, &cors, false);
         }
         let body_unread = request.content_length > 0;
@@ -631,7 +637,7 @@ impl Exchange {
             Ok(event) => event,
             Err(error) => return self.refuse(error, &reply.cors, reply.keep_alive),
         };
-        let outgoing = match publish::prepare(&event, ctx.publish_limits) {
+        let outgoing = match publish::prepare(&event, &ctx.limits.publish) {
             Ok(outgoing) => outgoing,
             Err(error) => {
                 return self.refuse(HttpError::Publish(error), &reply.cors, reply.keep_alive)
@@ -738,7 +744,7 @@ fn authorize_publisher(
     ctx: &RequestContext<'_>,
     request: &Request<'_>,
 ) -> Result<Option<Vec<String>>, HttpError> {
-    let static_token = ctx.config.publish_token.as_deref();
+    let static_token = ctx.publish_token;
     if static_token.is_none() && ctx.publish_verifier.is_none() {
         return Ok(None);
     }
@@ -760,6 +766,9 @@ fn authorize_publisher(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::http::route::{RouteConfig, TopicLimits};
+    use crate::publish::PublishLimits;
 
     /// Feeds `input` to a fresh exchange in one read and returns every answer byte it
     /// writes, and the final step.
@@ -768,34 +777,40 @@ mod tests {
         (written, step)
     }
 
-    /// The publish limits the tests run with (the context borrows them).
-    static LIMITS: std::sync::LazyLock<PublishLimits> =
-        std::sync::LazyLock::new(|| PublishLimits {
+    /// The limits the tests run with: `config`'s, with small topic and publish limits.
+    fn test_limits(config: &Config) -> Limits {
+        let mut limits = config.limits();
+        limits.route = RouteConfig {
+            publish_listener: false,
+            demo: true,
+        };
+        limits.topics = TopicLimits {
+            per_subscription: 4,
+            name_bytes: 32,
+        };
+        limits.publish = PublishLimits {
             topics_max: 4,
             topic_bytes_max: 32,
             frame_bytes_max: 1 << 20,
             data_bytes_max: 1 << 19,
             gap_event: "gap".into(),
-        });
+        };
+        limits
+    }
 
     /// The request context the tests run with, over `bus`.
     fn context<'a>(
         config: &'a Config,
+        limits: &'a Limits,
         bus: &'a dyn Bus,
         clients: &'a ClientTable,
         serials: &'a AtomicU64,
     ) -> RequestContext<'a> {
         RequestContext {
-            config,
-            route: RouteConfig {
-                publish_listener: false,
-                demo: true,
-            },
-            topic_limits: TopicLimits {
-                per_subscription: 4,
-                name_bytes: 32,
-            },
-            publish_limits: &LIMITS,
+            limits,
+            cors_origins: &config.cors_origins,
+            forwarded_header: config.forwarded_header,
+            publish_token: config.publish_token.as_deref(),
             bus,
             trusted_proxies: &[],
             clients,
@@ -814,7 +829,8 @@ mod tests {
         let bus = crate::bus::embedded::EmbeddedBus::new(crate::bus::Fanout::new());
         let clients = ClientTable::new();
         let serials = AtomicU64::new(1);
-        let ctx = context(config, &bus, &clients, &serials);
+        let limits = test_limits(config);
+        let ctx = context(config, &limits, &bus, &clients, &serials);
         let mut info = ConnInfo {
             listener: Listener::Main,
             counted: None,
@@ -934,7 +950,8 @@ mod tests {
         let config = Config::default();
         let clients = ClientTable::new();
         let serials = AtomicU64::new(1);
-        let ctx = context(&config, &LaterBus, &clients, &serials);
+        let limits = test_limits(&config);
+        let ctx = context(&config, &limits, &LaterBus, &clients, &serials);
         let mut exchange = Exchange::new(
             vec![0; 1024].into_boxed_slice(),
             IpAddr::from([127, 0, 0, 1]),
@@ -1006,7 +1023,8 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
         let config = Config::default();
         let clients = ClientTable::new();
         let serials = AtomicU64::new(1);
-        let ctx = context(&config, &LaterBus, &clients, &serials);
+        let limits = test_limits(&config);
+        let ctx = context(&config, &limits, &LaterBus, &clients, &serials);
         let mut exchange = Exchange::new(
             vec![0; 8192].into_boxed_slice(),
             IpAddr::from([127, 0, 0, 1]),
@@ -1031,7 +1049,8 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
         let config = Config::default();
         let clients = ClientTable::new();
         let serials = AtomicU64::new(1);
-        let ctx = context(&config, &LaterBus, &clients, &serials);
+        let limits = test_limits(&config);
+        let ctx = context(&config, &limits, &LaterBus, &clients, &serials);
         let mut exchange = Exchange::new(
             vec![0; 8192].into_boxed_slice(),
             IpAddr::from([127, 0, 0, 1]),

@@ -15,18 +15,21 @@ use crate::bus::embedded::EmbeddedBus;
 use crate::bus::redis::{RedisBus, RedisSettings};
 use crate::bus::{Bus, Fanout, Submitted};
 use crate::client::{Cidr, ClientTable};
-use crate::config::{BusKind, Config};
+use crate::config::{BusKind, Config, Limits};
 use crate::event::{Error, Event, EventId, PublishError, Stats};
 use crate::event_loop::{EventLoop, ListenerSlot, WAKER};
 use crate::http::route::Listener;
 use crate::metrics::{self, LoopStats, Metrics};
-use crate::publish::{self, PublishLimits};
+use crate::publish;
 use crate::socket;
 
 /// State every loop and handle shares.
 pub(crate) struct Shared {
-    /// The validated configuration.
+    /// The validated configuration, for the settings that are not limits (CORS origins,
+    /// the forwarded header, the publish token).
     pub config: Config,
+    /// The limits in force, from the config, in their units.
+    pub limits: Limits,
     /// The bus all publishes go through.
     pub bus: Box<dyn Bus>,
     /// Set once to drain every loop: stop accepting, tell streams to come back later, close.
@@ -44,8 +47,6 @@ pub(crate) struct Shared {
     pub serials: AtomicU64,
     /// Admitted connections across all loops.
     pub connections: AtomicUsize,
-    /// The connection limit in force.
-    pub max_connections: usize,
     /// Admitted connections on the publish listeners, across all loops; its own budget
     /// (`max_publish_connections`), apart from `connections`.
     pub publish_connections: AtomicUsize,
@@ -61,21 +62,14 @@ pub(crate) struct Shared {
     pub publish_verifier: Option<Verifier>,
     /// Wakers of every loop, for shutdown.
     wakers: Vec<Arc<mio::Waker>>,
-    /// The checks every publish gets, built once from the config.
-    publish_limits: PublishLimits,
 }
 
 impl Shared {
-    /// Publish limits derived from the config.
-    pub(crate) fn publish_limits(&self) -> &PublishLimits {
-        &self.publish_limits
-    }
-
     /// The `/metrics` page.
     pub(crate) fn render_metrics(&self) -> String {
         let snapshot = metrics::Snapshot {
             events_published: self.bus.published(),
-            max_connections: self.max_connections as u64,
+            max_connections: self.limits.connections_max as u64,
             bus: self.bus.stats(),
         };
         metrics::render(&self.loop_stats, &self.metrics, &snapshot)
@@ -98,7 +92,7 @@ impl Shared {
 
     /// When a drain that began at `started` must be over.
     pub(crate) fn drain_deadline(&self, started: Instant) -> Instant {
-        started + Duration::from_millis(self.config.shutdown_timeout_ms)
+        started + self.limits.shutdown_timeout
     }
 
     fn wake_all(&self) {
@@ -107,17 +101,6 @@ impl Shared {
                 log::warn!("could not wake an event loop for shutdown: {error}");
             }
         }
-    }
-}
-
-/// The checks every publish gets, from the config.
-fn publish_limits(config: &Config) -> PublishLimits {
-    PublishLimits {
-        topics_max: config.max_topics_per_subscription,
-        topic_bytes_max: config.max_topic_bytes,
-        frame_bytes_max: config.max_lag_bytes,
-        data_bytes_max: config.max_publish_bytes,
-        gap_event: config.gap_event.as_str().into(),
     }
 }
 
@@ -221,7 +204,7 @@ impl Server {
             }
             loops.push((poll, listeners, inbox, Arc::new(LoopStats::default())));
         }
-        let max_connections = config.effective_max_connections();
+        let limits = config.limits();
         let trusted_proxies = config
             .trusted_proxies
             .iter()
@@ -236,7 +219,7 @@ impl Server {
                     url: config.redis_url.clone(),
                     stream: config.redis_stream.clone(),
                     maxlen: config.effective_redis_maxlen(),
-                    limits: publish_limits(&config),
+                    limits: limits.publish.clone(),
                     data_bytes_max: config.max_publish_bytes,
                 };
                 Box::new(
@@ -245,16 +228,15 @@ impl Server {
                 )
             }
         };
-        let limits = publish_limits(&config);
         let (lifecycle_tx, lifecycle) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             lifecycle: lifecycle_tx.clone(),
             drain_started: OnceLock::new(),
             config,
+            limits,
             bus,
             serials: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
-            max_connections,
             publish_connections: AtomicUsize::new(0),
             trusted_proxies,
             clients: ClientTable::new(),
@@ -265,7 +247,6 @@ impl Server {
             stopping: AtomicBool::new(false),
             loop_stats: loops.iter().map(|l| l.3.clone()).collect(),
             wakers,
-            publish_limits: limits,
         });
         let mut server = Server {
             shared: shared.clone(),
@@ -298,7 +279,7 @@ impl Server {
     /// The connection limit in force (`max_connections`, or the one derived from the
     /// open-file limit when that is 0).
     pub fn max_connections(&self) -> usize {
-        self.shared.max_connections
+        self.shared.limits.connections_max
     }
 
     /// The separate publish listener's address, when one is configured.
@@ -398,7 +379,7 @@ impl Handle {
     /// With the Redis bus this waits for Redis to store the event (a round trip), and
     /// fails with [`PublishError::Unavailable`] while Redis cannot be reached.
     pub fn publish(&self, event: &Event) -> Result<EventId, PublishError> {
-        let outgoing = publish::prepare(event, self.shared.publish_limits())?;
+        let outgoing = publish::prepare(event, &self.shared.limits.publish)?;
         match self.shared.bus.publish(outgoing, None) {
             Submitted::Done(result) => result,
             // Without a ticket a bus answers at once; this arm only keeps the match whole.

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::io::IoSlice;
 
 use crate::bus::{Backfill, Bus, Resume};
-use crate::config::Config;
+use crate::config::Limits;
 use crate::conn::StreamRequest;
 use crate::history::merge::for_each_after;
 use crate::history::ring::Seq;
@@ -110,7 +110,7 @@ pub(crate) fn start_stream(
     topics: Box<[StreamTopic]>,
     table: &Topics,
     bus: &dyn Bus,
-    config: &Config,
+    limits: &Limits,
     backfill: Option<Backfill>,
 ) -> StreamStart {
     let mut preamble = answer::stream_head(&request.cors);
@@ -121,7 +121,7 @@ pub(crate) fn start_stream(
         (None, None) => Some(bus.id_of(table.head_seq().max(bus.reach_floor().unwrap_or(0)))),
         _ => None,
     };
-    preamble.extend_from_slice(&sse::encode_opening(config.retry_ms, start_id.as_deref()));
+    preamble.extend_from_slice(&sse::encode_opening(limits.retry_ms, start_id.as_deref()));
     let id = request.last_event_id.as_deref().unwrap_or("");
     let evicted_max = topics
         .iter()
@@ -132,7 +132,7 @@ pub(crate) fn start_stream(
     let (cursor, gap) = match (&backfill, request.last_event_id.as_deref()) {
         (Some(backfill), _) => {
             if backfill.gap {
-                preamble.extend_from_slice(&sse::encode_gap(&config.gap_event, id));
+                preamble.extend_from_slice(&sse::encode_gap(&limits.gap_event, id));
             }
             preamble.extend_from_slice(&backfill.frames);
             (
@@ -147,7 +147,7 @@ pub(crate) fn start_stream(
         },
     };
     if gap {
-        preamble.extend_from_slice(&sse::encode_gap(&config.gap_event, id));
+        preamble.extend_from_slice(&sse::encode_gap(&limits.gap_event, id));
     }
     let partial = backfill.is_some_and(|b| !b.complete);
     StreamStart {

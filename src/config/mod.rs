@@ -11,8 +11,10 @@ use std::fmt;
 use serde::Deserialize;
 
 mod kind;
+mod limits;
 pub mod settings;
 
+pub(crate) use limits::Limits;
 pub use settings::{Config, Setting, SETTINGS};
 
 /// Address the subscriber (and, by default, publish) listener binds to.

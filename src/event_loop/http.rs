@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use super::*;
 
@@ -36,18 +35,16 @@ pub(super) fn count_refusal(shared: &Shared, error: HttpError) {
 impl EventLoop {
     pub(super) fn request_context<'s>(
         shared: &'s Shared,
-        route: RouteConfig,
-        topic_limits: TopicLimits,
         render_metrics: &'s dyn Fn() -> String,
         loop_index: usize,
         conn: usize,
         now_unix_ms: u64,
     ) -> RequestContext<'s> {
         RequestContext {
-            config: &shared.config,
-            route,
-            topic_limits,
-            publish_limits: shared.publish_limits(),
+            limits: &shared.limits,
+            cors_origins: &shared.config.cors_origins,
+            forwarded_header: shared.config.forwarded_header,
+            publish_token: shared.config.publish_token.as_deref(),
             bus: &*shared.bus,
             trusted_proxies: &shared.trusted_proxies,
             clients: &shared.clients,
@@ -65,15 +62,8 @@ impl EventLoop {
     pub(super) fn drive_http(&mut self, key: usize) {
         let shared = self.shared.clone();
         let render_metrics = || shared.render_metrics();
-        let ctx = Self::request_context(
-            &shared,
-            self.route,
-            self.topic_limits,
-            &render_metrics,
-            self.index,
-            key,
-            self.now_unix_ms,
-        );
+        let ctx =
+            Self::request_context(&shared, &render_metrics, self.index, key, self.now_unix_ms);
         for _ in 0..HTTP_ROUNDS_MAX {
             let Some(Connection {
                 socket,
@@ -104,8 +94,7 @@ impl EventLoop {
                             exchange.on_read(n);
                             if *idle {
                                 // A new request started: it gets the head deadline.
-                                let at =
-                                    self.now + Duration::from_millis(shared.config.head_timeout_ms);
+                                let at = self.now + shared.limits.head_timeout;
                                 self.set_timer(key, at, false);
                             }
                         }
@@ -138,12 +127,12 @@ impl EventLoop {
                             // Answered: wait for the next request under the idle deadline,
                             // or the head deadline when one is already arriving.
                             let idle = exchange.is_idle();
-                            let ms = if idle {
-                                shared.config.idle_timeout_ms
+                            let timeout = if idle {
+                                shared.limits.idle_timeout
                             } else {
-                                shared.config.head_timeout_ms
+                                shared.limits.head_timeout
                             };
-                            self.set_timer(key, self.now + Duration::from_millis(ms), idle);
+                            self.set_timer(key, self.now + timeout, idle);
                         }
                     }
                     IoOutcome::WouldBlock => return,

@@ -24,9 +24,9 @@ use crate::bus::{Backfill, BackfillRequest, Completion, Inbox, Resume, Ticket};
 use crate::client::client_key;
 use crate::conn::{ConnInfo, Exchange, RequestContext, Step, StreamRequest};
 use crate::history::ring::Seq;
-use crate::history::topics::{HistoryLimits, StreamTopic, SubscriberRef, TopicId, Topics};
+use crate::history::topics::{StreamTopic, SubscriberRef, TopicId, Topics};
 use crate::http::answer::HttpError;
-use crate::http::route::{Listener, RouteConfig, TopicLimits};
+use crate::http::route::Listener;
 use crate::metrics::{LoopCounters, LoopStats};
 use crate::server::Shared;
 use crate::socket::{self, IoOutcome};
@@ -125,8 +125,6 @@ pub(crate) struct EventLoop {
     inbox_pending: bool,
     shared: Arc<Shared>,
     stats: Arc<LoopStats>,
-    route: RouteConfig,
-    topic_limits: TopicLimits,
     /// Events taken from the inbox per turn.
     inbox_events_per_turn: usize,
     /// Frame bytes taken from the inbox per turn (at least one event is always taken).
@@ -179,17 +177,12 @@ impl EventLoop {
                 Interest::READABLE,
             )?;
         }
-        let config = &shared.config;
+        let history = shared.limits.history;
         let origin = Instant::now();
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0x9E37_79B9_7F4A_7C15, |d| d.as_nanos() as u64)
             | 1;
-        let history = HistoryLimits {
-            events: config.history_events,
-            bytes: config.history_bytes,
-            total_bytes: config.history_total_bytes,
-        };
         Ok(EventLoop {
             index,
             poll,
@@ -198,16 +191,8 @@ impl EventLoop {
             topics: Topics::new(history),
             inbox,
             inbox_pending: true,
-            route: RouteConfig {
-                publish_listener: config.publish_listen.is_some(),
-                demo: config.demo,
-            },
-            topic_limits: TopicLimits {
-                per_subscription: config.max_topics_per_subscription,
-                name_bytes: config.max_topic_bytes,
-            },
-            inbox_events_per_turn: config.history_events.min(INBOX_EVENTS_PER_TURN_MAX),
-            inbox_bytes_per_turn: (config.history_bytes.min(config.history_total_bytes) / 2).max(1),
+            inbox_events_per_turn: history.events.min(INBOX_EVENTS_PER_TURN_MAX),
+            inbox_bytes_per_turn: (history.bytes.min(history.total_bytes) / 2).max(1),
             shared,
             stats,
             turn: 0,
@@ -397,7 +382,7 @@ impl EventLoop {
     /// Takes a new connection: an exchange with the head deadline, or, past
     /// `max_connections`, a 503 that is written and lingered over.
     fn admit(&mut self, mut socket: TcpStream, peer: std::net::IpAddr, listener: Listener) {
-        let heartbeat = Duration::from_millis(self.shared.config.heartbeat_ms);
+        let heartbeat = self.shared.limits.heartbeat;
         if let Err(error) = crate::socket::tune(&socket, heartbeat) {
             log::debug!("could not set TCP_NODELAY, TCP_USER_TIMEOUT or keepalive: {error}");
         }
@@ -414,8 +399,8 @@ impl EventLoop {
         let buffer = self
             .head_pool
             .pop()
-            .unwrap_or_else(|| vec![0; self.shared.config.max_head_bytes].into_boxed_slice());
-        let deadline = self.now + Duration::from_millis(self.shared.config.head_timeout_ms);
+            .unwrap_or_else(|| vec![0; self.shared.limits.head_bytes_max].into_boxed_slice());
+        let deadline = self.now + self.shared.limits.head_timeout;
         let timer = self.wheel.set(deadline, key);
         self.counters.accepted += 1;
         let admission = Self::admission(&self.shared, peer, listener);
@@ -442,10 +427,10 @@ impl EventLoop {
     /// publishers and operators are served while subscribers fill the main one.
     fn budget(shared: &Shared, listener: Listener) -> (&std::sync::atomic::AtomicUsize, usize) {
         match listener {
-            Listener::Main => (&shared.connections, shared.max_connections),
+            Listener::Main => (&shared.connections, shared.limits.connections_max),
             Listener::Publish => (
                 &shared.publish_connections,
-                shared.config.max_publish_connections,
+                shared.limits.publish_connections_max,
             ),
         }
     }
@@ -460,14 +445,17 @@ impl EventLoop {
         peer: std::net::IpAddr,
         listener: Listener,
     ) -> Result<Option<std::net::IpAddr>, HttpError> {
-        let per_ip = shared.config.max_connections_per_ip;
         let names_itself = !shared
             .trusted_proxies
             .iter()
             .any(|cidr| cidr.contains(peer));
         let mut counted = None;
-        if listener == Listener::Main && per_ip != 0 && names_itself {
-            let key = client_key(peer, shared.config.ipv6_prefix_per_ip);
+        let per_ip = match listener {
+            Listener::Main if names_itself => shared.limits.connections_per_ip_max,
+            _ => None,
+        };
+        if let Some(per_ip) = per_ip {
+            let key = client_key(peer, shared.limits.ipv6_prefix_bits);
             if !shared.clients.acquire(key, per_ip) {
                 return Err(HttpError::TooManyFromClient);
             }
@@ -511,7 +499,7 @@ impl EventLoop {
     }
 
     fn recycle(&mut self, buffer: Box<[u8]>) {
-        if self.head_pool.len() < HEAD_POOL_MAX && buffer.len() == self.shared.config.max_head_bytes
+        if self.head_pool.len() < HEAD_POOL_MAX && buffer.len() == self.shared.limits.head_bytes_max
         {
             self.head_pool.push(buffer);
         }

@@ -93,7 +93,7 @@ impl EventLoop {
                 after,
                 until,
                 topics: request.topics.clone(),
-                bytes_max: self.shared.config.max_lag_bytes,
+                bytes_max: self.shared.limits.lag_bytes_max,
                 client: request.client,
             })
         })
@@ -103,7 +103,7 @@ impl EventLoop {
     /// arriving): fetch the difference too, until the rings cover the rest or the byte
     /// budget is spent; then start the stream.
     fn on_backfilled(&mut self, key: usize, request: StreamRequest, mut backfill: Backfill) {
-        let budget = self.shared.config.max_lag_bytes;
+        let budget = self.shared.limits.lag_bytes_max;
         // The bus's reach moves up when it lost events: those must come from its log too.
         let reach = self.shared.bus.reach_floor().unwrap_or(0);
         let evicted = self.evicted_max(&request.topics).max(reach);
@@ -197,7 +197,7 @@ impl EventLoop {
             topics,
             &self.topics,
             &*self.shared.bus,
-            &self.shared.config,
+            &self.shared.limits,
             backfill,
         );
         let partial = start.partial;
@@ -205,8 +205,8 @@ impl EventLoop {
         if partial {
             stream.close_with_hint(PARTIAL_BACKFILL_RETRY_MS);
         }
-        let lifetime_ms = self.shared.config.max_stream_lifetime_ms;
-        if lifetime_ms != 0 {
+        if let Some(lifetime) = self.shared.limits.stream_lifetime {
+            let lifetime_ms = lifetime.as_millis() as u64;
             // Between 90 % and 100 % of the configured lifetime.
             let jitter = self.random() % (lifetime_ms / 10).max(1);
             stream.expires_ms = self.now_ms() + lifetime_ms - jitter;
@@ -246,7 +246,7 @@ impl EventLoop {
         else {
             return;
         };
-        let lag_max = self.shared.config.max_lag_bytes;
+        let lag_max = self.shared.limits.lag_bytes_max;
         let now_ms = self.now.saturating_duration_since(self.origin).as_millis() as u64;
         let counters = &mut self.counters;
         let mut written = 0;
@@ -362,7 +362,7 @@ impl EventLoop {
         }
         self.topics.sweep(&dirty);
         self.dirty = dirty;
-        let lag_max = self.shared.config.max_lag_bytes;
+        let lag_max = self.shared.limits.lag_bytes_max;
         for &key in &queue {
             let Some(Connection {
                 state: ConnState::Stream(stream),
@@ -397,7 +397,7 @@ impl EventLoop {
 
     /// Sets a stream's next check: its next possible heartbeat or the end of its life.
     pub(super) fn arm_stream_timer(&mut self, key: usize) {
-        let heartbeat_ms = self.shared.config.heartbeat_ms;
+        let heartbeat_ms = self.shared.limits.heartbeat.as_millis() as u64;
         let Some(Connection {
             state: ConnState::Stream(stream),
             ..

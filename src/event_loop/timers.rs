@@ -6,7 +6,7 @@
 //! wall-clock time is turned into a loop deadline once, when a stream opens, so a later
 //! step of the wall clock does not move it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::*;
 
@@ -55,7 +55,7 @@ impl EventLoop {
     /// A reconnect hint between `retry_ms` and twice that, so clients told to leave
     /// together do not come back together.
     pub(super) fn jittered_retry_ms(&mut self) -> u32 {
-        let base = self.shared.config.retry_ms;
+        let base = self.shared.limits.retry_ms;
         let spread = u64::from(base).max(1);
         base.saturating_add((self.random() % spread) as u32)
     }
@@ -65,8 +65,9 @@ impl EventLoop {
     /// `shutdown_retry_window_ms`, so a restart is not a reconnect storm.
     pub(super) fn send_back(&mut self, key: usize) {
         let retry_ms = if self.drain_deadline.is_some() {
-            let config = &self.shared.config;
-            let (base, window_ms) = (config.retry_ms, config.shutdown_retry_window_ms);
+            let limits = &self.shared.limits;
+            let base = limits.retry_ms;
+            let window_ms = limits.shutdown_retry_window.as_millis() as u64;
             base.saturating_add((self.random() % (window_ms + 1)) as u32)
         } else {
             self.jittered_retry_ms()
@@ -93,8 +94,9 @@ impl EventLoop {
 
     pub(super) fn on_timer(&mut self, key: usize) {
         let now_ms = self.now_ms();
-        let config = &self.shared.config;
-        let (heartbeat_ms, head_timeout_ms) = (config.heartbeat_ms, config.head_timeout_ms);
+        let limits = &self.shared.limits;
+        let (heartbeat_ms, head_timeout) =
+            (limits.heartbeat.as_millis() as u64, limits.head_timeout);
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -105,7 +107,7 @@ impl EventLoop {
                 Step::Close => self.close(key),
                 _ => {
                     // The 408 is written by the exchange; give it one more deadline to go out.
-                    let at = self.now + Duration::from_millis(head_timeout_ms);
+                    let at = self.now + head_timeout;
                     self.set_timer(key, at, false);
                     self.drive_http(key);
                 }
