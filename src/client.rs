@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 use crate::config::ForwardedHeader;
+use crate::http::head::trim_ows;
 
 /// An address block such as `10.0.0.0/8` or `::1/128`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,18 +115,6 @@ impl LineHops {
             .map(move |back| self.hops[(self.seen - back) % HOPS_PER_LINE_MAX])
             .chain(dropped.then_some(Hop::Opaque))
     }
-}
-
-/// Optional whitespace around list elements and parameters (RFC 9110 OWS: SP and HTAB
-/// only; other bytes, Unicode spaces included, make the element malformed).
-fn trim_ows(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != b' ' && b != b'\t');
-    let Some(start) = start else { return &[] };
-    let end = bytes
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(start);
-    &bytes[start..=end]
 }
 
 /// Splits at the first `separator` outside a quoted string (RFC 9110 `quoted-string`, with

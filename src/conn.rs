@@ -72,7 +72,8 @@ pub(crate) struct ConnInfo {
     /// The listener the connection came in on.
     pub listener: Listener,
     /// The client key (see `client::client_key`) counted against
-    /// `max_connections_per_ip`, if any; released exactly once, when the connection closes.
+    /// `max_connections_per_ip`, if any. Each key counted is released once: when a
+    /// kept-alive proxy connection starts speaking for another client, or at close.
     pub counted: Option<IpAddr>,
 }
 

@@ -45,7 +45,7 @@ pub(crate) struct Shared {
     pub loop_stats: Vec<Arc<LoopStats>>,
     /// Serials of the tickets of requests the bus answers later.
     pub serials: AtomicU64,
-    /// Admitted connections across all loops.
+    /// Admitted connections on the main listener, across all loops.
     pub connections: AtomicUsize,
     /// Admitted connections on the publish listeners, across all loops; its own budget
     /// (`max_publish_connections`), apart from `connections`.

@@ -47,7 +47,7 @@ pub(crate) fn listen(addr: SocketAddr, loops: usize) -> io::Result<Vec<mio::net:
 /// two on a slow path, and lets the slow-consumer rule (no bytes taken for two intervals
 /// while a write is blocked, checked when the stream's timer fires, so up to three) close
 /// a blocked stream first, as a slow consumer, not as a failed socket.
-pub(crate) const USER_TIMEOUT_HEARTBEATS: u32 = 4;
+const USER_TIMEOUT_HEARTBEATS: u32 = 4;
 const _: () =
     assert!(USER_TIMEOUT_HEARTBEATS as u64 > crate::event_loop::timers::STALLED_HEARTBEATS + 1);
 

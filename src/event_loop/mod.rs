@@ -1,4 +1,5 @@
-//! The event loop: the only user of `mio`. One per thread, each with its own listeners,
+//! The event loop: the only user of `mio`. One per thread, each with its own handle to
+//! every shared listening socket,
 //! its own slab of connections, its own topic table, and an inbox of published events.
 //!
 //! A turn polls, handles readiness (accepting, reading requests, writing answers),
@@ -379,13 +380,9 @@ impl EventLoop {
         // Budget spent with connections possibly left: resume next turn.
     }
 
-    /// Takes a new connection: an exchange with the head deadline, or, past
-    /// `max_connections`, a 503 that is written and lingered over.
+    /// Takes a new connection: an exchange with the head deadline, or, past the listener's
+    /// budget or the per-address limit, a refusal that is written and lingered over.
     fn admit(&mut self, mut socket: TcpStream, peer: std::net::IpAddr, listener: Listener) {
-        let heartbeat = self.shared.limits.heartbeat;
-        if let Err(error) = crate::socket::tune(&socket, heartbeat) {
-            log::debug!("could not set TCP_NODELAY, TCP_USER_TIMEOUT or keepalive: {error}");
-        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(error) = self.poll.registry().register(
@@ -405,6 +402,16 @@ impl EventLoop {
         self.counters.accepted += 1;
         let admission = Self::admission(&self.shared, peer, listener);
         let admitted = admission.is_ok();
+        // Dead-peer detection costs five more setsockopt calls: only for connections that
+        // stay, so a flood of refusals costs what it did.
+        let tuned = if admitted {
+            crate::socket::tune(&socket, self.shared.limits.heartbeat)
+        } else {
+            socket.set_nodelay(true)
+        };
+        if let Err(error) = tuned {
+            log::debug!("could not set TCP_NODELAY, TCP_USER_TIMEOUT or keepalive: {error}");
+        }
         let (exchange, counted) = match admission {
             Ok(counted) => (Exchange::new(buffer, peer), counted),
             // Counted by the exchange's refusals when the loop drives it.
