@@ -18,7 +18,7 @@
 //!    publish, misses 90 % of its rate, or its p99 delivery latency exceeds the limit. The
 //!    highest passing rate is what the stream sustained through herald; the same ladder
 //!    against the embedded node shows what herald's publish path alone sustains.
-//! 3. **Ceiling**: XADD pipelines straight to redis (RESP over a TcpStream) with the
+//! 3. **Ceiling**: XADD pipelines straight to redis (`xadd.rs`, the redis crate) with the
 //!    entry format herald writes, on a stream nobody reads and on herald's stream while
 //!    every node reads it.
 //!
