@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! Cluster mode (issue 5, part 5): several `herald serve --bus redis` processes share one
 //! Redis stream, over real sockets, against a real `redis-server` each test starts for itself
-//! (see `common/redis.rs`; `.ci/deps` installs Debian's `redis-server`).
+//! (see `testkit::redis`; `.ci/deps` installs Debian's `redis-server`).
 //!
 //! - Fan-out: three nodes, subscribers and publishers on all of them; every subscriber gets
 //!   every event of its topics exactly once, in stream-id order, with the ids the publishes
@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::redis::*;
 use common::*;
+use testkit::redis::{free_port, RedisServer};
 
 const CONNECTED: &str = "herald_redis_connected";
 const RECONNECTS: &str = "herald_redis_reconnects_total";
@@ -691,9 +691,10 @@ fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_the_nod
         "e1 ({first}) must be trimmed from the stream"
     );
     let kept = redis_conn.xrange(stream, "-", "+");
-    let first_entry = redis_conn.xinfo_stream(stream, "first-entry").items();
+    let first_entry: Option<(String, redis::Value)> =
+        redis_conn.xinfo_stream(stream, "first-entry");
     assert_eq!(
-        first_entry.first().map(Resp::text).as_deref(),
+        first_entry.map(|(id, _)| id).as_deref(),
         Some(kept[0].id.as_str()),
         "XINFO STREAM first-entry"
     );
@@ -753,7 +754,7 @@ fn issue_10_hostile_resumes_are_bounded_and_do_not_starve_other_clients() {
     let stream = "amplify";
     let mut admin = redis.client();
     let count = AMPLIFY_ENTRIES.to_string();
-    admin.command(&[
+    admin.command::<()>(&[
         "EVAL",
         "for i = 1, tonumber(ARGV[1]) do \
          redis.call('XADD', KEYS[1], '*', 'topic', 'busy', 'data', 'e' .. i) end",
@@ -953,7 +954,7 @@ fn read_part(addr: SocketAddr, topic: &str, last_id: &str) -> (Vec<SseEvent>, Op
         "resume after {last_id}: {}",
         head.summary()
     );
-    let mut parser = EventStreamParser::new();
+    let mut parser = SseCollector::new();
     let mut events = Vec::new();
     let deadline = Instant::now() + DEADLINE;
     while Instant::now() < deadline {
@@ -982,7 +983,7 @@ fn sigterm_stops_redis_nodes_promptly_with_redis_up_or_down() {
         "--shutdown-timeout-ms",
         "3000",
     ];
-    let dead_url = format!("redis://127.0.0.1:{}/0", free_port());
+    let dead_url = format!("redis://127.0.0.1:{}/0", free_port().unwrap());
     let mut nodes = [
         Node::spawn("node with Redis", &redis.url(), stream, &flags),
         Node::spawn("node without Redis", &dead_url, stream, &flags),
@@ -1508,9 +1509,7 @@ fn issue_10_any_valid_stream_id_is_delivered_and_so_is_everything_after_it() {
     ];
     let mut outsider = redis.client();
     let mut xadd = |id: &str, data: &str| {
-        let answered = outsider
-            .command(&["XADD", stream, id, "topic", "t", "data", data])
-            .text();
+        let answered: String = outsider.command(&["XADD", stream, id, "topic", "t", "data", data]);
         assert_eq!(answered, id, "the outsider's XADD");
         message(data, id)
     };
@@ -1555,7 +1554,7 @@ fn issue_10_any_valid_stream_id_is_delivered_and_so_is_everything_after_it() {
 
 #[test]
 fn a_node_starts_while_redis_is_down_and_connects_when_it_comes_up() {
-    let port = free_port();
+    let port = free_port().unwrap();
     let url = format!("redis://127.0.0.1:{port}/0");
     let node = Node::spawn("node", &url, "late-redis", &[]);
     assert_eq!(node.metric(CONNECTED), 0.0, "no Redis yet");
@@ -1671,7 +1670,7 @@ const PASSWORD: &str = "s3cret";
 /// refused by Redis (at debug level), and `/metrics` all name the URL without its password.
 #[test]
 fn issue_10_the_redis_password_never_shows_in_errors_logs_help_or_metrics() {
-    let port = free_port();
+    let port = free_port().unwrap();
     let bad_urls = [
         format!("redis://user:{PASSWORD}@127.0.0.1:notaport/0"),
         format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0?protocol=resp3"),
@@ -1726,7 +1725,7 @@ fn issue_10_the_redis_password_never_shows_in_errors_logs_help_or_metrics() {
     let redis = RedisServer::start("secret");
     redis
         .client()
-        .command(&["CONFIG", "SET", "requirepass", "other"]);
+        .command::<()>(&["CONFIG", "SET", "requirepass", "other"]);
     let urls = [
         format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0"),
         format!("redis://:{PASSWORD}@127.0.0.1:{}/0", redis.port),
@@ -1778,7 +1777,7 @@ fn a_node_overtaken_by_the_trim_makes_its_streams_resume_into_the_gap_event() {
     let mut redis_conn = redis.client();
     for i in 0..OVERTAKE_EVENTS {
         let data = format!("while frozen {i}");
-        redis_conn.command(&[
+        redis_conn.command::<()>(&[
             "XADD", stream, "MAXLEN", "~", "100", "*", "topic", "t", "data", &data,
         ]);
     }
@@ -1835,7 +1834,7 @@ fn a_stream_key_of_another_type_gets_503_without_flooding_the_log_then_recovers(
     let redis = RedisServer::start("wrong-type");
     let stream = "wrong-type";
     let mut redis_conn = redis.client();
-    redis_conn.command(&["SET", stream, "not a stream"]);
+    redis_conn.command::<()>(&["SET", stream, "not a stream"]);
     let mut node = Node::spawn("node", &redis.url(), stream, &["--log-level", "info"]);
     let mut subscriber = subscribe(node.addr(), &["t"]);
     for i in 0..WRONG_TYPE_PUBLISHES {
@@ -1849,7 +1848,7 @@ fn a_stream_key_of_another_type_gets_503_without_flooding_the_log_then_recovers(
         0.0,
         "the reader cannot read a string"
     );
-    redis_conn.command(&["DEL", stream]);
+    redis_conn.command::<()>(&["DEL", stream]);
     node.wait_connected();
     let deadline = Instant::now() + DEADLINE;
     let id = loop {
@@ -1933,7 +1932,7 @@ fn pipelined_publishes_on_one_connection_are_answered_in_order() {
 fn the_password_in_the_redis_url_is_used() {
     let redis = RedisServer::start("password");
     let mut admin = redis.client();
-    admin.command(&["CONFIG", "SET", "requirepass", "s3cret"]);
+    admin.command::<()>(&["CONFIG", "SET", "requirepass", "s3cret"]);
     let good = format!("redis://:s3cret@127.0.0.1:{}/0", redis.port);
     let bad = format!("redis://:wrong@127.0.0.1:{}/0", redis.port);
     let node = Node::spawn("node with the password", &good, "password", &[]);
