@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     build_request, events_target, post_request, publish_form, scrape, spawn_draining_stderr,
-    wait_until, Conn, EventStreamParser, HeraldProcess, Next, PipeLines, Response, SseEvent,
-    DEADLINE,
+    wait_until, Conn, HeraldProcess, Next, PipeLines, Response, SseCollector, SseEvent, DEADLINE,
 };
 
 /// Where Debian's nginx packages put the binary.
@@ -403,7 +402,7 @@ struct EventStream {
     socket: TcpStream,
     /// Present when the body is chunked.
     chunks: Option<Dechunker>,
-    parser: EventStreamParser,
+    parser: SseCollector,
     pending: VecDeque<SseEvent>,
     ended: bool,
 }
@@ -457,7 +456,7 @@ impl EventStream {
             _conn: conn,
             socket,
             chunks: chunked.then(Dechunker::new),
-            parser: EventStreamParser::new(),
+            parser: SseCollector::new(),
             pending: VecDeque::new(),
             ended: false,
         };
@@ -1032,7 +1031,7 @@ const CLUSTER_EVENTS: usize = 20;
 /// every subscriber once, in order, with the same ids whichever node serves it.
 #[test]
 fn readme_cluster_config_spreads_subscribers_over_the_nodes() {
-    let redis = common::redis::RedisServer::start("nginx-cluster");
+    let redis = testkit::redis::RedisServer::start("nginx-cluster");
     let url = redis.url();
     let nodes: Vec<HeraldProcess> = (0..3)
         .map(|_| {

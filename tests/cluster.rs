@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! Cluster mode (issue 5, part 5): several `herald serve --bus redis` processes share one
 //! Redis stream, over real sockets, against a real `redis-server` each test starts for itself
-//! (see `common/redis.rs`; `.ci/deps` installs Debian's `redis-server`).
+//! (see `testkit::redis`; `.ci/deps` installs Debian's `redis-server`).
 //!
 //! - Fan-out: three nodes, subscribers and publishers on all of them; every subscriber gets
 //!   every event of its topics exactly once, in stream-id order, with the ids the publishes
@@ -34,8 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::redis::*;
 use common::*;
+use testkit::redis::{free_port, RedisServer};
 
 const CONNECTED: &str = "herald_redis_connected";
 const RECONNECTS: &str = "herald_redis_reconnects_total";
@@ -193,20 +193,28 @@ fn assert_same_events(got: &[Seen], expected: &[Seen], who: &str) {
     }
 }
 
-/// Node A (default history) and node B, whose rings keep 2 events per topic so resumes
-/// on it need the stream; both connected.
-fn node_and_small_ring_node(redis: &RedisServer, stream: &str) -> (Node, Node) {
-    let a = Node::spawn("node A", &redis.url(), stream, &[]);
-    let b = Node::spawn(
-        "node B (history 2)",
-        &redis.url(),
-        stream,
-        &["--history-events", "2"],
-    );
-    a.wait_connected();
-    b.wait_connected();
-    (a, b)
+/// Starts a private redis-server and one `herald serve --bus redis` node per
+/// `(label, flags)` on `stream` (which also names Redis's directory); returns once every node
+/// is connected. Bind the result as `let (redis, [a, b]) = ...`: the nodes, declared after
+/// Redis, are dropped before it.
+fn start_cluster<const N: usize>(
+    stream: &str,
+    nodes: [(&str, &[&str]); N],
+) -> (RedisServer, [Node; N]) {
+    let redis = RedisServer::start(stream);
+    let nodes = nodes.map(|(label, flags)| Node::spawn(label, &redis.url(), stream, flags));
+    for node in &nodes {
+        node.wait_connected();
+    }
+    (redis, nodes)
 }
+
+/// Node A (default history) and node B, whose rings keep 2 events per topic so resumes
+/// on it need the stream.
+const A_AND_SMALL_RING_B: [(&str, &[&str]); 2] = [
+    ("node A", &[]),
+    ("node B (history 2)", &["--history-events", "2"]),
+];
 
 /// Publishes `data` to topic `topic` with a form body; returns the answered id.
 fn publish_to(addr: SocketAddr, topic: &str, data: &str) -> String {
@@ -308,14 +316,8 @@ const SUBSCRIBERS_PER_NODE: usize = 30;
 
 #[test]
 fn three_nodes_deliver_every_event_once_in_stream_order_with_the_published_ids() {
-    let redis = RedisServer::start("fanout");
     let stream = "fanout";
-    let nodes: Vec<Node> = (0..3)
-        .map(|n| Node::spawn(&format!("node {n}"), &redis.url(), stream, &[]))
-        .collect();
-    for node in &nodes {
-        node.wait_connected();
-    }
+    let (redis, nodes) = start_cluster(stream, [("node 0", &[]), ("node 1", &[]), ("node 2", &[])]);
     let topic_sets: [&[&str]; 3] = [&["a"], &["b"], &["a", "b"]];
     // (node, topic set, subscriber): ten of each set on every node.
     let mut subscribers: Vec<(usize, usize, Subscriber)> = Vec::new();
@@ -421,12 +423,7 @@ fn three_nodes_deliver_every_event_once_in_stream_order_with_the_published_ids()
 
 #[test]
 fn resume_on_another_node_from_its_ring() {
-    let redis = RedisServer::start("resume-ring");
-    let stream = "resume-ring";
-    let a = Node::spawn("node A", &redis.url(), stream, &[]);
-    let b = Node::spawn("node B", &redis.url(), stream, &[]);
-    a.wait_connected();
-    b.wait_connected();
+    let (_redis, [a, b]) = start_cluster("resume-ring", [("node A", &[]), ("node B", &[])]);
     let nodes = [a.addr(), b.addr()];
     let mut reader = subscribe(a.addr(), &["r"]);
     let mut witness = subscribe(b.addr(), &["r"]);
@@ -467,9 +464,8 @@ fn resume_on_another_node_from_its_ring() {
 
 #[test]
 fn resume_older_than_the_nodes_ring_is_backfilled_from_the_stream() {
-    let redis = RedisServer::start("resume-backfill");
     let stream = "resume-backfill";
-    let (a, b) = node_and_small_ring_node(&redis, stream);
+    let (_redis, [a, b]) = start_cluster(stream, A_AND_SMALL_RING_B);
     let nodes = [a.addr(), b.addr()];
     let mut reader = subscribe(a.addr(), &["r"]);
     let mut witness = subscribe(b.addr(), &["r"]);
@@ -513,10 +509,8 @@ fn resume_older_than_the_nodes_ring_is_backfilled_from_the_stream() {
 
 #[test]
 fn a_node_started_after_the_events_serves_the_resume_from_the_stream() {
-    let redis = RedisServer::start("resume-late-node");
     let stream = "resume-late-node";
-    let a = Node::spawn("node A", &redis.url(), stream, &[]);
-    a.wait_connected();
+    let (redis, [a]) = start_cluster(stream, [("node A", &[])]);
     let topics = ["r", "s"];
     let mut reader = subscribe(a.addr(), &topics);
     let data: Vec<String> = (1..=6).map(|i| format!("e{i}")).collect();
@@ -564,9 +558,8 @@ fn a_node_started_after_the_events_serves_the_resume_from_the_stream() {
 
 #[test]
 fn resumes_backfilled_while_events_keep_coming_have_no_gap_and_no_duplicate() {
-    let redis = RedisServer::start("resume-seam");
     let stream = "resume-seam";
-    let (a, b) = node_and_small_ring_node(&redis, stream);
+    let (_redis, [a, b]) = start_cluster(stream, A_AND_SMALL_RING_B);
     let mut witness = subscribe(b.addr(), &["r"]);
     let mut all: Vec<Seen> = Vec::new();
     for i in 0..20 {
@@ -647,13 +640,9 @@ const TRIM_EVENTS: usize = 500;
 /// rings keep (issue 10, item 11).
 #[test]
 fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_the_node_keeps() {
-    let redis = RedisServer::start("resume-trimmed");
     let stream = "resume-trimmed";
-    let small = ["--redis-maxlen", "10", "--history-events", "5"];
-    let a = Node::spawn("node A", &redis.url(), stream, &small);
-    let b = Node::spawn("node B", &redis.url(), stream, &small);
-    a.wait_connected();
-    b.wait_connected();
+    let small: &[&str] = &["--redis-maxlen", "10", "--history-events", "5"];
+    let (redis, [a, b]) = start_cluster(stream, [("node A", small), ("node B", small)]);
     let mut reader = subscribe(a.addr(), &["r"]);
     let first = publish_to(a.addr(), "r", "e1");
     let event = reader.next_event("e1 on A");
@@ -691,9 +680,10 @@ fn resume_with_an_id_the_stream_has_trimmed_gets_the_gap_event_then_what_the_nod
         "e1 ({first}) must be trimmed from the stream"
     );
     let kept = redis_conn.xrange(stream, "-", "+");
-    let first_entry = redis_conn.xinfo_stream(stream, "first-entry").items();
+    let first_entry: Option<(String, redis::Value)> =
+        redis_conn.xinfo_stream(stream, "first-entry");
     assert_eq!(
-        first_entry.first().map(Resp::text).as_deref(),
+        first_entry.map(|(id, _)| id).as_deref(),
         Some(kept[0].id.as_str()),
         "XINFO STREAM first-entry"
     );
@@ -753,7 +743,7 @@ fn issue_10_hostile_resumes_are_bounded_and_do_not_starve_other_clients() {
     let stream = "amplify";
     let mut admin = redis.client();
     let count = AMPLIFY_ENTRIES.to_string();
-    admin.command(&[
+    admin.command::<()>(&[
         "EVAL",
         "for i = 1, tonumber(ARGV[1]) do \
          redis.call('XADD', KEYS[1], '*', 'topic', 'busy', 'data', 'e' .. i) end",
@@ -869,24 +859,22 @@ fn issue_10_hostile_resumes_are_bounded_and_do_not_starve_other_clients() {
 
 #[test]
 fn a_backfill_bigger_than_the_lag_budget_comes_in_parts_that_add_up_exactly() {
-    let redis = RedisServer::start("resume-parts");
     let stream = "resume-parts";
-    let a = Node::spawn("node A", &redis.url(), stream, &[]);
-    let b = Node::spawn(
-        "node B (history 2, 64 KiB lag budget)",
-        &redis.url(),
+    let small_budget: &[&str] = &[
+        "--history-events",
+        "2",
+        "--max-publish-bytes",
+        "16KiB",
+        "--max-lag-bytes",
+        "64KiB",
+    ];
+    let (_redis, [a, b]) = start_cluster(
         stream,
-        &[
-            "--history-events",
-            "2",
-            "--max-publish-bytes",
-            "16KiB",
-            "--max-lag-bytes",
-            "64KiB",
+        [
+            ("node A", &[]),
+            ("node B (history 2, 64 KiB lag budget)", small_budget),
         ],
     );
-    a.wait_connected();
-    b.wait_connected();
     // 100 events of 2 KiB, then `end`: about 200 KiB to backfill, over three times B's lag
     // budget.
     let mut witness = subscribe(b.addr(), &["r"]);
@@ -953,7 +941,7 @@ fn read_part(addr: SocketAddr, topic: &str, last_id: &str) -> (Vec<SseEvent>, Op
         "resume after {last_id}: {}",
         head.summary()
     );
-    let mut parser = EventStreamParser::new();
+    let mut parser = SseCollector::new();
     let mut events = Vec::new();
     let deadline = Instant::now() + DEADLINE;
     while Instant::now() < deadline {
@@ -982,7 +970,7 @@ fn sigterm_stops_redis_nodes_promptly_with_redis_up_or_down() {
         "--shutdown-timeout-ms",
         "3000",
     ];
-    let dead_url = format!("redis://127.0.0.1:{}/0", free_port());
+    let dead_url = format!("redis://127.0.0.1:{}/0", free_port().unwrap());
     let mut nodes = [
         Node::spawn("node with Redis", &redis.url(), stream, &flags),
         Node::spawn("node without Redis", &dead_url, stream, &flags),
@@ -1096,18 +1084,17 @@ fn accepted_count(outcomes: &Outcomes) -> usize {
 
 #[test]
 fn redis_crash_and_restart_keeps_subscribers_and_loses_no_acknowledged_event() {
-    let mut redis = RedisServer::start("outage");
     let stream = "outage";
-    let heartbeat = ["--heartbeat-ms", "200"];
-    let short_ring = ["--heartbeat-ms", "200", "--history-events", "2"];
-    let nodes = [
-        Node::spawn("node 0", &redis.url(), stream, &heartbeat),
-        Node::spawn("node 1", &redis.url(), stream, &heartbeat),
-        Node::spawn("node 2 (history 2)", &redis.url(), stream, &short_ring),
-    ];
-    for node in &nodes {
-        node.wait_connected();
-    }
+    let heartbeat: &[&str] = &["--heartbeat-ms", "200"];
+    let short_ring: &[&str] = &["--heartbeat-ms", "200", "--history-events", "2"];
+    let (mut redis, nodes) = start_cluster(
+        stream,
+        [
+            ("node 0", heartbeat),
+            ("node 1", heartbeat),
+            ("node 2 (history 2)", short_ring),
+        ],
+    );
     let addrs: Vec<SocketAddr> = nodes.iter().map(Node::addr).collect();
     let mut subscribers: Vec<(usize, Subscriber)> = Vec::new();
     for (n, node) in nodes.iter().enumerate() {
@@ -1310,10 +1297,7 @@ const FROZEN_WINDOW: Duration = Duration::from_millis(1_000);
 
 #[test]
 fn a_publish_is_answered_only_after_redis_acknowledged_it() {
-    let redis = RedisServer::start("frozen");
-    let stream = "frozen";
-    let node = Node::spawn("node", &redis.url(), stream, &["--heartbeat-ms", "200"]);
-    node.wait_connected();
+    let (redis, [node]) = start_cluster("frozen", [("node", &["--heartbeat-ms", "200"])]);
     let mut subscriber = subscribe(node.addr(), &["t"]);
     let before = publish_to(node.addr(), "t", "before");
     assert_eq!(
@@ -1381,22 +1365,16 @@ fn a_publish_is_answered_only_after_redis_acknowledged_it() {
 
 #[test]
 fn entries_added_with_xadd_reach_every_node_and_invalid_ones_are_skipped_and_counted() {
-    let redis = RedisServer::start("external");
     let stream = "external";
-    let nodes: Vec<Node> = (0..3)
-        .map(|n| {
-            let label = format!("node {n}");
-            Node::spawn(
-                &label,
-                &redis.url(),
-                stream,
-                &["--max-publish-bytes", "4KiB"],
-            )
-        })
-        .collect();
-    for node in &nodes {
-        node.wait_connected();
-    }
+    let small_publishes: &[&str] = &["--max-publish-bytes", "4KiB"];
+    let (redis, nodes) = start_cluster(
+        stream,
+        [
+            ("node 0", small_publishes),
+            ("node 1", small_publishes),
+            ("node 2", small_publishes),
+        ],
+    );
     let topic_sets: [&[&str]; 3] = [&["a"], &["b"], &["a", "b"]];
     let mut subscribers: Vec<(String, Subscriber)> = Vec::new();
     for (n, node) in nodes.iter().enumerate() {
@@ -1499,18 +1477,15 @@ fn entries_added_with_xadd_reach_every_node_and_invalid_ones_are_skipped_and_cou
 /// nothing is skipped, and a resume from such an id is served from the stream.
 #[test]
 fn issue_10_any_valid_stream_id_is_delivered_and_so_is_everything_after_it() {
-    let redis = RedisServer::start("wide-ids");
     let stream = "wide-ids";
-    let (a, b) = node_and_small_ring_node(&redis, stream);
+    let (redis, [a, b]) = start_cluster(stream, A_AND_SMALL_RING_B);
     let mut subscribers = [
         ("the subscriber on A", subscribe(a.addr(), &["t"])),
         ("the subscriber on B", subscribe(b.addr(), &["t"])),
     ];
     let mut outsider = redis.client();
     let mut xadd = |id: &str, data: &str| {
-        let answered = outsider
-            .command(&["XADD", stream, id, "topic", "t", "data", data])
-            .text();
+        let answered: String = outsider.command(&["XADD", stream, id, "topic", "t", "data", data]);
         assert_eq!(answered, id, "the outsider's XADD");
         message(data, id)
     };
@@ -1555,7 +1530,7 @@ fn issue_10_any_valid_stream_id_is_delivered_and_so_is_everything_after_it() {
 
 #[test]
 fn a_node_starts_while_redis_is_down_and_connects_when_it_comes_up() {
-    let port = free_port();
+    let port = free_port().unwrap();
     let url = format!("redis://127.0.0.1:{port}/0");
     let node = Node::spawn("node", &url, "late-redis", &[]);
     assert_eq!(node.metric(CONNECTED), 0.0, "no Redis yet");
@@ -1671,7 +1646,7 @@ const PASSWORD: &str = "s3cret";
 /// refused by Redis (at debug level), and `/metrics` all name the URL without its password.
 #[test]
 fn issue_10_the_redis_password_never_shows_in_errors_logs_help_or_metrics() {
-    let port = free_port();
+    let port = free_port().unwrap();
     let bad_urls = [
         format!("redis://user:{PASSWORD}@127.0.0.1:notaport/0"),
         format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0?protocol=resp3"),
@@ -1726,7 +1701,7 @@ fn issue_10_the_redis_password_never_shows_in_errors_logs_help_or_metrics() {
     let redis = RedisServer::start("secret");
     redis
         .client()
-        .command(&["CONFIG", "SET", "requirepass", "other"]);
+        .command::<()>(&["CONFIG", "SET", "requirepass", "other"]);
     let urls = [
         format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0"),
         format!("redis://:{PASSWORD}@127.0.0.1:{}/0", redis.port),
@@ -1763,10 +1738,8 @@ const OVERTAKE_EVENTS: usize = 2_000;
 /// what the stream still keeps.
 #[test]
 fn a_node_overtaken_by_the_trim_makes_its_streams_resume_into_the_gap_event() {
-    let redis = RedisServer::start("overtaken");
     let stream = "overtaken";
-    let node = Node::spawn("node", &redis.url(), stream, &["--redis-maxlen", "100"]);
-    node.wait_connected();
+    let (redis, [node]) = start_cluster(stream, [("node", &["--redis-maxlen", "100"])]);
     let mut subscriber = subscribe(node.addr(), &["t"]);
     let first = publish_to(node.addr(), "t", "first");
     assert_eq!(
@@ -1778,7 +1751,7 @@ fn a_node_overtaken_by_the_trim_makes_its_streams_resume_into_the_gap_event() {
     let mut redis_conn = redis.client();
     for i in 0..OVERTAKE_EVENTS {
         let data = format!("while frozen {i}");
-        redis_conn.command(&[
+        redis_conn.command::<()>(&[
             "XADD", stream, "MAXLEN", "~", "100", "*", "topic", "t", "data", &data,
         ]);
     }
@@ -1835,7 +1808,7 @@ fn a_stream_key_of_another_type_gets_503_without_flooding_the_log_then_recovers(
     let redis = RedisServer::start("wrong-type");
     let stream = "wrong-type";
     let mut redis_conn = redis.client();
-    redis_conn.command(&["SET", stream, "not a stream"]);
+    redis_conn.command::<()>(&["SET", stream, "not a stream"]);
     let mut node = Node::spawn("node", &redis.url(), stream, &["--log-level", "info"]);
     let mut subscriber = subscribe(node.addr(), &["t"]);
     for i in 0..WRONG_TYPE_PUBLISHES {
@@ -1849,7 +1822,7 @@ fn a_stream_key_of_another_type_gets_503_without_flooding_the_log_then_recovers(
         0.0,
         "the reader cannot read a string"
     );
-    redis_conn.command(&["DEL", stream]);
+    redis_conn.command::<()>(&["DEL", stream]);
     node.wait_connected();
     let deadline = Instant::now() + DEADLINE;
     let id = loop {
@@ -1892,9 +1865,7 @@ const PIPELINED_PUBLISHES: usize = 300;
 /// one its event carries, with the events delivered in that order.
 #[test]
 fn pipelined_publishes_on_one_connection_are_answered_in_order() {
-    let redis = RedisServer::start("pipelined");
-    let node = Node::spawn("node", &redis.url(), "pipelined", &[]);
-    node.wait_connected();
+    let (_redis, [node]) = start_cluster("pipelined", [("node", &[])]);
     let mut subscriber = subscribe(node.addr(), &["p"]);
     let mut requests = Vec::new();
     for i in 0..PIPELINED_PUBLISHES {
@@ -1933,7 +1904,7 @@ fn pipelined_publishes_on_one_connection_are_answered_in_order() {
 fn the_password_in_the_redis_url_is_used() {
     let redis = RedisServer::start("password");
     let mut admin = redis.client();
-    admin.command(&["CONFIG", "SET", "requirepass", "s3cret"]);
+    admin.command::<()>(&["CONFIG", "SET", "requirepass", "s3cret"]);
     let good = format!("redis://:s3cret@127.0.0.1:{}/0", redis.port);
     let bad = format!("redis://:wrong@127.0.0.1:{}/0", redis.port);
     let node = Node::spawn("node with the password", &good, "password", &[]);
@@ -1971,9 +1942,7 @@ const FROZEN_PIPELINED: usize = 20;
 /// (with one timeout per publish it took 40 s).
 #[test]
 fn a_frozen_redis_fails_a_pipelined_batch_once() {
-    let redis = RedisServer::start("frozen-batch");
-    let node = Node::spawn("node", &redis.url(), "frozen-batch", &[]);
-    node.wait_connected();
+    let (redis, [node]) = start_cluster("frozen-batch", [("node", &[])]);
     publish_to(node.addr(), "t", "warm");
     redis.signal("STOP");
     let mut requests = Vec::new();

@@ -8,9 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
 use common::{start, subscribe, wait_until, DEADLINE};
 use herald::{BusKind, Event, PublishError};
+use testkit::redis::RedisServer;
 
 fn join(redis: &RedisServer, stream: &str) -> herald::Server {
     let url = redis.url();

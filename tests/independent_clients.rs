@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used)]
 //! herald's streams read by SSE clients that share no code with herald or with the parser in
-//! `tests/common`: the npm `eventsource` package under Node.js and Python's `httpx` with
+//! `testkit::sse`: the npm `eventsource` package under Node.js and Python's `httpx` with
 //! `httpx-sse` (issue 6, part 3). Each runs as a child process from `tests/clients/`, prints
 //! what it receives as JSON lines, and must see exactly the events herald published (ids,
 //! types and data) and exactly what the Rust-side parser sees, live and on resume.
@@ -384,7 +384,7 @@ fn node_and_python_clients_receive_exactly_what_herald_published() {
     assert_eq!(
         rust.events(expected_len),
         expected,
-        "the Rust parser in tests/common"
+        "the Rust parser (testkit::sse)"
     );
     assert_eq!(node.finish(), expected, "the npm eventsource client");
     assert_eq!(python.finish(), expected, "the httpx-sse client");

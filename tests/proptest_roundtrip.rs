@@ -1,5 +1,5 @@
 //! Property tests: an event encoded into an SSE frame comes back out of a spec-exact
-//! EventSource parser ([`common::EventStreamParser`]) with its data (every CR and CRLF as
+//! EventSource parser ([`common::SseCollector`]) with its data (every CR and CRLF as
 //! LF), its name (or `message`), its id and its retry hint, however the stream is split into
 //! reads. The same holds for events that arrive as JSON, form and raw publish bodies.
 //! No server here: the encoder and parsers are driven directly.
@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{EventStreamParser, SseEvent};
+use common::{SseCollector, SseEvent};
 use herald::testing::{
     encode_frame, event_name_is_valid, parse_publish, prepare_publish, PublishFormat,
 };
@@ -73,7 +73,7 @@ fn read_back(frame: &[u8], cuts: &[f64]) -> (Vec<SseEvent>, Option<u64>) {
         .collect();
     ends.push(stream.len());
     ends.sort_unstable();
-    let mut parser = EventStreamParser::new();
+    let mut parser = SseCollector::new();
     let mut events = Vec::new();
     let mut start = 0;
     for end in ends {

@@ -8,9 +8,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::redis::RedisServer;
 use common::*;
 use herald::{BusKind, Event};
+use testkit::redis::RedisServer;
 
 fn assert_text_answer(response: &Response, case: &str) -> String {
     assert_eq!(response.status, 200, "{case}: {}", response.summary());

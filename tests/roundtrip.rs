@@ -1,11 +1,10 @@
 #![allow(clippy::unwrap_used)]
 //! Data round trips through herald and back out of a spec-exact EventSource parser: LF, CR,
 //! CRLF, unicode, empty strings, separators that look like SSE syntax, and 1 MiB payloads,
-//! published through the library handle and through every HTTP publish format.
+//! published through the library handle and through every HTTP publish format ([`Via`]: each
+//! data test runs once per way in).
 
 mod common;
-
-use std::net::SocketAddr;
 
 use common::*;
 use herald::Event;
@@ -70,6 +69,48 @@ fn mebibyte_payload() -> String {
     data
 }
 
+/// Every way an event gets into herald.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// `Handle::publish` in the library.
+    Handle,
+    /// `POST /publish` with a form body.
+    Form,
+    /// `POST /publish` with a JSON body.
+    Json,
+    /// `POST /publish?topic=..` with the data as a `text/plain` body.
+    Raw,
+}
+
+impl Via {
+    const ALL: [Via; 4] = [Via::Handle, Via::Form, Via::Json, Via::Raw];
+
+    /// Publishes `data` on `topic` this way; returns the id herald answered.
+    fn publish(self, server: &herald::Server, topic: &str, data: &str) -> String {
+        let addr = server.local_addr();
+        match self {
+            Via::Handle => publish(&server.handle(), &Event::new(topic, data)).to_string(),
+            Via::Form => publish_form(addr, &[("topic", topic), ("data", data)]),
+            Via::Json => {
+                let body = format!(
+                    "{{\"topic\":{},\"data\":{}}}",
+                    json_string(topic),
+                    json_string(data)
+                );
+                let response = post(addr, "/publish", Some("application/json"), body.as_bytes());
+                assert_eq!(response.status, 200, "{body}: {}", response.summary());
+                id_from_json_answer(response.body_text())
+            }
+            Via::Raw => {
+                let target = format!("/publish?{}", form(&[("topic", topic)]));
+                let response = post(addr, &target, Some("text/plain"), data.as_bytes());
+                assert_eq!(response.status, 200, "{data:?}: {}", response.summary());
+                id_from_text_answer(response.body_text())
+            }
+        }
+    }
+}
+
 fn check_roundtrip(subscriber: &mut Subscriber, sent: &[(String, String)], how: &str) {
     for (id, data) in sent {
         let event = subscriber.next_event(&format!("the event with data {data:?} ({how})"));
@@ -84,75 +125,16 @@ fn check_roundtrip(subscriber: &mut Subscriber, sent: &[(String, String)], how: 
 }
 
 #[test]
-fn tricky_data_round_trips_through_handle_publish() {
-    let server = start(|_| {});
-    let handle = server.handle();
-    let mut subscriber = subscribe(server.local_addr(), &["rt"]);
-    let sent: Vec<(String, String)> = tricky_data()
-        .into_iter()
-        .map(|data| {
-            (
-                publish(&handle, &Event::new("rt", data.clone())).to_string(),
-                data,
-            )
-        })
-        .collect();
-    check_roundtrip(&mut subscriber, &sent, "with Handle::publish");
-}
-
-#[test]
-fn tricky_data_round_trips_through_form_publish() {
-    let server = start(|_| {});
-    let addr = server.local_addr();
-    let mut subscriber = subscribe(addr, &["rt"]);
-    let sent: Vec<(String, String)> = tricky_data()
-        .into_iter()
-        .map(|data| {
-            (
-                publish_form(addr, &[("topic", "rt"), ("data", &data)]),
-                data,
-            )
-        })
-        .collect();
-    check_roundtrip(&mut subscriber, &sent, "as a form");
-}
-
-#[test]
-fn tricky_data_round_trips_through_json_publish() {
-    let server = start(|_| {});
-    let addr = server.local_addr();
-    let mut subscriber = subscribe(addr, &["rt"]);
-    let sent: Vec<(String, String)> = tricky_data()
-        .into_iter()
-        .map(|data| {
-            let body = format!("{{\"topic\":\"rt\",\"data\":{}}}", json_string(&data));
-            let response = post(addr, "/publish", Some("application/json"), body.as_bytes());
-            assert_eq!(response.status, 200, "{body}: {}", response.summary());
-            (id_from_json_answer(response.body_text()), data)
-        })
-        .collect();
-    check_roundtrip(&mut subscriber, &sent, "as JSON");
-}
-
-#[test]
-fn tricky_data_round_trips_through_raw_publish() {
-    let server = start(|_| {});
-    let addr = server.local_addr();
-    let mut subscriber = subscribe(addr, &["rt"]);
-    let sent: Vec<(String, String)> = tricky_data()
-        .into_iter()
-        .map(|data| {
-            let response = post(
-                addr,
-                "/publish?topic=rt",
-                Some("text/plain"),
-                data.as_bytes(),
-            );
-            assert_eq!(response.status, 200, "{data:?}: {}", response.summary());
-            (id_from_text_answer(response.body_text()), data)
-        })
-        .collect();
-    check_roundtrip(&mut subscriber, &sent, "as a raw body");
+fn tricky_data_round_trips_through_every_publish_path() {
+    for via in Via::ALL {
+        let server = start(|_| {});
+        let mut subscriber = subscribe(server.local_addr(), &["rt"]);
+        let sent: Vec<(String, String)> = tricky_data()
+            .into_iter()
+            .map(|data| (via.publish(&server, "rt", &data), data))
+            .collect();
+        check_roundtrip(&mut subscriber, &sent, &format!("via {via:?}"));
+    }
 }
 
 #[test]
@@ -193,55 +175,18 @@ fn check_big(subscriber: &mut Subscriber, id: &str, payload: &str, how: &str) {
 }
 
 #[test]
-fn one_mebibyte_payload_round_trips_through_handle_publish() {
-    let server = big_server();
-    let mut subscriber = subscribe(server.local_addr(), &["big"]);
+fn one_mebibyte_payload_round_trips_through_every_publish_path() {
     let payload = mebibyte_payload();
-    let id = publish(&server.handle(), &Event::new("big", payload.clone()));
-    check_big(&mut subscriber, id.as_str(), &payload, "Handle::publish");
-}
-
-#[test]
-fn one_mebibyte_payload_round_trips_through_raw_publish() {
-    let server = big_server();
-    let addr = server.local_addr();
-    let mut subscriber = subscribe(addr, &["big"]);
-    let payload = mebibyte_payload();
-    let response = post(
-        addr,
-        "/publish?topic=big",
-        Some("text/plain"),
-        payload.as_bytes(),
+    assert!(
+        form(&[("topic", "big"), ("data", &payload)]).len() < 4 << 20,
+        "encoded form fits max_publish_bytes"
     );
-    assert_eq!(response.status, 200, "{}", response.summary());
-    let id = id_from_text_answer(response.body_text());
-    check_big(&mut subscriber, &id, &payload, "raw body");
-}
-
-#[test]
-fn one_mebibyte_payloads_round_trip_through_form_and_json_publish() {
-    let server = big_server();
-    let addr: SocketAddr = server.local_addr();
-    let mut subscriber = subscribe(addr, &["big"]);
-    let payload = mebibyte_payload();
-
-    let body = form(&[("topic", "big"), ("data", &payload)]);
-    assert!(body.len() < 4 << 20, "encoded form fits max_publish_bytes");
-    let response = post(
-        addr,
-        "/publish",
-        Some("application/x-www-form-urlencoded"),
-        body.as_bytes(),
-    );
-    assert_eq!(response.status, 200, "{}", response.summary());
-    let id = id_from_text_answer(response.body_text());
-    check_big(&mut subscriber, &id, &payload, "form");
-
-    let body = format!("{{\"topic\":\"big\",\"data\":{}}}", json_string(&payload));
-    let response = post(addr, "/publish", Some("application/json"), body.as_bytes());
-    assert_eq!(response.status, 200, "{}", response.summary());
-    let id = id_from_json_answer(response.body_text());
-    check_big(&mut subscriber, &id, &payload, "JSON");
+    for via in Via::ALL {
+        let server = big_server();
+        let mut subscriber = subscribe(server.local_addr(), &["big"]);
+        let id = via.publish(&server, "big", &payload);
+        check_big(&mut subscriber, &id, &payload, &format!("via {via:?}"));
+    }
 }
 
 #[test]

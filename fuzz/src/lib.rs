@@ -1,6 +1,6 @@
-//! Checks shared by herald's fuzz targets, and a compact, spec-exact reader of
-//! `text/event-stream` (WHATWG HTML, "event stream interpretation") that the frame encoder is
-//! round-tripped through.
+//! Checks shared by herald's fuzz targets. The frame encoder is round-tripped through
+//! `testkit::sse`, the spec-exact reader of `text/event-stream` (WHATWG HTML, "event stream
+//! interpretation") that herald's tests and load generator use too.
 //!
 //! Every check panics on a broken property, which libFuzzer reports as a crash. Inputs that a
 //! server would refuse are fine; a refusal must only be precise, one line, and independent of
@@ -12,84 +12,27 @@ use herald::testing::{
     prepare_publish, HeadOutcome, PublishFormat, Refusal,
 };
 use herald::Event;
-
-/// One event as an EventSource fires it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Fired {
-    /// The event type: the last `event:` value, or `message`.
-    pub event_type: String,
-    /// The data lines joined with LF.
-    pub data: String,
-    /// The last event ID string when the event fired.
-    pub last_event_id: String,
-}
+use testkit::sse::{SseCollector, SseEvent};
 
 /// Everything a whole stream did to an EventSource.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Interpreted {
     /// Events fired, in order.
-    pub events: Vec<Fired>,
+    pub events: Vec<SseEvent>,
     /// The reconnection time set by the last valid `retry:` field.
     pub retry_ms: Option<u64>,
 }
 
-/// Interprets a complete stream the way the WHATWG spec's steps do: decode UTF-8 (lossily),
-/// drop one leading BOM, split lines on CRLF, CR or LF (a last line without its end is never
-/// processed), blank line dispatches, `:` starts a comment, the field name runs to the first
-/// `:` and one space after it is dropped, `id` containing NUL is ignored, `retry` must be
-/// ASCII digits, and an event with an empty data buffer fires nothing.
+/// Interprets a complete stream the way the WHATWG spec's steps do, with `testkit::sse` (the
+/// reader herald's tests and load generator use too): a last line without its end is never
+/// processed.
 pub fn interpret(stream: &[u8]) -> Interpreted {
-    let decoded = String::from_utf8_lossy(stream);
-    let mut rest = decoded.strip_prefix('\u{FEFF}').unwrap_or(&decoded);
-    let mut out = Interpreted::default();
-    let (mut data, mut event_type) = (String::new(), String::new());
-    let (mut id_buffer, mut last_event_id) = (String::new(), String::new());
-    while let Some(end) = rest.find(['\r', '\n']) {
-        let line = &rest[..end];
-        rest = &rest[end
-            + if rest[end..].starts_with("\r\n") {
-                2
-            } else {
-                1
-            }..];
-        if line.is_empty() {
-            last_event_id.clone_from(&id_buffer);
-            if data.is_empty() {
-                event_type.clear();
-                continue;
-            }
-            data.pop(); // The buffer always ends in the LF its last data line added.
-            out.events.push(Fired {
-                event_type: match std::mem::take(&mut event_type) {
-                    name if name.is_empty() => "message".to_owned(),
-                    name => name,
-                },
-                data: std::mem::take(&mut data),
-                last_event_id: last_event_id.clone(),
-            });
-            continue;
-        }
-        if line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => event_type = value.to_owned(),
-            "data" => {
-                data.push_str(value);
-                data.push('\n');
-            }
-            "id" if !value.contains('\0') => id_buffer = value.to_owned(),
-            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
-                out.retry_ms = Some(value.parse().unwrap_or(u64::MAX));
-            }
-            _ => {}
-        }
+    let mut collector = SseCollector::new();
+    let events = collector.feed(stream);
+    Interpreted {
+        events,
+        retry_ms: collector.retry_ms,
     }
-    out
 }
 
 /// `data` with every CRLF and lone CR replaced by LF: what an EventSource hands back.
@@ -117,7 +60,7 @@ pub fn check_frame(id: &str, name: Option<&str>, data: &str, retry_ms: Option<u3
     let frame = encode_frame(id, name, data, retry_ms);
     assert_eq!(frame.len(), encoded_frame_len(id, name, data, retry_ms));
     assert!(frame.ends_with(b"\n\n"), "frame does not end its event");
-    let expected = Fired {
+    let expected = SseEvent {
         event_type: name.unwrap_or("message").to_owned(),
         data: normalize_line_breaks(data),
         last_event_id: id.to_owned(),
@@ -125,7 +68,7 @@ pub fn check_frame(id: &str, name: Option<&str>, data: &str, retry_ms: Option<u3
     let mut stream = frame.to_vec();
     stream.extend_from_slice(&encode_frame("next", None, "after", None));
     let interpreted = interpret(&stream);
-    let after = Fired {
+    let after = SseEvent {
         event_type: "message".to_owned(),
         data: "after".to_owned(),
         last_event_id: "next".to_owned(),
@@ -374,8 +317,8 @@ pub fn check_target(target: &str, input: &[u8]) {
 mod tests {
     use super::*;
 
-    fn fired(event_type: &str, data: &str, last_event_id: &str) -> Fired {
-        Fired {
+    fn fired(event_type: &str, data: &str, last_event_id: &str) -> SseEvent {
+        SseEvent {
             event_type: event_type.to_owned(),
             data: data.to_owned(),
             last_event_id: last_event_id.to_owned(),

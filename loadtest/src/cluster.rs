@@ -18,7 +18,7 @@
 //!    publish, misses 90 % of its rate, or its p99 delivery latency exceeds the limit. The
 //!    highest passing rate is what the stream sustained through herald; the same ladder
 //!    against the embedded node shows what herald's publish path alone sustains.
-//! 3. **Ceiling**: XADD pipelines straight to redis (RESP over a TcpStream) with the
+//! 3. **Ceiling**: XADD pipelines straight to redis (`xadd.rs`, the redis crate) with the
 //!    entry format herald writes, on a stream nobody reads and on herald's stream while
 //!    every node reads it.
 //!
@@ -32,19 +32,20 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use testkit::redis::{Client, Options, RedisServer, REDIS_SERVER_BIN};
+use testkit::sse::{Item, SseParser};
 
 use crate::http::{self, ChunkedDecoder, Head};
 use crate::latency::Summary;
 use crate::payload::PAYLOAD_BYTES_MIN;
 use crate::peers::{self, Spawned};
 use crate::protocol::SOCKETS_PER_WORKER_MAX;
-use crate::redis::{self, RedisServer, XaddPlan, XaddRun};
 use crate::report::{self, Report};
 use crate::run;
 use crate::scenario::{Scenario, Settings};
 use crate::schedule::Schedule;
-use crate::sse::SseParser;
 use crate::target::{Preset, Target};
+use crate::xadd::{self, XaddPlan, XaddRun};
 
 /// Flags of `cluster`.
 #[derive(Clone, Debug, clap::Args)]
@@ -53,7 +54,7 @@ pub struct ClusterArgs {
     #[arg(long)]
     pub herald_bin: PathBuf,
     /// redis-server binary to start.
-    #[arg(long, default_value = redis::REDIS_SERVER)]
+    #[arg(long, default_value = REDIS_SERVER_BIN)]
     pub redis_server: PathBuf,
     /// herald nodes on the Redis bus.
     #[arg(long, default_value_t = 3)]
@@ -254,7 +255,11 @@ struct Processes {
 
 impl Processes {
     fn start(args: &ClusterArgs) -> io::Result<Processes> {
-        let redis = RedisServer::start(&args.redis_server)?;
+        let redis = RedisServer::launch(&Options {
+            bin: args.redis_server.clone(),
+            durable: false,
+            ..Options::new("loadtest")
+        })?;
         let extra = vec![
             "--bus".to_owned(),
             "redis".to_owned(),
@@ -315,7 +320,7 @@ pub fn run(args: &ClusterArgs) -> io::Result<()> {
     eprintln!(
         "redis {} at {} (pid {}); {} nodes at {:?}; embedded at {}",
         procs.redis.version,
-        procs.redis.addr,
+        procs.redis.addr(),
         procs.redis.pid(),
         procs.nodes.len(),
         procs.node_addrs(),
@@ -412,7 +417,7 @@ pub fn run(args: &ClusterArgs) -> io::Result<()> {
 /// again on herald's stream with the nodes reading.
 fn ceiling(args: &ClusterArgs, procs: &Processes, deadline: Instant, result: &mut ClusterReport) {
     let plan = |stream: &str, connections: usize, depth: usize| XaddPlan {
-        addr: procs.redis.addr,
+        port: procs.redis.port,
         stream: stream.to_owned(),
         topic: "loadtest-ceiling".to_owned(),
         connections: connections.clamp(1, 64),
@@ -427,7 +432,7 @@ fn ceiling(args: &ClusterArgs, procs: &Processes, deadline: Instant, result: &mu
             if Instant::now() + plan("", 1, 1).duration >= deadline {
                 return;
             }
-            let run = redis::xadd_bench(&plan(&private, connections, depth));
+            let run = xadd::xadd_bench(&plan(&private, connections, depth));
             eprintln!(
                 "XADD {connections} connection(s) x depth {depth}: {:.0} entries/s",
                 run.entries_per_second
@@ -435,8 +440,8 @@ fn ceiling(args: &ClusterArgs, procs: &Processes, deadline: Instant, result: &mu
             result.ceiling.push(run);
         }
     }
-    if let Ok(mut conn) = redis::Conn::connect(procs.redis.addr) {
-        let _ = conn.call(&[b"DEL", private.as_bytes()]);
+    if let Ok(mut client) = Client::connect(procs.redis.port) {
+        let _ = client.try_command::<()>(&[b"DEL", private.as_bytes()]);
     }
     let best = result
         .ceiling
@@ -447,7 +452,7 @@ fn ceiling(args: &ClusterArgs, procs: &Processes, deadline: Instant, result: &mu
     result.ceiling_entries_per_second = best.as_ref().map(|r| r.entries_per_second);
     if let Some(best) = best {
         if Instant::now() + plan("", 1, 1).duration < deadline {
-            let run = redis::xadd_bench(&plan(&args.stream, best.connections, best.depth));
+            let run = xadd::xadd_bench(&plan(&args.stream, best.connections, best.depth));
             result.ceiling_with_readers = Some(run);
         }
     }
@@ -669,11 +674,13 @@ impl SseConn {
     fn feed(&mut self, bytes: &[u8]) -> io::Result<()> {
         let events = &mut self.events;
         self.parser
-            .feed(bytes, &mut |e| {
-                events.push((
-                    String::from_utf8_lossy(e.id).into_owned(),
-                    String::from_utf8_lossy(e.data).into_owned(),
-                ));
+            .feed(bytes, &mut |item| {
+                if let Item::Event(e) = item {
+                    events.push((
+                        String::from_utf8_lossy(e.id).into_owned(),
+                        String::from_utf8_lossy(e.data).into_owned(),
+                    ));
+                }
             })
             .map_err(|e| io::Error::other(format!("event stream: {e:?}")))
     }

@@ -19,16 +19,15 @@ mod peers;
 mod procfs;
 mod protocol;
 mod publisher;
-mod redis;
 mod report;
 mod run;
 mod scenario;
 mod schedule;
-mod sse;
 mod svg;
 mod sweep;
 mod target;
 mod worker;
+mod xadd;
 
 use std::io::{self, Write};
 use std::path::PathBuf;

@@ -4,15 +4,14 @@
 //!   through the library handle, waiting for eventually consistent counters;
 //! - [`http`]: a raw HTTP/1.1 client over real TCP sockets, request builders, the shared
 //!   error-answer assertions and hand-written encoders;
-//! - [`sse`]: an open `GET /events` stream and an EventSource parser that follows the WHATWG
-//!   HTML "event stream interpretation" to the letter;
+//! - [`sse`]: an open `GET /events` stream, read through `testkit::sse` (the WHATWG-exact
+//!   parser shared with `fuzz/` and `loadtest/`), whose event types it re-exports;
 //! - [`metrics`]: `GET /metrics` checked against the Prometheus text format as it is parsed;
 //! - [`process`]: the `herald` binary as a child process, spawning a child and draining its
-//!   stderr, signals by PID;
-//! - [`redis`]: a private `redis-server` per test and a tiny RESP2 client (not re-exported:
-//!   test files that need it name `common::redis`).
+//!   stderr, signals by PID.
 //!
-//! Everything but `redis` is re-exported here, so a test file says `use common::*;`.
+//! Everything is re-exported here, so a test file says `use common::*;`. A private
+//! `redis-server` per test and its client come from `testkit::redis`.
 //! Every read goes until a delimiter or a deadline ([`DEADLINE`]); nothing here sleeps. A read
 //! that runs out of time fails the test with what it was waiting for and what it got.
 
@@ -25,7 +24,6 @@ use std::time::Duration;
 pub mod http;
 pub mod metrics;
 pub mod process;
-pub mod redis;
 pub mod server;
 pub mod sse;
 

@@ -212,7 +212,7 @@ impl Worker {
         let path = self.spec.path_template.replace("{topic}", &topic);
         let request = crate::http::subscribe_request(&self.spec.host, &path, sub.parser.last_id());
         sub.track.opening(!sub.parser.last_id().is_empty());
-        sub.parser = crate::sse::SseParser::resumed(sub.parser.last_id().to_vec());
+        sub.parser = testkit::sse::SseParser::resumed(sub.parser.last_id().to_vec());
         sub.started = Instant::now();
         sub.state = SubState::Connecting {
             stream,

@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
+use testkit::sse::{Event, Item, SseParser};
 
 use crate::http::{self, ChunkedDecoder};
 use crate::latency::LATENCY_US_MAX;
 use crate::payload;
 use crate::protocol::Deliveries;
-use crate::sse::SseParser;
 
 /// Reads per readiness event before the socket is put back on the worker's retry list
 /// (edge-triggered readiness is only re-armed by reaching `WouldBlock`).
@@ -350,8 +350,10 @@ impl Sub {
         let SubState::Streaming { chunked, .. } = state else {
             return Outcome::Pending;
         };
-        let mut on_event = |event: crate::sse::Event<'_>| {
-            count_event(&event, now_us, next_seq, track, tally);
+        let mut on_event = |item: Item<'_>| {
+            if let Item::Event(event) = item {
+                count_event(&event, now_us, next_seq, track, tally);
+            }
         };
         let result = match chunked {
             None => parser.feed(bytes, &mut on_event).map_err(|_| ()),
@@ -378,7 +380,7 @@ impl Sub {
 
 /// Accounts one event: sequence tracking, the explanation of any hole, and latency.
 fn count_event(
-    event: &crate::sse::Event<'_>,
+    event: &Event<'_>,
     now_us: u64,
     next_seq: &mut u64,
     track: &mut Track,
@@ -440,8 +442,8 @@ mod tests {
         }
     }
 
-    fn event<'a>(name: &'a [u8], data: &'a [u8]) -> crate::sse::Event<'a> {
-        crate::sse::Event {
+    fn event<'a>(name: &'a [u8], data: &'a [u8]) -> Event<'a> {
+        Event {
             id: b"",
             name,
             data,
