@@ -1,23 +1,28 @@
-//! A client connection before it streams: the plain HTTP exchange (keep-alive,
-//! pipelining, publish bodies, tokens), who the client is, and the request that turns it
-//! into an event stream (see `stream.rs`).
+//! The plain HTTP phase of a connection: request heads and bodies read into bounded
+//! buffers, keep-alive and pipelining, and answers written in request order even when the
+//! bus answers publishes later. Ends when a request opens an event stream, or with a
+//! final answer.
 //!
-//! Sans-io: the event loop reads bytes into the buffers handed out here, asks what to do
-//! next, and writes the bytes handed back. The head buffer is given back once a stream
-//! starts.
+//! Sans-io: the loop reads into [`Exchange::read_target`], asks [`Exchange::step`] what to
+//! do, writes [`Exchange::unsent`], and carries out what needs the world: publishing a
+//! [`PublishJob`] (it mints the ticket), counting the client a proxy names
+//! ([`Step::Admit`]), opening a stream. The exchange keeps its own deadline (head or idle)
+//! and hands it out when it changes ([`Exchange::take_deadline`]).
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::auth::{self, Claim, TokenError, Verifier};
-use crate::bus::{Backfill, Bus, Submitted, Ticket};
-use crate::client::{client_addr, client_key, Cidr, ClientTable};
-use crate::config::{ForwardedHeader, Limits};
+use crate::auth;
+use crate::bus::{Outgoing, Resume, Submitted};
+use crate::config::Limits;
+use crate::event::Event;
 use crate::http::answer::{self, HttpError};
-use crate::http::head::{self, Method, Parsed, Request};
+use crate::http::head::{self, Parsed, Request};
 use crate::http::route::{self, Listener, Route};
 use crate::publish::{self, BodyFormat};
+
+use super::handlers::{self, PublishReply};
+use super::{Env, Now};
 
 /// Answers to pipelined requests gathered before they are written; past this the
 /// exchange writes before parsing the next request, so the buffer stays bounded.
@@ -25,108 +30,11 @@ const ANSWERS_BATCH_BYTES_MAX: usize = 16 * 1024;
 /// Pipelined publishes of one connection the bus may be working on at once (the Redis
 /// bus answers them in order, from one pipeline). Past this the exchange reads no further
 /// request until answers come back, which bounds what a connection can queue.
-const PUBLISHES_IN_FLIGHT_MAX: usize = 64;
+pub(crate) const PUBLISHES_IN_FLIGHT_MAX: usize = 64;
 /// Bytes of ready answers held behind a publish the bus still owes (a client may pipeline
 /// other requests behind its publishes). Past this the exchange reads no further request
 /// until the bus answers, so a connection cannot make the server hold answers unbounded.
-const QUEUED_ANSWER_BYTES_MAX: usize = 64 * 1024;
-
-/// The built-in demo page.
-const DEMO_HTML: &str = include_str!("demo.html");
-
-/// What the server knows that a request may need.
-pub(crate) struct RequestContext<'a> {
-    /// The limits in force (routes, topics, publishes, bodies, connections per client).
-    pub limits: &'a Limits,
-    /// Origins allowed by CORS (`cors_origins`).
-    pub cors_origins: &'a [String],
-    /// The header a trusted proxy names the client in (`forwarded_header`).
-    pub forwarded_header: ForwardedHeader,
-    /// The static publish token (`publish_token`), if set.
-    pub publish_token: Option<&'a str>,
-    /// The bus that publishes go to.
-    pub bus: &'a dyn Bus,
-    /// Proxies allowed to name the client.
-    pub trusted_proxies: &'a [Cidr],
-    /// Connections per client address, across loops.
-    pub clients: &'a ClientTable,
-    /// Renders the `/metrics` page.
-    pub render_metrics: &'a dyn Fn() -> String,
-    /// Index of the loop handling the request.
-    pub loop_index: usize,
-    /// The connection's slab key, for requests the bus answers later.
-    pub conn: usize,
-    /// Source of ticket serials, unique across the server.
-    pub serials: &'a AtomicU64,
-    /// Verifies subscriber tokens, when a subscribe key is set.
-    pub subscribe_verifier: Option<&'a Verifier>,
-    /// Verifies publisher tokens, when a publish key is set.
-    pub publish_verifier: Option<&'a Verifier>,
-    /// Wall-clock time of this loop turn (Unix milliseconds), for token `exp` and `nbf`.
-    pub now_unix_ms: u64,
-}
-
-/// Who is on the other end of a connection.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ConnInfo {
-    /// The listener the connection came in on.
-    pub listener: Listener,
-    /// The client key (see `client::client_key`) counted against
-    /// `max_connections_per_ip`, if any. Each key counted is released once: when a
-    /// kept-alive proxy connection starts speaking for another client, or at close.
-    pub counted: Option<IpAddr>,
-}
-
-impl ConnInfo {
-    /// Counts the connection for the client a trusted proxy names, moving the count if a
-    /// kept-alive proxy connection now speaks for another client. Returns false when that
-    /// client is at its limit. Other peers were counted by their own address at accept
-    /// (see the event loop's admission), and the publish listener has its own budget.
-    fn admit_client(
-        &mut self,
-        ctx: &RequestContext<'_>,
-        peer: IpAddr,
-        request: &Request<'_>,
-    ) -> bool {
-        let Some(max) = ctx.limits.connections_per_ip_max else {
-            return true;
-        };
-        if self.listener == Listener::Publish
-            || !ctx.trusted_proxies.iter().any(|cidr| cidr.contains(peer))
-        {
-            return true;
-        }
-        let client = request_client(ctx, peer, request);
-        if self.counted == Some(client) {
-            return true;
-        }
-        if let Some(previous) = self.counted.take() {
-            ctx.clients.release(previous);
-        }
-        if !ctx.clients.acquire(client, max) {
-            return false;
-        }
-        self.counted = Some(client);
-        true
-    }
-}
-
-/// The key a request's client is counted under: the address a trusted proxy names (or
-/// the peer), grouped by `client_key`. Admission and the bus's fair share of resumes use
-/// this one reading.
-fn request_client(ctx: &RequestContext<'_>, peer: IpAddr, request: &Request<'_>) -> IpAddr {
-    let lines = match ctx.forwarded_header {
-        ForwardedHeader::XForwardedFor => request.x_forwarded_for,
-        ForwardedHeader::Forwarded => request.forwarded,
-    };
-    let client = client_addr(
-        peer,
-        ctx.trusted_proxies,
-        ctx.forwarded_header,
-        lines.as_slice(),
-    );
-    client_key(client, ctx.limits.ipv6_prefix_bits)
-}
+pub(crate) const QUEUED_ANSWER_BYTES_MAX: usize = 64 * 1024;
 
 /// A request body being received.
 struct PendingBody {
@@ -134,17 +42,9 @@ struct PendingBody {
     filled: usize,
     format: BodyFormat,
     query: String,
-    keep_alive: bool,
-    cors: String,
+    reply: PublishReply,
     /// Topic patterns the publisher's token allows (`None`: any topic).
     grant: Option<Vec<String>>,
-}
-
-/// How to answer a publish once the bus has.
-struct PublishReply {
-    json: bool,
-    keep_alive: bool,
-    cors: String,
 }
 
 /// An answer queued behind a publish the bus has not answered yet: answers go out in
@@ -156,13 +56,35 @@ enum Queued {
     Ready(Vec<u8>),
 }
 
-/// A resuming subscription whose missed events the bus is fetching; the exchange reads
-/// nothing more, since the connection becomes a stream.
-struct Resuming {
-    serial: u64,
-    request: StreamRequest,
-    /// What earlier fetches for it brought.
-    so_far: Option<Backfill>,
+/// A validated publish for the loop to hand to the bus.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct PublishJob {
+    /// The event as received (its topics are in `topics`, deduped).
+    event: Event,
+    /// Distinct, valid topic names.
+    topics: Vec<Box<str>>,
+}
+
+impl PublishJob {
+    /// The event as the bus takes it (the topics move out: call once).
+    pub(crate) fn outgoing(&mut self) -> Outgoing<'_> {
+        Outgoing {
+            topics: std::mem::take(&mut self.topics),
+            name: self.event.name.as_deref(),
+            data: &self.event.data,
+            retry_ms: self.event.retry_ms,
+        }
+    }
+
+}
+
+/// Which deadline the exchange is under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// A request is (or may be) arriving: `head_timeout`.
+    Head,
+    /// Between requests on a kept-alive connection: `idle_timeout`.
+    Idle,
 }
 
 /// A plain HTTP exchange: reading request heads and bodies, writing answers in order.
@@ -174,6 +96,15 @@ pub(crate) struct Exchange {
     body: Option<PendingBody>,
     /// The TCP peer; kept here, not in the connection, because only requests need it.
     peer: IpAddr,
+    /// The listener the connection came in on (it decides the routes).
+    listener: Listener,
+    /// The peer is a trusted proxy on a listener with a per-address limit: each request's
+    /// client is counted when its head arrives (see [`Step::Admit`]).
+    count_per_request: bool,
+    /// The client the loop counted for this connection (with `count_per_request`).
+    client: Option<IpAddr>,
+    /// The loop refused the client a head named: answer the head with 429 and close.
+    client_refused: bool,
     out: Vec<u8>,
     sent: usize,
     close_after: bool,
@@ -186,8 +117,14 @@ pub(crate) struct Exchange {
     in_flight: usize,
     /// Bytes of the ready answers in `queued`.
     queued_bytes: usize,
-    /// A subscription waiting for its backfill.
-    resuming: Option<Box<Resuming>>,
+    /// The reply of the publish handed to the loop in a [`Step::Publish`], until the loop
+    /// says what the bus did with it ([`Exchange::on_submitted`]).
+    submitting: Option<PublishReply>,
+    /// The deadline in force (loop ms) and its kind.
+    deadline_ms: u64,
+    wait: Wait,
+    /// The deadline changed since the loop last took it.
+    rearm: bool,
 }
 
 /// What the loop should do for an exchange next.
@@ -197,6 +134,12 @@ pub(crate) enum Step {
     Read,
     /// Write [`Exchange::unsent`].
     Write,
+    /// Count the connection for this client (release the one counted before, if any),
+    /// then tell the exchange with [`Exchange::on_admitted`].
+    Admit(IpAddr),
+    /// Hand this publish to the bus under a new ticket, then tell the exchange what the
+    /// bus did with [`Exchange::on_submitted`].
+    Publish(Box<PublishJob>),
     /// The request opened an event stream.
     Subscribe(StreamRequest),
     /// The last answer is written and the connection must end: shut the write side and
@@ -215,6 +158,9 @@ pub(crate) struct StreamRequest {
     pub topics: Vec<String>,
     /// `Last-Event-ID` header, else the `lastEventId` query parameter.
     pub last_event_id: Option<String>,
+    /// `last_event_id` as the bus reads it: set once, by the loop, before the resume is
+    /// planned (`None` when there is no id).
+    pub resume: Option<Resume>,
     /// CORS header lines for the response.
     pub cors: String,
     /// When the subscriber's token stops being accepted (Unix milliseconds: `exp` plus the
@@ -226,14 +172,27 @@ pub(crate) struct StreamRequest {
 }
 
 impl Exchange {
-    /// A new exchange over a head buffer (from the loop's pool).
-    pub(crate) fn new(inbuf: Box<[u8]>, peer: IpAddr) -> Self {
+    /// A new exchange over a head buffer (from the loop's pool), under the head deadline
+    /// from `now`. With `count_per_request`, each request's client is counted as its head
+    /// arrives (the peer is a trusted proxy).
+    pub(crate) fn new(
+        inbuf: Box<[u8]>,
+        peer: IpAddr,
+        listener: Listener,
+        count_per_request: bool,
+        now: Now,
+        limits: &Limits,
+    ) -> Self {
         Exchange {
             inbuf,
             start: 0,
             filled: 0,
             body: None,
             peer,
+            listener,
+            count_per_request,
+            client: None,
+            client_refused: false,
             out: Vec::new(),
             sent: 0,
             close_after: false,
@@ -241,8 +200,24 @@ impl Exchange {
             queued: VecDeque::new(),
             in_flight: 0,
             queued_bytes: 0,
-            resuming: None,
+            submitting: None,
+            deadline_ms: now.ms + limits.head_timeout.as_millis() as u64,
+            wait: Wait::Head,
+            rearm: true,
         }
+    }
+
+    /// An exchange whose only answer is a refusal (the connection is closed after it).
+    pub(crate) fn refused(
+        inbuf: Box<[u8]>,
+        peer: IpAddr,
+        error: HttpError,
+        now: Now,
+        limits: &Limits,
+    ) -> Self {
+        let mut exchange = Exchange::new(inbuf, peer, Listener::Main, false, now, limits);
+        exchange.refuse(error, "", false);
+        exchange
     }
 
     /// The refusals answered since the last call, for the metrics.
@@ -250,11 +225,20 @@ impl Exchange {
         self.refusals.drain(..)
     }
 
-    /// An exchange whose only answer is a refusal (the connection is closed after it).
-    pub(crate) fn refused(inbuf: Box<[u8]>, peer: IpAddr, error: HttpError) -> Self {
-        let mut exchange = Exchange::new(inbuf, peer);
-        exchange.refuse(error, "", false);
-        exchange
+    /// The deadline (loop ms) if it changed since the last call: the loop re-arms its
+    /// timer then.
+    pub(crate) fn take_deadline(&mut self) -> Option<u64> {
+        std::mem::take(&mut self.rearm).then_some(self.deadline_ms)
+    }
+
+    fn set_deadline(&mut self, wait: Wait, now: Now, limits: &Limits) {
+        let timeout = match wait {
+            Wait::Head => limits.head_timeout,
+            Wait::Idle => limits.idle_timeout,
+        };
+        self.wait = wait;
+        self.deadline_ms = now.ms + timeout.as_millis() as u64;
+        self.rearm = true;
     }
 
     /// Gives back the head buffer for reuse.
@@ -278,8 +262,12 @@ impl Exchange {
         &mut self.inbuf[self.filled..]
     }
 
-    /// Records `n` bytes read into the last [`Exchange::read_target`].
-    pub(crate) fn on_read(&mut self, n: usize) {
+    /// Records `n` bytes read into the last [`Exchange::read_target`]. Bytes on an idle
+    /// connection start a request: it gets the head deadline.
+    pub(crate) fn on_read(&mut self, n: usize, now: Now, limits: &Limits) {
+        if self.wait == Wait::Idle {
+            self.set_deadline(Wait::Head, now, limits);
+        }
         if let Some(body) = &mut self.body {
             if self.start == self.filled {
                 body.filled += n;
@@ -294,15 +282,22 @@ impl Exchange {
         &self.out[self.sent..]
     }
 
-    /// Records `n` answer bytes written. Returns whether the answer is complete.
-    pub(crate) fn on_written(&mut self, n: usize) -> bool {
+    /// Records `n` answer bytes written. Once the answer is out the connection waits for
+    /// the next request under the idle deadline, or the head deadline when one is already
+    /// arriving.
+    pub(crate) fn on_written(&mut self, n: usize, now: Now, limits: &Limits) {
         self.sent += n;
         if self.sent < self.out.len() {
-            return false;
+            return;
         }
         self.out.clear();
         self.sent = 0;
-        true
+        let wait = if self.is_idle() {
+            Wait::Idle
+        } else {
+            Wait::Head
+        };
+        self.set_deadline(wait, now, limits);
     }
 
     /// Whether the connection sits between requests: nothing received, nothing to send.
@@ -311,42 +306,46 @@ impl Exchange {
             && self.body.is_none()
             && self.out.is_empty()
             && self.queued.is_empty()
-            && self.resuming.is_none()
     }
 
-    /// Whether the bus owes this exchange an answer.
-    fn waiting_on_bus(&self) -> bool {
-        self.in_flight > 0 || self.resuming.is_some()
-    }
-
-    /// Parks a subscription until the bus has fetched what it missed.
-    pub(crate) fn await_resume(
-        &mut self,
-        serial: u64,
-        request: StreamRequest,
-        so_far: Option<Backfill>,
-    ) {
-        self.resuming = Some(Box::new(Resuming {
-            serial,
-            request,
-            so_far,
-        }));
-    }
-
-    /// The parked subscription the bus answered, and what earlier fetches brought, if
-    /// `serial` is its ticket.
-    pub(crate) fn take_resume(&mut self, serial: u64) -> Option<(StreamRequest, Option<Backfill>)> {
-        if self.resuming.as_ref()?.serial != serial {
-            return None;
-        }
-        let resuming = *self.resuming.take()?;
-        Some((resuming.request, resuming.so_far))
-    }
-
-    /// Refuses a subscription that could not start (its missed events could not be
+    /// Answers a subscription that could not start (its missed events could not be
     /// fetched). The connection closes after the answer.
     pub(crate) fn refuse_stream(&mut self, error: HttpError, request: &StreamRequest) {
         self.refuse(error, &request.cors, false);
+    }
+
+    /// The loop counted (or, `admitted` false, refused) the client of the head that asked
+    /// with [`Step::Admit`]; [`Exchange::step`] goes on with that head.
+    pub(crate) fn on_admitted(&mut self, client: IpAddr, admitted: bool) {
+        if admitted {
+            self.client = Some(client);
+        } else {
+            self.client = None;
+            self.client_refused = true;
+        }
+    }
+
+    /// What the bus did with the publish of the last [`Step::Publish`], under ticket
+    /// `serial`: answered at once, or later through [`Exchange::on_published`]; the answer
+    /// keeps its place in line either way.
+    pub(crate) fn on_submitted(&mut self, serial: u64, submitted: Submitted) {
+        let Some(reply) = self.submitting.take() else {
+            debug_assert!(false, "a publish was submitted that the exchange did not hand out");
+            return;
+        };
+        self.close_after = !reply.keep_alive;
+        match submitted {
+            Submitted::Done(result) => {
+                let (bytes, refusal) = handlers::publish_answer(result, &reply);
+                self.refusals.extend(refusal);
+                self.emit(&bytes);
+            }
+            Submitted::Pending => {
+                // The next pipelined request is read meanwhile; the answer keeps its place.
+                self.queued.push_back(Queued::Publish { serial, reply });
+                self.in_flight += 1;
+            }
+        }
     }
 
     /// The bus answered the publish with ticket `serial`: its answer takes its place in
@@ -367,7 +366,7 @@ impl Exchange {
         let Queued::Publish { reply, .. } = slot else {
             return (false, None);
         };
-        let (bytes, refusal) = publish_answer(result, reply);
+        let (bytes, refusal) = handlers::publish_answer(result, reply);
         self.queued_bytes += bytes.len();
         *slot = Queued::Ready(bytes);
         self.in_flight -= 1;
@@ -380,32 +379,40 @@ impl Exchange {
         (true, refusal)
     }
 
+    /// The bus owes this exchange an answer past its deadline: it answers within its own
+    /// timeouts, so look again a head timeout later.
+    pub(crate) fn wait_for_bus(&mut self, now: Now, limits: &Limits) {
+        self.set_deadline(Wait::Head, now, limits);
+    }
+
     /// The connection's deadline passed: a request in progress gets 408; an idle
     /// keep-alive connection, or one that does not read its answer, is just closed. A
     /// request at the bus is waited for (the bus answers within its own timeouts).
-    pub(crate) fn on_timeout(&mut self) -> Step {
-        if self.waiting_on_bus() {
+    pub(crate) fn on_timeout(&mut self, now: Now, limits: &Limits) -> Step {
+        if self.in_flight > 0 {
+            self.wait_for_bus(now, limits);
             return Step::Await;
         }
         if self.is_idle() || !self.out.is_empty() {
             return Step::Close;
         }
         self.body = None;
+        // The 408 gets one more deadline to go out.
+        self.set_deadline(Wait::Head, now, limits);
         self.refuse(HttpError::HeadTimeout, "", false)
     }
 
     /// Decides the next step from the bytes received so far.
-    pub(crate) fn step(&mut self, ctx: &RequestContext<'_>, info: &mut ConnInfo) -> Step {
+    pub(crate) fn step(&mut self, env: &Env<'_>, now: Now) -> Step {
         loop {
             // Ready answers go out while the bus works; nothing more is read meanwhile
-            // when a stream waits for its backfill or too many publishes are in flight.
+            // when too many publishes are in flight or too many answers wait behind one.
             let wait = if self.out.is_empty() {
                 Step::Await
             } else {
                 Step::Write
             };
-            if self.resuming.is_some()
-                || self.in_flight >= PUBLISHES_IN_FLIGHT_MAX
+            if self.in_flight >= PUBLISHES_IN_FLIGHT_MAX
                 || self.queued_bytes >= QUEUED_ANSWER_BYTES_MAX
             {
                 return wait;
@@ -425,7 +432,7 @@ impl Exchange {
                 return Step::Write;
             }
             let progress = (self.out.len(), self.queued.len());
-            match self.next_request(ctx, info) {
+            match self.next_request(env, now) {
                 Step::Write if (self.out.len(), self.queued.len()) != progress => continue,
                 Step::Read | Step::Await if !self.out.is_empty() => return Step::Write,
                 step => return step,
@@ -445,9 +452,9 @@ impl Exchange {
     }
 
     /// Advances the request being received: the body in progress, or the next head.
-    fn next_request(&mut self, ctx: &RequestContext<'_>, info: &mut ConnInfo) -> Step {
+    fn next_request(&mut self, env: &Env<'_>, now: Now) -> Step {
         if self.body.is_some() {
-            return self.continue_body(ctx);
+            return self.continue_body(env);
         }
         // The parsed request borrows the buffer while the exchange changes state, so the
         // buffer is moved out for the duration and put back before any body is copied.
@@ -456,11 +463,11 @@ impl Exchange {
         let step = match head::parse(&inbuf[self.start..self.filled], full) {
             Ok(Parsed::NeedMore) => Step::Read,
             Err(error) => self.refuse(error, "", false),
-            Ok(Parsed::Complete(request)) => self.on_head(ctx, info, request),
+            Ok(Parsed::Complete(request)) => self.on_head(env, now, request),
         };
         self.inbuf = inbuf;
         if self.body.is_some() {
-            return self.continue_body(ctx); // Copy what is buffered of the body.
+            return self.continue_body(env); // Copy what is buffered of the body.
         }
         step
     }
@@ -479,27 +486,31 @@ impl Exchange {
         Step::Write
     }
 
-    fn on_head(
-        &mut self,
-        ctx: &RequestContext<'_>,
-        info: &mut ConnInfo,
-        request: Request<'_>,
-    ) -> Step {
-        let cors = answer::cors_headers(ctx.cors_origins, request.origin);
+    /// Whether the client a head names must be counted first: returns the key to count.
+    fn client_to_count(&self, env: &Env<'_>, request: &Request<'_>) -> Option<IpAddr> {
+        if !self.count_per_request {
+            return None;
+        }
+        let client = handlers::request_client(env, self.peer, request);
+        (self.client != Some(client)).then_some(client)
+    }
+
+    fn on_head(&mut self, env: &Env<'_>, now: Now, request: Request<'_>) -> Step {
+        let cors = answer::cors_headers(env.cors_origins, request.origin);
         let keep_alive = request.keep_alive;
+        if std::mem::take(&mut self.client_refused) {
+            self.start += request.head_len;
+            return self.refuse(HttpError::TooManyFromClient, &cors, false);
+        }
+        if let Some(client) = self.client_to_count(env, &request) {
+            // The head is parsed again once the loop counted its client.
+            return Step::Admit(client);
+        }
         // The head is consumed whatever the answer; a refusal that keeps the connection
         // open must not parse the same head again.
         self.start += request.head_len;
-        if !info.admit_client(ctx, self.peer, &request) {
-            return self.refuse(HttpError::TooManyFromClient, &cors, false);
-        }
         let has_body = request.content_length > 0 || request.has_transfer_encoding;
-        let route = match route::route(
-            request.method,
-            request.path,
-            info.listener,
-            ctx.limits.route,
-        ) {
+        let route = match route::route(request.method, request.path, self.listener, env.limits.route) {
             Ok(route) => route,
             // An unread body leaves the stream untrustworthy: answer and close.
             Err(error) => return self.refuse(error, &cors, keep_alive && !has_body),
@@ -507,43 +518,10 @@ impl Exchange {
         if route != Route::Publish && has_body {
             return self.refuse(HttpError::UnexpectedBody, &cors, false);
         }
-        let head_only = request.method == Method::Head;
-        let step = match route {
-            Route::Health => {
-                let bytes = answer::response(
-                    200,
-                    "text/plain; charset=utf-8",
-                    &cors,
-                    b"ok\n",
-                    keep_alive,
-                    head_only,
-                );
-                self.answer(bytes, keep_alive)
-            }
-            Route::Demo => {
-                let bytes = answer::response(
-                    200,
-                    "text/html; charset=utf-8",
-                    "",
-                    DEMO_HTML.as_bytes(),
-                    keep_alive,
-                    head_only,
-                );
-                self.answer(bytes, keep_alive)
-            }
-            Route::Preflight => self.answer(answer::preflight(&cors, keep_alive), keep_alive),
-            Route::Metrics => {
-                let text = (ctx.render_metrics)();
-                let bytes = answer::response(
-                    200,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    "",
-                    text.as_bytes(),
-                    keep_alive,
-                    head_only,
-                );
-                self.answer(bytes, keep_alive)
-            }
+        if let Some(bytes) = handlers::fixed_answer(env, route, &request, &cors) {
+            return self.answer(bytes, keep_alive);
+        }
+        match route {
             Route::Events if !self.out.is_empty() || !self.queued.is_empty() => {
                 // Earlier pipelined answers go out before the stream takes the connection:
                 // un-consume the head and parse it again once they are written.
@@ -554,39 +532,55 @@ impl Exchange {
                     Step::Write
                 }
             }
-            Route::Events => match route::subscription(request.query, ctx.limits.topics) {
-                Ok(subscription) => match authorize_subscription(ctx, &request, &subscription) {
-                    Ok(token_until_unix_ms) => Step::Subscribe(StreamRequest {
-                        topics: subscription.topics,
-                        // An empty id is no id (EventSource never sends one).
-                        last_event_id: request
-                            .last_event_id
-                            .map(str::to_owned)
-                            .or(subscription.last_event_id)
-                            .filter(|id| !id.is_empty()),
-                        cors,
-                        token_until_unix_ms,
-                        client: request_client(ctx, self.peer, &request),
-                    }),
-                    Err(error) => self.refuse(error, &cors, keep_alive),
-                },
-                Err(error) => self.refuse(error, &cors, keep_alive),
+            Route::Events => match self.stream_request(env, now, &request, cors) {
+                Ok(stream) => Step::Subscribe(stream),
+                Err((error, cors)) => self.refuse(error, &cors, keep_alive),
             },
-            Route::Publish => self.start_body(ctx, request, cors),
-        };
-        step
+            _ => self.start_body(env, now, request, cors),
+        }
     }
 
-    fn start_body(&mut self, ctx: &RequestContext<'_>, request: Request<'_>, cors: String) -> Step {
+    fn stream_request(
+        &self,
+        env: &Env<'_>,
+        now: Now,
+        request: &Request<'_>,
+        cors: String,
+    ) -> Result<StreamRequest, (HttpError, String)> {
+        let subscription = match route::subscription(request.query, env.limits.topics) {
+            Ok(subscription) => subscription,
+            Err(error) => return Err((error, cors)),
+        };
+        let token_until_unix_ms =
+            match handlers::authorize_subscription(env, request, &subscription, now.unix_ms) {
+                Ok(until) => until,
+                Err(error) => return Err((error, cors)),
+            };
+        Ok(StreamRequest {
+            topics: subscription.topics,
+            // An empty id is no id (EventSource never sends one).
+            last_event_id: request
+                .last_event_id
+                .map(str::to_owned)
+                .or(subscription.last_event_id)
+                .filter(|id| !id.is_empty()),
+            resume: None,
+            cors,
+            token_until_unix_ms,
+            client: handlers::request_client(env, self.peer, request),
+        })
+    }
+
+    fn start_body(&mut self, env: &Env<'_>, now: Now, request: Request<'_>, cors: String) -> Step {
         let keep_alive = request.keep_alive;
         if request.has_transfer_encoding || !request.has_content_length {
             return self.refuse(HttpError::LengthRequired, &cors, false);
         }
-        if request.content_length > ctx.limits.publish_body_bytes_max {
+        if request.content_length > env.limits.publish_body_bytes_max {
             return self.refuse(HttpError::BodyTooLarge, &cors, false);
         }
         let body_unread = request.content_length > 0;
-        let grant = match authorize_publisher(ctx, &request) {
+        let grant = match handlers::authorize_publisher(env, &request, now.unix_ms) {
             Ok(grant) => grant,
             Err(error) => return self.refuse(error, &cors, keep_alive && !body_unread),
         };
@@ -594,27 +588,28 @@ impl Exchange {
             Ok(format) => format,
             Err(error) => return self.refuse(error, &cors, keep_alive && !body_unread),
         };
-        let query = request.query.to_owned();
-        let expect_continue = request.expect_continue;
         let content_length = request.content_length;
         self.body = Some(PendingBody {
             bytes: vec![0; content_length],
             filled: 0,
             format,
-            query,
-            keep_alive,
-            cors,
+            query: request.query.to_owned(),
+            reply: PublishReply {
+                json: format == BodyFormat::Json,
+                keep_alive,
+                cors,
+            },
             grant,
         });
         let buffered = self.filled - self.start;
-        if expect_continue && buffered < content_length {
+        if request.expect_continue && buffered < content_length {
             self.emit(answer::CONTINUE);
             return Step::Write;
         }
         Step::Read // The caller copies what is buffered into the body first.
     }
 
-    fn continue_body(&mut self, ctx: &RequestContext<'_>) -> Step {
+    fn continue_body(&mut self, env: &Env<'_>) -> Step {
         let Some(body) = &mut self.body else {
             return Step::Read;
         };
@@ -629,145 +624,32 @@ impl Exchange {
         let Some(body) = self.body.take() else {
             return Step::Read;
         };
-        let reply = PublishReply {
-            json: body.format == BodyFormat::Json,
-            keep_alive: body.keep_alive,
-            cors: body.cors,
-        };
+        let reply = body.reply;
         let event = match publish::parse_body(body.format, &body.query, &body.bytes) {
             Ok(event) => event,
             Err(error) => return self.refuse(error, &reply.cors, reply.keep_alive),
         };
-        let outgoing = match publish::prepare(&event, &ctx.limits.publish) {
-            Ok(outgoing) => outgoing,
+        let topics = match publish::prepare(&event, &env.limits.publish) {
+            Ok(outgoing) => outgoing.topics,
             Err(error) => {
                 return self.refuse(HttpError::Publish(error), &reply.cors, reply.keep_alive)
             }
         };
         if let Some(patterns) = &body.grant {
-            if !auth::allows_all(patterns, outgoing.topics.iter().map(|t| &**t)) {
+            if !auth::allows_all(patterns, topics.iter().map(|t| &**t)) {
                 return self.refuse(HttpError::Forbidden, &reply.cors, reply.keep_alive);
             }
         }
-        let serial = ctx.serials.fetch_add(1, Ordering::Relaxed);
-        let ticket = Ticket {
-            loop_index: ctx.loop_index,
-            conn: ctx.conn,
-            serial,
-        };
-        match ctx.bus.publish(outgoing, Some(ticket)) {
-            Submitted::Done(result) => {
-                let (bytes, refusal) = publish_answer(result, &reply);
-                self.refusals.extend(refusal);
-                self.answer(bytes, reply.keep_alive)
-            }
-            Submitted::Pending => {
-                // The next pipelined request is read meanwhile; the answer keeps its place.
-                self.close_after = !reply.keep_alive;
-                self.queued.push_back(Queued::Publish { serial, reply });
-                self.in_flight += 1;
-                Step::Write
-            }
-        }
+        self.submitting = Some(reply);
+        Step::Publish(Box::new(PublishJob { event, topics }))
     }
-}
-
-/// The answer to a publish: its id (plain text, or JSON for a JSON body) or the refusal,
-/// which is also returned for the metrics. A refused publish keeps the connection open.
-fn publish_answer(
-    result: Result<crate::EventId, crate::PublishError>,
-    reply: &PublishReply,
-) -> (Vec<u8>, Option<HttpError>) {
-    let id = match result {
-        Ok(id) => id,
-        Err(error) => {
-            let error = HttpError::Publish(error);
-            return (
-                answer::refusal(error, &reply.cors, reply.keep_alive),
-                Some(error),
-            );
-        }
-    };
-    let (content_type, payload) = if reply.json {
-        (
-            "application/json",
-            serde_json::json!({ "id": id.as_str() }).to_string(),
-        )
-    } else {
-        ("text/plain; charset=utf-8", format!("{id}\n"))
-    };
-    let bytes = answer::response(
-        200,
-        content_type,
-        &reply.cors,
-        payload.as_bytes(),
-        reply.keep_alive,
-        false,
-    );
-    (bytes, None)
-}
-
-/// With a subscribe key, a subscription needs a token (see [`auth::subscriber_token`] for
-/// where it is read) whose `subscribe` claim covers every topic. Returns when the token
-/// stops being accepted (Unix milliseconds), which ends the stream.
-fn authorize_subscription(
-    ctx: &RequestContext<'_>,
-    request: &Request<'_>,
-    subscription: &route::Subscription,
-) -> Result<Option<u64>, HttpError> {
-    let Some(verifier) = ctx.subscribe_verifier else {
-        return Ok(None);
-    };
-    let token = auth::subscriber_token(
-        request.authorization,
-        subscription.token.as_deref(),
-        request.cookie,
-    )
-    .map_err(HttpError::Unauthorized)?;
-    let grant = verifier
-        .grant(token, Claim::Subscribe, ctx.now_unix_ms)
-        .map_err(HttpError::Unauthorized)?;
-    if !auth::allows_all(
-        &grant.patterns,
-        subscription.topics.iter().map(String::as_str),
-    ) {
-        return Err(HttpError::Forbidden);
-    }
-    Ok(grant.until_unix_ms)
-}
-
-/// With a publisher token or key, a publish needs `Authorization: Bearer` with the static
-/// token (any topic) or a token whose `publish` claim lists the topics, which are checked
-/// once the body is read. Returns those patterns (`None`: any topic). A publish is
-/// checked once, when it arrives; a kept-alive connection presents its token again with
-/// every request.
-fn authorize_publisher(
-    ctx: &RequestContext<'_>,
-    request: &Request<'_>,
-) -> Result<Option<Vec<String>>, HttpError> {
-    let static_token = ctx.publish_token;
-    if static_token.is_none() && ctx.publish_verifier.is_none() {
-        return Ok(None);
-    }
-    let given = auth::bearer(request.authorization)
-        .unwrap_or(Err(TokenError::Missing))
-        .map_err(HttpError::Unauthorized)?;
-    if static_token.is_some_and(|expected| auth::static_token_matches(given, expected)) {
-        return Ok(None);
-    }
-    let verifier = ctx
-        .publish_verifier
-        .ok_or(HttpError::Unauthorized(TokenError::Invalid))?;
-    verifier
-        .grant(given, Claim::Publish, ctx.now_unix_ms)
-        .map(|grant| Some(grant.patterns))
-        .map_err(HttpError::Unauthorized)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::conn::{Env, Now};
     use crate::http::route::{RouteConfig, TopicLimits};
     use crate::publish::PublishLimits;
 
@@ -799,117 +681,105 @@ mod tests {
         limits
     }
 
-    /// The request context the tests run with, over `bus`.
-    fn context<'a>(
-        config: &'a Config,
-        limits: &'a Limits,
-        bus: &'a dyn Bus,
-        clients: &'a ClientTable,
-        serials: &'a AtomicU64,
-    ) -> RequestContext<'a> {
-        RequestContext {
+    /// The clock the tests run at.
+    const NOW: Now = Now { ms: 0, unix_ms: 0 };
+
+    /// The environment the tests run in.
+    fn env<'a>(config: &'a Config, limits: &'a Limits) -> Env<'a> {
+        Env {
             limits,
             cors_origins: &config.cors_origins,
             forwarded_header: config.forwarded_header,
             publish_token: config.publish_token.as_deref(),
-            bus,
             trusted_proxies: &[],
-            clients,
             render_metrics: &String::new,
-            loop_index: 0,
-            conn: 0,
-            serials,
             subscribe_verifier: None,
             publish_verifier: None,
-            now_unix_ms: 0,
         }
+    }
+
+    /// How the tests' bus answers publishes.
+    #[derive(Clone, Copy)]
+    enum TestBus {
+        /// At once, like the embedded bus.
+        Now,
+        /// Later, like the Redis bus.
+        Later,
+    }
+
+    /// A step as the loop would carry it out: a publish goes to `bus` under the next
+    /// serial (from 1) and the exchange is stepped again.
+    fn step(exchange: &mut Exchange, env: &Env<'_>, bus: TestBus, serial: &mut u64) -> Step {
+        loop {
+            match exchange.step(env, NOW) {
+                Step::Publish(_) => {
+                    *serial += 1;
+                    let submitted = match bus {
+                        TestBus::Now => {
+                            Submitted::Done(Ok(crate::EventId(format!("1-{serial}"))))
+                        }
+                        TestBus::Later => Submitted::Pending,
+                    };
+                    exchange.on_submitted(*serial, submitted);
+                }
+                step => return step,
+            }
+        }
+    }
+
+    fn new_exchange(limits: &Limits, size: usize) -> Exchange {
+        Exchange::new(
+            vec![0; size].into_boxed_slice(),
+            IpAddr::from([127, 0, 0, 1]),
+            Listener::Main,
+            false,
+            NOW,
+            limits,
+        )
     }
 
     /// As [`exchange`], also returning how many writes the exchange asked for.
     fn exchange_counting_writes(config: &Config, input: &[u8]) -> (String, Step, usize) {
-        let bus = crate::bus::embedded::EmbeddedBus::new(crate::bus::Fanout::new());
-        let clients = ClientTable::new();
-        let serials = AtomicU64::new(1);
         let limits = test_limits(config);
-        let ctx = context(config, &limits, &bus, &clients, &serials);
-        let mut info = ConnInfo {
-            listener: Listener::Main,
-            counted: None,
-        };
-        let mut exchange = Exchange::new(
-            vec![0; 1024].into_boxed_slice(),
-            IpAddr::from([127, 0, 0, 1]),
-        );
+        let env = env(config, &limits);
+        let mut exchange = new_exchange(&limits, 1024);
         let mut input = input;
         let mut written = Vec::new();
         let mut writes = 0;
+        let mut serial = 0;
         loop {
-            match exchange.step(&ctx, &mut info) {
+            match step(&mut exchange, &env, TestBus::Now, &mut serial) {
                 Step::Read if !input.is_empty() => {
                     let target = exchange.read_target();
                     let n = target.len().min(input.len());
                     target[..n].copy_from_slice(&input[..n]);
                     input = &input[n..];
-                    exchange.on_read(n);
+                    exchange.on_read(n, NOW, &limits);
                 }
                 Step::Write => {
                     writes += 1;
                     written.extend_from_slice(exchange.unsent());
                     let n = exchange.unsent().len();
-                    exchange.on_written(n);
+                    exchange.on_written(n, NOW, &limits);
                 }
                 step => return (String::from_utf8(written).unwrap(), step, writes),
             }
         }
     }
 
-    /// A bus that answers every publish later, like the Redis bus.
-    struct LaterBus;
-
-    impl Bus for LaterBus {
-        fn publish(&self, _: crate::bus::Outgoing<'_>, _: Option<Ticket>) -> Submitted {
-            Submitted::Pending
-        }
-        fn resume_point(&self, _: &str) -> crate::bus::Resume {
-            crate::bus::Resume::Unknown
-        }
-        fn id_of(&self, seq: crate::history::ring::Seq) -> String {
-            seq.to_string()
-        }
-        fn reach_floor(&self) -> Option<crate::history::ring::Seq> {
-            Some(0)
-        }
-        fn can_backfill(&self) -> bool {
-            false
-        }
-        fn backfill(
-            &self,
-            _: crate::bus::BackfillRequest,
-            _: Ticket,
-        ) -> Result<(), crate::bus::BackfillError> {
-            Err(crate::bus::BackfillError::Unavailable)
-        }
-        fn published(&self) -> u64 {
-            0
-        }
-        fn stats(&self) -> crate::bus::BusStats {
-            crate::bus::BusStats::default()
-        }
-        fn close(&self) {}
-    }
-
     /// Drives `exchange` until it needs the bus or more input, writing what it asks to.
-    fn drive(exchange: &mut Exchange, ctx: &RequestContext<'_>, written: &mut Vec<u8>) -> Step {
-        let mut info = ConnInfo {
-            listener: Listener::Main,
-            counted: None,
-        };
+    fn drive(
+        exchange: &mut Exchange,
+        env: &Env<'_>,
+        serial: &mut u64,
+        written: &mut Vec<u8>,
+    ) -> Step {
         loop {
-            match exchange.step(ctx, &mut info) {
+            match step(exchange, env, TestBus::Later, serial) {
                 Step::Write => {
                     written.extend_from_slice(exchange.unsent());
                     let n = exchange.unsent().len();
-                    exchange.on_written(n);
+                    exchange.on_written(n, NOW, env.limits);
                 }
                 step => return step,
             }
@@ -920,18 +790,19 @@ mod tests {
     /// something else (or `offered` runs out).
     fn feed(
         exchange: &mut Exchange,
-        ctx: &RequestContext<'_>,
+        env: &Env<'_>,
+        serial: &mut u64,
         offered: &mut &[u8],
         written: &mut Vec<u8>,
     ) -> Step {
         loop {
-            match drive(exchange, ctx, written) {
+            match drive(exchange, env, serial, written) {
                 Step::Read if !offered.is_empty() => {
                     let target = exchange.read_target();
                     let n = target.len().min(offered.len());
                     target[..n].copy_from_slice(&offered[..n]);
                     *offered = &offered[n..];
-                    exchange.on_read(n);
+                    exchange.on_read(n, NOW, env.limits);
                 }
                 step => return step,
             }
@@ -949,14 +820,10 @@ mod tests {
     #[test]
     fn publishes_answered_later_keep_request_order() {
         let config = Config::default();
-        let clients = ClientTable::new();
-        let serials = AtomicU64::new(1);
         let limits = test_limits(&config);
-        let ctx = context(&config, &limits, &LaterBus, &clients, &serials);
-        let mut exchange = Exchange::new(
-            vec![0; 1024].into_boxed_slice(),
-            IpAddr::from([127, 0, 0, 1]),
-        );
+        let env = env(&config, &limits);
+        let mut serial = 0;
+        let mut exchange = new_exchange(&limits, 1024);
         let input: &[u8] =
             b"POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1\
 POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n2\
@@ -966,19 +833,19 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
         let mut written = Vec::new();
         // All three publishes go to the bus at once; nothing can be answered yet.
         assert_eq!(
-            feed(&mut exchange, &ctx, &mut offered, &mut written),
+            feed(&mut exchange, &env, &mut serial, &mut offered, &mut written),
             Step::Read
         );
         assert!(written.is_empty(), "{}", String::from_utf8_lossy(&written));
         assert!(!exchange.is_idle());
-        assert_eq!(exchange.on_timeout(), Step::Await, "the bus is waited for");
+        assert_eq!(exchange.on_timeout(NOW, &limits), Step::Await, "the bus is waited for");
         // The second answer comes first: it waits for the first.
         let id = |n: &str| Ok(crate::EventId(format!("1-{n}")));
         assert_eq!(exchange.on_published(2, id("2")), (true, None));
-        assert_eq!(drive(&mut exchange, &ctx, &mut written), Step::Read);
+        assert_eq!(drive(&mut exchange, &env, &mut serial, &mut written), Step::Read);
         assert!(written.is_empty());
         assert_eq!(exchange.on_published(1, id("1")), (true, None));
-        assert_eq!(drive(&mut exchange, &ctx, &mut written), Step::Read);
+        assert_eq!(drive(&mut exchange, &env, &mut serial, &mut written), Step::Read);
         assert_eq!(
             statuses(&written),
             [
@@ -1002,7 +869,7 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
             (false, None),
             "answered once"
         );
-        assert_eq!(drive(&mut exchange, &ctx, &mut written), Step::Read);
+        assert_eq!(drive(&mut exchange, &env, &mut serial, &mut written), Step::Read);
         assert_eq!(
             statuses(&written),
             [
@@ -1022,47 +889,39 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
     #[test]
     fn in_flight_publishes_are_bounded() {
         let config = Config::default();
-        let clients = ClientTable::new();
-        let serials = AtomicU64::new(1);
         let limits = test_limits(&config);
-        let ctx = context(&config, &limits, &LaterBus, &clients, &serials);
-        let mut exchange = Exchange::new(
-            vec![0; 8192].into_boxed_slice(),
-            IpAddr::from([127, 0, 0, 1]),
-        );
+        let env = env(&config, &limits);
+        let mut serial = 0;
+        let mut exchange = new_exchange(&limits, 8192);
         let one: &[u8] = b"POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx";
         let input = one.repeat(PUBLISHES_IN_FLIGHT_MAX + 5);
         let mut offered = &input[..];
         let mut written = Vec::new();
-        let step = feed(&mut exchange, &ctx, &mut offered, &mut written);
+        let step = feed(&mut exchange, &env, &mut serial, &mut offered, &mut written);
         assert_eq!(step, Step::Await, "stops reading at the bound");
         assert_eq!(exchange.in_flight, PUBLISHES_IN_FLIGHT_MAX);
         assert_eq!(
             exchange.on_published(1, Ok(crate::EventId("1-1".into()))),
             (true, None)
         );
-        assert_eq!(drive(&mut exchange, &ctx, &mut written), Step::Await);
+        assert_eq!(drive(&mut exchange, &env, &mut serial, &mut written), Step::Await);
         assert_eq!(statuses(&written).len(), 1);
     }
 
     #[test]
     fn answers_held_behind_a_publish_are_bounded() {
         let config = Config::default();
-        let clients = ClientTable::new();
-        let serials = AtomicU64::new(1);
         let limits = test_limits(&config);
-        let ctx = context(&config, &limits, &LaterBus, &clients, &serials);
-        let mut exchange = Exchange::new(
-            vec![0; 8192].into_boxed_slice(),
-            IpAddr::from([127, 0, 0, 1]),
-        );
+        let env = env(&config, &limits);
+        let mut serial = 0;
+        let mut exchange = new_exchange(&limits, 8192);
         let mut input: Vec<u8> =
             b"POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx".to_vec();
         let health: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
         input.extend(health.repeat(10_000));
         let mut offered = &input[..];
         let mut written = Vec::new();
-        let step = feed(&mut exchange, &ctx, &mut offered, &mut written);
+        let step = feed(&mut exchange, &env, &mut serial, &mut offered, &mut written);
         assert_eq!(step, Step::Await, "reading stops while the publish is owed");
         assert!(written.is_empty());
         assert!(exchange.queued_bytes >= QUEUED_ANSWER_BYTES_MAX);
@@ -1072,7 +931,7 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
             exchange.on_published(1, Ok(crate::EventId("1-1".into()))),
             (true, None)
         );
-        drive(&mut exchange, &ctx, &mut written);
+        drive(&mut exchange, &env, &mut serial, &mut written);
         assert_eq!(exchange.queued_bytes, 0);
         assert!(statuses(&written).len() > 100);
     }
@@ -1152,6 +1011,7 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
             Step::Subscribe(StreamRequest {
                 topics: vec!["a".into(), "b".into()],
                 last_event_id: Some("h".into()),
+                resume: None,
                 cors: String::new(),
                 token_until_unix_ms: None,
                 client: IpAddr::from([127, 0, 0, 1]),
