@@ -221,7 +221,10 @@ impl Connection {
     /// The parked subscription, and what the fetches brought, when `serial` is its
     /// ticket. The connection is back in its exchange phase until the loop starts the
     /// stream or parks it again.
-    pub(crate) fn take_backfill(&mut self, serial: u64) -> Option<(StreamRequest, Option<Backfill>)> {
+    pub(crate) fn take_backfill(
+        &mut self,
+        serial: u64,
+    ) -> Option<(StreamRequest, Option<Backfill>)> {
         match &self.state {
             ConnState::Resuming(resuming) if resuming.serial == serial => {}
             _ => return None,

@@ -211,12 +211,9 @@ impl EventLoop {
         if let Some(timer) = slot.timer {
             self.wheel.cancel(timer);
         }
-        self.ctx.admission.release(
-            &self.ctx.limits,
-            slot.listener,
-            slot.admitted,
-            slot.counted,
-        );
+        self.ctx
+            .admission
+            .release(&self.ctx.limits, slot.listener, slot.admitted, slot.counted);
         match slot.conn.into_state() {
             ConnState::Lingering { .. } => self.lingering -= 1,
             ConnState::Exchange(exchange) => self.recycle(exchange.into_buffer()),

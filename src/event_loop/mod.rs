@@ -222,8 +222,7 @@ impl EventLoop {
             }
             self.turn += 1;
             self.clock.read();
-            if self.drain_deadline.is_none() && self.ctx.shutdown.draining.load(Ordering::Acquire)
-            {
+            if self.drain_deadline.is_none() && self.ctx.shutdown.draining.load(Ordering::Acquire) {
                 self.begin_drain();
             }
             self.expire_timers();
@@ -314,8 +313,7 @@ impl EventLoop {
     }
 
     fn recycle(&mut self, buffer: Box<[u8]>) {
-        if self.head_pool.len() < HEAD_POOL_MAX && buffer.len() == self.ctx.limits.head_bytes_max
-        {
+        if self.head_pool.len() < HEAD_POOL_MAX && buffer.len() == self.ctx.limits.head_bytes_max {
             self.head_pool.push(buffer);
         }
     }
