@@ -76,6 +76,7 @@ pub(super) fn request_client(env: &Env<'_>, peer: IpAddr, request: &Request<'_>)
 pub(super) struct PublishReply {
     /// The body was JSON: so is the answer.
     pub json: bool,
+    /// The connection stays open after the answer.
     pub keep_alive: bool,
     /// CORS header lines for the answer.
     pub cors: String,

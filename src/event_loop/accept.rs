@@ -37,6 +37,7 @@ impl EventLoop {
         self.accept_paused = Some(until);
     }
 
+    /// Accepts from every listener with connections waiting, unless accepting is paused.
     pub(super) fn accept_all(&mut self) {
         if !self.accepting() {
             return;

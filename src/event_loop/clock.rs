@@ -120,6 +120,7 @@ impl EventLoop {
         self.write_stream(key);
     }
 
+    /// Carries out every deadline that passed by this turn's clock.
     pub(super) fn expire_timers(&mut self) {
         let mut due = std::mem::take(&mut self.pending.due);
         self.wheel.expire(self.clock.now(), |key| due.push(key));

@@ -23,6 +23,7 @@ impl Exchange {
         (self.client != Some(client)).then_some(client)
     }
 
+    /// A complete head arrived: answer it, or start its stream or its body.
     pub(super) fn on_head(&mut self, env: &Env<'_>, now: Now, request: Request<'_>) -> Step {
         let cors = answer::cors_headers(env.cors_origins, request.origin);
         let keep_alive = request.keep_alive;
@@ -142,6 +143,7 @@ impl Exchange {
         Step::Read // The caller copies what is buffered into the body first.
     }
 
+    /// Copies buffered body bytes; a complete body becomes a publish for the loop.
     pub(super) fn continue_body(&mut self, env: &Env<'_>) -> Step {
         let Some(body) = &mut self.body else {
             return Step::Read;
