@@ -44,11 +44,10 @@ mod publish;
 mod server;
 mod socket;
 mod sse;
-mod stream;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod testing;
-mod timer;
+mod wheel;
 
 pub use config::{BusKind, Config, ConfigError, ForwardedHeader};
 pub use event::{Error, Event, EventId, PublishError, Stats};

@@ -3,96 +3,75 @@
 //! to the bus, runs each loop on its own thread, and hands out [`Handle`]s.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::auth::Verifier;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::redis::{RedisBus, RedisSettings};
 use crate::bus::{Bus, Fanout, Submitted};
-use crate::client::{Cidr, ClientTable};
 use crate::config::{BusKind, Config, Limits};
 use crate::event::{Error, Event, EventId, PublishError, Stats};
+use crate::event_loop::context::{
+    Admission, LoopContext, RenderMetrics, RequestSettings, Shutdown,
+};
 use crate::event_loop::{EventLoop, ListenerSlot, WAKER};
 use crate::http::route::Listener;
 use crate::metrics::{self, LoopStats, Metrics};
 use crate::publish;
 use crate::socket;
 
-/// State every loop and handle shares.
+/// State the server and its handles share (each loop gets its narrow
+/// [`LoopContext`] instead).
 pub(crate) struct Shared {
-    /// The validated configuration, for the settings that are not limits (CORS origins,
-    /// the forwarded header, the publish token).
-    pub config: Config,
     /// The limits in force, from the config, in their units.
-    pub limits: Limits,
+    limits: Limits,
     /// The bus all publishes go through.
-    pub bus: Box<dyn Bus>,
-    /// Set once to drain every loop: stop accepting, tell streams to come back later, close.
-    pub draining: AtomicBool,
-    /// Set once to stop every loop at once.
-    pub stopping: AtomicBool,
-    /// When the graceful shutdown was asked for: every loop's drain ends
-    /// `shutdown_timeout_ms` after this, however late it notices.
-    pub drain_started: OnceLock<Instant>,
+    bus: Arc<dyn Bus>,
+    /// The drain and stop flags every loop reads.
+    shutdown: Arc<Shutdown>,
     /// Tells [`Server::join`] that a shutdown began (it then waits with a deadline).
     lifecycle: Sender<Lifecycle>,
     /// Per-loop counters.
-    pub loop_stats: Vec<Arc<LoopStats>>,
-    /// Serials of the tickets of requests the bus answers later.
-    pub serials: AtomicU64,
-    /// Admitted connections on the main listener, across all loops.
-    pub connections: AtomicUsize,
-    /// Admitted connections on the publish listeners, across all loops; its own budget
-    /// (`max_publish_connections`), apart from `connections`.
-    pub publish_connections: AtomicUsize,
-    /// Parsed `trusted_proxies`.
-    pub trusted_proxies: Vec<Cidr>,
-    /// Connections per client address.
-    pub clients: ClientTable,
-    /// Rare-event counters.
-    pub metrics: Metrics,
-    /// Verifies subscriber tokens (`subscribe_key`).
-    pub subscribe_verifier: Option<Verifier>,
-    /// Verifies publisher tokens (`publish_key`).
-    pub publish_verifier: Option<Verifier>,
+    loop_stats: Vec<Arc<LoopStats>>,
     /// Wakers of every loop, for shutdown.
     wakers: Vec<Arc<mio::Waker>>,
 }
 
-impl Shared {
-    /// The `/metrics` page.
-    pub(crate) fn render_metrics(&self) -> String {
+/// Renders `/metrics` from every loop's counters, the rare-event counters and the bus.
+fn metrics_renderer(
+    loop_stats: Vec<Arc<LoopStats>>,
+    metrics: Arc<Metrics>,
+    bus: Arc<dyn Bus>,
+    max_connections: u64,
+) -> RenderMetrics {
+    Arc::new(move || {
         let snapshot = metrics::Snapshot {
-            events_published: self.bus.published(),
-            max_connections: self.limits.connections_max as u64,
-            bus: self.bus.stats(),
+            events_published: bus.published(),
+            max_connections,
+            bus: bus.stats(),
         };
-        metrics::render(&self.loop_stats, &self.metrics, &snapshot)
-    }
+        metrics::render(&loop_stats, &metrics, &snapshot)
+    })
+}
 
+impl Shared {
     fn drain(&self) {
-        let _ = self.drain_started.set(Instant::now());
-        if !self.draining.swap(true, Ordering::AcqRel) {
+        let _ = self.shutdown.drain_started.set(Instant::now());
+        if !self.shutdown.draining.swap(true, Ordering::AcqRel) {
             self.wake_all();
             let _ = self.lifecycle.send(Lifecycle::Draining);
         }
     }
 
     fn stop(&self) {
-        if !self.stopping.swap(true, Ordering::AcqRel) {
+        if !self.shutdown.stopping.swap(true, Ordering::AcqRel) {
             self.wake_all();
             let _ = self.lifecycle.send(Lifecycle::Stopping);
         }
-    }
-
-    /// When a drain that began at `started` must be over.
-    pub(crate) fn drain_deadline(&self, started: Instant) -> Instant {
-        started + self.limits.shutdown_timeout
     }
 
     fn wake_all(&self) {
@@ -205,15 +184,9 @@ impl Server {
             loops.push((poll, listeners, inbox, Arc::new(LoopStats::default())));
         }
         let limits = config.limits();
-        let trusted_proxies = config
-            .trusted_proxies
-            .iter()
-            .filter_map(|block| Cidr::parse(block).ok()) // Validated above.
-            .collect();
-        let subscribe_verifier = config.subscribe_key.as_deref().map(Verifier::new);
-        let publish_verifier = config.publish_key.as_deref().map(Verifier::new);
-        let bus: Box<dyn Bus> = match config.bus {
-            BusKind::Embedded => Box::new(EmbeddedBus::new(fanout)),
+        let settings = Arc::new(RequestSettings::new(&config));
+        let bus: Arc<dyn Bus> = match config.bus {
+            BusKind::Embedded => Arc::new(EmbeddedBus::new(fanout)),
             BusKind::Redis => {
                 let settings = RedisSettings {
                     url: config.redis_url.clone(),
@@ -222,30 +195,34 @@ impl Server {
                     limits: limits.publish.clone(),
                     data_bytes_max: config.max_publish_bytes,
                 };
-                Box::new(
+                Arc::new(
                     RedisBus::start(fanout, settings)
                         .map_err(io_error("cannot start the redis bus"))?,
                 )
             }
         };
         let (lifecycle_tx, lifecycle) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared {
-            lifecycle: lifecycle_tx.clone(),
-            drain_started: OnceLock::new(),
-            config,
-            limits,
-            bus,
-            serials: AtomicU64::new(1),
-            connections: AtomicUsize::new(0),
-            publish_connections: AtomicUsize::new(0),
-            trusted_proxies,
-            clients: ClientTable::new(),
-            metrics: Metrics::new(),
-            subscribe_verifier,
-            publish_verifier,
+        let loop_stats: Vec<Arc<LoopStats>> = loops.iter().map(|l| l.3.clone()).collect();
+        let metrics = Arc::new(Metrics::new());
+        let render_metrics = metrics_renderer(
+            loop_stats.clone(),
+            metrics.clone(),
+            bus.clone(),
+            limits.connections_max as u64,
+        );
+        let shutdown = Arc::new(Shutdown {
             draining: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            loop_stats: loops.iter().map(|l| l.3.clone()).collect(),
+            drain_started: OnceLock::new(),
+        });
+        let admission = Arc::new(Admission::new());
+        let serials = Arc::new(AtomicU64::new(1));
+        let shared = Arc::new(Shared {
+            lifecycle: lifecycle_tx.clone(),
+            limits: limits.clone(),
+            bus: bus.clone(),
+            shutdown: shutdown.clone(),
+            loop_stats,
             wakers,
         });
         let mut server = Server {
@@ -256,7 +233,19 @@ impl Server {
             publish_addr,
         };
         for (index, (poll, listeners, inbox, stats)) in loops.into_iter().enumerate() {
-            let event_loop = EventLoop::new(index, poll, listeners, inbox, shared.clone(), stats)
+            let ctx = LoopContext {
+                index,
+                limits: limits.clone(),
+                bus: bus.clone(),
+                admission: admission.clone(),
+                settings: settings.clone(),
+                shutdown: shutdown.clone(),
+                metrics: metrics.clone(),
+                render_metrics: render_metrics.clone(),
+                serials: serials.clone(),
+                stats,
+            };
+            let event_loop = EventLoop::new(poll, listeners, inbox, ctx)
                 .map_err(io_error("cannot register a listener"))?;
             let notice = ExitNotice(lifecycle_tx.clone());
             let thread = std::thread::Builder::new()
@@ -354,10 +343,11 @@ impl Server {
 
     /// When waiting for the loops must end, once a shutdown began.
     fn shutdown_deadline(&self) -> Option<Instant> {
-        if let Some(&started) = self.shared.drain_started.get() {
-            return Some(self.shared.drain_deadline(started) + JOIN_GRACE);
+        if let Some(&started) = self.shared.shutdown.drain_started.get() {
+            return Some(started + self.shared.limits.shutdown_timeout + JOIN_GRACE);
         }
         self.shared
+            .shutdown
             .stopping
             .load(Ordering::Acquire)
             .then(|| Instant::now() + JOIN_GRACE)

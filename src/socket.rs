@@ -48,8 +48,7 @@ pub(crate) fn listen(addr: SocketAddr, loops: usize) -> io::Result<Vec<mio::net:
 /// while a write is blocked, checked when the stream's timer fires, so up to three) close
 /// a blocked stream first, as a slow consumer, not as a failed socket.
 const USER_TIMEOUT_HEARTBEATS: u32 = 4;
-const _: () =
-    assert!(USER_TIMEOUT_HEARTBEATS as u64 > crate::event_loop::timers::STALLED_HEARTBEATS + 1);
+const _: () = assert!(USER_TIMEOUT_HEARTBEATS as u64 > crate::conn::STALLED_HEARTBEATS + 1);
 
 /// Keepalive probes sent, one every third of a heartbeat interval, after a heartbeat
 /// interval with nothing in flight; an idle connection whose peer is gone is closed about

@@ -11,6 +11,7 @@ use std::io::IoSlice;
 
 use bytes::Bytes;
 
+use crate::conn::stream::{Stream, StreamStart};
 use crate::event::{Event, PublishError};
 use crate::history::ring::{Ring, Seq};
 use crate::history::topics::{HistoryLimits, StreamTopic, SubscriberRef, Topics};
@@ -19,7 +20,6 @@ use crate::http::route::{self, Listener, RouteConfig, TopicLimits};
 use crate::publish::{self, BodyFormat, PublishLimits};
 use crate::socket::IoOutcome;
 use crate::sse::{self, EventFields};
-use crate::stream::{Stream, StreamStart};
 
 /// Parses a request head; returns its length when complete and valid.
 pub fn parse_head(buf: &[u8]) -> Option<usize> {
@@ -252,7 +252,7 @@ impl FanoutBench {
                     gap_floor: 0,
                     partial: false,
                 };
-                Stream::new(start, 0)
+                Stream::new(start, 0, 0)
             })
             .collect();
         FanoutBench {

@@ -98,7 +98,7 @@ pub(crate) struct Backfill {
 }
 
 /// A resume older than a loop's rings: fetch the events in `(after, until]`.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct BackfillRequest {
     /// The client's Last-Event-ID, as a sequence number.
     pub after: Seq,

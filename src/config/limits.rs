@@ -1,10 +1,10 @@
 //! The limits a running server enforces, turned once from a validated [`Config`] into typed
 //! values that carry their units: times are `Duration`s, sizes are bytes (`*_bytes_max`),
-//! counts are counts, and "0 means unlimited" settings are `Option`s. The event loops,
-//! `conn.rs` and `stream.rs` read these, never the raw `*_ms` fields of the config.
+//! counts are counts, and "0 means unlimited" settings are `Option`s. The event loops and
+//! `conn/` read these, never the raw `*_ms` fields of the config.
 //!
 //! Settings that are not limits (CORS origins, the forwarded header, trusted proxies, the
-//! publish token and keys) are not here: the server reads them from its config.
+//! publish token and keys) are not here: they are the loops' `RequestSettings`.
 
 use std::sync::Arc;
 use std::time::Duration;

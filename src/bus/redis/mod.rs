@@ -97,10 +97,15 @@ pub(crate) struct RedisBus {
 
 /// What the Redis bus needs from the configuration.
 pub(crate) struct RedisSettings {
+    /// `redis_url`.
     pub url: String,
+    /// `redis_stream`: the stream key every node reads and writes.
     pub stream: String,
+    /// Approximate `MAXLEN` of the stream (the shared history).
     pub maxlen: usize,
+    /// What every entry read from the stream is checked against.
     pub limits: PublishLimits,
+    /// `max_publish_bytes`: the largest data an entry may carry.
     pub data_bytes_max: usize,
 }
 

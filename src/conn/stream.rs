@@ -4,22 +4,23 @@
 //!
 //! Sans-io: the loop passes the socket write as a closure and the time as `now_ms`. A
 //! stream never holds a copy of an event, and its memory does not grow with its backlog.
+//! Where it starts is decided in `resume.rs`.
 
 use std::borrow::Cow;
 use std::io::IoSlice;
 
-use crate::bus::{Backfill, Bus, Resume};
-use crate::config::Limits;
-use crate::conn::StreamRequest;
 use crate::history::merge::for_each_after;
 use crate::history::ring::Seq;
 use crate::history::topics::{StreamTopic, Topics};
-use crate::http::answer;
 use crate::sse;
 
 /// Frames gathered into one `write_vectored` call. Linux accepts 1024; 64 frames already
 /// amortise the syscall, and the iovec array lives on the stack.
 pub(crate) const IOVECS_PER_WRITE_MAX: usize = 64;
+
+/// The `retry:` a stream gets when its backfill was cut at the byte budget: the client
+/// comes straight back for the rest.
+const PARTIAL_BACKFILL_RETRY_MS: u32 = 100;
 
 /// Bytes to send before the next frame: the response head with the `retry:` frame and a
 /// gap event, a heartbeat comment, or a parting `retry:` hint. Only set between frames.
@@ -43,7 +44,7 @@ enum Closing {
 /// An open event stream.
 pub(crate) struct Stream {
     /// The stream's topics.
-    pub topics: Box<[StreamTopic]>,
+    topics: Box<[StreamTopic]>,
     /// Sequence number of the last frame written in full.
     cursor: Seq,
     /// Evictions at or below this were already reported to the client as a gap.
@@ -53,14 +54,14 @@ pub(crate) struct Stream {
     preamble: Option<Box<Preamble>>,
     closing: Option<Closing>,
     /// The socket returned `WouldBlock`; the stream waits for writable readiness.
-    pub blocked: bool,
+    blocked: bool,
     /// Loop turn in which the stream was last queued for a flush (dedupes the queue).
-    pub queued_turn: u64,
+    queued_turn: u64,
     /// Loop clock (ms) of the last write that moved bytes; heartbeats go to quiet streams.
-    pub last_write_ms: u64,
+    last_write_ms: u64,
     /// Loop clock (ms) at which the stream is sent back to reconnect (0: never): the
     /// earlier of its `max_stream_lifetime_ms` and its token's `exp` plus the leeway.
-    pub expires_ms: u64,
+    expires_ms: u64,
 }
 
 /// Why a stream stops.
@@ -103,71 +104,12 @@ pub(crate) struct StreamStart {
     pub partial: bool,
 }
 
-/// Decides a new stream's cursor and preamble from its Last-Event-ID, and from the
-/// events the bus fetched for it when the rings no longer had them.
-pub(crate) fn start_stream(
-    request: &StreamRequest,
-    topics: Box<[StreamTopic]>,
-    table: &Topics,
-    bus: &dyn Bus,
-    limits: &Limits,
-    backfill: Option<Backfill>,
-) -> StreamStart {
-    let mut preamble = answer::stream_head(&request.cors);
-    // A client without a Last-Event-ID is told where its stream starts: the newest event
-    // this loop has, or the bus's floor if that is higher (events at or below it never
-    // reach this loop). Resuming from that id loses nothing published in between.
-    let start_id = match (&backfill, request.last_event_id.as_deref()) {
-        (None, None) => Some(bus.id_of(table.head_seq().max(bus.reach_floor().unwrap_or(0)))),
-        _ => None,
-    };
-    preamble.extend_from_slice(&sse::encode_opening(limits.retry_ms, start_id.as_deref()));
-    let id = request.last_event_id.as_deref().unwrap_or("");
-    let evicted_max = topics
-        .iter()
-        .filter_map(|t| table.get(t.id))
-        .map(|t| t.ring.evicted_max())
-        .max()
-        .unwrap_or(0);
-    let (cursor, gap) = match (&backfill, request.last_event_id.as_deref()) {
-        (Some(backfill), _) => {
-            if backfill.gap {
-                preamble.extend_from_slice(&sse::encode_gap(&limits.gap_event, id));
-            }
-            preamble.extend_from_slice(&backfill.frames);
-            (
-                backfill.through,
-                backfill.complete && backfill.through < evicted_max,
-            )
-        }
-        (None, None) => (table.head_seq(), false),
-        (None, Some(id)) => match bus.resume_point(id) {
-            Resume::After(seq) => (seq, seq < evicted_max),
-            Resume::Unknown => (0, true),
-        },
-    };
-    if gap {
-        preamble.extend_from_slice(&sse::encode_gap(&limits.gap_event, id));
-    }
-    let partial = backfill.is_some_and(|b| !b.complete);
-    StreamStart {
-        topics,
-        preamble,
-        cursor,
-        // A partial stream sends nothing from the rings, so no eviction concerns it.
-        gap_floor: match (partial, gap) {
-            (true, _) => Seq::MAX,
-            (false, true) => evicted_max,
-            (false, false) => 0,
-        },
-        partial,
-    }
-}
-
 impl Stream {
-    /// A stream starting at `start`, at loop time `now_ms`.
-    pub(crate) fn new(start: StreamStart, now_ms: u64) -> Self {
-        Stream {
+    /// A stream starting at `start`, at loop time `now_ms`, sent back to reconnect at
+    /// loop time `expires_ms` (0: never).
+    pub(crate) fn new(start: StreamStart, now_ms: u64, expires_ms: u64) -> Self {
+        let partial = start.partial;
+        let mut stream = Stream {
             topics: start.topics,
             cursor: start.cursor,
             gap_floor: start.gap_floor,
@@ -182,7 +124,74 @@ impl Stream {
             // the stream must still queue it.
             queued_turn: 0,
             last_write_ms: now_ms,
-            expires_ms: 0,
+            expires_ms,
+        };
+        if partial {
+            // The backfill was cut at its byte budget: the client comes straight back for
+            // the rest, from the last event it got.
+            stream.close_with_hint(PARTIAL_BACKFILL_RETRY_MS);
+        }
+        stream
+    }
+
+    /// The stream's topics, in subscription order.
+    pub(crate) fn topics(&self) -> &[StreamTopic] {
+        &self.topics
+    }
+
+    /// The subscriber index moved this stream's entry for its topic in `slot` to
+    /// `position` (another subscriber of that topic left).
+    pub(crate) fn moved(&mut self, slot: usize, position: u32) {
+        if let Some(topic) = self.topics.get_mut(slot) {
+            topic.position = position;
+        }
+    }
+
+    /// Whether the socket was full at the last write (the stream waits for writable).
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// The socket became writable: returns whether the stream was waiting for it.
+    pub(crate) fn on_writable(&mut self) -> bool {
+        std::mem::replace(&mut self.blocked, false)
+    }
+
+    /// Queues the stream for a write in loop turn `turn`, once: returns false when it is
+    /// already queued in that turn.
+    pub(crate) fn queue_in(&mut self, turn: u64) -> bool {
+        if self.queued_turn == turn {
+            return false;
+        }
+        self.queued_turn = turn;
+        true
+    }
+
+    /// A blocked stream whose socket took no byte for `stalled_ms`: its client stopped
+    /// reading, and holds whatever it is behind by (its share of the rings, a resume's
+    /// backfill), even if no event comes to trigger the lag check.
+    pub(crate) fn stalled(&self, now_ms: u64, stalled_ms: u64) -> bool {
+        self.blocked && now_ms.saturating_sub(self.last_write_ms) >= stalled_ms
+    }
+
+    /// Whether the stream's lifetime (or its token) is over at `now_ms`.
+    pub(crate) fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms != 0 && now_ms >= self.expires_ms
+    }
+
+    /// When to look at the stream again: its next possible heartbeat or the end of its
+    /// life. A heartbeat that was due but could not be queued (the stream is busy) is
+    /// looked at again a full interval later.
+    pub(crate) fn next_check_ms(&self, now_ms: u64, heartbeat_ms: u64) -> u64 {
+        let due_ms = self.last_write_ms + heartbeat_ms;
+        let at_ms = if due_ms > now_ms {
+            due_ms
+        } else {
+            now_ms + heartbeat_ms
+        };
+        match self.expires_ms {
+            0 => at_ms,
+            expires_ms => at_ms.min(expires_ms),
         }
     }
 
@@ -323,7 +332,10 @@ impl Stream {
                         return Flushed::Idle;
                     }
                 }
-                IoOutcome::WouldBlock => return Flushed::Blocked,
+                IoOutcome::WouldBlock => {
+                    self.blocked = true;
+                    return Flushed::Blocked;
+                }
                 IoOutcome::PeerClosed | IoOutcome::Failed(_) => {
                     return Flushed::End(StreamEnd::PeerGone)
                 }
@@ -382,6 +394,7 @@ mod tests {
                 partial: false,
             },
             0,
+            0,
         );
         let mut wire = Vec::new();
         let mut deliveries = 0;
@@ -428,6 +441,7 @@ mod tests {
                 gap_floor: 0,
                 partial: false,
             },
+            0,
             0,
         );
         table.append(1, &["a".into()], &frame(1));

@@ -1,0 +1,181 @@
+//! One request of an exchange, from its head: whom it speaks for, its route, a fixed
+//! answer, a stream request, or a publish body read to its end and validated.
+
+use std::net::IpAddr;
+
+use crate::auth;
+use crate::http::answer::{self, HttpError};
+use crate::http::head::Request;
+use crate::http::route::{self, Route};
+use crate::publish::{self, BodyFormat};
+
+use super::super::handlers::{self, PublishReply};
+use super::super::{Env, Now};
+use super::{Exchange, PendingBody, PublishJob, Step, StreamRequest};
+
+impl Exchange {
+    /// Whether the client a head names must be counted first: returns the key to count.
+    fn client_to_count(&self, env: &Env<'_>, request: &Request<'_>) -> Option<IpAddr> {
+        if !self.count_per_request {
+            return None;
+        }
+        let client = handlers::request_client(env, self.peer, request);
+        (self.client != Some(client)).then_some(client)
+    }
+
+    /// A complete head arrived: answer it, or start its stream or its body.
+    pub(super) fn on_head(&mut self, env: &Env<'_>, now: Now, request: Request<'_>) -> Step {
+        let cors = answer::cors_headers(env.cors_origins, request.origin);
+        let keep_alive = request.keep_alive;
+        if std::mem::take(&mut self.client_refused) {
+            self.start += request.head_len;
+            return self.refuse(HttpError::TooManyFromClient, &cors, false);
+        }
+        if let Some(client) = self.client_to_count(env, &request) {
+            // The head is parsed again once the loop counted its client.
+            return Step::Admit(client);
+        }
+        // The head is consumed whatever the answer; a refusal that keeps the connection
+        // open must not parse the same head again.
+        self.start += request.head_len;
+        let has_body = request.content_length > 0 || request.has_transfer_encoding;
+        let route = match route::route(
+            request.method,
+            request.path,
+            self.listener,
+            env.limits.route,
+        ) {
+            Ok(route) => route,
+            // An unread body leaves the stream untrustworthy: answer and close.
+            Err(error) => return self.refuse(error, &cors, keep_alive && !has_body),
+        };
+        if route != Route::Publish && has_body {
+            return self.refuse(HttpError::UnexpectedBody, &cors, false);
+        }
+        if let Some(bytes) = handlers::fixed_answer(env, route, &request, &cors) {
+            return self.answer(bytes, keep_alive);
+        }
+        match route {
+            Route::Events if !self.out.is_empty() || !self.queued.is_empty() => {
+                // Earlier pipelined answers go out before the stream takes the connection:
+                // un-consume the head and parse it again once they are written.
+                self.start -= request.head_len;
+                if self.out.is_empty() {
+                    Step::Await
+                } else {
+                    Step::Write
+                }
+            }
+            Route::Events => match self.stream_request(env, now, &request, cors) {
+                Ok(stream) => Step::Subscribe(stream),
+                Err((error, cors)) => self.refuse(error, &cors, keep_alive),
+            },
+            _ => self.start_body(env, now, request, cors),
+        }
+    }
+
+    fn stream_request(
+        &self,
+        env: &Env<'_>,
+        now: Now,
+        request: &Request<'_>,
+        cors: String,
+    ) -> Result<StreamRequest, (HttpError, String)> {
+        let subscription = match route::subscription(request.query, env.limits.topics) {
+            Ok(subscription) => subscription,
+            Err(error) => return Err((error, cors)),
+        };
+        let token_until_unix_ms =
+            match handlers::authorize_subscription(env, request, &subscription, now.unix_ms) {
+                Ok(until) => until,
+                Err(error) => return Err((error, cors)),
+            };
+        Ok(StreamRequest {
+            topics: subscription.topics,
+            // An empty id is no id (EventSource never sends one).
+            last_event_id: request
+                .last_event_id
+                .map(str::to_owned)
+                .or(subscription.last_event_id)
+                .filter(|id| !id.is_empty()),
+            resume: None,
+            cors,
+            token_until_unix_ms,
+            client: handlers::request_client(env, self.peer, request),
+        })
+    }
+
+    fn start_body(&mut self, env: &Env<'_>, now: Now, request: Request<'_>, cors: String) -> Step {
+        let keep_alive = request.keep_alive;
+        if request.has_transfer_encoding || !request.has_content_length {
+            return self.refuse(HttpError::LengthRequired, &cors, false);
+        }
+        if request.content_length > env.limits.publish_body_bytes_max {
+            return self.refuse(HttpError::BodyTooLarge, &cors, false);
+        }
+        let body_unread = request.content_length > 0;
+        let grant = match handlers::authorize_publisher(env, &request, now.unix_ms) {
+            Ok(grant) => grant,
+            Err(error) => return self.refuse(error, &cors, keep_alive && !body_unread),
+        };
+        let format = match publish::body_format(request.content_type) {
+            Ok(format) => format,
+            Err(error) => return self.refuse(error, &cors, keep_alive && !body_unread),
+        };
+        let content_length = request.content_length;
+        self.body = Some(PendingBody {
+            bytes: vec![0; content_length],
+            filled: 0,
+            format,
+            query: request.query.to_owned(),
+            reply: PublishReply {
+                json: format == BodyFormat::Json,
+                keep_alive,
+                cors,
+            },
+            grant,
+        });
+        let buffered = self.filled - self.start;
+        if request.expect_continue && buffered < content_length {
+            self.emit(answer::CONTINUE);
+            return Step::Write;
+        }
+        Step::Read // The caller copies what is buffered into the body first.
+    }
+
+    /// Copies buffered body bytes; a complete body becomes a publish for the loop.
+    pub(super) fn continue_body(&mut self, env: &Env<'_>) -> Step {
+        let Some(body) = &mut self.body else {
+            return Step::Read;
+        };
+        let take = (self.filled - self.start).min(body.bytes.len() - body.filled);
+        body.bytes[body.filled..body.filled + take]
+            .copy_from_slice(&self.inbuf[self.start..self.start + take]);
+        body.filled += take;
+        self.start += take;
+        if body.filled < body.bytes.len() {
+            return Step::Read;
+        }
+        let Some(body) = self.body.take() else {
+            return Step::Read;
+        };
+        let reply = body.reply;
+        let event = match publish::parse_body(body.format, &body.query, &body.bytes) {
+            Ok(event) => event,
+            Err(error) => return self.refuse(error, &reply.cors, reply.keep_alive),
+        };
+        let topics = match publish::prepare(&event, &env.limits.publish) {
+            Ok(outgoing) => outgoing.topics,
+            Err(error) => {
+                return self.refuse(HttpError::Publish(error), &reply.cors, reply.keep_alive)
+            }
+        };
+        if let Some(patterns) = &body.grant {
+            if !auth::allows_all(patterns, topics.iter().map(|t| &**t)) {
+                return self.refuse(HttpError::Forbidden, &reply.cors, reply.keep_alive);
+            }
+        }
+        self.submitting = Some(reply);
+        Step::Publish(Box::new(PublishJob { event, topics }))
+    }
+}

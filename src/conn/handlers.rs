@@ -1,0 +1,177 @@
+//! What each route answers, and who may ask: the fixed answers (health, demo page,
+//! metrics, CORS preflight), a publish's answer once the bus assigned its id, the token
+//! checks of subscribers and publishers, and whom a request speaks for behind a proxy.
+//!
+//! Pure: tokens are checked against the wall-clock time the loop passes in.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use crate::auth::{self, Claim, TokenError};
+use crate::client::{client_addr, client_key};
+use crate::config::ForwardedHeader;
+use crate::http::answer::{self, HttpError};
+use crate::http::head::{Method, Request};
+use crate::http::route::{self, Route};
+
+use super::Env;
+
+/// The built-in demo page.
+const DEMO_HTML: &str = include_str!("../demo.html");
+
+/// The answer of a route that needs nothing but the request: `None` for the routes that
+/// stream or publish.
+pub(super) fn fixed_answer(
+    env: &Env<'_>,
+    route: Route,
+    request: &Request<'_>,
+    cors: &str,
+) -> Option<Vec<u8>> {
+    let keep_alive = request.keep_alive;
+    let head_only = request.method == Method::Head;
+    let (content_type, cors, body): (&str, &str, Cow<'static, [u8]>) = match route {
+        Route::Health => ("text/plain; charset=utf-8", cors, Cow::Borrowed(b"ok\n")),
+        Route::Demo => (
+            "text/html; charset=utf-8",
+            "",
+            Cow::Borrowed(DEMO_HTML.as_bytes()),
+        ),
+        Route::Metrics => (
+            "text/plain; version=0.0.4; charset=utf-8",
+            "",
+            Cow::Owned((env.render_metrics)().into_bytes()),
+        ),
+        Route::Preflight => return Some(answer::preflight(cors, keep_alive)),
+        Route::Events | Route::Publish => return None,
+    };
+    Some(answer::response(
+        200,
+        content_type,
+        cors,
+        &body,
+        keep_alive,
+        head_only,
+    ))
+}
+
+/// The key a request's client is counted under: the address a trusted proxy names (or
+/// the peer), grouped by `client_key`. Admission and the bus's fair share of resumes use
+/// this one reading.
+pub(super) fn request_client(env: &Env<'_>, peer: IpAddr, request: &Request<'_>) -> IpAddr {
+    let lines = match env.forwarded_header {
+        ForwardedHeader::XForwardedFor => request.x_forwarded_for,
+        ForwardedHeader::Forwarded => request.forwarded,
+    };
+    let client = client_addr(
+        peer,
+        env.trusted_proxies,
+        env.forwarded_header,
+        lines.as_slice(),
+    );
+    client_key(client, env.limits.ipv6_prefix_bits)
+}
+
+/// How to answer a publish once the bus has.
+#[derive(Debug)]
+pub(super) struct PublishReply {
+    /// The body was JSON: so is the answer.
+    pub json: bool,
+    /// The connection stays open after the answer.
+    pub keep_alive: bool,
+    /// CORS header lines for the answer.
+    pub cors: String,
+}
+
+/// The answer to a publish: its id (plain text, or JSON for a JSON body) or the refusal,
+/// which is also returned for the metrics. A refused publish keeps the connection open.
+pub(super) fn publish_answer(
+    result: Result<crate::EventId, crate::PublishError>,
+    reply: &PublishReply,
+) -> (Vec<u8>, Option<HttpError>) {
+    let id = match result {
+        Ok(id) => id,
+        Err(error) => {
+            let error = HttpError::Publish(error);
+            return (
+                answer::refusal(error, &reply.cors, reply.keep_alive),
+                Some(error),
+            );
+        }
+    };
+    let (content_type, payload) = if reply.json {
+        (
+            "application/json",
+            serde_json::json!({ "id": id.as_str() }).to_string(),
+        )
+    } else {
+        ("text/plain; charset=utf-8", format!("{id}\n"))
+    };
+    let bytes = answer::response(
+        200,
+        content_type,
+        &reply.cors,
+        payload.as_bytes(),
+        reply.keep_alive,
+        false,
+    );
+    (bytes, None)
+}
+
+/// With a subscribe key, a subscription needs a token (see [`auth::subscriber_token`] for
+/// where it is read) whose `subscribe` claim covers every topic. Returns when the token
+/// stops being accepted (Unix milliseconds), which ends the stream.
+pub(super) fn authorize_subscription(
+    env: &Env<'_>,
+    request: &Request<'_>,
+    subscription: &route::Subscription,
+    now_unix_ms: u64,
+) -> Result<Option<u64>, HttpError> {
+    let Some(verifier) = env.subscribe_verifier else {
+        return Ok(None);
+    };
+    let token = auth::subscriber_token(
+        request.authorization,
+        subscription.token.as_deref(),
+        request.cookie,
+    )
+    .map_err(HttpError::Unauthorized)?;
+    let grant = verifier
+        .grant(token, Claim::Subscribe, now_unix_ms)
+        .map_err(HttpError::Unauthorized)?;
+    if !auth::allows_all(
+        &grant.patterns,
+        subscription.topics.iter().map(String::as_str),
+    ) {
+        return Err(HttpError::Forbidden);
+    }
+    Ok(grant.until_unix_ms)
+}
+
+/// With a publisher token or key, a publish needs `Authorization: Bearer` with the static
+/// token (any topic) or a token whose `publish` claim lists the topics, which are checked
+/// once the body is read. Returns those patterns (`None`: any topic). A publish is
+/// checked once, when it arrives; a kept-alive connection presents its token again with
+/// every request.
+pub(super) fn authorize_publisher(
+    env: &Env<'_>,
+    request: &Request<'_>,
+    now_unix_ms: u64,
+) -> Result<Option<Vec<String>>, HttpError> {
+    let static_token = env.publish_token;
+    if static_token.is_none() && env.publish_verifier.is_none() {
+        return Ok(None);
+    }
+    let given = auth::bearer(request.authorization)
+        .unwrap_or(Err(TokenError::Missing))
+        .map_err(HttpError::Unauthorized)?;
+    if static_token.is_some_and(|expected| auth::static_token_matches(given, expected)) {
+        return Ok(None);
+    }
+    let verifier = env
+        .publish_verifier
+        .ok_or(HttpError::Unauthorized(TokenError::Invalid))?;
+    verifier
+        .grant(given, Claim::Publish, now_unix_ms)
+        .map(|grant| Some(grant.patterns))
+        .map_err(HttpError::Unauthorized)
+}

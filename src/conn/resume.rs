@@ -1,0 +1,201 @@
+//! Where a new stream starts: a subscription's Last-Event-ID, read once, turned into a
+//! [`Plan`] (start from this loop's rings, or fetch what they no longer hold from the bus
+//! first), the merge of a fetch that came back in parts, and the stream's opening bytes
+//! (response head, `retry:`, the gap event, fetched frames).
+//!
+//! Pure: the loop passes what it read from the bus ([`BusView`], the parsed id) and from
+//! its rings, and carries the plan out.
+
+use crate::bus::{Backfill, BackfillError, BackfillRequest, Resume};
+use crate::config::Limits;
+use crate::history::ring::Seq;
+use crate::history::topics::{StreamTopic, Topics};
+use crate::http::answer::{self, HttpError};
+use crate::sse;
+
+use super::exchange::{Exchange, StreamRequest};
+use super::stream::StreamStart;
+
+/// A subscription parked while the bus fetches what its Last-Event-ID missed.
+pub(crate) struct Resuming {
+    /// The exchange the subscription came from: answers a refusal if the fetch fails, and
+    /// gives its head buffer back when the stream starts.
+    pub exchange: Box<Exchange>,
+    /// The ticket serial of the fetch under way.
+    pub serial: u64,
+    /// The subscription.
+    pub request: StreamRequest,
+    /// What earlier fetches for it brought.
+    pub so_far: Option<Backfill>,
+}
+
+/// What the bus can do for a resume, read by the loop when it plans one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BusView {
+    /// The bus keeps a log it can fetch evicted events from.
+    pub can_backfill: bool,
+    /// Every event above this reaches the loops; `None` while the bus does not know yet.
+    pub reach_floor: Option<Seq>,
+}
+
+/// What to do with a subscription.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Start the stream now (with what the bus fetched, if anything).
+    Start(Option<Backfill>),
+    /// Fetch these events first, then plan again with what came back joined to what
+    /// earlier fetches brought (`so_far`).
+    Fetch {
+        /// The events to fetch.
+        fetch: BackfillRequest,
+        /// What earlier fetches for the same subscription brought.
+        so_far: Option<Backfill>,
+    },
+    /// Refuse the subscription (the client retries).
+    Refuse(HttpError),
+}
+
+/// The first plan for a subscription: start now when this loop's rings (whose newest
+/// eviction across the subscription's topics is `evicted_max`) still hold everything
+/// after the client's id, or the bus keeps no log; otherwise fetch the events between the
+/// client's id and where the rings (or the bus's reach) begin.
+pub(crate) fn plan(
+    request: &StreamRequest,
+    bus: BusView,
+    evicted_max: Seq,
+    limits: &Limits,
+) -> Plan {
+    if !bus.can_backfill {
+        return Plan::Start(None);
+    }
+    let Some(Resume::After(after)) = request.resume else {
+        return Plan::Start(None); // No id, or not one of this bus's: the gap rule.
+    };
+    let Some(reach) = bus.reach_floor else {
+        return Plan::Refuse(BackfillError::Unavailable.into());
+    };
+    let until = reach.max(evicted_max);
+    if after >= until {
+        return Plan::Start(None);
+    }
+    Plan::Fetch {
+        fetch: BackfillRequest {
+            after,
+            until,
+            topics: request.topics.clone(),
+            bytes_max: limits.lag_bytes_max,
+            client: request.client,
+        },
+        so_far: None,
+    }
+}
+
+/// The plan once a fetch came back (merged with earlier parts: see [`merge`]). The rings
+/// may have evicted past its end meanwhile (events kept arriving): fetch the difference
+/// too, until the rings cover the rest or the byte budget is spent.
+pub(crate) fn after_fetch(
+    request: &StreamRequest,
+    mut backfill: Backfill,
+    bus: BusView,
+    evicted_max: Seq,
+    limits: &Limits,
+) -> Plan {
+    let budget = limits.lag_bytes_max;
+    // The bus's reach moves up when it lost events: those must come from its log too.
+    let evicted = evicted_max.max(bus.reach_floor.unwrap_or(0));
+    if backfill.complete && backfill.through < evicted {
+        if backfill.frames.len() >= budget {
+            backfill.complete = false;
+        } else {
+            return Plan::Fetch {
+                fetch: BackfillRequest {
+                    after: backfill.through,
+                    until: evicted,
+                    topics: request.topics.clone(),
+                    bytes_max: budget - backfill.frames.len(),
+                    client: request.client,
+                },
+                so_far: Some(backfill),
+            };
+        }
+    }
+    Plan::Start(Some(backfill))
+}
+
+/// Joins what an earlier fetch brought with the part that just came back.
+pub(crate) fn merge(so_far: Option<Backfill>, part: Backfill) -> Backfill {
+    match so_far {
+        Some(mut earlier) => {
+            earlier.frames.extend_from_slice(&part.frames);
+            Backfill {
+                frames: earlier.frames,
+                gap: earlier.gap || part.gap,
+                ..part
+            }
+        }
+        None => part,
+    }
+}
+
+/// Decides a new stream's cursor and opening bytes from its Last-Event-ID (parsed once,
+/// in `request.resume`) and the events the bus fetched for it. `opening_id` names a
+/// sequence number as the client sees it: a client without a Last-Event-ID is told where
+/// its stream starts, the newest event this loop has or the bus's floor if that is higher
+/// (events at or below it never reach this loop); resuming from that id loses nothing
+/// published in between.
+pub(crate) fn stream_start(
+    request: &StreamRequest,
+    topics: Box<[StreamTopic]>,
+    table: &Topics,
+    bus: BusView,
+    limits: &Limits,
+    backfill: Option<Backfill>,
+    opening_id: impl FnOnce(Seq) -> String,
+) -> StreamStart {
+    let mut preamble = answer::stream_head(&request.cors);
+    let start_id = match (&backfill, &request.resume) {
+        (None, None) => Some(opening_id(
+            table.head_seq().max(bus.reach_floor.unwrap_or(0)),
+        )),
+        _ => None,
+    };
+    preamble.extend_from_slice(&sse::encode_opening(limits.retry_ms, start_id.as_deref()));
+    let id = request.last_event_id.as_deref().unwrap_or("");
+    let evicted_max = topics
+        .iter()
+        .filter_map(|t| table.get(t.id))
+        .map(|t| t.ring.evicted_max())
+        .max()
+        .unwrap_or(0);
+    let (cursor, gap) = match (&backfill, request.resume) {
+        (Some(backfill), _) => {
+            if backfill.gap {
+                preamble.extend_from_slice(&sse::encode_gap(&limits.gap_event, id));
+            }
+            preamble.extend_from_slice(&backfill.frames);
+            (
+                backfill.through,
+                backfill.complete && backfill.through < evicted_max,
+            )
+        }
+        (None, None) => (table.head_seq(), false),
+        (None, Some(Resume::After(seq))) => (seq, seq < evicted_max),
+        (None, Some(Resume::Unknown)) => (0, true),
+    };
+    if gap {
+        preamble.extend_from_slice(&sse::encode_gap(&limits.gap_event, id));
+    }
+    let partial = backfill.is_some_and(|b| !b.complete);
+    StreamStart {
+        topics,
+        preamble,
+        cursor,
+        // A partial stream sends nothing from the rings, so no eviction concerns it.
+        gap_floor: match (partial, gap) {
+            (true, _) => Seq::MAX,
+            (false, true) => evicted_max,
+            (false, false) => 0,
+        },
+        partial,
+    }
+}

@@ -1,0 +1,184 @@
+//! Opening streams on the loop: a subscription's resume planned by `conn::resume` and
+//! carried out here (the bus's fetches under a ticket, refusals), the stream's topics
+//! registered in the loop's subscriber index, and its first bytes written.
+
+use super::EventLoop;
+use crate::bus::{Backfill, Completion};
+use crate::conn::resume::{self, BusView, Plan};
+use crate::conn::{Stream, StreamRequest};
+use crate::history::ring::Seq;
+use crate::history::topics::{StreamTopic, SubscriberRef};
+use crate::http::answer::HttpError;
+
+impl EventLoop {
+    /// What the bus can do for a resume, as it stands now.
+    fn bus_view(&self) -> BusView {
+        let bus = &*self.ctx.bus;
+        BusView {
+            can_backfill: bus.can_backfill(),
+            reach_floor: bus.reach_floor(),
+        }
+    }
+
+    /// Newest eviction across the rings of these topics (or the one a new topic inherits).
+    fn topics_evicted_max(&self, topics: &[String]) -> Seq {
+        topics
+            .iter()
+            .map(|name| self.topics.evicted_max(name))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Starts a subscription: at once, or, when it resumes from before what this loop's
+    /// rings hold and the bus keeps a log, once the bus has fetched the missed events.
+    /// The Last-Event-ID is read here, once.
+    pub(super) fn open_stream(&mut self, key: usize, mut request: StreamRequest) {
+        request.resume = request
+            .last_event_id
+            .as_deref()
+            .map(|id| self.ctx.bus.resume_point(id));
+        let evicted_max = self.topics_evicted_max(&request.topics);
+        let plan = resume::plan(&request, self.bus_view(), evicted_max, &self.ctx.limits);
+        self.carry_out(key, request, plan);
+    }
+
+    /// Carries out a resume plan.
+    fn carry_out(&mut self, key: usize, request: StreamRequest, plan: Plan) {
+        match plan {
+            Plan::Start(backfill) => self.open_stream_now(key, request, backfill),
+            Plan::Refuse(error) => self.refuse_stream(key, error, &request),
+            Plan::Fetch { fetch, so_far } => {
+                let ticket = self.ctx.ticket(key);
+                if let Err(error) = self.ctx.bus.backfill(fetch, ticket) {
+                    return self.refuse_stream(key, error.into(), &request);
+                }
+                if let Some(slot) = self.conns.get_mut(key) {
+                    slot.conn.await_backfill(ticket.serial, request, so_far);
+                }
+            }
+        }
+    }
+
+    /// Answers a subscription that cannot start with `error` (and closes).
+    fn refuse_stream(&mut self, key: usize, error: HttpError, request: &StreamRequest) {
+        if let Some(exchange) = self.conns.get_mut(key).and_then(|s| s.conn.exchange()) {
+            exchange.refuse_stream(error, request);
+            self.drive(key);
+        }
+    }
+
+    /// The bus answered a fetch: plan again with what it brought.
+    pub(super) fn on_backfilled(
+        &mut self,
+        key: usize,
+        serial: u64,
+        result: Result<Backfill, crate::bus::BackfillError>,
+    ) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some((request, so_far)) = slot.conn.take_backfill(serial) else {
+            return; // Not this connection's (its slot was reused).
+        };
+        match result {
+            Ok(part) => {
+                let backfill = resume::merge(so_far, part);
+                let evicted_max = self.topics_evicted_max(&request.topics);
+                let plan = resume::after_fetch(
+                    &request,
+                    backfill,
+                    self.bus_view(),
+                    evicted_max,
+                    &self.ctx.limits,
+                );
+                self.carry_out(key, request, plan);
+            }
+            Err(error) => self.refuse_stream(key, error.into(), &request),
+        }
+    }
+
+    /// Answers the bus's completions: publish answers and fetched resumes.
+    pub(super) fn drain_completions(&mut self) {
+        while let Some(completion) = self.inbox.try_completion() {
+            match completion {
+                Completion::Published(ticket, result) => {
+                    let Some(slot) = self.conns.get_mut(ticket.conn) else {
+                        continue;
+                    };
+                    let (ours, refusal) = slot.conn.on_published(ticket.serial, result);
+                    if let Some(error) = refusal {
+                        self.ctx.count_refusal(error);
+                    }
+                    if ours {
+                        self.drive(ticket.conn);
+                    }
+                }
+                Completion::Backfilled(ticket, result) => {
+                    self.on_backfilled(ticket.conn, ticket.serial, result);
+                }
+            }
+        }
+    }
+
+    /// Turns connection `key` into an event stream now: registers its topics, decides its
+    /// cursor and first bytes, and writes them.
+    fn open_stream_now(&mut self, key: usize, request: StreamRequest, backfill: Option<Backfill>) {
+        let topics: Box<[StreamTopic]> = request
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(slot, name)| {
+                // Topics per subscription are capped far below u16::MAX by config validation.
+                let subscriber = SubscriberRef {
+                    conn: key,
+                    slot: slot as u16,
+                };
+                let (id, position) = self.topics.subscribe(name, subscriber);
+                StreamTopic { id, position }
+            })
+            .collect();
+        let bus = &*self.ctx.bus;
+        let start = resume::stream_start(
+            &request,
+            topics,
+            &self.topics,
+            self.bus_view(),
+            &self.ctx.limits,
+            backfill,
+            |seq| bus.id_of(seq),
+        );
+        let now = self.clock.as_now();
+        let limits = &self.ctx.limits;
+        let mut expires_ms = 0;
+        if let Some(lifetime) = limits.stream_lifetime {
+            let lifetime_ms = lifetime.as_millis() as u64;
+            // Between 90 % and 100 % of the configured lifetime.
+            let jitter = self.clock.random() % (lifetime_ms / 10).max(1);
+            expires_ms = now.ms + lifetime_ms - jitter;
+        }
+        if let Some(until_unix_ms) = request.token_until_unix_ms {
+            // The token's end (exp plus the leeway) ends the stream too, whichever comes
+            // first: the client comes back, after a jittered `retry:`, with a fresh token.
+            let token_end_ms = now.loop_ms_at(until_unix_ms);
+            if expires_ms == 0 || token_end_ms < expires_ms {
+                expires_ms = token_end_ms;
+            }
+        }
+        let stream = Stream::new(start, now.ms, expires_ms);
+        let heartbeat_ms = limits.heartbeat.as_millis() as u64;
+        let next_ms = stream.next_check_ms(now.ms, heartbeat_ms);
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(buffer) = slot.conn.start_stream(stream) {
+            self.recycle(buffer);
+        }
+        self.subscribers += 1;
+        self.set_timer(key, next_ms);
+        if self.drain_deadline.is_some() {
+            self.send_back(key); // Opened while draining: told to come back at once.
+        } else {
+            self.write_stream(key);
+        }
+    }
+}
