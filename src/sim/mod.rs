@@ -226,7 +226,8 @@ impl World {
             }
         }
         if calm {
-            self.driver.advance(10);
+            // The clock stands still: progress must come from readiness and the bus, not
+            // from a heartbeat timer that happens to write a stream that missed a wake-up.
             let bus = &mut self.driver.bus;
             bus.know_reach(true);
             bus.take_queued(&mut self.rng);
@@ -247,7 +248,7 @@ impl World {
                 Kind::Publisher { .. } => !client.settled_queue_empty(),
                 Kind::Subscriber(_) => true,
             };
-            if wants && now_ms >= client.reconnect_ms {
+            if wants && (calm || now_ms >= client.reconnect_ms) {
                 let room = 32 + rng.below(4096) as usize;
                 self.driver.pipes.push(Pipe::new(room));
                 let pipe = self.driver.pipes.len() - 1;
