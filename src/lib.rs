@@ -42,6 +42,8 @@ pub mod logging;
 mod metrics;
 mod publish;
 mod server;
+#[cfg(any(test, feature = "internals"))]
+mod sim;
 mod socket;
 mod sse;
 #[cfg(feature = "internals")]

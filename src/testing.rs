@@ -21,6 +21,8 @@ use crate::publish::{self, BodyFormat, PublishLimits};
 use crate::socket::IoOutcome;
 use crate::sse::{self, EventFields};
 
+pub use crate::sim::{simulate, SimFailure, SimOptions, SimStats};
+
 /// Parses a request head; returns its length when complete and valid.
 pub fn parse_head(buf: &[u8]) -> Option<usize> {
     match head::parse(buf, false) {

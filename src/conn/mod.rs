@@ -19,6 +19,8 @@ pub(crate) mod exchange;
 mod handlers;
 pub(crate) mod resume;
 pub(crate) mod stream;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 

@@ -123,6 +123,12 @@ impl Topics {
         self.table.get(id)
     }
 
+    /// Every topic, for the simulation's index checks.
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (TopicId, &Topic)> {
+        self.table.iter()
+    }
+
     /// Looks up a topic without creating it.
     pub(crate) fn find(&self, name: &str) -> Option<TopicId> {
         self.by_name.get(name).copied()

@@ -239,6 +239,18 @@ impl Exchange {
         self.rearm = true;
     }
 
+    /// Publishes at the bus, bytes of answers held behind them, bytes of answers to
+    /// write, and the head buffer's size: for the simulation's limit checks.
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn sizes(&self) -> (usize, usize, usize, usize) {
+        (
+            self.in_flight,
+            self.queued_bytes,
+            self.out.len() - self.sent,
+            self.inbuf.len(),
+        )
+    }
+
     /// Gives back the head buffer for reuse.
     pub(crate) fn into_buffer(self) -> Box<[u8]> {
         self.inbuf

@@ -1,0 +1,643 @@
+//! The simulation's event loop: `event_loop/` (`io.rs`, `subscribe.rs`, `fanout.rs`,
+//! `clock.rs`, the turn in `mod.rs`) step for step, over simulated sockets ([`Pipe`]), the
+//! simulated bus and a simulated clock instead of mio, the Redis bus and `Instant::now`.
+//! What it drives is the real thing: `conn::Connection`, `history::Topics` and the timer
+//! wheel. When the event loop changes how it carries out the core's actions, this file
+//! follows.
+
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::bus::{Backfill, Completion, InboxItem, Ticket};
+use crate::config::Limits;
+use crate::conn::resume::{self, BusView, Plan};
+use crate::conn::{self, ConnState, Connection, Exchange, Expired, Flushed, Now, Step, Stream};
+use crate::conn::{StreamEnd, StreamRequest, LINGER};
+use crate::history::ring::Seq;
+use crate::history::topics::{StreamTopic, SubscriberRef, TopicId, Topics};
+use crate::http::answer::HttpError;
+use crate::http::route::Listener;
+use crate::socket::IoOutcome;
+use crate::wheel::{TimerHandle, TimerWheel};
+
+use super::bus::SimBus;
+use super::net::Pipe;
+use super::Rng;
+
+/// The event loop's budgets (`io.rs`, `mod.rs`), the same numbers.
+const HTTP_ROUNDS_MAX: usize = 16;
+const STREAM_WRITES_PER_TURN_MAX: usize = 4;
+const STREAM_DISCARD_READS_MAX: usize = 4;
+const INBOX_EVENTS_PER_TURN_MAX: usize = 1024;
+pub(super) const HEAD_POOL_MAX: usize = 64;
+const TIMER_TICK: Duration = Duration::from_millis(100);
+
+/// A connection as the loop holds it.
+pub(super) struct Slot {
+    /// Its simulated socket (an index into [`Driver::pipes`], never reused).
+    pub pipe: usize,
+    pub timer: Option<TimerHandle>,
+    pub conn: Connection,
+}
+
+/// The simulated event loop and the world it talks to.
+pub(super) struct Driver {
+    pub limits: Limits,
+    pub conns: Slab<Slot>,
+    pub topics: Topics,
+    pub wheel: TimerWheel<usize>,
+    pub pipes: Vec<Pipe>,
+    pub bus: SimBus,
+    pub rng: Rng,
+    /// Connections waiting to be accepted.
+    pub backlog: Vec<usize>,
+    origin: Instant,
+    pub now: Now,
+    turn: u64,
+    write_next: Vec<usize>,
+    read_next: Vec<usize>,
+    dirty: Vec<TopicId>,
+    pub head_pool: Vec<Box<[u8]>>,
+    pub lingering: usize,
+    pub subscribers: u64,
+    serial: u64,
+    /// Counted for the stats.
+    pub deliveries: u64,
+    pub slow_closes: u64,
+}
+
+impl Driver {
+    /// A loop at time 0.
+    pub(super) fn new(limits: Limits, bus: SimBus, rng: Rng) -> Self {
+        // The wheel's `Instant`s are only ever compared with each other: one real instant
+        // as the origin keeps every run the same.
+        let origin = Instant::now();
+        Driver {
+            topics: Topics::new(limits.history),
+            limits,
+            conns: Slab::new(),
+            wheel: TimerWheel::new(origin, TIMER_TICK),
+            pipes: Vec::new(),
+            bus,
+            rng,
+            backlog: Vec::new(),
+            origin,
+            now: Now {
+                ms: 0,
+                unix_ms: 1_700_000_000_000,
+            },
+            turn: 0,
+            write_next: Vec::new(),
+            read_next: Vec::new(),
+            dirty: Vec::new(),
+            head_pool: Vec::new(),
+            lingering: 0,
+            subscribers: 0,
+            serial: 0,
+            deliveries: 0,
+            slow_closes: 0,
+        }
+    }
+
+    /// Moves the clock forward.
+    pub(super) fn advance(&mut self, ms: u64) {
+        self.now.ms += ms;
+        self.now.unix_ms += ms;
+    }
+
+    /// One turn of `EventLoop::run`, after the poll.
+    pub(super) fn turn(&mut self) {
+        self.turn += 1;
+        self.expire_timers();
+        let ready: Vec<(usize, bool, bool)> = self
+            .conns
+            .iter()
+            .filter_map(|(key, slot)| {
+                let pipe = &mut self.pipes[slot.pipe];
+                let edges = (
+                    std::mem::take(&mut pipe.readable),
+                    std::mem::take(&mut pipe.writable),
+                );
+                (edges.0 || edges.1).then_some((key, edges.0, edges.1))
+            })
+            .collect();
+        for (key, readable, writable) in ready {
+            self.on_ready(key, readable, writable);
+        }
+        for pipe in std::mem::take(&mut self.backlog) {
+            self.admit(pipe);
+        }
+        let mut leftovers = std::mem::take(&mut self.read_next);
+        leftovers.sort_unstable();
+        leftovers.dedup();
+        for key in leftovers {
+            self.on_ready(key, true, false);
+        }
+        self.drain_completions();
+        self.drain_inbox();
+        self.fan_out();
+    }
+
+    fn ticket(&mut self, key: usize) -> Ticket {
+        self.serial += 1;
+        Ticket {
+            loop_index: 0,
+            conn: key,
+            serial: self.serial,
+        }
+    }
+
+    /// `accept.rs`'s `admit`: every connection is admitted (the sim has no budgets).
+    fn admit(&mut self, pipe: usize) {
+        let buffer = self
+            .head_pool
+            .pop()
+            .unwrap_or_else(|| vec![0; self.limits.head_bytes_max].into_boxed_slice());
+        let peer = [127, 0, 0, 1].into();
+        let exchange = Exchange::new(buffer, peer, Listener::Main, false, self.now, &self.limits);
+        let key = self.conns.insert(Slot {
+            pipe,
+            timer: None,
+            conn: Connection::new(exchange),
+        });
+        // Registered for both: the first poll reports what is there.
+        self.pipes[pipe].readable = true;
+        self.pipes[pipe].writable = true;
+        self.rearm_exchange(key);
+    }
+
+    fn on_ready(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        match slot.conn.state_mut() {
+            ConnState::Exchange(_) => self.drive(key),
+            ConnState::Streaming(stream) => {
+                if writable && stream.on_writable() {
+                    self.write_stream(key);
+                }
+                if readable {
+                    self.discard_input(key);
+                }
+            }
+            ConnState::Lingering { .. } if readable => self.discard_input(key),
+            ConnState::Lingering { .. } | ConnState::Resuming(_) => {}
+        }
+    }
+
+    fn recycle(&mut self, buffer: Box<[u8]>) {
+        if self.head_pool.len() < HEAD_POOL_MAX && buffer.len() == self.limits.head_bytes_max {
+            self.head_pool.push(buffer);
+        }
+    }
+
+    /// `io.rs`'s `drive`.
+    pub(super) fn drive(&mut self, key: usize) {
+        let limits = &self.limits;
+        let env = super::env(limits);
+        let now = self.now;
+        let mut rounds = 0;
+        let mut blocked = false;
+        while !blocked && rounds < HTTP_ROUNDS_MAX {
+            let Some(slot) = self.conns.get_mut(key) else {
+                return;
+            };
+            let pipe = &mut self.pipes[slot.pipe];
+            let Some(exchange) = slot.conn.exchange() else {
+                return;
+            };
+            let step = exchange.step(&env, now);
+            exchange.take_refusals().for_each(drop);
+            match step {
+                Step::Read => {
+                    rounds += 1;
+                    let target = exchange.read_target();
+                    assert!(!target.is_empty(), "read requested with no room");
+                    match pipe.server_read(&mut self.rng, target) {
+                        IoOutcome::Done(n) => exchange.on_read(n, now, limits),
+                        IoOutcome::WouldBlock => blocked = true,
+                        IoOutcome::PeerClosed | IoOutcome::Failed(_) => return self.close(key),
+                    }
+                }
+                Step::Write => {
+                    rounds += 1;
+                    match pipe.server_write(&mut self.rng, &[exchange.unsent()]) {
+                        IoOutcome::Done(n) => exchange.on_written(n, now, limits),
+                        IoOutcome::WouldBlock => blocked = true,
+                        IoOutcome::PeerClosed | IoOutcome::Failed(_) => return self.close(key),
+                    }
+                }
+                Step::Admit(client) => exchange.on_admitted(client, true),
+                Step::Publish(mut job) => {
+                    self.serial += 1;
+                    let ticket = Ticket {
+                        loop_index: 0,
+                        conn: key,
+                        serial: self.serial,
+                    };
+                    let submitted = self.bus.publish(&mut self.rng, job.outgoing(), ticket);
+                    exchange.on_submitted(ticket.serial, submitted);
+                }
+                Step::Subscribe(request) => {
+                    self.rearm_exchange(key);
+                    return self.open_stream(key, request);
+                }
+                Step::Linger => return self.linger(key),
+                Step::Close => return self.close(key),
+                Step::Await => blocked = true,
+            }
+        }
+        if !blocked {
+            self.read_next.push(key);
+        }
+        self.rearm_exchange(key);
+    }
+
+    /// `io.rs`'s `linger` (the sim has no lingering cap).
+    fn linger(&mut self, key: usize) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        self.pipes[slot.pipe].server_shut_write = true;
+        if let Some(buffer) = slot.conn.linger() {
+            self.recycle(buffer);
+        }
+        self.lingering += 1;
+        self.set_timer(key, self.now.ms + LINGER.as_millis() as u64);
+        self.discard_input(key);
+    }
+
+    /// `io.rs`'s `discard_input`.
+    fn discard_input(&mut self, key: usize) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut scratch = [0u8; 1024];
+        for _ in 0..STREAM_DISCARD_READS_MAX {
+            match self.pipes[slot.pipe].server_read(&mut self.rng, &mut scratch) {
+                IoOutcome::Done(n) => {
+                    if slot.conn.on_discarded(n) {
+                        return self.close(key);
+                    }
+                }
+                IoOutcome::WouldBlock => return,
+                IoOutcome::PeerClosed | IoOutcome::Failed(_) => {
+                    return self.close_stream(key, StreamEnd::PeerGone)
+                }
+            }
+        }
+        self.read_next.push(key);
+    }
+
+    /// `io.rs`'s `write_stream`.
+    pub(super) fn write_stream(&mut self, key: usize) {
+        let Some(Slot { pipe, conn, .. }) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(stream) = conn.stream_mut() else {
+            return;
+        };
+        let pipe = &mut self.pipes[*pipe];
+        let rng = &mut self.rng;
+        let outcome = stream.flush(
+            &self.topics,
+            STREAM_WRITES_PER_TURN_MAX,
+            self.now.ms,
+            &mut self.deliveries,
+            |slices| {
+                let slices: Vec<&[u8]> = slices.iter().map(|s| &**s).collect();
+                pipe.server_write(rng, &slices)
+            },
+        );
+        match outcome {
+            Flushed::Idle => {}
+            Flushed::Blocked => {
+                if stream.too_slow(&self.topics, self.limits.lag_bytes_max) {
+                    self.close_stream(key, StreamEnd::SlowConsumer);
+                }
+            }
+            Flushed::More => self.write_next.push(key),
+            Flushed::End(end) => self.close_stream(key, end),
+        }
+    }
+
+    fn close_stream(&mut self, key: usize, end: StreamEnd) {
+        if end == StreamEnd::SlowConsumer {
+            self.slow_closes += 1;
+        }
+        self.close(key);
+    }
+
+    /// `io.rs`'s `close`.
+    pub(super) fn close(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let slot = self.conns.remove(key);
+        if let Some(timer) = slot.timer {
+            self.wheel.cancel(timer);
+        }
+        self.pipes[slot.pipe].server_closed = true;
+        match slot.conn.into_state() {
+            ConnState::Lingering { .. } => self.lingering -= 1,
+            ConnState::Exchange(exchange) => self.recycle(exchange.into_buffer()),
+            ConnState::Resuming(resuming) => self.recycle(resuming.exchange.into_buffer()),
+            ConnState::Streaming(stream) => {
+                self.subscribers -= 1;
+                for topic in stream.topics() {
+                    let Some(moved) = self.topics.unsubscribe(topic.id, topic.position) else {
+                        continue;
+                    };
+                    if let Some(other) = self
+                        .conns
+                        .get_mut(moved.conn)
+                        .and_then(|s| s.conn.stream_mut())
+                    {
+                        other.moved(usize::from(moved.slot), topic.position);
+                    }
+                }
+            }
+        }
+    }
+
+    fn bus_view(&self) -> BusView {
+        BusView {
+            can_backfill: self.bus.can_backfill,
+            reach_floor: self.bus.reach_floor(),
+        }
+    }
+
+    fn topics_evicted_max(&self, topics: &[String]) -> Seq {
+        topics
+            .iter()
+            .map(|name| self.topics.evicted_max(name))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `subscribe.rs`'s `open_stream`.
+    fn open_stream(&mut self, key: usize, mut request: StreamRequest) {
+        request.resume = request
+            .last_event_id
+            .as_deref()
+            .map(|id| self.bus.resume_point(id));
+        let evicted_max = self.topics_evicted_max(&request.topics);
+        let plan = resume::plan(&request, self.bus_view(), evicted_max, &self.limits);
+        self.carry_out(key, request, plan);
+    }
+
+    fn carry_out(&mut self, key: usize, request: StreamRequest, plan: Plan) {
+        match plan {
+            Plan::Start(backfill) => self.open_stream_now(key, request, backfill),
+            Plan::Refuse(error) => self.refuse_stream(key, error, &request),
+            Plan::Fetch { fetch, so_far } => {
+                let ticket = self.ticket(key);
+                if let Err(error) = self.bus.backfill(&mut self.rng, fetch, ticket) {
+                    return self.refuse_stream(key, error.into(), &request);
+                }
+                if let Some(slot) = self.conns.get_mut(key) {
+                    slot.conn.await_backfill(ticket.serial, request, so_far);
+                }
+            }
+        }
+    }
+
+    fn refuse_stream(&mut self, key: usize, error: HttpError, request: &StreamRequest) {
+        if let Some(exchange) = self.conns.get_mut(key).and_then(|s| s.conn.exchange()) {
+            exchange.refuse_stream(error, request);
+            self.drive(key);
+        }
+    }
+
+    fn on_backfilled(
+        &mut self,
+        key: usize,
+        serial: u64,
+        result: Result<Backfill, crate::bus::BackfillError>,
+    ) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some((request, so_far)) = slot.conn.take_backfill(serial) else {
+            return;
+        };
+        match result {
+            Ok(part) => {
+                let backfill = resume::merge(so_far, part);
+                let evicted_max = self.topics_evicted_max(&request.topics);
+                let plan = resume::after_fetch(
+                    &request,
+                    backfill,
+                    self.bus_view(),
+                    evicted_max,
+                    &self.limits,
+                );
+                self.carry_out(key, request, plan);
+            }
+            Err(error) => self.refuse_stream(key, error.into(), &request),
+        }
+    }
+
+    /// `subscribe.rs`'s `drain_completions`.
+    fn drain_completions(&mut self) {
+        while let Some(completion) = self.bus.try_completion(&mut self.rng) {
+            match completion {
+                Completion::Published(ticket, result) => {
+                    let Some(slot) = self.conns.get_mut(ticket.conn) else {
+                        continue;
+                    };
+                    let (ours, _) = slot.conn.on_published(ticket.serial, result);
+                    if ours {
+                        self.drive(ticket.conn);
+                    }
+                }
+                Completion::Backfilled(ticket, result) => {
+                    self.on_backfilled(ticket.conn, ticket.serial, result)
+                }
+            }
+        }
+    }
+
+    /// `subscribe.rs`'s `open_stream_now`. The events this stream may skip after a gap
+    /// event (evicted from its rings or trimmed from the log) are noted on its socket for
+    /// the client's checks.
+    fn open_stream_now(&mut self, key: usize, request: StreamRequest, backfill: Option<Backfill>) {
+        let topics: Box<[StreamTopic]> = request
+            .topics
+            .iter()
+            .enumerate()
+            .map(|(slot, name)| {
+                let subscriber = SubscriberRef {
+                    conn: key,
+                    slot: slot as u16,
+                };
+                let (id, position) = self.topics.subscribe(name, subscriber);
+                StreamTopic { id, position }
+            })
+            .collect();
+        let forgotten = self
+            .topics_evicted_max(&request.topics)
+            .max(self.bus.log_floor)
+            .max(self.bus.reach_floor().unwrap_or(0));
+        let start = resume::stream_start(
+            &request,
+            topics,
+            &self.topics,
+            self.bus_view(),
+            &self.limits,
+            backfill,
+            SimBus::id_of,
+        );
+        let mut expires_ms = 0;
+        if let Some(lifetime) = self.limits.stream_lifetime {
+            let lifetime_ms = lifetime.as_millis() as u64;
+            let jitter = self.rng.next() % (lifetime_ms / 10).max(1);
+            expires_ms = self.now.ms + lifetime_ms - jitter;
+        }
+        let stream = Stream::new(start, self.now.ms, expires_ms);
+        let heartbeat_ms = self.limits.heartbeat.as_millis() as u64;
+        let next_ms = stream.next_check_ms(self.now.ms, heartbeat_ms);
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        self.pipes[slot.pipe].forgotten = forgotten;
+        if let Some(buffer) = slot.conn.start_stream(stream) {
+            self.recycle(buffer);
+        }
+        self.subscribers += 1;
+        self.set_timer(key, next_ms);
+        self.write_stream(key);
+    }
+
+    /// `fanout.rs`'s `drain_inbox`.
+    fn drain_inbox(&mut self) {
+        let history = self.limits.history;
+        let events_max = history.events.min(INBOX_EVENTS_PER_TURN_MAX);
+        let bytes_max = (history.bytes.min(history.total_bytes) / 2).max(1);
+        let (mut events, mut bytes) = (0, 0);
+        while events < events_max && bytes < bytes_max {
+            let Some(item) = self.bus.try_recv() else {
+                return;
+            };
+            let event = match item {
+                InboxItem::Event(event) => event,
+                InboxItem::Lost { .. } => {
+                    let keys: Vec<usize> = self
+                        .conns
+                        .iter()
+                        .filter(|(_, slot)| slot.conn.stream().is_some())
+                        .map(|(key, _)| key)
+                        .collect();
+                    keys.into_iter().for_each(|key| self.send_back(key));
+                    continue;
+                }
+            };
+            self.topics.append(event.seq, &event.topics, &event.frame);
+            events += 1;
+            bytes += event.frame.len();
+        }
+    }
+
+    /// `fanout.rs`'s `fan_out`.
+    fn fan_out(&mut self) {
+        let mut queue = std::mem::take(&mut self.write_next);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        self.topics.take_dirty(&mut dirty);
+        let turn = self.turn;
+        let conns = &mut self.conns;
+        queue.retain(|&key| {
+            conns
+                .get_mut(key)
+                .and_then(|slot| slot.conn.stream_mut())
+                .is_some_and(|stream| stream.queue_in(turn))
+        });
+        for &id in &dirty {
+            let Some(topic) = self.topics.get(id) else {
+                continue;
+            };
+            for subscriber in &topic.subscribers {
+                let queued = self
+                    .conns
+                    .get_mut(subscriber.conn)
+                    .and_then(|slot| slot.conn.stream_mut())
+                    .is_some_and(|stream| stream.queue_in(turn));
+                if queued {
+                    queue.push(subscriber.conn);
+                }
+            }
+        }
+        self.topics.sweep(&dirty);
+        self.dirty = dirty;
+        for &key in &queue {
+            let Some(stream) = self.conns.get(key).and_then(|slot| slot.conn.stream()) else {
+                continue;
+            };
+            if !stream.is_blocked() {
+                self.write_stream(key);
+            } else if stream.too_slow(&self.topics, self.limits.lag_bytes_max) {
+                self.close_stream(key, StreamEnd::SlowConsumer);
+            }
+        }
+    }
+
+    /// `clock.rs`'s `set_timer`.
+    fn set_timer(&mut self, key: usize, at_ms: u64) {
+        let at = self.origin + Duration::from_millis(at_ms);
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if let Some(old) = slot.timer.take() {
+            self.wheel.cancel(old);
+        }
+        slot.timer = Some(self.wheel.set(at, key));
+    }
+
+    fn rearm_exchange(&mut self, key: usize) {
+        if let Some(at_ms) = self
+            .conns
+            .get_mut(key)
+            .and_then(|slot| slot.conn.take_deadline())
+        {
+            self.set_timer(key, at_ms);
+        }
+    }
+
+    /// `clock.rs`'s `send_back` (never draining: the sim does not shut down).
+    fn send_back(&mut self, key: usize) {
+        let retry_ms = conn::jittered_retry_ms(&self.limits, self.rng.next(), false);
+        if let Some(stream) = self.conns.get_mut(key).and_then(|s| s.conn.stream_mut()) {
+            stream.close_with_hint(retry_ms);
+        }
+        self.write_stream(key);
+    }
+
+    fn expire_timers(&mut self) {
+        let mut due = Vec::new();
+        let now = self.origin + Duration::from_millis(self.now.ms);
+        self.wheel.expire(now, |key| due.push(key));
+        for key in due {
+            self.on_timer(key);
+        }
+    }
+
+    fn on_timer(&mut self, key: usize) {
+        let now = self.now;
+        let random = self.rng.next();
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        slot.timer = None;
+        match slot.conn.on_deadline(now, &self.limits, random) {
+            Expired::Close(end) => self.close_stream(key, end),
+            Expired::Drive => {
+                self.rearm_exchange(key);
+                self.drive(key);
+            }
+            Expired::Write { next_ms, .. } => {
+                self.set_timer(key, next_ms);
+                self.write_stream(key);
+            }
+        }
+    }
+}
