@@ -10,12 +10,12 @@
 //! - [`process`]: the `herald` binary as a child process, spawning a child and draining its
 //!   stderr, signals by PID.
 //!
-//! Everything is re-exported here, so a test file says `use common::*;`. A private
+//! Everything is re-exported here, so a test module says `use crate::common::*;`. A private
 //! `redis-server` per test and its client come from `testkit::redis`.
 //! Every read goes until a delimiter or a deadline ([`DEADLINE`]); nothing here sleeps. A read
 //! that runs out of time fails the test with what it was waiting for and what it got.
 
-// Each test binary uses a different subset of these helpers.
+// Not every helper is used yet.
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 

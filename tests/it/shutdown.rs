@@ -8,13 +8,11 @@
 //! its PID if a test fails before it exits. Waiting for the exit is waiting for its stderr
 //! to close, within [`EXIT_DEADLINE`].
 
-mod common;
-
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// How long a stopping server may take to exit before the test fails: generous, it only
 /// bounds a hang (the configured shutdown timeout is 5 s).
