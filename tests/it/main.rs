@@ -1,15 +1,16 @@
 //! herald's integration tests, one binary: each module is one capability over real sockets
-//! on `127.0.0.1:0` (or the `herald` binary as a child), and [`common`] holds the helpers.
+//! on `127.0.0.1:0` (or with the `herald` binary as a child), and [`common`] holds the
+//! helpers. `cargo test --test it resume::` runs one module.
 //!
-//! One binary instead of one per file because linking is most of what building the tests
-//! costs: each binary linked the whole of herald, its dependencies and the helpers again
-//! (see ARCHITECTURE.md, "Outside `src/`"). `cargo test --test it resume::` runs one module.
+//! One binary instead of one per file because linking was most of what building the tests
+//! cost: each binary linked herald and its dependencies again (ARCHITECTURE.md's code map
+//! has the figures).
 //!
-//! The modules share this process, and the harness runs them two at a time in any order, so
-//! none of them may change what is process-wide: no environment variables, current
-//! directory, signal handlers, resource limits or global logger. What differs per test
-//! (environment, limits, signals, a working directory) goes to a child process; temporary
-//! files carry the module's name as well as the process id.
+//! The modules share this process, and the harness runs their tests in parallel, in any
+//! order, so no test may change what is process-wide: environment variables, the current
+//! directory, signal handlers, resource limits, a global logger. Whatever a test needs of
+//! these is set on a child process; temporary files are named after their module and the
+//! process id.
 
 mod common;
 
