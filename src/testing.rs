@@ -1,7 +1,7 @@
 //! Entry points into crate internals for the Criterion benches in `benches/`, the fuzz
-//! targets in `fuzz/` and the property tests in `tests/proptest_roundtrip.rs`: thin wrappers
-//! that return plain values, and the fan-out core driven without sockets (a topic ring read
-//! by cursor; one frame written to many in-memory subscribers through the same
+//! targets in `fuzz/` and the property tests in `tests/it/proptest_roundtrip.rs`: thin
+//! wrappers that return plain values, and the fan-out core driven without sockets (a topic
+//! ring read by cursor; one frame written to many in-memory subscribers through the same
 //! `Stream::flush` the event loop uses).
 //!
 //! Compiled only with the cargo feature `internals` (which herald's own dev-dependency on

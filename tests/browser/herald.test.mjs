@@ -1,6 +1,6 @@
 // herald end-to-end in a real browser: Debian's headless Chromium driven by playwright-core.
 //
-// Run by tests/browser.rs as `node --test herald.test.mjs` with HERALD_BIN set to the herald
+// Run by tests/it/browser.rs as `node --test herald.test.mjs` with HERALD_BIN set to the herald
 // binary (or by hand: `HERALD_BIN=../../target/debug/herald node --test herald.test.mjs`).
 // Each case starts its own herald on 127.0.0.1 port 0, publishes with HTTP POSTs from node,
 // and reads what the browser saw from a recorder page. Waits are on conditions (Playwright's

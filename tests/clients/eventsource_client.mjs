@@ -1,4 +1,4 @@
-// An independent SSE client for herald's tests (tests/independent_clients.rs): the npm
+// An independent SSE client for herald's tests (tests/it/independent_clients.rs): the npm
 // `eventsource` package, a WHATWG-compatible EventSource for Node.js.
 //
 // Subscribes to BASE_URL/events?topic=..., prints {"ready":true} when the stream is open,

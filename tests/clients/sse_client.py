@@ -1,4 +1,4 @@
-"""An independent SSE client for herald's tests (tests/independent_clients.rs): httpx with
+"""An independent SSE client for herald's tests (tests/it/independent_clients.rs): httpx with
 httpx-sse.
 
 Subscribes to BASE_URL/events?topic=..., prints {"ready": true} once the response head has

@@ -2,11 +2,9 @@
 //! CORS: preflight `OPTIONS` on /events and /publish, and `Access-Control-Allow-Origin` on
 //! /events, for `cors_origins = ["*"]` and for a list of origins (allowed and not allowed).
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::common::*;
 
 const ALLOWED: &str = "https://app.example";
 const ALSO_ALLOWED: &str = "http://localhost:5173";

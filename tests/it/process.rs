@@ -5,15 +5,13 @@
 //! Each binary is started through `sh -c` where a test needs a shell's `ulimit`, found
 //! through its `herald listening on http://ADDR` line, and killed by its PID when dropped.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 use herald::{Error, Server};
 

@@ -5,15 +5,13 @@
 //! flag > env > file. Servers run on `127.0.0.1:0` and are found through their
 //! `herald listening on http://ADDR` line; each child is killed by its PID at the end.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 
 /// Every `serve` flag the spec lists.
 const FLAGS: [&str; 17] = [
@@ -362,7 +360,7 @@ fn unparseable_or_missing_toml_file_exits_2_with_one_line() {
 // --- Settings are honoured -------------------------------------------------------------------
 
 /// The opening frame of a stream without its `id:` line (the stream's start, checked in
-/// tests/subscribe.rs): what is left is the `retry:` hint these tests look at.
+/// tests/it/subscribe.rs): what is left is the `retry:` hint these tests look at.
 fn retry_frame(addr: SocketAddr) -> Vec<u8> {
     let raw = Subscriber::open(addr, "/events?topic=cli", &[]).raw;
     String::from_utf8_lossy(&raw)

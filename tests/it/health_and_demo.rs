@@ -1,9 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! `GET /healthz` and the demo page on `GET /` (on by default, 404 when switched off).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn healthz_answers_ok() {

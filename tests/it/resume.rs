@@ -10,11 +10,9 @@
 //! resuming subscriber connects, so the loop's history is settled and the expected answer is
 //! exact.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::common::*;
 use herald::{Event, Server};
 
 const HISTORY_EVENTS: usize = 5;

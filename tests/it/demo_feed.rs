@@ -2,11 +2,9 @@
 //! page shows, on topic `demo`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{HeraldProcess, Subscriber};
+use crate::common::{HeraldProcess, Subscriber};
 
 #[test]
 fn demo_feed_publishes_ticks_metrics_and_alerts_on_topic_demo() {

@@ -173,11 +173,6 @@ impl Subscriber {
         &self.parser.last_event_id
     }
 
-    /// The underlying connection, e.g. to see it closed.
-    pub fn conn(&mut self) -> &mut Conn {
-        &mut self.conn
-    }
-
     /// The comment lines received so far (without their leading `:`), in order.
     pub fn comments(&self) -> &[String] {
         &self.parser.comments

@@ -10,13 +10,11 @@
 //! - [`process`]: the `herald` binary as a child process, spawning a child and draining its
 //!   stderr, signals by PID.
 //!
-//! Everything is re-exported here, so a test file says `use common::*;`. A private
+//! Everything is re-exported here, so a test module says `use crate::common::*;`. A private
 //! `redis-server` per test and its client come from `testkit::redis`.
 //! Every read goes until a delimiter or a deadline ([`DEADLINE`]); nothing here sleeps. A read
 //! that runs out of time fails the test with what it was waiting for and what it got.
 
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -27,16 +25,10 @@ pub mod process;
 pub mod server;
 pub mod sse;
 
-// Each test binary uses a different subset, so some of these re-exports go unused in each.
-#[allow(unused_imports)]
 pub use http::*;
-#[allow(unused_imports)]
 pub use metrics::*;
-#[allow(unused_imports)]
 pub use process::*;
-#[allow(unused_imports)]
 pub use server::*;
-#[allow(unused_imports)]
 pub use sse::*;
 
 /// How long any single wait (a read helper, a publish retry, a child process line) may take

@@ -4,9 +4,7 @@
 //! low-water mark. Nobody is reset or dropped: every client reads its 503.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{get, parse_metrics_response, start, wait_until, Conn, Subscriber};
+use crate::common::{get, parse_metrics_response, start, wait_until, Conn, Subscriber};
 
 /// More than the per-loop lingering cap (1,024), so the loop must pause and resume.
 const REFUSED: usize = 1_200;

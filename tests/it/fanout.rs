@@ -4,11 +4,9 @@
 //! 20,000 open-file limit (this test holds about 2,000 descriptors: both ends of each
 //! connection live in this process).
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::*;
+use crate::common::*;
 use herald::Event;
 
 const SUBSCRIBERS: usize = 1_000;

@@ -30,11 +30,9 @@
 //! print("PUB_EXPIRED", t({"publish": ["news", "alerts/*"], "exp": past}, PUB))
 //! ```
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::common::*;
 use herald::Event;
 
 const SUBSCRIBE_KEY: &str = "herald-test-subscribe-secret-0123456789";

@@ -8,13 +8,11 @@
 //! are the client's own pacing (one head byte per 500 ms, one publish per 100 ms), never a
 //! wait for the server; nothing here asserts how long anything took.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use herald::Event;
 
 /// Pause between the bytes of a dribbled head: the slow client's behaviour.

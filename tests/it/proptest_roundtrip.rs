@@ -1,14 +1,12 @@
 //! Property tests: an event encoded into an SSE frame comes back out of a spec-exact
-//! EventSource parser ([`common::SseCollector`]) with its data (every CR and CRLF as
+//! EventSource parser ([`crate::common::SseCollector`]) with its data (every CR and CRLF as
 //! LF), its name (or `message`), its id and its retry hint, however the stream is split into
 //! reads. The same holds for events that arrive as JSON, form and raw publish bodies.
 //! No server here: the encoder and parsers are driven directly.
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{SseCollector, SseEvent};
+use crate::common::{SseCollector, SseEvent};
 use herald::testing::{
     encode_frame, event_name_is_valid, parse_publish, prepare_publish, PublishFormat,
 };

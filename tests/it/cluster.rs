@@ -24,8 +24,6 @@
 //! Every wait has a deadline ([`DEADLINE`]); the only sleeps are poll intervals between
 //! retries of something that fails until the system has recovered.
 
-mod common;
-
 use std::collections::HashSet;
 use std::io::{ErrorKind, Read};
 use std::net::SocketAddr;
@@ -34,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use testkit::redis::{free_port, RedisServer};
 
 const CONNECTED: &str = "herald_redis_connected";

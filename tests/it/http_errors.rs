@@ -3,11 +3,9 @@
 //! charset=utf-8`, `Content-Length`, one line ending in `\n`); the connection is closed where
 //! the spec says so; and the server keeps serving afterwards.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use crate::common::*;
 use herald::Event;
 
 /// Sends `request` on a new connection, checks the answer is an error with `status`, that the

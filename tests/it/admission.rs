@@ -6,11 +6,9 @@
 //! name the client only when the peer is a trusted proxy; too many topics is `400`, a
 //! publish body over `max_publish_bytes` `413`, an oversized head or too many headers `431`.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use common::*;
+use crate::common::*;
 use herald::Event;
 
 fn loopback(last: u8) -> IpAddr {

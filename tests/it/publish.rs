@@ -3,12 +3,10 @@
 //! arrays, raw body with query), the answers' exact bodies, the id format, the bearer token
 //! and the separate publish listener.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
 use herald::{BusKind, Event};
 use testkit::redis::RedisServer;
 

@@ -193,11 +193,6 @@ impl Conn {
         }
     }
 
-    /// The bytes received but not yet consumed.
-    pub fn buffered(&self) -> &[u8] {
-        &self.buffer
-    }
-
     /// Takes the bytes received but not yet consumed.
     pub fn take_buffered(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buffer)

@@ -11,13 +11,11 @@
 //! reader's progress, never sleeps): the reader is the well-behaved client whose lag must
 //! stay under the limit; the others are the slow ones.
 
-mod common;
-
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 
 const MIB: u64 = 1024 * 1024;
 

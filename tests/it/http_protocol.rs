@@ -3,9 +3,7 @@
 //! `Connection: close`, HTTP/1.0 (closes unless `Connection: keep-alive`) and
 //! `Expect: 100-continue`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn publish_text(topic: &str, body: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     post_request(

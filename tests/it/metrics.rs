@@ -6,9 +6,7 @@
 //! so the page is re-read (on one keep-alive connection, which adds no connections) until
 //! it matches or [`DEADLINE`] passes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use herald::Event;
 
 /// Every family the README lists, with its type.

@@ -3,9 +3,7 @@
 //! frames, live-only delivery without a Last-Event-ID, and multi-topic subscriptions (the
 //! union in id order, an event of several topics once).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use herald::Event;
 
 #[test]

@@ -8,15 +8,13 @@
 //! The clients are never skipped: a missing `node` or `python3`, or missing packages, fails
 //! with the command that installs them (`.ci/run` runs it on a fresh machine).
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use herald::{Event, Handle};
 
 /// How much longer than its own timeout ([`DEADLINE`]) a client process is given before the

@@ -9,8 +9,6 @@
 //! without it.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -20,7 +18,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     build_request, events_target, post_request, publish_form, scrape, spawn_draining_stderr,
     wait_until, Conn, HeraldProcess, Next, PipeLines, Response, SseCollector, SseEvent, DEADLINE,
 };
@@ -29,7 +27,7 @@ use common::{
 const NGINX_BIN: &str = "/usr/sbin/nginx";
 
 /// README.md, whose recommended nginx configuration these tests run.
-const README: &str = include_str!("../README.md");
+const README: &str = include_str!("../../README.md");
 
 // ---------------------------------------------------------------------------------------------
 // nginx

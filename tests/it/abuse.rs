@@ -7,15 +7,13 @@
 //! (half with a reset) leave the server serving with the right subscriber count; a publish
 //! body over the limit is `413`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use herald::{Config, Event, Handle, Server};
 
 const CALM_TOPIC: &str = "calm";

@@ -4,11 +4,9 @@
 //! `redis-server` runs on a free loopback port.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{start, subscribe, wait_until, DEADLINE};
+use crate::common::{start, subscribe, wait_until, DEADLINE};
 use herald::{BusKind, Event, PublishError};
 use testkit::redis::RedisServer;
 

@@ -4,9 +4,7 @@
 //! published through the library handle and through every HTTP publish format ([`Via`]: each
 //! data test runs once per way in).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use herald::Event;
 
 /// Data that must come out of an EventSource as it went in (after CR and CRLF became LF).
