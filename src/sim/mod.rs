@@ -3,7 +3,7 @@
 //! history (`history/`) and the timer wheel through a simulated network (`net.rs`), a
 //! simulated clock with jumps, and a simulated bus (`bus.rs`), with simulated HTTP clients
 //! (`client.rs`) speaking real bytes, and checks the invariants of `docs/simulation.md`
-//! after every step (`check.rs`). The loop itself is mirrored in `driver.rs`.
+//! after every step (`check.rs`). The loop itself is mirrored in `driver/`.
 //!
 //! Everything random comes from one [`Rng`] seeded by the seed, so a failing seed replays
 //! exactly: `cargo run --release --features internals --example simulate -- --seed N`.

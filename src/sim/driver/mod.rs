@@ -9,14 +9,11 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::bus::{Backfill, Completion, InboxItem, Ticket};
+use crate::bus::{InboxItem, Ticket};
 use crate::config::Limits;
-use crate::conn::resume::{self, BusView, Plan};
-use crate::conn::{self, ConnState, Connection, Exchange, Expired, Flushed, Now, Step, Stream};
-use crate::conn::{StreamEnd, StreamRequest, LINGER};
-use crate::history::ring::Seq;
-use crate::history::topics::{StreamTopic, SubscriberRef, TopicId, Topics};
-use crate::http::answer::HttpError;
+use crate::conn::{self, ConnState, Connection, Exchange, Expired, Flushed, Now, Step};
+use crate::conn::{StreamEnd, LINGER};
+use crate::history::topics::{TopicId, Topics};
 use crate::http::route::Listener;
 use crate::socket::IoOutcome;
 use crate::wheel::{TimerHandle, TimerWheel};
@@ -24,6 +21,8 @@ use crate::wheel::{TimerHandle, TimerWheel};
 use super::bus::SimBus;
 use super::net::Pipe;
 use super::Rng;
+
+mod open;
 
 /// The event loop's budgets (`io.rs`, `mod.rs`), the same numbers.
 const HTTP_ROUNDS_MAX: usize = 16;
@@ -359,155 +358,6 @@ impl Driver {
                 }
             }
         }
-    }
-
-    fn bus_view(&self) -> BusView {
-        BusView {
-            can_backfill: self.bus.can_backfill,
-            reach_floor: self.bus.reach_floor(),
-        }
-    }
-
-    fn topics_evicted_max(&self, topics: &[String]) -> Seq {
-        topics
-            .iter()
-            .map(|name| self.topics.evicted_max(name))
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// `subscribe.rs`'s `open_stream`.
-    fn open_stream(&mut self, key: usize, mut request: StreamRequest) {
-        request.resume = request
-            .last_event_id
-            .as_deref()
-            .map(|id| self.bus.resume_point(id));
-        let evicted_max = self.topics_evicted_max(&request.topics);
-        let plan = resume::plan(&request, self.bus_view(), evicted_max, &self.limits);
-        self.carry_out(key, request, plan);
-    }
-
-    fn carry_out(&mut self, key: usize, request: StreamRequest, plan: Plan) {
-        match plan {
-            Plan::Start(backfill) => self.open_stream_now(key, request, backfill),
-            Plan::Refuse(error) => self.refuse_stream(key, error, &request),
-            Plan::Fetch { fetch, so_far } => {
-                let ticket = self.ticket(key);
-                if let Err(error) = self.bus.backfill(&mut self.rng, fetch, ticket) {
-                    return self.refuse_stream(key, error.into(), &request);
-                }
-                if let Some(slot) = self.conns.get_mut(key) {
-                    slot.conn.await_backfill(ticket.serial, request, so_far);
-                }
-            }
-        }
-    }
-
-    fn refuse_stream(&mut self, key: usize, error: HttpError, request: &StreamRequest) {
-        if let Some(exchange) = self.conns.get_mut(key).and_then(|s| s.conn.exchange()) {
-            exchange.refuse_stream(error, request);
-            self.drive(key);
-        }
-    }
-
-    fn on_backfilled(
-        &mut self,
-        key: usize,
-        serial: u64,
-        result: Result<Backfill, crate::bus::BackfillError>,
-    ) {
-        let Some(slot) = self.conns.get_mut(key) else {
-            return;
-        };
-        let Some((request, so_far)) = slot.conn.take_backfill(serial) else {
-            return;
-        };
-        match result {
-            Ok(part) => {
-                let backfill = resume::merge(so_far, part);
-                let evicted_max = self.topics_evicted_max(&request.topics);
-                let plan = resume::after_fetch(
-                    &request,
-                    backfill,
-                    self.bus_view(),
-                    evicted_max,
-                    &self.limits,
-                );
-                self.carry_out(key, request, plan);
-            }
-            Err(error) => self.refuse_stream(key, error.into(), &request),
-        }
-    }
-
-    /// `subscribe.rs`'s `drain_completions`.
-    fn drain_completions(&mut self) {
-        while let Some(completion) = self.bus.try_completion(&mut self.rng) {
-            match completion {
-                Completion::Published(ticket, result) => {
-                    let Some(slot) = self.conns.get_mut(ticket.conn) else {
-                        continue;
-                    };
-                    let (ours, _) = slot.conn.on_published(ticket.serial, result);
-                    if ours {
-                        self.drive(ticket.conn);
-                    }
-                }
-                Completion::Backfilled(ticket, result) => {
-                    self.on_backfilled(ticket.conn, ticket.serial, result)
-                }
-            }
-        }
-    }
-
-    /// `subscribe.rs`'s `open_stream_now`. The events this stream may skip after a gap
-    /// event (evicted from its rings or trimmed from the log) are noted on its socket for
-    /// the client's checks.
-    fn open_stream_now(&mut self, key: usize, request: StreamRequest, backfill: Option<Backfill>) {
-        let topics: Box<[StreamTopic]> = request
-            .topics
-            .iter()
-            .enumerate()
-            .map(|(slot, name)| {
-                let subscriber = SubscriberRef {
-                    conn: key,
-                    slot: slot as u16,
-                };
-                let (id, position) = self.topics.subscribe(name, subscriber);
-                StreamTopic { id, position }
-            })
-            .collect();
-        let forgotten = self
-            .topics_evicted_max(&request.topics)
-            .max(self.bus.log_floor)
-            .max(self.bus.reach_floor().unwrap_or(0));
-        let start = resume::stream_start(
-            &request,
-            topics,
-            &self.topics,
-            self.bus_view(),
-            &self.limits,
-            backfill,
-            SimBus::id_of,
-        );
-        let mut expires_ms = 0;
-        if let Some(lifetime) = self.limits.stream_lifetime {
-            let lifetime_ms = lifetime.as_millis() as u64;
-            let jitter = self.rng.next() % (lifetime_ms / 10).max(1);
-            expires_ms = self.now.ms + lifetime_ms - jitter;
-        }
-        let stream = Stream::new(start, self.now.ms, expires_ms);
-        let heartbeat_ms = self.limits.heartbeat.as_millis() as u64;
-        let next_ms = stream.next_check_ms(self.now.ms, heartbeat_ms);
-        let Some(slot) = self.conns.get_mut(key) else {
-            return;
-        };
-        self.pipes[slot.pipe].forgotten = forgotten;
-        if let Some(buffer) = slot.conn.start_stream(stream) {
-            self.recycle(buffer);
-        }
-        self.subscribers += 1;
-        self.set_timer(key, next_ms);
-        self.write_stream(key);
     }
 
     /// `fanout.rs`'s `drain_inbox`.
