@@ -54,7 +54,8 @@ pub(crate) struct Stream {
     closing: Option<Closing>,
     /// The socket returned `WouldBlock`; the stream waits for writable readiness.
     pub blocked: bool,
-    /// Loop turn in which the stream was last queued for a flush (dedupes the queue).
+    /// Loop turn in which the fan-out last took the stream from its queue, or `u64::MAX`
+    /// while it waits in it (dedupes the queue).
     pub queued_turn: u64,
     /// Loop clock (ms) of the last write that moved bytes; heartbeats go to quiet streams.
     pub last_write_ms: u64,

@@ -45,6 +45,11 @@ const ACCEPTS_PER_TURN_MAX: usize = 256;
 const INBOX_EVENTS_PER_TURN_MAX: usize = 1024;
 /// Read/parse/write rounds per HTTP connection per wake-up (several pipelined requests).
 const HTTP_ROUNDS_MAX: usize = 16;
+/// Streams the fan-out writes per turn before the loop polls again. A pass over thousands
+/// of subscribers of one topic takes tens of milliseconds; between slices the loop reads
+/// new publishes and drains its inbox, so an event published mid-pass reaches every
+/// stream not yet written in the same pass instead of waiting for the next one.
+const FAN_OUT_STREAMS_PER_TURN_MAX: usize = 256;
 /// `write_vectored` calls per stream per turn.
 const STREAM_WRITES_PER_TURN_MAX: usize = 4;
 /// Reads of unexpected bytes from a stream's client per wake-up; they are discarded.
@@ -131,8 +136,10 @@ pub(crate) struct EventLoop {
     /// Frame bytes taken from the inbox per turn (at least one event is always taken).
     inbox_bytes_per_turn: usize,
     turn: u64,
-    /// Streams with frames left after their write budget: flushed next turn.
+    /// Streams with frames left after their write budget: queued again next turn.
     flush_next: Vec<usize>,
+    /// Streams waiting for the fan-out, written `FAN_OUT_STREAMS_PER_TURN_MAX` per turn.
+    fan_out_queue: std::collections::VecDeque<usize>,
     /// HTTP connections and streams with readiness left after their budget.
     read_next: Vec<usize>,
     dirty: Vec<TopicId>,
@@ -198,6 +205,7 @@ impl EventLoop {
             stats,
             turn: 0,
             flush_next: Vec::new(),
+            fan_out_queue: std::collections::VecDeque::new(),
             read_next: Vec::new(),
             dirty: Vec::new(),
             head_pool: Vec::new(),
@@ -222,6 +230,7 @@ impl EventLoop {
         loop {
             let busy = self.inbox_pending
                 || !self.flush_next.is_empty()
+                || !self.fan_out_queue.is_empty()
                 || !self.read_next.is_empty()
                 || (self.accepting() && self.listeners.iter().any(|l| l.pending));
             let timeout = if busy {

@@ -11,6 +11,9 @@ use crate::bus::{BackfillError, InboxItem};
 /// comes straight back for the rest.
 const PARTIAL_BACKFILL_RETRY_MS: u32 = 100;
 
+/// `Stream::queued_turn` of a stream waiting in the fan-out queue (no turn reaches it).
+const QUEUED: u64 = u64::MAX;
+
 impl EventLoop {
     /// Starts a subscription: at once, or, when it resumes from before what this loop's
     /// rings hold and the bus keeps a log, once the bus has fetched the missed events.
@@ -323,63 +326,61 @@ impl EventLoop {
         }
     }
 
-    /// Writes every stream whose topics received events (once each), and those left over
-    /// from the last turn. Blocked streams are only checked for lag.
+    /// Queues every stream whose topics received events, and those left over from the
+    /// last turn, behind the streams still queued; then writes at most
+    /// `FAN_OUT_STREAMS_PER_TURN_MAX` of them, so the loop polls again and takes new
+    /// events mid-pass: a stream not yet written gets them in the same write. Blocked
+    /// streams are only checked for lag.
     pub(super) fn fan_out(&mut self) {
-        let mut queue = std::mem::take(&mut self.flush_next);
+        let mut leftovers = std::mem::take(&mut self.flush_next);
         let mut dirty = std::mem::take(&mut self.dirty);
         self.topics.take_dirty(&mut dirty);
-        let turn = self.turn;
-        // Leftovers may name a stream more than once (flushed again from a timer or a
-        // readiness event): each is written once per turn, within one budget.
         let conns = &mut self.conns;
-        queue.retain(|&key| match conns.get_mut(key) {
-            Some(Connection {
+        let queue = &mut self.fan_out_queue;
+        // A stream is in the queue at most once: a key closed and reused while queued is
+        // at worst written once more, with nothing to send.
+        let mut enqueue = |key: usize| {
+            if let Some(Connection {
                 state: ConnState::Stream(stream),
                 ..
-            }) if stream.queued_turn != turn => {
-                stream.queued_turn = turn;
-                true
-            }
-            _ => false,
-        });
-        for &id in &dirty {
-            let Some(topic) = self.topics.get(id) else {
-                continue;
-            };
-            for subscriber in &topic.subscribers {
-                if let Some(Connection {
-                    state: ConnState::Stream(stream),
-                    ..
-                }) = self.conns.get_mut(subscriber.conn)
-                {
-                    if stream.queued_turn != turn {
-                        stream.queued_turn = turn;
-                        queue.push(subscriber.conn);
-                    }
+            }) = conns.get_mut(key)
+            {
+                if stream.queued_turn != QUEUED {
+                    stream.queued_turn = QUEUED;
+                    queue.push_back(key);
                 }
+            }
+        };
+        leftovers.drain(..).for_each(&mut enqueue);
+        for &id in &dirty {
+            if let Some(topic) = self.topics.get(id) {
+                topic
+                    .subscribers
+                    .iter()
+                    .for_each(|subscriber| enqueue(subscriber.conn));
             }
         }
         self.topics.sweep(&dirty);
         self.dirty = dirty;
+        self.flush_next = leftovers; // Keep the allocation.
         let lag_max = self.shared.limits.lag_bytes_max;
-        for &key in &queue {
+        for _ in 0..FAN_OUT_STREAMS_PER_TURN_MAX {
+            let Some(key) = self.fan_out_queue.pop_front() else {
+                break;
+            };
             let Some(Connection {
                 state: ConnState::Stream(stream),
                 ..
-            }) = self.conns.get(key)
+            }) = self.conns.get_mut(key)
             else {
                 continue;
             };
+            stream.queued_turn = self.turn;
             if !stream.blocked {
                 self.flush(key);
             } else if stream.too_slow(&self.topics, lag_max) {
                 self.close_stream(key, StreamEnd::SlowConsumer);
             }
-        }
-        queue.clear();
-        if self.flush_next.is_empty() {
-            self.flush_next = queue; // Keep the allocation.
         }
     }
 
