@@ -1,5 +1,6 @@
 //! What the loadtest reads from `/proc`: a server's resident memory (`VmRSS`, `RssAnon`
-//! from `/proc/PID/status`), its CPU time (`utime + stime` from `/proc/PID/stat`), the
+//! from `/proc/PID/status`), its CPU time (`utime + stime` from `/proc/PID/stat`, and
+//! `stime` alone), the
 //! children of a process (nginx workers of a master), and the kernel's TCP memory
 //! (`/proc/net/sockstat`). Parsing is split from reading so it can be tested on text.
 
@@ -39,6 +40,17 @@ pub fn cpu_seconds(pids: &[u32]) -> io::Result<f64> {
     for pid in pids {
         let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
         ticks += stat_cpu_ticks(&text).ok_or_else(|| bad_data("stat"))?;
+    }
+    Ok(ticks as f64 / USER_HZ)
+}
+
+/// Kernel-mode CPU seconds (`stime`, all threads) used so far by `pids`, summed: the part
+/// of [`cpu_seconds`] spent in system calls and the network stack.
+pub fn system_seconds(pids: &[u32]) -> io::Result<f64> {
+    let mut ticks = 0;
+    for pid in pids {
+        let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        ticks += stat_system_ticks(&text).ok_or_else(|| bad_data("stat"))?;
     }
     Ok(ticks as f64 / USER_HZ)
 }
@@ -107,6 +119,11 @@ fn stat_cpu_ticks(text: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// `stime` (field 15 of `/proc/PID/stat`) in ticks.
+fn stat_system_ticks(text: &str) -> Option<u64> {
+    stat_fields(text)?.get(12)?.parse().ok()
+}
+
 /// The parent pid (field 4 of `/proc/PID/stat`).
 fn stat_ppid(text: &str) -> Option<u32> {
     stat_fields(text)?.get(1)?.parse().ok()
@@ -136,6 +153,7 @@ mod tests {
     fn stat() {
         let text = "42 (nginx: worker (x) 1) S 7 42 42 0 -1 4194560 100 0 0 0 250 31 0 0 20 0 1 0";
         assert_eq!(stat_cpu_ticks(text), Some(281));
+        assert_eq!(stat_system_ticks(text), Some(31));
         assert_eq!(stat_ppid(text), Some(7));
         assert_eq!(stat_cpu_ticks("garbage"), None);
     }

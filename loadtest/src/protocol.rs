@@ -202,6 +202,10 @@ pub struct Deliveries {
     pub tail_streaming: u64,
     /// At collection: events published that a subscriber between streams had not got.
     pub tail_reconnecting: u64,
+    /// `read` calls on subscriber sockets since `go` (those that returned `WouldBlock`
+    /// included): how many wake-ups the server's writes cost the subscribers.
+    #[serde(default)]
+    pub reads: u64,
 }
 
 impl Deliveries {
@@ -223,6 +227,7 @@ impl Deliveries {
         self.missed_silent += other.missed_silent;
         self.tail_streaming += other.tail_streaming;
         self.tail_reconnecting += other.tail_reconnecting;
+        self.reads += other.reads;
     }
 
     /// Every event that a subscriber did not receive and that these counters explain.

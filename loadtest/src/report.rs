@@ -100,10 +100,15 @@ pub struct Report {
     pub latency_buckets: Buckets,
     /// Server CPU seconds over the publishing window.
     pub server_cpu_seconds: f64,
+    /// Of `server_cpu_seconds`, the kernel-mode part (`stime`).
+    pub server_system_seconds: f64,
     /// Server CPU seconds per million deliveries.
     pub server_cpu_seconds_per_million: Option<f64>,
     /// Load generator CPU seconds (workers and orchestrator) over the publishing window.
     pub client_cpu_seconds: f64,
+    /// `read` calls the workers made on subscriber sockets while publishing and draining
+    /// (those answered `WouldBlock` included): how many wake-ups the deliveries cost them.
+    pub subscriber_reads: u64,
     /// Highest passing rate of the saturation ladder, events per second.
     pub saturation_rate: Option<f64>,
     /// The ladder's steps.
@@ -366,11 +371,23 @@ const METRICS: &[Metric] = &[
     metric("latency max (ms)", |r| Some(r.latency.max_ms), 2),
     metric("server CPU (s)", |r| Some(r.server_cpu_seconds), 2),
     metric(
+        "  user (s)",
+        |r| Some(r.server_cpu_seconds - r.server_system_seconds),
+        2,
+    ),
+    metric("  system (s)", |r| Some(r.server_system_seconds), 2),
+    metric(
         "server CPU s / M deliv",
         |r| r.server_cpu_seconds_per_million,
         3,
     ),
     metric("client CPU (s)", |r| Some(r.client_cpu_seconds), 2),
+    metric("subscriber reads", |r| Some(r.subscriber_reads as f64), 0),
+    metric(
+        "  per delivery",
+        |r| (r.received > 0).then(|| r.subscriber_reads as f64 / r.received as f64),
+        3,
+    ),
     metric("saturation (ev/s)", |r| r.saturation_rate, 0),
 ];
 

@@ -161,6 +161,7 @@ struct Phase {
     expected: u64,
     window_seconds: f64,
     server_cpu_seconds: f64,
+    server_system_seconds: f64,
     client_cpu_seconds: f64,
 }
 
@@ -229,6 +230,8 @@ impl Publishing<'_> {
         report.reconnects += d.reconnects;
         report.loss.add(&report::Loss::of(lost, d));
         report.server_cpu_seconds += phase.server_cpu_seconds;
+        report.server_system_seconds += phase.server_system_seconds;
+        report.subscriber_reads += d.reads;
         report.client_cpu_seconds += phase.client_cpu_seconds;
         let p99_ms = Summary::of(&phase.collected.latency).p99_ms;
         let achieved = phase.publish.achieved_rate();
@@ -271,6 +274,7 @@ impl Publishing<'_> {
         let expected = report::expected_deliveries(self.per_topic, self.next_event, events);
         self.next_event += events;
         let server_cpu = procfs::cpu_seconds(&self.target.pids)?;
+        let server_system = procfs::system_seconds(&self.target.pids)?;
         let own_cpu = procfs::own_cpu_seconds();
         self.fleet.tell(Control::Go)?;
         let start = Instant::now();
@@ -285,6 +289,7 @@ impl Publishing<'_> {
         let drain_deadline = (Instant::now() + DRAIN_MAX).min(self.deadline);
         let last = self.fleet.drain(quiet, drain_deadline);
         let server_cpu = procfs::cpu_seconds(&self.target.pids)? - server_cpu;
+        let server_system = procfs::system_seconds(&self.target.pids)? - server_system;
         let own_cpu = procfs::own_cpu_seconds() - own_cpu;
         let collected = self
             .fleet
@@ -299,6 +304,7 @@ impl Publishing<'_> {
             collected,
             expected,
             server_cpu_seconds: server_cpu,
+            server_system_seconds: server_system,
         })
     }
 }

@@ -55,8 +55,8 @@ pub(crate) struct Stream {
     closing: Option<Closing>,
     /// The socket returned `WouldBlock`; the stream waits for writable readiness.
     blocked: bool,
-    /// Loop turn in which the stream was last queued for a flush (dedupes the queue).
-    queued_turn: u64,
+    /// Waiting in the loop's fan-out queue (it is there at most once).
+    queued: bool,
     /// Loop clock (ms) of the last write that moved bytes; heartbeats go to quiet streams.
     last_write_ms: u64,
     /// Loop clock (ms) at which the stream is sent back to reconnect (0: never): the
@@ -120,9 +120,7 @@ impl Stream {
             })),
             closing: None,
             blocked: false,
-            // Not yet queued in any turn: events drained later in the turn that opened
-            // the stream must still queue it.
-            queued_turn: 0,
+            queued: false,
             last_write_ms: now_ms,
             expires_ms,
         };
@@ -157,14 +155,21 @@ impl Stream {
         std::mem::replace(&mut self.blocked, false)
     }
 
-    /// Queues the stream for a write in loop turn `turn`, once: returns false when it is
-    /// already queued in that turn.
-    pub(crate) fn queue_in(&mut self, turn: u64) -> bool {
-        if self.queued_turn == turn {
-            return false;
-        }
-        self.queued_turn = turn;
-        true
+    /// Marks the stream as waiting in the fan-out queue: returns false when it already
+    /// waits there (so it is queued once).
+    pub(crate) fn enqueue(&mut self) -> bool {
+        !std::mem::replace(&mut self.queued, true)
+    }
+
+    /// Whether the stream waits in the fan-out queue (its lag is checked when it is taken
+    /// from there).
+    pub(crate) fn is_queued(&self) -> bool {
+        self.queued
+    }
+
+    /// The fan-out took the stream from its queue to write it.
+    pub(crate) fn dequeue(&mut self) {
+        self.queued = false;
     }
 
     /// A blocked stream whose socket took no byte for `stalled_ms`: its client stopped

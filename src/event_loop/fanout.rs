@@ -6,16 +6,28 @@ use crate::bus::InboxItem;
 use crate::conn::StreamEnd;
 use crate::history::ring::Seq;
 
+/// Streams the fan-out writes per turn before the loop polls again. A pass over the
+/// thousands of subscribers of one topic takes 100 to 450 ms of wall time on a busy box;
+/// between slices the loop reads new publishes and drains its inbox, so an event published
+/// mid-pass reaches every stream not yet written in the same pass (in the same `writev`)
+/// instead of waiting for the next pass (BENCHMARKS.md, "Single-topic fan-out").
+const FAN_OUT_STREAMS_PER_TURN_MAX: usize = 256;
+
 impl EventLoop {
-    /// Takes published events from the inbox into the topic rings.
+    /// Takes published events from the inbox into the topic rings, within what is left
+    /// of this fan-out pass's budget (`inbox_budget`); a new pass starts when the fan-out
+    /// queue is empty.
     pub(super) fn drain_inbox(&mut self) {
+        if self.pending.fan_out.is_empty() {
+            self.pending.pass_drained = (0, 0);
+        }
         let (events_max, bytes_max) = self.inbox_budget;
-        let mut events = 0;
-        let mut bytes = 0;
+        let (mut events, mut bytes) = self.pending.pass_drained;
+        self.inbox_pending = true;
         while events < events_max && bytes < bytes_max {
             let Some(item) = self.inbox.try_recv() else {
                 self.inbox_pending = false;
-                return;
+                break;
             };
             let event = match item {
                 InboxItem::Event(event) => event,
@@ -28,7 +40,7 @@ impl EventLoop {
             events += 1;
             bytes += event.frame.len();
         }
-        self.inbox_pending = true;
+        self.pending.pass_drained = (events, bytes);
     }
 
     /// The bus lost events up to `through` before this loop got them (see
@@ -54,53 +66,74 @@ impl EventLoop {
         }
     }
 
-    /// Writes every stream whose topics received events (once each), and those left over
-    /// from the last turn. Blocked streams are only checked for lag.
+    /// Queues every stream whose topics received events behind the streams still queued
+    /// (each stream once), writes those left over from the last turn, then at most
+    /// `FAN_OUT_STREAMS_PER_TURN_MAX` of the queue, so the loop polls again and takes new
+    /// events mid-pass: a stream not yet written gets them in the same write. Blocked
+    /// streams are only checked for lag.
     pub(super) fn fan_out(&mut self) {
-        let mut queue = std::mem::take(&mut self.pending.write_next);
+        let mut leftovers = std::mem::take(&mut self.pending.write_next);
         let mut dirty = std::mem::take(&mut self.pending.dirty);
         self.topics.take_dirty(&mut dirty);
-        let turn = self.turn;
-        // Leftovers may name a stream more than once (written again from a timer or a
-        // readiness event): each is written once per turn, within one budget.
         let conns = &mut self.conns;
-        queue.retain(|&key| {
-            conns
+        let queue = &mut self.pending.fan_out;
+        // A key closed and reused while queued may be queued twice: at worst written once
+        // more, with nothing to send.
+        let mut enqueue = |key: usize| {
+            let fresh = conns
                 .get_mut(key)
                 .and_then(|slot| slot.conn.stream_mut())
-                .is_some_and(|stream| stream.queue_in(turn))
-        });
+                .is_some_and(|stream| stream.enqueue());
+            if fresh {
+                queue.push_back(key);
+            }
+        };
         for &id in &dirty {
-            let Some(topic) = self.topics.get(id) else {
-                continue;
-            };
-            for subscriber in &topic.subscribers {
-                let queued = self
-                    .conns
-                    .get_mut(subscriber.conn)
-                    .and_then(|slot| slot.conn.stream_mut())
-                    .is_some_and(|stream| stream.queue_in(turn));
-                if queued {
-                    queue.push(subscriber.conn);
-                }
+            if let Some(topic) = self.topics.get(id) {
+                topic
+                    .subscribers
+                    .iter()
+                    .for_each(|subscriber| enqueue(subscriber.conn));
             }
         }
         self.topics.sweep(&dirty);
         self.pending.dirty = dirty;
-        let lag_max = self.ctx.limits.lag_bytes_max;
-        for &key in &queue {
-            let Some(stream) = self.conns.get(key).and_then(|slot| slot.conn.stream()) else {
+        // Streams with more to write after last turn's budget go on now, outside the
+        // queue (one waiting in the queue is written when its slice comes): the queue holds
+        // only what new events made dirty, so it empties once the inbox budget is spent.
+        for &key in &leftovers {
+            let Some(stream) = self.conns.get(key).and_then(|s| s.conn.stream()) else {
                 continue;
             };
-            if !stream.is_blocked() {
-                self.write_stream(key);
-            } else if stream.too_slow(&self.topics, lag_max) {
-                self.close_stream(key, StreamEnd::SlowConsumer);
+            if !stream.is_queued() {
+                self.write_or_check(key);
             }
         }
-        queue.clear();
+        leftovers.clear();
         if self.pending.write_next.is_empty() {
-            self.pending.write_next = queue; // Keep the allocation.
+            self.pending.write_next = leftovers; // Keep the allocation.
+        }
+        for _ in 0..FAN_OUT_STREAMS_PER_TURN_MAX {
+            let Some(key) = self.pending.fan_out.pop_front() else {
+                break;
+            };
+            let Some(stream) = self.conns.get_mut(key).and_then(|s| s.conn.stream_mut()) else {
+                continue;
+            };
+            stream.dequeue();
+            self.write_or_check(key);
+        }
+    }
+
+    /// Writes a stream, or, while its socket is full, only checks its lag.
+    fn write_or_check(&mut self, key: usize) {
+        let Some(stream) = self.conns.get(key).and_then(|s| s.conn.stream()) else {
+            return;
+        };
+        if !stream.is_blocked() {
+            self.write_stream(key);
+        } else if stream.too_slow(&self.topics, self.ctx.limits.lag_bytes_max) {
+            self.close_stream(key, StreamEnd::SlowConsumer);
         }
     }
 }

@@ -19,6 +19,7 @@ mod fanout;
 mod io;
 mod subscribe;
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -41,9 +42,9 @@ use context::LoopContext;
 pub(crate) const WAKER: Token = Token(usize::MAX);
 /// Readiness events taken per poll.
 const EVENTS_PER_POLL_MAX: usize = 1024;
-/// Events taken from the inbox per turn before streams are written. Also capped by the
-/// per-topic history size, so a burst never evicts a frame a reading stream was not sent.
-const INBOX_EVENTS_PER_TURN_MAX: usize = 1024;
+/// Events taken from the inbox per fan-out pass. Also capped by the per-topic history
+/// size (see [`inbox_budget`]).
+const INBOX_EVENTS_PER_PASS_MAX: usize = 1024;
 /// Head buffers kept for reuse; beyond this they are freed.
 const HEAD_POOL_MAX: usize = 64;
 /// Connections being refused or closed (lingering) per loop. Past this, accepting pauses
@@ -53,6 +54,18 @@ pub(crate) const LINGERING_MAX: usize = 1024;
 const TIMER_TICK: Duration = Duration::from_millis(100);
 // No timeout a setting may ask for is shorter than one tick, so none fires a tick early.
 const _: () = assert!(TIMER_TICK.as_millis() == crate::config::TIMER_MS_MIN as u128);
+
+/// Events and frame bytes a loop takes from its inbox per fan-out pass (from when the
+/// fan-out queue is empty until it is empty again): half a ring's events and a quarter of
+/// a topic's bytes, at least one event. A stream is written once per pass it is queued
+/// in, so between two of its writes at most two passes' worth of events arrive, and a
+/// burst never evicts a frame a reading stream was not sent.
+fn inbox_budget(history: crate::history::topics::HistoryLimits) -> (usize, usize) {
+    (
+        (history.events.min(INBOX_EVENTS_PER_PASS_MAX) / 2).max(1),
+        (history.bytes.min(history.total_bytes) / 4).max(1),
+    )
+}
 
 /// A listener's token: the tokens below the waker's, one per listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,8 +120,13 @@ struct Slot {
 /// Work a turn left for the next one, and its scratch lists.
 #[derive(Default)]
 struct Pending {
-    /// Streams with frames left after their write budget: written next turn.
+    /// Streams with frames left after their write budget: queued again next turn.
     write_next: Vec<usize>,
+    /// Streams waiting for the fan-out, each once, written a slice per turn
+    /// (`fanout.rs`).
+    fan_out: VecDeque<usize>,
+    /// Events and frame bytes taken from the inbox since the fan-out queue was last empty.
+    pass_drained: (usize, usize),
     /// Connections with readiness left after their budget.
     read_next: Vec<usize>,
     /// Scratch: topics that received events this turn.
@@ -126,10 +144,9 @@ pub(crate) struct EventLoop {
     topics: Topics,
     inbox: Inbox,
     inbox_pending: bool,
-    /// Events and frame bytes taken from the inbox per turn (at least one event is
-    /// always taken).
+    /// Events and frame bytes taken from the inbox per fan-out pass (see
+    /// [`inbox_budget`]).
     inbox_budget: (usize, usize),
-    turn: u64,
     pending: Pending,
     head_pool: Vec<Box<[u8]>>,
     counters: LoopCounters,
@@ -170,12 +187,8 @@ impl EventLoop {
             topics: Topics::new(history),
             inbox,
             inbox_pending: true,
-            inbox_budget: (
-                history.events.min(INBOX_EVENTS_PER_TURN_MAX),
-                (history.bytes.min(history.total_bytes) / 2).max(1),
-            ),
+            inbox_budget: inbox_budget(history),
             ctx,
-            turn: 0,
             pending: Pending::default(),
             head_pool: Vec::new(),
             counters: LoopCounters::default(),
@@ -194,6 +207,7 @@ impl EventLoop {
         loop {
             let busy = self.inbox_pending
                 || !self.pending.write_next.is_empty()
+                || !self.pending.fan_out.is_empty()
                 || !self.pending.read_next.is_empty()
                 || (self.accepting() && self.listeners.iter().any(|l| l.pending));
             let timeout = if busy {
@@ -220,7 +234,6 @@ impl EventLoop {
             if self.ctx.shutdown.stopping.load(Ordering::Acquire) {
                 return; // Dropping the loop closes every socket it owns.
             }
-            self.turn += 1;
             self.clock.read();
             if self.drain_deadline.is_none() && self.ctx.shutdown.draining.load(Ordering::Acquire) {
                 self.begin_drain();

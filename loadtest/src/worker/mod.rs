@@ -303,6 +303,8 @@ impl Worker {
             match self.control.try_recv() {
                 Ok(Control::Go) => {
                     self.cpu_mark = crate::procfs::own_cpu_seconds();
+                    // Reads count from here: the connect phase's are not the fan-out's.
+                    self.tally.deliveries.reads = 0;
                     self.churning = self.spec.churn_percent > 0.0;
                     self.next_churn = Instant::now() + Duration::from_secs(1);
                     self.published = None;

@@ -228,6 +228,7 @@ impl Sub {
             let Some(stream) = self.stream() else {
                 return Outcome::Pending;
             };
+            tally.deliveries.reads += 1;
             let n = match stream.read(buf) {
                 Ok(0) => return self.closed(),
                 Ok(n) => n,

@@ -5,6 +5,7 @@
 //! wheel. When the event loop changes how it carries out the core's actions, this file
 //! follows.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -28,8 +29,11 @@ mod open;
 const HTTP_ROUNDS_MAX: usize = 16;
 const STREAM_WRITES_PER_TURN_MAX: usize = 4;
 const STREAM_DISCARD_READS_MAX: usize = 4;
-const INBOX_EVENTS_PER_TURN_MAX: usize = 1024;
+const INBOX_EVENTS_PER_PASS_MAX: usize = 1024;
 pub(super) const HEAD_POOL_MAX: usize = 64;
+/// The loop writes 256 streams per turn (`fanout.rs`); the simulation's few streams would
+/// never see a second slice, so it writes fewer per turn to exercise the queue.
+const FAN_OUT_STREAMS_PER_TURN_MAX: usize = 3;
 const TIMER_TICK: Duration = Duration::from_millis(100);
 
 /// A connection as the loop holds it.
@@ -53,8 +57,9 @@ pub(super) struct Driver {
     pub backlog: Vec<usize>,
     origin: Instant,
     pub now: Now,
-    turn: u64,
     write_next: Vec<usize>,
+    fan_out: VecDeque<usize>,
+    pass_drained: (usize, usize),
     read_next: Vec<usize>,
     dirty: Vec<TopicId>,
     pub head_pool: Vec<Box<[u8]>>,
@@ -86,8 +91,9 @@ impl Driver {
                 ms: 0,
                 unix_ms: 1_700_000_000_000,
             },
-            turn: 0,
             write_next: Vec::new(),
+            fan_out: VecDeque::new(),
+            pass_drained: (0, 0),
             read_next: Vec::new(),
             dirty: Vec::new(),
             head_pool: Vec::new(),
@@ -107,7 +113,6 @@ impl Driver {
 
     /// One turn of `EventLoop::run`, after the poll.
     pub(super) fn turn(&mut self) {
-        self.turn += 1;
         self.expire_timers();
         let ready: Vec<(usize, bool, bool)> = self
             .conns
@@ -363,12 +368,15 @@ impl Driver {
     /// `fanout.rs`'s `drain_inbox`.
     fn drain_inbox(&mut self) {
         let history = self.limits.history;
-        let events_max = history.events.min(INBOX_EVENTS_PER_TURN_MAX);
-        let bytes_max = (history.bytes.min(history.total_bytes) / 2).max(1);
-        let (mut events, mut bytes) = (0, 0);
+        if self.fan_out.is_empty() {
+            self.pass_drained = (0, 0);
+        }
+        let events_max = (history.events.min(INBOX_EVENTS_PER_PASS_MAX) / 2).max(1);
+        let bytes_max = (history.bytes.min(history.total_bytes) / 4).max(1);
+        let (mut events, mut bytes) = self.pass_drained;
         while events < events_max && bytes < bytes_max {
             let Some(item) = self.bus.try_recv() else {
-                return;
+                break;
             };
             let event = match item {
                 InboxItem::Event(event) => event,
@@ -387,47 +395,67 @@ impl Driver {
             events += 1;
             bytes += event.frame.len();
         }
+        self.pass_drained = (events, bytes);
     }
 
     /// `fanout.rs`'s `fan_out`.
     fn fan_out(&mut self) {
-        let mut queue = std::mem::take(&mut self.write_next);
+        let mut leftovers = std::mem::take(&mut self.write_next);
         let mut dirty = std::mem::take(&mut self.dirty);
         self.topics.take_dirty(&mut dirty);
-        let turn = self.turn;
         let conns = &mut self.conns;
-        queue.retain(|&key| {
-            conns
+        let queue = &mut self.fan_out;
+        let mut enqueue = |key: usize| {
+            let fresh = conns
                 .get_mut(key)
                 .and_then(|slot| slot.conn.stream_mut())
-                .is_some_and(|stream| stream.queue_in(turn))
-        });
+                .is_some_and(|stream| stream.enqueue());
+            if fresh {
+                queue.push_back(key);
+            }
+        };
         for &id in &dirty {
-            let Some(topic) = self.topics.get(id) else {
-                continue;
-            };
-            for subscriber in &topic.subscribers {
-                let queued = self
-                    .conns
-                    .get_mut(subscriber.conn)
-                    .and_then(|slot| slot.conn.stream_mut())
-                    .is_some_and(|stream| stream.queue_in(turn));
-                if queued {
-                    queue.push(subscriber.conn);
-                }
+            if let Some(topic) = self.topics.get(id) {
+                topic
+                    .subscribers
+                    .iter()
+                    .for_each(|subscriber| enqueue(subscriber.conn));
             }
         }
         self.topics.sweep(&dirty);
         self.dirty = dirty;
-        for &key in &queue {
-            let Some(stream) = self.conns.get(key).and_then(|slot| slot.conn.stream()) else {
+        for key in leftovers.drain(..) {
+            let queued = self
+                .conns
+                .get(key)
+                .and_then(|s| s.conn.stream())
+                .map(|s| s.is_queued());
+            if queued == Some(false) {
+                self.write_or_check(key);
+            }
+        }
+        self.write_next = leftovers;
+        for _ in 0..FAN_OUT_STREAMS_PER_TURN_MAX {
+            let Some(key) = self.fan_out.pop_front() else {
+                break;
+            };
+            let Some(stream) = self.conns.get_mut(key).and_then(|s| s.conn.stream_mut()) else {
                 continue;
             };
-            if !stream.is_blocked() {
-                self.write_stream(key);
-            } else if stream.too_slow(&self.topics, self.limits.lag_bytes_max) {
-                self.close_stream(key, StreamEnd::SlowConsumer);
-            }
+            stream.dequeue();
+            self.write_or_check(key);
+        }
+    }
+
+    /// `fanout.rs`'s `write_or_check`.
+    fn write_or_check(&mut self, key: usize) {
+        let Some(stream) = self.conns.get(key).and_then(|s| s.conn.stream()) else {
+            return;
+        };
+        if !stream.is_blocked() {
+            self.write_stream(key);
+        } else if stream.too_slow(&self.topics, self.limits.lag_bytes_max) {
+            self.close_stream(key, StreamEnd::SlowConsumer);
         }
     }
 
