@@ -106,9 +106,10 @@ fn quiet_streams_get_comment_heartbeats_that_dispatch_no_events() {
     // A loop stores its counters once per turn, at the turn's end: a scrape served by the
     // other loop may come before the turn that wrote the last heartbeat has ended.
     let received = subscriber.comments().len() as f64;
-    wait_until("herald_heartbeats_total counts every heartbeat received", || {
-        scrape(addr).value("herald_heartbeats_total") >= received
-    });
+    wait_until(
+        "herald_heartbeats_total counts every heartbeat received",
+        || scrape(addr).value("herald_heartbeats_total") >= received,
+    );
 }
 
 #[test]
