@@ -9,12 +9,13 @@
 use crate::bus::{Backfill, BackfillError, BackfillRequest, Resume};
 use crate::config::Limits;
 use crate::history::ring::Seq;
-use crate::history::topics::{StreamTopic, Topics};
+use crate::history::topics::{StreamTopic, SubscriberRef, Topics};
 use crate::http::answer::{self, HttpError};
 use crate::sse;
 
 use super::exchange::{Exchange, StreamRequest};
-use super::stream::StreamStart;
+use super::stream::{Stream, StreamStart};
+use super::Now;
 
 /// A subscription parked while the bus fetches what its Last-Event-ID missed.
 pub(crate) struct Resuming {
@@ -198,4 +199,66 @@ pub(crate) fn stream_start(
         },
         partial,
     }
+}
+
+/// What opening a stream needs besides its request: the bus as it stands, the limits, the
+/// clock and a random number for the lifetime's jitter.
+pub(crate) struct Opening<'a> {
+    /// What the bus can do, as read when the stream opens.
+    pub bus: BusView,
+    /// The limits in force.
+    pub limits: &'a Limits,
+    /// This turn's clock.
+    pub now: Now,
+    /// A random number for the lifetime's jitter.
+    pub random: u64,
+}
+
+/// Opens connection `key`'s stream on a loop's rings: registers its topics in `table`,
+/// decides its cursor and first bytes ([`stream_start`]), and its end of life: between 90
+/// and 100 % of `stream_lifetime`, or its token's end (`exp` plus the leeway) if earlier,
+/// so the client comes back, after a jittered `retry:`, with a fresh token. The loop and
+/// the simulation both open streams here.
+pub(crate) fn open_stream(
+    table: &mut Topics,
+    key: usize,
+    request: &StreamRequest,
+    backfill: Option<Backfill>,
+    opening: Opening<'_>,
+    opening_id: impl FnOnce(Seq) -> String,
+) -> Stream {
+    let topics: Box<[StreamTopic]> = request
+        .topics
+        .iter()
+        .enumerate()
+        .map(|(slot, name)| {
+            // Topics per subscription are capped far below u16::MAX by config validation.
+            let subscriber = SubscriberRef {
+                conn: key,
+                slot: slot as u16,
+            };
+            let (id, position) = table.subscribe(name, subscriber);
+            StreamTopic { id, position }
+        })
+        .collect();
+    let Opening {
+        bus,
+        limits,
+        now,
+        random,
+    } = opening;
+    let start = stream_start(request, topics, table, bus, limits, backfill, opening_id);
+    let mut expires_ms = 0;
+    if let Some(lifetime) = limits.stream_lifetime {
+        let lifetime_ms = lifetime.as_millis() as u64;
+        let jitter = random % (lifetime_ms / 10).max(1);
+        expires_ms = now.ms + lifetime_ms - jitter;
+    }
+    if let Some(until_unix_ms) = request.token_until_unix_ms {
+        let token_end_ms = now.loop_ms_at(until_unix_ms);
+        if expires_ms == 0 || token_end_ms < expires_ms {
+            expires_ms = token_end_ms;
+        }
+    }
+    Stream::new(start, now.ms, expires_ms)
 }

@@ -4,10 +4,9 @@
 
 use super::EventLoop;
 use crate::bus::{Backfill, Completion};
-use crate::conn::resume::{self, BusView, Plan};
-use crate::conn::{Stream, StreamRequest};
+use crate::conn::resume::{self, BusView, Opening, Plan};
+use crate::conn::StreamRequest;
 use crate::history::ring::Seq;
-use crate::history::topics::{StreamTopic, SubscriberRef};
 use crate::http::answer::HttpError;
 
 impl EventLoop {
@@ -120,51 +119,22 @@ impl EventLoop {
         }
     }
 
-    /// Turns connection `key` into an event stream now: registers its topics, decides its
-    /// cursor and first bytes, and writes them.
+    /// Turns connection `key` into an event stream now (`resume::open_stream`) and writes
+    /// its first bytes.
     fn open_stream_now(&mut self, key: usize, request: StreamRequest, backfill: Option<Backfill>) {
-        let topics: Box<[StreamTopic]> = request
-            .topics
-            .iter()
-            .enumerate()
-            .map(|(slot, name)| {
-                // Topics per subscription are capped far below u16::MAX by config validation.
-                let subscriber = SubscriberRef {
-                    conn: key,
-                    slot: slot as u16,
-                };
-                let (id, position) = self.topics.subscribe(name, subscriber);
-                StreamTopic { id, position }
-            })
-            .collect();
+        let opening = Opening {
+            bus: self.bus_view(),
+            limits: &self.ctx.limits,
+            now: self.clock.as_now(),
+            random: self.clock.random(),
+        };
+        let now = opening.now;
         let bus = &*self.ctx.bus;
-        let start = resume::stream_start(
-            &request,
-            topics,
-            &self.topics,
-            self.bus_view(),
-            &self.ctx.limits,
-            backfill,
-            |seq| bus.id_of(seq),
-        );
-        let now = self.clock.as_now();
+        let stream =
+            resume::open_stream(&mut self.topics, key, &request, backfill, opening, |seq| {
+                bus.id_of(seq)
+            });
         let limits = &self.ctx.limits;
-        let mut expires_ms = 0;
-        if let Some(lifetime) = limits.stream_lifetime {
-            let lifetime_ms = lifetime.as_millis() as u64;
-            // Between 90 % and 100 % of the configured lifetime.
-            let jitter = self.clock.random() % (lifetime_ms / 10).max(1);
-            expires_ms = now.ms + lifetime_ms - jitter;
-        }
-        if let Some(until_unix_ms) = request.token_until_unix_ms {
-            // The token's end (exp plus the leeway) ends the stream too, whichever comes
-            // first: the client comes back, after a jittered `retry:`, with a fresh token.
-            let token_end_ms = now.loop_ms_at(until_unix_ms);
-            if expires_ms == 0 || token_end_ms < expires_ms {
-                expires_ms = token_end_ms;
-            }
-        }
-        let stream = Stream::new(start, now.ms, expires_ms);
         let heartbeat_ms = limits.heartbeat.as_millis() as u64;
         let next_ms = stream.next_check_ms(now.ms, heartbeat_ms);
         let Some(slot) = self.conns.get_mut(key) else {

@@ -2,10 +2,9 @@
 //! the simulated bus, topics registered, streams opened.
 
 use crate::bus::{Backfill, Completion};
-use crate::conn::resume::{self, BusView, Plan};
-use crate::conn::{Stream, StreamRequest};
+use crate::conn::resume::{self, BusView, Opening, Plan};
+use crate::conn::StreamRequest;
 use crate::history::ring::Seq;
-use crate::history::topics::{StreamTopic, SubscriberRef};
 use crate::http::answer::HttpError;
 
 use super::super::bus::SimBus;
@@ -119,39 +118,24 @@ impl Driver {
         request: StreamRequest,
         backfill: Option<Backfill>,
     ) {
-        let topics: Box<[StreamTopic]> = request
-            .topics
-            .iter()
-            .enumerate()
-            .map(|(slot, name)| {
-                let subscriber = SubscriberRef {
-                    conn: key,
-                    slot: slot as u16,
-                };
-                let (id, position) = self.topics.subscribe(name, subscriber);
-                StreamTopic { id, position }
-            })
-            .collect();
+        let opening = Opening {
+            bus: self.bus_view(),
+            limits: &self.limits,
+            now: self.now,
+            random: self.rng.next(),
+        };
+        let stream = resume::open_stream(
+            &mut self.topics,
+            key,
+            &request,
+            backfill,
+            opening,
+            SimBus::id_of,
+        );
         let forgotten = self
             .topics_evicted_max(&request.topics)
             .max(self.bus.log_floor)
             .max(self.bus.reach_floor().unwrap_or(0));
-        let start = resume::stream_start(
-            &request,
-            topics,
-            &self.topics,
-            self.bus_view(),
-            &self.limits,
-            backfill,
-            SimBus::id_of,
-        );
-        let mut expires_ms = 0;
-        if let Some(lifetime) = self.limits.stream_lifetime {
-            let lifetime_ms = lifetime.as_millis() as u64;
-            let jitter = self.rng.next() % (lifetime_ms / 10).max(1);
-            expires_ms = self.now.ms + lifetime_ms - jitter;
-        }
-        let stream = Stream::new(start, self.now.ms, expires_ms);
         let heartbeat_ms = self.limits.heartbeat.as_millis() as u64;
         let next_ms = stream.next_check_ms(self.now.ms, heartbeat_ms);
         let Some(slot) = self.conns.get_mut(key) else {
