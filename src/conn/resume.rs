@@ -8,6 +8,7 @@
 
 use crate::bus::{Backfill, BackfillError, BackfillRequest, Resume};
 use crate::config::Limits;
+use crate::history::merge::for_each_after;
 use crate::history::ring::Seq;
 use crate::history::topics::{StreamTopic, SubscriberRef, Topics};
 use crate::http::answer::{self, HttpError};
@@ -154,10 +155,14 @@ pub(crate) fn stream_start(
     opening_id: impl FnOnce(Seq) -> String,
 ) -> StreamStart {
     let mut preamble = answer::stream_head(&request.cors);
+    // Where a stream with nothing to send from before now starts, as the client sees it.
+    let mut opening_id = Some(opening_id);
+    let mut start_here = || {
+        let seq = table.head_seq().max(bus.reach_floor.unwrap_or(0));
+        opening_id.take().map(|name| name(seq))
+    };
     let start_id = match (&backfill, &request.resume) {
-        (None, None) => Some(opening_id(
-            table.head_seq().max(bus.reach_floor.unwrap_or(0)),
-        )),
+        (None, None) => start_here(),
         _ => None,
     };
     preamble.extend_from_slice(&sse::encode_opening(limits.retry_ms, start_id.as_deref()));
@@ -185,6 +190,30 @@ pub(crate) fn stream_start(
     };
     if gap {
         preamble.extend_from_slice(&sse::encode_gap(&limits.gap_event, id));
+    }
+    // A gap told with nothing after it that carries an id would leave the client's id
+    // where it was, and every reconnect before the next event would tell it again: move
+    // the id to where the stream starts (`id:` with no data dispatches nothing).
+    let gap_told = gap || backfill.as_ref().is_some_and(|b| b.gap);
+    let nothing_follows = match &backfill {
+        Some(backfill) => backfill.complete && backfill.frames.is_empty(),
+        None => {
+            let mut kept = false;
+            for_each_after(table, &topics, cursor, |_, _| {
+                kept = true;
+                false
+            });
+            !kept
+        }
+    };
+    if gap_told && nothing_follows {
+        let moved = match &backfill {
+            Some(backfill) => opening_id.take().map(|name| name(backfill.through)),
+            None => start_here(),
+        };
+        if let Some(moved) = moved {
+            preamble.extend_from_slice(&sse::encode_id(&moved));
+        }
     }
     let partial = backfill.is_some_and(|b| !b.complete);
     StreamStart {
@@ -261,4 +290,73 @@ pub(crate) fn open_stream(
         }
     }
     Stream::new(start, now.ms, expires_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::history::fixtures::{frame, subscribe, table};
+
+    fn request(resume: Resume) -> StreamRequest {
+        StreamRequest {
+            topics: vec!["a".into()],
+            last_event_id: Some("1".into()),
+            resume: Some(resume),
+            cors: String::new(),
+            token_until_unix_ms: None,
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
+        }
+    }
+
+    fn preamble_of(
+        request: &StreamRequest,
+        table: &mut Topics,
+        backfill: Option<Backfill>,
+    ) -> String {
+        let limits = Config::default().limits();
+        let topics = subscribe(table, &["a"]);
+        let bus = BusView {
+            can_backfill: backfill.is_some(),
+            reach_floor: Some(0),
+        };
+        let start = stream_start(request, topics, table, bus, &limits, backfill, |seq| {
+            format!("s{seq}")
+        });
+        String::from_utf8(start.preamble).unwrap()
+    }
+
+    /// Found by the simulation: a gap told with nothing after it moves the client's id, so
+    /// a reconnect does not tell it again; a gap followed by events leaves that to them.
+    #[test]
+    fn a_gap_with_nothing_after_it_moves_the_client_id() {
+        // The log was trimmed after the client's id and holds nothing of its topics since.
+        let trimmed = Backfill {
+            frames: Vec::new(),
+            gap: true,
+            through: 9,
+            complete: true,
+        };
+        let text = preamble_of(&request(Resume::After(1)), &mut table(), Some(trimmed));
+        assert!(text.ends_with("\n\nid: s9\n\n"), "{text:?}");
+        // The same with events fetched: their ids move the client.
+        let fetched = Backfill {
+            frames: frame(5).to_vec(),
+            gap: true,
+            through: 9,
+            complete: true,
+        };
+        let text = preamble_of(&request(Resume::After(1)), &mut table(), Some(fetched));
+        assert!(text.ends_with("id: 5\ndata: x\n\n"), "{text:?}");
+        // An id of another epoch on a topic with nothing kept: start where the rings are.
+        let mut rings = table();
+        rings.append(7, &["b".into()], &frame(7));
+        let text = preamble_of(&request(Resume::Unknown), &mut rings, None);
+        assert!(text.ends_with("\n\nid: s7\n\n"), "{text:?}");
+        // With events kept after the cursor, they follow the gap and carry their ids.
+        let mut rings = table();
+        rings.append(7, &["a".into()], &frame(7));
+        let text = preamble_of(&request(Resume::Unknown), &mut rings, None);
+        assert!(!text.contains("id: s"), "{text:?}");
+    }
 }

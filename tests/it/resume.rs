@@ -352,3 +352,38 @@ fn a_client_that_reconnects_before_its_first_event_gets_what_was_published_meanw
         );
     }
 }
+
+/// Found by the simulation: a gap with nothing kept after it left the client's last id
+/// where it was, so every reconnect before the topic's next event reported the same gap
+/// again (after a restart, every client of a quiet topic would refetch its state on every
+/// reconnect). The stream now moves the client's id to where it starts, once the gap is
+/// told, so a reconnect from there is not a gap.
+#[test]
+fn a_gap_with_nothing_kept_after_it_is_told_once() {
+    let server = history_server(|config| config.heartbeat_ms = 200);
+    let addr = server.local_addr();
+    // An id from another epoch, on a topic with no history here.
+    let target = events_target(&["quiet"], None);
+    let mut first = Subscriber::open(addr, &target, &[("Last-Event-ID", "1-5")]);
+    let gap = first.next_event("the gap event");
+    assert_eq!(gap.event_type, "gap");
+    // The heartbeat comes after the stream's first bytes, so they have all been read.
+    first.wait_for_comments(1, "a heartbeat after the first bytes");
+    let moved = first.last_event_id().to_owned();
+    assert!(
+        !moved.is_empty() && moved != "1-5",
+        "after the gap the client's last id must move to where its stream starts, got {moved:?}"
+    );
+    drop(first);
+    let mut again = Subscriber::open(addr, &target, &[("Last-Event-ID", moved.as_str())]);
+    let id = publish(&server.handle(), &Event::new("quiet", "live"));
+    let event = again.next_event("the live event, with no gap before it");
+    assert_eq!(
+        (
+            event.event_type.as_str(),
+            event.data.as_str(),
+            event.last_event_id.as_str()
+        ),
+        ("message", "live", id.as_str())
+    );
+}
