@@ -195,7 +195,9 @@ impl Connection {
     }
 
     /// Parks the exchange's subscription while the bus fetches `request`'s missed events
-    /// under ticket `serial`; `so_far` is what earlier fetches brought.
+    /// under ticket `serial`; `so_far` is what earlier fetches brought. (A fetch that
+    /// comes back goes through [`Connection::take_backfill`], which returns the connection
+    /// to its exchange, so only an exchange parks.)
     pub(crate) fn await_backfill(
         &mut self,
         serial: u64,
@@ -210,13 +212,10 @@ impl Connection {
                 request,
                 so_far,
             })),
-            ConnState::Resuming(mut resuming) => {
-                resuming.serial = serial;
-                resuming.request = request;
-                resuming.so_far = so_far;
-                ConnState::Resuming(resuming)
+            other => {
+                debug_assert!(false, "only an exchange parks for a fetch");
+                other
             }
-            other => other,
         };
     }
 

@@ -140,7 +140,7 @@ pub(crate) fn merge(so_far: Option<Backfill>, part: Backfill) -> Backfill {
 }
 
 /// Decides a new stream's cursor and opening bytes from its Last-Event-ID (parsed once,
-/// in `request.resume`) and the events the bus fetched for it. `opening_id` names a
+/// in `request.resume`) and the events the bus fetched for it. `id_of` names a
 /// sequence number as the client sees it: a client without a Last-Event-ID is told where
 /// its stream starts, the newest event this loop has or the bus's floor if that is higher
 /// (events at or below it never reach this loop); resuming from that id loses nothing
@@ -152,17 +152,13 @@ pub(crate) fn stream_start(
     bus: BusView,
     limits: &Limits,
     backfill: Option<Backfill>,
-    opening_id: impl FnOnce(Seq) -> String,
+    id_of: impl Fn(Seq) -> String,
 ) -> StreamStart {
     let mut preamble = answer::stream_head(&request.cors);
-    // Where a stream with nothing to send from before now starts, as the client sees it.
-    let mut opening_id = Some(opening_id);
-    let mut start_here = || {
-        let seq = table.head_seq().max(bus.reach_floor.unwrap_or(0));
-        opening_id.take().map(|name| name(seq))
-    };
+    // Where a stream with nothing to send from before now starts.
+    let starts_at = table.head_seq().max(bus.reach_floor.unwrap_or(0));
     let start_id = match (&backfill, &request.resume) {
-        (None, None) => start_here(),
+        (None, None) => Some(id_of(starts_at)),
         _ => None,
     };
     preamble.extend_from_slice(&sse::encode_opening(limits.retry_ms, start_id.as_deref()));
@@ -207,13 +203,8 @@ pub(crate) fn stream_start(
         }
     };
     if gap_told && nothing_follows {
-        let moved = match &backfill {
-            Some(backfill) => opening_id.take().map(|name| name(backfill.through)),
-            None => start_here(),
-        };
-        if let Some(moved) = moved {
-            preamble.extend_from_slice(&sse::encode_id(&moved));
-        }
+        let moved_to = backfill.as_ref().map_or(starts_at, |b| b.through);
+        preamble.extend_from_slice(&sse::encode_id(&id_of(moved_to)));
     }
     let partial = backfill.is_some_and(|b| !b.complete);
     StreamStart {
@@ -254,7 +245,7 @@ pub(crate) fn open_stream(
     request: &StreamRequest,
     backfill: Option<Backfill>,
     opening: Opening<'_>,
-    opening_id: impl FnOnce(Seq) -> String,
+    id_of: impl Fn(Seq) -> String,
 ) -> Stream {
     let topics: Box<[StreamTopic]> = request
         .topics
@@ -276,7 +267,7 @@ pub(crate) fn open_stream(
         now,
         random,
     } = opening;
-    let start = stream_start(request, topics, table, bus, limits, backfill, opening_id);
+    let start = stream_start(request, topics, table, bus, limits, backfill, id_of);
     let mut expires_ms = 0;
     if let Some(lifetime) = limits.stream_lifetime {
         let lifetime_ms = lifetime.as_millis() as u64;

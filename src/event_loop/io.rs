@@ -11,11 +11,11 @@ use crate::conn::{ConnState, Flushed, Step, StreamEnd, LINGER};
 use crate::socket::{self, IoOutcome};
 
 /// Read/parse/write rounds per HTTP connection per wake-up (several pipelined requests).
-const HTTP_ROUNDS_MAX: usize = 16;
+pub(crate) const HTTP_ROUNDS_MAX: usize = 16;
 /// `write_vectored` calls per stream per turn.
-const STREAM_WRITES_PER_TURN_MAX: usize = 4;
+pub(crate) const STREAM_WRITES_PER_TURN_MAX: usize = 4;
 /// Reads of unexpected bytes from a stream's client per wake-up; they are discarded.
-const STREAM_DISCARD_READS_MAX: usize = 4;
+pub(crate) const STREAM_DISCARD_READS_MAX: usize = 4;
 
 impl EventLoop {
     /// Reads, parses and answers requests on a plain HTTP connection until it would block.

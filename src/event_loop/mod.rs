@@ -16,7 +16,7 @@ mod accept;
 mod clock;
 pub(crate) mod context;
 mod fanout;
-mod io;
+pub(crate) mod io;
 mod subscribe;
 
 use std::collections::VecDeque;
@@ -46,12 +46,12 @@ const EVENTS_PER_POLL_MAX: usize = 1024;
 /// size (see [`inbox_budget`]).
 const INBOX_EVENTS_PER_PASS_MAX: usize = 1024;
 /// Head buffers kept for reuse; beyond this they are freed.
-const HEAD_POOL_MAX: usize = 64;
+pub(crate) const HEAD_POOL_MAX: usize = 64;
 /// Connections being refused or closed (lingering) per loop. Past this, accepting pauses
 /// until they drop below 90 %: a flood of refusals must not exhaust file descriptors.
 pub(crate) const LINGERING_MAX: usize = 1024;
 /// Resolution of the timer wheel: deadlines fire up to one tick late, never early.
-const TIMER_TICK: Duration = Duration::from_millis(100);
+pub(crate) const TIMER_TICK: Duration = Duration::from_millis(100);
 // No timeout a setting may ask for is shorter than one tick, so none fires a tick early.
 const _: () = assert!(TIMER_TICK.as_millis() == crate::config::TIMER_MS_MIN as u128);
 
@@ -60,7 +60,7 @@ const _: () = assert!(TIMER_TICK.as_millis() == crate::config::TIMER_MS_MIN as u
 /// a topic's bytes, at least one event. A stream is written once per pass it is queued
 /// in, so between two of its writes at most two passes' worth of events arrive, and a
 /// burst never evicts a frame a reading stream was not sent.
-fn inbox_budget(history: crate::history::topics::HistoryLimits) -> (usize, usize) {
+pub(crate) fn inbox_budget(history: crate::history::topics::HistoryLimits) -> (usize, usize) {
     (
         (history.events.min(INBOX_EVENTS_PER_PASS_MAX) / 2).max(1),
         (history.bytes.min(history.total_bytes) / 4).max(1),

@@ -25,16 +25,14 @@ use super::Rng;
 
 mod open;
 
-/// The event loop's budgets (`io.rs`, `mod.rs`), the same numbers.
-const HTTP_ROUNDS_MAX: usize = 16;
-const STREAM_WRITES_PER_TURN_MAX: usize = 4;
-const STREAM_DISCARD_READS_MAX: usize = 4;
-const INBOX_EVENTS_PER_PASS_MAX: usize = 1024;
-pub(super) const HEAD_POOL_MAX: usize = 64;
+// The event loop's own budgets, so the simulation runs what production runs.
+pub(super) use crate::event_loop::io::{
+    HTTP_ROUNDS_MAX, STREAM_DISCARD_READS_MAX, STREAM_WRITES_PER_TURN_MAX,
+};
+pub(super) use crate::event_loop::{inbox_budget, HEAD_POOL_MAX, TIMER_TICK};
 /// The loop writes 256 streams per turn (`fanout.rs`); the simulation's few streams would
 /// never see a second slice, so it writes fewer per turn to exercise the queue.
 const FAN_OUT_STREAMS_PER_TURN_MAX: usize = 3;
-const TIMER_TICK: Duration = Duration::from_millis(100);
 
 /// A connection as the loop holds it.
 pub(super) struct Slot {
@@ -367,12 +365,10 @@ impl Driver {
 
     /// `fanout.rs`'s `drain_inbox`.
     fn drain_inbox(&mut self) {
-        let history = self.limits.history;
         if self.fan_out.is_empty() {
             self.pass_drained = (0, 0);
         }
-        let events_max = (history.events.min(INBOX_EVENTS_PER_PASS_MAX) / 2).max(1);
-        let bytes_max = (history.bytes.min(history.total_bytes) / 4).max(1);
+        let (events_max, bytes_max) = inbox_budget(self.limits.history);
         let (mut events, mut bytes) = self.pass_drained;
         while events < events_max && bytes < bytes_max {
             let Some(item) = self.bus.try_recv() else {
