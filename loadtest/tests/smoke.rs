@@ -2,8 +2,8 @@
 //! fan-out (200 subscribers, 2 topics, 50 events) and a tiny churn (subscribers reconnect
 //! with Last-Event-ID while events flow), each asserting zero loss, zero duplicates and a
 //! report that adds up. It keeps the instrument from rotting; it measures nothing. A third
-//! run stops the worker process (SIGSTOP) past the end of publishing and the drain's quiet
-//! period: the run must still account for every event (issue 10, item 18).
+//! run stops the worker process (SIGSTOP) from early in publishing until past the drain's
+//! quiet period: the run must still account for every event (issue 10, item 18).
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -38,6 +38,9 @@ pub const EVENT_BYTES_MAX: usize = 1024 * 1024;
 /// The line and event limit of [`SseCollector`]: four times herald's largest accepted publish
 /// body (64 MiB), so no event herald can send reaches it and only a runaway stream does.
 pub const COLLECTOR_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Comment lines an [`SseCollector`] keeps (heartbeats add one each); past this a stream
+/// that never stops commenting fails the test instead of growing its memory.
+pub const COLLECTOR_COMMENTS_MAX: usize = 100_000;
 
 /// One dispatched event. Slices borrow the parser's buffers until the callback returns.
 #[derive(Debug, PartialEq, Eq)]
@@ -300,7 +303,8 @@ pub struct SseEvent {
 }
 
 /// [`SseParser`] for tests: owned events out, and what else the stream said kept in fields.
-/// Limited only by [`COLLECTOR_BYTES_MAX`]; a stream beyond it fails the test.
+/// Limited by [`COLLECTOR_BYTES_MAX`] and [`COLLECTOR_COMMENTS_MAX`]; a stream beyond
+/// either fails the test.
 #[derive(Debug)]
 pub struct SseCollector {
     parser: SseParser,
@@ -341,6 +345,10 @@ impl SseCollector {
         if let Err(error) = fed {
             panic!("the event stream broke the collector's limit: {error:?}");
         }
+        assert!(
+            self.comments.len() <= COLLECTOR_COMMENTS_MAX,
+            "the event stream sent more than {COLLECTOR_COMMENTS_MAX} comment lines"
+        );
         let last_id = self.parser.last_id();
         if last_id != self.last_event_id.as_bytes() {
             self.last_event_id = lossy(last_id);

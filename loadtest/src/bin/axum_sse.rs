@@ -14,8 +14,10 @@
 //!
 //! No history, no resume, no limits beyond the channel's: a subscriber more than
 //! [`CHANNEL_EVENTS`] events behind skips the ones it missed (the stream leaves out
-//! `Lagged`). No `TCP_NODELAY` either, unless asked: `axum::serve` leaves Nagle on, as most
-//! servers built from the examples do.
+//! `Lagged`). Bodies go out through axum's `Event::data`, which splits on CR and LF alike (a
+//! CRLF body gains an empty line; an empty body is an event no client dispatches), so
+//! loadtest's one-line payloads are the only fair input. No `TCP_NODELAY` either, unless
+//! asked: `axum::serve` leaves Nagle on, as most servers built from the examples do.
 //!
 //! Usage: `axum_sse [ADDR] [WORKERS] [nodelay]` (default `127.0.0.1:8091`, 2 worker threads,
 //! Nagle on; `nodelay` sets `TCP_NODELAY` on every accepted connection, as herald does).
@@ -59,6 +61,19 @@ impl Topics {
             .or_insert_with(|| broadcast::channel(CHANNEL_EVENTS).0)
             .clone()
     }
+
+    /// Assigns the next id and sends `body` to `topic` under the map's lock, so two
+    /// concurrent publishes reach a channel in id order (as herald's bus guarantees).
+    fn publish(&self, topic: &str, body: Arc<str>) -> u64 {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let sender = channels
+            .entry(topic.to_owned())
+            .or_insert_with(|| broadcast::channel(CHANNEL_EVENTS).0);
+        // No subscriber is not an error: the event is simply not delivered.
+        let _ = sender.send((id, body));
+        id
+    }
 }
 
 /// The `?topic=` of both routes.
@@ -84,9 +99,7 @@ async fn publish(
     Query(query): Query<TopicQuery>,
     body: String,
 ) -> String {
-    let id = topics.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-    // No subscriber is not an error: the event is simply not delivered.
-    let _ = topics.sender(&query.topic).send((id, body.into()));
+    let id = topics.publish(&query.topic, body.into());
     format!("{id}\n")
 }
 

@@ -310,3 +310,16 @@ fn large_event_is_refused() {
         Err(SseError::EventTooLarge)
     );
 }
+
+#[test]
+#[should_panic(expected = "comment lines")]
+fn a_collector_refuses_endless_comments() {
+    let mut collector = SseCollector::new();
+    collector.feed(&b":\n".repeat(COLLECTOR_COMMENTS_MAX));
+    assert_eq!(
+        collector.comments.len(),
+        COLLECTOR_COMMENTS_MAX,
+        "the cap itself is kept"
+    );
+    collector.feed(b":\n");
+}
