@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
@@ -186,23 +186,34 @@ async function startRelay(herald) {
 
 // The second origin: a static recorder page that subscribes to herald from elsewhere.
 // `?src=` is the full /events URL, `?names=` the named events to listen for, `?credentials=1`
-// opens it with `withCredentials: true` (cookies go along cross-origin). Everything the
-// EventSource does is recorded in window.rec with page-side timestamps.
+// opens it with `withCredentials: true` (cookies go along cross-origin), `?recreate=1` makes
+// the page close its EventSource on every error and open a new one (the pattern README warns
+// against). Everything the EventSource does is recorded in window.rec with page-side
+// timestamps; window.source is the current EventSource.
 const RECORDER_PAGE = `<!doctype html>
 <html><head><meta charset="utf-8"><title>herald recorder</title></head>
 <body><pre id="out"></pre><script>
 "use strict";
 const params = new URLSearchParams(location.search);
 const rec = window.rec = { opens: [], errors: [], events: [] };
-const source = window.source = new EventSource(params.get("src"), { withCredentials: params.get("credentials") === "1" });
-source.onopen = () => rec.opens.push(performance.now());
-source.onerror = () => rec.errors.push({ at: performance.now(), readyState: source.readyState });
 const keep = e => rec.events.push({
   type: e.type, id: e.lastEventId, data: e.data, origin: e.origin,
   at: performance.now(), opensSoFar: rec.opens.length,
 });
-source.onmessage = keep;
-for (const name of (params.get("names") || "").split(",").filter(Boolean)) source.addEventListener(name, keep);
+function open() {
+  const source = window.source = new EventSource(params.get("src"), { withCredentials: params.get("credentials") === "1" });
+  source.onopen = () => rec.opens.push(performance.now());
+  source.onerror = () => {
+    rec.errors.push({ at: performance.now(), readyState: source.readyState });
+    if (params.get("recreate") === "1") {
+      source.close();
+      open();
+    }
+  };
+  source.onmessage = keep;
+  for (const name of (params.get("names") || "").split(",").filter(Boolean)) source.addEventListener(name, keep);
+}
+open();
 </script></body></html>`;
 
 let browser;
@@ -234,13 +245,18 @@ after(async () => {
  * A fresh browser context with the recorder page subscribed to `topic` at `server.base`;
  * `cookies` are set in the context first, `credentials` opens the stream withCredentials.
  */
-async function openRecorder(server, topic, names = [], { cookies = [], credentials = false } = {}) {
+async function openRecorder(server, topic, names = [], { cookies = [], credentials = false, recreate = false } = {}) {
   const context = await browser.newContext();
   if (cookies.length > 0) await context.addCookies(cookies);
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   const src = `${server.base}/events?topic=${encodeURIComponent(topic)}`;
-  const query = new URLSearchParams({ src, names: names.join(','), credentials: credentials ? '1' : '0' });
+  const query = new URLSearchParams({
+    src,
+    names: names.join(','),
+    credentials: credentials ? '1' : '0',
+    recreate: recreate ? '1' : '0',
+  });
   await page.goto(`${pageOrigin}/recorder.html?${query}`);
   return { context, page };
 }
@@ -395,24 +411,164 @@ test('the browser waits the retry: delay an event sent before herald dropped the
   assert.deepEqual(JSON.parse(gap.data), { lastEventId: id });
 });
 
-test('the demo page publishes from its form and lists the event', { timeout: CASE_MS }, async (t) => {
-  const herald = await startHerald([]);
+test('native reconnect resumes every event; closing and recreating the EventSource in onerror loses them', { timeout: CASE_MS }, async (t) => {
+  // Two pages on one herald whose streams end by --max-stream-lifetime-ms: one leaves the
+  // reconnect to the browser, the other closes its EventSource in onerror and opens a new
+  // one (the pattern README warns against). Half the events are published while both are
+  // reconnecting: the relay holds their new connections until then, so this half certainly
+  // falls into the outage (a fast reconnect alone would make that a race).
+  const herald = await startHerald(['--cors-origin', pageOrigin, '--max-stream-lifetime-ms', '4000', '--retry-ms', '100']);
   t.after(() => herald.stop());
-  const context = await browser.newContext({ viewport: { width: 1000, height: 600 } });
+  const relay = await startRelay(herald);
+  t.after(() => relay.close());
+  const native = await openRecorder(relay, 'outage');
+  t.after(() => native.context.close());
+  const recreate = await openRecorder(relay, 'outage', [], { recreate: true });
+  t.after(() => recreate.context.close());
+  for (const { page } of [native, recreate]) await page.waitForFunction(() => window.rec.opens.length === 1);
+  relay.hold();
+
+  const EVENTS = 120;
+  const published = [];
+  for (let i = 0; i < EVENTS / 2; i++) published.push(await publish(herald, { topic: 'outage', data: `before ${i}` }));
+  await native.page.waitForFunction((n) => window.rec.events.length === n, published.length);
+  // herald ends both streams 3.6-4 s after they opened.
+  for (const { page } of [native, recreate]) await page.waitForFunction(() => window.rec.errors.length >= 1);
+  for (let i = 0; i < EVENTS / 2; i++) published.push(await publish(herald, { topic: 'outage', data: `during ${i}` }));
+  for (const { page } of [native, recreate]) assert.equal((await recorded(page)).opens.length, 1, 'still reconnecting');
+  relay.release();
+
+  await native.page.waitForFunction((n) => window.rec.events.length >= n, EVENTS);
+  await recreate.page.waitForFunction(() => window.rec.opens.length >= 2);
+  // A last event marks the end: once a page has it, it has everything it will ever get.
+  const marker = await publish(herald, { topic: 'outage', data: 'after' });
+  for (const { page } of [native, recreate]) await page.waitForFunction((id) => window.rec.events.some((e) => e.id === id), marker);
+
+  const received = async (page) => (await recorded(page)).events.map((e) => e.id).filter((id) => id !== marker);
+  const nativeIds = await received(native.page);
+  const recreateIds = await received(recreate.page);
+  t.diagnostic(`native reconnect received ${nativeIds.length} of ${EVENTS}; close-and-recreate ${recreateIds.length} of ${EVENTS}`);
+  assert.deepEqual(nativeIds, published, 'the native reconnect sent Last-Event-ID and got every missed event once');
+  // Without Last-Event-ID the new EventSource got live events only: what it had before its
+  // stream ended, then nothing of what was published while it reconnected.
+  assert.deepEqual(recreateIds, published.slice(0, recreateIds.length));
+  assert.ok(recreateIds.length <= EVENTS / 2, `close-and-recreate got ${recreateIds.length}, some from the outage`);
+  const heads = relay.heads.filter((head) => /^GET \/events/.test(head));
+  assert.ok(heads.filter((head) => /^last-event-id:/im.test(head)).length >= 1, 'the native reconnect sent Last-Event-ID');
+});
+
+/** The fenced `js` block of README's "In the browser" section, verbatim. */
+async function readmeBrowserSnippet() {
+  const readme = await readFile(path.resolve(HERE, '../../README.md'), 'utf8');
+  const section = readme.split('\n## In the browser\n')[1];
+  assert.ok(section, 'README.md has an "In the browser" section');
+  const match = /```js\n([\s\S]*?)```/.exec(section.split('\n## ')[0]);
+  assert.ok(match, 'a ```js block in it');
+  return match[1];
+}
+
+test("README's browser snippet runs as written: events, a named event, the gap event, readyState", { timeout: CASE_MS }, async (t) => {
+  const snippet = await readmeBrowserSnippet();
+  const flags = ['--retry-ms', '200'];
+  let herald = await startHerald(flags);
+  t.after(() => herald.stop());
+  const context = await browser.newContext();
   t.after(() => context.close());
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
-  await page.goto(`${herald.base}/`);
-  await page.waitForFunction(() => document.getElementById('state').textContent === 'open');
+  // Any page of herald's origin, so the snippet's relative URL reaches herald.
+  await page.goto(`${herald.base}/healthz`);
+  await page.evaluate(() => {
+    window.logged = [];
+    const log = console.log;
+    console.log = (...args) => {
+      window.logged.push(args);
+      log(...args);
+    };
+  });
+  await page.addScriptTag({ content: snippet });
+  const logged = () => page.evaluate(() => window.logged);
+  const waitLogged = (n) => page.waitForFunction((count) => window.logged.length >= count, n);
+  await waitLogged(1);
 
-  const data = `hello from chromium ${process.pid}`;
+  const plain = await publish(herald, { topic: 'news', data: 'hello' });
+  await waitLogged(2);
+  const alert = await publish(herald, { topic: 'news', event: 'alert', data: '{"level":"high"}' });
+  await waitLogged(3);
+  // A restart: the browser reconnects with the last id, which the new run does not know.
+  await herald.stop();
+  herald = await startHerald(flags, herald.addr);
+  await page.waitForFunction(() => window.logged.some((args) => args[0] === 'gap after'));
+
+  const lines = await logged();
+  const errors = lines.filter((args) => args[0] === 'error, readyState');
+  assert.ok(errors.length >= 1, 'onerror ran when the stream ended');
+  assert.deepEqual(errors, errors.map(() => ['error, readyState', 0]), 'CONNECTING: the browser reconnects by itself');
+  assert.deepEqual(lines.filter((args) => args[0] !== 'error, readyState'), [
+    ['open, readyState', 1],
+    ['message', plain, 'hello'],
+    ['alert', alert, { level: 'high' }],
+    ['open, readyState', 1],
+    ['gap after', alert, '- refetch your state'],
+  ]);
+});
+
+test('the demo page lists every named event it publishes, the last id and gaps', { timeout: CASE_MS }, async (t) => {
+  const flags = ['--retry-ms', '200'];
+  let herald = await startHerald(flags);
+  t.after(() => herald.stop());
+  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  t.after(() => context.close());
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  await page.goto(`${herald.base}/?events=deploy`);
+  await page.waitForFunction(() => document.getElementById('state').textContent === 'open');
+  const item = (data) => page.locator('#log li', { hasText: data });
+  const fields = async (data) => {
+    const li = item(data);
+    await li.waitFor();
+    return { id: await li.locator('.id').textContent(), name: await li.locator('.name').textContent(), data: await li.locator('.data').textContent() };
+  };
+
+  // An unnamed event from the form.
+  const plain = `hello from chromium ${process.pid}`;
   await page.fill('#ptopic', 'demo');
-  await page.fill('#pdata', data);
+  await page.fill('#pdata', plain);
   await page.click('#pub button');
-  const item = page.locator('#log li', { hasText: data });
-  await item.waitFor();
-  assert.match(await item.textContent(), new RegExp(`^\\d+-\\d+\\s+message\\s+${data}$`));
+  const first = await fields(plain);
+  assert.equal(first.name, 'message');
+  assert.equal(await page.textContent('#lastid'), first.id);
+
+  // A named one from the form: the page listens for the name before it publishes.
+  const note = `you have mail ${process.pid}`;
+  await page.fill('#pevent', 'notification');
+  await page.fill('#pdata', note);
+  await page.click('#pub button');
+  const named = await fields(note);
+  assert.equal(named.name, 'notification');
+  assert.equal(named.data, note);
+  assert.ok(seqOf(named.id).seq > seqOf(first.id).seq, `${named.id} after ${first.id}`);
+  assert.equal(await page.textContent('#lastid'), named.id, 'the last id follows the events');
+
+  // A name the page was told about in its URL, published by someone else.
+  const deployId = await publish(herald, { topic: 'demo', event: 'deploy', data: 'v2 is out' });
+  const deploy = await fields('v2 is out');
+  assert.deepEqual(deploy, { id: deployId, name: 'deploy', data: 'v2 is out' });
+  assert.equal(await page.textContent('#lastid'), deployId);
+  assert.equal(await page.textContent('#gaps'), '0');
   assert.equal(await page.textContent('#state'), 'open');
+
+  // herald restarts: the page's EventSource comes back with a last id the new run does not
+  // know, and gets the gap event, which the page shows as such.
+  await herald.stop();
+  herald = await startHerald(flags, herald.addr);
+  const gap = page.locator('#log li.gap');
+  await gap.waitFor();
+  assert.equal(await gap.locator('.name').textContent(), 'gap');
+  assert.match(await gap.locator('.data').textContent(), new RegExp(`events after ${deployId} are no longer kept`));
+  assert.equal(await page.textContent('#gaps'), '1');
+  await page.waitForFunction(() => document.getElementById('state').textContent === 'open');
+  assert.equal(await page.textContent('#reconnects'), '1');
 
   await mkdir(ARTIFACTS, { recursive: true });
   const shot = path.join(ARTIFACTS, 'demo.png');

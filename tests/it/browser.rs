@@ -1,9 +1,10 @@
 #![allow(clippy::unwrap_used)]
 //! herald in a real browser: runs the Node suite `tests/browser/herald.test.mjs`, which drives
 //! Debian's headless Chromium through playwright-core against this build's herald binary
-//! (CORS, a cookie token sent cross-origin withCredentials, reconnect with Last-Event-ID,
-//! `retry:`, the demo page). Missing prerequisites fail the test with what to install; they
-//! are never a reason to skip.
+//! (CORS, a cookie token sent cross-origin withCredentials, reconnect with Last-Event-ID and
+//! the events a page loses when it recreates its EventSource instead, `retry:`, README's
+//! browser snippet, the demo page's named events, last id and gap). Missing prerequisites
+//! fail the test with what to install; they are never a reason to skip.
 
 use std::path::Path;
 use std::process::Command;
