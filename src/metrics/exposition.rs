@@ -6,12 +6,13 @@
 //! the hot path nothing and `prometheus-client` is only the encoder: its `Counter` and
 //! `Histogram` types would add an atomic operation per event, and its registry holds no
 //! state between scrapes here. The crate writes no text 0.0.4 (its text encoder is
-//! OpenMetrics only), hence the hand-written one, which Prometheus still asks for by default
-//! when it does not ask for OpenMetrics, and which `curl` gets.
+//! OpenMetrics only), hence the hand-written one, for every scraper that does not prefer
+//! OpenMetrics (`curl`, and Prometheus configured for text).
 //!
 //! Both encodings give every sample the same name: a counter's samples end in `_total` in
-//! both; only its `# TYPE` line differs (the family is `x_total` in 0.0.4, `x` in
-//! OpenMetrics, as each format requires). No I/O here.
+//! both; only its `# HELP` and `# TYPE` lines differ: in 0.0.4 they name the family as its
+//! samples (as herald always has), in OpenMetrics without `_total`, as that format
+//! requires. No I/O here.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
