@@ -48,13 +48,13 @@ fn metrics_renderer(
     bus: Arc<dyn Bus>,
     max_connections: u64,
 ) -> RenderMetrics {
-    Arc::new(move || {
+    Arc::new(move |format| {
         let snapshot = metrics::Snapshot {
             events_published: bus.published(),
             max_connections,
             bus: bus.stats(),
         };
-        metrics::render(&loop_stats, &metrics, &snapshot)
+        metrics::render(&loop_stats, &metrics, &snapshot, format)
     })
 }
 

@@ -13,6 +13,7 @@ use crate::config::ForwardedHeader;
 use crate::http::answer::{self, HttpError};
 use crate::http::head::{Method, Request};
 use crate::http::route::{self, Route};
+use crate::metrics::Format;
 
 use super::Env;
 
@@ -36,11 +37,15 @@ pub(super) fn fixed_answer(
             "",
             Cow::Borrowed(DEMO_HTML.as_bytes()),
         ),
-        Route::Metrics => (
-            "text/plain; version=0.0.4; charset=utf-8",
-            "",
-            Cow::Owned((env.render_metrics)().into_bytes()),
-        ),
+        Route::Metrics => {
+            let format = Format::negotiate(request.accept.as_slice());
+            (
+                format.content_type(),
+                // The body depends on Accept: a cache must not hand one format to the other.
+                "Vary: Accept\r\n",
+                Cow::Owned((env.render_metrics)(format).into_bytes()),
+            )
+        }
         Route::Preflight => return Some(answer::preflight(cors, keep_alive)),
         Route::Events | Route::Publish => return None,
     };

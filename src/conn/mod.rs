@@ -29,6 +29,7 @@ use crate::bus::Backfill;
 use crate::client::Cidr;
 use crate::config::{ForwardedHeader, Limits};
 use crate::http::answer::HttpError;
+use crate::metrics::Format;
 
 pub(crate) use exchange::{Exchange, Step, StreamRequest};
 pub(crate) use resume::Resuming;
@@ -74,7 +75,7 @@ pub(crate) struct Env<'a> {
     /// Proxies allowed to name the client.
     pub trusted_proxies: &'a [Cidr],
     /// Renders the `/metrics` page.
-    pub render_metrics: &'a dyn Fn() -> String,
+    pub render_metrics: &'a dyn Fn(Format) -> String,
     /// Verifies subscriber tokens, when a subscribe key is set.
     pub subscribe_verifier: Option<&'a Verifier>,
     /// Verifies publisher tokens, when a publish key is set.

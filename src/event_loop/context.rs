@@ -14,10 +14,10 @@ use crate::config::{Config, ForwardedHeader, Limits};
 use crate::conn::Env;
 use crate::http::answer::HttpError;
 use crate::http::route::Listener;
-use crate::metrics::{LoopStats, Metrics};
+use crate::metrics::{Format, LoopStats, Metrics};
 
 /// Renders the `/metrics` page from every loop's counters.
-pub(crate) type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+pub(crate) type RenderMetrics = Arc<dyn Fn(Format) -> String + Send + Sync>;
 
 /// Everything one loop gets from the server.
 pub(crate) struct LoopContext {
@@ -45,7 +45,7 @@ pub(crate) struct LoopContext {
 
 impl LoopContext {
     /// The read-only view a connection's requests are answered from.
-    pub(crate) fn env<'a>(&'a self, render_metrics: &'a dyn Fn() -> String) -> Env<'a> {
+    pub(crate) fn env<'a>(&'a self, render_metrics: &'a dyn Fn(Format) -> String) -> Env<'a> {
         let settings = &*self.settings;
         Env {
             limits: &self.limits,

@@ -26,8 +26,8 @@ pub(crate) enum Route {
     Health,
     /// `GET|HEAD /`: the demo page.
     Demo,
-    /// `GET|HEAD /metrics`: Prometheus text. Served on the publish listener when there is
-    /// one (a private interface), else on the main listener.
+    /// `GET|HEAD /metrics`: Prometheus text or OpenMetrics, by `Accept`. Served on the
+    /// publish listener when there is one (a private interface), else on the main listener.
     Metrics,
     /// `OPTIONS /events` or `OPTIONS /publish`: a CORS preflight.
     Preflight,

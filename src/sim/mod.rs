@@ -139,7 +139,7 @@ fn env(limits: &Limits) -> Env<'_> {
         forwarded_header: crate::config::ForwardedHeader::XForwardedFor,
         publish_token: None,
         trusted_proxies: &[],
-        render_metrics: &String::new,
+        render_metrics: &|_| String::new(),
         subscribe_verifier: None,
         publish_verifier: None,
     }

@@ -45,7 +45,7 @@ fn env<'a>(config: &'a Config, limits: &'a Limits) -> Env<'a> {
         forwarded_header: config.forwarded_header,
         publish_token: config.publish_token.as_deref(),
         trusted_proxies: &[],
-        render_metrics: &String::new,
+        render_metrics: &|_| String::new(),
         subscribe_verifier: None,
         publish_verifier: None,
     }

@@ -93,6 +93,9 @@ pub(crate) struct Request<'b> {
     pub forwarded: HeaderLines<'b>,
     /// The last `Cookie` header.
     pub cookie: Option<&'b str>,
+    /// Every `Accept` line, the last [`FORWARDING_LINES_MAX`] (only `/metrics` reads it, to
+    /// pick the exposition format).
+    pub accept: HeaderLines<'b>,
 }
 
 /// Result of a parse attempt over the bytes received so far.
@@ -158,6 +161,7 @@ pub(crate) fn parse(buf: &[u8], full: bool) -> Result<Parsed<'_>, HttpError> {
         x_forwarded_for: HeaderLines::default(),
         forwarded: HeaderLines::default(),
         cookie: None,
+        accept: HeaderLines::default(),
     };
     let mut seen = Seen::default();
     for header in request.headers.iter() {
@@ -363,6 +367,8 @@ fn apply_header<'b>(
         head.forwarded.push(value);
     } else if name.eq_ignore_ascii_case("cookie") {
         head.cookie = text().ok();
+    } else if name.eq_ignore_ascii_case("accept") {
+        head.accept.push(value);
     }
     Ok(())
 }

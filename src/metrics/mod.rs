@@ -1,13 +1,24 @@
-//! Counters and gauges, and their Prometheus text rendering for `GET /metrics`.
+//! Counters and gauges, and what `GET /metrics` renders from them: herald's families, the
+//! standard `process_*` ones (`process.rs`) and `herald_build_info`, as Prometheus text
+//! 0.0.4 or OpenMetrics 1.0.0, whichever the scraper asks for (`format.rs`,
+//! `exposition.rs`).
 //!
 //! Hot counters (deliveries, bytes) are kept as plain integers by each loop and stored
 //! into that loop's [`LoopStats`] once per turn; rare events (refusals, auth failures)
-//! are counted straight into the shared [`Metrics`]. Labels come from fixed sets only (no
-//! per-topic or per-client labels), so the output's size is bounded.
+//! are counted straight into the shared [`Metrics`]. Everything else is read when a scrape
+//! asks. Labels come from fixed sets only (no per-topic or per-client labels), so the
+//! output's size is bounded.
 
-use std::fmt::Write as _;
+mod exposition;
+mod format;
+mod process;
+
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use exposition::{Family, Histogram, Kind, Label, Sample, Value};
+pub(crate) use format::Format;
 
 /// Upper bounds (in microseconds) of the loop-turn duration histogram buckets.
 pub(crate) const TURN_BUCKETS_US: [u64; 12] = [
@@ -144,220 +155,247 @@ pub(crate) struct Snapshot {
     pub bus: crate::bus::BusStats,
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Renders everything in the Prometheus text exposition format (version 0.0.4).
+/// Renders every family in `format`: the per-loop counters summed, the rare-event
+/// counters, the bus's, the build and the process.
 pub(crate) fn render(
     loops: &[std::sync::Arc<LoopStats>],
     metrics: &Metrics,
     snapshot: &Snapshot,
+    format: Format,
 ) -> String {
+    let mut families = herald_families(loops, metrics, snapshot);
+    families.extend(process::families());
+    match format {
+        Format::Text => exposition::encode_text(&families),
+        Format::OpenMetrics => exposition::encode_openmetrics(families),
+    }
+}
+
+/// A family of one unlabeled sample.
+fn single(
+    name: &'static str,
+    kind: SingleKind,
+    help: impl Into<Cow<'static, str>>,
+    value: u64,
+) -> Family {
+    let samples = vec![Sample::plain(Value::Int(value))];
+    Family {
+        name,
+        help: help.into(),
+        kind: match kind {
+            SingleKind::Counter => Kind::Counter(samples),
+            SingleKind::Gauge => Kind::Gauge(samples),
+        },
+    }
+}
+
+/// The kind of a [`single`] family.
+#[derive(Clone, Copy)]
+enum SingleKind {
+    Counter,
+    Gauge,
+}
+
+/// herald's own families, in the order they have always been rendered.
+fn herald_families(
+    loops: &[std::sync::Arc<LoopStats>],
+    metrics: &Metrics,
+    snapshot: &Snapshot,
+) -> Vec<Family> {
+    use SingleKind::{Counter, Gauge};
     let sum = |field: fn(&LoopStats) -> &AtomicU64| -> u64 {
         loops.iter().map(|l| field(l).load(Ordering::Relaxed)).sum()
     };
-    let mut out = String::with_capacity(4096);
     let accept_pauses_help = format!(
         "Times an event loop stopped accepting at the hard ceiling ({} refused connections \
          still closing, or no file descriptors) until below the low-water mark.",
         crate::event_loop::LINGERING_MAX
     );
-    let simple: [(&str, &str, &str, u64); 14] = [
-        (
+    let mut families = vec![
+        single(
             "herald_connections",
-            "gauge",
+            Gauge,
             "Open client connections.",
             sum(|l| &l.connections),
         ),
-        (
+        single(
             "herald_connections_max",
-            "gauge",
+            Gauge,
             "The connection limit in force.",
             snapshot.max_connections,
         ),
-        (
+        single(
             "herald_connections_accepted_total",
-            "counter",
+            Counter,
             "Connections accepted.",
             sum(|l| &l.accepted),
         ),
-        (
+        single(
             "herald_subscribers",
-            "gauge",
+            Gauge,
             "Open event streams.",
             sum(|l| &l.subscribers),
         ),
-        (
+        single(
             "herald_topics",
-            "gauge",
+            Gauge,
             "Topics with subscribers or history, summed over event loops.",
             sum(|l| &l.topics),
         ),
-        (
+        single(
             "herald_events_published_total",
-            "counter",
+            Counter,
             "Events the bus handed to the event loops (with the Redis bus: stream entries this node read, from any publisher).",
             snapshot.events_published,
         ),
-        (
+        single(
             "herald_deliveries_total",
-            "counter",
+            Counter,
             "Events written in full to a subscriber.",
             sum(|l| &l.deliveries),
         ),
-        (
+        single(
             "herald_bytes_written_total",
-            "counter",
+            Counter,
             "Bytes written to clients.",
             sum(|l| &l.bytes_written),
         ),
-        (
+        single(
             "herald_slow_consumer_closes_total",
-            "counter",
+            Counter,
             "Streams closed for falling behind by more than max_lag_bytes or the history.",
             sum(|l| &l.slow_closes),
         ),
-        (
+        single(
             "herald_accept_pauses_total",
-            "counter",
-            &accept_pauses_help,
+            Counter,
+            accept_pauses_help,
             sum(|l| &l.accept_pauses),
         ),
-        (
+        single(
             "herald_heartbeats_total",
-            "counter",
+            Counter,
             "Heartbeat comments sent to quiet streams.",
             sum(|l| &l.heartbeats),
         ),
-        (
+        single(
             "herald_auth_failures_total",
-            "counter",
+            Counter,
             "Requests refused for a missing, invalid or insufficient token (401 and 403 from tokens).",
             metrics.auth_failures.load(Ordering::Relaxed),
         ),
-        (
+        single(
             "herald_event_loops",
-            "gauge",
+            Gauge,
             "Event loop threads.",
             loops.len() as u64,
         ),
-        (
+        single(
             "herald_log_lines_dropped_total",
-            "counter",
+            Counter,
             "Log lines dropped because stderr was blocked (queue full) or broken (write failed).",
             crate::logging::lines_dropped(),
         ),
     ];
     // Only a bus with a log (Redis) has these.
-    let redis = snapshot.bus.connected.map(|connected| -> [(&str, &str, &str, u64); 6] {
-        [
-            (
+    if let Some(connected) = snapshot.bus.connected {
+        let bus = &snapshot.bus;
+        families.extend([
+            single(
                 "herald_redis_connected",
-                "gauge",
+                Gauge,
                 "Whether this node's stream reader is connected to Redis (1) or retrying (0).",
                 u64::from(connected),
             ),
-            (
+            single(
                 "herald_redis_reconnects_total",
-                "counter",
+                Counter,
                 "Times the stream reader connected again after losing Redis.",
-                snapshot.bus.reconnects,
+                bus.reconnects,
             ),
-            (
+            single(
                 "herald_redis_entries_skipped_total",
-                "counter",
+                Counter,
                 "Stream entries skipped as malformed (no valid topic, bad event name, non-UTF-8 or oversized data, unorderable id).",
-                snapshot.bus.skipped,
+                bus.skipped,
             ),
-            (
+            single(
                 "herald_redis_backfills_total",
-                "counter",
+                Counter,
                 "Resumes served with events fetched from the stream (XRANGE).",
-                snapshot.bus.backfills,
+                bus.backfills,
             ),
-            (
+            single(
                 "herald_redis_holes_total",
-                "counter",
+                Counter,
                 "Times the stream trimmed entries before this node read them (every stream was then told to resume, and gets the gap event). Raise --redis-maxlen if this moves.",
-                snapshot.bus.holes,
+                bus.holes,
             ),
-            (
+            single(
                 "herald_redis_backfill_entries_scanned_total",
-                "counter",
+                Counter,
                 "Stream entries read (XRANGE) to answer resumes, whether or not they were for the resume's topics.",
-                snapshot.bus.backfill_scanned,
+                bus.backfill_scanned,
             ),
-        ]
+        ]);
+    }
+    let load = |cell: &AtomicU64| Value::Int(cell.load(Ordering::Relaxed));
+    families.push(Family {
+        name: "herald_connections_refused_total",
+        help: "Connections refused at admission, by reason.".into(),
+        kind: Kind::Counter(vec![
+            Sample::labeled("reason", "max_connections", load(&metrics.refused_full)),
+            Sample::labeled(
+                "reason",
+                "max_connections_per_ip",
+                load(&metrics.refused_per_ip),
+            ),
+            Sample::labeled(
+                "reason",
+                "max_publish_connections",
+                load(&metrics.refused_publish_full),
+            ),
+        ]),
     });
-    for (name, kind, help, value) in simple.into_iter().chain(redis.into_iter().flatten()) {
-        family(&mut out, name, kind, help);
-        let _ = writeln!(out, "{name} {value}");
-    }
-    family(
-        &mut out,
-        "herald_connections_refused_total",
-        "counter",
-        "Connections refused at admission, by reason.",
-    );
-    let _ = writeln!(
-        out,
-        "herald_connections_refused_total{{reason=\"max_connections\"}} {}",
-        metrics.refused_full.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "herald_connections_refused_total{{reason=\"max_connections_per_ip\"}} {}",
-        metrics.refused_per_ip.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "herald_connections_refused_total{{reason=\"max_publish_connections\"}} {}",
-        metrics.refused_publish_full.load(Ordering::Relaxed)
-    );
-    family(
-        &mut out,
-        "herald_http_refusals_total",
-        "counter",
-        "Requests answered with an error, by status.",
-    );
-    for (status, cell) in REFUSAL_STATUSES.iter().zip(&metrics.refusals) {
-        let _ = writeln!(
-            out,
-            "herald_http_refusals_total{{status=\"{status}\"}} {}",
-            cell.load(Ordering::Relaxed)
-        );
-    }
-    family(
-        &mut out,
-        "herald_loop_turn_seconds",
-        "histogram",
-        "Duration of event loop turns.",
-    );
-    let mut cumulative = 0;
-    for (index, bound) in TURN_BUCKETS_US.iter().enumerate() {
-        cumulative += loops
+    families.push(Family {
+        name: "herald_http_refusals_total",
+        help: "Requests answered with an error, by status.".into(),
+        kind: Kind::Counter(
+            REFUSAL_STATUSES
+                .iter()
+                .zip(&metrics.refusals)
+                .map(|(status, cell)| Sample::labeled("status", status.to_string(), load(cell)))
+                .collect(),
+        ),
+    });
+    let bucket_sum = |index: usize| -> u64 {
+        loops
             .iter()
             .map(|l| l.turn_buckets[index].load(Ordering::Relaxed))
-            .sum::<u64>();
-        let _ = writeln!(
-            out,
-            "herald_loop_turn_seconds_bucket{{le=\"{}\"}} {cumulative}",
-            *bound as f64 / 1e6
-        );
-    }
-    let turns = sum(|l| &l.turns);
-    let _ = writeln!(
-        out,
-        "herald_loop_turn_seconds_bucket{{le=\"+Inf\"}} {turns}"
-    );
-    let _ = writeln!(
-        out,
-        "herald_loop_turn_seconds_sum {}",
-        sum(|l| &l.turn_nanos) as f64 / 1e9
-    );
-    let _ = writeln!(out, "herald_loop_turn_seconds_count {turns}");
-    out
+            .sum()
+    };
+    families.push(Family {
+        name: "herald_loop_turn_seconds",
+        help: "Duration of event loop turns.".into(),
+        kind: Kind::Histogram(Histogram {
+            buckets: TURN_BUCKETS_US
+                .iter()
+                .enumerate()
+                .map(|(index, &bound)| (bound as f64 / 1e6, bucket_sum(index)))
+                .collect(),
+            overflow: bucket_sum(TURN_BUCKETS_US.len()),
+            sum: sum(|l| &l.turn_nanos) as f64 / 1e9,
+        }),
+    });
+    families.push(Family {
+        name: "herald_build_info",
+        help: "The running herald's version; always 1.".into(),
+        kind: Kind::Info(Label {
+            name: "version",
+            value: env!("CARGO_PKG_VERSION").into(),
+        }),
+    });
+    families
 }
 
 #[cfg(test)]
@@ -365,8 +403,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    #[test]
-    fn renders_prometheus_text() {
+    fn render_sample(format: Format) -> String {
         let stats = Arc::new(LoopStats::default());
         let mut counters = LoopCounters {
             deliveries: 7,
@@ -378,7 +415,7 @@ mod tests {
         let metrics = Metrics::new();
         metrics.count_refusal(404);
         metrics.count_refusal(999); // Not a status herald sends: ignored.
-        let text = render(
+        render(
             &[stats],
             &metrics,
             &Snapshot {
@@ -390,27 +427,139 @@ mod tests {
                     ..Default::default()
                 },
             },
-        );
-        for line in [
-            "herald_deliveries_total 7",
-            "herald_events_published_total 3",
-            "herald_redis_connected 1",
-            "herald_redis_reconnects_total 2",
-            "herald_http_refusals_total{status=\"404\"} 1",
-            "herald_loop_turn_seconds_bucket{le=\"0.0001\"} 1",
-            "herald_loop_turn_seconds_bucket{le=\"0.25\"} 1",
-            "herald_loop_turn_seconds_bucket{le=\"+Inf\"} 2",
-            "herald_loop_turn_seconds_count 2",
-        ] {
+            format,
+        )
+    }
+
+    fn assert_lines(text: &str, lines: &[&str]) {
+        for line in lines {
             assert!(
-                text.lines().any(|l| l == line),
+                text.lines().any(|l| l == *line),
                 "missing {line:?} in\n{text}"
             );
         }
+    }
+
+    /// The samples of a page as (name, labels, value), `le` read as a number, so that two
+    /// formats' spellings of the same bound compare equal.
+    fn samples(text: &str) -> Vec<(String, String, f64)> {
+        let mut samples: Vec<_> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|line| {
+                let (key, value) = line.rsplit_once(' ').unwrap();
+                let (name, labels) = key.split_once('{').unwrap_or((key, ""));
+                let labels = match labels.strip_prefix("le=\"") {
+                    Some(le) => {
+                        let le = le.trim_end_matches("\"}");
+                        let bound = if le == "+Inf" {
+                            f64::INFINITY
+                        } else {
+                            le.parse().unwrap()
+                        };
+                        format!("le={bound}")
+                    }
+                    None => labels.to_owned(),
+                };
+                (name.to_owned(), labels, value.parse().unwrap())
+            })
+            .collect();
+        samples.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        samples
+    }
+
+    #[test]
+    fn renders_prometheus_text() {
+        let text = render_sample(Format::Text);
+        assert_lines(
+            &text,
+            &[
+                "# TYPE herald_deliveries_total counter",
+                "herald_deliveries_total 7",
+                "herald_events_published_total 3",
+                "herald_redis_connected 1",
+                "herald_redis_reconnects_total 2",
+                "herald_http_refusals_total{status=\"404\"} 1",
+                "herald_loop_turn_seconds_bucket{le=\"0.0001\"} 1",
+                "herald_loop_turn_seconds_bucket{le=\"0.25\"} 1",
+                "herald_loop_turn_seconds_bucket{le=\"+Inf\"} 2",
+                "herald_loop_turn_seconds_count 2",
+                "# TYPE herald_build_info gauge",
+                concat!(
+                    "herald_build_info{version=\"",
+                    env!("CARGO_PKG_VERSION"),
+                    "\"} 1"
+                ),
+            ],
+        );
+        assert!(!text.contains("# EOF"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();
-            assert!(name.starts_with("herald_"), "{line}");
+            assert!(
+                name.starts_with("herald_") || name.starts_with("process_"),
+                "{line}"
+            );
             assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn renders_openmetrics_with_the_same_samples() {
+        let text = render_sample(Format::OpenMetrics);
+        assert_lines(
+            &text,
+            &[
+                "# TYPE herald_deliveries counter",
+                "herald_deliveries_total 7",
+                "# TYPE herald_http_refusals counter",
+                "herald_http_refusals_total{status=\"404\"} 1",
+                "# TYPE herald_loop_turn_seconds histogram",
+                "herald_loop_turn_seconds_bucket{le=\"+Inf\"} 2",
+                "# TYPE herald_build info",
+                concat!(
+                    "herald_build_info{version=\"",
+                    env!("CARGO_PKG_VERSION"),
+                    "\"} 1"
+                ),
+                "# TYPE herald_connections gauge",
+            ],
+        );
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        assert!(!text.contains("_total counter"), "{text}");
+        // The process metrics move between two renders; herald's own samples must not.
+        let herald = |text: &str| -> Vec<_> {
+            samples(text)
+                .into_iter()
+                .filter(|(name, ..)| name.starts_with("herald_"))
+                .collect()
+        };
+        assert_eq!(herald(&text), herald(&render_sample(Format::Text)));
+    }
+
+    /// Help is written unescaped by prometheus-client, so it must need no escaping.
+    #[test]
+    fn help_needs_no_escaping() {
+        let stats = [Arc::new(LoopStats::default())];
+        let snapshot = Snapshot {
+            events_published: 0,
+            max_connections: 0,
+            bus: crate::bus::BusStats {
+                connected: Some(false),
+                ..Default::default()
+            },
+        };
+        let mut families = herald_families(&stats, &Metrics::new(), &snapshot);
+        families.extend(process::families());
+        for family in families {
+            assert!(
+                !family.help.contains(['\\', '"', '\n']) && family.help.ends_with('.'),
+                "{}: {:?}",
+                family.name,
+                family.help
+            );
+            if matches!(family.kind, Kind::Counter(_)) {
+                assert!(family.name.ends_with("_total"), "{}", family.name);
+            }
         }
     }
 }
