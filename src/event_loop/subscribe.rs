@@ -150,8 +150,10 @@ impl EventLoop {
             if self.stream_access.len() <= key {
                 self.stream_access.resize_with(key + 1, || None);
             }
-            self.stream_access[key] =
-                Some(Box::new(super::access::StreamAccess { line, bytes: 0 }));
+            self.stream_access[key] = Some(Box::new(super::access::StreamAccess {
+                line: *line,
+                bytes: 0,
+            }));
         }
         let Some(slot) = self.conns.get_mut(key) else {
             return;

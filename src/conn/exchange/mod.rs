@@ -177,7 +177,7 @@ pub(crate) struct StreamRequest {
     /// from the bus waits in this client's turn.
     pub client: IpAddr,
     /// With the access log, the request's line: the loop logs it when the stream closes.
-    pub access: Option<RequestLine>,
+    pub access: Option<Box<RequestLine>>,
 }
 
 impl Exchange {
@@ -364,7 +364,7 @@ impl Exchange {
     /// Answers a subscription that could not start (its missed events could not be
     /// fetched). The connection closes after the answer.
     pub(crate) fn refuse_stream(&mut self, error: HttpError, request: &StreamRequest) {
-        self.line = request.access.clone();
+        self.line = request.access.as_deref().cloned();
         self.refuse(error, &request.cors, false);
     }
 

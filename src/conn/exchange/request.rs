@@ -81,7 +81,7 @@ impl Exchange {
                 Ok(mut stream) => {
                     stream.access = self.line.take().map(|mut line| {
                         line.set_topics(stream.topics.iter().map(String::as_str));
-                        line
+                        Box::new(line)
                     });
                     Step::Subscribe(stream)
                 }
