@@ -51,6 +51,6 @@ mod sse;
 pub mod testing;
 mod wheel;
 
-pub use config::{BusKind, Config, ConfigError, ForwardedHeader};
+pub use config::{BusKind, Config, ConfigError, ForwardedHeader, LogFormat};
 pub use event::{Error, Event, EventId, PublishError, Stats};
 pub use server::{Handle, Server};

@@ -1,5 +1,6 @@
 //! Log lines on stderr that can never stop or slow the server: logfmt lines
-//! (`ts=... level=... target=... msg="..."`) formatted by `tracing-subscriber` and written by
+//! (`ts=... level=... target=... msg="..."`) or JSON lines (`{"ts":...,"level":...,
+//! "target":...,"msg":...}`), formatted by `tracing-subscriber` and written by
 //! `tracing-appender`'s non-blocking worker thread.
 //!
 //! The library logs through the `log` facade; [`init`] bridges it into `tracing`
@@ -10,8 +11,9 @@
 //! `herald_log_lines_dropped_total`. Nothing here panics on a failed write, unlike
 //! `eprintln!`.
 //!
-//! The line format is one [`FormatEvent`] implementation, so another format (JSON) is
-//! another formatter over the same writer.
+//! Each format is one [`FormatEvent`] implementation over the same writer. The access log
+//! (target [`ACCESS_TARGET`], written by the event loops) goes through the same queue, so
+//! its dropped lines are counted too; it is let through at `info` whatever the level.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -23,9 +25,16 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_log::NormalizeEvent;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::LogFormat;
+
+/// The target of access-log lines (`--access-log`).
+pub const ACCESS_TARGET: &str = "herald::access";
 
 /// Lines queued for the writer thread before new ones are dropped. A line is a few hundred
 /// bytes, so the queue holds at most about a megabyte while stderr is blocked; a burst of
@@ -41,6 +50,9 @@ static QUEUE_DROPS: OnceLock<ErrorCounter> = OnceLock::new();
 /// The queue to the writer thread, once [`init`] has run; [`announce`] writes through it so
 /// its lines keep their order with the log lines.
 static QUEUE: OnceLock<NonBlocking> = OnceLock::new();
+
+/// The line format, once [`init`] has run; [`announce`] writes its lines in it.
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
 
 /// Log lines dropped since start: the queue was full, or stderr could not be written.
 pub fn lines_dropped() -> u64 {
@@ -69,36 +81,69 @@ impl fmt::Display for InitError {
 
 impl std::error::Error for InitError {}
 
-/// Installs the process-wide logger: logfmt lines at `level` and above on stderr, written
-/// by a background thread, dropped (and counted) rather than waited for. Call once, before
+/// Installs the process-wide logger: lines in `format` at `level` and above on stderr,
+/// plus, with `access_log`, the access log's `info` lines whatever the level; written by a
+/// background thread, dropped (and counted) rather than waited for. Call once, before
 /// starting the server, and keep the guard until the process ends.
-pub fn init(level: log::LevelFilter) -> Result<LogGuard, InitError> {
+pub fn init(
+    level: log::LevelFilter,
+    format: LogFormat,
+    access_log: bool,
+) -> Result<LogGuard, InitError> {
     let (queue, worker) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LINES_QUEUED_MAX)
         .thread_name("herald-log")
         .finish(Stderr);
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing_level(level))
-        .event_format(Logfmt)
-        .with_writer(queue.clone())
-        .finish();
-    tracing::subscriber::set_global_default(subscriber)
-        .map_err(|error| InitError(error.to_string()))?;
+    let filter = tracing_level(level);
+    let mut targets = Targets::new().with_default(filter);
+    let mut max_level = filter;
+    if access_log {
+        targets = targets.with_target(ACCESS_TARGET, Level::INFO);
+        max_level = max_level.max(Level::INFO.into());
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(max_level)
+        .with_writer(queue.clone());
+    let installed = match format {
+        LogFormat::Logfmt => {
+            let subscriber = builder.event_format(Logfmt).finish().with(targets);
+            tracing::subscriber::set_global_default(subscriber)
+        }
+        LogFormat::Json => {
+            let subscriber = builder.event_format(Json).finish().with(targets);
+            tracing::subscriber::set_global_default(subscriber)
+        }
+    };
+    installed.map_err(|error| InitError(error.to_string()))?;
     tracing_log::LogTracer::builder()
         .with_max_level(level)
         .init()
         .map_err(|error| InitError(error.to_string()))?;
     let _ = QUEUE_DROPS.set(queue.error_counter());
     let _ = QUEUE.set(queue);
+    let _ = FORMAT.set(format);
     Ok(LogGuard { _worker: worker })
 }
 
-/// Writes `line` (and a newline) to stderr whatever the log level: through the log queue
-/// once [`init`] has run, so it never blocks or panics; directly before that, ignoring
-/// errors.
+/// Writes `line` to stderr whatever the log level, as a line of the log format (logfmt:
+/// the text as it is; JSON: an `info` object with the text as `msg`): through the log
+/// queue once [`init`] has run, so it never blocks or panics; directly before that,
+/// ignoring errors.
 pub fn announce(line: &str) {
-    let text = format!("{line}\n");
+    let text = match FORMAT.get() {
+        Some(LogFormat::Json) => {
+            let mut text = String::new();
+            let fields = Fields {
+                message: line.to_owned(),
+                others: Vec::new(),
+            };
+            // Writing into a String cannot fail.
+            let _ = write_json(&mut text, SystemTime::now(), Level::INFO, "herald", &fields);
+            text
+        }
+        _ => format!("{line}\n"),
+    };
     let written = match QUEUE.get() {
         Some(queue) => queue.clone().write_all(text.as_bytes()),
         None => io::stderr().write_all(text.as_bytes()),
@@ -138,7 +183,8 @@ impl Write for Stderr {
 }
 
 /// The logfmt line: `ts=<RFC 3339 UTC> level=<level> target=<module> msg="<message>"`,
-/// then any structured fields as `key=value`.
+/// then any structured fields as `key=value` (text quoted and escaped, numbers and
+/// booleans bare).
 struct Logfmt;
 
 impl<S, N> FormatEvent<S, N> for Logfmt
@@ -166,10 +212,78 @@ where
             escape(&fields.message),
         )?;
         for (name, value) in &fields.others {
-            write!(writer, " {name}=\"{}\"", escape(value))?;
+            match value {
+                serde_json::Value::String(text) => write!(writer, " {name}=\"{}\"", escape(text))?,
+                other => write!(writer, " {name}={other}")?,
+            }
         }
         writeln!(writer)
     }
+}
+
+/// The JSON line: one object with `ts`, `level`, `target` and `msg`, then the event's
+/// fields under their names (numbers and booleans as JSON numbers and booleans). Every
+/// string is encoded by `serde_json`, so any text makes valid JSON on one line.
+struct Json;
+
+impl<S, N> FormatEvent<S, N> for Json
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let normalized = event.normalized_metadata();
+        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        write_json(
+            &mut writer,
+            SystemTime::now(),
+            *metadata.level(),
+            metadata.target(),
+            &fields,
+        )
+    }
+}
+
+/// Keys of every JSON line; an event field of the same name is written as `field.<name>`
+/// so no object has a key twice.
+const JSON_KEYS: [&str; 4] = ["ts", "level", "target", "msg"];
+
+/// Writes one JSON object and a newline.
+fn write_json(
+    writer: &mut impl fmt::Write,
+    time: SystemTime,
+    level: Level,
+    target: &str,
+    fields: &Fields,
+) -> fmt::Result {
+    write!(
+        writer,
+        "{{\"ts\":{},\"level\":{},\"target\":{},\"msg\":{}",
+        json_string(&utc_timestamp(time)),
+        json_string(level_name(level)),
+        json_string(target),
+        json_string(&fields.message),
+    )?;
+    for (name, value) in &fields.others {
+        let key = match JSON_KEYS.contains(name) {
+            true => json_string(&format!("field.{name}")),
+            false => json_string(name),
+        };
+        write!(writer, ",{key}:{value}")?;
+    }
+    writeln!(writer, "}}")
+}
+
+/// `text` as a JSON string literal, quotes included.
+fn json_string(text: &str) -> serde_json::Value {
+    serde_json::Value::String(text.to_owned())
 }
 
 fn level_name(level: Level) -> &'static str {
@@ -191,28 +305,42 @@ fn escape(text: &str) -> String {
 }
 
 /// An event's message and other fields, without the `log.*` fields `tracing-log` adds.
+/// Values keep their kind (text, number, boolean) for the formats that show it.
 #[derive(Default)]
 struct Fields {
     message: String,
-    others: Vec<(&'static str, String)>,
+    others: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.record(field, value.to_owned());
+        self.record(field, serde_json::Value::from(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.record(field, serde_json::Value::from(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record(field, serde_json::Value::from(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.record(field, serde_json::Value::from(value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.record(field, format!("{value:?}"));
+        self.record(field, serde_json::Value::String(format!("{value:?}")));
     }
 }
 
 impl Fields {
-    fn record(&mut self, field: &Field, value: String) {
-        match field.name() {
-            "message" => self.message = value,
-            name if name.starts_with("log.") => {}
-            name => self.others.push((name, value)),
+    fn record(&mut self, field: &Field, value: serde_json::Value) {
+        match (field.name(), value) {
+            ("message", serde_json::Value::String(text)) => self.message = text,
+            ("message", other) => self.message = other.to_string(),
+            (name, _) if name.starts_with("log.") => {}
+            (name, value) => self.others.push((name, value)),
         }
     }
 }
@@ -269,23 +397,63 @@ mod tests {
         }
     }
 
-    #[test]
-    fn lines_are_logfmt_with_the_message_escaped_and_fields_appended() {
+    /// What `format` writes for one warning with a text, a number and a clashing field.
+    fn one_line<F>(format: F) -> String
+    where
+        F: FormatEvent<
+                tracing_subscriber::Registry,
+                tracing_subscriber::fmt::format::DefaultFields,
+            > + Send
+            + Sync
+            + 'static,
+    {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
-            .event_format(Logfmt)
+            .event_format(format)
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
-            tracing::warn!(target: "herald::test", peer = "a b", "said \"hi\"\nand left");
+            tracing::warn!(
+                target: "herald::test",
+                peer = "a b",
+                status = 404u64,
+                level = "x",
+                "said \"hi\"\nand left"
+            );
         });
         let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn lines_are_logfmt_with_the_message_escaped_and_fields_appended() {
+        let text = one_line(Logfmt);
         let (ts, rest) = text.split_once(' ').unwrap();
         assert!(ts.starts_with("ts=") && ts.ends_with('Z'), "{text:?}");
         assert_eq!(
             rest,
-            "level=warn target=herald::test msg=\"said \\\"hi\\\"\\nand left\" peer=\"a b\"\n"
+            "level=warn target=herald::test msg=\"said \\\"hi\\\"\\nand left\" peer=\"a b\" \
+             status=404 level=\"x\"\n"
         );
+    }
+
+    #[test]
+    fn json_lines_are_one_object_with_stable_keys_and_typed_fields() {
+        let text = one_line(Json);
+        assert_eq!(text.matches('\n').count(), 1, "{text:?}");
+        assert!(text.ends_with("}\n"), "{text:?}");
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let object = value.as_object().unwrap();
+        assert!(object["ts"].as_str().unwrap().ends_with('Z'), "{text}");
+        assert_eq!(object["level"], "warn");
+        assert_eq!(object["target"], "herald::test");
+        assert_eq!(object["msg"], "said \"hi\"\nand left");
+        assert_eq!(object["peer"], "a b");
+        assert_eq!(object["status"], 404);
+        assert_eq!(object["field.level"], "x");
+        let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 7, "{keys:?}");
+        assert!(text.starts_with("{\"ts\":"), "{text}");
     }
 }

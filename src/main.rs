@@ -89,13 +89,14 @@ fn main() -> ExitCode {
         }
     };
     let demo_feed = config.demo_feed;
-    let _logging = match herald::logging::init(config.log_level) {
-        Ok(guard) => guard,
-        Err(error) => {
-            report(&error.to_string());
-            return ExitCode::from(1);
-        }
-    };
+    let _logging =
+        match herald::logging::init(config.log_level, config.log_format, config.access_log) {
+            Ok(guard) => guard,
+            Err(error) => {
+                report(&error.to_string());
+                return ExitCode::from(1);
+            }
+        };
     // From here on every line goes through the log queue: never a panic, never a block.
     let open_files = raise_open_files_limit();
     let server = match herald::Server::start(config) {

@@ -174,6 +174,38 @@ impl std::str::FromStr for ForwardedHeader {
     }
 }
 
+/// How log lines are written on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `ts=... level=... target=... msg="..." key=value`, one line per event.
+    #[default]
+    Logfmt,
+    /// One JSON object per line: `ts`, `level`, `target`, `msg`, then the event's fields.
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Logfmt => "logfmt",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "logfmt" => Ok(LogFormat::Logfmt),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{text:?} is not logfmt or json")),
+        }
+    }
+}
+
 // A default-sized body must be able to become a frame that fits the default lag budget,
 // or a single large publish would disconnect every subscriber.
 const _: () = assert!(PUBLISH_BYTES_DEFAULT < LAG_BYTES_DEFAULT);
@@ -227,6 +259,8 @@ impl std::fmt::Debug for Config {
             .field("max_publish_connections", &self.max_publish_connections)
             .field("demo_feed", &self.demo_feed)
             .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .field("access_log", &self.access_log)
             .finish_non_exhaustive()
     }
 }

@@ -273,7 +273,13 @@ settings! {
     /// Read by the `herald` binary, which sets up logging; `Server` ignores it.
     #[serde(deserialize_with = "deserialize_level")]
     log_level: log::LevelFilter [Level] = log::LevelFilter::Warn, "LEVEL",
-        "`error`, `warn`, `info`, `debug` or `trace`; logfmt lines on stderr";
+        "`error`, `warn`, `info`, `debug` or `trace` (see [Logs](#logs) for what each adds)";
+    /// Read by the `herald` binary, which sets up logging; `Server` ignores it.
+    log_format: LogFormat [Text<LogFormat>] = LogFormat::Logfmt, "FORMAT",
+        "`logfmt` or `json` (one object per line: `ts`, `level`, `target`, `msg`, then the event's fields); on stderr";
+    /// Lines go to the `herald::access` target at `info`, whatever `log_level` says.
+    access_log: bool [Switch] = false, "BOOL",
+        "One `info` line per finished request or stream (client, method, path, status, bytes, duration, topics, close reason; never the query or a token); see [Logs](#logs)";
 }
 
 /// The default `listen` address.
@@ -397,7 +403,7 @@ mod tests {
              max_connections_per_ip = 7\nbus = \"redis\"\nredis_url = \"x\"\n\
              redis_stream = \"x\"\nredis_maxlen = 7\nforwarded_header = \"forwarded\"\n\
              ipv6_prefix_per_ip = 7\nmax_publish_connections = 7\ndemo_feed = true\n\
-             log_level = \"trace\"\n",
+             log_level = \"trace\"\nlog_format = \"json\"\naccess_log = true\n",
         )
         .unwrap();
         let defaults = Config::default();
@@ -468,7 +474,7 @@ mod tests {
                 (_, None) => continue,
                 (
                     "listen" | "gap_event" | "redis_url" | "redis_stream" | "bus"
-                    | "forwarded_header" | "log_level",
+                    | "forwarded_header" | "log_level" | "log_format",
                     Some(value),
                 ) => {
                     format!("{} = {value:?}", setting.name)

@@ -20,14 +20,14 @@ use super::Env;
 /// The built-in demo page.
 const DEMO_HTML: &str = include_str!("../demo.html");
 
-/// The answer of a route that needs nothing but the request: `None` for the routes that
-/// stream or publish.
+/// The answer of a route that needs nothing but the request, and its status: `None` for
+/// the routes that stream or publish.
 pub(super) fn fixed_answer(
     env: &Env<'_>,
     route: Route,
     request: &Request<'_>,
     cors: &str,
-) -> Option<Vec<u8>> {
+) -> Option<(u16, Vec<u8>)> {
     let keep_alive = request.keep_alive;
     let head_only = request.method == Method::Head;
     let (content_type, cors, body): (&str, &str, Cow<'static, [u8]>) = match route {
@@ -46,34 +46,35 @@ pub(super) fn fixed_answer(
                 Cow::Owned((env.render_metrics)(format).into_bytes()),
             )
         }
-        Route::Preflight => return Some(answer::preflight(cors, keep_alive)),
+        Route::Preflight => return Some((204, answer::preflight(cors, keep_alive))),
         Route::Events | Route::Publish => return None,
     };
-    Some(answer::response(
-        200,
-        content_type,
-        cors,
-        &body,
-        keep_alive,
-        head_only,
-    ))
+    let bytes = answer::response(200, content_type, cors, &body, keep_alive, head_only);
+    Some((200, bytes))
+}
+
+/// The client a request speaks for: the address a trusted proxy names, or the peer.
+pub(super) fn request_addr(env: &Env<'_>, peer: IpAddr, request: &Request<'_>) -> IpAddr {
+    let lines = match env.forwarded_header {
+        ForwardedHeader::XForwardedFor => request.x_forwarded_for,
+        ForwardedHeader::Forwarded => request.forwarded,
+    };
+    client_addr(
+        peer,
+        env.trusted_proxies,
+        env.forwarded_header,
+        lines.as_slice(),
+    )
 }
 
 /// The key a request's client is counted under: the address a trusted proxy names (or
 /// the peer), grouped by `client_key`. Admission and the bus's fair share of resumes use
 /// this one reading.
 pub(super) fn request_client(env: &Env<'_>, peer: IpAddr, request: &Request<'_>) -> IpAddr {
-    let lines = match env.forwarded_header {
-        ForwardedHeader::XForwardedFor => request.x_forwarded_for,
-        ForwardedHeader::Forwarded => request.forwarded,
-    };
-    let client = client_addr(
-        peer,
-        env.trusted_proxies,
-        env.forwarded_header,
-        lines.as_slice(),
-    );
-    client_key(client, env.limits.ipv6_prefix_bits)
+    client_key(
+        request_addr(env, peer, request),
+        env.limits.ipv6_prefix_bits,
+    )
 }
 
 /// How to answer a publish once the bus has.
@@ -85,6 +86,8 @@ pub(super) struct PublishReply {
     pub keep_alive: bool,
     /// CORS header lines for the answer.
     pub cors: String,
+    /// With the access log, the publish's request line.
+    pub line: Option<super::access::RequestLine>,
 }
 
 /// The answer to a publish: its id (plain text, or JSON for a JSON body) or the refusal,

@@ -15,6 +15,7 @@
 //!   from the bus first) and the stream's opening bytes;
 //! - [`stream`]: the open stream, a cursor into the loop's rings.
 
+pub(crate) mod access;
 pub(crate) mod exchange;
 mod handlers;
 pub(crate) mod resume;
@@ -33,7 +34,7 @@ use crate::metrics::Format;
 
 pub(crate) use exchange::{Exchange, Step, StreamRequest};
 pub(crate) use resume::Resuming;
-pub(crate) use stream::{Flushed, Stream, StreamEnd};
+pub(crate) use stream::{Flushed, Parting, Stream, StreamEnd};
 
 /// How long a closing connection discards input so its peer reads the answer.
 pub(crate) const LINGER: Duration = Duration::from_secs(1);
@@ -298,11 +299,12 @@ impl Connection {
             }
             ConnState::Streaming(stream) => {
                 if stream.stalled(now.ms, STALLED_HEARTBEATS * heartbeat_ms) {
-                    return Expired::Close(StreamEnd::SlowConsumer);
+                    return Expired::Close(StreamEnd::Stalled);
                 }
                 let mut heartbeat = false;
                 if stream.expired(now.ms) {
-                    stream.close_with_hint(jittered_retry_ms(limits, random, false));
+                    let why = stream.expiry();
+                    stream.close_with_hint(jittered_retry_ms(limits, random, false), why);
                 } else {
                     heartbeat = stream.queue_heartbeat(now.ms, heartbeat_ms);
                 }

@@ -269,6 +269,7 @@ pub(crate) fn open_stream(
     } = opening;
     let start = stream_start(request, topics, table, bus, limits, backfill, id_of);
     let mut expires_ms = 0;
+    let mut token_first = false;
     if let Some(lifetime) = limits.stream_lifetime {
         let lifetime_ms = lifetime.as_millis() as u64;
         let jitter = random % (lifetime_ms / 10).max(1);
@@ -278,9 +279,14 @@ pub(crate) fn open_stream(
         let token_end_ms = now.loop_ms_at(until_unix_ms);
         if expires_ms == 0 || token_end_ms < expires_ms {
             expires_ms = token_end_ms;
+            token_first = true;
         }
     }
-    Stream::new(start, now.ms, expires_ms)
+    let mut stream = Stream::new(start, now.ms, expires_ms);
+    if token_first {
+        stream.expires_with_token();
+    }
+    stream
 }
 
 #[cfg(test)]
@@ -297,6 +303,7 @@ mod tests {
             cors: String::new(),
             token_until_unix_ms: None,
             client: std::net::IpAddr::from([127, 0, 0, 1]),
+            access: None,
         }
     }
 

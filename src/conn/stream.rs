@@ -36,9 +36,9 @@ const HEARTBEAT: &[u8] = b":\n";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Closing {
     /// Finish the frame in flight, then send `retry: <ms>` and close.
-    Pending(u32),
+    Pending(u32, Parting),
     /// The parting hint is queued or sent; close once it is out.
-    HintQueued,
+    HintQueued(Parting),
 }
 
 /// An open event stream.
@@ -62,18 +62,61 @@ pub(crate) struct Stream {
     /// Loop clock (ms) at which the stream is sent back to reconnect (0: never): the
     /// earlier of its `max_stream_lifetime_ms` and its token's `exp` plus the leeway.
     expires_ms: u64,
+    /// Which of the two `expires_ms` is.
+    expiry: Parting,
 }
 
-/// Why a stream stops.
+/// Why a connection stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StreamEnd {
     /// It fell behind by more than `max_lag_bytes`, or past the history it needed.
     SlowConsumer,
+    /// Its socket was full and took no byte for [`STALLED_HEARTBEATS`](super::STALLED_HEARTBEATS)
+    /// heartbeat intervals: its client stopped reading.
+    Stalled,
     /// The peer closed, reset, or the socket failed.
     PeerGone,
-    /// The stream was told to come back later and closed (lifetime, token expiry or
-    /// shutdown).
+    /// A connection that was not a stream ended its lingering.
     Finished,
+    /// The stream was told to come back later, and its parting `retry:` is out.
+    Parted(Parting),
+}
+
+/// Why a stream was told to come back later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Parting {
+    /// Its `max_stream_lifetime_ms` ran out.
+    Lifetime,
+    /// Its token's `exp` (plus the leeway) passed.
+    TokenExpired,
+    /// The server is shutting down.
+    Shutdown,
+    /// Its backfill stopped at the byte budget: the client resumes for the rest.
+    BackfillCut,
+    /// The bus lost events before this loop got them: the client resumes from the log.
+    LostEvents,
+}
+
+impl StreamEnd {
+    /// Whether the client could not keep up (counted as a slow-consumer close).
+    pub(crate) fn is_slow(self) -> bool {
+        matches!(self, StreamEnd::SlowConsumer | StreamEnd::Stalled)
+    }
+
+    /// The name the access log gives the reason (`close=`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StreamEnd::SlowConsumer => "slow_consumer",
+            StreamEnd::Stalled => "stalled",
+            StreamEnd::PeerGone => "client_closed",
+            StreamEnd::Finished => "finished",
+            StreamEnd::Parted(Parting::Lifetime) => "lifetime",
+            StreamEnd::Parted(Parting::TokenExpired) => "token_expired",
+            StreamEnd::Parted(Parting::Shutdown) => "shutdown",
+            StreamEnd::Parted(Parting::BackfillCut) => "backfill_cut",
+            StreamEnd::Parted(Parting::LostEvents) => "lost_events",
+        }
+    }
 }
 
 /// Result of a flush.
@@ -123,11 +166,12 @@ impl Stream {
             queued: false,
             last_write_ms: now_ms,
             expires_ms,
+            expiry: Parting::Lifetime,
         };
         if partial {
             // The backfill was cut at its byte budget: the client comes straight back for
             // the rest, from the last event it got.
-            stream.close_with_hint(PARTIAL_BACKFILL_RETRY_MS);
+            stream.close_with_hint(PARTIAL_BACKFILL_RETRY_MS, Parting::BackfillCut);
         }
         stream
     }
@@ -184,6 +228,16 @@ impl Stream {
         self.expires_ms != 0 && now_ms >= self.expires_ms
     }
 
+    /// The stream's end of life is its token's, not its lifetime's.
+    pub(crate) fn expires_with_token(&mut self) {
+        self.expiry = Parting::TokenExpired;
+    }
+
+    /// Why the stream ends at its end of life: its lifetime or its token.
+    pub(crate) fn expiry(&self) -> Parting {
+        self.expiry
+    }
+
     /// When to look at the stream again: its next possible heartbeat or the end of its
     /// life. A heartbeat that was due but could not be queued (the stream is busy) is
     /// looked at again a full interval later.
@@ -217,10 +271,11 @@ impl Stream {
         quiet
     }
 
-    /// Asks the stream to finish the frame in flight, send `retry: <retry_ms>` and close.
-    pub(crate) fn close_with_hint(&mut self, retry_ms: u32) {
+    /// Asks the stream to finish the frame in flight, send `retry: <retry_ms>` and close,
+    /// for the reason `why`.
+    pub(crate) fn close_with_hint(&mut self, retry_ms: u32, why: Parting) {
         if self.closing.is_none() {
-            self.closing = Some(Closing::Pending(retry_ms));
+            self.closing = Some(Closing::Pending(retry_ms, why));
         }
     }
 
@@ -317,13 +372,13 @@ impl Stream {
             if count == 0 {
                 match self.closing {
                     None => return Flushed::Idle,
-                    Some(Closing::HintQueued) => return Flushed::End(StreamEnd::Finished),
-                    Some(Closing::Pending(retry_ms)) => {
+                    Some(Closing::HintQueued(why)) => return Flushed::End(StreamEnd::Parted(why)),
+                    Some(Closing::Pending(retry_ms, why)) => {
                         self.preamble = Some(Box::new(Preamble {
                             bytes: Cow::Owned(sse::encode_retry(retry_ms).to_vec()),
                             sent: 0,
                         }));
-                        self.closing = Some(Closing::HintQueued);
+                        self.closing = Some(Closing::HintQueued(why));
                         continue;
                     }
                 }

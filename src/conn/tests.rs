@@ -238,7 +238,7 @@ fn deadlines_of_a_stream() {
         with(&[
             "write blocked",
             "write blocked",
-            "close (deadline: close SlowConsumer)"
+            "close (deadline: close Stalled)"
         ])
     );
     // A blocked stream that falls more than max_lag_bytes behind is closed at once.
@@ -259,7 +259,12 @@ fn deadlines_of_a_stream() {
     let trace = harness.run(&[Recv(subscribe!()), At(1000), At(1500)]);
     assert_eq!(
         trace,
-        with(&["heartbeat queued", ":", "retry: 1007", "close (Finished)"])
+        with(&[
+            "heartbeat queued",
+            ":",
+            "retry: 1007",
+            "close (Parted(Lifetime))"
+        ])
     );
     // A frame in flight is finished before the parting `retry:`.
     let mut harness = Harness::new();
@@ -278,7 +283,7 @@ fn deadlines_of_a_stream() {
             "write blocked",
             "id: 1 | data: a",
             "retry: 1007",
-            "close (Finished)"
+            "close (Parted(Lifetime))"
         ])
     );
 }
@@ -373,6 +378,7 @@ fn stream_starts_after_a_fetch() {
         cors: String::new(),
         token_until_unix_ms: None,
         client: [127, 0, 0, 1].into(),
+        access: None,
     };
     let start = |backfill: Backfill| {
         let mut harness = Harness::new();
@@ -416,7 +422,7 @@ fn stream_starts_after_a_fetch() {
             "id: 2 | data: old",
             "id: 2",
             "retry: 100",
-            "close (Finished)"
+            "close (Parted(BackfillCut))"
         ]
     );
 }
@@ -434,6 +440,7 @@ fn resume_plans() {
         cors: String::new(),
         token_until_unix_ms: None,
         client: [127, 0, 0, 1].into(),
+        access: None,
     };
     let log = |reach_floor| BusView {
         can_backfill: true,

@@ -112,17 +112,24 @@ impl EventLoop {
             log::debug!("could not set TCP_NODELAY, TCP_USER_TIMEOUT or keepalive: {error}");
         }
         let now = self.clock.as_now();
+        let access_log = self.ctx.settings.access_log;
         let (exchange, counted) = match admission {
             Ok(counted) => {
                 // Behind a trusted proxy each request's client is counted as it arrives.
                 let per_request = trusted
                     && listener == Listener::Main
                     && limits.connections_per_ip_max.is_some();
-                let exchange = Exchange::new(buffer, peer, listener, per_request, now, limits);
+                let mut exchange = Exchange::new(buffer, peer, listener, per_request, now, limits);
+                if access_log {
+                    exchange.log_access();
+                }
                 (exchange, counted)
             }
             // Counted by the exchange's refusals when the loop drives it.
-            Err(error) => (Exchange::refused(buffer, peer, error, now, limits), None),
+            Err(error) => {
+                let exchange = Exchange::refused(buffer, peer, error, access_log, now, limits);
+                (exchange, None)
+            }
         };
         entry.insert(Slot {
             socket,

@@ -112,10 +112,15 @@ impl EventLoop {
     /// `shutdown_retry_window`, so a restart is not a reconnect storm.
     pub(super) fn send_back(&mut self, key: usize) {
         let random = self.clock.random();
-        let retry_ms =
-            conn::jittered_retry_ms(&self.ctx.limits, random, self.drain_deadline.is_some());
+        let draining = self.drain_deadline.is_some();
+        let retry_ms = conn::jittered_retry_ms(&self.ctx.limits, random, draining);
+        // Outside a drain only lost events send every stream back (`fanout.rs`).
+        let why = match draining {
+            true => conn::Parting::Shutdown,
+            false => conn::Parting::LostEvents,
+        };
         if let Some(stream) = self.conns.get_mut(key).and_then(|s| s.conn.stream_mut()) {
-            stream.close_with_hint(retry_ms);
+            stream.close_with_hint(retry_ms, why);
         }
         self.write_stream(key);
     }

@@ -98,6 +98,8 @@ pub(crate) struct RequestSettings {
     pub subscribe_verifier: Option<Verifier>,
     /// Verifies publisher tokens (`publish_key`).
     pub publish_verifier: Option<Verifier>,
+    /// Log each finished request and stream (`access_log`).
+    pub access_log: bool,
 }
 
 impl RequestSettings {
@@ -114,6 +116,7 @@ impl RequestSettings {
                 .collect(),
             subscribe_verifier: config.subscribe_key.as_deref().map(Verifier::new),
             publish_verifier: config.publish_key.as_deref().map(Verifier::new),
+            access_log: config.access_log,
         }
     }
 

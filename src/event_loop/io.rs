@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 
-use super::{EventLoop, Slot, LINGERING_MAX};
+use super::{access, EventLoop, Slot, LINGERING_MAX};
 use crate::conn::{ConnState, Flushed, Step, StreamEnd, LINGER};
 use crate::socket::{self, IoOutcome};
 
@@ -42,6 +42,11 @@ impl EventLoop {
             let step = exchange.step(&env, now);
             for error in exchange.take_refusals() {
                 ctx.count_refusal(error);
+            }
+            if ctx.settings.access_log {
+                for answered in exchange.take_answered() {
+                    access::log_answered(&answered, now.ms);
+                }
             }
             match step {
                 Step::Read => {
@@ -176,6 +181,11 @@ impl EventLoop {
             },
         );
         counters.bytes_written += written as u64;
+        if self.ctx.settings.access_log {
+            if let Some(Some(access)) = self.stream_access.get_mut(key) {
+                access.bytes += written as u64;
+            }
+        }
         match outcome {
             Flushed::Idle => {}
             Flushed::Blocked => {
@@ -188,15 +198,17 @@ impl EventLoop {
         }
     }
 
-    /// Closes a connection for `end` (counted and logged for streams).
+    /// Closes a connection for `end` (counted and logged for streams, and written to the
+    /// access log).
     pub(super) fn close_stream(&mut self, key: usize, end: StreamEnd) {
-        match end {
-            StreamEnd::SlowConsumer => {
-                self.counters.slow_closes += 1;
-                log::debug!("closing slow subscriber {key}");
-            }
-            StreamEnd::PeerGone => log::trace!("connection {key} went away"),
-            StreamEnd::Finished => log::trace!("connection {key} finished"),
+        if end.is_slow() {
+            self.counters.slow_closes += 1;
+            log::debug!("closing slow subscriber {key} ({})", end.name());
+        } else {
+            log::trace!("connection {key} closed ({})", end.name());
+        }
+        if let Some(stream) = self.stream_access.get_mut(key).and_then(Option::take) {
+            access::log_stream(&stream, end.name(), self.clock.as_now().ms);
         }
         self.close(key);
     }
@@ -208,6 +220,11 @@ impl EventLoop {
             return;
         }
         let slot = self.conns.remove(key);
+        // Every stream closes through `close_stream`, which logs and clears its entry; a
+        // connection must not leave one for the next user of its key.
+        if let Some(entry) = self.stream_access.get_mut(key) {
+            *entry = None;
+        }
         if let Some(timer) = slot.timer {
             self.wheel.cancel(timer);
         }

@@ -10,9 +10,11 @@
 //! - `subscribe.rs`: opening streams (resume plans, bus fetches, topic registration);
 //! - `fanout.rs`: the inbox, the bus's completions and the per-turn fan-out;
 //! - `clock.rs`: the loop clock, jitter and the timer wheel's deadlines;
-//! - `context.rs`: what the loop gets from the server.
+//! - `context.rs`: what the loop gets from the server;
+//! - `access.rs`: the access log's lines.
 
 mod accept;
+mod access;
 mod clock;
 pub(crate) mod context;
 mod fanout;
@@ -161,6 +163,9 @@ pub(crate) struct EventLoop {
     /// Accepting is paused (too many lingering connections, or no descriptors left), with
     /// a minimum pause after running out of descriptors.
     accept_paused: Option<Option<Instant>>,
+    /// With the access log, each open stream's request line and bytes written, by slab
+    /// key (beside the slab, so a slot stays small; empty when the log is off).
+    stream_access: Vec<Option<Box<access::StreamAccess>>>,
 }
 
 impl EventLoop {
@@ -198,6 +203,7 @@ impl EventLoop {
             drain_deadline: None,
             lingering: 0,
             accept_paused: None,
+            stream_access: Vec::new(),
         })
     }
 
@@ -350,6 +356,10 @@ impl Drop for EventLoop {
     /// the admission of every connection it still holds, so the server's budgets and
     /// per-address counts stay true.
     fn drop(&mut self) {
+        let now_ms = self.clock.as_now().ms;
+        for stream in self.stream_access.iter().flatten() {
+            access::log_stream(stream, "server_stopped", now_ms);
+        }
         for (_, slot) in self.conns.iter() {
             self.ctx.admission.release(
                 &self.ctx.limits,

@@ -121,7 +121,12 @@ impl EventLoop {
 
     /// Turns connection `key` into an event stream now (`resume::open_stream`) and writes
     /// its first bytes.
-    fn open_stream_now(&mut self, key: usize, request: StreamRequest, backfill: Option<Backfill>) {
+    fn open_stream_now(
+        &mut self,
+        key: usize,
+        mut request: StreamRequest,
+        backfill: Option<Backfill>,
+    ) {
         let opening = Opening {
             bus: self.bus_view(),
             limits: &self.ctx.limits,
@@ -137,6 +142,19 @@ impl EventLoop {
         let limits = &self.ctx.limits;
         let heartbeat_ms = limits.heartbeat.as_millis() as u64;
         let next_ms = stream.next_check_ms(now.ms, heartbeat_ms);
+        if !self.conns.contains(key) {
+            return;
+        }
+        if let Some(line) = request.access.take() {
+            // Keys are slab keys: the table is never longer than the slab has been.
+            if self.stream_access.len() <= key {
+                self.stream_access.resize_with(key + 1, || None);
+            }
+            self.stream_access[key] = Some(Box::new(super::access::StreamAccess {
+                line: *line,
+                bytes: 0,
+            }));
+        }
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };

@@ -31,6 +31,7 @@ mod health_and_demo;
 mod http_errors;
 mod http_protocol;
 mod independent_clients;
+mod logs;
 mod metrics;
 mod process;
 mod proptest_roundtrip;

@@ -20,6 +20,7 @@ use crate::http::head::{self, Parsed};
 use crate::http::route::Listener;
 use crate::publish::BodyFormat;
 
+use super::access::{Answered, RequestLine};
 use super::handlers::{self, PublishReply};
 use super::{Env, Now};
 
@@ -109,6 +110,14 @@ pub(crate) struct Exchange {
     /// Refusals answered since the loop last counted them (one `step` can answer many
     /// pipelined requests; bounded by the answers one step batches).
     refusals: Vec<HttpError>,
+    /// The loop logs requests (`--access-log`): keep [`RequestLine`]s and [`Answered`]s.
+    access_log: bool,
+    /// With `access_log`, the request being handled, from its head to its answer (a
+    /// publish's travels in its `PublishReply` meanwhile).
+    line: Option<RequestLine>,
+    /// With `access_log`, requests answered since the loop last took them (bounded like
+    /// `refusals`).
+    answered: Vec<Answered>,
     /// Answers waiting for the oldest publish the bus has not answered; empty otherwise.
     queued: VecDeque<Queued>,
     /// Publishes in `queued` the bus has not answered.
@@ -167,6 +176,8 @@ pub(crate) struct StreamRequest {
     /// The client key (see `client_key`) the per-address limit counts: a resume's fetch
     /// from the bus waits in this client's turn.
     pub client: IpAddr,
+    /// With the access log, the request's line: the loop logs it when the stream closes.
+    pub access: Option<Box<RequestLine>>,
 }
 
 impl Exchange {
@@ -195,6 +206,9 @@ impl Exchange {
             sent: 0,
             close_after: false,
             refusals: Vec::new(),
+            access_log: false,
+            line: None,
+            answered: Vec::new(),
             queued: VecDeque::new(),
             in_flight: 0,
             queued_bytes: 0,
@@ -205,22 +219,51 @@ impl Exchange {
         }
     }
 
-    /// An exchange whose only answer is a refusal (the connection is closed after it).
+    /// An exchange whose only answer is a refusal (the connection is closed after it);
+    /// with `access_log` the refusal is kept for the access log.
     pub(crate) fn refused(
         inbuf: Box<[u8]>,
         peer: IpAddr,
         error: HttpError,
+        access_log: bool,
         now: Now,
         limits: &Limits,
     ) -> Self {
         let mut exchange = Exchange::new(inbuf, peer, Listener::Main, false, now, limits);
+        exchange.access_log = access_log;
         exchange.refuse(error, "", false);
         exchange
+    }
+
+    /// Keeps what the access log needs of each request from now on: the loop takes it
+    /// with [`Exchange::take_answered`] (and a stream's in [`StreamRequest::access`]).
+    pub(crate) fn log_access(&mut self) {
+        self.access_log = true;
     }
 
     /// The refusals answered since the last call, for the metrics.
     pub(crate) fn take_refusals(&mut self) -> impl Iterator<Item = HttpError> + '_ {
         self.refusals.drain(..)
+    }
+
+    /// The requests answered since the last call, for the access log (none unless
+    /// [`Exchange::log_access`] was called).
+    pub(crate) fn take_answered(&mut self) -> impl Iterator<Item = Answered> + '_ {
+        self.answered.drain(..)
+    }
+
+    /// Keeps the answer to the request being handled (`line`, or one without a head) for
+    /// the access log.
+    fn record(&mut self, line: Option<RequestLine>, status: u16, bytes: usize) {
+        if !self.access_log {
+            return;
+        }
+        let line = line.unwrap_or_else(|| RequestLine::headless(self.client.unwrap_or(self.peer)));
+        self.answered.push(Answered {
+            line,
+            status,
+            bytes,
+        });
     }
 
     /// The deadline (loop ms) if it changed since the last call: the loop re-arms its
@@ -321,6 +364,7 @@ impl Exchange {
     /// Answers a subscription that could not start (its missed events could not be
     /// fetched). The connection closes after the answer.
     pub(crate) fn refuse_stream(&mut self, error: HttpError, request: &StreamRequest) {
+        self.line = request.access.as_deref().cloned();
         self.refuse(error, &request.cors, false);
     }
 
@@ -350,6 +394,8 @@ impl Exchange {
         match submitted {
             Submitted::Done(result) => {
                 let (bytes, refusal) = handlers::publish_answer(result, &reply);
+                let status = refusal.map_or(200, |error| error.answer().0);
+                self.record(reply.line, status, bytes.len());
                 self.refusals.extend(refusal);
                 self.emit(&bytes);
             }
@@ -380,9 +426,13 @@ impl Exchange {
             return (false, None);
         };
         let (bytes, refusal) = handlers::publish_answer(result, reply);
-        self.queued_bytes += bytes.len();
+        let line = reply.line.take();
+        let bytes_len = bytes.len();
+        self.queued_bytes += bytes_len;
         *slot = Queued::Ready(bytes);
         self.in_flight -= 1;
+        let status = refusal.map_or(200, |error| error.answer().0);
+        self.record(line, status, bytes_len);
         while let Some(Queued::Ready(_)) = self.queued.front() {
             if let Some(Queued::Ready(bytes)) = self.queued.pop_front() {
                 self.queued_bytes -= bytes.len();
@@ -409,7 +459,10 @@ impl Exchange {
         if self.is_idle() || !self.out.is_empty() {
             return Step::Close;
         }
-        self.body = None;
+        // A publish whose body did not arrive is the request the 408 answers.
+        if let Some(body) = self.body.take() {
+            self.line = body.reply.line;
+        }
         // The 408 gets one more deadline to go out.
         self.set_deadline(Wait::Head, now, limits);
         self.refuse(HttpError::HeadTimeout, "", false)
@@ -488,12 +541,17 @@ impl Exchange {
     fn refuse(&mut self, error: HttpError, cors: &str, keep_alive: bool) -> Step {
         let keep_alive = keep_alive && !error.closes();
         self.refusals.push(error);
-        self.emit(&answer::refusal(error, cors, keep_alive));
+        let bytes = answer::refusal(error, cors, keep_alive);
+        let line = self.line.take();
+        self.record(line, error.answer().0, bytes.len());
+        self.emit(&bytes);
         self.close_after = !keep_alive;
         Step::Write
     }
 
-    fn answer(&mut self, bytes: Vec<u8>, keep_alive: bool) -> Step {
+    fn answer(&mut self, status: u16, bytes: Vec<u8>, keep_alive: bool) -> Step {
+        let line = self.line.take();
+        self.record(line, status, bytes.len());
         self.emit(&bytes);
         self.close_after = !keep_alive;
         Step::Write

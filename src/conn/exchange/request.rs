@@ -9,6 +9,7 @@ use crate::http::head::Request;
 use crate::http::route::{self, Route};
 use crate::publish::{self, BodyFormat};
 
+use super::super::access::RequestLine;
 use super::super::handlers::{self, PublishReply};
 use super::super::{Env, Now};
 use super::{Exchange, PendingBody, PublishJob, Step, StreamRequest};
@@ -38,6 +39,15 @@ impl Exchange {
         // The head is consumed whatever the answer; a refusal that keeps the connection
         // open must not parse the same head again.
         self.start += request.head_len;
+        if self.access_log {
+            let client = handlers::request_addr(env, self.peer, &request);
+            self.line = Some(RequestLine::new(
+                client,
+                request.method,
+                request.path,
+                now.ms,
+            ));
+        }
         let has_body = request.content_length > 0 || request.has_transfer_encoding;
         let route = match route::route(
             request.method,
@@ -52,14 +62,15 @@ impl Exchange {
         if route != Route::Publish && has_body {
             return self.refuse(HttpError::UnexpectedBody, &cors, false);
         }
-        if let Some(bytes) = handlers::fixed_answer(env, route, &request, &cors) {
-            return self.answer(bytes, keep_alive);
+        if let Some((status, bytes)) = handlers::fixed_answer(env, route, &request, &cors) {
+            return self.answer(status, bytes, keep_alive);
         }
         match route {
             Route::Events if !self.out.is_empty() || !self.queued.is_empty() => {
                 // Earlier pipelined answers go out before the stream takes the connection:
                 // un-consume the head and parse it again once they are written.
                 self.start -= request.head_len;
+                self.line = None;
                 if self.out.is_empty() {
                     Step::Await
                 } else {
@@ -67,7 +78,13 @@ impl Exchange {
                 }
             }
             Route::Events => match self.stream_request(env, now, &request, cors) {
-                Ok(stream) => Step::Subscribe(stream),
+                Ok(mut stream) => {
+                    stream.access = self.line.take().map(|mut line| {
+                        line.set_topics(stream.topics.iter().map(String::as_str));
+                        Box::new(line)
+                    });
+                    Step::Subscribe(stream)
+                }
                 Err((error, cors)) => self.refuse(error, &cors, keep_alive),
             },
             _ => self.start_body(env, now, request, cors),
@@ -102,6 +119,7 @@ impl Exchange {
             cors,
             token_until_unix_ms,
             client: handlers::request_client(env, self.peer, request),
+            access: None,
         })
     }
 
@@ -132,6 +150,7 @@ impl Exchange {
                 json: format == BodyFormat::Json,
                 keep_alive,
                 cors,
+                line: self.line.take(),
             },
             grant,
         });
@@ -159,7 +178,9 @@ impl Exchange {
         let Some(body) = self.body.take() else {
             return Step::Read;
         };
-        let reply = body.reply;
+        let mut reply = body.reply;
+        // A refusal below answers this request.
+        self.line = reply.line.take();
         let event = match publish::parse_body(body.format, &body.query, &body.bytes) {
             Ok(event) => event,
             Err(error) => return self.refuse(error, &reply.cors, reply.keep_alive),
@@ -175,6 +196,10 @@ impl Exchange {
                 return self.refuse(HttpError::Forbidden, &reply.cors, reply.keep_alive);
             }
         }
+        reply.line = self.line.take().map(|mut line| {
+            line.set_topics(topics.iter().map(|topic| &**topic));
+            line
+        });
         self.submitting = Some(reply);
         Step::Publish(Box::new(PublishJob { event, topics }))
     }

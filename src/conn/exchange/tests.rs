@@ -376,6 +376,7 @@ fn subscribe_step_carries_header_id_over_query_id() {
             cors: String::new(),
             token_until_unix_ms: None,
             client: IpAddr::from([127, 0, 0, 1]),
+            access: None,
         })
     );
 }

@@ -56,6 +56,19 @@ pub(crate) enum Method {
     Other,
 }
 
+impl Method {
+    /// The method's name (`OTHER` for the ones herald does not serve).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Options => "OPTIONS",
+            Method::Other => "OTHER",
+        }
+    }
+}
+
 /// A parsed request head; strings borrow from the head buffer.
 #[derive(Debug)]
 pub(crate) struct Request<'b> {

@@ -13,7 +13,7 @@ use slab::Slab;
 use crate::bus::{InboxItem, Ticket};
 use crate::config::Limits;
 use crate::conn::{self, ConnState, Connection, Exchange, Expired, Flushed, Now, Step};
-use crate::conn::{StreamEnd, LINGER};
+use crate::conn::{Parting, StreamEnd, LINGER};
 use crate::history::topics::{TopicId, Topics};
 use crate::http::route::Listener;
 use crate::socket::IoOutcome;
@@ -325,7 +325,7 @@ impl Driver {
     }
 
     fn close_stream(&mut self, key: usize, end: StreamEnd) {
-        if end == StreamEnd::SlowConsumer {
+        if end.is_slow() {
             self.slow_closes += 1;
         }
         self.close(key);
@@ -481,7 +481,7 @@ impl Driver {
     fn send_back(&mut self, key: usize) {
         let retry_ms = conn::jittered_retry_ms(&self.limits, self.rng.next(), false);
         if let Some(stream) = self.conns.get_mut(key).and_then(|s| s.conn.stream_mut()) {
-            stream.close_with_hint(retry_ms);
+            stream.close_with_hint(retry_ms, Parting::LostEvents);
         }
         self.write_stream(key);
     }
