@@ -273,13 +273,13 @@ settings! {
     /// Read by the `herald` binary, which sets up logging; `Server` ignores it.
     #[serde(deserialize_with = "deserialize_level")]
     log_level: log::LevelFilter [Level] = log::LevelFilter::Warn, "LEVEL",
-        "`error`, `warn`, `info`, `debug` or `trace` (see [Logs](#logs) for what each adds)";
+        "`error`, `warn`, `info`, `debug` or `trace` (what each adds: see [Logs](#logs))";
     /// Read by the `herald` binary, which sets up logging; `Server` ignores it.
     log_format: LogFormat [Text<LogFormat>] = LogFormat::Logfmt, "FORMAT",
         "`logfmt` or `json` (one object per line: `ts`, `level`, `target`, `msg`, then the event's fields); on stderr";
     /// Lines go to the `herald::access` target at `info`, whatever `log_level` says.
     access_log: bool [Switch] = false, "BOOL",
-        "One `info` line per finished request or stream (client, method, path, status, bytes, duration, topics, close reason; never the query or a token); see [Logs](#logs)";
+        "One `info` line per finished request or stream (client, method, path, status, bytes, duration, topics, close reason; never the query or a token; see [Logs](#logs))";
 }
 
 /// The default `listen` address.
