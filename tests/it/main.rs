@@ -36,6 +36,7 @@ mod process;
 mod proptest_roundtrip;
 mod publish;
 mod readme;
+mod readyz;
 mod resume;
 mod roundtrip;
 mod shutdown;
