@@ -51,6 +51,7 @@ fn healthcheck_command() -> Command {
 /// GETs `url` over a plain TCP connection within [`HEALTHCHECK_TIMEOUT`]; `Ok` only for a
 /// `200` status line, otherwise the reason in one line.
 fn healthcheck(url: &str) -> Result<(), String> {
+    use std::io::ErrorKind;
     use std::net::{TcpStream, ToSocketAddrs};
     let rest = url
         .strip_prefix("http://")
@@ -95,9 +96,13 @@ fn healthcheck(url: &str) -> Result<(), String> {
             ));
         }
         stream.set_read_timeout(Some(left)).map_err(io)?;
-        match stream.read(&mut chunk[..room]).map_err(io)? {
-            0 => return Err(format!("{url}: closed before a status line")),
-            n => answer.extend_from_slice(&chunk[..n]),
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) => return Err(format!("{url}: closed before a status line")),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            // A read timeout is WouldBlock on Unix; the deadline check above reports it.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
         }
     };
     let mut parts = status_line.splitn(3, ' ');

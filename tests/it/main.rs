@@ -25,6 +25,7 @@ mod cluster;
 mod cluster_library;
 mod cors;
 mod demo_feed;
+mod deploy;
 mod examples;
 mod fanout;
 mod health_and_demo;
