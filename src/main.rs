@@ -1,12 +1,14 @@
 //! The `herald` command line: flags, `HERALD_*` environment variables and an optional TOML
 //! file become a [`herald::Config`]; then the server runs until interrupted. A bad setting
-//! is reported in one line and exits with status 2.
+//! is reported in one line and exits with status 2. `herald healthcheck` is the probe for
+//! container images that have no curl.
 
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 
-use clap::{ArgMatches, Command};
+use clap::{Arg, ArgMatches, Command};
 use herald::config::{settings, Config};
 use herald::logging::announce;
 
@@ -18,6 +20,96 @@ fn command() -> Command {
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(settings::serve_command())
+        .subcommand(healthcheck_command())
+}
+
+/// What `herald healthcheck` asks when given no URL: the default listener's liveness route.
+const HEALTHCHECK_URL_DEFAULT: &str = "http://127.0.0.1:8080/healthz";
+/// Time `herald healthcheck` gives the whole exchange (connect, request, status line), so
+/// a hung server fails the probe instead of hanging it. Docker's HEALTHCHECK in
+/// deploy/Dockerfile allows 3 s.
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes of the answer read while looking for the end of its status line.
+const HEALTHCHECK_READ_MAX: usize = 1024;
+
+/// `herald healthcheck [URL]`.
+fn healthcheck_command() -> Command {
+    Command::new("healthcheck")
+        .about(
+            "GET an http:// URL (default: the default listener's /healthz) and exit 0 if it \
+             answers 200, 1 otherwise (refused, timed out after 2 s, or another status); for \
+             HEALTHCHECK in images without curl (README \"Deployment\")",
+        )
+        .arg(
+            Arg::new("url")
+                .value_name("URL")
+                .default_value(HEALTHCHECK_URL_DEFAULT)
+                .help("http://HOST[:PORT][/PATH], e.g. http://127.0.0.1:8080/readyz"),
+        )
+}
+
+/// GETs `url` over a plain TCP connection within [`HEALTHCHECK_TIMEOUT`]; `Ok` only for a
+/// `200` status line, otherwise the reason in one line.
+fn healthcheck(url: &str) -> Result<(), String> {
+    use std::io::ErrorKind;
+    use std::net::{TcpStream, ToSocketAddrs};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |at| rest.split_at(at));
+    if authority.is_empty() || url.contains(|c: char| c.is_ascii_control() || c == ' ') {
+        return Err(format!("{url}: not an http://HOST[:PORT][/PATH] URL"));
+    }
+    // No port, or an IPv6 literal without one: HTTP's default.
+    let host_port = match authority.rsplit_once(':') {
+        Some((_, port)) if !port.ends_with(']') => authority.to_owned(),
+        _ => format!("{authority}:80"),
+    };
+    let deadline = Instant::now() + HEALTHCHECK_TIMEOUT;
+    let addr = host_port
+        .to_socket_addrs()
+        .map_err(|e| format!("{url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: the host has no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, HEALTHCHECK_TIMEOUT)
+        .map_err(|e| format!("{url}: cannot connect: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: herald-healthcheck\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let mut answer = Vec::with_capacity(HEALTHCHECK_READ_MAX);
+    let mut chunk = [0u8; HEALTHCHECK_READ_MAX];
+    let io = |e: std::io::Error| format!("{url}: {e}");
+    stream
+        .set_write_timeout(Some(HEALTHCHECK_TIMEOUT))
+        .map_err(io)?;
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    let status_line = loop {
+        if let Some(end) = answer.windows(2).position(|w| w == b"\r\n") {
+            break String::from_utf8_lossy(&answer[..end]).into_owned();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let room = HEALTHCHECK_READ_MAX - answer.len();
+        if left.is_zero() || room == 0 {
+            return Err(format!(
+                "{url}: no status line within {HEALTHCHECK_TIMEOUT:?}"
+            ));
+        }
+        stream.set_read_timeout(Some(left)).map_err(io)?;
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) => return Err(format!("{url}: closed before a status line")),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            // A read timeout is WouldBlock on Unix; the deadline check above reports it.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    };
+    let mut parts = status_line.splitn(3, ' ');
+    match (parts.next(), parts.next()) {
+        (Some("HTTP/1.1" | "HTTP/1.0"), Some("200")) => Ok(()),
+        _ => Err(format!("{url}: {status_line}")),
+    }
 }
 
 /// Flags and environment over the file over the defaults.
@@ -76,10 +168,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some(("serve", serve)) = matches.subcommand() else {
-        // `subcommand_required` makes clap refuse anything else before this.
-        report("herald serve is the only command");
-        return ExitCode::from(2);
+    let serve = match matches.subcommand() {
+        Some(("serve", serve)) => serve,
+        Some(("healthcheck", probe)) => {
+            let url = probe
+                .get_one::<String>("url")
+                .map_or(HEALTHCHECK_URL_DEFAULT, String::as_str);
+            return match healthcheck(url) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(line) => {
+                    report(&format!("healthcheck failed: {line}"));
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {
+            // `subcommand_required` makes clap refuse anything else before this.
+            report("herald serve and herald healthcheck are the only commands");
+            return ExitCode::from(2);
+        }
     };
     let config = match into_config(serve) {
         Ok(config) => config,

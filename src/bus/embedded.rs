@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{
-    BackfillError, BackfillRequest, Bus, BusStats, Fanout, InboxItem, Outgoing, Published, Resume,
-    Submitted, Ticket,
+    BackfillError, BackfillRequest, Bus, BusHealth, BusStats, Fanout, InboxItem, Outgoing,
+    Published, Resume, Submitted, Ticket,
 };
 use crate::event::{EventId, PublishError};
 use crate::history::ring::Seq;
@@ -127,6 +127,11 @@ impl Bus for EmbeddedBus {
 
     fn stats(&self) -> BusStats {
         BusStats::default()
+    }
+
+    /// In-process: nothing to lose contact with.
+    fn health(&self) -> BusHealth {
+        BusHealth::Connected
     }
 
     fn close(&self) {

@@ -316,6 +316,17 @@ pub(crate) struct BusStats {
     pub backfill_scanned: u64,
 }
 
+/// Whether a bus can carry events right now: what `/readyz` reports about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BusHealth {
+    /// Publishes can be stored and events arrive (the embedded bus always is).
+    Connected,
+    /// The reader has no connection to the log: no event from any node arrives.
+    ReaderDisconnected,
+    /// The writer cannot reach the log: publishes are refused with 503.
+    WriterDisconnected,
+}
+
 /// The event source every loop reads from.
 pub(crate) trait Bus: Send + Sync {
     /// Assigns an id, encodes the event and delivers it to every loop. With a `ticket`,
@@ -338,6 +349,9 @@ pub(crate) trait Bus: Send + Sync {
     fn published(&self) -> u64;
     /// Counters for `/metrics`.
     fn stats(&self) -> BusStats;
+    /// Whether the bus can carry events now. Cheap (two atomic loads at most): a loop asks
+    /// each time it reads a connection's requests.
+    fn health(&self) -> BusHealth;
     /// Refuses further publishes.
     fn close(&self);
 }

@@ -1,5 +1,5 @@
-//! What each route answers, and who may ask: the fixed answers (health, demo page,
-//! metrics, CORS preflight), a publish's answer once the bus assigned its id, the token
+//! What each route answers, and who may ask: the fixed answers (health, readiness, demo
+//! page, metrics, CORS preflight), a publish's answer once the bus assigned its id, the token
 //! checks of subscribers and publishers, and whom a request speaks for behind a proxy.
 //!
 //! Pure: tokens are checked against the wall-clock time the loop passes in.
@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::auth::{self, Claim, TokenError};
+use crate::bus::BusHealth;
 use crate::client::{client_addr, client_key};
 use crate::config::ForwardedHeader;
 use crate::http::answer::{self, HttpError};
@@ -15,7 +16,7 @@ use crate::http::head::{Method, Request};
 use crate::http::route::{self, Route};
 use crate::metrics::Format;
 
-use super::Env;
+use super::{Env, Readiness};
 
 /// The built-in demo page.
 const DEMO_HTML: &str = include_str!("../demo.html");
@@ -30,8 +31,14 @@ pub(super) fn fixed_answer(
 ) -> Option<(u16, Vec<u8>)> {
     let keep_alive = request.keep_alive;
     let head_only = request.method == Method::Head;
+    let mut status = 200;
     let (content_type, cors, body): (&str, &str, Cow<'static, [u8]>) = match route {
         Route::Health => ("text/plain; charset=utf-8", cors, Cow::Borrowed(b"ok\n")),
+        Route::Ready => {
+            let (code, reason) = readiness_answer(env.readiness);
+            status = code;
+            ("text/plain; charset=utf-8", cors, Cow::Borrowed(reason))
+        }
         Route::Demo => (
             "text/html; charset=utf-8",
             "",
@@ -49,8 +56,8 @@ pub(super) fn fixed_answer(
         Route::Preflight => return Some((204, answer::preflight(cors, keep_alive))),
         Route::Events | Route::Publish => return None,
     };
-    let bytes = answer::response(200, content_type, cors, &body, keep_alive, head_only);
-    Some((200, bytes))
+    let bytes = answer::response(status, content_type, cors, &body, keep_alive, head_only);
+    Some((status, bytes))
 }
 
 /// The client a request speaks for: the address a trusted proxy names, or the peer.
@@ -65,6 +72,35 @@ pub(super) fn request_addr(env: &Env<'_>, peer: IpAddr, request: &Request<'_>) -
         env.forwarded_header,
         lines.as_slice(),
     )
+}
+
+/// `/readyz`: 200 while the node should be sent new traffic, else 503 and why, in one line.
+/// Draining comes first: a node on its way out is not coming back, whatever its bus does.
+fn readiness_answer(readiness: Readiness) -> (u16, &'static [u8]) {
+    match readiness {
+        Readiness { draining: true, .. } => (
+            503,
+            b"not ready: draining (a graceful shutdown is under way)\n",
+        ),
+        Readiness {
+            bus: BusHealth::ReaderDisconnected,
+            ..
+        } => (
+            503,
+            b"not ready: the redis bus is disconnected (its reader cannot read the stream)\n",
+        ),
+        Readiness {
+            bus: BusHealth::WriterDisconnected,
+            ..
+        } => (
+            503,
+            b"not ready: the redis bus is disconnected (its writer cannot reach redis)\n",
+        ),
+        Readiness {
+            bus: BusHealth::Connected,
+            ..
+        } => (200, b"ready\n"),
+    }
 }
 
 /// The key a request's client is counted under: the address a trusted proxy names (or
@@ -182,4 +218,31 @@ pub(super) fn authorize_publisher(
         .grant(given, Claim::Publish, now_unix_ms)
         .map(|grant| Some(grant.patterns))
         .map_err(HttpError::Unauthorized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every combination of the inputs, and the answer it gets: draining wins over the bus.
+    #[test]
+    fn readiness_answers() {
+        use BusHealth::*;
+        let check = |draining: bool, bus: BusHealth, status: u16, body: &str| {
+            let (got_status, got_body) = readiness_answer(Readiness { draining, bus });
+            let got_body = std::str::from_utf8(got_body).unwrap();
+            assert_eq!((got_status, got_body), (status, body), "{draining} {bus:?}");
+            assert_eq!(got_body.matches('\n').count(), 1, "one line: {got_body:?}");
+        };
+        let draining = "not ready: draining (a graceful shutdown is under way)\n";
+        let reader =
+            "not ready: the redis bus is disconnected (its reader cannot read the stream)\n";
+        let writer = "not ready: the redis bus is disconnected (its writer cannot reach redis)\n";
+        check(false, Connected, 200, "ready\n");
+        check(false, ReaderDisconnected, 503, reader);
+        check(false, WriterDisconnected, 503, writer);
+        for bus in [Connected, ReaderDisconnected, WriterDisconnected] {
+            check(true, bus, 503, draining);
+        }
+    }
 }

@@ -26,7 +26,7 @@ mod tests;
 use std::time::Duration;
 
 use crate::auth::Verifier;
-use crate::bus::Backfill;
+use crate::bus::{Backfill, BusHealth};
 use crate::client::Cidr;
 use crate::config::{ForwardedHeader, Limits};
 use crate::http::answer::HttpError;
@@ -77,10 +77,31 @@ pub(crate) struct Env<'a> {
     pub trusted_proxies: &'a [Cidr],
     /// Renders the `/metrics` page.
     pub render_metrics: &'a dyn Fn(Format) -> String,
+    /// What `/readyz` answers from.
+    pub readiness: Readiness,
     /// Verifies subscriber tokens, when a subscribe key is set.
     pub subscribe_verifier: Option<&'a Verifier>,
     /// Verifies publisher tokens, when a publish key is set.
     pub publish_verifier: Option<&'a Verifier>,
+}
+
+/// Whether this node should be sent new traffic: `/readyz`'s input, read by the loop from
+/// its drain state and the bus (never by the core, which touches no atomic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    /// A graceful shutdown is under way: the node is about to go.
+    pub draining: bool,
+    /// Whether the bus reaches its log.
+    pub bus: BusHealth,
+}
+
+#[cfg(any(test, feature = "internals"))]
+impl Readiness {
+    /// Serving, and the bus connected: the simulation's and the unit tests' input.
+    pub(crate) const READY: Readiness = Readiness {
+        draining: false,
+        bus: BusHealth::Connected,
+    };
 }
 
 /// A reconnect hint between `retry_ms` and twice that (from `random`), so clients told to

@@ -11,7 +11,7 @@ use crate::auth::Verifier;
 use crate::bus::{Bus, Ticket};
 use crate::client::{client_key, Cidr, ClientTable};
 use crate::config::{Config, ForwardedHeader, Limits};
-use crate::conn::Env;
+use crate::conn::{Env, Readiness};
 use crate::http::answer::HttpError;
 use crate::http::route::Listener;
 use crate::metrics::{Format, LoopStats, Metrics};
@@ -44,8 +44,13 @@ pub(crate) struct LoopContext {
 }
 
 impl LoopContext {
-    /// The read-only view a connection's requests are answered from.
-    pub(crate) fn env<'a>(&'a self, render_metrics: &'a dyn Fn(Format) -> String) -> Env<'a> {
+    /// The read-only view a connection's requests are answered from; `readiness` is what
+    /// the loop read of its drain state and the bus.
+    pub(crate) fn env<'a>(
+        &'a self,
+        render_metrics: &'a dyn Fn(Format) -> String,
+        readiness: Readiness,
+    ) -> Env<'a> {
         let settings = &*self.settings;
         Env {
             limits: &self.limits,
@@ -54,6 +59,7 @@ impl LoopContext {
             publish_token: settings.publish_token.as_deref(),
             trusted_proxies: &settings.trusted_proxies,
             render_metrics,
+            readiness,
             subscribe_verifier: settings.subscribe_verifier.as_ref(),
             publish_verifier: settings.publish_verifier.as_ref(),
         }

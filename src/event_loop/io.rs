@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 
 use super::{access, EventLoop, Slot, LINGERING_MAX};
-use crate::conn::{ConnState, Flushed, Step, StreamEnd, LINGER};
+use crate::conn::{ConnState, Flushed, Readiness, Step, StreamEnd, LINGER};
 use crate::socket::{self, IoOutcome};
 
 /// Read/parse/write rounds per HTTP connection per wake-up (several pipelined requests).
@@ -22,7 +22,11 @@ impl EventLoop {
     pub(super) fn drive(&mut self, key: usize) {
         let ctx = &self.ctx;
         let render_metrics = &*ctx.render_metrics;
-        let env = ctx.env(render_metrics);
+        let readiness = Readiness {
+            draining: self.drain_deadline.is_some(),
+            bus: ctx.bus.health(),
+        };
+        let env = ctx.env(render_metrics, readiness);
         let now = self.clock.as_now();
         let mut rounds = 0;
         let mut blocked = false;

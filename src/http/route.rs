@@ -11,7 +11,7 @@ use crate::history::topics;
 pub(crate) enum Listener {
     /// The main listener: subscribe, health, demo, and publish unless a publish listener is set.
     Main,
-    /// The separate publish listener: publish and health only.
+    /// The separate publish listener: publish, health, readiness and metrics.
     Publish,
 }
 
@@ -22,8 +22,10 @@ pub(crate) enum Route {
     Events,
     /// `POST /publish`.
     Publish,
-    /// `GET|HEAD /healthz`.
+    /// `GET|HEAD /healthz`: liveness, 200 while the process serves.
     Health,
+    /// `GET|HEAD /readyz`: readiness, 503 while draining or while the bus is disconnected.
+    Ready,
     /// `GET|HEAD /`: the demo page.
     Demo,
     /// `GET|HEAD /metrics`: Prometheus text or OpenMetrics, by `Accept`. Served on the
@@ -53,6 +55,7 @@ pub(crate) fn route(
         "/events" if listener == Listener::Main => (Route::Events, "GET, OPTIONS"),
         "/publish" => (Route::Publish, "POST, OPTIONS"),
         "/healthz" => (Route::Health, "GET, HEAD"),
+        "/readyz" => (Route::Ready, "GET, HEAD"),
         "/metrics" if listener == Listener::Publish || !config.publish_listener => {
             (Route::Metrics, "GET, HEAD")
         }
@@ -63,7 +66,10 @@ pub(crate) fn route(
         (Route::Events, Method::Get) => Route::Events,
         (Route::Events | Route::Publish, Method::Options) => Route::Preflight,
         (Route::Publish, Method::Post) => Route::Publish,
-        (Route::Health | Route::Demo | Route::Metrics, Method::Get | Method::Head) => route,
+        (
+            Route::Health | Route::Ready | Route::Demo | Route::Metrics,
+            Method::Get | Method::Head,
+        ) => route,
         _ => return Err(HttpError::MethodNotAllowed { allow }),
     };
     if allowed == Route::Publish && listener == Listener::Main && config.publish_listener {
@@ -175,6 +181,18 @@ mod tests {
             Ok(Route::Preflight),
         );
         check(Method::Head, "/", Listener::Main, CONFIG, Ok(Route::Demo));
+        for listener in [Listener::Main, Listener::Publish] {
+            for method in [Method::Get, Method::Head] {
+                check(method, "/readyz", listener, CONFIG, Ok(Route::Ready));
+            }
+            check(
+                Method::Post,
+                "/readyz",
+                listener,
+                CONFIG,
+                Err(HttpError::MethodNotAllowed { allow: "GET, HEAD" }),
+            );
+        }
         let split = RouteConfig {
             publish_listener: true,
             demo: false,

@@ -45,7 +45,8 @@ use self::entry::{format_id, pack, parse_id};
 use self::reader::run_reader;
 use self::writer::{run_writer, Reply, WriteJob, WRITE_QUEUE_BYTES_MAX, WRITE_QUEUE_MAX};
 use super::{
-    BackfillError, BackfillRequest, Bus, BusStats, Fanout, Outgoing, Resume, Submitted, Ticket,
+    BackfillError, BackfillRequest, Bus, BusHealth, BusStats, Fanout, Outgoing, Resume, Submitted,
+    Ticket,
 };
 use crate::event::PublishError;
 use crate::history::ring::Seq;
@@ -77,7 +78,11 @@ struct Core {
     /// an atomic: there is no stable 128-bit atomic, and it is taken once per resume.
     floor: Mutex<Option<Seq>>,
     delivered: AtomicU64,
+    /// The reader holds a connection that reads the stream.
     connected: AtomicBool,
+    /// The writer's last use of its connection (a batch, or the `PING` it sends when idle)
+    /// worked.
+    writer_connected: AtomicBool,
     reconnects: AtomicU64,
     skipped: AtomicU64,
     backfills: AtomicU64,
@@ -135,6 +140,7 @@ impl RedisBus {
             floor: Mutex::new(None),
             delivered: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            writer_connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             backfills: AtomicU64::new(0),
@@ -263,6 +269,18 @@ impl Bus for RedisBus {
             backfills: core.backfills.load(Ordering::Relaxed),
             backfill_scanned: core.backfill_scanned.load(Ordering::Relaxed),
             holes: core.holes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The reader first: without it nothing arrives, whatever the writer stores.
+    fn health(&self) -> BusHealth {
+        let core = &self.core;
+        if !core.connected.load(Ordering::Relaxed) {
+            BusHealth::ReaderDisconnected
+        } else if !core.writer_connected.load(Ordering::Relaxed) {
+            BusHealth::WriterDisconnected
+        } else {
+            BusHealth::Connected
         }
     }
 

@@ -52,6 +52,7 @@ pub(super) fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
     let mut connection = RedisConn::new("writer");
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
     let mut refusals = Throttle::new();
+    probe(core, &mut connection);
     loop {
         let mut bytes = match jobs.recv_timeout(READ_BLOCK) {
             Ok(job) => {
@@ -63,6 +64,7 @@ pub(super) fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
                 if core.closed.load(Ordering::Acquire) {
                     return;
                 }
+                probe(core, &mut connection);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return,
@@ -77,16 +79,17 @@ pub(super) fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
             }
         }
         core.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
-        let results = match connection.get(core) {
-            None => vec![Err(PublishError::Unavailable); batch.len()],
+        let (results, reached) = match connection.get(core) {
+            None => (vec![Err(PublishError::Unavailable); batch.len()], false),
             Some(conn) => match xadd_batch(conn, core, &batch, &mut refusals) {
-                Ok(results) => results,
+                Ok(results) => (results, true),
                 Err(error) => {
                     connection.lost(&error);
-                    vec![Err(PublishError::Unavailable); batch.len()]
+                    (vec![Err(PublishError::Unavailable); batch.len()], false)
                 }
             },
         };
+        core.writer_connected.store(reached, Ordering::Relaxed);
         for (job, result) in batch.drain(..).zip(results) {
             match job.reply {
                 Reply::Loop(ticket) => core.fanout.complete(Completion::Published(ticket, result)),
@@ -95,6 +98,17 @@ pub(super) fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
             }
         }
     }
+}
+
+/// Records whether the writer can reach Redis, without waiting for a publish to find out:
+/// called at start and after every `READ_BLOCK` without publishes, when `RedisConn::get`
+/// checks an idle connection with a `PING` (one a second per node) or, while Redis is
+/// down, tries to reconnect under its backoff. `/readyz` reads the result, so a writer that
+/// lost Redis shows before a publish is refused, and one that got it back shows within
+/// about a second of the backoff allowing it, publishes or not.
+fn probe(core: &Core, connection: &mut RedisConn) {
+    let reached = connection.get(core).is_some();
+    core.writer_connected.store(reached, Ordering::Relaxed);
 }
 
 /// Appends a batch in one pipeline. `Err` only when the connection failed (then any of
