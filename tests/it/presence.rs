@@ -211,8 +211,13 @@ fn protected_like_metrics_and_publish() {
     let wrong = get_topics(addr, &["t"], &[("Authorization", "Bearer nope")]);
     assert_error(&wrong, 401, "a wrong token");
     let right = format!("Bearer {PUBLISH_TOKEN}");
-    let answer = parse(&get_topics(addr, &["t"], &[("Authorization", &right)]));
-    assert_eq!(answer, [("t".to_owned(), 0, None)]);
+    let response = get_topics(addr, &["t"], &[("Authorization", &right)]);
+    assert_eq!(parse(&response), [("t".to_owned(), 0, None)]);
+    // The shape README documents, byte for byte.
+    assert_eq!(
+        response.body_text(),
+        "{\"topics\":{\"t\":{\"last_id\":null,\"subscribers\":0}}}\n"
+    );
 
     // A publish key: the JWT's publish claim must cover every topic asked about.
     let key = start(|config| config.publish_key = Some(PUBLISH_KEY.to_owned()));
