@@ -1,8 +1,9 @@
 //! Presence counts (issue 13, point 1): `GET /topics?topic=..` answers each topic's
 //! subscriber count and newest id as JSON, and `Handle::topics` the same in Rust.
 //!
-//! - Embedded bus, real sockets: streams on several topics across the two loops are
-//!   counted as they open, and uncounted as they close; the newest id is the last one
+//! - Embedded bus, real sockets: streams on several topics, on both loops (opened until
+//!   `/metrics` shows the topic on both), are counted as they open, and uncounted as they
+//!   close; the newest id is the last one
 //!   published (`null` for a topic never published).
 //! - Protection: with `--publish-listen` the route is only on that listener; with a
 //!   publish token or key it needs the publisher's `Authorization` (a JWT's `publish`
@@ -103,8 +104,34 @@ fn counts_follow_streams_opening_and_closing_across_loops() {
     let server = start(|_| {});
     let addr = server.local_addr();
     let handle = server.handle();
+    // The two loops race to accept connections: open streams on `spread` until both loops
+    // hold one (`herald_topics` sums the loops' topic tables, and nothing was published).
+    let mut spread = Vec::new();
+    while scrape(addr).value("herald_topics") < 2.0 {
+        assert!(
+            spread.len() < 200,
+            "200 streams and every one on the same loop"
+        );
+        spread.push(subscribe(addr, &["spread"]));
+    }
+    let streams = spread.len() as u64;
+    assert_eq!(
+        counts(addr, &["spread"]),
+        [streams],
+        "streams on both loops"
+    );
+    drop(spread.pop());
+    wait_for_counts(
+        "a stream on one of the loops closed",
+        DEADLINE,
+        &[streams - 1],
+        || counts(addr, &["spread"]),
+    );
+    drop(spread);
+    wait_for_counts("every spread stream closed", DEADLINE, &[0], || {
+        counts(addr, &["spread"])
+    });
     let id = publish(&handle, &Event::new("a", "first"));
-    // Eight connections: the two loops race to accept them, so both hold some.
     let mut a_only: Vec<Subscriber> = (0..3).map(|_| subscribe(addr, &["a"])).collect();
     let mut a_and_b: Vec<Subscriber> = (0..3).map(|_| subscribe(addr, &["a", "b"])).collect();
     let _c = subscribe(addr, &["c"]);

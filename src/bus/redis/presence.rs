@@ -3,7 +3,8 @@
 //! time-to-live of [`NODE_TTL`], lists the node in the set `<stream>:presence`, then sums
 //! every other listed node's hash into the local [`Presence`] table's remote part (a set
 //! rather than a `SCAN`, which would walk the whole keyspace every second). A node that dies stops being counted once its hash
-//! expires (at most `NODE_TTL` plus one refresh); one that shuts down deletes its hash.
+//! expires (at most `NODE_TTL` plus one refresh); one whose bus closes deletes its hash
+//! within a refresh, unless the process exits first.
 //!
 //! Everything here runs on its own thread and connection: loops never wait on it, and a
 //! `/topics` answer reads the last sums (at most about one refresh old for other nodes;
