@@ -269,6 +269,7 @@ impl EventLoop {
             }
             self.drain_completions();
             self.drain_inbox();
+            self.answer_queries();
             self.fan_out();
             self.publish_stats();
             if let Some(deadline) = self.drain_deadline {
@@ -331,6 +332,30 @@ impl EventLoop {
         }
     }
 
+    /// Answers library handles' questions about the newest ids this loop's history holds
+    /// (`Handle::topics`), a few per turn. A handle wakes the loop after queueing one.
+    fn answer_queries(&mut self) {
+        for _ in 0..crate::presence::QUERIES_PER_TURN_MAX {
+            let Ok(query) = self.ctx.queries.try_recv() else {
+                return;
+            };
+            let ids = query
+                .names
+                .iter()
+                .map(|name| {
+                    let seq = self.topics.newest_seq(name)?;
+                    Some(self.ctx.bus.id_of(seq))
+                })
+                .collect();
+            // The handle may have given up waiting; nothing else to do then.
+            let _ = query.reply.try_send(ids);
+        }
+        // Queries left: look again next turn without blocking.
+        if !self.ctx.queries.is_empty() {
+            self.inbox_pending = true;
+        }
+    }
+
     fn recycle(&mut self, buffer: Box<[u8]>) {
         if self.head_pool.len() < HEAD_POOL_MAX && buffer.len() == self.ctx.limits.head_bytes_max {
             self.head_pool.push(buffer);
@@ -361,6 +386,12 @@ impl Drop for EventLoop {
             access::log_stream(stream, "server_stopped", now_ms);
         }
         for (_, slot) in self.conns.iter() {
+            // A loop that stops while others serve must not leave its streams counted.
+            for topic in slot.conn.stream().map_or(&[][..], |stream| stream.topics()) {
+                if let Some(topic) = self.topics.get(topic.id) {
+                    self.ctx.presence.leave(topic.name());
+                }
+            }
             self.ctx.admission.release(
                 &self.ctx.limits,
                 slot.listener,

@@ -34,6 +34,7 @@ mod http_protocol;
 mod independent_clients;
 mod logs;
 mod metrics;
+mod presence;
 mod process;
 mod proptest_roundtrip;
 mod publish;
