@@ -23,6 +23,7 @@ mod browser;
 mod cli;
 mod cluster;
 mod cluster_library;
+mod coalesce;
 mod cors;
 mod demo_feed;
 mod deploy;
