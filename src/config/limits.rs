@@ -26,8 +26,8 @@ pub(crate) struct Limits {
     /// stream that writes no byte for `STALLED_HEARTBEATS` of these is a slow consumer.
     /// Also the TCP keepalive and user timeout of every socket.
     pub heartbeat: Duration,
-    /// How long a loop holds a stream's writes after its topic moved (`coalesce_ms`);
-    /// zero writes at once.
+    /// How long a loop rests after a turn that wrote streams (`coalesce_ms`), gathering
+    /// what arrives meanwhile into one turn; zero never rests.
     pub coalesce: Duration,
     /// Longest a stream lives (`max_stream_lifetime_ms`): each gets a random 90 to 100 % of
     /// it, then a jittered `retry:` and a close. `None`: streams live until they end.

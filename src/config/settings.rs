@@ -217,10 +217,10 @@ settings! {
     idle_timeout_ms: u64 [Text<u64>] = IDLE_TIMEOUT_MS_DEFAULT, "MS",
         "A keep-alive connection idle this long between requests is closed",
         range = (TIMER_MS_MIN, TIMER_MS_MAX);
-    /// Trades latency for fewer writes: each write carries every event that arrived in
-    /// the window, so a busy loop makes fewer system calls per delivery.
+    /// Trades latency for fewer system calls: one wake-up and one write per stream carry
+    /// everything that arrived during the rest (BENCHMARKS.md has the curve).
     coalesce_ms: u64 [Text<u64>] = 0, "MS",
-        "A loop may hold a stream's writes this long after its topic gets an event, so events published meanwhile go out in the same write (each stays its own SSE event); 0 writes at once",
+        "After writing to streams, a loop rests this long before it looks again, so the events, publishes and requests of that time are taken in one turn and each stream's events go out in one write (each stays its own SSE event): fewer wake-ups and writes for at most this much latency; 0 never rests",
         range = (0, COALESCE_MS_MAX);
     /// Each stream gets a random lifetime between 90 % and 100 % of this, so reconnects
     /// spread out. When not 0, at least 1 s and at most [`STREAM_LIFETIME_MS_MAX`].

@@ -1,8 +1,6 @@
 //! The live path on the loop: published events drained from the inbox into the topic
 //! rings, and the fan-out that writes each stream whose topics moved once per turn.
 
-use std::time::{Duration, Instant};
-
 use super::EventLoop;
 use crate::bus::InboxItem;
 use crate::conn::StreamEnd;
@@ -40,19 +38,6 @@ impl EventLoop {
         }
     }
 
-    /// How long `poll` may block before a stream held by `--coalesce-ms` is due: `None`
-    /// when none waits. Measured from the real time, not the turn's clock reading, so a
-    /// long turn does not stretch the hold.
-    pub(super) fn fan_out_wait(&self) -> Option<Duration> {
-        let now_ms = self.clock.as_now().ms;
-        let wait_ms = self.pending.fan_out.wait_ms(now_ms)?;
-        if wait_ms == 0 {
-            return Some(Duration::ZERO);
-        }
-        let due = self.clock.instant_at(now_ms + wait_ms);
-        Some(due.saturating_duration_since(Instant::now()))
-    }
-
     /// The bus lost events up to `through` before this loop got them (see
     /// `InboxItem::Lost`): every stream is told to come back after a jittered delay.
     /// Resuming, each is served from the bus's log, which reports the gap to the clients
@@ -78,16 +63,17 @@ impl EventLoop {
 
     /// Queues every stream whose topics received events behind the streams still queued
     /// (each stream once), writes those left over from the last turn, then at most
-    /// `FAN_OUT_STREAMS_PER_TURN_MAX` of the queue whose `--coalesce-ms` hold is over, so
-    /// the loop polls again and takes new events mid-pass: a stream not yet written gets
-    /// them in the same write. Blocked streams are only checked for lag.
+    /// `FAN_OUT_STREAMS_PER_TURN_MAX` of the queue, so the loop polls again and takes new
+    /// events mid-pass: a stream not yet written gets them in the same write. Blocked
+    /// streams are only checked for lag. Notes whether it wrote any stream, for the rest of
+    /// `--coalesce-ms`.
     pub(super) fn fan_out(&mut self) {
+        self.pending.wrote = !self.pending.write_next.is_empty();
         let mut leftovers = std::mem::take(&mut self.pending.write_next);
         let mut dirty = std::mem::take(&mut self.pending.dirty);
         self.topics.take_dirty(&mut dirty);
         let conns = &mut self.conns;
         let queue = &mut self.pending.fan_out;
-        let now_ms = self.clock.as_now().ms;
         // A key closed and reused while queued may be queued twice: at worst written once
         // more, with nothing to send.
         let mut enqueue = |key: usize| {
@@ -96,7 +82,7 @@ impl EventLoop {
                 .and_then(|slot| slot.conn.stream_mut())
                 .is_some_and(|stream| stream.enqueue());
             if fresh {
-                queue.push(key, now_ms);
+                queue.push(key);
             }
         };
         for &id in &dirty {
@@ -125,9 +111,10 @@ impl EventLoop {
             self.pending.write_next = leftovers; // Keep the allocation.
         }
         for _ in 0..FAN_OUT_STREAMS_PER_TURN_MAX {
-            let Some(key) = self.pending.fan_out.pop_due(now_ms) else {
+            let Some(key) = self.pending.fan_out.pop() else {
                 break;
             };
+            self.pending.wrote = true;
             let Some(stream) = self.conns.get_mut(key).and_then(|s| s.conn.stream_mut()) else {
                 continue;
             };

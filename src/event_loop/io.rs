@@ -177,6 +177,7 @@ impl EventLoop {
         let now_ms = self.clock.as_now().ms;
         let counters = &mut self.counters;
         let mut written = 0;
+        let mut writes = 0;
         let outcome = stream.flush(
             &self.topics,
             STREAM_WRITES_PER_TURN_MAX,
@@ -186,11 +187,13 @@ impl EventLoop {
                 let outcome = socket::io(|| socket.write_vectored(slices));
                 if let IoOutcome::Done(n) = outcome {
                     written += n;
+                    writes += 1;
                 }
                 outcome
             },
         );
         counters.bytes_written += written as u64;
+        counters.stream_writes += writes;
         if self.ctx.settings.access_log {
             if let Some(Some(access)) = self.stream_access.get_mut(key) {
                 access.bytes += written as u64;

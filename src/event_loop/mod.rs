@@ -9,7 +9,7 @@
 //!   discard, close);
 //! - `subscribe.rs`: opening streams (resume plans, bus fetches, topic registration);
 //! - `fanout.rs`: the inbox, the bus's completions and the per-turn fan-out;
-//! - `queue.rs`: the fan-out queue, its `--coalesce-ms` hold and the inbox budget;
+//! - `queue.rs`: the fan-out queue and the inbox budget;
 //! - `clock.rs`: the loop clock, jitter and the timer wheel's deadlines;
 //! - `context.rs`: what the loop gets from the server;
 //! - `access.rs`: the access log's lines.
@@ -126,9 +126,11 @@ struct Slot {
 struct Pending {
     /// Streams with frames left after their write budget: queued again next turn.
     write_next: Vec<usize>,
-    /// Streams waiting for the fan-out, each once, written a slice per turn once their
-    /// `--coalesce-ms` hold is over (`fanout.rs`, `queue.rs`).
+    /// Streams waiting for the fan-out, each once, written a slice per turn (`fanout.rs`,
+    /// `queue.rs`).
     fan_out: FanOutQueue,
+    /// The last turn's fan-out wrote a stream: with `--coalesce-ms` the loop rests.
+    wrote: bool,
     /// Connections with readiness left after their budget.
     read_next: Vec<usize>,
     /// Scratch: topics that received events this turn.
@@ -184,7 +186,6 @@ impl EventLoop {
             )?;
         }
         let history = ctx.limits.history;
-        let coalesce = ctx.limits.coalesce;
         let clock = Clock::start();
         Ok(EventLoop {
             poll,
@@ -195,10 +196,7 @@ impl EventLoop {
             inbox_pending: true,
             inbox_budget: inbox_budget(history),
             ctx,
-            pending: Pending {
-                fan_out: FanOutQueue::new(coalesce),
-                ..Pending::default()
-            },
+            pending: Pending::default(),
             head_pool: Vec::new(),
             counters: LoopCounters::default(),
             subscribers: 0,
@@ -215,20 +213,27 @@ impl EventLoop {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(EVENTS_PER_POLL_MAX);
         loop {
-            // Streams held by `--coalesce-ms` wait in `poll` like a deadline does.
-            let held = self.fan_out_wait();
             let busy = self.inbox_pending
                 || !self.pending.write_next.is_empty()
-                || held == Some(Duration::ZERO)
+                || !self.pending.fan_out.is_empty()
                 || !self.pending.read_next.is_empty()
                 || (self.accepting() && self.listeners.iter().any(|l| l.pending));
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else if self.wheel.len() > 0 || self.drain_deadline.is_some() {
-                Some(held.map_or(self.wheel.tick(), |held| held.min(self.wheel.tick())))
+                Some(self.wheel.tick())
             } else {
-                held
+                None
             };
+            let rest = self.ctx.limits.coalesce;
+            if self.pending.wrote && !busy && !rest.is_zero() {
+                // `--coalesce-ms`: a loop that has just written streams, with nothing left
+                // to do, rests before it looks again, so what arrives meanwhile (events,
+                // publishes, requests) is taken in one turn and each stream's share of it
+                // goes out in one write: fewer wake-ups and fewer writes per delivery, for
+                // at most this much more latency.
+                std::thread::sleep(rest);
+            }
             // A loop about to block tells the bus to wake it; one with work left stays awake.
             let timeout = if timeout == Some(Duration::ZERO) || self.inbox.park() {
                 timeout

@@ -45,6 +45,8 @@ pub(crate) struct LoopStats {
     pub accepted: AtomicU64,
     /// Bytes written to clients (streams and answers).
     pub bytes_written: AtomicU64,
+    /// Writes to streams that wrote bytes.
+    pub stream_writes: AtomicU64,
     /// Streams closed for falling too far behind.
     pub slow_closes: AtomicU64,
     /// Heartbeat comments queued.
@@ -68,6 +70,8 @@ pub(crate) struct LoopCounters {
     pub accepted: u64,
     /// See [`LoopStats::bytes_written`].
     pub bytes_written: u64,
+    /// See [`LoopStats::stream_writes`].
+    pub stream_writes: u64,
     /// See [`LoopStats::slow_closes`].
     pub slow_closes: u64,
     /// See [`LoopStats::heartbeats`].
@@ -101,6 +105,7 @@ impl LoopCounters {
         store(&stats.deliveries, self.deliveries);
         store(&stats.accepted, self.accepted);
         store(&stats.bytes_written, self.bytes_written);
+        store(&stats.stream_writes, self.stream_writes);
         store(&stats.slow_closes, self.slow_closes);
         store(&stats.heartbeats, self.heartbeats);
         store(&stats.accept_pauses, self.accept_pauses);
@@ -259,6 +264,12 @@ fn herald_families(
             Counter,
             "Bytes written to clients.",
             sum(|l| &l.bytes_written),
+        ),
+        single(
+            "herald_stream_writes_total",
+            Counter,
+            "Writes to streams (writev calls that wrote bytes); deliveries per write is how many events a write carried on average.",
+            sum(|l| &l.stream_writes),
         ),
         single(
             "herald_slow_consumer_closes_total",

@@ -22,7 +22,7 @@ use crate::common::*;
 use herald::Event;
 
 /// Every family the README lists, with its type.
-const FAMILIES: [(&str, &str); 14] = [
+const FAMILIES: [(&str, &str); 15] = [
     ("herald_connections", "gauge"),
     ("herald_connections_max", "gauge"),
     ("herald_connections_accepted_total", "counter"),
@@ -32,6 +32,7 @@ const FAMILIES: [(&str, &str); 14] = [
     ("herald_events_published_total", "counter"),
     ("herald_deliveries_total", "counter"),
     ("herald_bytes_written_total", "counter"),
+    ("herald_stream_writes_total", "counter"),
     ("herald_slow_consumer_closes_total", "counter"),
     ("herald_heartbeats_total", "counter"),
     ("herald_auth_failures_total", "counter"),

@@ -74,7 +74,6 @@ impl Driver {
         // The wheel's `Instant`s are only ever compared with each other: one real instant
         // as the origin keeps every run the same.
         let origin = Instant::now();
-        let coalesce = limits.coalesce;
         Driver {
             topics: Topics::new(limits.history),
             limits,
@@ -90,7 +89,7 @@ impl Driver {
                 unix_ms: 1_700_000_000_000,
             },
             write_next: Vec::new(),
-            fan_out: FanOutQueue::new(coalesce),
+            fan_out: FanOutQueue::default(),
             read_next: Vec::new(),
             dirty: Vec::new(),
             head_pool: Vec::new(),
@@ -390,12 +389,6 @@ impl Driver {
         }
     }
 
-    /// Milliseconds until a stream held by the coalescing window is due, if one waits:
-    /// the real loop sleeps that long in `poll`.
-    pub(super) fn fan_out_wait_ms(&self) -> Option<u64> {
-        self.fan_out.wait_ms(self.now.ms)
-    }
-
     /// `fanout.rs`'s `fan_out`.
     fn fan_out(&mut self) {
         let mut leftovers = std::mem::take(&mut self.write_next);
@@ -403,14 +396,13 @@ impl Driver {
         self.topics.take_dirty(&mut dirty);
         let conns = &mut self.conns;
         let queue = &mut self.fan_out;
-        let now_ms = self.now.ms;
         let mut enqueue = |key: usize| {
             let fresh = conns
                 .get_mut(key)
                 .and_then(|slot| slot.conn.stream_mut())
                 .is_some_and(|stream| stream.enqueue());
             if fresh {
-                queue.push(key, now_ms);
+                queue.push(key);
             }
         };
         for &id in &dirty {
@@ -435,7 +427,7 @@ impl Driver {
         }
         self.write_next = leftovers;
         for _ in 0..FAN_OUT_STREAMS_PER_TURN_MAX {
-            let Some(key) = self.fan_out.pop_due(now_ms) else {
+            let Some(key) = self.fan_out.pop() else {
                 break;
             };
             let Some(stream) = self.conns.get_mut(key).and_then(|s| s.conn.stream_mut()) else {
