@@ -457,6 +457,7 @@ fn resume_plans() {
             topics: vec!["a".into()],
             bytes_max,
             client: [127, 0, 0, 1].into(),
+            replay: false,
         },
         so_far,
     };

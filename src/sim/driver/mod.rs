@@ -387,7 +387,8 @@ impl Driver {
                     continue;
                 }
             };
-            self.topics.append(event.seq, &event.topics, &event.frame);
+            self.topics
+                .append_at(event.seq, &event.topics, &event.frame, event.time_ms);
             events += 1;
             bytes += event.frame.len();
         }
