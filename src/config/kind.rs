@@ -127,7 +127,11 @@ pub(crate) fn parse_duration_ms(text: &str) -> Result<u64, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        other => return Err(format!("unknown duration unit {other:?} (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m, h or d)"
+            ))
+        }
     };
     number
         .checked_mul(scale)
@@ -136,7 +140,12 @@ pub(crate) fn parse_duration_ms(text: &str) -> Result<u64, String> {
 
 /// `ms` in the largest unit that divides it, as [`parse_duration_ms`] reads it back.
 pub(crate) fn show_duration_ms(ms: u64) -> String {
-    for (unit, scale) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+    for (unit, scale) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
         if ms != 0 && ms % scale == 0 {
             return format!("{}{unit}", ms / scale);
         }
@@ -226,12 +235,28 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (text, ms) in [("0", 0), ("250", 250), ("250ms", 250), ("30s", 30_000), ("10m", 600_000), ("2h", 7_200_000), ("1d", 86_400_000)] {
+        for (text, ms) in [
+            ("0", 0),
+            ("250", 250),
+            ("250ms", 250),
+            ("30s", 30_000),
+            ("10m", 600_000),
+            ("2h", 7_200_000),
+            ("1d", 86_400_000),
+        ] {
             assert_eq!(parse_duration_ms(text), Ok(ms), "{text}");
             assert_eq!(parse_duration_ms(&show_duration_ms(ms)), Ok(ms));
         }
         assert_eq!(show_duration_ms(90_000), "90s");
-        for bad in ["", "m", "-1s", "1.5s", "10 m", "10min", "99999999999999999999"] {
+        for bad in [
+            "",
+            "m",
+            "-1s",
+            "1.5s",
+            "10 m",
+            "10min",
+            "99999999999999999999",
+        ] {
             assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
         }
     }

@@ -99,7 +99,8 @@ pub(crate) struct Subscription {
 const SINCE_MS_MAX: u64 = 253_402_300_799_999;
 
 /// Why a `since` is refused.
-const SINCE_REASON: &str = "since must be Unix milliseconds or an RFC 3339 time (2024-05-01T12:00:00Z) from 1970 on";
+const SINCE_REASON: &str =
+    "since must be Unix milliseconds or an RFC 3339 time (2024-05-01T12:00:00Z) from 1970 on";
 
 /// Reads `since`: Unix milliseconds (digits only) or an RFC 3339 date-time with a `Z` or
 /// `±hh:mm` offset, up to nanoseconds (kept to the millisecond, rounded down). Strict:
@@ -128,8 +129,16 @@ fn rfc3339_ms(text: &[u8]) -> Option<u64> {
     if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt") && sep(13, b":") && sep(16, b":")) {
         return None;
     }
-    let (year, month, day) = (number(text, 0, 4)?, number(text, 5, 2)?, number(text, 8, 2)?);
-    let (hour, minute, second) = (number(text, 11, 2)?, number(text, 14, 2)?, number(text, 17, 2)?);
+    let (year, month, day) = (
+        number(text, 0, 4)?,
+        number(text, 5, 2)?,
+        number(text, 8, 2)?,
+    );
+    let (hour, minute, second) = (
+        number(text, 11, 2)?,
+        number(text, 14, 2)?,
+        number(text, 17, 2)?,
+    );
     let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
     let days_in_month = match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -145,11 +154,17 @@ fn rfc3339_ms(text: &[u8]) -> Option<u64> {
     let mut at = 19;
     let mut millis = 0;
     if text.get(at) == Some(&b'.') {
-        let digits = text[at + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let digits = text[at + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
         if digits == 0 || digits > 9 {
             return None;
         }
-        let padded = format!("{:0<3}", std::str::from_utf8(&text[at + 1..at + 1 + digits]).ok()?);
+        let padded = format!(
+            "{:0<3}",
+            std::str::from_utf8(&text[at + 1..at + 1 + digits]).ok()?
+        );
         millis = padded[..3].parse::<i64>().ok()?;
         at += 1 + digits;
     }
@@ -405,13 +420,22 @@ mod tests {
         assert_eq!(ok("0"), Ok(Some(0)));
         assert_eq!(ok("1714564800123"), Ok(Some(1_714_564_800_123)));
         assert_eq!(ok("2024-05-01T12:00:00Z"), Ok(Some(1_714_564_800_000)));
-        assert_eq!(ok("2024-05-01t12:00:00.123456789z"), Ok(Some(1_714_564_800_123)));
-        assert_eq!(ok("2024-05-01T14:00:00.5%2B02:00"), Ok(Some(1_714_564_800_500)));
+        assert_eq!(
+            ok("2024-05-01t12:00:00.123456789z"),
+            Ok(Some(1_714_564_800_123))
+        );
+        assert_eq!(
+            ok("2024-05-01T14:00:00.5%2B02:00"),
+            Ok(Some(1_714_564_800_500))
+        );
         assert_eq!(ok("2024-05-01T07:30:00-04:30"), Ok(Some(1_714_564_800_000)));
         assert_eq!(ok("1970-01-01T00:00:00Z"), Ok(Some(0)));
         assert_eq!(ok("2000-02-29T00:00:00Z"), Ok(Some(951_782_400_000)));
         assert_eq!(ok("9999-12-31T23:59:59.999Z"), Ok(Some(SINCE_MS_MAX)));
-        assert_eq!(subscription("topic=a", LIMITS).map(|s| s.since_ms), Ok(None));
+        assert_eq!(
+            subscription("topic=a", LIMITS).map(|s| s.since_ms),
+            Ok(None)
+        );
         for bad in [
             "",
             "-1",
@@ -435,7 +459,11 @@ mod tests {
             "1970-01-01T00:30:00%2B01:00",
             "%EF%BC%922024-05-01T12:00:00Z",
         ] {
-            assert_eq!(since(bad), Err(HttpError::BadQuery(SINCE_REASON)), "{bad:?}");
+            assert_eq!(
+                since(bad),
+                Err(HttpError::BadQuery(SINCE_REASON)),
+                "{bad:?}"
+            );
         }
         assert_eq!(
             subscription("topic=a&since=1&since=2", LIMITS),
