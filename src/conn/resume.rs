@@ -237,7 +237,7 @@ pub(crate) fn stream_start(
             preamble.extend_from_slice(&backfill.frames);
             (
                 backfill.through,
-                backfill.complete && backfill.through < evicted_max,
+                replay.is_none() && backfill.complete && backfill.through < evicted_max,
             )
         }
         (None, None) => (table.head_seq(), false),

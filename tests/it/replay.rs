@@ -378,3 +378,67 @@ fn cluster_earliest_and_since_on_a_node_started_after_the_events_come_from_the_s
     drop(late);
     drop(first);
 }
+
+#[test]
+fn cluster_expired_entries_are_not_backfilled_and_a_resume_across_them_gets_the_gap() {
+    let redis = RedisServer::start("replay-ttl");
+    let join_with_ttl = || {
+        let (url, stream) = (redis.url(), "replay-ttl".to_owned());
+        start(move |config| {
+            config.bus = BusKind::Redis;
+            config.redis_url = url;
+            config.redis_stream = stream;
+            config.history_ttl = 1_000;
+        })
+    };
+    let first = join_with_ttl();
+    let mut witness = subscribe(first.local_addr(), &["t"]);
+    let mut before_old = String::new();
+    wait_until("the first node reads the stream", || {
+        if let Ok(id) = first.handle().publish(&Event::new("warmup", "x")) {
+            before_old = id.to_string();
+        }
+        first.handle().stats().events_published > 0
+    });
+    let old = publish(&first.handle(), &Event::new("t", "old")).to_string();
+    assert_eq!(witness.next_event("old").data, "old");
+    // Redis's clock named the entry: wait until ours is a time to live past it.
+    wait_past(id_ms(&old) + 1_000);
+    let late = join_with_ttl();
+    wait_until("the late node reads the stream", || {
+        let _ = late.handle().publish(&Event::new("warmup", "y"));
+        late.handle().stats().events_published > 0
+    });
+    let addr = late.local_addr();
+    let mut earliest = Subscriber::open(addr, &target(&["t"], &[("lastEventId", "earliest")]), &[]);
+    let mut since_zero = Subscriber::open(addr, &target(&["t"], &[("since", "0")]), &[]);
+    // Without the time to live, this resume would be sent `old` from the stream.
+    let mut resume = Subscriber::open(
+        addr,
+        &target(&["t"], &[]),
+        &[("Last-Event-ID", &before_old)],
+    );
+    let got = before_live_end(
+        &late,
+        "t",
+        &mut [&mut earliest, &mut since_zero, &mut resume],
+    );
+    assert_eq!(
+        got[0],
+        [],
+        "earliest: the expired entry stays in the stream but is not sent"
+    );
+    assert_eq!(got[1], [], "since=0: the expired entry is not sent");
+    let gap = (
+        "gap".to_owned(),
+        format!("{{\"lastEventId\":\"{before_old}\"}}"),
+        String::new(),
+    );
+    assert_eq!(
+        got[2],
+        [gap],
+        "a resume across the expired entry gets the gap event"
+    );
+    drop(late);
+    drop(first);
+}
