@@ -229,6 +229,19 @@ pub(crate) fn deserialize_level<'de, D: serde::Deserializer<'de>>(
     parse_level(&text).map_err(serde::de::Error::custom)
 }
 
+impl Kind for Level {
+    type Value = log::LevelFilter;
+    fn arg(arg: Arg) -> Arg {
+        arg.value_parser(parse_level)
+    }
+    fn take(matches: &ArgMatches, id: &str) -> Option<log::LevelFilter> {
+        matches.get_one::<log::LevelFilter>(id).copied()
+    }
+    fn show(value: &log::LevelFilter) -> Option<String> {
+        Some(value.as_str().to_ascii_lowercase())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,18 +272,5 @@ mod tests {
         ] {
             assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
         }
-    }
-}
-
-impl Kind for Level {
-    type Value = log::LevelFilter;
-    fn arg(arg: Arg) -> Arg {
-        arg.value_parser(parse_level)
-    }
-    fn take(matches: &ArgMatches, id: &str) -> Option<log::LevelFilter> {
-        matches.get_one::<log::LevelFilter>(id).copied()
-    }
-    fn show(value: &log::LevelFilter) -> Option<String> {
-        Some(value.as_str().to_ascii_lowercase())
     }
 }
