@@ -243,7 +243,8 @@ pub(crate) fn stream_start(
         (None, None) => (table.head_seq(), false),
         (None, Some(Resume::After(seq))) => (seq, seq < evicted_max),
         (None, Some(Resume::From { after, gap })) => (after, gap),
-        // A `since` is read into `From` before a stream opens; read as no id otherwise.
+        // `read_start` turns a `since` into `From` before any stream opens; one that was
+        // not read is treated as an id that is not this bus's.
         (None, Some(Resume::Unknown | Resume::Since(_))) => (0, true),
     };
     if gap {
