@@ -212,7 +212,7 @@ impl RingBench {
     /// `behind` entries from the head the way a lagging subscriber does. Returns the bytes
     /// read, so the work cannot be optimised away.
     pub fn publish_and_read(&mut self, behind: u64) -> usize {
-        self.ring.push(self.next, self.frame.clone());
+        self.ring.push(self.next, self.frame.clone(), 0);
         self.ring.trim(self.capacity, usize::MAX);
         let cursor = self.next.saturating_sub(Seq::from(behind));
         self.next += 1;
@@ -243,6 +243,7 @@ impl FanoutBench {
             events: 1_000,
             bytes: 64 << 20,
             total_bytes: 64 << 20,
+            ttl_ms: None,
         });
         let streams = (0..subscribers)
             .map(|conn| {

@@ -20,6 +20,10 @@ pub(crate) struct EmbeddedBus {
     /// receive events in id order.
     next: Mutex<Seq>,
     published: AtomicU64,
+    /// The publish time of the last event (Unix ms), written under `next`'s lock: times
+    /// never go back in id order even when the wall clock does, which `since` and the
+    /// history's time to live rely on.
+    last_ms: AtomicU64,
     closed: AtomicBool,
     fanout: Fanout,
 }
@@ -27,14 +31,12 @@ pub(crate) struct EmbeddedBus {
 impl EmbeddedBus {
     /// A bus delivering to `fanout`'s loops.
     pub(crate) fn new(fanout: Fanout) -> Self {
-        let epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(1);
+        let epoch = unix_ms().max(1);
         EmbeddedBus {
             epoch,
             next: Mutex::new(0),
             published: AtomicU64::new(0),
+            last_ms: AtomicU64::new(epoch),
             closed: AtomicBool::new(false),
             fanout,
         }
@@ -43,6 +45,14 @@ impl EmbeddedBus {
     fn format_id(&self, seq: Seq) -> String {
         format!("{}-{}", self.epoch, seq)
     }
+}
+
+/// The wall clock in Unix ms (0 if it reads before 1970).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl EmbeddedBus {
@@ -68,10 +78,14 @@ impl EmbeddedBus {
         if !self.fanout.has_room(frame.len()) {
             return Err(PublishError::Busy);
         }
+        // Under the lock, so times follow ids.
+        let time_ms = self.last_ms.load(Ordering::Relaxed).max(unix_ms());
+        self.last_ms.store(time_ms, Ordering::Relaxed);
         let item = InboxItem::Event(Arc::new(Published {
             seq,
             topics: event.topics.into_boxed_slice(),
             frame,
+            time_ms,
         }));
         // Recognisable before any loop can send it: a client that got the event from one
         // loop and resumes on another must not find its id "from the future".
@@ -105,6 +119,11 @@ impl Bus for EmbeddedBus {
 
     fn id_of(&self, seq: Seq) -> String {
         self.format_id(seq)
+    }
+
+    /// Ids are a counter: the rings keep each event's time.
+    fn seq_at(&self, _unix_ms: u64) -> Option<Seq> {
+        None
     }
 
     /// Every event of this run reaches the loops.

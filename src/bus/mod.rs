@@ -35,6 +35,9 @@ pub(crate) struct Published {
     pub topics: Box<[Box<str>]>,
     /// The encoded event, shared by every loop and subscriber.
     pub frame: Frame,
+    /// When it was published, in Unix ms, never decreasing in id order: the embedded
+    /// bus's clock (held monotonic), or the Redis entry id's millisecond part.
+    pub time_ms: u64,
 }
 
 /// What a loop's inbox carries, in id order.
@@ -110,6 +113,10 @@ pub(crate) struct BackfillRequest {
     pub bytes_max: usize,
     /// Who asked: fetches are served one per client in turn.
     pub client: std::net::IpAddr,
+    /// A replay (`earliest`, `since`, or the start of what the time to live keeps): what
+    /// the log no longer holds is not a gap, and an `after` older than the log is no
+    /// reason to skip it.
+    pub replay: bool,
 }
 
 /// A bus answer to a request a connection is waiting on.
@@ -285,6 +292,17 @@ pub(crate) enum Resume {
     After(Seq),
     /// The id is not one of this bus's (another epoch, malformed, or from the future).
     Unknown,
+    /// `since` as the query gave it (Unix ms), before the loop reads it into a `From`.
+    Since(u64),
+    /// Every kept event after this sequence number, with the gap event first only when
+    /// `gap`: `lastEventId=earliest` and `since` (no gap: they ask for what is kept), and a
+    /// Last-Event-ID older than what the time to live keeps (a gap).
+    From {
+        /// The cursor: events after it are sent.
+        after: Seq,
+        /// Whether the client is told first that it missed events.
+        gap: bool,
+    },
 }
 
 /// An event validated for publishing: distinct topics, checked name and size.
@@ -337,6 +355,10 @@ pub(crate) trait Bus: Send + Sync {
     fn resume_point(&self, last_event_id: &str) -> Resume;
     /// The id a client sees for sequence number `seq` (the inverse of `resume_point`).
     fn id_of(&self, seq: Seq) -> String;
+    /// The lowest sequence number an event published at or after `unix_ms` can have,
+    /// when ids carry their publish time (a Redis id `ms-n`: `ms-0`); `None` when they do
+    /// not (the embedded bus's counter), and the loop reads its rings' times instead.
+    fn seq_at(&self, unix_ms: u64) -> Option<Seq>;
     /// Every event above this sequence number reaches the loops' inboxes; the ones at or
     /// below it never did. `None` while unknown (the bus is not connected yet).
     fn reach_floor(&self) -> Option<Seq>;
@@ -365,6 +387,7 @@ mod tests {
             seq,
             topics: Box::new(["a".into()]),
             frame: Frame::from_static(frame),
+            time_ms: 0,
         }))
     }
 

@@ -95,6 +95,81 @@ pub(crate) fn show_bytes(bytes: usize) -> String {
     bytes.to_string()
 }
 
+/// A duration in milliseconds: `500ms`, `30s`, `10m`, `2h`, `1d`, or a plain count of
+/// milliseconds, on the command line and in TOML (as text or a number).
+pub(crate) struct Millis;
+
+impl Kind for Millis {
+    type Value = u64;
+    fn arg(arg: Arg) -> Arg {
+        arg.value_parser(parse_duration_ms)
+    }
+    fn take(matches: &ArgMatches, id: &str) -> Option<u64> {
+        matches.get_one::<u64>(id).copied()
+    }
+    fn show(value: &u64) -> Option<String> {
+        Some(show_duration_ms(*value))
+    }
+}
+
+/// Reads `500ms`, `30s`, `10m`, `2h`, `1d` or a plain count of milliseconds.
+pub(crate) fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 30s, 10m or 2h"))?;
+    let scale: u64 = match unit {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// `ms` in the largest unit that divides it, as [`parse_duration_ms`] reads it back.
+pub(crate) fn show_duration_ms(ms: u64) -> String {
+    for (unit, scale) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms != 0 && ms % scale == 0 {
+            return format!("{}{unit}", ms / scale);
+        }
+    }
+    ms.to_string()
+}
+
+/// Serde's reading of a [`Millis`] setting in the TOML file: the flag's text, or a number
+/// of milliseconds.
+pub(crate) fn deserialize_millis<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Count(u64),
+        Text(String),
+    }
+    match Either::deserialize(deserializer)? {
+        Either::Count(ms) => Ok(ms),
+        Either::Text(text) => parse_duration_ms(&text).map_err(serde::de::Error::custom),
+    }
+}
+
 /// A list: the flag repeats, its `HERALD_*` variable is comma-separated. Empty by default.
 pub(crate) struct List;
 
@@ -164,5 +239,38 @@ impl Kind for Level {
     }
     fn show(value: &log::LevelFilter) -> Option<String> {
         Some(value.as_str().to_ascii_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        for (text, ms) in [
+            ("0", 0),
+            ("250", 250),
+            ("250ms", 250),
+            ("30s", 30_000),
+            ("10m", 600_000),
+            ("2h", 7_200_000),
+            ("1d", 86_400_000),
+        ] {
+            assert_eq!(parse_duration_ms(text), Ok(ms), "{text}");
+            assert_eq!(parse_duration_ms(&show_duration_ms(ms)), Ok(ms));
+        }
+        assert_eq!(show_duration_ms(90_000), "90s");
+        for bad in [
+            "",
+            "m",
+            "-1s",
+            "1.5s",
+            "10 m",
+            "10min",
+            "99999999999999999999",
+        ] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad:?}");
+        }
     }
 }

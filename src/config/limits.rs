@@ -111,6 +111,7 @@ impl Config {
                 events: self.history_events,
                 bytes: self.history_bytes,
                 total_bytes: self.history_total_bytes,
+                ttl_ms: (self.history_ttl > 0).then_some(self.history_ttl),
             },
             route: RouteConfig {
                 publish_listener: self.publish_listen.is_some(),

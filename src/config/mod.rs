@@ -32,6 +32,9 @@ pub const HISTORY_BYTES_DEFAULT: usize = 1024 * 1024;
 /// Bytes of history across all topics, by default: the bound that stops a flood of distinct
 /// topic names from exhausting memory.
 pub const HISTORY_TOTAL_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+/// Ceiling on `history_ttl` (ms): 30 days, past which a time to live bounds nothing the
+/// byte budgets do not.
+pub const HISTORY_TTL_MS_MAX: u64 = 30 * 86_400_000;
 /// Ceiling on any history byte budget (per topic or total).
 pub const HISTORY_BYTES_MAX: usize = 16 * 1024 * 1024 * 1024;
 /// Reconnect delay sent to every new stream in its first `retry:` frame.
@@ -228,6 +231,7 @@ impl std::fmt::Debug for Config {
             .field("history_events", &self.history_events)
             .field("history_bytes", &self.history_bytes)
             .field("history_total_bytes", &self.history_total_bytes)
+            .field("history_ttl", &self.history_ttl)
             .field("cors_origins", &self.cors_origins)
             .field("publish_token", &secret(&self.publish_token))
             .field("retry_ms", &self.retry_ms)

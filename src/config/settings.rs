@@ -180,6 +180,11 @@ settings! {
     history_total_bytes: usize [Size] = HISTORY_TOTAL_BYTES_DEFAULT, "SIZE",
         "Bytes of history across all topics",
         range = (1, HISTORY_BYTES_MAX);
+    /// Expiry is lazy: a topic drops what expired when it is published to or resumed from.
+    #[serde(deserialize_with = "deserialize_millis")]
+    history_ttl: u64 [Millis] = 0, "DURATION",
+        "How long an event is kept for resume and replay (`30s`, `10m`, `2h`); older events are neither replayed nor counted as kept, and a resume across them gets the gap event; 0 means until evicted",
+        range = (0, HISTORY_TTL_MS_MAX);
     /// Empty: no CORS headers.
     cors_origins: Vec<String> [List] = Vec::new(), "ORIGIN",
         "Allowed origin, repeatable (`HERALD_CORS_ORIGINS` is comma-separated); `*` for any",
@@ -400,6 +405,7 @@ mod tests {
         // A config that differs from the default in every setting with a default.
         let mut config: Config = toml::from_str(
             "listen = \"10.0.0.1:1\"\nthreads = 99\nhistory_events = 7\nhistory_bytes = 7\n\
+             history_ttl = \"10m\"\n\
              history_total_bytes = 7\nretry_ms = 7\ngap_event = \"x\"\n\
              max_topics_per_subscription = 7\nmax_topic_bytes = 7\nmax_publish_bytes = 7\n\
              max_lag_bytes = 7\nmax_head_bytes = 7\ndemo = false\nhead_timeout_ms = 7\n\

@@ -57,6 +57,55 @@ pub(crate) enum Plan {
     Refuse(HttpError),
 }
 
+/// Reads where a subscription starts, once, into `request.resume`: its Last-Event-ID
+/// (`earliest`, or an id `resume_point` reads), else its `since`. With a time to live, the
+/// subscription's rings first drop what expired at `now_unix_ms`, and a start before what
+/// it keeps moves up to it: `since` and `earliest` begin at the oldest event still kept,
+/// and an id older than that, on a bus whose ids carry their time (`seq_at`), becomes the
+/// gap event and everything kept (on other buses the rings' evictions tell the gap).
+/// Without `seq_at`, a time becomes a cursor through the rings' times.
+pub(crate) fn read_start(
+    request: &mut StreamRequest,
+    table: &mut Topics,
+    now_unix_ms: u64,
+    limits: &Limits,
+    seq_at: impl Fn(u64) -> Option<Seq>,
+    resume_point: impl Fn(&str) -> Resume,
+) {
+    table.expire(&request.topics, now_unix_ms);
+    // The oldest publish time still kept.
+    let kept_from = limits
+        .history
+        .ttl_ms
+        .map_or(0, |ttl| now_unix_ms.saturating_sub(ttl) + 1);
+    let since = match request.last_event_id.as_deref() {
+        Some("earliest") => 0,
+        Some(id) => {
+            let resume = resume_point(id);
+            request.resume = Some(match (resume, seq_at(kept_from)) {
+                (Resume::After(after), Some(first)) if kept_from > 0 && after < first - 1 => {
+                    Resume::From {
+                        after: first - 1,
+                        gap: true,
+                    }
+                }
+                _ => resume,
+            });
+            return;
+        }
+        None => match request.resume {
+            Some(Resume::Since(since)) => since,
+            _ => return,
+        },
+    };
+    let since = since.max(kept_from);
+    let after = match seq_at(since) {
+        Some(first) => first.saturating_sub(1),
+        None => table.cursor_since(&request.topics, since),
+    };
+    request.resume = Some(Resume::From { after, gap: false });
+}
+
 /// The first plan for a subscription: start now when this loop's rings (whose newest
 /// eviction across the subscription's topics is `evicted_max`) still hold everything
 /// after the client's id, or the bus keeps no log; otherwise fetch the events between the
@@ -70,8 +119,11 @@ pub(crate) fn plan(
     if !bus.can_backfill {
         return Plan::Start(None);
     }
-    let Some(Resume::After(after)) = request.resume else {
-        return Plan::Start(None); // No id, or not one of this bus's: the gap rule.
+    let (after, replay) = match request.resume {
+        Some(Resume::After(after)) => (after, false),
+        Some(Resume::From { after, .. }) => (after, true),
+        // No id, or not one of this bus's: the gap rule.
+        _ => return Plan::Start(None),
     };
     let Some(reach) = bus.reach_floor else {
         return Plan::Refuse(BackfillError::Unavailable.into());
@@ -87,6 +139,7 @@ pub(crate) fn plan(
             topics: request.topics.clone(),
             bytes_max: limits.lag_bytes_max,
             client: request.client,
+            replay,
         },
         so_far: None,
     }
@@ -116,6 +169,7 @@ pub(crate) fn after_fetch(
                     topics: request.topics.clone(),
                     bytes_max: budget - backfill.frames.len(),
                     client: request.client,
+                    replay: matches!(request.resume, Some(Resume::From { .. })),
                 },
                 so_far: Some(backfill),
             };
@@ -169,20 +223,29 @@ pub(crate) fn stream_start(
         .map(|t| t.ring.evicted_max())
         .max()
         .unwrap_or(0);
+    // A replay from a time, or from what the time to live keeps, tells the gap only when
+    // it says so; the rings' evictions before its cursor are no news to it.
+    let replay = match request.resume {
+        Some(Resume::From { gap, .. }) => Some(gap),
+        _ => None,
+    };
     let (cursor, gap) = match (&backfill, request.resume) {
         (Some(backfill), _) => {
-            if backfill.gap {
+            if backfill.gap || replay == Some(true) {
                 preamble.extend_from_slice(&sse::encode_gap(&limits.gap_event, id));
             }
             preamble.extend_from_slice(&backfill.frames);
             (
                 backfill.through,
-                backfill.complete && backfill.through < evicted_max,
+                replay.is_none() && backfill.complete && backfill.through < evicted_max,
             )
         }
         (None, None) => (table.head_seq(), false),
         (None, Some(Resume::After(seq))) => (seq, seq < evicted_max),
-        (None, Some(Resume::Unknown)) => (0, true),
+        (None, Some(Resume::From { after, gap })) => (after, gap),
+        // `read_start` turns a `since` into `From` before any stream opens; one that was
+        // not read is treated as an id that is not this bus's.
+        (None, Some(Resume::Unknown | Resume::Since(_))) => (0, true),
     };
     if gap {
         preamble.extend_from_slice(&sse::encode_gap(&limits.gap_event, id));
@@ -190,7 +253,7 @@ pub(crate) fn stream_start(
     // A gap told with nothing after it that carries an id would leave the client's id
     // where it was, and every reconnect before the next event would tell it again: move
     // the id to where the stream starts (`id:` with no data dispatches nothing).
-    let gap_told = gap || backfill.as_ref().is_some_and(|b| b.gap);
+    let gap_told = gap || backfill.as_ref().is_some_and(|b| b.gap) || replay == Some(true);
     let nothing_follows = match &backfill {
         Some(backfill) => backfill.complete && backfill.frames.is_empty(),
         None => {
@@ -212,7 +275,7 @@ pub(crate) fn stream_start(
         preamble,
         cursor,
         // A partial stream sends nothing from the rings, so no eviction concerns it.
-        gap_floor: match (partial, gap) {
+        gap_floor: match (partial, gap || replay.is_some()) {
             (true, _) => Seq::MAX,
             (false, true) => evicted_max,
             (false, false) => 0,

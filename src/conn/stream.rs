@@ -491,6 +491,7 @@ mod tests {
             events: 2,
             bytes: 1 << 20,
             total_bytes: 1 << 24,
+            ttl_ms: None,
         });
         let topics = subscribe(&mut table, &["a"]);
         let stream = Stream::new(

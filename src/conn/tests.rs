@@ -366,6 +366,68 @@ fn stream_starts() {
     assert_eq!(run(subscribe!("x")), expected);
 }
 
+/// Where a replay starts on the same rings as [`stream_starts`] (event `n` published at
+/// `n` s): `earliest` and `since` send what is kept with no gap event, and a Last-Event-ID
+/// wins over `since`; with a time to live of 2.5 s at 6.5 s, events 1 to 4 have expired:
+/// they are neither replayed nor a reason to skip the gap for an id before them.
+#[test]
+fn replay_starts() {
+    let appended = [
+        Append(1, "a"),
+        Append(2, "a"),
+        Append(3, "b"),
+        Append(4, "a"),
+        Append(5, "a"),
+        Append(6, "a"),
+    ];
+    let run = |request: &'static str, ttl_ms: Option<u64>| {
+        let mut harness = Harness::new();
+        harness.limits.history.ttl_ms = ttl_ms;
+        harness.table = crate::history::topics::Topics::new(harness.limits.history);
+        harness.now.unix_ms = 6_500;
+        for append in appended {
+            harness.apply_for_test(append);
+        }
+        harness.apply_for_test(Recv(request));
+        harness.trace[2..].to_vec()
+    };
+    let since = |query: &str| format!("GET /events?topic=a&{query} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let leak = |text: String| -> &'static str { Box::leak(text.into_boxed_str()) };
+    let sent = |seqs: &[u32]| {
+        let mut lines = vec!["retry: 1000".to_string()];
+        lines.extend(seqs.iter().map(|seq| format!("id: {seq} | data: a")));
+        lines
+    };
+    let gap = |id: &str| format!("event: gap | data: {{\"lastEventId\":\"{id}\"}}");
+    // (request, time to live) -> what the stream sends before live events
+    let table: [(&'static str, Option<u64>, Vec<String>); 11] = [
+        (subscribe!("earliest"), None, sent(&[2, 4, 5, 6])),
+        (
+            leak(since("lastEventId=earliest")),
+            None,
+            sent(&[2, 4, 5, 6]),
+        ),
+        (leak(since("since=0")), None, sent(&[2, 4, 5, 6])),
+        (leak(since("since=4000")), None, sent(&[4, 5, 6])),
+        (leak(since("since=4001")), None, sent(&[5, 6])),
+        (leak(since("since=99000")), None, sent(&[])),
+        (leak(since("since=1000&lastEventId=5")), None, sent(&[6])),
+        (subscribe!("earliest"), Some(2_500), sent(&[5, 6])),
+        (leak(since("since=0")), Some(2_500), sent(&[5, 6])),
+        // At the edge of what is kept: nothing missed.
+        (subscribe!("4"), Some(2_500), sent(&[5, 6])),
+        // Before it: the expired events are missed.
+        (subscribe!("2"), Some(2_500), {
+            let mut lines = sent(&[5, 6]);
+            lines.insert(1, gap("2"));
+            lines
+        }),
+    ];
+    for (request, ttl, expected) in table {
+        assert_eq!(run(request, ttl), expected, "{request:?} ttl {ttl:?}");
+    }
+}
+
 /// A stream opened with what the bus fetched: the fetched frames, then the rings; a
 /// backfill cut at its byte budget ends with a short `retry:` so the client comes straight
 /// back for the rest.
@@ -450,18 +512,43 @@ fn resume_plans() {
         can_backfill: false,
         reach_floor: Some(0),
     };
-    let fetch = |after, until, bytes_max, so_far| Plan::Fetch {
+    let fetch_as = |replay, after, until, bytes_max, so_far| Plan::Fetch {
         fetch: BackfillRequest {
             after,
             until,
             topics: vec!["a".into()],
             bytes_max,
             client: [127, 0, 0, 1].into(),
+            replay,
         },
         so_far,
     };
+    let fetch = |after, until, bytes_max, so_far| fetch_as(false, after, until, bytes_max, so_far);
+    let from = |after, gap| Some(Resume::From { after, gap });
     // (resume, bus, newest eviction of the rings) -> plan
-    let table: [(Option<Resume>, BusView, u128, Plan); 8] = [
+    let table: [(Option<Resume>, BusView, u128, Plan); 13] = [
+        // earliest, since, and an id older than the time to live keeps: from the rings
+        // when they reach back, else a replay from the log (which tells no gap of its own).
+        (from(7, false), log(Some(0)), 5, Plan::Start(None)),
+        (from(0, false), no_log, 5, Plan::Start(None)),
+        (
+            from(0, false),
+            log(Some(0)),
+            5,
+            fetch_as(true, 0, 5, budget, None),
+        ),
+        (
+            from(3, true),
+            log(Some(9)),
+            5,
+            fetch_as(true, 3, 9, budget, None),
+        ),
+        (
+            from(3, false),
+            log(None),
+            5,
+            Plan::Refuse(BackfillError::Unavailable.into()),
+        ),
         (None, log(Some(0)), 5, Plan::Start(None)),
         (Some(Resume::After(10)), log(Some(0)), 5, Plan::Start(None)),
         (Some(Resume::After(5)), log(Some(0)), 5, Plan::Start(None)),

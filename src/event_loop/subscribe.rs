@@ -30,12 +30,18 @@ impl EventLoop {
 
     /// Starts a subscription: at once, or, when it resumes from before what this loop's
     /// rings hold and the bus keeps a log, once the bus has fetched the missed events.
-    /// The Last-Event-ID is read here, once.
+    /// The Last-Event-ID (or `since`) is read here, once, after the subscription's topics
+    /// dropped what their time to live no longer keeps.
     pub(super) fn open_stream(&mut self, key: usize, mut request: StreamRequest) {
-        request.resume = request
-            .last_event_id
-            .as_deref()
-            .map(|id| self.ctx.bus.resume_point(id));
+        let bus = &*self.ctx.bus;
+        resume::read_start(
+            &mut request,
+            &mut self.topics,
+            self.clock.as_now().unix_ms,
+            &self.ctx.limits,
+            |unix_ms| bus.seq_at(unix_ms),
+            |id| bus.resume_point(id),
+        );
         let evicted_max = self.topics_evicted_max(&request.topics);
         let plan = resume::plan(&request, self.bus_view(), evicted_max, &self.ctx.limits);
         self.carry_out(key, request, plan);

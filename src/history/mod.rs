@@ -22,6 +22,7 @@ pub(crate) mod fixtures {
             events: 100,
             bytes: 1 << 20,
             total_bytes: 1 << 24,
+            ttl_ms: None,
         })
     }
 

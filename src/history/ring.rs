@@ -20,6 +20,10 @@ pub(crate) struct Entry {
     pub seq: Seq,
     /// The encoded event, shared with every other ring that holds it.
     pub frame: Frame,
+    /// When the event was published (Unix ms, never decreasing in sequence order): what
+    /// `since` and the history's time to live read. It fits the padding the `u128`
+    /// alignment leaves, so an entry is 64 bytes with it as without it.
+    pub time_ms: u64,
     /// Bytes appended to this ring up to and including this frame (for lag arithmetic).
     end: u64,
 }
@@ -46,8 +50,8 @@ impl Ring {
         }
     }
 
-    /// Appends the newest event. Callers append in sequence order.
-    pub(crate) fn push(&mut self, seq: Seq, frame: Frame) {
+    /// Appends the newest event, published at `time_ms`. Callers append in sequence order.
+    pub(crate) fn push(&mut self, seq: Seq, frame: Frame, time_ms: u64) {
         debug_assert!(self.newest_seq().is_none_or(|newest| newest < seq));
         debug_assert!(self.evicted_max < seq);
         self.bytes += frame.len();
@@ -55,6 +59,7 @@ impl Ring {
         self.entries.push_back(Entry {
             seq,
             frame,
+            time_ms,
             end: self.appended,
         });
     }
@@ -77,6 +82,25 @@ impl Ring {
             freed += self.evict_oldest().unwrap_or(0);
         }
         freed
+    }
+
+    /// Evicts from the tail while the oldest entry was published at or before `cutoff_ms`
+    /// (its time to live has run out), the newest included: an expired event is not kept.
+    /// Returns the entries and bytes freed. O(1) per entry evicted.
+    pub(crate) fn expire(&mut self, cutoff_ms: u64) -> (usize, usize) {
+        let (mut count, mut freed) = (0, 0);
+        while self.entries.front().is_some_and(|e| e.time_ms <= cutoff_ms) {
+            freed += self.evict_oldest().unwrap_or(0);
+            count += 1;
+        }
+        (count, freed)
+    }
+
+    /// Sequence number of the oldest kept entry published at or after `since_ms`.
+    /// Times never decrease along the ring, so this is a binary search.
+    pub(crate) fn first_since(&self, since_ms: u64) -> Option<Seq> {
+        let index = self.entries.partition_point(|e| e.time_ms < since_ms);
+        self.entries.get(index).map(|e| e.seq)
     }
 
     /// Number of kept entries.
@@ -144,7 +168,7 @@ mod tests {
     fn ring_of(seqs: &[Seq]) -> Ring {
         let mut ring = Ring::new(0);
         for &seq in seqs {
-            ring.push(seq, Bytes::from(vec![b'x'; 10]));
+            ring.push(seq, Bytes::from(vec![b'x'; 10]), seq as u64 * 10);
         }
         ring
     }
@@ -172,6 +196,25 @@ mod tests {
         assert_eq!(ring.lag_bytes(4), 10);
         assert_eq!(ring.lag_bytes(5), 10);
         assert_eq!(ring.lag_bytes(6), 0);
+    }
+
+    /// The publish time costs no memory: it sits in the padding of the `u128` alignment.
+    #[test]
+    fn entry_is_64_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+    }
+
+    #[test]
+    fn expiry_and_since() {
+        let mut ring = ring_of(&[1, 2, 3, 4]);
+        assert_eq!(ring.first_since(0), Some(1));
+        assert_eq!(ring.first_since(21), Some(3));
+        assert_eq!(ring.first_since(41), None);
+        assert_eq!(ring.expire(20), (2, 20));
+        assert_eq!((ring.oldest_seq(), ring.evicted_max()), (Some(3), 2));
+        assert_eq!(ring.expire(40), (2, 20));
+        assert!(ring.is_empty());
+        assert_eq!(ring.evicted_max(), 4);
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub(crate) struct HistoryLimits {
     pub bytes: usize,
     /// Bytes charged across all topics (frames plus overheads).
     pub total_bytes: usize,
+    /// How long an event is kept (ms from its publish time); `None`: until evicted.
+    pub ttl_ms: Option<u64>,
 }
 
 impl Topic {
@@ -175,15 +177,27 @@ impl Topics {
         id
     }
 
-    /// Appends an event to each of its topics (creating them as needed), marks them dirty,
-    /// then enforces the per-topic and total history limits.
+    /// Appends an event published at time 0 (no time to live applies to it): for tests and
+    /// benches that do not look at times.
+    #[cfg(any(test, feature = "internals"))]
     pub(crate) fn append(&mut self, seq: Seq, names: &[Box<str>], frame: &Frame) {
+        self.append_at(seq, names, frame, 0);
+    }
+
+    /// Appends an event published at `time_ms` (Unix ms) to each of its topics (creating
+    /// them as needed), marks them dirty, then enforces the per-topic and total history
+    /// limits. With a time to live, each of those topics first drops what expired by the
+    /// event's publish time: expiry costs O(1) per event, on the topics already touched.
+    pub(crate) fn append_at(&mut self, seq: Seq, names: &[Box<str>], frame: &Frame, time_ms: u64) {
         debug_assert!(seq > self.head_seq);
         self.head_seq = seq;
         for name in names {
             let id = self.intern(name);
+            if let Some(cutoff) = self.cutoff(time_ms) {
+                self.expire_topic(id, cutoff);
+            }
             let topic = &mut self.table[id];
-            topic.ring.push(seq, frame.clone());
+            topic.ring.push(seq, frame.clone(), time_ms);
             let freed_count_before = topic.ring.len();
             let freed_bytes = topic.ring.trim(self.limits.events, self.limits.bytes);
             let evicted = freed_count_before - topic.ring.len();
@@ -200,6 +214,53 @@ impl Topics {
         self.compact_order();
         #[cfg(debug_assertions)]
         self.check_invariants();
+    }
+
+    /// With a time to live, the newest publish time that has expired at `now_ms`.
+    fn cutoff(&self, now_ms: u64) -> Option<u64> {
+        let ttl = self.limits.ttl_ms?;
+        now_ms.checked_sub(ttl)
+    }
+
+    /// Drops from `names`' rings what has expired at `now_ms` (Unix ms), before a resume
+    /// reads them: expired events are neither replayed nor kept, and a resume across them
+    /// gets the gap event. Lazy: only the topics a subscription names are looked at, and
+    /// each expired entry once.
+    pub(crate) fn expire(&mut self, names: &[String], now_ms: u64) {
+        let Some(cutoff) = self.cutoff(now_ms) else {
+            return;
+        };
+        for name in names {
+            if let Some(id) = self.find(name) {
+                self.expire_topic(id, cutoff);
+                self.remove_if_unused(id);
+            }
+        }
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+    }
+
+    /// Evicts topic `id`'s entries published at or before `cutoff_ms`, keeping the budget's
+    /// books (the global order queue skips them lazily, as it does per-topic evictions).
+    fn expire_topic(&mut self, id: TopicId, cutoff_ms: u64) {
+        let Some(topic) = self.table.get_mut(id) else {
+            return;
+        };
+        let (count, freed) = topic.ring.expire(cutoff_ms);
+        self.entries_live -= count;
+        self.charged_bytes -= freed + count * ENTRY_OVERHEAD_BYTES;
+    }
+
+    /// Where a replay from `since_ms` (Unix ms) starts on this loop's rings of `names`:
+    /// the cursor just before the oldest kept event of theirs published at or after it, or
+    /// the newest event appended when none is. Publish times never decrease in sequence
+    /// order, so every event after that cursor was published at or after `since_ms`.
+    pub(crate) fn cursor_since(&self, names: &[String], since_ms: u64) -> Seq {
+        names
+            .iter()
+            .filter_map(|name| self.get(self.find(name)?)?.ring.first_since(since_ms))
+            .min()
+            .map_or(self.head_seq, |first| first - 1)
     }
 
     /// Evicts the globally oldest entries until the total budget holds.
@@ -355,6 +416,7 @@ mod tests {
             events,
             bytes,
             total_bytes,
+            ttl_ms: None,
         }
     }
 
@@ -429,6 +491,38 @@ mod tests {
         }
         assert!(topics.charged_bytes() <= budget);
         assert!(topics.len() <= 1);
+    }
+
+    /// Expiry on append drops the appended topic's expired events; expiry before a resume
+    /// drops the named topics' and forgets a topic left with nothing, so a topic created
+    /// again reports the gap. `since` finds the first event at or after a time.
+    #[test]
+    fn expiry_is_lazy_and_keeps_the_books() {
+        let mut topics = Topics::new(HistoryLimits {
+            ttl_ms: Some(100),
+            ..limits(100, 10_000, 1 << 20)
+        });
+        topics.append_at(1, &["a".into()], &frame(10), 1_000);
+        topics.append_at(2, &["b".into()], &frame(10), 1_050);
+        topics.append_at(3, &["a".into()], &frame(10), 1_120);
+        let a = topics.find("a").unwrap();
+        let ring = &topics.get(a).unwrap().ring;
+        assert_eq!((ring.oldest_seq(), ring.evicted_max()), (Some(3), 1));
+        // `b` was not touched: its expired event waits for a reader.
+        assert_eq!(topics.entries_live, 2);
+        let names = ["a".to_string(), "b".to_string()];
+        assert_eq!(topics.cursor_since(&names, 1_040), 1);
+        assert_eq!(topics.cursor_since(&names, 1_100), 2);
+        assert_eq!(topics.cursor_since(&names, 2_000), 3);
+        let mut sink = Vec::new();
+        topics.take_dirty(&mut sink);
+        topics.expire(&names, 1_160);
+        assert_eq!(topics.entries_live, 1);
+        assert_eq!(topics.find("b"), None, "nothing kept, nobody subscribed");
+        assert_eq!(topics.evicted_max("b"), 2);
+        topics.expire(&names, 1_220);
+        assert_eq!(topics.entries_live, 0);
+        assert_eq!(topics.charged_bytes(), 0);
     }
 
     #[test]

@@ -93,6 +93,113 @@ pub(crate) struct Subscription {
     pub last_event_id: Option<String>,
     /// `token` from the query, for EventSource clients that cannot set headers.
     pub token: Option<String>,
+    /// `since` (Unix ms or an RFC 3339 time) as Unix ms: replay what was published at or
+    /// after it. A Last-Event-ID (header or `lastEventId`) wins over it, so an
+    /// EventSource that reconnects with the same URL continues where it was instead of
+    /// replaying again.
+    pub since_ms: Option<u64>,
+}
+
+/// The latest `since` accepted, in Unix ms: 9999-12-31T23:59:59.999Z, the last instant
+/// an RFC 3339 time can name. Later numbers are refused rather than read as "never".
+const SINCE_MS_MAX: u64 = 253_402_300_799_999;
+
+/// Why a `since` is refused.
+const SINCE_REASON: &str =
+    "since must be Unix milliseconds or an RFC 3339 time (2024-05-01T12:00:00Z) from 1970 on";
+
+/// Reads `since`: Unix milliseconds (digits only) or an RFC 3339 date-time with a `Z` or
+/// `±hh:mm` offset, up to nanoseconds (kept to the millisecond, rounded down). Strict:
+/// anything else, a time before 1970 or after year 9999 is refused.
+pub(crate) fn parse_since(text: &str) -> Option<u64> {
+    let ms = if text.bytes().all(|b| b.is_ascii_digit()) {
+        if text.is_empty() || text.len() > 15 {
+            return None;
+        }
+        text.parse().ok()?
+    } else {
+        rfc3339_ms(text.as_bytes())?
+    };
+    (ms <= SINCE_MS_MAX).then_some(ms)
+}
+
+/// An RFC 3339 `date-time` as Unix ms; `None` when malformed or before 1970.
+fn rfc3339_ms(text: &[u8]) -> Option<u64> {
+    fn number(text: &[u8], at: usize, len: usize) -> Option<i64> {
+        let digits = text.get(at..at + len)?;
+        digits.iter().try_fold(0i64, |n, &b| {
+            b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
+        })
+    }
+    let sep = |at: usize, allowed: &[u8]| text.get(at).is_some_and(|b| allowed.contains(b));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (year, month, day) = (
+        number(text, 0, 4)?,
+        number(text, 5, 2)?,
+        number(text, 8, 2)?,
+    );
+    let (hour, minute, second) = (
+        number(text, 11, 2)?,
+        number(text, 14, 2)?,
+        number(text, 17, 2)?,
+    );
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    // A leap second (60) is allowed by RFC 3339 and read as the next second's start.
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut at = 19;
+    let mut millis = 0;
+    if text.get(at) == Some(&b'.') {
+        let digits = text[at + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        let padded = format!(
+            "{:0<3}",
+            std::str::from_utf8(&text[at + 1..at + 1 + digits]).ok()?
+        );
+        millis = padded[..3].parse::<i64>().ok()?;
+        at += 1 + digits;
+    }
+    let offset_minutes = match text.get(at..)? {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (hours, minutes) = (number(text, at + 1, 2)?, number(text, at + 4, 2)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let offset = hours * 60 + minutes;
+            if *sign == b'-' {
+                -offset
+            } else {
+                offset
+            }
+        }
+        _ => return None,
+    };
+    // Days from 1970-01-01 to the civil date (Howard Hinnant's days_from_civil).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_minutes * 60;
+    u64::try_from(seconds * 1_000 + millis).ok()
 }
 
 /// Limits on a subscription's topics.
@@ -139,6 +246,7 @@ pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscript
     let mut topics: Vec<String> = Vec::new();
     let mut last_event_id = None;
     let mut token = None;
+    let mut since_ms = None;
     for pair in form::pairs(query.as_bytes()) {
         let (key, value) = pair.map_err(|_| {
             HttpError::BadQuery("a query parameter is not UTF-8 once percent-decoded")
@@ -165,6 +273,12 @@ pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscript
             }
             "lastEventId" => last_event_id = Some(value.into_owned()),
             "token" => token = Some(value.into_owned()),
+            "since" if since_ms.is_some() => {
+                return Err(HttpError::BadQuery("since may be given once"))
+            }
+            "since" => {
+                since_ms = Some(parse_since(&value).ok_or(HttpError::BadQuery(SINCE_REASON))?)
+            }
             _ => {}
         }
     }
@@ -175,6 +289,7 @@ pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscript
         topics,
         last_event_id,
         token,
+        since_ms,
     })
 }
 
@@ -358,6 +473,81 @@ mod tests {
             topic_list("topic=a&topic=b&topic=c", LIMITS),
             Err(HttpError::TooManyTopics)
         );
+    }
+
+    #[test]
+    fn since_is_read_strictly() {
+        let since = |value: &str| subscription(&format!("topic=a&since={value}"), LIMITS);
+        let ok = |value: &str| since(value).map(|s| s.since_ms);
+        assert_eq!(ok("0"), Ok(Some(0)));
+        assert_eq!(ok("1714564800123"), Ok(Some(1_714_564_800_123)));
+        assert_eq!(ok("2024-05-01T12:00:00Z"), Ok(Some(1_714_564_800_000)));
+        assert_eq!(
+            ok("2024-05-01t12:00:00.123456789z"),
+            Ok(Some(1_714_564_800_123))
+        );
+        assert_eq!(
+            ok("2024-05-01T14:00:00.5%2B02:00"),
+            Ok(Some(1_714_564_800_500))
+        );
+        assert_eq!(ok("2024-05-01T07:30:00-04:30"), Ok(Some(1_714_564_800_000)));
+        assert_eq!(ok("1970-01-01T00:00:00Z"), Ok(Some(0)));
+        assert_eq!(ok("2000-02-29T00:00:00Z"), Ok(Some(951_782_400_000)));
+        assert_eq!(ok("9999-12-31T23:59:59.999Z"), Ok(Some(SINCE_MS_MAX)));
+        assert_eq!(
+            subscription("topic=a", LIMITS).map(|s| s.since_ms),
+            Ok(None)
+        );
+        for bad in [
+            "",
+            "-1",
+            "1e3",
+            " 1",
+            "1714564800.5",
+            "9999999999999999",
+            "253402300800000",
+            "2024-05-01",
+            "2024-05-01T12:00:00",
+            "2024-05-01 12:00:00Z",
+            "2024-05-01T12:00Z",
+            "2024-13-01T12:00:00Z",
+            "2023-02-29T12:00:00Z",
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T12:00:00.Z",
+            "2024-05-01T12:00:00.1234567890Z",
+            "2024-05-01T12:00:00%2B24:00",
+            "2024-05-01T12:00:00%2B0200",
+            "1969-12-31T23:59:59Z",
+            "1970-01-01T00:30:00%2B01:00",
+            "%EF%BC%922024-05-01T12:00:00Z",
+        ] {
+            assert_eq!(
+                since(bad),
+                Err(HttpError::BadQuery(SINCE_REASON)),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            subscription("topic=a&since=1&since=2", LIMITS),
+            Err(HttpError::BadQuery("since may be given once"))
+        );
+    }
+
+    /// Hostile input: every prefix of a full time, and each of its bytes replaced by
+    /// another, is read or refused, never a panic; what is read round-trips the offset.
+    #[test]
+    fn since_never_panics_on_mangled_times() {
+        let full = "2024-05-01T12:00:00.123456789+02:00";
+        for end in 0..=full.len() {
+            let _ = parse_since(&full[..end]);
+        }
+        for at in 0..full.len() {
+            for replacement in ["", "0", "9", "-", ":", ".", "Z", "T", "+", "\u{e9}", "99"] {
+                let mangled = format!("{}{replacement}{}", &full[..at], &full[at + 1..]);
+                let _ = parse_since(&mangled);
+            }
+        }
+        assert_eq!(parse_since(full), Some(1_714_557_600_123));
     }
 
     #[test]

@@ -197,6 +197,8 @@ impl SimBus {
                 seq,
                 topics: logged.topics.clone(),
                 frame: logged.frame.clone(),
+                // The simulation sets no time to live; times only need to be ordered.
+                time_ms: seq as u64,
             })));
         }
     }

@@ -322,7 +322,8 @@ impl Subscriber {
         };
         let seq = match bus.resume_point(id) {
             crate::bus::Resume::After(seq) => seq,
-            crate::bus::Resume::Unknown => return Err(format!("an id the bus never gave: {id}")),
+            // The simulated bus reads ids into `After` or `Unknown` only.
+            _ => return Err(format!("an id the bus never gave: {id}")),
         };
         let opening = value("retry").is_some();
         if opening {

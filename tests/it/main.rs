@@ -41,6 +41,7 @@ mod proptest_roundtrip;
 mod publish;
 mod readme;
 mod readyz;
+mod replay;
 mod resume;
 mod roundtrip;
 mod shutdown;

@@ -117,6 +117,13 @@ pub(super) fn run_backfiller(core: &Core, queue: &BackfillQueue) {
 /// after `after`. An `after` older than the stream's first entry is answered at once with
 /// the gap and nothing from the stream (the client refetches its state; the rings give it
 /// what follows), so an id like `0-1` costs one `XRANGE` of one entry, not the whole stream.
+///
+/// A replay (`earliest`, `since`, or what the time to live keeps) is what the stream
+/// holds from `after` on, with no gap: `after` maps a time to an id (`ms-0` less one), so
+/// the range's start is also what keeps expired entries out (the loop moved it past them).
+/// The stream is trimmed by `MAXLEN ~` only, not also `MINID`: one `XADD` takes one of
+/// the two, and the length is what bounds Redis's memory under a burst; expired entries
+/// cost memory there until the length trims them, never a delivery.
 fn fetch(
     conn: &mut redis::Connection,
     core: &Core,
@@ -128,7 +135,9 @@ fn fetch(
         through: request.after,
         complete: false,
     };
-    if first_entry(conn, &core.stream)?.is_some_and(|(ms, n)| pack(ms, n) > request.after) {
+    if !request.replay
+        && first_entry(conn, &core.stream)?.is_some_and(|(ms, n)| pack(ms, n) > request.after)
+    {
         out.gap = true;
         out.through = request.until;
         out.complete = true;
@@ -171,7 +180,7 @@ fn fetch(
         if !full_page {
             out.through = request.until;
             out.complete = true;
-            out.gap = trimmed_after(conn, &core.stream, request.after)?;
+            out.gap = !request.replay && trimmed_after(conn, &core.stream, request.after)?;
             return Ok(out);
         }
         if scanned >= BACKFILL_SCAN_MAX {
@@ -189,7 +198,7 @@ fn cut_short(
     request: &BackfillRequest,
     mut out: Backfill,
 ) -> redis::RedisResult<Backfill> {
-    out.gap = trimmed_after(conn, &core.stream, request.after)?;
+    out.gap = !request.replay && trimmed_after(conn, &core.stream, request.after)?;
     out.frames
         .extend_from_slice(&encode_id(&format_id(out.through)));
     Ok(out)

@@ -151,6 +151,8 @@ pub(super) fn to_published(
         seq,
         topics: outgoing.topics.into_boxed_slice(),
         frame,
+        // Ids Redis generates are its clock in ms: the publish time, at no cost.
+        time_ms: (seq >> 64) as u64,
     }))
 }
 

@@ -252,6 +252,12 @@ impl Bus for RedisBus {
         format_id(seq)
     }
 
+    /// Ids Redis generates are its clock in ms. (An application that appends its own ids
+    /// in another unit gets `since` and the time to live in that unit.)
+    fn seq_at(&self, unix_ms: u64) -> Option<Seq> {
+        Some(pack(unix_ms, 0))
+    }
+
     fn reach_floor(&self) -> Option<Seq> {
         *lock(&self.core.floor)
     }

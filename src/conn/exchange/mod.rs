@@ -165,8 +165,9 @@ pub(crate) struct StreamRequest {
     pub topics: Vec<String>,
     /// `Last-Event-ID` header, else the `lastEventId` query parameter.
     pub last_event_id: Option<String>,
-    /// `last_event_id` as the bus reads it: set once, by the loop, before the resume is
-    /// planned (`None` when there is no id).
+    /// Where the stream starts: `Resume::Since` from the query when there is no
+    /// Last-Event-ID; then set once, by the loop, from the Last-Event-ID or the `since`
+    /// before the resume is planned (`resume::read_start`). `None`: start at the newest.
     pub resume: Option<Resume>,
     /// CORS header lines for the response.
     pub cors: String,

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use crate::auth;
+use crate::bus::Resume;
 use crate::http::answer::{self, HttpError};
 use crate::http::head::Request;
 use crate::http::route::{self, Route};
@@ -111,15 +112,20 @@ impl Exchange {
                 Ok(until) => until,
                 Err(error) => return Err((error, cors)),
             };
+        // An empty id is no id (EventSource never sends one).
+        let last_event_id = request
+            .last_event_id
+            .map(str::to_owned)
+            .or(subscription.last_event_id)
+            .filter(|id| !id.is_empty());
         Ok(StreamRequest {
             topics: subscription.topics,
-            // An empty id is no id (EventSource never sends one).
-            last_event_id: request
-                .last_event_id
-                .map(str::to_owned)
-                .or(subscription.last_event_id)
-                .filter(|id| !id.is_empty()),
-            resume: None,
+            // A Last-Event-ID wins over `since`: it is where the client got to.
+            resume: match last_event_id {
+                None => subscription.since_ms.map(Resume::Since),
+                Some(_) => None,
+            },
+            last_event_id,
             cors,
             token_until_unix_ms,
             client: handlers::request_client(env, self.peer, request),

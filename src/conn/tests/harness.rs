@@ -175,7 +175,9 @@ impl Harness {
             }
             In::Append(seq, topic) => {
                 let frame = Bytes::from(format!("id: {seq}\ndata: {topic}\n\n"));
-                self.table.append(seq, &[topic.into()], &frame);
+                // Published at `seq` seconds (Unix time), for `since` and expiry.
+                let time_ms = u64::try_from(seq).unwrap_or(u64::MAX) * 1_000;
+                self.table.append_at(seq, &[topic.into()], &frame, time_ms);
                 let Some(stream) = self.conn.as_ref().and_then(Connection::stream) else {
                     return;
                 };
@@ -327,12 +329,16 @@ impl Harness {
     }
 
     /// What the loop's `open_stream` does for a bus without a log, with ids that are
-    /// plain sequence numbers.
+    /// plain sequence numbers (which carry no time).
     fn subscribe(&mut self, mut request: crate::conn::StreamRequest) {
-        request.resume = request
-            .last_event_id
-            .as_deref()
-            .map(|id| id.parse().map_or(Resume::Unknown, Resume::After));
+        resume::read_start(
+            &mut request,
+            &mut self.table,
+            self.now.unix_ms,
+            &self.limits,
+            |_| None,
+            |id| id.parse().map_or(Resume::Unknown, Resume::After),
+        );
         let id = request.last_event_id.as_deref().unwrap_or("-");
         self.trace
             .push(format!("subscribe {} after {id}", request.topics.join(",")));

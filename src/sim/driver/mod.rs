@@ -382,7 +382,8 @@ impl Driver {
                     continue;
                 }
             };
-            self.topics.append(event.seq, &event.topics, &event.frame);
+            self.topics
+                .append_at(event.seq, &event.topics, &event.frame, event.time_ms);
             self.fan_out.drained(event.frame.len());
             events_left -= 1;
             bytes_left = bytes_left.saturating_sub(event.frame.len());

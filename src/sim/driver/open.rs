@@ -28,10 +28,16 @@ impl Driver {
 
     /// `subscribe.rs`'s `open_stream`.
     pub(super) fn open_stream(&mut self, key: usize, mut request: StreamRequest) {
-        request.resume = request
-            .last_event_id
-            .as_deref()
-            .map(|id| self.bus.resume_point(id));
+        let bus = &self.bus;
+        resume::read_start(
+            &mut request,
+            &mut self.topics,
+            self.now.unix_ms,
+            &self.limits,
+            // The simulated ids are a counter, like the embedded bus's.
+            |_| None,
+            |id| bus.resume_point(id),
+        );
         let evicted_max = self.topics_evicted_max(&request.topics);
         let plan = resume::plan(&request, self.bus_view(), evicted_max, &self.limits);
         self.carry_out(key, request, plan);
