@@ -1,7 +1,10 @@
-//! `POST /publish` bodies: form, JSON and raw, each into an [`Event`], and [`prepare`], the
-//! validation every event passes whatever its source (HTTP, the library `Handle`, or an
-//! entry the Redis reader decoded) before it is stored or delivered. The body is already
-//! bounded by `max_publish_bytes` when it gets here. No I/O here.
+//! `POST /publish` bodies: form, JSON and raw, each into an [`Event`], batches (NDJSON or
+//! a JSON array, `batch.rs`) into several, and [`prepare`], the validation every event
+//! passes whatever its source (HTTP, the library `Handle`, or an entry the Redis reader
+//! decoded) before it is stored or delivered. The body is already bounded by
+//! `max_publish_bytes` when it gets here. No I/O here.
+
+pub(crate) mod batch;
 
 use std::sync::Arc;
 
@@ -28,6 +31,8 @@ pub(crate) enum BodyFormat {
     Json,
     /// Anything textual: the body is the data; topics come from the query.
     Raw,
+    /// `application/x-ndjson`: a batch, one JSON event object per line.
+    Ndjson,
 }
 
 /// Picks the body format; unknown media types are refused rather than guessed.
@@ -46,6 +51,7 @@ pub(crate) fn body_format(content_type: Option<&str>) -> Result<BodyFormat, Http
     match media.as_str() {
         "application/x-www-form-urlencoded" => Ok(BodyFormat::Form),
         "application/json" => Ok(BodyFormat::Json),
+        "application/x-ndjson" => Ok(BodyFormat::Ndjson),
         "" | "text/plain" | "application/octet-stream" => Ok(BodyFormat::Raw),
         _ => Err(HttpError::UnsupportedMediaType),
     }
@@ -107,7 +113,34 @@ pub(crate) fn parse_retry(text: &str) -> Option<u32> {
 /// The refusal for a query string or form body that is not UTF-8 once percent-decoded.
 const NOT_UTF8: HttpError = HttpError::BadPublish("a field is not UTF-8 once percent-decoded");
 
-/// Reads a publish from its query string and body.
+/// What a publish body carries.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Publish {
+    /// One event (form, raw, or a JSON object): answered with its id.
+    One(Event),
+    /// A batch (NDJSON, or a JSON array), published all or none and answered with the ids
+    /// in order.
+    Batch(batch::Batch),
+}
+
+/// Reads a publish request: one event, or a batch of at most `batch_events_max`.
+pub(crate) fn parse_publish(
+    format: BodyFormat,
+    query: &str,
+    body: &[u8],
+    batch_events_max: usize,
+) -> Result<Publish, HttpError> {
+    match format {
+        BodyFormat::Ndjson => batch::ndjson(query, body, batch_events_max).map(Publish::Batch),
+        BodyFormat::Json if batch::is_array(body) => {
+            batch::array(query, body, batch_events_max).map(Publish::Batch)
+        }
+        _ => parse_body(format, query, body).map(Publish::One),
+    }
+}
+
+/// Reads a single-event publish from its query string and body (an NDJSON body is read
+/// as one line).
 pub(crate) fn parse_body(format: BodyFormat, query: &str, body: &[u8]) -> Result<Event, HttpError> {
     let mut fields = Fields::default();
     for pair in form::pairs(query.as_bytes()) {
@@ -121,7 +154,7 @@ pub(crate) fn parse_body(format: BodyFormat, query: &str, body: &[u8]) -> Result
     }
     match format {
         BodyFormat::Form => read_form(&mut fields, body)?,
-        BodyFormat::Json => read_json(&mut fields, body)?,
+        BodyFormat::Json | BodyFormat::Ndjson => read_json(&mut fields, body)?,
         BodyFormat::Raw => {
             let data = std::str::from_utf8(body)
                 .map_err(|_| HttpError::BadPublish("body is not valid UTF-8"))?;
@@ -338,6 +371,10 @@ mod tests {
         assert_eq!(
             body_format(Some("application/x-www-form-urlencoded")),
             Ok(BodyFormat::Form)
+        );
+        assert_eq!(
+            body_format(Some("application/x-ndjson")),
+            Ok(BodyFormat::Ndjson)
         );
         assert_eq!(
             body_format(Some("multipart/form-data; boundary=x")),
