@@ -143,7 +143,7 @@ impl HttpError {
             HttpError::BodyTooLarge => (413, "request body exceeds max_publish_bytes"),
             HttpError::UnsupportedMediaType => (
                 415,
-                "content type must be application/x-www-form-urlencoded, application/json, text/plain or application/octet-stream",
+                "content type must be application/x-www-form-urlencoded, application/json, application/x-ndjson, text/plain or application/octet-stream",
             ),
             HttpError::MissingTopic => (400, "missing topic parameter"),
             HttpError::InvalidTopic => (400, PublishError::InvalidTopic.reason()),

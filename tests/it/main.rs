@@ -37,6 +37,7 @@ mod metrics;
 mod process;
 mod proptest_roundtrip;
 mod publish;
+mod publish_batch;
 mod readme;
 mod readyz;
 mod resume;
