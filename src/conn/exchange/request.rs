@@ -219,8 +219,14 @@ impl Exchange {
             job.events.push((event, topics));
         }
         reply.line = self.line.take().map(|mut line| {
+            // A batch names each of its topics once, in first-seen order.
+            let mut seen = std::collections::HashSet::new();
             let topics = job.events.iter().flat_map(|(_, topics)| topics.iter());
-            line.set_topics(topics.map(|topic| &**topic));
+            line.set_topics(
+                topics
+                    .map(|topic| &**topic)
+                    .filter(|topic| seen.insert(*topic)),
+            );
             line
         });
         self.submitting = Some(reply);
