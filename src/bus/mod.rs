@@ -26,6 +26,9 @@ pub(crate) const INBOX_EVENTS_MAX: usize = 65_536;
 /// Frame bytes one loop's inbox may hold, for the same reason: a stuck loop must not let
 /// publishers pile up memory.
 pub(crate) const INBOX_BYTES_MAX: usize = 256 * 1024 * 1024;
+// A batch is delivered whole or refused: the largest must fit an empty inbox, or it could
+// never be published.
+const _: () = assert!(crate::config::BATCH_EVENTS_MAX <= INBOX_EVENTS_MAX);
 
 /// An event on its way to the loops: assigned, encoded, immutable.
 pub(crate) struct Published {
