@@ -10,7 +10,8 @@
 //!   is `413`; an empty batch and query fields are `400`.
 //! - Two clients publishing batches at once: each batch arrives contiguous, on the embedded
 //!   bus and on the Redis bus across two nodes sharing a real `redis-server`.
-//! - `Handle::publish_batch`: ids in order, all or nothing, the same limit.
+//! - `Handle::publish_batch`: ids in order, all or nothing, the same limit; on the Redis bus
+//!   a batch with more data than the writer's queue holds is refused whole with `Busy`.
 
 use std::net::SocketAddr;
 use std::thread;
@@ -435,6 +436,34 @@ fn library_batches(server: &Server) {
     );
     assert_eq!(handle.publish_batch(&[]), Ok(Vec::new()));
     let after = publish(&handle, &Event::new("lib", "after"));
+    assert_eq!(subscriber.events_before("after"), vec![]);
+    assert_eq!(subscriber.last_event_id(), after.as_str());
+}
+
+/// A batch with more data than the Redis writer's queue holds (64 MiB) is refused with
+/// `Busy` at once, and none of it reaches the stream.
+#[test]
+fn a_redis_batch_larger_than_the_write_queue_is_refused_whole() {
+    let redis = RedisServer::start("publish-batch-queue");
+    let server = start({
+        let url = redis.url();
+        move |config| {
+            config.bus = BusKind::Redis;
+            config.redis_url = url;
+            config.redis_stream = "queue".into();
+        }
+    });
+    let handle = server.handle();
+    wait_until("the node reads the stream", || {
+        let _ = handle.publish(&Event::new("warmup", "x"));
+        handle.stats().events_published > 0
+    });
+    let mut subscriber = subscribe(server.local_addr(), &["q"]);
+    let data = "z".repeat(68 * 1024);
+    let events = vec![Event::new("q", data.as_str()); 1_000];
+    assert_eq!(handle.publish_batch(&events), Err(PublishError::Busy));
+    drop(events);
+    let after = publish(&handle, &Event::new("q", "after"));
     assert_eq!(subscriber.events_before("after"), vec![]);
     assert_eq!(subscriber.last_event_id(), after.as_str());
 }
