@@ -40,6 +40,7 @@ mod history;
 mod http;
 pub mod logging;
 mod metrics;
+mod presence;
 mod publish;
 mod server;
 #[cfg(any(test, feature = "internals"))]
@@ -53,4 +54,5 @@ mod wheel;
 
 pub use config::{BusKind, Config, ConfigError, ForwardedHeader, LogFormat};
 pub use event::{Error, Event, EventId, PublishError, Stats};
+pub use presence::TopicPresence;
 pub use server::{Handle, Server};

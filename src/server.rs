@@ -19,10 +19,16 @@ use crate::event_loop::context::{
     Admission, LoopContext, RenderMetrics, RequestSettings, Shutdown,
 };
 use crate::event_loop::{EventLoop, ListenerSlot, WAKER};
+use crate::history::topics;
 use crate::http::route::Listener;
 use crate::metrics::{self, LoopStats, Metrics};
+use crate::presence::{Presence, Query, TopicPresence, QUERY_QUEUE_MAX};
 use crate::publish;
 use crate::socket;
+
+/// How long `Handle::topics` waits for a loop to answer; a loop answers within a turn, so
+/// only a stuck or stopped loop takes this long.
+const QUERY_WAIT: Duration = Duration::from_millis(2_000);
 
 /// State the server and its handles share (each loop gets its narrow
 /// [`LoopContext`] instead).
@@ -37,8 +43,12 @@ pub(crate) struct Shared {
     lifecycle: Sender<Lifecycle>,
     /// Per-loop counters.
     loop_stats: Vec<Arc<LoopStats>>,
-    /// Wakers of every loop, for shutdown.
+    /// Wakers of every loop, for shutdown and for handles' queries.
     wakers: Vec<Arc<mio::Waker>>,
+    /// Subscriber counts per topic (cluster-wide with the Redis bus).
+    presence: Arc<Presence>,
+    /// Each loop's query queue (`Handle::topics` asks a loop for newest ids).
+    queries: Vec<Sender<Query>>,
 }
 
 /// Renders `/metrics` from every loop's counters, the rare-event counters and the bus.
@@ -185,6 +195,7 @@ impl Server {
         }
         let limits = config.limits();
         let settings = Arc::new(RequestSettings::new(&config));
+        let presence = Arc::new(Presence::new());
         let bus: Arc<dyn Bus> = match config.bus {
             BusKind::Embedded => Arc::new(EmbeddedBus::new(fanout)),
             BusKind::Redis => {
@@ -194,6 +205,7 @@ impl Server {
                     maxlen: config.effective_redis_maxlen(),
                     limits: limits.publish.clone(),
                     data_bytes_max: config.max_publish_bytes,
+                    presence: presence.clone(),
                 };
                 Arc::new(
                     RedisBus::start(fanout, settings)
@@ -217,7 +229,12 @@ impl Server {
         });
         let admission = Arc::new(Admission::new());
         let serials = Arc::new(AtomicU64::new(1));
+        let (queries, query_rxs): (Vec<_>, Vec<_>) = (0..threads)
+            .map(|_| crossbeam_channel::bounded(QUERY_QUEUE_MAX))
+            .unzip();
         let shared = Arc::new(Shared {
+            presence: presence.clone(),
+            queries,
             lifecycle: lifecycle_tx.clone(),
             limits: limits.clone(),
             bus: bus.clone(),
@@ -232,7 +249,9 @@ impl Server {
             local_addr,
             publish_addr,
         };
-        for (index, (poll, listeners, inbox, stats)) in loops.into_iter().enumerate() {
+        for (index, ((poll, listeners, inbox, stats), queries)) in
+            loops.into_iter().zip(query_rxs).enumerate()
+        {
             let ctx = LoopContext {
                 index,
                 limits: limits.clone(),
@@ -244,6 +263,8 @@ impl Server {
                 render_metrics: render_metrics.clone(),
                 serials: serials.clone(),
                 stats,
+                presence: presence.clone(),
+                queries,
             };
             let event_loop = EventLoop::new(poll, listeners, inbox, ctx)
                 .map_err(io_error("cannot register a listener"))?;
@@ -417,6 +438,75 @@ impl Handle {
             stats.deliveries += loop_stats.deliveries.load(Ordering::Relaxed);
         }
         stats
+    }
+
+    /// Each topic's subscriber count and newest id, in the order given (a name given
+    /// twice is answered twice), as `GET /topics` reports them: the count is cluster-wide
+    /// with the Redis bus (other nodes' counts up to about two seconds old), and the
+    /// newest id is the one this node's history holds.
+    ///
+    /// The names are checked like a subscription's: [`PublishError::InvalidTopic`] for a
+    /// bad name, [`PublishError::TooManyTopics`] past `max_topics_per_subscription`.
+    /// Asks one event loop for the ids (it answers within a turn) and blocks until it
+    /// does: [`PublishError::Busy`] when its query queue is full, and
+    /// [`PublishError::ShuttingDown`] when no loop answers.
+    pub fn topics(&self, names: &[&str]) -> Result<Vec<TopicPresence>, PublishError> {
+        let limits = &self.shared.limits.topics;
+        if names.len() > limits.per_subscription {
+            return Err(PublishError::TooManyTopics);
+        }
+        if !names
+            .iter()
+            .all(|name| topics::is_valid_name(name, limits.name_bytes))
+        {
+            return Err(PublishError::InvalidTopic);
+        }
+        let ids = if names.is_empty() {
+            Vec::new()
+        } else {
+            self.newest_ids(names)?
+        };
+        Ok(names
+            .iter()
+            .zip(ids)
+            .map(|(name, last_id)| TopicPresence {
+                subscribers: self.shared.presence.count(name),
+                last_id,
+            })
+            .collect())
+    }
+
+    /// Asks a loop (the first that takes the query) for the newest ids of `names`.
+    fn newest_ids(&self, names: &[&str]) -> Result<Vec<Option<String>>, PublishError> {
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut busy = false;
+        for (queue, waker) in self.shared.queries.iter().zip(&self.shared.wakers) {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            let query = Query {
+                names: names.clone(),
+                reply,
+            };
+            match queue.try_send(query) {
+                Ok(()) => {}
+                Err(crossbeam_channel::TrySendError::Full(_)) => {
+                    busy = true;
+                    continue;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => continue,
+            }
+            // A loop in `poll` wakes; a running one finds the waker set at its next poll.
+            if let Err(error) = waker.wake() {
+                log::warn!("could not wake an event loop for a query: {error}");
+            }
+            if let Ok(ids) = answer.recv_timeout(QUERY_WAIT) {
+                return Ok(ids);
+            }
+        }
+        Err(if busy {
+            PublishError::Busy
+        } else {
+            PublishError::ShuttingDown
+        })
     }
 
     /// Starts a graceful shutdown (as [`Server::shutdown`] does) without waiting;

@@ -26,6 +26,9 @@ pub(crate) struct Limits {
     /// stream that writes no byte for `STALLED_HEARTBEATS` of these is a slow consumer.
     /// Also the TCP keepalive and user timeout of every socket.
     pub heartbeat: Duration,
+    /// How long a loop holds a stream's writes after its topic moved (`coalesce_ms`);
+    /// zero writes at once.
+    pub coalesce: Duration,
     /// Longest a stream lives (`max_stream_lifetime_ms`): each gets a random 90 to 100 % of
     /// it, then a jittered `retry:` and a close. `None`: streams live until they end.
     pub stream_lifetime: Option<Duration>,
@@ -81,6 +84,7 @@ impl Config {
             head_timeout: Duration::from_millis(self.head_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
+            coalesce: Duration::from_millis(self.coalesce_ms),
             stream_lifetime: (self.max_stream_lifetime_ms != 0)
                 .then(|| Duration::from_millis(self.max_stream_lifetime_ms)),
             shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),

@@ -82,6 +82,8 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 pub const TIMER_MS_MIN: u64 = 100;
 /// Largest accepted timeout or interval: one hour.
 pub const TIMER_MS_MAX: u64 = 3_600_000;
+/// Longest `coalesce_ms`: a second of added latency is past any use of the hold.
+pub const COALESCE_MS_MAX: u64 = 1_000;
 /// Time a graceful shutdown may take, by default: streams blocked on a full socket get
 /// this long to take their parting hint.
 pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;

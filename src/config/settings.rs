@@ -220,6 +220,11 @@ settings! {
     idle_timeout_ms: u64 [Text<u64>] = IDLE_TIMEOUT_MS_DEFAULT, "MS",
         "A keep-alive connection idle this long between requests is closed",
         range = (TIMER_MS_MIN, TIMER_MS_MAX);
+    /// Trades latency for fewer writes: each write carries every event that arrived in
+    /// the window, so a busy loop makes fewer system calls per delivery.
+    coalesce_ms: u64 [Text<u64>] = 0, "MS",
+        "A loop may hold a stream's writes this long after its topic gets an event, so events published meanwhile go out in the same write (each stays its own SSE event); 0 writes at once",
+        range = (0, COALESCE_MS_MAX);
     /// Each stream gets a random lifetime between 90 % and 100 % of this, so reconnects
     /// spread out. When not 0, at least 1 s and at most [`STREAM_LIFETIME_MS_MAX`].
     max_stream_lifetime_ms: u64 [Text<u64>] = 0, "MS",
@@ -407,7 +412,7 @@ mod tests {
              max_connections_per_ip = 7\nbus = \"redis\"\nredis_url = \"x\"\n\
              redis_stream = \"x\"\nredis_maxlen = 7\nforwarded_header = \"forwarded\"\n\
              ipv6_prefix_per_ip = 7\nmax_publish_connections = 7\ndemo_feed = true\n\
-             log_level = \"trace\"\nlog_format = \"json\"\naccess_log = true\n",
+             log_level = \"trace\"\nlog_format = \"json\"\naccess_log = true\ncoalesce_ms = 7\n",
         )
         .unwrap();
         let defaults = Config::default();

@@ -1,5 +1,5 @@
 //! What each route answers, and who may ask: the fixed answers (health, readiness, demo
-//! page, metrics, CORS preflight), a publish's answer once the bus assigned its id, the token
+//! page, metrics, CORS preflight), presence counts (`/topics`), a publish's answer once the bus assigned its id, the token
 //! checks of subscribers and publishers, and whom a request speaks for behind a proxy.
 //!
 //! Pure: tokens are checked against the wall-clock time the loop passes in.
@@ -54,10 +54,48 @@ pub(super) fn fixed_answer(
             )
         }
         Route::Preflight => return Some((204, answer::preflight(cors, keep_alive))),
-        Route::Events | Route::Publish => return None,
+        Route::Events | Route::Publish | Route::Topics => return None,
     };
     let bytes = answer::response(status, content_type, cors, &body, keep_alive, head_only);
     Some((status, bytes))
+}
+
+/// `GET /topics`: each named topic's subscriber count and newest id, as
+/// `{"topics":{"<name>":{"subscribers":N,"last_id":"<id>"|null},...}}`. Asked by whoever
+/// may publish: with a publish token or key the request needs the same `Authorization`
+/// as a publish, and a JWT's `publish` claim must cover every topic named.
+pub(super) fn topics_answer(
+    env: &Env<'_>,
+    request: &Request<'_>,
+    cors: &str,
+    now_unix_ms: u64,
+) -> Result<Vec<u8>, HttpError> {
+    let names = route::topic_list(request.query, env.limits.topics)?;
+    if let Some(patterns) = authorize_publisher(env, request, now_unix_ms)? {
+        if !auth::allows_all(&patterns, names.iter().map(String::as_str)) {
+            return Err(HttpError::Forbidden);
+        }
+    }
+    let mut topics = serde_json::Map::new();
+    for name in names {
+        let presence = (env.presence)(&name);
+        topics.insert(
+            name,
+            serde_json::json!({
+                "subscribers": presence.subscribers,
+                "last_id": presence.last_id,
+            }),
+        );
+    }
+    let body = serde_json::json!({ "topics": topics }).to_string() + "\n";
+    Ok(answer::response(
+        200,
+        "application/json",
+        cors,
+        body.as_bytes(),
+        request.keep_alive,
+        request.method == Method::Head,
+    ))
 }
 
 /// The client a request speaks for: the address a trusted proxy names, or the peer.

@@ -77,6 +77,8 @@ pub(crate) struct Env<'a> {
     pub trusted_proxies: &'a [Cidr],
     /// Renders the `/metrics` page.
     pub render_metrics: &'a dyn Fn(Format) -> String,
+    /// A topic's subscriber count and newest id, for `/topics`.
+    pub presence: &'a dyn Fn(&str) -> crate::presence::TopicPresence,
     /// What `/readyz` answers from.
     pub readiness: Readiness,
     /// Verifies subscriber tokens, when a subscribe key is set.

@@ -15,6 +15,9 @@ use crate::conn::{Env, Readiness};
 use crate::http::answer::HttpError;
 use crate::http::route::Listener;
 use crate::metrics::{Format, LoopStats, Metrics};
+use crate::presence::{Presence, Query, TopicPresence};
+
+use crossbeam_channel::Receiver;
 
 /// Renders the `/metrics` page from every loop's counters.
 pub(crate) type RenderMetrics = Arc<dyn Fn(Format) -> String + Send + Sync>;
@@ -41,6 +44,11 @@ pub(crate) struct LoopContext {
     pub serials: Arc<AtomicU64>,
     /// This loop's gauges and counters, read by `/metrics` and `Handle::stats`.
     pub stats: Arc<LoopStats>,
+    /// Subscriber counts per topic, across loops (and nodes): changed when a stream opens
+    /// or closes.
+    pub presence: Arc<Presence>,
+    /// Library handles' questions about this loop's history (`Handle::topics`).
+    pub queries: Receiver<Query>,
 }
 
 impl LoopContext {
@@ -49,6 +57,7 @@ impl LoopContext {
     pub(crate) fn env<'a>(
         &'a self,
         render_metrics: &'a dyn Fn(Format) -> String,
+        presence: &'a dyn Fn(&str) -> TopicPresence,
         readiness: Readiness,
     ) -> Env<'a> {
         let settings = &*self.settings;
@@ -59,6 +68,7 @@ impl LoopContext {
             publish_token: settings.publish_token.as_deref(),
             trusted_proxies: &settings.trusted_proxies,
             render_metrics,
+            presence,
             readiness,
             subscribe_verifier: settings.subscribe_verifier.as_ref(),
             publish_verifier: settings.publish_verifier.as_ref(),

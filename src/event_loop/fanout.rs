@@ -1,6 +1,8 @@
 //! The live path on the loop: published events drained from the inbox into the topic
 //! rings, and the fan-out that writes each stream whose topics moved once per turn.
 
+use std::time::{Duration, Instant};
+
 use super::EventLoop;
 use crate::bus::InboxItem;
 use crate::conn::StreamEnd;
@@ -14,17 +16,12 @@ use crate::history::ring::Seq;
 const FAN_OUT_STREAMS_PER_TURN_MAX: usize = 256;
 
 impl EventLoop {
-    /// Takes published events from the inbox into the topic rings, within what is left
-    /// of this fan-out pass's budget (`inbox_budget`); a new pass starts when the fan-out
-    /// queue is empty.
+    /// Takes published events from the inbox into the topic rings, within what is left of
+    /// the inbox budget owed to the oldest waiting stream (`FanOutQueue::begin_drain`).
     pub(super) fn drain_inbox(&mut self) {
-        if self.pending.fan_out.is_empty() {
-            self.pending.pass_drained = (0, 0);
-        }
-        let (events_max, bytes_max) = self.inbox_budget;
-        let (mut events, mut bytes) = self.pending.pass_drained;
+        let (mut events_left, mut bytes_left) = self.pending.fan_out.begin_drain(self.inbox_budget);
         self.inbox_pending = true;
-        while events < events_max && bytes < bytes_max {
+        while events_left > 0 && bytes_left > 0 {
             let Some(item) = self.inbox.try_recv() else {
                 self.inbox_pending = false;
                 break;
@@ -37,10 +34,23 @@ impl EventLoop {
                 }
             };
             self.topics.append(event.seq, &event.topics, &event.frame);
-            events += 1;
-            bytes += event.frame.len();
+            self.pending.fan_out.drained(event.frame.len());
+            events_left -= 1;
+            bytes_left = bytes_left.saturating_sub(event.frame.len());
         }
-        self.pending.pass_drained = (events, bytes);
+    }
+
+    /// How long `poll` may block before a stream held by `--coalesce-ms` is due: `None`
+    /// when none waits. Measured from the real time, not the turn's clock reading, so a
+    /// long turn does not stretch the hold.
+    pub(super) fn fan_out_wait(&self) -> Option<Duration> {
+        let now_ms = self.clock.as_now().ms;
+        let wait_ms = self.pending.fan_out.wait_ms(now_ms)?;
+        if wait_ms == 0 {
+            return Some(Duration::ZERO);
+        }
+        let due = self.clock.instant_at(now_ms + wait_ms);
+        Some(due.saturating_duration_since(Instant::now()))
     }
 
     /// The bus lost events up to `through` before this loop got them (see
@@ -68,15 +78,16 @@ impl EventLoop {
 
     /// Queues every stream whose topics received events behind the streams still queued
     /// (each stream once), writes those left over from the last turn, then at most
-    /// `FAN_OUT_STREAMS_PER_TURN_MAX` of the queue, so the loop polls again and takes new
-    /// events mid-pass: a stream not yet written gets them in the same write. Blocked
-    /// streams are only checked for lag.
+    /// `FAN_OUT_STREAMS_PER_TURN_MAX` of the queue whose `--coalesce-ms` hold is over, so
+    /// the loop polls again and takes new events mid-pass: a stream not yet written gets
+    /// them in the same write. Blocked streams are only checked for lag.
     pub(super) fn fan_out(&mut self) {
         let mut leftovers = std::mem::take(&mut self.pending.write_next);
         let mut dirty = std::mem::take(&mut self.pending.dirty);
         self.topics.take_dirty(&mut dirty);
         let conns = &mut self.conns;
         let queue = &mut self.pending.fan_out;
+        let now_ms = self.clock.as_now().ms;
         // A key closed and reused while queued may be queued twice: at worst written once
         // more, with nothing to send.
         let mut enqueue = |key: usize| {
@@ -85,7 +96,7 @@ impl EventLoop {
                 .and_then(|slot| slot.conn.stream_mut())
                 .is_some_and(|stream| stream.enqueue());
             if fresh {
-                queue.push_back(key);
+                queue.push(key, now_ms);
             }
         };
         for &id in &dirty {
@@ -114,7 +125,7 @@ impl EventLoop {
             self.pending.write_next = leftovers; // Keep the allocation.
         }
         for _ in 0..FAN_OUT_STREAMS_PER_TURN_MAX {
-            let Some(key) = self.pending.fan_out.pop_front() else {
+            let Some(key) = self.pending.fan_out.pop_due(now_ms) else {
                 break;
             };
             let Some(stream) = self.conns.get_mut(key).and_then(|s| s.conn.stream_mut()) else {

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 
 use super::{access, EventLoop, Slot, LINGERING_MAX};
 use crate::conn::{ConnState, Flushed, Readiness, Step, StreamEnd, LINGER};
+use crate::presence::TopicPresence;
 use crate::socket::{self, IoOutcome};
 
 /// Read/parse/write rounds per HTTP connection per wake-up (several pipelined requests).
@@ -26,7 +27,12 @@ impl EventLoop {
             draining: self.drain_deadline.is_some(),
             bus: ctx.bus.health(),
         };
-        let env = ctx.env(render_metrics, readiness);
+        let (topics, presence) = (&self.topics, &*ctx.presence);
+        let presence = |name: &str| TopicPresence {
+            subscribers: presence.count(name),
+            last_id: topics.newest_seq(name).map(|seq| ctx.bus.id_of(seq)),
+        };
+        let env = ctx.env(render_metrics, &presence, readiness);
         let now = self.clock.as_now();
         let mut rounds = 0;
         let mut blocked = false;
@@ -242,6 +248,9 @@ impl EventLoop {
             ConnState::Streaming(stream) => {
                 self.subscribers -= 1;
                 for topic in stream.topics() {
+                    if let Some(name) = self.topics.get(topic.id).map(|t| t.name()) {
+                        self.ctx.presence.leave(name);
+                    }
                     let Some(moved) = self.topics.unsubscribe(topic.id, topic.position) else {
                         continue;
                     };

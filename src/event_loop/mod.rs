@@ -9,6 +9,7 @@
 //!   discard, close);
 //! - `subscribe.rs`: opening streams (resume plans, bus fetches, topic registration);
 //! - `fanout.rs`: the inbox, the bus's completions and the per-turn fan-out;
+//! - `queue.rs`: the fan-out queue, its `--coalesce-ms` hold and the inbox budget;
 //! - `clock.rs`: the loop clock, jitter and the timer wheel's deadlines;
 //! - `context.rs`: what the loop gets from the server;
 //! - `access.rs`: the access log's lines.
@@ -19,9 +20,9 @@ mod clock;
 pub(crate) mod context;
 mod fanout;
 pub(crate) mod io;
+pub(crate) mod queue;
 mod subscribe;
 
-use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -39,6 +40,7 @@ use crate::wheel::{TimerHandle, TimerWheel};
 
 use clock::Clock;
 use context::LoopContext;
+use queue::FanOutQueue;
 
 /// Token of the loop's waker.
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -124,11 +126,9 @@ struct Slot {
 struct Pending {
     /// Streams with frames left after their write budget: queued again next turn.
     write_next: Vec<usize>,
-    /// Streams waiting for the fan-out, each once, written a slice per turn
-    /// (`fanout.rs`).
-    fan_out: VecDeque<usize>,
-    /// Events and frame bytes taken from the inbox since the fan-out queue was last empty.
-    pass_drained: (usize, usize),
+    /// Streams waiting for the fan-out, each once, written a slice per turn once their
+    /// `--coalesce-ms` hold is over (`fanout.rs`, `queue.rs`).
+    fan_out: FanOutQueue,
     /// Connections with readiness left after their budget.
     read_next: Vec<usize>,
     /// Scratch: topics that received events this turn.
@@ -184,6 +184,7 @@ impl EventLoop {
             )?;
         }
         let history = ctx.limits.history;
+        let coalesce = ctx.limits.coalesce;
         let clock = Clock::start();
         Ok(EventLoop {
             poll,
@@ -194,7 +195,10 @@ impl EventLoop {
             inbox_pending: true,
             inbox_budget: inbox_budget(history),
             ctx,
-            pending: Pending::default(),
+            pending: Pending {
+                fan_out: FanOutQueue::new(coalesce),
+                ..Pending::default()
+            },
             head_pool: Vec::new(),
             counters: LoopCounters::default(),
             subscribers: 0,
@@ -211,17 +215,19 @@ impl EventLoop {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(EVENTS_PER_POLL_MAX);
         loop {
+            // Streams held by `--coalesce-ms` wait in `poll` like a deadline does.
+            let held = self.fan_out_wait();
             let busy = self.inbox_pending
                 || !self.pending.write_next.is_empty()
-                || !self.pending.fan_out.is_empty()
+                || held == Some(Duration::ZERO)
                 || !self.pending.read_next.is_empty()
                 || (self.accepting() && self.listeners.iter().any(|l| l.pending));
             let timeout = if busy {
                 Some(Duration::ZERO)
             } else if self.wheel.len() > 0 || self.drain_deadline.is_some() {
-                Some(self.wheel.tick())
+                Some(held.map_or(self.wheel.tick(), |held| held.min(self.wheel.tick())))
             } else {
-                None
+                held
             };
             // A loop about to block tells the bus to wake it; one with work left stays awake.
             let timeout = if timeout == Some(Duration::ZERO) || self.inbox.park() {
@@ -269,6 +275,7 @@ impl EventLoop {
             }
             self.drain_completions();
             self.drain_inbox();
+            self.answer_queries();
             self.fan_out();
             self.publish_stats();
             if let Some(deadline) = self.drain_deadline {
@@ -331,6 +338,30 @@ impl EventLoop {
         }
     }
 
+    /// Answers library handles' questions about the newest ids this loop's history holds
+    /// (`Handle::topics`), a few per turn. A handle wakes the loop after queueing one.
+    fn answer_queries(&mut self) {
+        for _ in 0..crate::presence::QUERIES_PER_TURN_MAX {
+            let Ok(query) = self.ctx.queries.try_recv() else {
+                return;
+            };
+            let ids = query
+                .names
+                .iter()
+                .map(|name| {
+                    let seq = self.topics.newest_seq(name)?;
+                    Some(self.ctx.bus.id_of(seq))
+                })
+                .collect();
+            // The handle may have given up waiting; nothing else to do then.
+            let _ = query.reply.try_send(ids);
+        }
+        // Queries left: look again next turn without blocking.
+        if !self.ctx.queries.is_empty() {
+            self.inbox_pending = true;
+        }
+    }
+
     fn recycle(&mut self, buffer: Box<[u8]>) {
         if self.head_pool.len() < HEAD_POOL_MAX && buffer.len() == self.ctx.limits.head_bytes_max {
             self.head_pool.push(buffer);
@@ -361,6 +392,12 @@ impl Drop for EventLoop {
             access::log_stream(stream, "server_stopped", now_ms);
         }
         for (_, slot) in self.conns.iter() {
+            // A loop that stops while others serve must not leave its streams counted.
+            for topic in slot.conn.stream().map_or(&[][..], |stream| stream.topics()) {
+                if let Some(topic) = self.topics.get(topic.id) {
+                    self.ctx.presence.leave(topic.name());
+                }
+            }
             self.ctx.admission.release(
                 &self.ctx.limits,
                 slot.listener,

@@ -162,6 +162,9 @@ impl EventLoop {
             self.recycle(buffer);
         }
         self.subscribers += 1;
+        for name in &request.topics {
+            self.ctx.presence.join(name);
+        }
         self.set_timer(key, next_ms);
         if self.drain_deadline.is_some() {
             self.send_back(key); // Opened while draining: told to come back at once.

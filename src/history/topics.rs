@@ -80,6 +80,13 @@ pub(crate) struct HistoryLimits {
     pub total_bytes: usize,
 }
 
+impl Topic {
+    /// The topic's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 /// All topics of one event loop.
 pub(crate) struct Topics {
     by_name: HashMap<Box<str>, TopicId>,
@@ -292,6 +299,11 @@ impl Topics {
         for &id in ids {
             self.remove_if_unused(id);
         }
+    }
+
+    /// The newest sequence number the history of topic `name` holds, if any.
+    pub(crate) fn newest_seq(&self, name: &str) -> Option<Seq> {
+        self.get(self.find(name)?)?.ring.newest_seq()
     }
 
     /// The name of a topic.

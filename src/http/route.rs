@@ -31,6 +31,9 @@ pub(crate) enum Route {
     /// `GET|HEAD /metrics`: Prometheus text or OpenMetrics, by `Accept`. Served on the
     /// publish listener when there is one (a private interface), else on the main listener.
     Metrics,
+    /// `GET|HEAD /topics`: subscriber counts and newest ids of the topics named. Served
+    /// where `/metrics` is, and to publishers only when publishing needs a token.
+    Topics,
     /// `OPTIONS /events` or `OPTIONS /publish`: a CORS preflight.
     Preflight,
 }
@@ -59,6 +62,9 @@ pub(crate) fn route(
         "/metrics" if listener == Listener::Publish || !config.publish_listener => {
             (Route::Metrics, "GET, HEAD")
         }
+        "/topics" if listener == Listener::Publish || !config.publish_listener => {
+            (Route::Topics, "GET, HEAD")
+        }
         "/" if listener == Listener::Main && config.demo => (Route::Demo, "GET, HEAD"),
         _ => return Err(HttpError::NotFound),
     };
@@ -67,7 +73,7 @@ pub(crate) fn route(
         (Route::Events | Route::Publish, Method::Options) => Route::Preflight,
         (Route::Publish, Method::Post) => Route::Publish,
         (
-            Route::Health | Route::Ready | Route::Demo | Route::Metrics,
+            Route::Health | Route::Ready | Route::Demo | Route::Metrics | Route::Topics,
             Method::Get | Method::Head,
         ) => route,
         _ => return Err(HttpError::MethodNotAllowed { allow }),
@@ -96,6 +102,34 @@ pub(crate) struct TopicLimits {
     pub per_subscription: usize,
     /// Longest topic name.
     pub name_bytes: usize,
+}
+
+/// Reads the `topic` parameters (repeatable) of `GET /topics`: distinct, valid names, at
+/// most as many as a subscription may name. Other parameters are ignored.
+pub(crate) fn topic_list(query: &str, limits: TopicLimits) -> Result<Vec<String>, HttpError> {
+    let mut topics: Vec<String> = Vec::new();
+    for pair in form::pairs(query.as_bytes()) {
+        let (key, value) = pair.map_err(|_| {
+            HttpError::BadQuery("a query parameter is not UTF-8 once percent-decoded")
+        })?;
+        if key != "topic" {
+            continue;
+        }
+        if !topics::is_valid_name(&value, limits.name_bytes) {
+            return Err(HttpError::InvalidTopic);
+        }
+        if topics.iter().any(|t| *t == *value) {
+            continue;
+        }
+        if topics.len() == limits.per_subscription {
+            return Err(HttpError::TooManyTopics);
+        }
+        topics.push(value.into_owned());
+    }
+    if topics.is_empty() {
+        return Err(HttpError::MissingTopic);
+    }
+    Ok(topics)
 }
 
 /// Reads `topic` (repeatable) and `lastEventId` from a query string. Other parameters are
@@ -218,6 +252,20 @@ mod tests {
             split,
             Ok(Route::Metrics),
         );
+        for (listener, config, expected) in [
+            (Listener::Main, CONFIG, Ok(Route::Topics)),
+            (Listener::Main, split, Err(HttpError::NotFound)),
+            (Listener::Publish, split, Ok(Route::Topics)),
+        ] {
+            check(Method::Get, "/topics", listener, config, expected);
+        }
+        check(
+            Method::Post,
+            "/topics",
+            Listener::Main,
+            CONFIG,
+            Err(HttpError::MethodNotAllowed { allow: "GET, HEAD" }),
+        );
         check(
             Method::Get,
             "/nope",
@@ -294,6 +342,20 @@ mod tests {
         );
         assert_eq!(
             subscription("topic=a&topic=b&topic=c", LIMITS),
+            Err(HttpError::TooManyTopics)
+        );
+    }
+
+    #[test]
+    fn topic_lists() {
+        assert_eq!(
+            topic_list("topic=a&topic=b&topic=a&token=x", LIMITS).unwrap(),
+            ["a", "b"]
+        );
+        assert_eq!(topic_list("x=1", LIMITS), Err(HttpError::MissingTopic));
+        assert_eq!(topic_list("topic=a*", LIMITS), Err(HttpError::InvalidTopic));
+        assert_eq!(
+            topic_list("topic=a&topic=b&topic=c", LIMITS),
             Err(HttpError::TooManyTopics)
         );
     }

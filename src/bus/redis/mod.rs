@@ -14,6 +14,9 @@
 //! - the backfiller (`backfill.rs`) answers resumes older than a loop's rings with
 //!   `XRANGE`, serving client addresses in turn from a `FairQueue` (`fair.rs`).
 //!
+//! A fourth thread (`presence.rs`) shares this node's subscriber counts with the other
+//! nodes through a hash per node with a time-to-live, and sums theirs.
+//!
 //! `entry.rs` is the entry codec all three share; `link.rs` is the reconnecting
 //! connection, its backoff and the log throttle. This file holds what the threads share
 //! ([`Core`]) and the [`Bus`] face the loops call, which only queues work for the threads.
@@ -32,6 +35,7 @@ mod backfill;
 mod entry;
 mod fair;
 mod link;
+mod presence;
 mod reader;
 mod writer;
 
@@ -115,6 +119,8 @@ pub(crate) struct RedisSettings {
     pub limits: PublishLimits,
     /// `max_publish_bytes`: the largest data an entry may carry.
     pub data_bytes_max: usize,
+    /// This node's subscriber counts, written to Redis, and where the other nodes' sums go.
+    pub presence: Arc<crate::presence::Presence>,
 }
 
 impl RedisBus {
@@ -171,6 +177,11 @@ impl RedisBus {
         spawn(
             "herald-redis-backfill",
             Box::new(move || run_backfiller(&c, &backfill_jobs)),
+        )?;
+        let (c, counts, node) = (core.clone(), settings.presence, presence::node_id());
+        spawn(
+            "herald-redis-presence",
+            Box::new(move || presence::run_presence(&c, &counts, &node)),
         )?;
         Ok(RedisBus {
             core,

@@ -87,6 +87,10 @@ impl Exchange {
                 }
                 Err((error, cors)) => self.refuse(error, &cors, keep_alive),
             },
+            Route::Topics => match handlers::topics_answer(env, &request, &cors, now.unix_ms) {
+                Ok(bytes) => self.answer(200, bytes, keep_alive),
+                Err(error) => self.refuse(error, &cors, keep_alive),
+            },
             _ => self.start_body(env, now, request, cors),
         }
     }

@@ -46,6 +46,7 @@ fn env<'a>(config: &'a Config, limits: &'a Limits) -> Env<'a> {
         publish_token: config.publish_token.as_deref(),
         trusted_proxies: &[],
         render_metrics: &|_| String::new(),
+        presence: &|_| crate::presence::TopicPresence::default(),
         readiness: crate::conn::Readiness::READY,
         subscribe_verifier: None,
         publish_verifier: None,

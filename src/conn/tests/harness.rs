@@ -251,6 +251,7 @@ impl Harness {
             publish_token: None,
             trusted_proxies: &[],
             render_metrics: &|_| String::new(),
+            presence: &|_| crate::presence::TopicPresence::default(),
             readiness: crate::conn::Readiness::READY,
             subscribe_verifier: None,
             publish_verifier: None,

@@ -5,7 +5,6 @@
 //! wheel. When the event loop changes how it carries out the core's actions, this file
 //! follows.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -29,6 +28,7 @@ mod open;
 pub(super) use crate::event_loop::io::{
     HTTP_ROUNDS_MAX, STREAM_DISCARD_READS_MAX, STREAM_WRITES_PER_TURN_MAX,
 };
+use crate::event_loop::queue::FanOutQueue;
 pub(super) use crate::event_loop::{inbox_budget, HEAD_POOL_MAX, TIMER_TICK};
 /// The loop writes 256 streams per turn (`fanout.rs`); the simulation's few streams would
 /// never see a second slice, so it writes fewer per turn to exercise the queue.
@@ -56,8 +56,7 @@ pub(super) struct Driver {
     origin: Instant,
     pub now: Now,
     write_next: Vec<usize>,
-    fan_out: VecDeque<usize>,
-    pass_drained: (usize, usize),
+    fan_out: FanOutQueue,
     read_next: Vec<usize>,
     dirty: Vec<TopicId>,
     pub head_pool: Vec<Box<[u8]>>,
@@ -75,6 +74,7 @@ impl Driver {
         // The wheel's `Instant`s are only ever compared with each other: one real instant
         // as the origin keeps every run the same.
         let origin = Instant::now();
+        let coalesce = limits.coalesce;
         Driver {
             topics: Topics::new(limits.history),
             limits,
@@ -90,8 +90,7 @@ impl Driver {
                 unix_ms: 1_700_000_000_000,
             },
             write_next: Vec::new(),
-            fan_out: VecDeque::new(),
-            pass_drained: (0, 0),
+            fan_out: FanOutQueue::new(coalesce),
             read_next: Vec::new(),
             dirty: Vec::new(),
             head_pool: Vec::new(),
@@ -365,12 +364,9 @@ impl Driver {
 
     /// `fanout.rs`'s `drain_inbox`.
     fn drain_inbox(&mut self) {
-        if self.fan_out.is_empty() {
-            self.pass_drained = (0, 0);
-        }
-        let (events_max, bytes_max) = inbox_budget(self.limits.history);
-        let (mut events, mut bytes) = self.pass_drained;
-        while events < events_max && bytes < bytes_max {
+        let budget = inbox_budget(self.limits.history);
+        let (mut events_left, mut bytes_left) = self.fan_out.begin_drain(budget);
+        while events_left > 0 && bytes_left > 0 {
             let Some(item) = self.bus.try_recv() else {
                 break;
             };
@@ -388,10 +384,16 @@ impl Driver {
                 }
             };
             self.topics.append(event.seq, &event.topics, &event.frame);
-            events += 1;
-            bytes += event.frame.len();
+            self.fan_out.drained(event.frame.len());
+            events_left -= 1;
+            bytes_left = bytes_left.saturating_sub(event.frame.len());
         }
-        self.pass_drained = (events, bytes);
+    }
+
+    /// Milliseconds until a stream held by the coalescing window is due, if one waits:
+    /// the real loop sleeps that long in `poll`.
+    pub(super) fn fan_out_wait_ms(&self) -> Option<u64> {
+        self.fan_out.wait_ms(self.now.ms)
     }
 
     /// `fanout.rs`'s `fan_out`.
@@ -401,13 +403,14 @@ impl Driver {
         self.topics.take_dirty(&mut dirty);
         let conns = &mut self.conns;
         let queue = &mut self.fan_out;
+        let now_ms = self.now.ms;
         let mut enqueue = |key: usize| {
             let fresh = conns
                 .get_mut(key)
                 .and_then(|slot| slot.conn.stream_mut())
                 .is_some_and(|stream| stream.enqueue());
             if fresh {
-                queue.push_back(key);
+                queue.push(key, now_ms);
             }
         };
         for &id in &dirty {
@@ -432,7 +435,7 @@ impl Driver {
         }
         self.write_next = leftovers;
         for _ in 0..FAN_OUT_STREAMS_PER_TURN_MAX {
-            let Some(key) = self.fan_out.pop_front() else {
+            let Some(key) = self.fan_out.pop_due(now_ms) else {
                 break;
             };
             let Some(stream) = self.conns.get_mut(key).and_then(|s| s.conn.stream_mut()) else {
