@@ -96,6 +96,8 @@ pub enum PublishError {
     InvalidRetry,
     /// The data is larger than `max_publish_bytes`.
     DataTooLarge,
+    /// A batch holds more events than `max_batch_events`; none of it was published.
+    BatchTooLarge,
 }
 
 impl PublishError {
@@ -115,6 +117,7 @@ impl PublishError {
             PublishError::ReservedEventName => "event name is reserved for gap notices (gap_event)",
             PublishError::InvalidRetry => "retry must be milliseconds between 0 and 86400000",
             PublishError::DataTooLarge => "event data exceeds max_publish_bytes",
+            PublishError::BatchTooLarge => "batch exceeds max_batch_events",
         }
     }
 }

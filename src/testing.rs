@@ -15,6 +15,7 @@ use crate::conn::stream::{Stream, StreamStart};
 use crate::event::{Event, PublishError};
 use crate::history::ring::{Ring, Seq};
 use crate::history::topics::{HistoryLimits, StreamTopic, SubscriberRef, Topics};
+use crate::http::answer::HttpError;
 use crate::http::head::{self, Parsed};
 use crate::http::route::{self, Listener, RouteConfig, TopicLimits};
 use crate::publish::{self, BodyFormat, PublishLimits};
@@ -128,6 +129,9 @@ pub enum PublishFormat {
     Json,
     /// The body is the data.
     Raw,
+    /// `application/x-ndjson`: a batch, one JSON event object per line
+    /// ([`parse_publish_batch`]); [`parse_publish`] reads it as a single JSON line.
+    Ndjson,
 }
 
 /// The body format a `Content-Type` names, or its refusal.
@@ -136,6 +140,7 @@ pub fn publish_format(content_type: Option<&str>) -> Result<PublishFormat, Refus
         Ok(BodyFormat::Form) => Ok(PublishFormat::Form),
         Ok(BodyFormat::Json) => Ok(PublishFormat::Json),
         Ok(BodyFormat::Raw) => Ok(PublishFormat::Raw),
+        Ok(BodyFormat::Ndjson) => Ok(PublishFormat::Ndjson),
         Err(error) => Err(error.answer()),
     }
 }
@@ -146,8 +151,31 @@ pub fn parse_publish(format: PublishFormat, query: &str, body: &[u8]) -> Result<
         PublishFormat::Form => BodyFormat::Form,
         PublishFormat::Json => BodyFormat::Json,
         PublishFormat::Raw => BodyFormat::Raw,
+        PublishFormat::Ndjson => BodyFormat::Ndjson,
     };
     publish::parse_body(format, query, body).map_err(|error| error.answer())
+}
+
+/// Reads a batch publish body (`Ndjson`, or `Json` whose top level is an array) of at
+/// most `events_max` events, as `POST /publish` does: the events in order, or the refusal
+/// of the whole batch (its reason without the line or index the HTTP answer adds).
+/// A body that is not a batch (another format, a JSON object) is refused with 415.
+pub fn parse_publish_batch(
+    format: PublishFormat,
+    query: &str,
+    body: &[u8],
+    events_max: usize,
+) -> Result<Vec<Event>, Refusal> {
+    let batch = match format {
+        PublishFormat::Ndjson => publish::batch::ndjson(query, body, events_max),
+        PublishFormat::Json if publish::batch::is_array(body) => {
+            publish::batch::array(query, body, events_max)
+        }
+        _ => return Err(HttpError::UnsupportedMediaType.answer()),
+    };
+    batch
+        .map(|events| events.into_iter().map(|(_, event)| event).collect())
+        .map_err(|error| error.answer())
 }
 
 /// Validates an event under the default limits; returns its deduplicated topics.

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{
     BackfillError, BackfillRequest, Bus, BusHealth, BusStats, Fanout, InboxItem, Outgoing,
-    Published, Resume, Submitted, Ticket,
+    Published, Resume, Stored, Submitted, Ticket,
 };
 use crate::event::{EventId, PublishError};
 use crate::history::ring::Seq;
@@ -56,7 +56,9 @@ fn unix_ms() -> u64 {
 }
 
 impl EmbeddedBus {
-    fn publish_now(&self, event: Outgoing<'_>) -> Result<EventId, PublishError> {
+    /// Publishes `events` with consecutive ids, or none of them: the lock is held from the
+    /// first id to the last delivery, and room for the whole batch is checked first.
+    fn publish_now(&self, events: Vec<Outgoing<'_>>) -> Stored {
         if self.closed.load(Ordering::Acquire) {
             return Err(PublishError::ShuttingDown);
         }
@@ -66,42 +68,50 @@ impl EmbeddedBus {
             .next
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        let seq = *last + 1;
-        let id = self.format_id(seq);
-        let fields = EventFields {
-            id: &id,
-            name: event.name,
-            data: event.data,
-            retry_ms: event.retry_ms,
-        };
-        let frame = encode_event(&fields);
-        if !self.fanout.has_room(frame.len()) {
-            return Err(PublishError::Busy);
-        }
-        // Under the lock, so times follow ids.
+        // Under the lock, so times follow ids; one time for a batch.
         let time_ms = self.last_ms.load(Ordering::Relaxed).max(unix_ms());
         self.last_ms.store(time_ms, Ordering::Relaxed);
-        let item = InboxItem::Event(Arc::new(Published {
-            seq,
-            topics: event.topics.into_boxed_slice(),
-            frame,
-            time_ms,
-        }));
-        // Recognisable before any loop can send it: a client that got the event from one
+        let mut ids = Vec::with_capacity(events.len());
+        let mut items = Vec::with_capacity(events.len());
+        let mut bytes = 0;
+        for (seq, event) in (*last + 1..).zip(events) {
+            let id = self.format_id(seq);
+            let frame = encode_event(&EventFields {
+                id: &id,
+                name: event.name,
+                data: event.data,
+                retry_ms: event.retry_ms,
+            });
+            bytes += frame.len();
+            items.push(InboxItem::Event(Arc::new(Published {
+                seq,
+                topics: event.topics.into_boxed_slice(),
+                frame,
+                time_ms,
+            })));
+            ids.push(EventId(id));
+        }
+        if !self.fanout.has_room(items.len(), bytes) {
+            return Err(PublishError::Busy);
+        }
+        let newest = *last + items.len() as Seq;
+        // Recognisable before any loop can send them: a client that got an event from one
         // loop and resumes on another must not find its id "from the future".
         // The embedded sequence counts publishes of one run, far below u64::MAX.
         self.published
-            .store(u64::try_from(seq).unwrap_or(u64::MAX), Ordering::Release);
-        self.fanout.broadcast(&item);
-        *last = seq;
-        Ok(EventId(id))
+            .store(u64::try_from(newest).unwrap_or(u64::MAX), Ordering::Release);
+        for item in &items {
+            self.fanout.broadcast(item);
+        }
+        *last = newest;
+        Ok(ids)
     }
 }
 
 impl Bus for EmbeddedBus {
     /// Always answers at once: ids come from memory.
-    fn publish(&self, event: Outgoing<'_>, _ticket: Option<Ticket>) -> Submitted {
-        Submitted::Done(self.publish_now(event))
+    fn publish(&self, events: Vec<Outgoing<'_>>, _ticket: Option<Ticket>) -> Submitted {
+        Submitted::Done(self.publish_now(events))
     }
 
     fn resume_point(&self, last_event_id: &str) -> Resume {
@@ -175,8 +185,8 @@ mod tests {
     #[test]
     fn ids_increase_and_resume_recognises_epoch() {
         let bus = EmbeddedBus::new(Fanout::new());
-        let first = bus.publish_now(outgoing("a")).unwrap();
-        let second = bus.publish_now(outgoing("b")).unwrap();
+        let first = bus.publish_now(vec![outgoing("a")]).unwrap().remove(0);
+        let second = bus.publish_now(vec![outgoing("b")]).unwrap().remove(0);
         assert_eq!(bus.resume_point(first.as_str()), Resume::After(1));
         assert_eq!(bus.resume_point(second.as_str()), Resume::After(2));
         assert_eq!(bus.resume_point(&bus.format_id(3)), Resume::Unknown);
@@ -185,9 +195,37 @@ mod tests {
         assert_eq!(bus.resume_point(""), Resume::Unknown);
         bus.close();
         assert_eq!(
-            bus.publish(outgoing("c"), None),
+            bus.publish(vec![outgoing("c")], None),
             Submitted::Done(Err(PublishError::ShuttingDown))
         );
         assert_eq!(bus.published(), 2);
+    }
+
+    /// A batch takes consecutive ids and reaches an inbox whole, in order; one that does
+    /// not fit refuses all its events and leaves the sequence where it was.
+    #[test]
+    fn a_batch_is_consecutive_and_all_or_nothing() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+        let mut fanout = Fanout::new();
+        let inbox = fanout.add_loop(waker);
+        let bus = EmbeddedBus::new(fanout);
+        let ids = bus
+            .publish_now(vec![outgoing("a"), outgoing("b"), outgoing("c")])
+            .unwrap();
+        let seqs: Vec<Resume> = ids.iter().map(|id| bus.resume_point(id.as_str())).collect();
+        assert_eq!(seqs, [Resume::After(1), Resume::After(2), Resume::After(3)]);
+        let too_many: Vec<Outgoing<'_>> = (0..super::super::INBOX_EVENTS_MAX - 2)
+            .map(|_| outgoing("x"))
+            .collect();
+        assert_eq!(bus.publish_now(too_many), Err(PublishError::Busy));
+        assert_eq!(bus.published(), 3);
+        let mut delivered = Vec::new();
+        while let Some(InboxItem::Event(published)) = inbox.try_recv() {
+            delivered.push(published.seq);
+        }
+        assert_eq!(delivered, [1, 2, 3]);
+        let next = bus.publish_now(vec![outgoing("d")]).unwrap();
+        assert_eq!(bus.resume_point(next[0].as_str()), Resume::After(4));
     }
 }

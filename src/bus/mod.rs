@@ -26,6 +26,9 @@ pub(crate) const INBOX_EVENTS_MAX: usize = 65_536;
 /// Frame bytes one loop's inbox may hold, for the same reason: a stuck loop must not let
 /// publishers pile up memory.
 pub(crate) const INBOX_BYTES_MAX: usize = 256 * 1024 * 1024;
+// A batch is delivered whole or refused: the largest must fit an empty inbox, or it could
+// never be published.
+const _: () = assert!(crate::config::BATCH_EVENTS_MAX <= INBOX_EVENTS_MAX);
 
 /// An event on its way to the loops: assigned, encoded, immutable.
 pub(crate) struct Published {
@@ -76,11 +79,15 @@ pub(crate) struct Ticket {
     pub serial: u64,
 }
 
+/// A bus's answer to a publish: the ids of all its events in order, or why none was
+/// published.
+pub(crate) type Stored = Result<Vec<EventId>, PublishError>;
+
 /// What `Bus::publish` did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Submitted {
     /// Answered at once.
-    Done(Result<EventId, PublishError>),
+    Done(Stored),
     /// The answer comes later as a [`Completion`] for the ticket.
     Pending,
 }
@@ -122,8 +129,8 @@ pub(crate) struct BackfillRequest {
 /// A bus answer to a request a connection is waiting on.
 #[derive(Debug)]
 pub(crate) enum Completion {
-    /// The publish was stored (its id) or refused.
-    Published(Ticket, Result<EventId, PublishError>),
+    /// The publish was stored (its ids) or refused.
+    Published(Ticket, Stored),
     /// The backfill, or why it could not be fetched.
     Backfilled(Ticket, Result<Backfill, BackfillError>),
 }
@@ -238,12 +245,13 @@ impl Fanout {
         }
     }
 
-    /// Whether every inbox can take a frame of `len` bytes. Only the serialised publisher
-    /// adds to inboxes, so room seen here is still there at `broadcast`.
-    pub(crate) fn has_room(&self, len: usize) -> bool {
+    /// Whether every inbox can take `events` more items holding `bytes` frame bytes in
+    /// all. Only the serialised publisher adds to inboxes, so room seen here is still there
+    /// at `broadcast`.
+    pub(crate) fn has_room(&self, events: usize, bytes: usize) -> bool {
         self.senders.iter().all(|sender| {
-            sender.tx.len() < INBOX_EVENTS_MAX
-                && sender.bytes.load(Ordering::Relaxed) + len <= INBOX_BYTES_MAX
+            sender.tx.len() + events <= INBOX_EVENTS_MAX
+                && sender.bytes.load(Ordering::Relaxed) + bytes <= INBOX_BYTES_MAX
         })
     }
 
@@ -347,10 +355,11 @@ pub(crate) enum BusHealth {
 
 /// The event source every loop reads from.
 pub(crate) trait Bus: Send + Sync {
-    /// Assigns an id, encodes the event and delivers it to every loop. With a `ticket`,
+    /// Assigns ids, encodes the events and delivers them to every loop: all of them, with
+    /// consecutive ids (no other publish lands between them), or none. With a `ticket`,
     /// the bus may answer later through the ticket's loop; without one it answers now,
     /// blocking the calling thread if it must.
-    fn publish(&self, event: Outgoing<'_>, ticket: Option<Ticket>) -> Submitted;
+    fn publish(&self, events: Vec<Outgoing<'_>>, ticket: Option<Ticket>) -> Submitted;
     /// Interprets a client's Last-Event-ID.
     fn resume_point(&self, last_event_id: &str) -> Resume;
     /// The id a client sees for sequence number `seq` (the inverse of `resume_point`).
@@ -414,6 +423,8 @@ mod tests {
             assert_eq!(seen, [(1, 3), (4, 0), (5, 5)]);
             assert_eq!(inbox.bytes.load(Ordering::Relaxed), 0);
         }
-        assert!(fanout.has_room(INBOX_BYTES_MAX));
+        assert!(fanout.has_room(INBOX_EVENTS_MAX, INBOX_BYTES_MAX));
+        assert!(!fanout.has_room(INBOX_EVENTS_MAX + 1, 0));
+        assert!(!fanout.has_room(1, INBOX_BYTES_MAX + 1));
     }
 }

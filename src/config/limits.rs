@@ -50,6 +50,9 @@ pub(crate) struct Limits {
     pub head_bytes_max: usize,
     /// Bytes of the largest publish body (`max_publish_bytes`); bigger ones get 413.
     pub publish_body_bytes_max: usize,
+    /// Events in one batch publish (`max_batch_events`), from HTTP or a `Handle`; more
+    /// are refused whole.
+    pub batch_events_max: usize,
     /// Connections admitted on the main listeners across all loops: `max_connections`, or
     /// the one derived from the open-file limit when that is 0.
     pub connections_max: usize,
@@ -91,6 +94,7 @@ impl Config {
             lag_bytes_max: self.max_lag_bytes,
             head_bytes_max: self.max_head_bytes,
             publish_body_bytes_max: self.max_publish_bytes,
+            batch_events_max: self.max_batch_events,
             connections_max: self.effective_max_connections(),
             publish_connections_max: self.max_publish_connections,
             connections_per_ip_max: (self.max_connections_per_ip != 0)

@@ -56,6 +56,13 @@ pub const TOPIC_BYTES_MAX: usize = 1024;
 pub const PUBLISH_BYTES_DEFAULT: usize = 512 * 1024;
 /// Ceiling on `max_publish_bytes`: a body is held whole in memory while it is parsed.
 pub const PUBLISH_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Events one batch publish may carry, by default (more gets 413). A batch holds the
+/// publish lock (embedded bus) or one `MULTI` (Redis) while it is stored, so other
+/// publishers wait behind it; a thousand small events is a few milliseconds at most.
+pub const BATCH_EVENTS_DEFAULT: usize = 1_000;
+/// Ceiling on `max_batch_events`: a Redis writer sends a batch as one transaction, and the
+/// embedded bus needs room for all of it in every loop's inbox at once.
+pub const BATCH_EVENTS_MAX: usize = 16_384;
 /// Bytes a subscriber may fall behind the newest event before it is closed, by default.
 pub const LAG_BYTES_DEFAULT: usize = 1024 * 1024;
 /// Largest request head (request line plus headers), by default (bigger gets 431).

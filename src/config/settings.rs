@@ -206,6 +206,9 @@ settings! {
     max_publish_bytes: usize [Size] = PUBLISH_BYTES_DEFAULT, "SIZE",
         "Largest publish body (bigger gets `413`)",
         range = (1, PUBLISH_BYTES_MAX);
+    max_batch_events: usize [Text<usize>] = BATCH_EVENTS_DEFAULT, "N",
+        "Events in one batch publish (NDJSON or a JSON array; more gets `413`)",
+        range = (1, BATCH_EVENTS_MAX);
     max_lag_bytes: usize [Size] = LAG_BYTES_DEFAULT, "SIZE",
         "How far a subscriber may fall behind before it is closed (it then resumes from history)";
     max_head_bytes: usize [Size] = HEAD_BYTES_DEFAULT, "SIZE",
@@ -408,6 +411,7 @@ mod tests {
              history_ttl = \"10m\"\n\
              history_total_bytes = 7\nretry_ms = 7\ngap_event = \"x\"\n\
              max_topics_per_subscription = 7\nmax_topic_bytes = 7\nmax_publish_bytes = 7\n\
+             max_batch_events = 7\n\
              max_lag_bytes = 7\nmax_head_bytes = 7\ndemo = false\nhead_timeout_ms = 7\n\
              heartbeat_ms = 7\nidle_timeout_ms = 7\nmax_stream_lifetime_ms = 7\n\
              shutdown_timeout_ms = 7\nshutdown_retry_window_ms = 7\nmax_connections = 7\n\

@@ -156,6 +156,9 @@ pub(super) fn request_client(env: &Env<'_>, peer: IpAddr, request: &Request<'_>)
 pub(super) struct PublishReply {
     /// The body was JSON: so is the answer.
     pub json: bool,
+    /// The body was a batch (NDJSON, or a JSON array): the answer is JSON and lists the
+    /// ids in order.
+    pub batch: bool,
     /// The connection stays open after the answer.
     pub keep_alive: bool,
     /// CORS header lines for the answer.
@@ -164,29 +167,44 @@ pub(super) struct PublishReply {
     pub line: Option<super::access::RequestLine>,
 }
 
-/// The answer to a publish: its id (plain text, or JSON for a JSON body) or the refusal,
-/// which is also returned for the metrics. A refused publish keeps the connection open.
+/// The answer to a publish: its id (plain text, or JSON for a JSON body), a batch's ids
+/// (`{"ids":[...]}`), or the refusal, which is also returned for the metrics. A refused
+/// publish keeps the connection open.
 pub(super) fn publish_answer(
-    result: Result<crate::EventId, crate::PublishError>,
+    result: crate::bus::Stored,
     reply: &PublishReply,
 ) -> (Vec<u8>, Option<HttpError>) {
-    let id = match result {
-        Ok(id) => id,
-        Err(error) => {
-            let error = HttpError::Publish(error);
-            return (
-                answer::refusal(error, &reply.cors, reply.keep_alive),
-                Some(error),
-            );
-        }
+    let refuse = |error: crate::PublishError| {
+        let error = HttpError::Publish(error);
+        (
+            answer::refusal(error, &reply.cors, reply.keep_alive),
+            Some(error),
+        )
     };
-    let (content_type, payload) = if reply.json {
+    let ids = match result {
+        Ok(ids) => ids,
+        Err(error) => return refuse(error),
+    };
+    let (content_type, payload) = if reply.batch {
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
         (
             "application/json",
-            serde_json::json!({ "id": id.as_str() }).to_string(),
+            serde_json::json!({ "ids": ids }).to_string(),
         )
     } else {
-        ("text/plain; charset=utf-8", format!("{id}\n"))
+        let [id] = ids.as_slice() else {
+            // A bus answers one id per event; a single publish is one event.
+            debug_assert!(false, "a single publish answered with {} ids", ids.len());
+            return refuse(crate::PublishError::Unavailable);
+        };
+        if reply.json {
+            (
+                "application/json",
+                serde_json::json!({ "id": id.as_str() }).to_string(),
+            )
+        } else {
+            ("text/plain; charset=utf-8", format!("{id}\n"))
+        }
     };
     let bytes = answer::response(
         200,

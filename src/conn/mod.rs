@@ -344,7 +344,7 @@ impl Connection {
     pub(crate) fn on_published(
         &mut self,
         serial: u64,
-        result: Result<crate::EventId, crate::PublishError>,
+        result: crate::bus::Stored,
     ) -> (bool, Option<HttpError>) {
         match &mut self.state {
             ConnState::Exchange(exchange) => exchange.on_published(serial, result),

@@ -8,6 +8,24 @@ use crate::auth::TokenError;
 use crate::bus::BackfillError;
 use crate::event::PublishError;
 
+/// Where an event sits in a batch publish body, as its refusal names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BatchPlace {
+    /// A line of an NDJSON body, counted from 1 (blank lines count).
+    Line(usize),
+    /// An element of a JSON array body, counted from 0.
+    Index(usize),
+}
+
+impl std::fmt::Display for BatchPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchPlace::Line(line) => write!(f, "line {line}"),
+            BatchPlace::Index(index) => write!(f, "index {index}"),
+        }
+    }
+}
+
 /// Everything herald refuses, each with one status and one reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum HttpError {
@@ -64,6 +82,16 @@ pub(crate) enum HttpError {
     BadPublish(&'static str),
     /// The bus refused the event.
     Publish(PublishError),
+    /// One event of a batch publish was refused, so the whole batch is: `status` and
+    /// `reason` are that event's own refusal, and the answer names where it sits.
+    InBatch {
+        /// The refused event's line or array index.
+        place: BatchPlace,
+        /// The status the event alone would get.
+        status: u16,
+        /// The reason the event alone would get.
+        reason: &'static str,
+    },
     /// The server holds `max_connections`.
     ServerFull,
     /// The publish listener holds `max_publish_connections`.
@@ -75,6 +103,16 @@ pub(crate) enum HttpError {
 }
 
 impl HttpError {
+    /// This refusal of one event of a batch, as the refusal of the whole batch.
+    pub(crate) fn in_batch(self, place: BatchPlace) -> HttpError {
+        let (status, reason) = self.answer();
+        HttpError::InBatch {
+            place,
+            status,
+            reason,
+        }
+    }
+
     /// Status code and one-line reason.
     pub(crate) fn answer(self) -> (u16, &'static str) {
         match self {
@@ -105,12 +143,13 @@ impl HttpError {
             HttpError::BodyTooLarge => (413, "request body exceeds max_publish_bytes"),
             HttpError::UnsupportedMediaType => (
                 415,
-                "content type must be application/x-www-form-urlencoded, application/json, text/plain or application/octet-stream",
+                "content type must be application/x-www-form-urlencoded, application/json, application/x-ndjson, text/plain or application/octet-stream",
             ),
             HttpError::MissingTopic => (400, "missing topic parameter"),
             HttpError::InvalidTopic => (400, PublishError::InvalidTopic.reason()),
             HttpError::TooManyTopics => (400, PublishError::TooManyTopics.reason()),
             HttpError::BadPublish(reason) => (400, reason),
+            HttpError::InBatch { status, reason, .. } => (status, reason),
             HttpError::ServerFull => (503, "server is at max_connections; retry later"),
             HttpError::PublishListenerFull => (
                 503,
@@ -128,7 +167,9 @@ impl HttpError {
                     PublishError::Busy
                     | PublishError::ShuttingDown
                     | PublishError::Unavailable => 503,
-                    PublishError::TooLarge | PublishError::DataTooLarge => 413,
+                    PublishError::TooLarge
+                    | PublishError::DataTooLarge
+                    | PublishError::BatchTooLarge => 413,
                     _ => 400,
                 },
                 error.reason(),
@@ -265,7 +306,10 @@ pub(crate) fn refusal(error: HttpError, cors: &str, keep_alive: bool) -> Vec<u8>
         HttpError::ServerFull => extra.push_str("Retry-After: 5\r\n"),
         _ => {}
     }
-    let body = format!("{reason}\n");
+    let body = match error {
+        HttpError::InBatch { place, .. } => format!("{place}: {reason}\n"),
+        _ => format!("{reason}\n"),
+    };
     response(
         status,
         "text/plain; charset=utf-8",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::bus::{
     Backfill, BackfillError, BackfillRequest, Completion, InboxItem, Outgoing, Published, Resume,
-    Submitted, Ticket,
+    Stored, Submitted, Ticket,
 };
 use crate::event::{EventId, PublishError};
 use crate::history::ring::Seq;
@@ -36,8 +36,8 @@ pub(super) struct Logged {
 /// A publish waiting for the bus to take it.
 struct Queued {
     ticket: Ticket,
-    topics: Vec<Box<str>>,
-    data: String,
+    /// Each event's topics and data, taken together or refused together.
+    events: Vec<(Vec<Box<str>>, String)>,
 }
 
 /// How often the bus does what (per thousand), chosen per seed.
@@ -131,13 +131,15 @@ impl SimBus {
     pub(super) fn publish(
         &mut self,
         rng: &mut Rng,
-        event: Outgoing<'_>,
+        events: Vec<Outgoing<'_>>,
         ticket: Ticket,
     ) -> Submitted {
         let queued = Queued {
             ticket,
-            topics: event.topics,
-            data: event.data.to_owned(),
+            events: events
+                .into_iter()
+                .map(|event| (event.topics, event.data.to_owned()))
+                .collect(),
         };
         if self.fault(rng, self.faults.later) {
             self.queued.push(queued);
@@ -147,29 +149,33 @@ impl SimBus {
     }
 
     /// Takes a publish into the log (or refuses it).
-    fn take(&mut self, rng: &mut Rng, queued: Queued) -> Result<EventId, PublishError> {
+    fn take(&mut self, rng: &mut Rng, queued: Queued) -> Stored {
         if self.fault(rng, self.faults.refuse) {
             return Err(PublishError::Unavailable);
         }
-        let seq = self.ledger.len() as Seq + 1;
-        let id = Self::id_of(seq);
-        let frame = sse::encode_event(&EventFields {
-            id: &id,
-            name: None,
-            data: &queued.data,
-            retry_ms: None,
-        });
-        self.ledger.push(Logged {
-            topics: queued.topics.into_boxed_slice(),
-            data: queued.data,
-            frame,
-            delivered: false,
-        });
-        self.undelivered.push_back(seq);
+        let mut ids = Vec::with_capacity(queued.events.len());
+        for (topics, data) in queued.events {
+            let seq = self.ledger.len() as Seq + 1;
+            let id = Self::id_of(seq);
+            let frame = sse::encode_event(&EventFields {
+                id: &id,
+                name: None,
+                data: &data,
+                retry_ms: None,
+            });
+            self.ledger.push(Logged {
+                topics: topics.into_boxed_slice(),
+                data,
+                frame,
+                delivered: false,
+            });
+            self.undelivered.push_back(seq);
+            ids.push(EventId(id));
+        }
         // The log keeps its last `log_max` events.
         let oldest_kept = (self.ledger.len() as Seq).saturating_sub(self.log_max as Seq);
         self.log_floor = self.log_floor.max(oldest_kept);
-        Ok(EventId(id))
+        Ok(ids)
     }
 
     /// Takes one queued publish (any connection's: answers are reordered across them).

@@ -39,6 +39,7 @@ mod presence;
 mod process;
 mod proptest_roundtrip;
 mod publish;
+mod publish_batch;
 mod readme;
 mod readyz;
 mod replay;

@@ -120,6 +120,7 @@ proptest! {
             Just(PublishFormat::Json),
             Just(PublishFormat::Form),
             Just(PublishFormat::Raw),
+            Just(PublishFormat::Ndjson),
         ],
         cuts in cuts(),
     ) {
@@ -132,7 +133,7 @@ proptest! {
             fields.append_pair("retry", &retry_ms.to_string());
         }
         let (query, body) = match format {
-            PublishFormat::Json => {
+            PublishFormat::Json | PublishFormat::Ndjson => {
                 let mut object = serde_json::json!({ "topic": "t", "data": data });
                 if let Some(name) = &name {
                     object["event"] = name.as_str().into();

@@ -4,8 +4,9 @@
 //! Three threads per node, each with its own connection, so the event loops never wait on
 //! Redis:
 //! - the writer (`writer.rs`) takes publishes from a bounded queue and sends each batch as
-//!   one pipeline of `XADD <stream> MAXLEN ~ <n> * ...`; every publisher is answered with
-//!   its entry id, or refused, only once Redis replied;
+//!   one pipeline of `XADD <stream> MAXLEN ~ <n> * ...` (a batch publish's inside
+//!   `MULTI`/`EXEC`); every publisher is answered with its entry ids, or refused, only
+//!   once Redis replied;
 //! - the reader (`reader.rs`) runs a blocking `XREAD` after the last id it saw, encodes
 //!   each entry's frame once and hands it to every loop in stream order. After losing
 //!   Redis it reconnects with capped, jittered backoff and continues after that id, so
@@ -47,7 +48,9 @@ use crossbeam_channel::{Sender, TrySendError};
 use self::backfill::{run_backfiller, BackfillJob, BackfillQueue};
 use self::entry::{format_id, pack, parse_id};
 use self::reader::run_reader;
-use self::writer::{run_writer, Reply, WriteJob, WRITE_QUEUE_BYTES_MAX, WRITE_QUEUE_MAX};
+use self::writer::{
+    run_writer, Reply, WriteEvent, WriteJob, WRITE_QUEUE_BYTES_MAX, WRITE_QUEUE_MAX,
+};
 use super::{
     BackfillError, BackfillRequest, Bus, BusHealth, BusStats, Fanout, Outgoing, Resume, Submitted,
     Ticket,
@@ -196,7 +199,9 @@ impl Drop for RedisBus {
 }
 
 impl Bus for RedisBus {
-    fn publish(&self, event: Outgoing<'_>, ticket: Option<Ticket>) -> Submitted {
+    /// Queues the events as one job: the writer sends it as one `MULTI`/`EXEC` when it
+    /// holds more than one event, so the entries are adjacent in the stream on every node.
+    fn publish(&self, events: Vec<Outgoing<'_>>, ticket: Option<Ticket>) -> Submitted {
         if self.core.closed.load(Ordering::Acquire) {
             return Submitted::Done(Err(PublishError::ShuttingDown));
         }
@@ -207,19 +212,25 @@ impl Bus for RedisBus {
                 (Reply::Wait(tx), Some(rx))
             }
         };
-        let size = event.data.len();
+        let job = WriteJob {
+            events: events
+                .into_iter()
+                .map(|event| WriteEvent {
+                    topics: event.topics,
+                    name: event.name.map(str::to_owned),
+                    data: event.data.to_owned(),
+                    retry_ms: event.retry_ms,
+                })
+                .collect(),
+            reply,
+        };
+        // The whole batch counts against the queue's bytes: it is taken all or not at all.
+        let size = job.bytes();
         let queued = &self.core.queued_bytes;
         if queued.fetch_add(size, Ordering::AcqRel) + size > WRITE_QUEUE_BYTES_MAX {
             queued.fetch_sub(size, Ordering::AcqRel);
             return Submitted::Done(Err(PublishError::Busy));
         }
-        let job = WriteJob {
-            topics: event.topics,
-            name: event.name.map(str::to_owned),
-            data: event.data.to_owned(),
-            retry_ms: event.retry_ms,
-            reply,
-        };
         match self.writes.try_send(job) {
             Ok(()) => {}
             Err(error) => {

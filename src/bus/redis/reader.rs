@@ -248,7 +248,7 @@ fn forward_entry(core: &Core, id: RawId, fields: &[Value], skips: &mut Throttle)
 /// dropping) meanwhile: the stream keeps the entries, so the reader can be the one that
 /// waits. False when the bus closed first.
 fn broadcast_when_room(core: &Core, item: &InboxItem) -> bool {
-    while !core.fanout.has_room(item.bytes()) {
+    while !core.fanout.has_room(1, item.bytes()) {
         if core.closed.load(Ordering::Acquire) {
             return false;
         }

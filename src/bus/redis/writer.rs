@@ -1,7 +1,9 @@
 //! The writer thread: takes publishes from a bounded queue and appends each batch as one
-//! pipeline of `XADD`s, then answers every publisher with its entry id or a refusal, only
-//! once Redis replied. It never delivers: what it stores reaches the loops through the
-//! reader, like an entry any other node or application appended.
+//! pipeline of `XADD`s, then answers every publisher with its entry ids or a refusal, only
+//! once Redis replied. A publish of several events (a batch publish) goes inside
+//! `MULTI`/`EXEC` in that pipeline, so no other client's entry lands between its entries.
+//! It never delivers: what it stores reaches the loops through the reader, like an entry
+//! any other node or application appended.
 
 use std::sync::atomic::Ordering;
 
@@ -11,7 +13,7 @@ use redis::Value;
 use super::entry::parse_id;
 use super::link::{RedisConn, Throttle};
 use super::{Core, READ_BLOCK};
-use crate::bus::{Completion, Ticket};
+use crate::bus::{Completion, Stored, Ticket};
 use crate::event::{EventId, PublishError};
 
 /// Publishes waiting for the writer. Past this a publish gets 503 at once: Redis is
@@ -22,7 +24,8 @@ pub(super) const WRITE_QUEUE_MAX: usize = 4_096;
 pub(super) const WRITE_QUEUE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Event bytes sent in one pipeline (at least one publish always goes).
 const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// `XADD`s sent in one pipeline: one round trip for a burst, bounded reply memory.
+/// `XADD`s sent in one pipeline: one round trip for a burst, bounded reply memory (at
+/// least one publish always goes, whatever its number of events).
 const WRITE_BATCH_MAX: usize = 256;
 
 /// Where a publish's answer goes.
@@ -30,11 +33,26 @@ pub(super) enum Reply {
     /// A connection on a loop.
     Loop(Ticket),
     /// A thread blocked in `Handle::publish`.
-    Wait(Sender<Result<EventId, PublishError>>),
+    Wait(Sender<Stored>),
 }
 
-/// One publish waiting for the writer: the event, validated, and where its answer goes.
+/// One publish waiting for the writer: its events, validated, and where its answer goes.
 pub(super) struct WriteJob {
+    /// The events, stored together with consecutive entry ids or not at all.
+    pub events: Vec<WriteEvent>,
+    /// Who waits for the answer.
+    pub reply: Reply,
+}
+
+impl WriteJob {
+    /// Data bytes of all its events, as counted against the queue's byte budget.
+    pub(super) fn bytes(&self) -> usize {
+        self.events.iter().map(|event| event.data.len()).sum()
+    }
+}
+
+/// One event of a [`WriteJob`].
+pub(super) struct WriteEvent {
     /// Distinct, valid topic names.
     pub topics: Vec<Box<str>>,
     /// Valid event name.
@@ -43,8 +61,6 @@ pub(super) struct WriteJob {
     pub data: String,
     /// Optional `retry:` hint.
     pub retry_ms: Option<u32>,
-    /// Who waits for the answer.
-    pub reply: Reply,
 }
 
 /// The writer thread's body: runs until the bus closes.
@@ -54,11 +70,11 @@ pub(super) fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
     let mut refusals = Throttle::new();
     probe(core, &mut connection);
     loop {
-        let mut bytes = match jobs.recv_timeout(READ_BLOCK) {
+        let (mut bytes, mut events) = match jobs.recv_timeout(READ_BLOCK) {
             Ok(job) => {
-                let size = job.data.len();
+                let counts = (job.bytes(), job.events.len());
                 batch.push(job);
-                size
+                counts
             }
             Err(RecvTimeoutError::Timeout) => {
                 if core.closed.load(Ordering::Acquire) {
@@ -69,10 +85,11 @@ pub(super) fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        while batch.len() < WRITE_BATCH_MAX && bytes < WRITE_BATCH_BYTES_MAX {
+        while events < WRITE_BATCH_MAX && bytes < WRITE_BATCH_BYTES_MAX {
             match jobs.try_recv() {
                 Ok(job) => {
-                    bytes += job.data.len();
+                    bytes += job.bytes();
+                    events += job.events.len();
                     batch.push(job);
                 }
                 Err(_) => break,
@@ -111,51 +128,91 @@ fn probe(core: &Core, connection: &mut RedisConn) {
     core.writer_connected.store(reached, Ordering::Relaxed);
 }
 
-/// Appends a batch in one pipeline. `Err` only when the connection failed (then any of
-/// the entries may or may not be stored); a refused entry is an `Err` in its slot.
+/// Appends a batch in one pipeline, each publish of several events inside `MULTI`/`EXEC`.
+/// `Err` only when the connection failed (then any of the entries may or may not be
+/// stored); a refused publish is an `Err` in its slot.
 fn xadd_batch(
     conn: &mut redis::Connection,
     core: &Core,
     batch: &[WriteJob],
     refusals: &mut Throttle,
-) -> redis::RedisResult<Vec<Result<EventId, PublishError>>> {
+) -> redis::RedisResult<Vec<Stored>> {
     let mut pipe = redis::pipe();
+    let mut expected = 0;
     for job in batch {
-        let cmd = pipe
-            .cmd("XADD")
-            .arg(&core.stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(core.maxlen)
-            .arg("*")
-            .arg("topic")
-            .arg(job.topics.join(","));
-        if let Some(name) = &job.name {
-            cmd.arg("event").arg(name);
+        let atomic = job.events.len() > 1;
+        if atomic {
+            pipe.cmd("MULTI");
         }
-        cmd.arg("data").arg(&job.data);
-        if let Some(retry_ms) = job.retry_ms {
-            cmd.arg("retry").arg(retry_ms);
+        for event in &job.events {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(&core.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(core.maxlen)
+                .arg("*")
+                .arg("topic")
+                .arg(event.topics.join(","));
+            if let Some(name) = &event.name {
+                cmd.arg("event").arg(name);
+            }
+            cmd.arg("data").arg(&event.data);
+            if let Some(retry_ms) = event.retry_ms {
+                cmd.arg("retry").arg(retry_ms);
+            }
         }
+        if atomic {
+            pipe.cmd("EXEC");
+        }
+        expected += job.events.len() + if atomic { 2 } else { 0 };
     }
     // Replies are read one by one so the first I/O error (a frozen Redis timing out) ends
     // the batch at once; reading on would wait the timeout again for every reply.
     conn.send_packed_command(&pipe.get_packed_pipeline())?;
-    let mut replies = Vec::with_capacity(batch.len());
-    for _ in 0..batch.len() {
+    let mut replies = Vec::with_capacity(expected);
+    for _ in 0..expected {
         replies.push(conn.recv_response()?); // A refused entry is Ok(ServerError).
     }
-    Ok((0..batch.len())
-        .map(|i| match replies.get(i) {
-            Some(Value::BulkString(id)) if parse_id(id).is_some() => {
-                Ok(EventId(String::from_utf8_lossy(id).into_owned()))
-            }
-            other => {
-                if let Some(held) = refusals.allow() {
-                    log::warn!("redis refused an XADD ({held} more not logged): {other:?}");
+    let mut replies = replies.into_iter();
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let result = if job.events.len() > 1 {
+            // `MULTI`'s `OK` and each `QUEUED` carry nothing `EXEC`'s reply does not: a
+            // command refused while queueing makes `EXEC` fail (`EXECABORT`), storing none.
+            let exec = replies.nth(job.events.len() + 1);
+            match exec {
+                Some(Value::Array(ids)) if ids.len() == job.events.len() => {
+                    ids.iter().map(|id| entry_id(id, refusals)).collect()
                 }
-                Err(PublishError::Unavailable)
+                other => Err(refused(other.as_ref(), refusals)),
             }
-        })
-        .collect())
+        } else {
+            replies
+                .next()
+                .map_or(Err(PublishError::Unavailable), |reply| {
+                    entry_id(&reply, refusals).map(|id| vec![id])
+                })
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// The entry id in an `XADD` reply, or its refusal (logged, throttled).
+fn entry_id(reply: &Value, refusals: &mut Throttle) -> Result<EventId, PublishError> {
+    match reply {
+        Value::BulkString(id) if parse_id(id).is_some() => {
+            Ok(EventId(String::from_utf8_lossy(id).into_owned()))
+        }
+        other => Err(refused(Some(other), refusals)),
+    }
+}
+
+/// Logs (throttled) a reply that stored nothing, and refuses the publish it answers.
+fn refused(reply: Option<&Value>, refusals: &mut Throttle) -> PublishError {
+    if let Some(held) = refusals.allow() {
+        log::warn!("redis refused an XADD ({held} more not logged): {reply:?}");
+    }
+    PublishError::Unavailable
 }

@@ -56,24 +56,26 @@ enum Queued {
     Ready(Vec<u8>),
 }
 
-/// A validated publish for the loop to hand to the bus.
+/// A validated publish for the loop to hand to the bus: one event, or a batch published
+/// all or none.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct PublishJob {
-    /// The event as received (its topics are in `topics`, deduped).
-    event: Event,
-    /// Distinct, valid topic names.
-    topics: Vec<Box<str>>,
+    /// Each event as received, with its distinct, valid topic names.
+    events: Vec<(Event, Vec<Box<str>>)>,
 }
 
 impl PublishJob {
-    /// The event as the bus takes it (the topics move out: call once).
-    pub(crate) fn outgoing(&mut self) -> Outgoing<'_> {
-        Outgoing {
-            topics: std::mem::take(&mut self.topics),
-            name: self.event.name.as_deref(),
-            data: &self.event.data,
-            retry_ms: self.event.retry_ms,
-        }
+    /// The events as the bus takes them (the topics move out: call once).
+    pub(crate) fn outgoing(&mut self) -> Vec<Outgoing<'_>> {
+        self.events
+            .iter_mut()
+            .map(|(event, topics)| Outgoing {
+                topics: std::mem::take(topics),
+                name: event.name.as_deref(),
+                data: &event.data,
+                retry_ms: event.retry_ms,
+            })
+            .collect()
     }
 }
 
@@ -414,7 +416,7 @@ impl Exchange {
     pub(crate) fn on_published(
         &mut self,
         serial: u64,
-        result: Result<crate::EventId, crate::PublishError>,
+        result: crate::bus::Stored,
     ) -> (bool, Option<HttpError>) {
         let Some(slot) = self
             .queued

@@ -8,7 +8,7 @@ use crate::bus::Resume;
 use crate::http::answer::{self, HttpError};
 use crate::http::head::Request;
 use crate::http::route::{self, Route};
-use crate::publish::{self, BodyFormat};
+use crate::publish::{self, BodyFormat, Publish};
 
 use super::super::access::RequestLine;
 use super::super::handlers::{self, PublishReply};
@@ -158,6 +158,7 @@ impl Exchange {
             query: request.query.to_owned(),
             reply: PublishReply {
                 json: format == BodyFormat::Json,
+                batch: format == BodyFormat::Ndjson,
                 keep_alive,
                 cors,
                 line: self.line.take(),
@@ -191,26 +192,54 @@ impl Exchange {
         let mut reply = body.reply;
         // A refusal below answers this request.
         self.line = reply.line.take();
-        let event = match publish::parse_body(body.format, &body.query, &body.bytes) {
-            Ok(event) => event,
+        let events = match publish::parse_publish(
+            body.format,
+            &body.query,
+            &body.bytes,
+            env.limits.batch_events_max,
+        ) {
+            Ok(Publish::One(event)) => vec![(None, event)],
+            Ok(Publish::Batch(batch)) => {
+                reply.batch = true;
+                batch
+                    .into_iter()
+                    .map(|(place, event)| (Some(place), event))
+                    .collect()
+            }
             Err(error) => return self.refuse(error, &reply.cors, reply.keep_alive),
         };
-        let topics = match publish::prepare(&event, &env.limits.publish) {
-            Ok(outgoing) => outgoing.topics,
-            Err(error) => {
-                return self.refuse(HttpError::Publish(error), &reply.cors, reply.keep_alive)
-            }
+        let mut job = PublishJob {
+            events: Vec::with_capacity(events.len()),
         };
-        if let Some(patterns) = &body.grant {
-            if !auth::allows_all(patterns, topics.iter().map(|t| &**t)) {
-                return self.refuse(HttpError::Forbidden, &reply.cors, reply.keep_alive);
+        for (place, event) in events {
+            let topics = match publish::prepare(&event, &env.limits.publish) {
+                Ok(outgoing) => outgoing.topics,
+                Err(error) => {
+                    let error = HttpError::Publish(error);
+                    // One bad event refuses the whole batch, naming where it sits.
+                    let error = place.map_or(error, |place| error.in_batch(place));
+                    return self.refuse(error, &reply.cors, reply.keep_alive);
+                }
+            };
+            if let Some(patterns) = &body.grant {
+                if !auth::allows_all(patterns, topics.iter().map(|t| &**t)) {
+                    return self.refuse(HttpError::Forbidden, &reply.cors, reply.keep_alive);
+                }
             }
+            job.events.push((event, topics));
         }
         reply.line = self.line.take().map(|mut line| {
-            line.set_topics(topics.iter().map(|topic| &**topic));
+            // A batch names each of its topics once, in first-seen order.
+            let mut seen = std::collections::HashSet::new();
+            let topics = job.events.iter().flat_map(|(_, topics)| topics.iter());
+            line.set_topics(
+                topics
+                    .map(|topic| &**topic)
+                    .filter(|topic| seen.insert(*topic)),
+            );
             line
         });
         self.submitting = Some(reply);
-        Step::Publish(Box::new(PublishJob { event, topics }))
+        Step::Publish(Box::new(job))
     }
 }

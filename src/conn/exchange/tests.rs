@@ -70,7 +70,9 @@ fn step(exchange: &mut Exchange, env: &Env<'_>, bus: TestBus, serial: &mut u64) 
             Step::Publish(_) => {
                 *serial += 1;
                 let submitted = match bus {
-                    TestBus::Now => Submitted::Done(Ok(crate::EventId(format!("1-{serial}")))),
+                    TestBus::Now => {
+                        Submitted::Done(Ok(vec![crate::EventId(format!("1-{serial}"))]))
+                    }
                     TestBus::Later => Submitted::Pending,
                 };
                 exchange.on_submitted(*serial, submitted);
@@ -191,7 +193,7 @@ POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n3";
         "the bus is waited for"
     );
     // The second answer comes first: it waits for the first.
-    let id = |n: &str| Ok(crate::EventId(format!("1-{n}")));
+    let id = |n: &str| Ok(vec![crate::EventId(format!("1-{n}"))]);
     assert_eq!(exchange.on_published(2, id("2")), (true, None));
     assert_eq!(
         drive(&mut exchange, &env, &mut serial, &mut written),
@@ -261,7 +263,7 @@ fn in_flight_publishes_are_bounded() {
     assert_eq!(step, Step::Await, "stops reading at the bound");
     assert_eq!(exchange.in_flight, PUBLISHES_IN_FLIGHT_MAX);
     assert_eq!(
-        exchange.on_published(1, Ok(crate::EventId("1-1".into()))),
+        exchange.on_published(1, Ok(vec![crate::EventId("1-1".into())])),
         (true, None)
     );
     assert_eq!(
@@ -291,7 +293,7 @@ fn answers_held_behind_a_publish_are_bounded() {
     assert!(exchange.queued_bytes < QUEUED_ANSWER_BYTES_MAX + 1024);
     assert!(!offered.is_empty(), "the rest stays unread, in the socket");
     assert_eq!(
-        exchange.on_published(1, Ok(crate::EventId("1-1".into()))),
+        exchange.on_published(1, Ok(vec![crate::EventId("1-1".into())])),
         (true, None)
     );
     drive(&mut exchange, &env, &mut serial, &mut written);

@@ -157,7 +157,7 @@ impl Harness {
             In::BusLater => self.bus_later = true,
             In::Published(serial, id) => {
                 let result = id
-                    .map(|id| crate::EventId(id.into()))
+                    .map(|id| vec![crate::EventId(id.into())])
                     .ok_or(crate::PublishError::Unavailable);
                 if let Some(conn) = &mut self.conn {
                     let (ours, _) = conn.on_published(serial, result);
@@ -291,12 +291,17 @@ impl Harness {
                 }
                 Step::Admit(client) => exchange.on_admitted(client, true),
                 Step::Publish(mut job) => {
-                    let topics = job.outgoing().topics.join(",");
+                    let topics = job
+                        .outgoing()
+                        .iter()
+                        .map(|event| event.topics.join(","))
+                        .collect::<Vec<_>>()
+                        .join(";");
                     self.serial += 1;
                     let submitted = if self.bus_later {
                         Submitted::Pending
                     } else {
-                        Submitted::Done(Ok(crate::EventId(format!("1-{}", self.serial))))
+                        Submitted::Done(Ok(vec![crate::EventId(format!("1-{}", self.serial))]))
                     };
                     exchange.on_submitted(self.serial, submitted);
                     self.flush_trace();

@@ -1,23 +1,19 @@
-//! `POST /publish` bodies: form, JSON and raw, each into an [`Event`], and [`prepare`], the
-//! validation every event passes whatever its source (HTTP, the library `Handle`, or an
-//! entry the Redis reader decoded) before it is stored or delivered. The body is already
-//! bounded by `max_publish_bytes` when it gets here. No I/O here.
+//! `POST /publish` bodies: form, JSON and raw, each into an [`Event`], and batches (NDJSON
+//! or a JSON array, `batch.rs`) into several. `prepare.rs` holds [`prepare`], the
+//! validation every event passes whatever its source. The body is already bounded by
+//! `max_publish_bytes` when it gets here. No I/O here.
 
-use std::sync::Arc;
+pub(crate) mod batch;
+mod prepare;
+
+pub(crate) use self::prepare::{prepare, PublishLimits};
 
 use serde_json::Value;
 
-use crate::bus::Outgoing;
 use crate::config::RETRY_MS_MAX;
 use crate::event::{Event, PublishError};
-use crate::history::topics;
 use crate::http::answer::HttpError;
 use crate::http::form;
-use crate::sse::{check_event_name, encoded_len, EventFields};
-
-/// Longest event id any bus produces (`<20 digits>-<20 digits>`, with room to spare); used
-/// to bound a frame's size before its id is known.
-const ID_BYTES_MAX: usize = 48;
 
 /// How the body is to be read, from its `Content-Type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +24,8 @@ pub(crate) enum BodyFormat {
     Json,
     /// Anything textual: the body is the data; topics come from the query.
     Raw,
+    /// `application/x-ndjson`: a batch, one JSON event object per line.
+    Ndjson,
 }
 
 /// Picks the body format; unknown media types are refused rather than guessed.
@@ -46,6 +44,7 @@ pub(crate) fn body_format(content_type: Option<&str>) -> Result<BodyFormat, Http
     match media.as_str() {
         "application/x-www-form-urlencoded" => Ok(BodyFormat::Form),
         "application/json" => Ok(BodyFormat::Json),
+        "application/x-ndjson" => Ok(BodyFormat::Ndjson),
         "" | "text/plain" | "application/octet-stream" => Ok(BodyFormat::Raw),
         _ => Err(HttpError::UnsupportedMediaType),
     }
@@ -107,7 +106,34 @@ pub(crate) fn parse_retry(text: &str) -> Option<u32> {
 /// The refusal for a query string or form body that is not UTF-8 once percent-decoded.
 const NOT_UTF8: HttpError = HttpError::BadPublish("a field is not UTF-8 once percent-decoded");
 
-/// Reads a publish from its query string and body.
+/// What a publish body carries.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Publish {
+    /// One event (form, raw, or a JSON object): answered with its id.
+    One(Event),
+    /// A batch (NDJSON, or a JSON array), published all or none and answered with the ids
+    /// in order.
+    Batch(batch::Batch),
+}
+
+/// Reads a publish request: one event, or a batch of at most `batch_events_max`.
+pub(crate) fn parse_publish(
+    format: BodyFormat,
+    query: &str,
+    body: &[u8],
+    batch_events_max: usize,
+) -> Result<Publish, HttpError> {
+    match format {
+        BodyFormat::Ndjson => batch::ndjson(query, body, batch_events_max).map(Publish::Batch),
+        BodyFormat::Json if batch::is_array(body) => {
+            batch::array(query, body, batch_events_max).map(Publish::Batch)
+        }
+        _ => parse_body(format, query, body).map(Publish::One),
+    }
+}
+
+/// Reads a single-event publish from its query string and body (an NDJSON body is read
+/// as one line).
 pub(crate) fn parse_body(format: BodyFormat, query: &str, body: &[u8]) -> Result<Event, HttpError> {
     let mut fields = Fields::default();
     for pair in form::pairs(query.as_bytes()) {
@@ -121,7 +147,7 @@ pub(crate) fn parse_body(format: BodyFormat, query: &str, body: &[u8]) -> Result
     }
     match format {
         BodyFormat::Form => read_form(&mut fields, body)?,
-        BodyFormat::Json => read_json(&mut fields, body)?,
+        BodyFormat::Json | BodyFormat::Ndjson => read_json(&mut fields, body)?,
         BodyFormat::Raw => {
             let data = std::str::from_utf8(body)
                 .map_err(|_| HttpError::BadPublish("body is not valid UTF-8"))?;
@@ -229,87 +255,9 @@ fn has_repeated_top_level_key(body: &[u8]) -> bool {
     deserializer.deserialize_map(Keys).unwrap_or(true)
 }
 
-/// Limits every event is checked against, whatever its source.
-#[derive(Clone, Debug)]
-pub(crate) struct PublishLimits {
-    /// Most topics per event.
-    pub topics_max: usize,
-    /// Longest topic name.
-    pub topic_bytes_max: usize,
-    /// Largest encoded frame (a subscriber's lag budget).
-    pub frame_bytes_max: usize,
-    /// Largest data (`max_publish_bytes`): an HTTP body is cut there already, and an event
-    /// from the library or the Redis stream gets the same ceiling.
-    pub data_bytes_max: usize,
-    /// The `gap_event` name. Only herald sends it: a published event of that name would tell
-    /// every resuming client's code to refetch its state, or hide a real gap.
-    pub gap_event: Arc<str>,
-}
-
-/// Validates an event and dedupes its topics for the bus. HTTP publishes, library
-/// publishes and Redis stream entries all pass here, so one source cannot carry what
-/// another is refused.
-pub(crate) fn prepare<'e>(
-    event: &'e Event,
-    limits: &PublishLimits,
-) -> Result<Outgoing<'e>, PublishError> {
-    if event.topics.is_empty() {
-        return Err(PublishError::NoTopic);
-    }
-    let mut topics: Vec<Box<str>> = Vec::with_capacity(event.topics.len());
-    for name in &event.topics {
-        if !topics::is_valid_name(name, limits.topic_bytes_max) {
-            return Err(PublishError::InvalidTopic);
-        }
-        if !topics.iter().any(|t| **t == **name) {
-            if topics.len() == limits.topics_max {
-                return Err(PublishError::TooManyTopics);
-            }
-            topics.push(name.as_str().into());
-        }
-    }
-    if let Some(name) = &event.name {
-        check_event_name(name).map_err(|_| PublishError::InvalidEventName)?;
-        if **name == *limits.gap_event {
-            return Err(PublishError::ReservedEventName);
-        }
-    }
-    if event.retry_ms.is_some_and(|ms| ms > RETRY_MS_MAX) {
-        return Err(PublishError::InvalidRetry);
-    }
-    if event.data.len() > limits.data_bytes_max {
-        return Err(PublishError::DataTooLarge);
-    }
-    let fields = EventFields {
-        id: "",
-        name: event.name.as_deref(),
-        data: &event.data,
-        retry_ms: event.retry_ms,
-    };
-    if encoded_len(&fields) + ID_BYTES_MAX > limits.frame_bytes_max {
-        return Err(PublishError::TooLarge);
-    }
-    Ok(Outgoing {
-        topics,
-        name: event.name.as_deref(),
-        data: &event.data,
-        retry_ms: event.retry_ms,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn limits() -> PublishLimits {
-        PublishLimits {
-            topics_max: 2,
-            topic_bytes_max: 16,
-            frame_bytes_max: 200,
-            data_bytes_max: 150,
-            gap_event: "gap".into(),
-        }
-    }
 
     fn event(topics: &[&str], name: Option<&str>, data: &str, retry_ms: Option<u32>) -> Event {
         Event {
@@ -338,6 +286,10 @@ mod tests {
         assert_eq!(
             body_format(Some("application/x-www-form-urlencoded")),
             Ok(BodyFormat::Form)
+        );
+        assert_eq!(
+            body_format(Some("application/x-ndjson")),
+            Ok(BodyFormat::Ndjson)
         );
         assert_eq!(
             body_format(Some("multipart/form-data; boundary=x")),
@@ -487,44 +439,6 @@ mod tests {
             parse_body(Raw, "topic=a", b"\xff"),
             Err(HttpError::BadPublish("body is not valid UTF-8"))
         );
-    }
-
-    #[test]
-    fn validation() {
-        let ok = event(&["a", "b", "a"], Some("e"), "x", None);
-        let limits = limits();
-        let outgoing = prepare(&ok, &limits).unwrap();
-        assert_eq!(outgoing.topics.len(), 2);
-        let fail = |e: Event, expected| assert_eq!(prepare(&e, &limits).err(), Some(expected));
-        fail(event(&[], None, "x", None), PublishError::NoTopic);
-        fail(event(&["a b"], None, "x", None), PublishError::InvalidTopic);
-        fail(
-            event(&["a", "b", "c"], None, "x", None),
-            PublishError::TooManyTopics,
-        );
-        fail(
-            event(&["a"], Some(""), "x", None),
-            PublishError::InvalidEventName,
-        );
-        fail(
-            event(&["a"], None, &"x".repeat(151), None),
-            PublishError::DataTooLarge,
-        );
-        fail(
-            event(&["a"], None, &"\n".repeat(150), None),
-            PublishError::TooLarge,
-        );
-        fail(
-            event(&["a"], Some("gap"), "x", None),
-            PublishError::ReservedEventName,
-        );
-        fail(
-            event(&["a"], None, "x", Some(RETRY_MS_MAX + 1)),
-            PublishError::InvalidRetry,
-        );
-        for fine in [Some("Gap"), Some("gaps")] {
-            assert!(prepare(&event(&["a"], fine, "x", Some(RETRY_MS_MAX)), &limits).is_ok());
-        }
     }
 
     #[test]
