@@ -22,6 +22,7 @@ impl EventLoop {
     /// Reads, parses and answers requests on a plain HTTP connection until it would block.
     pub(super) fn drive(&mut self, key: usize) {
         let ctx = &self.ctx;
+        let now = self.clock.as_now();
         let render_metrics = &*ctx.render_metrics;
         let readiness = Readiness {
             draining: self.drain_deadline.is_some(),
@@ -30,10 +31,11 @@ impl EventLoop {
         let (topics, presence) = (&self.topics, &*ctx.presence);
         let presence = |name: &str| TopicPresence {
             subscribers: presence.count(name),
-            last_id: topics.newest_seq(name).map(|seq| ctx.bus.id_of(seq)),
+            last_id: topics
+                .newest_seq(name, now.unix_ms)
+                .map(|seq| ctx.bus.id_of(seq)),
         };
         let env = ctx.env(render_metrics, &presence, readiness);
-        let now = self.clock.as_now();
         let mut rounds = 0;
         let mut blocked = false;
         while !blocked && rounds < HTTP_ROUNDS_MAX {

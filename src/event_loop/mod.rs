@@ -346,6 +346,7 @@ impl EventLoop {
     /// Answers library handles' questions about the newest ids this loop's history holds
     /// (`Handle::topics`), a few per turn. A handle wakes the loop after queueing one.
     fn answer_queries(&mut self) {
+        let now_ms = self.clock.as_now().unix_ms;
         for _ in 0..crate::presence::QUERIES_PER_TURN_MAX {
             let Ok(query) = self.ctx.queries.try_recv() else {
                 return;
@@ -354,7 +355,7 @@ impl EventLoop {
                 .names
                 .iter()
                 .map(|name| {
-                    let seq = self.topics.newest_seq(name)?;
+                    let seq = self.topics.newest_seq(name, now_ms)?;
                     Some(self.ctx.bus.id_of(seq))
                 })
                 .collect();

@@ -123,6 +123,11 @@ impl Ring {
         self.entries.back().map(|e| e.seq)
     }
 
+    /// Sequence number and publish time (Unix ms) of the newest kept entry.
+    pub(crate) fn newest(&self) -> Option<(Seq, u64)> {
+        self.entries.back().map(|e| (e.seq, e.time_ms))
+    }
+
     /// Highest sequence number this ring has forgotten.
     pub(crate) fn evicted_max(&self) -> Seq {
         self.evicted_max

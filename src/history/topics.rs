@@ -362,9 +362,13 @@ impl Topics {
         }
     }
 
-    /// The newest sequence number the history of topic `name` holds, if any.
-    pub(crate) fn newest_seq(&self, name: &str) -> Option<Seq> {
-        self.get(self.find(name)?)?.ring.newest_seq()
+    /// The newest sequence number the history of topic `name` keeps at `now_ms` (Unix
+    /// ms), if any: an event past its time to live is not kept, even before a reader
+    /// evicts it (expiry is lazy).
+    pub(crate) fn newest_seq(&self, name: &str, now_ms: u64) -> Option<Seq> {
+        let (seq, time_ms) = self.get(self.find(name)?)?.ring.newest()?;
+        let expired = self.cutoff(now_ms).is_some_and(|cutoff| time_ms <= cutoff);
+        (!expired).then_some(seq)
     }
 
     /// The name of a topic.
@@ -520,6 +524,12 @@ mod tests {
         assert_eq!(topics.entries_live, 1);
         assert_eq!(topics.find("b"), None, "nothing kept, nobody subscribed");
         assert_eq!(topics.evicted_max("b"), 2);
+        assert_eq!(topics.newest_seq("a", 1_219), Some(3));
+        assert_eq!(
+            topics.newest_seq("a", 1_220),
+            None,
+            "expired, not yet evicted"
+        );
         topics.expire(&names, 1_220);
         assert_eq!(topics.entries_live, 0);
         assert_eq!(topics.charged_bytes(), 0);
