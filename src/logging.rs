@@ -19,7 +19,7 @@ use std::fmt;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -198,26 +198,24 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        // Records from the `log` facade carry their real target in fields.
-        let normalized = event.normalized_metadata();
-        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        write!(
-            writer,
-            "ts={} level={} target={} msg=\"{}\"",
-            utc_timestamp(SystemTime::now()),
-            level_name(*metadata.level()),
-            metadata.target(),
-            escape(&fields.message),
-        )?;
-        for (name, value) in &fields.others {
-            match value {
-                serde_json::Value::String(text) => write!(writer, " {name}=\"{}\"", escape(text))?,
-                other => write!(writer, " {name}={other}")?,
+        with_parts(event, |level, target, fields| {
+            write!(
+                writer,
+                "ts={} level={} target={target} msg=\"{}\"",
+                utc_timestamp(SystemTime::now()),
+                level_name(level),
+                escape(&fields.message),
+            )?;
+            for (name, value) in &fields.others {
+                match value {
+                    serde_json::Value::String(text) => {
+                        write!(writer, " {name}=\"{}\"", escape(text))?
+                    }
+                    other => write!(writer, " {name}={other}")?,
+                }
             }
-        }
-        writeln!(writer)
+            writeln!(writer)
+        })
     }
 }
 
@@ -237,18 +235,20 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let normalized = event.normalized_metadata();
-        let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        write_json(
-            &mut writer,
-            SystemTime::now(),
-            *metadata.level(),
-            metadata.target(),
-            &fields,
-        )
+        with_parts(event, |level, target, fields| {
+            write_json(&mut writer, SystemTime::now(), level, target, fields)
+        })
     }
+}
+
+/// Hands an event's level, target and fields to `write`. Records from the `log` facade
+/// carry their real level and target in fields, which the normalized metadata reads.
+fn with_parts<R>(event: &Event<'_>, write: impl FnOnce(Level, &str, &Fields) -> R) -> R {
+    let normalized = event.normalized_metadata();
+    let metadata = normalized.as_ref().unwrap_or_else(|| event.metadata());
+    let mut fields = Fields::default();
+    event.record(&mut fields);
+    write(*metadata.level(), metadata.target(), &fields)
 }
 
 /// Keys of every JSON line; an event field of the same name is written as `field.<name>`
@@ -345,34 +345,16 @@ impl Fields {
     }
 }
 
-/// RFC 3339 UTC time with milliseconds, from the civil-from-days algorithm (H. Hinnant).
+/// RFC 3339 UTC time with milliseconds (`2026-11-27T04:40:09.123Z`).
 fn utc_timestamp(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn timestamps() {

@@ -40,27 +40,11 @@ fn wait_past(ms: u64) {
     }
 }
 
-/// `ms` as an RFC 3339 time in UTC with milliseconds (`2024-05-01T12:00:00.123Z`).
+/// `ms` as an RFC 3339 time in UTC with milliseconds (`2024-05-01T12:00:00.123Z`), by
+/// another crate than the parser it is fed to.
 fn rfc3339(ms: u64) -> String {
-    let days = (ms / 86_400_000) as i64;
-    let rest = ms % 86_400_000;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3_600_000,
-        rest / 60_000 % 60,
-        rest / 1_000 % 60,
-        rest % 1_000
-    )
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(time).to_string()
 }
 
 /// A one-loop server keeping `history` events per topic, changed by `tweak`.
