@@ -170,17 +170,17 @@ impl Topics {
     }
 
     /// Highest sequence number a topic named `name` has forgotten, whether it exists or
-    /// would be created now. A pattern that does not exist yet is counted as knowing
-    /// nothing before now: its gathered history may start earlier, so this errs toward
-    /// fetching more from the bus, never less.
+    /// would be created now (a pattern: the floor it would gather its history above). The
+    /// bus fills in exactly what is below it, and may skip all of that when its own log
+    /// has a gap, so it must be no higher than what the rings will serve.
     pub(crate) fn evicted_max(&self, name: &str) -> Seq {
-        let unknown = match pattern_prefix(name) {
-            Some(_) => self.head_seq,
+        if let Some(topic) = self.find(name).and_then(|id| self.get(id)) {
+            return topic.ring.evicted_max();
+        }
+        match pattern_prefix(name) {
+            Some(prefix) => self.seed(prefix).0,
             None => self.forgotten_max,
-        };
-        self.find(name)
-            .and_then(|id| self.get(id))
-            .map_or(unknown, |topic| topic.ring.evicted_max())
+        }
     }
 
     /// Highest sequence number appended on this loop.
@@ -246,10 +246,13 @@ impl Topics {
                 let Some(entry) = topic.ring.get(index) else {
                     break;
                 };
-                let full = heap.len() >= keep;
-                if entry.seq <= floor || (full && heap.peek().is_some_and(|m| entry.seq <= m.0 .0))
-                {
+                if entry.seq <= floor {
                     break; // Older entries of this ring are older still.
+                }
+                if heap.len() >= keep && heap.peek().is_some_and(|m| entry.seq <= m.0 .0) {
+                    // It does not fit, nor do the older ones: the pattern never holds them.
+                    floor = floor.max(entry.seq);
+                    break;
                 }
                 heap.push(Reverse((entry.seq, id, index)));
                 if heap.len() > keep {
