@@ -677,6 +677,62 @@ mod tests {
         assert_eq!(topics.charged_bytes(), 0);
     }
 
+    fn kept(topics: &Topics, name: &str) -> (Vec<Seq>, Seq) {
+        let ring = &topics.get(topics.find(name).unwrap()).unwrap().ring;
+        let seqs = (0..ring.len()).map(|i| ring.get(i).unwrap().seq).collect();
+        (seqs, ring.evicted_max())
+    }
+
+    /// A pattern's ring gets every event of the topics under its prefix, topics created
+    /// later included, each event once; it gathers what those topics keep when it is
+    /// created, above a floor that covers what they forgot or did not fit; and it leaves
+    /// the table, the trie and the budget's books like a topic.
+    #[test]
+    fn patterns_gather_are_fed_once_and_leave_no_trace() {
+        let mut topics = Topics::new(limits(3, 10_000, 1 << 20));
+        topics.append(1, &["p/a".into()], &frame(10));
+        topics.append(2, &["p/a".into()], &frame(10));
+        topics.append(3, &["q".into()], &frame(10));
+        topics.append(4, &["p/b".into()], &frame(10));
+        topics.append(5, &["p/a".into()], &frame(10));
+        // The newest three under `p/` are 2, 4, 5; 1 did not fit.
+        assert_eq!(
+            topics.evicted_max("p/*"),
+            1,
+            "the floor it would gather above"
+        );
+        let (id, position) = topics.subscribe("p/*", SubscriberRef { conn: 0, slot: 0 });
+        assert_eq!(kept(&topics, "p/*"), (vec![2, 4, 5], 1));
+        assert_eq!(
+            topics.evicted_max("x/*"),
+            0,
+            "nothing under x/ was ever kept"
+        );
+        topics.append(6, &["p/c".into(), "p/a".into()], &frame(10));
+        topics.append(7, &["pq".into()], &frame(10));
+        topics.append(8, &["p/".into()], &frame(10));
+        assert_eq!(kept(&topics, "p/*"), (vec![5, 6, 8], 4));
+        // A wider pattern beside it: both fed, neither twice.
+        topics.subscribe("p*", SubscriberRef { conn: 1, slot: 0 });
+        topics.append(9, &["pq".into(), "p/a".into()], &frame(10));
+        assert_eq!(kept(&topics, "p*").0, vec![7, 8, 9]);
+        assert_eq!(kept(&topics, "p/*").0, vec![6, 8, 9]);
+        // Unsubscribed and forgotten, a pattern leaves; topics do not inherit its floor.
+        let mut sink = Vec::new();
+        topics.take_dirty(&mut sink);
+        topics.sweep(&sink);
+        assert_eq!(topics.unsubscribe(id, position), None);
+        let p = topics.find("p*").unwrap();
+        topics.unsubscribe(p, 0);
+        let names: Vec<String> = ["p/*", "p*"].map(String::from).to_vec();
+        topics.limits.ttl_ms = Some(1);
+        topics.expire(&names, 10);
+        assert_eq!(topics.find("p/*"), None);
+        assert_eq!(topics.find("p*"), None);
+        assert!(topics.patterns.is_empty());
+        assert_eq!(topics.forgotten_max, 0);
+    }
+
     #[test]
     fn unsubscribe_reports_moved_subscriber_and_removes_empty_topic() {
         let mut topics = Topics::new(limits(10, 1000, 10_000));
