@@ -1,132 +1,112 @@
 //! The wildcard index of one loop: which live patterns (`prefix*`, the byte-prefix meaning
-//! JWT claims give `*`) a topic name falls under, found by walking the name once through a
-//! byte trie of the patterns' prefixes.
+//! JWT claims give `*`) a topic name falls under, found in one pass over the name.
 //!
 //! Publishing looks every topic of every event up here, so the cost must not grow with the
-//! number of patterns: the walk visits at most one node per byte of the name (at most
-//! `max_topic_bytes`), each with at most 64 children (the bytes a topic name may hold), and
-//! reports each matching pattern once. The trie holds one node per distinct prefix byte of
-//! the live patterns (a node is freed with the last pattern under it), so its size is
-//! bounded by the patterns a loop keeps. No I/O here.
+//! number of patterns. The patterns are kept by a keyed hash of their prefix, with a count
+//! of live patterns per prefix length. One pass feeds the name's bytes into a streaming
+//! hasher and, at each length some live pattern has, reads the hash of the name's prefix so
+//! far and looks it up: O(1) per byte of the name (at most `max_topic_bytes`), plus a byte
+//! comparison per pattern that matches (a pattern is confirmed, never taken on its hash).
+//! The key is random per loop (`RandomState`, SipHash), so no client can choose prefixes
+//! that pile into one bucket. Memory is one entry and a copy of the prefix per pattern
+//! (a trie would cost a node per prefix byte), and the per-length counts (at most
+//! `max_topic_bytes` + 1). No I/O here.
 
-use slab::Slab;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 
 use super::topics::TopicId;
 
-/// The root: the empty prefix, where the pattern `*` sits.
-const ROOT: usize = 0;
-
-#[derive(Default)]
-struct Node {
-    /// The next byte of a longer prefix and its node. Short: topic names use 67 bytes.
-    children: Vec<(u8, usize)>,
-    /// The pattern whose prefix ends here.
-    pattern: Option<TopicId>,
-    /// Patterns at or below this node; a node other than the root is freed at zero.
-    below: usize,
-}
-
 /// Live patterns by prefix.
+#[derive(Default)]
 pub(crate) struct Patterns {
-    nodes: Slab<Node>,
-}
-
-impl Default for Patterns {
-    fn default() -> Self {
-        let mut nodes = Slab::new();
-        nodes.insert(Node::default());
-        Patterns { nodes }
-    }
+    /// The keyed hash of each live prefix, with the patterns that have it (one, unless
+    /// two prefixes collide).
+    by_hash: HashMap<u64, Vec<(Box<str>, TopicId)>>,
+    /// Live patterns per prefix length (index: length in bytes).
+    lengths: Vec<usize>,
+    /// Live patterns.
+    len: usize,
+    /// The hash key.
+    key: RandomState,
 }
 
 impl Patterns {
-    fn child(&self, node: usize, byte: u8) -> Option<usize> {
-        self.nodes[node]
-            .children
-            .iter()
-            .find(|&&(b, _)| b == byte)
-            .map(|&(_, next)| next)
+    /// The keyed hash of `prefix`, computed as [`Patterns::matching`] streams it.
+    fn hash(&self, prefix: &str) -> u64 {
+        let mut hasher = self.key.build_hasher();
+        for &byte in prefix.as_bytes() {
+            hasher.write_u8(byte);
+        }
+        hasher.finish()
     }
 
-    /// Whether no pattern is live (then publishing skips the walk).
+    /// Whether no pattern is live (then publishing skips the pass).
     pub(crate) fn is_empty(&self) -> bool {
-        self.nodes[ROOT].below == 0
+        self.len == 0
     }
 
     /// Adds the pattern `prefix*`, kept as topic `id`. The caller adds each prefix once.
     pub(crate) fn insert(&mut self, prefix: &str, id: TopicId) {
-        let mut node = ROOT;
-        self.nodes[ROOT].below += 1;
-        for &byte in prefix.as_bytes() {
-            let next = match self.child(node, byte) {
-                Some(next) => next,
-                None => {
-                    let next = self.nodes.insert(Node::default());
-                    self.nodes[node].children.push((byte, next));
-                    next
-                }
-            };
-            self.nodes[next].below += 1;
-            node = next;
+        let hash = self.hash(prefix);
+        let bucket = self.by_hash.entry(hash).or_default();
+        debug_assert!(
+            bucket.iter().all(|(p, _)| **p != *prefix),
+            "pattern added twice"
+        );
+        bucket.push((prefix.into(), id));
+        if self.lengths.len() <= prefix.len() {
+            self.lengths.resize(prefix.len() + 1, 0);
         }
-        debug_assert!(self.nodes[node].pattern.is_none(), "pattern added twice");
-        self.nodes[node].pattern = Some(id);
+        self.lengths[prefix.len()] += 1;
+        self.len += 1;
     }
 
-    /// Removes the pattern `prefix*` and the nodes no other pattern needs.
+    /// Removes the pattern `prefix*`.
     pub(crate) fn remove(&mut self, prefix: &str) {
-        let mut path = Vec::with_capacity(prefix.len() + 1);
-        path.push(ROOT);
-        let mut node = ROOT;
-        for &byte in prefix.as_bytes() {
-            let Some(next) = self.child(node, byte) else {
-                debug_assert!(false, "removing a pattern that is not there");
-                return;
-            };
-            path.push(next);
-            node = next;
-        }
-        if self.nodes[node].pattern.take().is_none() {
+        let hash = self.hash(prefix);
+        let Some(bucket) = self.by_hash.get_mut(&hash) else {
             debug_assert!(false, "removing a pattern that is not there");
             return;
+        };
+        let Some(index) = bucket.iter().position(|(p, _)| **p == *prefix) else {
+            debug_assert!(false, "removing a pattern that is not there");
+            return;
+        };
+        bucket.swap_remove(index);
+        if bucket.is_empty() {
+            self.by_hash.remove(&hash);
         }
-        for depth in 0..path.len() {
-            let node = path[depth];
-            self.nodes[node].below -= 1;
-            if depth > 0 && self.nodes[node].below == 0 {
-                // Nothing under here holds a pattern: only the rest of the path is left.
-                self.nodes[path[depth - 1]]
-                    .children
-                    .retain(|&(_, next)| next != node);
-                for &gone in &path[depth..] {
-                    self.nodes.remove(gone);
-                }
-                return;
-            }
+        self.lengths[prefix.len()] -= 1;
+        while self.lengths.last() == Some(&0) {
+            self.lengths.pop();
         }
+        self.len -= 1;
     }
 
     /// Calls `visit` with every live pattern whose prefix starts `name`, shortest first.
     pub(crate) fn matching(&self, name: &str, mut visit: impl FnMut(TopicId)) {
-        let mut node = ROOT;
-        if let Some(id) = self.nodes[ROOT].pattern {
-            visit(id);
-        }
-        for &byte in name.as_bytes() {
-            let Some(next) = self.child(node, byte) else {
-                return;
+        let bytes = name.as_bytes();
+        let mut hasher = self.key.build_hasher();
+        // Lengths past the longest live prefix, or the name, have nothing to find.
+        let last = bytes.len().min(self.lengths.len().saturating_sub(1));
+        for length in 0..=last {
+            if length > 0 {
+                hasher.write_u8(bytes[length - 1]);
+            }
+            if self.lengths.get(length).is_none_or(|&n| n == 0) {
+                continue;
+            }
+            let Some(bucket) = self.by_hash.get(&hasher.finish()) else {
+                continue;
             };
-            node = next;
-            if let Some(id) = self.nodes[node].pattern {
-                visit(id);
+            for (prefix, id) in bucket {
+                if prefix.as_bytes() == &bytes[..length] {
+                    visit(*id);
+                }
             }
         }
-    }
-
-    /// Trie nodes kept, the root included.
-    #[cfg(test)]
-    fn nodes(&self) -> usize {
-        self.nodes.len()
     }
 }
 
@@ -141,7 +121,7 @@ mod tests {
     }
 
     #[test]
-    fn prefixes_match_by_bytes_and_nodes_are_freed() {
+    fn prefixes_match_by_bytes_and_leave_nothing_behind() {
         let mut patterns = Patterns::default();
         assert!(patterns.is_empty());
         patterns.insert("prices/", 1);
@@ -153,18 +133,39 @@ mod tests {
         assert_eq!(matches(&patterns, "prices/us"), [3, 1]);
         assert_eq!(matches(&patterns, "prices"), [3]);
         assert_eq!(matches(&patterns, "p"), Vec::<TopicId>::new());
+        assert_eq!(matches(&patterns, "px"), Vec::<TopicId>::new());
         assert_eq!(matches(&patterns, "newsletter"), [4]);
+        assert_eq!(matches(&patterns, "nows"), Vec::<TopicId>::new());
         patterns.remove("prices/");
         assert_eq!(matches(&patterns, "prices/eu/de"), [3, 2]);
         patterns.remove("prices/eu");
         assert_eq!(matches(&patterns, "prices/eu/de"), [3]);
-        assert_eq!(patterns.nodes(), 1 + 2 + 4, "root, `pr`, `news`");
+        assert_eq!(patterns.lengths.len(), 5, "up to `news`");
         patterns.insert("", 5);
         assert_eq!(matches(&patterns, "x"), [5]);
+        assert_eq!(matches(&patterns, "pr"), [5, 3]);
         for prefix in ["pr", "news", ""] {
             patterns.remove(prefix);
         }
         assert!(patterns.is_empty());
-        assert_eq!(patterns.nodes(), 1);
+        assert!(patterns.by_hash.is_empty() && patterns.lengths.is_empty());
+    }
+
+    /// Two prefixes in one bucket are told apart by their bytes.
+    #[test]
+    fn a_shared_bucket_is_confirmed_byte_for_byte() {
+        let mut patterns = Patterns::default();
+        patterns.insert("ab", 1);
+        let hash = patterns.hash("ab");
+        // Force a collision: `cd` filed under `ab`'s hash.
+        patterns
+            .by_hash
+            .entry(hash)
+            .or_default()
+            .push(("cd".into(), 2));
+        patterns.lengths[2] += 1;
+        patterns.len += 1;
+        assert_eq!(matches(&patterns, "abc"), [1]);
+        assert_eq!(matches(&patterns, "cdc"), Vec::<TopicId>::new());
     }
 }

@@ -9,7 +9,7 @@
 //! `prefix`: the streams, the merge, the fan-out and resume read it like any topic, topics
 //! created later need nothing, and an event a stream reaches through several of its topics
 //! and patterns is sent once (the merge visits each sequence number once). Appending finds
-//! the patterns through a byte trie in one walk of the name ([`Patterns`]). A new pattern
+//! the patterns in one pass over the name ([`Patterns`]: prefixes by keyed hash). A new pattern
 //! starts with what the rings of the topics under it keep (its history on this loop), and
 //! counts everything older, or everything when the table is too large to scan, as evicted.
 
@@ -686,7 +686,7 @@ mod tests {
     /// A pattern's ring gets every event of the topics under its prefix, topics created
     /// later included, each event once; it gathers what those topics keep when it is
     /// created, above a floor that covers what they forgot or did not fit; and it leaves
-    /// the table, the trie and the budget's books like a topic.
+    /// the table, the index and the budget's books like a topic.
     #[test]
     fn patterns_gather_are_fed_once_and_leave_no_trace() {
         let mut topics = Topics::new(limits(3, 10_000, 1 << 20));
