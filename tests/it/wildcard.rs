@@ -7,8 +7,8 @@
 //! `--min-pattern-prefix`) refuse with precise `400`s, a JWT `subscribe` claim must cover
 //! the pattern itself, presence counts exact topics only, and a wildcard resume reads what
 //! the loop's history holds under the prefix, then tells the gap. On the Redis bus (a real
-//! `redis-server`) the live stream and a resume from the stream on a node started after
-//! the events.
+//! `redis-server`) the live stream, a resume from the stream on a node started after the
+//! events, and one from before the stream (the gap).
 //!
 //! Servers run two event loops unless a test needs one loop's history settled; the live
 //! tests open several subscribers so both loops serve some. A sentinel event ends each read.
@@ -330,4 +330,14 @@ fn on_the_redis_bus_wildcards_are_live_and_resume_from_the_stream() {
     publish(&late.handle(), &Event::new("news", "not-under-it"));
     publish(&late.handle(), &Event::new("prices/end", "end"));
     assert_eq!(seen(&mut resumed), pairs(&[("later", &later)]), "live");
+    // An id older than the stream: the gap event at once, then what the node holds under
+    // the prefix from where it began reading.
+    let mut old = Subscriber::open(
+        late.local_addr(),
+        &events_target(&["prices/*"], None),
+        &[("Last-Event-ID", "0-1")],
+    );
+    let mut expected = vec![gap("0-1")];
+    expected.extend(pairs(&[("later", &later)]));
+    assert_eq!(seen(&mut old), expected, "older than the stream");
 }
