@@ -38,6 +38,10 @@ const TOPIC_OVERHEAD_BYTES: usize = 160;
 /// not scanned (a subscription must not cost a walk over a flood of names), and the new
 /// pattern counts everything before it as evicted, so a resume from before gets the gap.
 const SEED_SCAN_TOPICS_MAX: usize = 4_096;
+/// Entries a new pattern's gathering looks at, at most: a prefix over thousands of full
+/// rings must not cost a subscription more than this. Past it the pattern gathers nothing
+/// and counts everything before it as evicted, as past [`SEED_SCAN_TOPICS_MAX`].
+const SEED_SCAN_ENTRIES_MAX: usize = 65_536;
 
 /// Whether `name` is a pattern (`prefix*`) rather than a topic name; returns its prefix.
 pub(crate) fn pattern_prefix(name: &str) -> Option<&str> {
@@ -223,7 +227,9 @@ impl Topics {
     /// A new pattern's history: the newest events (at most a ring's count limit) kept by
     /// the topics starting with `prefix`, in sequence order and each once, and the floor
     /// below which it knows nothing: what those rings and removed topics forgot, and what
-    /// did not fit. Scans the table once, or not at all past [`SEED_SCAN_TOPICS_MAX`].
+    /// did not fit. Walks the table's topics twice (their floors, then their entries from
+    /// the newest), or not at all past [`SEED_SCAN_TOPICS_MAX`]; gives up past
+    /// [`SEED_SCAN_ENTRIES_MAX`] entries.
     fn seed(&self, prefix: &str) -> (Seq, Vec<(Seq, Frame, u64)>) {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
@@ -241,11 +247,16 @@ impl Topics {
         // The newest `events` entries above the floor: a min-heap of (seq, topic, index).
         let keep = self.limits.events.max(1);
         let mut heap: BinaryHeap<Reverse<(Seq, TopicId, usize)>> = BinaryHeap::new();
+        let mut looked_at = 0;
         for (id, topic) in under() {
             for index in (0..topic.ring.len()).rev() {
                 let Some(entry) = topic.ring.get(index) else {
                     break;
                 };
+                looked_at += 1;
+                if looked_at > SEED_SCAN_ENTRIES_MAX {
+                    return (self.head_seq, Vec::new());
+                }
                 if entry.seq <= floor {
                     break; // Older entries of this ring are older still.
                 }
