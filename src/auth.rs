@@ -210,13 +210,20 @@ fn has_crit(token: &str) -> bool {
         .is_none_or(|header| header.crit.is_some())
 }
 
-/// Whether `patterns` cover `topic`: an exact name, `prefix*`, or `*` for everything.
+/// Whether `patterns` cover `topic`: an exact name, `prefix*` (every name that starts
+/// with `prefix`, byte for byte), or `*` for everything. A wildcard subscription
+/// `topic = wanted*` is covered only by a pattern whose prefix starts `wanted` (`prices/*`
+/// covers `prices/eu/*`); an exact name never covers a wildcard (`prices/eu` does not cover
+/// `prices/*`, which reaches topics the claim does not name).
 pub(crate) fn allows(patterns: &[String], topic: &str) -> bool {
+    let wanted = topic.strip_suffix('*');
     patterns
         .iter()
-        .any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => topic.starts_with(prefix),
-            None => pattern == topic,
+        .any(|pattern| match (pattern.strip_suffix('*'), wanted) {
+            (Some(prefix), Some(wanted)) => wanted.starts_with(prefix),
+            (Some(prefix), None) => topic.starts_with(prefix),
+            (None, Some(_)) => false,
+            (None, None) => pattern == topic,
         })
 }
 
@@ -436,6 +443,18 @@ mod tests {
         assert!(allows(&["*".to_owned()], "anything"));
         assert!(allows_all(&patterns, ["news", "prices/x"].into_iter()));
         assert!(!allows_all(&patterns, ["news", "alerts"].into_iter()));
+        // Wildcard subscriptions.
+        assert!(allows(&patterns, "prices/*"));
+        assert!(allows(&patterns, "prices/eu/*"));
+        assert!(!allows(&patterns, "prices*"), "reaches `pricesX`");
+        assert!(
+            !allows(&patterns, "news*"),
+            "an exact claim covers no wildcard"
+        );
+        assert!(!allows(&["prices/eu".to_owned()], "prices/*"));
+        assert!(!allows(&["prices/**".to_owned()], "prices/*"));
+        assert!(allows(&["*".to_owned()], "*"));
+        assert!(!allows(&["p*".to_owned()], "*"));
     }
 
     #[test]

@@ -73,8 +73,12 @@ impl Presence {
         lock(&self.shards[hasher.finish() as usize % SHARDS])
     }
 
-    /// A stream subscribed to `name` opened on this node.
+    /// A stream subscribed to `name` opened on this node. Wildcards (`prefix*`) are not
+    /// counted: presence is per exact topic.
     pub(crate) fn join(&self, name: &str) {
+        if name.ends_with('*') {
+            return;
+        }
         let mut shard = self.shard(name);
         match shard.get_mut(name) {
             Some(count) => *count += 1,
@@ -86,6 +90,9 @@ impl Presence {
 
     /// A stream subscribed to `name` closed on this node.
     pub(crate) fn leave(&self, name: &str) {
+        if name.ends_with('*') {
+            return;
+        }
         let mut shard = self.shard(name);
         if let Some(count) = shard.get_mut(name) {
             *count -= 1;

@@ -86,6 +86,8 @@ pub fn head_outcome(buf: &[u8], full: bool) -> HeadOutcome {
     let limits = TopicLimits {
         per_subscription: crate::config::TOPICS_PER_SUBSCRIPTION_DEFAULT,
         name_bytes: crate::config::TOPIC_BYTES_DEFAULT,
+        patterns_max: crate::config::PATTERNS_PER_SUBSCRIPTION_DEFAULT,
+        pattern_prefix_min: crate::config::PATTERN_PREFIX_MIN_DEFAULT,
     };
     HeadOutcome::Complete(HeadSummary {
         head_len: request.head_len,

@@ -114,7 +114,7 @@ pub(crate) struct BackfillRequest {
     pub after: Seq,
     /// Events above this are in (or on their way to) the loop's rings.
     pub until: Seq,
-    /// The subscription's topics.
+    /// The subscription's topics and wildcard patterns (`prefix*`).
     pub topics: Vec<String>,
     /// Stop adding frames past this many bytes.
     pub bytes_max: usize,

@@ -110,6 +110,8 @@ impl Config {
             topics: TopicLimits {
                 per_subscription: self.max_topics_per_subscription,
                 name_bytes: self.max_topic_bytes,
+                patterns_max: self.max_patterns_per_subscription,
+                pattern_prefix_min: self.min_pattern_prefix,
             },
             history: HistoryLimits {
                 events: self.history_events,

@@ -48,6 +48,11 @@ pub const TOPICS_PER_SUBSCRIPTION_DEFAULT: usize = 16;
 /// Ceiling on `max_topics_per_subscription`: a subscriber merges its topics' rings on every
 /// write, so this bounds the merge width.
 pub const TOPICS_PER_SUBSCRIPTION_MAX: usize = 256;
+/// Wildcard topics (`prefix*`) one subscription may name, by default: each is fed every
+/// event under its prefix, so a few cover what an application needs.
+pub const PATTERNS_PER_SUBSCRIPTION_DEFAULT: usize = 4;
+/// Shortest wildcard prefix in bytes, by default: `*` alone, every topic, must be asked for.
+pub const PATTERN_PREFIX_MIN_DEFAULT: usize = 1;
 /// Longest topic name in bytes, by default.
 pub const TOPIC_BYTES_DEFAULT: usize = 128;
 /// Ceiling on `max_topic_bytes`: names are interned per thread and counted in the history budget.
@@ -248,6 +253,11 @@ impl std::fmt::Debug for Config {
                 &self.max_topics_per_subscription,
             )
             .field("max_topic_bytes", &self.max_topic_bytes)
+            .field(
+                "max_patterns_per_subscription",
+                &self.max_patterns_per_subscription,
+            )
+            .field("min_pattern_prefix", &self.min_pattern_prefix)
             .field("max_publish_bytes", &self.max_publish_bytes)
             .field("max_lag_bytes", &self.max_lag_bytes)
             .field("max_head_bytes", &self.max_head_bytes)

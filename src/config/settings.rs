@@ -203,6 +203,13 @@ settings! {
     max_topic_bytes: usize [Text<usize>] = TOPIC_BYTES_DEFAULT, "N",
         "Longest topic name, in bytes",
         range = (1, TOPIC_BYTES_MAX);
+    /// Each pattern is a ring of its own on every loop, fed by every event under it.
+    max_patterns_per_subscription: usize [Text<usize>] = PATTERNS_PER_SUBSCRIPTION_DEFAULT, "N",
+        "Wildcard topics (`prefix*`) per subscription, counted among its topics too; 0 refuses wildcards",
+        range = (0, TOPICS_PER_SUBSCRIPTION_MAX);
+    min_pattern_prefix: usize [Text<usize>] = PATTERN_PREFIX_MIN_DEFAULT, "N",
+        "Shortest prefix of a wildcard topic, in bytes; `*` alone (every topic) is allowed only at 0",
+        range = (0, TOPIC_BYTES_MAX);
     max_publish_bytes: usize [Size] = PUBLISH_BYTES_DEFAULT, "SIZE",
         "Largest publish body (bigger gets `413`)",
         range = (1, PUBLISH_BYTES_MAX);
@@ -418,7 +425,8 @@ mod tests {
              max_connections_per_ip = 7\nbus = \"redis\"\nredis_url = \"x\"\n\
              redis_stream = \"x\"\nredis_maxlen = 7\nforwarded_header = \"forwarded\"\n\
              ipv6_prefix_per_ip = 7\nmax_publish_connections = 7\ndemo_feed = true\n\
-             log_level = \"trace\"\nlog_format = \"json\"\naccess_log = true\ncoalesce_ms = 7\n",
+             log_level = \"trace\"\nlog_format = \"json\"\naccess_log = true\ncoalesce_ms = 7\n\
+             max_patterns_per_subscription = 7\nmin_pattern_prefix = 7\n",
         )
         .unwrap();
         let defaults = Config::default();

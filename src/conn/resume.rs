@@ -63,8 +63,24 @@ pub(crate) enum Plan {
 /// it keeps moves up to it: `since` and `earliest` begin at the oldest event still kept,
 /// and an id older than that, on a bus whose ids carry their time (`seq_at`), becomes the
 /// gap event and everything kept (on other buses the rings' evictions tell the gap).
-/// Without `seq_at`, a time becomes a cursor through the rings' times.
+/// Without `seq_at`, a time becomes a cursor through the rings' times. Wildcard patterns
+/// the loop does not have yet are gathered first from the history of the topics under
+/// them (and dropped again if that holds nothing), so their history counts like a topic's.
 pub(crate) fn read_start(
+    request: &mut StreamRequest,
+    table: &mut Topics,
+    now_unix_ms: u64,
+    limits: &Limits,
+    seq_at: impl Fn(u64) -> Option<Seq>,
+    resume_point: impl Fn(&str) -> Resume,
+) {
+    table.gather_patterns(&request.topics);
+    read_start_gathered(request, table, now_unix_ms, limits, seq_at, resume_point);
+    table.drop_unused_patterns(&request.topics);
+}
+
+/// [`read_start`] once the patterns are gathered.
+fn read_start_gathered(
     request: &mut StreamRequest,
     table: &mut Topics,
     now_unix_ms: u64,

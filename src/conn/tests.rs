@@ -366,6 +366,59 @@ fn stream_starts() {
     assert_eq!(run(subscribe!("x")), expected);
 }
 
+/// A wildcard starts like a topic, on the history it gathers from the topics under its
+/// prefix (at most one topic's worth: 4 events here), above the floor of what those
+/// forgot or did not fit: no id, an id it covers, an id below its floor (the gap), and
+/// an exact topic beside it (each event once).
+#[test]
+fn wildcard_stream_starts() {
+    let appended = [
+        Append(1, "p/a"),
+        Append(2, "q"),
+        Append(3, "p/b"),
+        Append(4, "p/a"),
+        Append(5, "p/c"),
+        Append(6, "p/b"),
+        Append(7, "p/a"),
+        Append(8, "q"),
+    ];
+    let run = |request: &'static str| {
+        let mut script = appended.to_vec();
+        script.push(Recv(request));
+        let trace = Harness::new().run(&script);
+        trace[2..].to_vec()
+    };
+    let get = |id: &'static str, topics: &'static str| -> &'static str {
+        let text =
+            format!("GET /events?{topics} HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {id}\r\n\r\n");
+        Box::leak(text.into_boxed_str())
+    };
+    let kept = [
+        "id: 4 | data: p/a",
+        "id: 5 | data: p/c",
+        "id: 6 | data: p/b",
+        "id: 7 | data: p/a",
+    ];
+    let from = |first: usize| {
+        let mut lines = vec!["retry: 1000".to_string()];
+        lines.extend(kept[first..].iter().map(|s| s.to_string()));
+        lines
+    };
+    assert_eq!(
+        run("GET /events?topic=p/* HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ["retry: 1000 | id: 8"]
+    );
+    assert_eq!(run(get("5", "topic=p/*")), from(2));
+    // 3 is the newest of what did not fit: the wildcard covers everything after it.
+    assert_eq!(run(get("3", "topic=p/*")), from(0));
+    let mut gap = from(0);
+    gap.insert(1, "event: gap | data: {\"lastEventId\":\"1\"}".to_string());
+    assert_eq!(run(get("1", "topic=p/*")), gap);
+    let mut with_q = from(2);
+    with_q.push("id: 8 | data: q".to_string());
+    assert_eq!(run(get("5", "topic=p/*&topic=q&topic=p/b")), with_q);
+}
+
 /// Where a replay starts on the same rings as [`stream_starts`] (event `n` published at
 /// `n` s): `earliest` and `since` send what is kept with no gap event, and a Last-Event-ID
 /// wins over `since`; with a time to live of 2.5 s at 6.5 s, events 1 to 4 have expired:

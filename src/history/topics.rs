@@ -3,11 +3,21 @@
 //!
 //! A topic exists while it has subscribers or history; one with neither is removed, so a
 //! flood of distinct topic names costs at most the history budget. No I/O here.
+//!
+//! A wildcard subscription `prefix*` is a topic of its own, named with its `*` (which no
+//! topic name may hold), whose ring gets every event appended to a topic starting with
+//! `prefix`: the streams, the merge, the fan-out and resume read it like any topic, topics
+//! created later need nothing, and an event a stream reaches through several of its topics
+//! and patterns is sent once (the merge visits each sequence number once). Appending finds
+//! the patterns in one pass over the name ([`Patterns`]: prefixes by keyed hash). A new pattern
+//! starts with what the rings of the topics under it keep (its history on this loop), and
+//! counts everything older, or everything when the table is too large to scan, as evicted.
 
 use std::collections::{HashMap, VecDeque};
 
 use slab::Slab;
 
+use super::patterns::Patterns;
 use super::ring::{Ring, Seq};
 use crate::sse::Frame;
 
@@ -23,6 +33,20 @@ const ENTRY_OVERHEAD_BYTES: usize = 64;
 /// times topics per subscription. Charging them would let subscriptions alone exhaust
 /// the budget and evict every new event before it is sent.
 const TOPIC_OVERHEAD_BYTES: usize = 160;
+
+/// Topics a new pattern's history is gathered from at most: past this the loop's table is
+/// not scanned (a subscription must not cost a walk over a flood of names), and the new
+/// pattern counts everything before it as evicted, so a resume from before gets the gap.
+const SEED_SCAN_TOPICS_MAX: usize = 4_096;
+/// Entries a new pattern's gathering looks at, at most: a prefix over thousands of full
+/// rings must not cost a subscription more than this. Past it the pattern gathers nothing
+/// and counts everything before it as evicted, as past [`SEED_SCAN_TOPICS_MAX`].
+const SEED_SCAN_ENTRIES_MAX: usize = 65_536;
+
+/// Whether `name` is a pattern (`prefix*`) rather than a topic name; returns its prefix.
+pub(crate) fn pattern_prefix(name: &str) -> Option<&str> {
+    name.strip_suffix('*')
+}
 
 /// What a topic without subscribers costs the history budget beyond its entries.
 fn topic_charge(name: &str) -> usize {
@@ -108,6 +132,10 @@ pub(crate) struct Topics {
     head_seq: Seq,
     /// Topics that received events since the last `take_dirty`.
     dirty: Vec<TopicId>,
+    /// The live patterns, by prefix.
+    patterns: Patterns,
+    /// Patterns an event falls under (reused across appends).
+    matched: Vec<TopicId>,
     limits: HistoryLimits,
 }
 
@@ -123,6 +151,8 @@ impl Topics {
             forgotten_max: 0,
             head_seq: 0,
             dirty: Vec::new(),
+            patterns: Patterns::default(),
+            matched: Vec::new(),
             limits,
         }
     }
@@ -144,11 +174,17 @@ impl Topics {
     }
 
     /// Highest sequence number a topic named `name` has forgotten, whether it exists or
-    /// would be created now.
+    /// would be created now (a pattern: the floor it would gather its history above). The
+    /// bus fills in exactly what is below it, and may skip all of that when its own log
+    /// has a gap, so it must be no higher than what the rings will serve.
     pub(crate) fn evicted_max(&self, name: &str) -> Seq {
-        self.find(name)
-            .and_then(|id| self.get(id))
-            .map_or(self.forgotten_max, |topic| topic.ring.evicted_max())
+        if let Some(topic) = self.find(name).and_then(|id| self.get(id)) {
+            return topic.ring.evicted_max();
+        }
+        match pattern_prefix(name) {
+            Some(prefix) => self.seed(prefix).0,
+            None => self.forgotten_max,
+        }
     }
 
     /// Highest sequence number appended on this loop.
@@ -165,16 +201,93 @@ impl Topics {
         if let Some(&id) = self.by_name.get(name) {
             return id;
         }
+        let prefix = pattern_prefix(name);
+        let (floor, seed) = match prefix {
+            Some(prefix) => self.seed(prefix),
+            None => (self.forgotten_max, Vec::new()),
+        };
         let name: Box<str> = name.into();
         self.charged_bytes += topic_charge(&name);
         let id = self.table.insert(Topic {
             name: name.clone(),
-            ring: Ring::new(self.forgotten_max),
+            ring: Ring::new(floor),
             subscribers: Vec::new(),
             dirty: false,
         });
         self.by_name.insert(name, id);
+        if let Some(prefix) = prefix {
+            self.patterns.insert(prefix, id);
+            for (seq, frame, time_ms) in seed {
+                self.push(id, seq, &frame, time_ms);
+            }
+        }
         id
+    }
+
+    /// A new pattern's history: the newest events (at most a ring's count limit) kept by
+    /// the topics starting with `prefix`, in sequence order and each once, and the floor
+    /// below which it knows nothing: what those rings and removed topics forgot, and what
+    /// did not fit. Walks the table's topics twice (their floors, then their entries from
+    /// the newest), or not at all past [`SEED_SCAN_TOPICS_MAX`]; gives up past
+    /// [`SEED_SCAN_ENTRIES_MAX`] entries.
+    fn seed(&self, prefix: &str) -> (Seq, Vec<(Seq, Frame, u64)>) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if self.table.len() > SEED_SCAN_TOPICS_MAX {
+            return (self.head_seq, Vec::new());
+        }
+        let under = || {
+            self.table
+                .iter()
+                .filter(|(_, t)| pattern_prefix(&t.name).is_none() && t.name.starts_with(prefix))
+        };
+        let mut floor = under()
+            .map(|(_, t)| t.ring.evicted_max())
+            .fold(self.forgotten_max, Seq::max);
+        // The newest `events` entries above the floor: a min-heap of (seq, topic, index).
+        let keep = self.limits.events.max(1);
+        let mut heap: BinaryHeap<Reverse<(Seq, TopicId, usize)>> = BinaryHeap::new();
+        let mut looked_at = 0;
+        for (id, topic) in under() {
+            for index in (0..topic.ring.len()).rev() {
+                let Some(entry) = topic.ring.get(index) else {
+                    break;
+                };
+                looked_at += 1;
+                if looked_at > SEED_SCAN_ENTRIES_MAX {
+                    return (self.head_seq, Vec::new());
+                }
+                if entry.seq <= floor {
+                    break; // Older entries of this ring are older still.
+                }
+                if heap.len() >= keep && heap.peek().is_some_and(|m| entry.seq <= m.0 .0) {
+                    // It does not fit, nor do the older ones: the pattern never holds them.
+                    floor = floor.max(entry.seq);
+                    break;
+                }
+                heap.push(Reverse((entry.seq, id, index)));
+                if heap.len() > keep {
+                    if let Some(Reverse((dropped, _, _))) = heap.pop() {
+                        floor = floor.max(dropped);
+                    }
+                }
+            }
+        }
+        let mut picked: Vec<(Seq, TopicId, usize)> = heap
+            .into_iter()
+            .map(|Reverse(key)| key)
+            .filter(|&(seq, _, _)| seq > floor)
+            .collect();
+        picked.sort_unstable();
+        picked.dedup_by_key(|&mut (seq, _, _)| seq);
+        let seed = picked
+            .into_iter()
+            .filter_map(|(_, id, index)| {
+                let entry = self.table.get(id)?.ring.get(index)?;
+                Some((entry.seq, entry.frame.clone(), entry.time_ms))
+            })
+            .collect();
+        (floor, seed)
     }
 
     /// Appends an event published at time 0 (no time to live applies to it): for tests and
@@ -193,27 +306,47 @@ impl Topics {
         self.head_seq = seq;
         for name in names {
             let id = self.intern(name);
-            if let Some(cutoff) = self.cutoff(time_ms) {
-                self.expire_topic(id, cutoff);
+            self.push(id, seq, frame, time_ms);
+        }
+        if !self.patterns.is_empty() {
+            let mut matched = std::mem::take(&mut self.matched);
+            for name in names {
+                self.patterns.matching(name, |id| matched.push(id));
             }
-            let topic = &mut self.table[id];
-            topic.ring.push(seq, frame.clone(), time_ms);
-            let freed_count_before = topic.ring.len();
-            let freed_bytes = topic.ring.trim(self.limits.events, self.limits.bytes);
-            let evicted = freed_count_before - topic.ring.len();
-            if !topic.dirty {
-                topic.dirty = true;
-                self.dirty.push(id);
+            for &id in &matched {
+                // An event under one pattern through two of its topics is kept once.
+                if self.table[id].ring.newest_seq() != Some(seq) {
+                    self.push(id, seq, frame, time_ms);
+                }
             }
-            self.entries_live = self.entries_live + 1 - evicted;
-            self.charged_bytes += frame.len() + ENTRY_OVERHEAD_BYTES;
-            self.charged_bytes -= freed_bytes + evicted * ENTRY_OVERHEAD_BYTES;
-            self.order.push_back((id, seq));
+            matched.clear();
+            self.matched = matched;
         }
         self.enforce_total();
         self.compact_order();
         #[cfg(debug_assertions)]
         self.check_invariants();
+    }
+
+    /// Appends one event to topic `id` (after dropping what expired by its time), marks the
+    /// topic dirty and keeps the per-topic limits and the budget's books.
+    fn push(&mut self, id: TopicId, seq: Seq, frame: &Frame, time_ms: u64) {
+        if let Some(cutoff) = self.cutoff(time_ms) {
+            self.expire_topic(id, cutoff);
+        }
+        let topic = &mut self.table[id];
+        topic.ring.push(seq, frame.clone(), time_ms);
+        let freed_count_before = topic.ring.len();
+        let freed_bytes = topic.ring.trim(self.limits.events, self.limits.bytes);
+        let evicted = freed_count_before - topic.ring.len();
+        if !topic.dirty {
+            topic.dirty = true;
+            self.dirty.push(id);
+        }
+        self.entries_live = self.entries_live + 1 - evicted;
+        self.charged_bytes += frame.len() + ENTRY_OVERHEAD_BYTES;
+        self.charged_bytes -= freed_bytes + evicted * ENTRY_OVERHEAD_BYTES;
+        self.order.push_back((id, seq));
     }
 
     /// With a time to live, the newest publish time that has expired at `now_ms`.
@@ -238,6 +371,28 @@ impl Topics {
         }
         #[cfg(debug_assertions)]
         self.check_invariants();
+    }
+
+    /// Creates the wildcard patterns among `names` that do not exist yet, each with the
+    /// history its topics keep, so a resume or replay reads them before the stream opens.
+    pub(crate) fn gather_patterns(&mut self, names: &[String]) {
+        for name in names {
+            if pattern_prefix(name).is_some() {
+                self.intern(name);
+            }
+        }
+        self.enforce_total();
+    }
+
+    /// Removes the patterns among `names` that gathered nothing and have no subscribers:
+    /// a subscription that never opens (its fetch failed, its client left) leaves none
+    /// behind. One with history stays, and goes like any topic's history.
+    pub(crate) fn drop_unused_patterns(&mut self, names: &[String]) {
+        for name in names {
+            if let (Some(_), Some(id)) = (pattern_prefix(name), self.find(name)) {
+                self.remove_if_unused(id);
+            }
+        }
     }
 
     /// Evicts topic `id`'s entries published at or before `cutoff_ms`, keeping the budget's
@@ -305,7 +460,11 @@ impl Topics {
             return;
         }
         let topic = self.table.remove(id);
-        self.forgotten_max = self.forgotten_max.max(topic.ring.evicted_max());
+        match pattern_prefix(&topic.name) {
+            // A pattern's entries are its topics' too, whose rings account for them.
+            Some(prefix) => self.patterns.remove(prefix),
+            None => self.forgotten_max = self.forgotten_max.max(topic.ring.evicted_max()),
+        }
         self.charged_bytes -= topic_charge(&topic.name);
         self.by_name.remove(&topic.name);
     }
@@ -321,7 +480,11 @@ impl Topics {
         let subscribers = &mut topic.subscribers;
         subscribers.push(subscriber);
         // Subscriber counts are bounded by the loop's connections, far below u32::MAX.
-        (id, (subscribers.len() - 1) as u32)
+        let position = (subscribers.len() - 1) as u32;
+        // A new pattern's gathered history is charged like appended events; the topic is
+        // subscribed now, so the budget's evictions cannot remove it.
+        self.enforce_total();
+        (id, position)
     }
 
     /// Removes the subscriber at `position` of topic `id`. Returns the subscriber that was
@@ -533,6 +696,62 @@ mod tests {
         topics.expire(&names, 1_220);
         assert_eq!(topics.entries_live, 0);
         assert_eq!(topics.charged_bytes(), 0);
+    }
+
+    fn kept(topics: &Topics, name: &str) -> (Vec<Seq>, Seq) {
+        let ring = &topics.get(topics.find(name).unwrap()).unwrap().ring;
+        let seqs = (0..ring.len()).map(|i| ring.get(i).unwrap().seq).collect();
+        (seqs, ring.evicted_max())
+    }
+
+    /// A pattern's ring gets every event of the topics under its prefix, topics created
+    /// later included, each event once; it gathers what those topics keep when it is
+    /// created, above a floor that covers what they forgot or did not fit; and it leaves
+    /// the table, the index and the budget's books like a topic.
+    #[test]
+    fn patterns_gather_are_fed_once_and_leave_no_trace() {
+        let mut topics = Topics::new(limits(3, 10_000, 1 << 20));
+        topics.append(1, &["p/a".into()], &frame(10));
+        topics.append(2, &["p/a".into()], &frame(10));
+        topics.append(3, &["q".into()], &frame(10));
+        topics.append(4, &["p/b".into()], &frame(10));
+        topics.append(5, &["p/a".into()], &frame(10));
+        // The newest three under `p/` are 2, 4, 5; 1 did not fit.
+        assert_eq!(
+            topics.evicted_max("p/*"),
+            1,
+            "the floor it would gather above"
+        );
+        let (id, position) = topics.subscribe("p/*", SubscriberRef { conn: 0, slot: 0 });
+        assert_eq!(kept(&topics, "p/*"), (vec![2, 4, 5], 1));
+        assert_eq!(
+            topics.evicted_max("x/*"),
+            0,
+            "nothing under x/ was ever kept"
+        );
+        topics.append(6, &["p/c".into(), "p/a".into()], &frame(10));
+        topics.append(7, &["pq".into()], &frame(10));
+        topics.append(8, &["p/".into()], &frame(10));
+        assert_eq!(kept(&topics, "p/*"), (vec![5, 6, 8], 4));
+        // A wider pattern beside it: both fed, neither twice.
+        topics.subscribe("p*", SubscriberRef { conn: 1, slot: 0 });
+        topics.append(9, &["pq".into(), "p/a".into()], &frame(10));
+        assert_eq!(kept(&topics, "p*").0, vec![7, 8, 9]);
+        assert_eq!(kept(&topics, "p/*").0, vec![6, 8, 9]);
+        // Unsubscribed and forgotten, a pattern leaves; topics do not inherit its floor.
+        let mut sink = Vec::new();
+        topics.take_dirty(&mut sink);
+        topics.sweep(&sink);
+        assert_eq!(topics.unsubscribe(id, position), None);
+        let p = topics.find("p*").unwrap();
+        topics.unsubscribe(p, 0);
+        let names: Vec<String> = ["p/*", "p*"].map(String::from).to_vec();
+        topics.limits.ttl_ms = Some(1);
+        topics.expire(&names, 10);
+        assert_eq!(topics.find("p/*"), None);
+        assert_eq!(topics.find("p*"), None);
+        assert!(topics.patterns.is_empty());
+        assert_eq!(topics.forgotten_max, 0);
     }
 
     #[test]

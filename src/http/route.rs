@@ -87,7 +87,7 @@ pub(crate) fn route(
 /// The parameters of `GET /events`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Subscription {
-    /// Distinct, valid topic names in the order given.
+    /// Distinct, valid topic names and wildcards (`prefix*`) in the order given.
     pub topics: Vec<String>,
     /// `lastEventId` from the query (the header, when present, takes precedence).
     pub last_event_id: Option<String>,
@@ -209,6 +209,44 @@ pub(crate) struct TopicLimits {
     pub per_subscription: usize,
     /// Longest topic name.
     pub name_bytes: usize,
+    /// Most wildcard topics (`prefix*`) per subscription; 0 refuses them.
+    pub patterns_max: usize,
+    /// Shortest wildcard prefix, in bytes.
+    pub pattern_prefix_min: usize,
+}
+
+/// Checks one `topic` value of a subscription: a topic name, or a wildcard `prefix*` with
+/// the meaning a JWT claim gives it (every topic whose name starts with `prefix`, byte for
+/// byte), its prefix made of topic-name bytes, at least `pattern_prefix_min` long.
+/// `patterns` is how many wildcards the subscription named before this one.
+fn check_topic(value: &str, limits: TopicLimits, patterns: usize) -> Result<(), HttpError> {
+    let Some(prefix) = topics::pattern_prefix(value) else {
+        return match topics::is_valid_name(value, limits.name_bytes) {
+            true => Ok(()),
+            false => Err(HttpError::InvalidTopic),
+        };
+    };
+    if limits.patterns_max == 0 {
+        return Err(HttpError::BadQuery(
+            "wildcard topics are off (max_patterns_per_subscription is 0)",
+        ));
+    }
+    if !prefix.is_empty() && !topics::is_valid_name(prefix, limits.name_bytes) {
+        return Err(HttpError::BadQuery(
+            "a wildcard topic is a valid topic name prefix followed by one `*`",
+        ));
+    }
+    if prefix.len() < limits.pattern_prefix_min {
+        return Err(HttpError::BadQuery(
+            "wildcard prefix shorter than min_pattern_prefix",
+        ));
+    }
+    if patterns == limits.patterns_max {
+        return Err(HttpError::BadQuery(
+            "too many wildcard topics (max_patterns_per_subscription)",
+        ));
+    }
+    Ok(())
 }
 
 /// Reads the `topic` parameters (repeatable) of `GET /topics`: distinct, valid names, at
@@ -239,7 +277,8 @@ pub(crate) fn topic_list(query: &str, limits: TopicLimits) -> Result<Vec<String>
     Ok(topics)
 }
 
-/// Reads `topic` (repeatable) and `lastEventId` from a query string. Other parameters are
+/// Reads `topic` (repeatable: a name or a wildcard, see [`check_topic`]) and `lastEventId`
+/// from a query string. Other parameters are
 /// ignored: browsers and proxies add cache-busters. Any parameter that is not UTF-8 once
 /// percent-decoded is refused: read leniently, `%FF` would become U+FFFD.
 pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscription, HttpError> {
@@ -253,12 +292,14 @@ pub(crate) fn subscription(query: &str, limits: TopicLimits) -> Result<Subscript
         })?;
         match &*key {
             "topic" => {
-                if !topics::is_valid_name(&value, limits.name_bytes) {
-                    return Err(HttpError::InvalidTopic);
-                }
                 if topics.iter().any(|t| *t == *value) {
                     continue;
                 }
+                let patterns = topics
+                    .iter()
+                    .filter(|t| topics::pattern_prefix(t).is_some())
+                    .count();
+                check_topic(&value, limits, patterns)?;
                 if topics.len() == limits.per_subscription {
                     return Err(HttpError::TooManyTopics);
                 }
@@ -304,7 +345,52 @@ mod tests {
     const LIMITS: TopicLimits = TopicLimits {
         per_subscription: 2,
         name_bytes: 8,
+        patterns_max: 1,
+        pattern_prefix_min: 2,
     };
+
+    #[test]
+    fn wildcards() {
+        let ok = subscription("topic=ab%2F*&topic=a", LIMITS).unwrap();
+        assert_eq!(ok.topics, ["ab/*", "a"]);
+        let refused = |query: &str| match subscription(query, LIMITS) {
+            Err(HttpError::BadQuery(reason)) => reason,
+            other => panic!("{query}: {other:?}"),
+        };
+        assert!(refused("topic=a*").contains("min_pattern_prefix"));
+        assert!(refused("topic=*").contains("min_pattern_prefix"));
+        assert!(refused("topic=ab*&topic=cd*").contains("max_patterns_per_subscription"));
+        for query in [
+            "topic=a*b*",
+            "topic=ab**",
+            "topic=a%20b*",
+            "topic=123456789*",
+        ] {
+            assert!(refused(query).contains("one `*`"), "{query}");
+        }
+        assert_eq!(
+            subscription("topic=a&topic=b&topic=cd*", LIMITS),
+            Err(HttpError::TooManyTopics)
+        );
+        let all = TopicLimits {
+            pattern_prefix_min: 0,
+            ..LIMITS
+        };
+        assert_eq!(subscription("topic=*", all).unwrap().topics, ["*"]);
+        let off = TopicLimits {
+            patterns_max: 0,
+            ..LIMITS
+        };
+        assert!(matches!(
+            subscription("topic=ab*", off),
+            Err(HttpError::BadQuery(reason)) if reason.contains("off")
+        ));
+        // `GET /topics` counts exact topics only.
+        assert_eq!(
+            topic_list("topic=ab*", LIMITS),
+            Err(HttpError::InvalidTopic)
+        );
+    }
 
     #[test]
     fn routes() {

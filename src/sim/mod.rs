@@ -319,7 +319,7 @@ impl World {
             .iter()
             .enumerate()
             .rev()
-            .find(|(_, l)| l.delivered && l.topics.iter().any(|t| topics.contains(&&**t)))
+            .find(|(_, l)| l.delivered && l.topics.iter().any(|t| client::wants(topics, t)))
             .map_or(0, |(index, _)| index as u128 + 1)
     }
 

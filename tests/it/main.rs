@@ -51,3 +51,4 @@ mod slow_consumers;
 mod subscribe;
 mod tidy;
 mod timers;
+mod wildcard;

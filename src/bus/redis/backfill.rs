@@ -148,10 +148,11 @@ fn fetch(
     // Pages continue after the last id seen.
     let mut from = format_id(request.after);
     let mut scanned = 0;
+    // A wildcard (`prefix*`) wants every topic under its prefix, as on the rings.
     let wanted = |topics: &[Box<str>]| {
         topics
             .iter()
-            .any(|topic| request.topics.iter().any(|t| **t == **topic))
+            .any(|topic| crate::auth::allows(&request.topics, topic))
     };
     loop {
         let count = READ_COUNT_MAX.min(BACKFILL_SCAN_MAX - scanned);

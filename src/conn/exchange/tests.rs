@@ -23,6 +23,8 @@ fn test_limits(config: &Config) -> Limits {
     limits.topics = TopicLimits {
         per_subscription: 4,
         name_bytes: 32,
+        patterns_max: 2,
+        pattern_prefix_min: 1,
     };
     limits.publish = PublishLimits {
         topics_max: 4,
