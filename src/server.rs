@@ -24,9 +24,10 @@ use crate::http::route::Listener;
 use crate::metrics::{self, LoopStats, Metrics};
 use crate::presence::{Presence, Query, TopicPresence, QUERY_QUEUE_MAX};
 use crate::publish;
+use crate::replay::{self, Replay, ReplayFrom, ReplayQuery, Start};
 use crate::socket;
 
-/// How long `Handle::topics` waits for a loop to answer; a loop answers within a turn, so
+/// How long `Handle::topics` and `Handle::replay` wait for a loop to answer; a loop answers within a turn, so
 /// only a stuck or stopped loop takes this long.
 const QUERY_WAIT: Duration = Duration::from_millis(2_000);
 
@@ -482,7 +483,7 @@ impl Handle {
         let mut busy = false;
         for (queue, waker) in self.shared.queries.iter().zip(&self.shared.wakers) {
             let (reply, answer) = crossbeam_channel::bounded(1);
-            let query = Query {
+            let query = Query::Newest {
                 names: names.clone(),
                 reply,
             };
@@ -501,6 +502,107 @@ impl Handle {
             if let Ok(ids) = answer.recv_timeout(QUERY_WAIT) {
                 return Ok(ids);
             }
+        }
+        Err(if busy {
+            PublishError::Busy
+        } else {
+            PublishError::ShuttingDown
+        })
+    }
+
+    /// What the history keeps of `topics` from `from`, as an HTTP subscription with
+    /// `lastEventId=earliest`, `since=` or a `Last-Event-ID` would be sent before its live
+    /// events: each event once, in id order, with its id, event name, data (line breaks
+    /// as LF) and `retry:` hint. It includes every event this handle published before the
+    /// call.
+    ///
+    /// The answer comes from this node's memory, never from the Redis stream: at most
+    /// `max_history_events` per topic (and within the history's byte budgets), nothing
+    /// past `history_ttl_ms`, and [`Replay::gap`] set when events after the starting point
+    /// may be missing (see there). `topics` may hold wildcards (`prefix*`) under the same
+    /// limits as a subscription; names given twice count once.
+    ///
+    /// Errors: [`PublishError::InvalidTopic`] for a bad name or wildcard (or any
+    /// wildcard when `max_patterns_per_subscription` is 0, or more wildcards than it
+    /// allows), [`PublishError::TooManyTopics`] past `max_topics_per_subscription`,
+    /// [`PublishError::NoTopic`] for none. Blocks until a loop answers (within a turn,
+    /// once it has taken the events published before the call):
+    /// [`PublishError::Busy`] when its query queue is full, and
+    /// [`PublishError::ShuttingDown`] when no loop answers.
+    pub fn replay(&self, topics: &[&str], from: ReplayFrom) -> Result<Replay, PublishError> {
+        let limits = &self.shared.limits.topics;
+        let mut names: Vec<String> = Vec::with_capacity(topics.len().min(limits.per_subscription));
+        for name in topics {
+            if !names.iter().any(|known| known == name) {
+                if names.len() == limits.per_subscription {
+                    return Err(PublishError::TooManyTopics);
+                }
+                names.push((*name).to_owned());
+            }
+        }
+        if names.is_empty() {
+            return Err(PublishError::NoTopic);
+        }
+        let mut patterns = 0;
+        for name in &names {
+            match topics::pattern_prefix(name) {
+                None if topics::is_valid_name(name, limits.name_bytes) => {}
+                Some(prefix)
+                    if patterns < limits.patterns_max
+                        && prefix.len() >= limits.pattern_prefix_min
+                        && (prefix.is_empty()
+                            || topics::is_valid_name(prefix, limits.name_bytes)) =>
+                {
+                    patterns += 1;
+                }
+                _ => return Err(PublishError::InvalidTopic),
+            }
+        }
+        let start = match from {
+            ReplayFrom::Earliest => Start::Earliest,
+            ReplayFrom::Since(time) => Start::SinceMs(
+                time.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| {
+                        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                    }),
+            ),
+            ReplayFrom::After(id) => Start::After(id),
+        };
+        let published = self.shared.bus.published();
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let query = Query::Replay(ReplayQuery {
+            names,
+            start,
+            published,
+            reply,
+        });
+        self.ask(query, &answer).map(replay::decode)
+    }
+
+    /// Puts `query` in the first loop's queue that takes it, wakes that loop and waits for
+    /// its answer on `answer`, with a bound.
+    fn ask<T>(&self, mut query: Query, answer: &Receiver<T>) -> Result<T, PublishError> {
+        let mut busy = false;
+        for (queue, waker) in self.shared.queries.iter().zip(&self.shared.wakers) {
+            match queue.try_send(query) {
+                Ok(()) => {}
+                Err(crossbeam_channel::TrySendError::Full(back)) => {
+                    busy = true;
+                    query = back;
+                    continue;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(back)) => {
+                    query = back;
+                    continue;
+                }
+            }
+            // A loop in `poll` wakes; a running one finds the waker set at its next poll.
+            if let Err(error) = waker.wake() {
+                log::warn!("could not wake an event loop for a query: {error}");
+            }
+            return answer
+                .recv_timeout(QUERY_WAIT)
+                .map_err(|_| PublishError::ShuttingDown);
         }
         Err(if busy {
             PublishError::Busy
