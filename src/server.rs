@@ -529,6 +529,27 @@ impl Handle {
     /// once it has taken the events published before the call):
     /// [`PublishError::Busy`] when its query queue is full, and
     /// [`PublishError::ShuttingDown`] when no loop answers.
+    ///
+    /// ```
+    /// use herald::{Config, Event, ReplayFrom, Server};
+    ///
+    /// let mut config = Config::default();
+    /// config.listen = "127.0.0.1:0".parse().unwrap();
+    /// config.threads = 1;
+    /// let server = Server::start(config).expect("bind a free port");
+    /// let handle = server.handle();
+    /// let id = handle
+    ///     .publish(&Event::new("prices", "41\r\n42").named("tick"))
+    ///     .expect("publish");
+    /// let replay = handle
+    ///     .replay(&["prices"], ReplayFrom::Earliest)
+    ///     .expect("replay");
+    /// let event = &replay.events[0];
+    /// assert_eq!((&event.id, event.event.as_deref()), (&id, Some("tick")));
+    /// assert_eq!(event.data, "41\n42"); // CRLF and CR come back as LF
+    /// assert!(!replay.gap);
+    /// server.shutdown();
+    /// ```
     pub fn replay(&self, topics: &[&str], from: ReplayFrom) -> Result<Replay, PublishError> {
         let limits = &self.shared.limits.topics;
         let mut names: Vec<String> = Vec::with_capacity(topics.len().min(limits.per_subscription));

@@ -155,9 +155,13 @@ pub(crate) fn encode_id(id: &str) -> Frame {
 /// An event frame read back: the fields [`encode_event`] wrote, data lines joined with LF.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct DecodedEvent {
+    /// The `id:` line.
     pub id: String,
+    /// The `event:` line, if any.
     pub name: Option<String>,
+    /// The `data:` lines, joined with LF.
     pub data: String,
+    /// The `retry:` line, if any.
     pub retry_ms: Option<u32>,
 }
 
