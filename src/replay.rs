@@ -3,9 +3,11 @@
 //! Last-Event-ID starts.
 //!
 //! The handle queues a [`ReplayQuery`] on one loop (the same queue `Handle::topics` uses)
-//! and wakes it. The loop answers once it has taken from its inbox every event published
-//! before the question was asked (or found its inbox empty), so a replay sees the
-//! handle's own earlier publishes. It reads where the replay starts exactly as a new
+//! and wakes it. The loop answers once it has taken from its inbox every event handed to
+//! the loops before the question was asked (or found its inbox empty), and its rings
+//! reached the newest event the server's handles published (with the Redis bus, that one
+//! comes back through the stream's reader after the publish returned), so a replay sees
+//! the handles' own earlier publishes. It reads where the replay starts exactly as a new
 //! stream does (`conn::resume::read_start`: time to live, `since`, `earliest`, ids of
 //! this bus or not, wildcard patterns gathered from the topics under them), then sends
 //! back the kept frames after that point, each event once, in id order. The handle decodes
@@ -18,6 +20,7 @@
 //! holds (and an HTTP stream would fetch from the Redis stream) is reported as a gap.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
 
 use crossbeam_channel::Sender;
 
@@ -27,6 +30,7 @@ use crate::conn::resume::{self, BusView, Plan};
 use crate::conn::StreamRequest;
 use crate::event::EventId;
 use crate::history::merge::for_each_after;
+use crate::history::ring::Seq;
 use crate::history::topics::{StreamTopic, Topics};
 use crate::sse::{self, Frame};
 
@@ -97,6 +101,12 @@ pub(crate) struct ReplayQuery {
     /// Events the bus had handed to the loops when the handle asked (`Bus::published`):
     /// the loop answers once it has taken that many from its inbox, or found it empty.
     pub published: u64,
+    /// The newest event any handle of this server published before asking: the loop also
+    /// waits until its rings reached it (with the Redis bus it arrives through the
+    /// stream's reader, after the publish returned), or the bus's reach passed it.
+    pub newest: Seq,
+    /// When the handle stops waiting: a query still waiting then is dropped.
+    pub until: Instant,
     /// Where the answer goes; the handle waits on the other end with a timeout.
     pub reply: Sender<Answer>,
 }

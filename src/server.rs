@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,13 +12,14 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::redis::{RedisBus, RedisSettings};
-use crate::bus::{Bus, Fanout, Submitted};
+use crate::bus::{Bus, Fanout, Resume, Submitted};
 use crate::config::{BusKind, Config, Limits};
 use crate::event::{Error, Event, EventId, PublishError, Stats};
 use crate::event_loop::context::{
     Admission, LoopContext, RenderMetrics, RequestSettings, Shutdown,
 };
 use crate::event_loop::{EventLoop, ListenerSlot, WAKER};
+use crate::history::ring::Seq;
 use crate::history::topics;
 use crate::http::route::Listener;
 use crate::metrics::{self, LoopStats, Metrics};
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     presence: Arc<Presence>,
     /// Each loop's query queue (`Handle::topics` asks a loop for newest ids).
     queries: Vec<Sender<Query>>,
+    /// The newest event the handles published: a replay waits until a loop has it.
+    newest_published: Mutex<Seq>,
 }
 
 /// Renders `/metrics` from every loop's counters, the rare-event counters and the bus.
@@ -236,6 +239,7 @@ impl Server {
         let shared = Arc::new(Shared {
             presence: presence.clone(),
             queries,
+            newest_published: Mutex::new(0),
             lifecycle: lifecycle_tx.clone(),
             limits: limits.clone(),
             bus: bus.clone(),
@@ -421,7 +425,22 @@ impl Handle {
 
     fn submit(&self, events: Vec<crate::bus::Outgoing<'_>>) -> Result<Vec<EventId>, PublishError> {
         match self.shared.bus.publish(events, None) {
-            Submitted::Done(result) => result,
+            Submitted::Done(result) => {
+                if let Some(Resume::After(seq)) = result
+                    .as_ref()
+                    .ok()
+                    .and_then(|ids| ids.last())
+                    .map(|id| self.shared.bus.resume_point(id.as_str()))
+                {
+                    let mut newest = self
+                        .shared
+                        .newest_published
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    *newest = (*newest).max(seq);
+                }
+                result
+            }
             // Without a ticket a bus answers at once; this arm only keeps the match whole.
             Submitted::Pending => Err(PublishError::Unavailable),
         }
@@ -513,8 +532,9 @@ impl Handle {
     /// What the history keeps of `topics` from `from`, as an HTTP subscription with
     /// `lastEventId=earliest`, `since=` or a `Last-Event-ID` would be sent before its live
     /// events: each event once, in id order, with its id, event name, data (line breaks
-    /// as LF) and `retry:` hint. It includes every event this handle published before the
-    /// call.
+    /// as LF) and `retry:` hint. It includes every event this server's handles published
+    /// before the call (with the Redis bus it waits for the stream's reader to bring them
+    /// back) and, on the embedded bus, every event published over HTTP before it.
     ///
     /// The answer comes from this node's memory, never from the Redis stream: at most
     /// `max_history_events` per topic (and within the history's byte budgets), nothing
@@ -589,12 +609,19 @@ impl Handle {
             ),
             ReplayFrom::After(id) => Start::After(id),
         };
+        let newest = *self
+            .shared
+            .newest_published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let published = self.shared.bus.published();
         let (reply, answer) = crossbeam_channel::bounded(1);
         let query = Query::Replay(ReplayQuery {
             names,
             start,
             published,
+            newest,
+            until: Instant::now() + QUERY_WAIT,
             reply,
         });
         self.ask(query, &answer).map(replay::decode)

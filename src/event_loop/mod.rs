@@ -356,15 +356,19 @@ impl EventLoop {
     /// Answers library handles' questions about this loop's history, a few per turn: the
     /// newest ids of topics (`Handle::topics`), and replays (`Handle::replay`). A handle
     /// wakes the loop after queueing one. A replay waits (in `replays_waiting`, at most a
-    /// query queue's worth) until the loop has taken every event published before it was
-    /// asked, so it sees the asker's own publishes; the loop is busy while it waits, since
-    /// its inbox is not empty.
+    /// query queue's worth, dropped once its handle stopped waiting) until the loop has
+    /// taken what was published before it was asked, so it sees the handles' own
+    /// publishes. A waiting replay does not keep the loop awake: what it waits for comes
+    /// through the inbox, which wakes the loop.
     fn answer_queries(&mut self) {
         let now_ms = self.clock.as_now().unix_ms;
         // `drain_inbox` just ran: it left this false only when it emptied the inbox.
         let inbox_empty = !self.inbox_pending;
+        let now = self.clock.now();
         for query in std::mem::take(&mut self.replays_waiting) {
-            self.answer_replay(query, now_ms, inbox_empty);
+            if query.until > now {
+                self.answer_replay(query, now_ms, inbox_empty);
+            }
         }
         for _ in 0..crate::presence::QUERIES_PER_TURN_MAX {
             if self.replays_waiting.len() >= crate::presence::QUERY_QUEUE_MAX {
@@ -389,15 +393,22 @@ impl EventLoop {
             }
         }
         // Queries left: look again next turn without blocking.
-        if !self.ctx.queries.is_empty() || !self.replays_waiting.is_empty() {
+        if !self.ctx.queries.is_empty() {
             self.inbox_pending = true;
         }
     }
 
     /// Answers a replay from the rings once they hold what was published before it was
-    /// asked; until then it waits for the next turn.
+    /// asked; until then it waits for a later turn.
     fn answer_replay(&mut self, query: ReplayQuery, now_ms: u64, inbox_empty: bool) {
-        if !inbox_empty && self.events_taken < query.published {
+        let taken = inbox_empty || self.events_taken >= query.published;
+        let reached = self.topics.head_seq() >= query.newest
+            || self
+                .ctx
+                .bus
+                .reach_floor()
+                .is_some_and(|floor| floor >= query.newest);
+        if !(taken && reached) {
             self.replays_waiting.push(query);
             return;
         }

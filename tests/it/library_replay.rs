@@ -300,3 +300,55 @@ fn a_replay_sees_every_event_published_before_it() {
     let got = replay(&server, &names, ReplayFrom::Earliest);
     assert_eq!(ids(&got), published);
 }
+
+/// With the Redis bus (a real `redis-server`): a replay right after `Handle::publish` sees
+/// the event, though the loops get it only when the stream's reader reads it back (the
+/// reader is usually first; when it is not, the loop waits for it: this test cannot force
+/// that order, `a_replay_sees_every_event_published_before_it` covers the waiting); a node
+/// started after the events holds none of them and says so with `gap` (an HTTP stream
+/// there would fetch them from the stream; a replay answers from memory only).
+#[test]
+fn on_the_redis_bus_a_replay_sees_own_publishes_and_tells_what_memory_lacks() {
+    let redis = testkit::redis::RedisServer::start("library-replay");
+    let join = || {
+        let url = redis.url();
+        start(move |config| {
+            config.bus = herald::BusKind::Redis;
+            config.redis_url = url;
+            config.redis_stream = "library-replay".into();
+        })
+    };
+    let one = join();
+    let handle = one.handle();
+    // Events stored before the reader first reads the stream's end never reach the loops:
+    // publish a warm-up event until the node has read one back.
+    wait_until("the node reads the stream", || {
+        let _ = handle.publish(&Event::new("warmup", "x"));
+        handle.stats().events_published > 0
+    });
+    let published: Vec<String> = ["a\nb", "c"]
+        .iter()
+        .map(|data| publish(&handle, &Event::new("t", *data).named("n")).to_string())
+        .collect();
+    let got = replay(&one, &["t"], ReplayFrom::Earliest);
+    assert_eq!(
+        rows(&got),
+        [
+            (Some("n".into()), "a\nb".into(), published[0].clone(), None),
+            (Some("n".into()), "c".into(), published[1].clone(), None),
+        ]
+    );
+    assert!(!got.gap, "the node read the stream from its start: {got:?}");
+    let after = replay(&one, &["t"], ReplayFrom::After(published[0].clone()));
+    assert_eq!(
+        (ids(&after), after.gap),
+        (vec![published[1].clone()], false)
+    );
+    let two = join();
+    wait_until("the second node reads the stream", || {
+        let _ = handle.publish(&Event::new("warmup", "y"));
+        two.handle().stats().events_published > 0
+    });
+    let late = replay(&two, &["t"], ReplayFrom::Earliest);
+    assert_eq!((late.events.len(), late.gap), (0, true));
+}
