@@ -42,6 +42,7 @@ pub mod logging;
 mod metrics;
 mod presence;
 mod publish;
+mod replay;
 mod server;
 #[cfg(any(test, feature = "internals"))]
 mod sim;
@@ -55,4 +56,5 @@ mod wheel;
 pub use config::{BusKind, Config, ConfigError, ForwardedHeader, LogFormat};
 pub use event::{Error, Event, EventId, PublishError, Stats};
 pub use presence::TopicPresence;
+pub use replay::{Replay, ReplayFrom, StoredEvent};
 pub use server::{Handle, Server};

@@ -6,7 +6,7 @@
 //! stream), never per event: the fan-out path does not touch it. The newest id of a topic
 //! is not kept here: every loop's history already holds it (every loop receives every
 //! event), so a loop answers it from its own topic table, and a library handle asks a loop
-//! through a small query queue ([`Query`]).
+//! through a small query queue ([`Query`]), which also carries `Handle::replay`'s questions.
 //!
 //! With the Redis bus, a background thread (`bus/redis/presence.rs`) writes this node's
 //! counts to Redis every second and sums the other nodes' counts into
@@ -137,13 +137,17 @@ impl Presence {
     }
 }
 
-/// A library handle asking a loop for the newest ids of `names` (the loop's history holds
-/// them); the loop answers on `reply`, one id (or `None`) per name, in order.
-pub(crate) struct Query {
-    /// The topics, validated.
-    pub names: Vec<String>,
-    /// Where the answer goes; the handle waits on the other end with a timeout.
-    pub reply: Sender<Vec<Option<String>>>,
+/// A library handle's question to a loop, answered from the loop's history.
+pub(crate) enum Query {
+    /// The newest ids of `names` (`Handle::topics`): one id (or `None`) per name, in order.
+    Newest {
+        /// The topics, validated.
+        names: Vec<String>,
+        /// Where the answer goes; the handle waits on the other end with a timeout.
+        reply: Sender<Vec<Option<String>>>,
+    },
+    /// What the history keeps of some topics from a starting point (`Handle::replay`).
+    Replay(crate::replay::ReplayQuery),
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,21 +12,23 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::redis::{RedisBus, RedisSettings};
-use crate::bus::{Bus, Fanout, Submitted};
+use crate::bus::{Bus, Fanout, Resume, Submitted};
 use crate::config::{BusKind, Config, Limits};
 use crate::event::{Error, Event, EventId, PublishError, Stats};
 use crate::event_loop::context::{
     Admission, LoopContext, RenderMetrics, RequestSettings, Shutdown,
 };
 use crate::event_loop::{EventLoop, ListenerSlot, WAKER};
+use crate::history::ring::Seq;
 use crate::history::topics;
 use crate::http::route::Listener;
 use crate::metrics::{self, LoopStats, Metrics};
 use crate::presence::{Presence, Query, TopicPresence, QUERY_QUEUE_MAX};
 use crate::publish;
+use crate::replay::{self, Replay, ReplayFrom, ReplayQuery, Start};
 use crate::socket;
 
-/// How long `Handle::topics` waits for a loop to answer; a loop answers within a turn, so
+/// How long `Handle::topics` and `Handle::replay` wait for a loop to answer; a loop answers within a turn, so
 /// only a stuck or stopped loop takes this long.
 const QUERY_WAIT: Duration = Duration::from_millis(2_000);
 
@@ -49,6 +51,8 @@ pub(crate) struct Shared {
     presence: Arc<Presence>,
     /// Each loop's query queue (`Handle::topics` asks a loop for newest ids).
     queries: Vec<Sender<Query>>,
+    /// The newest event the handles published: a replay waits until a loop has it.
+    newest_published: Mutex<Seq>,
 }
 
 /// Renders `/metrics` from every loop's counters, the rare-event counters and the bus.
@@ -235,6 +239,7 @@ impl Server {
         let shared = Arc::new(Shared {
             presence: presence.clone(),
             queries,
+            newest_published: Mutex::new(0),
             lifecycle: lifecycle_tx.clone(),
             limits: limits.clone(),
             bus: bus.clone(),
@@ -420,7 +425,22 @@ impl Handle {
 
     fn submit(&self, events: Vec<crate::bus::Outgoing<'_>>) -> Result<Vec<EventId>, PublishError> {
         match self.shared.bus.publish(events, None) {
-            Submitted::Done(result) => result,
+            Submitted::Done(result) => {
+                if let Some(Resume::After(seq)) = result
+                    .as_ref()
+                    .ok()
+                    .and_then(|ids| ids.last())
+                    .map(|id| self.shared.bus.resume_point(id.as_str()))
+                {
+                    let mut newest = self
+                        .shared
+                        .newest_published
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    *newest = (*newest).max(seq);
+                }
+                result
+            }
             // Without a ticket a bus answers at once; this arm only keeps the match whole.
             Submitted::Pending => Err(PublishError::Unavailable),
         }
@@ -482,7 +502,7 @@ impl Handle {
         let mut busy = false;
         for (queue, waker) in self.shared.queries.iter().zip(&self.shared.wakers) {
             let (reply, answer) = crossbeam_channel::bounded(1);
-            let query = Query {
+            let query = Query::Newest {
                 names: names.clone(),
                 reply,
             };
@@ -501,6 +521,136 @@ impl Handle {
             if let Ok(ids) = answer.recv_timeout(QUERY_WAIT) {
                 return Ok(ids);
             }
+        }
+        Err(if busy {
+            PublishError::Busy
+        } else {
+            PublishError::ShuttingDown
+        })
+    }
+
+    /// What the history keeps of `topics` from `from`, as an HTTP subscription with
+    /// `lastEventId=earliest`, `since=` or a `Last-Event-ID` would be sent before its live
+    /// events: each event once, in id order, with its id, event name, data (line breaks
+    /// as LF) and `retry:` hint. It includes every event this server's handles published
+    /// before the call (with the Redis bus it waits for the stream's reader to bring them
+    /// back) and, on the embedded bus, every event published over HTTP before it.
+    ///
+    /// The answer comes from this node's memory, never from the Redis stream: at most
+    /// `max_history_events` per topic (and within the history's byte budgets), nothing
+    /// past `history_ttl_ms`, and [`Replay::gap`] set when events after the starting point
+    /// may be missing (see there). `topics` may hold wildcards (`prefix*`) under the same
+    /// limits as a subscription; names given twice count once.
+    ///
+    /// Errors: [`PublishError::InvalidTopic`] for a bad name or wildcard (or any
+    /// wildcard when `max_patterns_per_subscription` is 0, or more wildcards than it
+    /// allows), [`PublishError::TooManyTopics`] past `max_topics_per_subscription`,
+    /// [`PublishError::NoTopic`] for none. Blocks until a loop answers (within a turn,
+    /// once it has taken the events published before the call):
+    /// [`PublishError::Busy`] when its query queue is full, and
+    /// [`PublishError::ShuttingDown`] when no loop answers.
+    ///
+    /// ```
+    /// use herald::{Config, Event, ReplayFrom, Server};
+    ///
+    /// let mut config = Config::default();
+    /// config.listen = "127.0.0.1:0".parse().unwrap();
+    /// config.threads = 1;
+    /// let server = Server::start(config).expect("bind a free port");
+    /// let handle = server.handle();
+    /// let id = handle
+    ///     .publish(&Event::new("prices", "41\r\n42").named("tick"))
+    ///     .expect("publish");
+    /// let replay = handle
+    ///     .replay(&["prices"], ReplayFrom::Earliest)
+    ///     .expect("replay");
+    /// let event = &replay.events[0];
+    /// assert_eq!((&event.id, event.event.as_deref()), (&id, Some("tick")));
+    /// assert_eq!(event.data, "41\n42"); // CRLF and CR come back as LF
+    /// assert!(!replay.gap);
+    /// server.shutdown();
+    /// ```
+    pub fn replay(&self, topics: &[&str], from: ReplayFrom) -> Result<Replay, PublishError> {
+        let limits = &self.shared.limits.topics;
+        let mut names: Vec<String> = Vec::with_capacity(topics.len().min(limits.per_subscription));
+        for name in topics {
+            if !names.iter().any(|known| known == name) {
+                if names.len() == limits.per_subscription {
+                    return Err(PublishError::TooManyTopics);
+                }
+                names.push((*name).to_owned());
+            }
+        }
+        if names.is_empty() {
+            return Err(PublishError::NoTopic);
+        }
+        let mut patterns = 0;
+        for name in &names {
+            match topics::pattern_prefix(name) {
+                None if topics::is_valid_name(name, limits.name_bytes) => {}
+                Some(prefix)
+                    if patterns < limits.patterns_max
+                        && prefix.len() >= limits.pattern_prefix_min
+                        && (prefix.is_empty()
+                            || topics::is_valid_name(prefix, limits.name_bytes)) =>
+                {
+                    patterns += 1;
+                }
+                _ => return Err(PublishError::InvalidTopic),
+            }
+        }
+        let start = match from {
+            ReplayFrom::Earliest => Start::Earliest,
+            ReplayFrom::Since(time) => Start::SinceMs(
+                time.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| {
+                        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                    }),
+            ),
+            ReplayFrom::After(id) => Start::After(id),
+        };
+        let newest = *self
+            .shared
+            .newest_published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let published = self.shared.bus.published();
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let query = Query::Replay(ReplayQuery {
+            names,
+            start,
+            published,
+            newest,
+            until: Instant::now() + QUERY_WAIT,
+            reply,
+        });
+        self.ask(query, &answer).map(replay::decode)
+    }
+
+    /// Puts `query` in the first loop's queue that takes it, wakes that loop and waits for
+    /// its answer on `answer`, with a bound.
+    fn ask<T>(&self, mut query: Query, answer: &Receiver<T>) -> Result<T, PublishError> {
+        let mut busy = false;
+        for (queue, waker) in self.shared.queries.iter().zip(&self.shared.wakers) {
+            match queue.try_send(query) {
+                Ok(()) => {}
+                Err(crossbeam_channel::TrySendError::Full(back)) => {
+                    busy = true;
+                    query = back;
+                    continue;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(back)) => {
+                    query = back;
+                    continue;
+                }
+            }
+            // A loop in `poll` wakes; a running one finds the waker set at its next poll.
+            if let Err(error) = waker.wake() {
+                log::warn!("could not wake an event loop for a query: {error}");
+            }
+            return answer
+                .recv_timeout(QUERY_WAIT)
+                .map_err(|_| PublishError::ShuttingDown);
         }
         Err(if busy {
             PublishError::Busy

@@ -152,6 +152,54 @@ pub(crate) fn encode_id(id: &str) -> Frame {
     Bytes::from(format!("id: {id}\n\n"))
 }
 
+/// An event frame read back: the fields [`encode_event`] wrote, data lines joined with LF.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct DecodedEvent {
+    /// The `id:` line.
+    pub id: String,
+    /// The `event:` line, if any.
+    pub name: Option<String>,
+    /// The `data:` lines, joined with LF.
+    pub data: String,
+    /// The `retry:` line, if any.
+    pub retry_ms: Option<u32>,
+}
+
+/// Reads back a frame [`encode_event`] wrote (what the history rings keep): its `id:`,
+/// `event:`, `retry:` and `data:` lines, the data lines joined with LF, so the data is what
+/// was published with every CR and CRLF line break as LF (what an EventSource sees).
+/// `None` for bytes that are not such a frame (none is ever kept). Only herald's own
+/// frames are read here, never input from the network.
+pub(crate) fn decode_event(frame: &[u8]) -> Option<DecodedEvent> {
+    let text = std::str::from_utf8(frame).ok()?;
+    let body = text.strip_suffix("\n\n")?;
+    let mut event = DecodedEvent {
+        id: String::new(),
+        name: None,
+        data: String::new(),
+        retry_ms: None,
+    };
+    let mut data_lines = 0usize;
+    for line in body.split('\n') {
+        if let Some(id) = line.strip_prefix("id: ") {
+            event.id = id.to_owned();
+        } else if let Some(name) = line.strip_prefix("event: ") {
+            event.name = Some(name.to_owned());
+        } else if let Some(retry) = line.strip_prefix("retry: ") {
+            event.retry_ms = Some(retry.parse().ok()?);
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            if data_lines > 0 {
+                event.data.push('\n');
+            }
+            event.data.push_str(data);
+            data_lines += 1;
+        } else {
+            return None;
+        }
+    }
+    (data_lines > 0 && !event.id.is_empty()).then_some(event)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +262,43 @@ mod tests {
         assert!(check_event_name("").is_err());
         assert!(check_event_name("a\rb").is_err());
         assert!(check_event_name(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn frames_decode_to_what_was_encoded() {
+        for (data, name, retry_ms) in [
+            ("hello", None, None),
+            ("", Some("tick"), Some(1500)),
+            ("a\nb\n", None, None),
+            ("\n\n", Some("x: y"), None),
+            ("data: a\nid: 9", None, Some(0)),
+            ("é€😀", None, None),
+        ] {
+            let fields = EventFields {
+                id: "7-1",
+                name,
+                data,
+                retry_ms,
+            };
+            let decoded = decode_event(&encode_event(&fields)).unwrap();
+            assert_eq!(
+                decoded,
+                DecodedEvent {
+                    id: "7-1".into(),
+                    name: name.map(String::from),
+                    data: data.into(),
+                    retry_ms,
+                }
+            );
+        }
+        let crlf = encode_event(&EventFields {
+            id: "1",
+            name: None,
+            data: "a\r\nb\rc",
+            retry_ms: None,
+        });
+        assert_eq!(decode_event(&crlf).unwrap().data, "a\nb\nc");
+        assert_eq!(decode_event(b"retry: 5\n\n"), None);
+        assert_eq!(decode_event(b"id: 1\ndata: x\n"), None);
     }
 }

@@ -34,6 +34,7 @@ impl EventLoop {
             self.topics
                 .append_at(event.seq, &event.topics, &event.frame, event.time_ms);
             self.pending.fan_out.drained(event.frame.len());
+            self.events_taken += 1;
             events_left -= 1;
             bytes_left = bytes_left.saturating_sub(event.frame.len());
         }

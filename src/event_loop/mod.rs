@@ -36,6 +36,8 @@ use crate::conn::{ConnState, Connection};
 use crate::history::topics::{TopicId, Topics};
 use crate::http::route::Listener;
 use crate::metrics::LoopCounters;
+use crate::presence::Query;
+use crate::replay::ReplayQuery;
 use crate::wheel::{TimerHandle, TimerWheel};
 
 use clock::Clock;
@@ -168,6 +170,12 @@ pub(crate) struct EventLoop {
     /// With the access log, each open stream's request line and bytes written, by slab
     /// key (beside the slab, so a slot stays small; empty when the log is off).
     stream_access: Vec<Option<Box<access::StreamAccess>>>,
+    /// Events taken from the inbox since start: a replay waits until this reaches what
+    /// the bus had handed out when it was asked.
+    events_taken: u64,
+    /// Replays waiting for events published before they were asked (see
+    /// [`EventLoop::answer_queries`]).
+    replays_waiting: Vec<ReplayQuery>,
 }
 
 impl EventLoop {
@@ -206,6 +214,8 @@ impl EventLoop {
             lingering: 0,
             accept_paused: None,
             stream_access: Vec::new(),
+            events_taken: 0,
+            replays_waiting: Vec::new(),
         })
     }
 
@@ -343,29 +353,74 @@ impl EventLoop {
         }
     }
 
-    /// Answers library handles' questions about the newest ids this loop's history holds
-    /// (`Handle::topics`), a few per turn. A handle wakes the loop after queueing one.
+    /// Answers library handles' questions about this loop's history, a few per turn: the
+    /// newest ids of topics (`Handle::topics`), and replays (`Handle::replay`). A handle
+    /// wakes the loop after queueing one. A replay waits (in `replays_waiting`, at most a
+    /// query queue's worth, dropped once its handle stopped waiting) until the loop has
+    /// taken what was published before it was asked, so it sees the handles' own
+    /// publishes. A waiting replay does not keep the loop awake: what it waits for comes
+    /// through the inbox, which wakes the loop.
     fn answer_queries(&mut self) {
         let now_ms = self.clock.as_now().unix_ms;
+        // `drain_inbox` just ran: it left this false only when it emptied the inbox.
+        let inbox_empty = !self.inbox_pending;
+        let now = self.clock.now();
+        for query in std::mem::take(&mut self.replays_waiting) {
+            if query.until > now {
+                self.answer_replay(query, now_ms, inbox_empty);
+            }
+        }
         for _ in 0..crate::presence::QUERIES_PER_TURN_MAX {
+            if self.replays_waiting.len() >= crate::presence::QUERY_QUEUE_MAX {
+                break;
+            }
             let Ok(query) = self.ctx.queries.try_recv() else {
-                return;
+                break;
             };
-            let ids = query
-                .names
-                .iter()
-                .map(|name| {
-                    let seq = self.topics.newest_seq(name, now_ms)?;
-                    Some(self.ctx.bus.id_of(seq))
-                })
-                .collect();
-            // The handle may have given up waiting; nothing else to do then.
-            let _ = query.reply.try_send(ids);
+            match query {
+                Query::Newest { names, reply } => {
+                    let ids = names
+                        .iter()
+                        .map(|name| {
+                            let seq = self.topics.newest_seq(name, now_ms)?;
+                            Some(self.ctx.bus.id_of(seq))
+                        })
+                        .collect();
+                    // The handle may have given up waiting; nothing else to do then.
+                    let _ = reply.try_send(ids);
+                }
+                Query::Replay(query) => self.answer_replay(query, now_ms, inbox_empty),
+            }
         }
         // Queries left: look again next turn without blocking.
         if !self.ctx.queries.is_empty() {
             self.inbox_pending = true;
         }
+    }
+
+    /// Answers a replay from the rings once they hold what was published before it was
+    /// asked; until then it waits for a later turn.
+    fn answer_replay(&mut self, query: ReplayQuery, now_ms: u64, inbox_empty: bool) {
+        let taken = inbox_empty || self.events_taken >= query.published;
+        let reached = self.topics.head_seq() >= query.newest
+            || self
+                .ctx
+                .bus
+                .reach_floor()
+                .is_some_and(|floor| floor >= query.newest);
+        if !(taken && reached) {
+            self.replays_waiting.push(query);
+            return;
+        }
+        let answer = crate::replay::answer(
+            &mut self.topics,
+            &query,
+            now_ms,
+            &self.ctx.limits,
+            &*self.ctx.bus,
+        );
+        // The handle may have given up waiting; nothing else to do then.
+        let _ = query.reply.try_send(answer);
     }
 
     fn recycle(&mut self, buffer: Box<[u8]>) {

@@ -33,6 +33,7 @@ mod health_and_demo;
 mod http_errors;
 mod http_protocol;
 mod independent_clients;
+mod library_replay;
 mod logs;
 mod metrics;
 mod presence;
