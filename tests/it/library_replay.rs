@@ -20,27 +20,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::common::*;
 use herald::{Event, PublishError, Replay, ReplayFrom, Server};
 
-/// The wall clock in Unix ms.
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Polls the wall clock (bounded by [`DEADLINE`] past `ms`) until it reads later than `ms`.
-fn wait_past(ms: u64) {
-    let deadline =
-        std::time::Instant::now() + DEADLINE + Duration::from_millis(ms.saturating_sub(unix_ms()));
-    while unix_ms() <= ms {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the wall clock stopped before {ms}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// `(event name, data, id, retry)` of each replayed event.
 fn rows(replay: &Replay) -> Vec<(Option<String>, String, String, Option<u32>)> {
     replay

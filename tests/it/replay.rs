@@ -13,32 +13,9 @@
 //! them (the wall clock is polled until it has moved past the first group), and expiry is
 //! waited for by polling the wall clock past the time to live.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use crate::common::*;
 use herald::{BusKind, Event, Server};
 use testkit::redis::RedisServer;
-
-/// The wall clock in Unix ms.
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Polls the wall clock (bounded by [`DEADLINE`] past `ms`) until it reads later than `ms`.
-fn wait_past(ms: u64) {
-    let deadline =
-        std::time::Instant::now() + DEADLINE + Duration::from_millis(ms.saturating_sub(unix_ms()));
-    while unix_ms() <= ms {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the wall clock stopped before {ms}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// `ms` as an RFC 3339 time in UTC with milliseconds (`2024-05-01T12:00:00.123Z`), by
 /// another crate than the parser it is fed to.

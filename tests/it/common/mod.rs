@@ -1,7 +1,8 @@
 //! Shared helpers for herald's integration tests, one module per concern:
 //!
 //! - [`server`]: the test configuration, an in-process server on `127.0.0.1:0`, publishing
-//!   through the library handle, waiting for eventually consistent counters;
+//!   through the library handle, waiting for eventually consistent counters and for the
+//!   wall clock;
 //! - [`http`]: a raw HTTP/1.1 client over real TCP sockets, request builders, the shared
 //!   error-answer assertions and hand-written encoders;
 //! - [`sse`]: an open `GET /events` stream, read through `testkit::sse` (the WHATWG-exact

@@ -1,8 +1,8 @@
 //! Servers for the tests: the configuration every test starts from, an in-process server on
 //! `127.0.0.1:0`, publishing through the library handle, and waiting for eventually
-//! consistent counters.
+//! consistent counters, and the wall clock for tests of times.
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use herald::{Config, Event, EventId, Handle, PublishError, Server};
 
@@ -52,5 +52,26 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
             "timed out after {DEADLINE:?} waiting for {what}"
         );
         std::thread::yield_now();
+    }
+}
+
+/// The wall clock in Unix ms.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Polls the wall clock (bounded by [`DEADLINE`] past `ms`) until it reads later than `ms`:
+/// for tests of times (replay `since`, expiry), which wait for the clock, never race it.
+pub fn wait_past(ms: u64) {
+    let deadline = Instant::now() + DEADLINE + Duration::from_millis(ms.saturating_sub(unix_ms()));
+    while unix_ms() <= ms {
+        assert!(
+            Instant::now() < deadline,
+            "the wall clock stopped before {ms}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
