@@ -259,7 +259,13 @@ fn has_repeated_top_level_key(body: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn event(topics: &[&str], name: Option<&str>, data: &str, retry_ms: Option<u32>) -> Event {
+    /// An event as a parser would make it (also used by `prepare.rs`'s tests).
+    pub(super) fn event(
+        topics: &[&str],
+        name: Option<&str>,
+        data: &str,
+        retry_ms: Option<u32>,
+    ) -> Event {
         Event {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             name: name.map(str::to_owned),

@@ -85,15 +85,7 @@ pub(crate) fn prepare<'e>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn event(topics: &[&str], name: Option<&str>, data: &str, retry_ms: Option<u32>) -> Event {
-        Event {
-            topics: topics.iter().map(|t| t.to_string()).collect(),
-            name: name.map(str::to_owned),
-            data: data.to_owned(),
-            retry_ms,
-        }
-    }
+    use crate::publish::tests::event;
 
     fn limits() -> PublishLimits {
         PublishLimits {
