@@ -2,8 +2,9 @@
 //! loop) and the one place where `io::Result`s are classified, so a failing socket only
 //! ever closes itself.
 
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, IoSlice};
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
@@ -119,6 +120,19 @@ pub(crate) fn classify(result: io::Result<usize>) -> IoOutcome {
     }
 }
 
+/// Writes `slices` to a connected socket with `send` (one slice) or `sendmsg` (several),
+/// with `MSG_NOSIGNAL`, so a peer gone away is `EPIPE` and never `SIGPIPE`, whatever the
+/// embedding program does with that signal. The socket calls skip the file layer that
+/// `writev` goes through (`vfs_writev`, `fdget_pos`), which cost about a microsecond per
+/// delivery on loopback (BENCHMARKS.md, "Writing with send").
+pub(crate) fn send_slices<S: AsFd>(socket: &S, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    let socket = SockRef::from(socket);
+    match slices {
+        [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL),
+        _ => socket.send_vectored_with_flags(slices, libc::MSG_NOSIGNAL),
+    }
+}
+
 /// Runs an I/O call, retrying on `Interrupted`, and classifies the result.
 pub(crate) fn io(mut call: impl FnMut() -> io::Result<usize>) -> IoOutcome {
     loop {
@@ -132,6 +146,30 @@ pub(crate) fn io(mut call: impl FnMut() -> io::Result<usize>) -> IoOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One slice goes by `send`, several by `sendmsg`; both arrive whole and in order, and
+    /// a peer that closed is an error (`EPIPE` or a reset), not a signal.
+    #[test]
+    fn slices_are_sent_whole_and_in_order() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut receiver, _) = listener.accept().unwrap();
+        let one = [IoSlice::new(b"id: 1\n\n")];
+        assert_eq!(send_slices(&sender, &one).unwrap(), 7);
+        let several = [IoSlice::new(b"id: 2\n\n"), IoSlice::new(b"id: 3\n\n")];
+        assert_eq!(send_slices(&sender, &several).unwrap(), 14);
+        let mut received = [0; 21];
+        receiver.read_exact(&mut received).unwrap();
+        assert_eq!(&received, b"id: 1\n\nid: 2\n\nid: 3\n\n");
+        drop(receiver);
+        let gone = (0..100).find_map(|_| send_slices(&sender, &one).err());
+        let kind = gone.expect("writes to a closed peer fail").kind();
+        assert!(
+            matches!(kind, ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+            "{kind:?}"
+        );
+    }
 
     #[test]
     fn classification() {

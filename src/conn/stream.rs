@@ -1,5 +1,5 @@
 //! An open event stream: a cursor into the topic rings, written by gathering every frame
-//! the subscriber is behind by into one `write_vectored`, plus the bytes that go between
+//! the subscriber is behind by into one vectored write, plus the bytes that go between
 //! frames (the response head, heartbeats, a parting `retry:` hint).
 //!
 //! Sans-io: the loop passes the socket write as a closure and the time as `now_ms`. A
@@ -14,7 +14,7 @@ use crate::history::ring::Seq;
 use crate::history::topics::{StreamTopic, Topics};
 use crate::sse;
 
-/// Frames gathered into one `write_vectored` call. Linux accepts 1024; 64 frames already
+/// Frames gathered into one vectored write (`sendmsg`). Linux accepts 1024; 64 frames already
 /// amortise the syscall, and the iovec array lives on the stack.
 pub(crate) const IOVECS_PER_WRITE_MAX: usize = 64;
 
@@ -316,7 +316,7 @@ impl Stream {
     }
 
     /// Writes as much as the socket takes, up to `writes_max` calls. `write` is one
-    /// `write_vectored` on the stream's socket, already classified.
+    /// one vectored write (`socket::send_slices`) on the stream's socket, already classified.
     pub(crate) fn flush(
         &mut self,
         table: &Topics,

@@ -13,7 +13,7 @@ use crate::socket::{self, IoOutcome};
 
 /// Read/parse/write rounds per HTTP connection per wake-up (several pipelined requests).
 pub(crate) const HTTP_ROUNDS_MAX: usize = 16;
-/// `write_vectored` calls per stream per turn.
+/// Vectored writes (`socket::send_slices`) per stream per turn.
 pub(crate) const STREAM_WRITES_PER_TURN_MAX: usize = 4;
 /// Reads of unexpected bytes from a stream's client per wake-up; they are discarded.
 pub(crate) const STREAM_DISCARD_READS_MAX: usize = 4;
@@ -186,7 +186,7 @@ impl EventLoop {
             now_ms,
             &mut counters.deliveries,
             |slices| {
-                let outcome = socket::io(|| socket.write_vectored(slices));
+                let outcome = socket::io(|| socket::send_slices(&*socket, slices));
                 if let IoOutcome::Done(n) = outcome {
                     written += n;
                     writes += 1;
