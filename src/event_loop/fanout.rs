@@ -9,7 +9,7 @@ use crate::history::ring::Seq;
 /// Streams the fan-out writes per turn before the loop polls again. A pass over the
 /// thousands of subscribers of one topic takes 100 to 450 ms of wall time on a busy box;
 /// between slices the loop reads new publishes and drains its inbox, so an event published
-/// mid-pass reaches every stream not yet written in the same pass (in the same `writev`)
+/// mid-pass reaches every stream not yet written in the same pass (in the same write)
 /// instead of waiting for the next pass (BENCHMARKS.md, "Single-topic fan-out").
 const FAN_OUT_STREAMS_PER_TURN_MAX: usize = 256;
 

@@ -268,7 +268,7 @@ fn herald_families(
         single(
             "herald_stream_writes_total",
             Counter,
-            "Writes to streams (writev calls that wrote bytes); deliveries per write is how many events a write carried on average.",
+            "Writes to streams (send or sendmsg calls that wrote bytes); deliveries per write is how many events a write carried on average.",
             sum(|l| &l.stream_writes),
         ),
         single(
