@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::bus::embedded::EmbeddedBus;
-use crate::bus::redis::{RedisBus, RedisSettings};
+use crate::bus::redis::{RedisBus, RedisSettings, TlsFiles};
 use crate::bus::{Bus, Fanout, Resume, Submitted};
 use crate::config::{BusKind, Config, Limits};
 use crate::event::{Error, Event, EventId, PublishError, Stats};
@@ -210,6 +210,13 @@ impl Server {
                     limits: limits.publish.clone(),
                     data_bytes_max: config.max_publish_bytes,
                     presence: presence.clone(),
+                    tls_files: TlsFiles {
+                        ca: config.redis_tls_ca_file.clone(),
+                        cert_and_key: config
+                            .redis_tls_cert_file
+                            .clone()
+                            .zip(config.redis_tls_key_file.clone()),
+                    },
                 };
                 Arc::new(
                     RedisBus::start(fanout, settings)

@@ -277,6 +277,9 @@ impl std::fmt::Debug for Config {
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_stream", &self.redis_stream)
             .field("redis_maxlen", &self.redis_maxlen)
+            .field("redis_tls_ca_file", &self.redis_tls_ca_file)
+            .field("redis_tls_cert_file", &self.redis_tls_cert_file)
+            .field("redis_tls_key_file", &self.redis_tls_key_file)
             .field("forwarded_header", &self.forwarded_header)
             .field("ipv6_prefix_per_ip", &self.ipv6_prefix_per_ip)
             .field("max_publish_connections", &self.max_publish_connections)
@@ -480,8 +483,32 @@ impl Config {
         }
         if self.bus == BusKind::Redis {
             check_redis_url(&self.redis_url).or_else(|reason| fault("redis_url", reason))?;
+            self.check_redis_tls()?;
         }
         Ok(())
+    }
+
+    /// TLS files go with a `rediss://` URL, and a client certificate with its key.
+    fn check_redis_tls(&self) -> Result<(), ConfigError> {
+        let tls = self.redis_url.starts_with("rediss://");
+        for (setting, file) in [
+            ("redis_tls_ca_file", &self.redis_tls_ca_file),
+            ("redis_tls_cert_file", &self.redis_tls_cert_file),
+            ("redis_tls_key_file", &self.redis_tls_key_file),
+        ] {
+            match file {
+                Some(path) if path.is_empty() => return fault(setting, "must not be empty"),
+                Some(_) if !tls => {
+                    return fault(setting, "needs a rediss:// redis_url (TLS to Redis)")
+                }
+                _ => {}
+            }
+        }
+        match (&self.redis_tls_cert_file, &self.redis_tls_key_file) {
+            (Some(_), None) => fault("redis_tls_key_file", "must be set with redis_tls_cert_file"),
+            (None, Some(_)) => fault("redis_tls_cert_file", "must be set with redis_tls_key_file"),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -490,11 +517,17 @@ fn check_redis_url(url: &str) -> Result<(), String> {
     use redis::IntoConnectionInfo;
     let shown = redact_url(url);
     if !url.starts_with("redis://")
+        && !url.starts_with("rediss://")
         && !url.starts_with("redis+unix://")
         && !url.starts_with("unix://")
     {
         return Err(format!(
-            "{shown:?} is not a redis://host:port/db URL (TLS is the proxy's job)"
+            "{shown:?} is not a redis://host:port/db or rediss://host:port/db URL"
+        ));
+    }
+    if url.starts_with("rediss://") && url.contains('#') {
+        return Err(format!(
+            "{shown:?}: #insecure is refused; give the CA with redis_tls_ca_file"
         ));
     }
     let info = url

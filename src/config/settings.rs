@@ -269,7 +269,7 @@ settings! {
     bus: BusKind [Text<BusKind>] = BusKind::Embedded, "BUS",
         "`embedded` (one node) or `redis` (nodes sharing one Redis Stream; see [Cluster mode](#cluster-mode))";
     redis_url: String [Text<String>] = REDIS_URL_DEFAULT.to_owned(), "URL",
-        "Redis for `--bus redis`: `redis://[user:password@]host:port/db`; errors and logs show it with the password as `***`",
+        "Redis for `--bus redis`: `redis://[user:password@]host:port/db`, or `rediss://` for TLS; errors and logs show it with the password as `***`",
         secret = true;
     redis_stream: String [Text<String>] = REDIS_STREAM_DEFAULT.to_owned(), "NAME",
         "The Redis Stream every node appends to and reads";
@@ -278,6 +278,13 @@ settings! {
     redis_maxlen: usize [Text<usize>] = 0, "N",
         "Approximate length the stream is trimmed to (`XADD MAXLEN ~`); 0 means `--history-total-bytes` / 1 KiB, at least `--history-events`",
         range = (0, REDIS_MAXLEN_MAX);
+    /// Read once at start; a file that cannot be read or parsed stops the start.
+    redis_tls_ca_file: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM CA certificate(s) that verify Redis's certificate with a `rediss://` URL instead of the system's roots; the name verified is the URL's host (see [Cluster mode](#cluster-mode))";
+    redis_tls_cert_file: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM client certificate (chain) for a Redis with `tls-auth-clients`; needs `--redis-tls-key-file` and a `rediss://` URL";
+    redis_tls_key_file: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM private key of `--redis-tls-cert-file`";
     /// An unreadable or malformed hop ends the walk at the nearest trusted proxy.
     forwarded_header: ForwardedHeader [Text<ForwardedHeader>] = ForwardedHeader::XForwardedFor, "HEADER",
         "The header a trusted proxy names the client in: `x-forwarded-for` or `forwarded` (RFC 7239); the other is never read (see [Client address](#client-address))";

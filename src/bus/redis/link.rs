@@ -1,13 +1,57 @@
-//! Talking to Redis from the bus's threads: [`RedisConn`], a connection reopened on demand
-//! under a jittered [`Backoff`], the plain `connect` the reader uses, and [`Throttle`],
-//! which keeps a fault that repeats at event rate from flooding the log. The decisions
-//! (`Backoff`, `Throttle`) are plain values; only `connect` and `RedisConn` do I/O.
+//! Talking to Redis from the bus's threads: [`Target`], where connections go (one Redis,
+//! plainly or over TLS), [`RedisConn`], a connection reopened
+//! on demand under a jittered [`Backoff`], the plain `connect` the reader uses, and
+//! [`Throttle`], which keeps a fault that repeats at event rate from flooding the log. The
+//! decisions (`Backoff`, `Throttle`) are plain values; only `connect`, `open` and
+//! `RedisConn` do I/O.
 
 use std::time::{Duration, Instant};
 
-use redis::Value;
+use redis::{Client, ConnectionAddr, ConnectionInfo, RedisConnectionInfo, TlsCertificates, Value};
 
 use super::Core;
+
+/// Where the bus's connections go.
+pub(super) enum Target {
+    /// The one Redis `redis_url` names.
+    Direct(Client),
+}
+
+/// How a connection to a Redis node is made, whatever its address: plain TCP or TLS (with
+/// the configured CA and client certificate), and the credentials and database of
+/// `redis_url`.
+#[derive(Clone)]
+pub(super) struct Endpoint {
+    /// TLS (`rediss://`).
+    pub tls: bool,
+    /// The CA and client certificate; `None`: the system's roots, no client certificate.
+    pub certs: Option<TlsCertificates>,
+    /// Credentials and database.
+    pub redis: RedisConnectionInfo,
+}
+
+impl Endpoint {
+    /// A client for the node at `host:port`; the TLS name verified is `host`.
+    pub(super) fn client(&self, host: &str, port: u16) -> redis::RedisResult<Client> {
+        let addr = match self.tls {
+            true => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+            false => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        let info = ConnectionInfo {
+            addr,
+            redis: self.redis.clone(),
+        };
+        match &self.certs {
+            Some(certs) => Client::build_with_tls(info, certs.clone()),
+            None => Client::open(info),
+        }
+    }
+}
 
 /// Time to open a connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -23,7 +67,14 @@ const BACKOFF_MAX: Duration = Duration::from_millis(2_000);
 /// Opens a connection with the bus's timeouts; `extra_read` is added to the read timeout
 /// (the reader's blocking `XREAD`).
 pub(super) fn connect(core: &Core, extra_read: Duration) -> redis::RedisResult<redis::Connection> {
-    let conn = core.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    match &core.target {
+        Target::Direct(client) => open(client, extra_read),
+    }
+}
+
+/// Opens a connection to `client`'s node with the bus's timeouts (see [`connect`]).
+pub(super) fn open(client: &Client, extra_read: Duration) -> redis::RedisResult<redis::Connection> {
+    let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
     conn.set_read_timeout(Some(IO_TIMEOUT + extra_read))?;
     conn.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(conn)
@@ -114,7 +165,7 @@ impl RedisConn {
         let now = Instant::now();
         if now.duration_since(self.used_at) > IDLE_CHECK {
             if let Some(conn) = &mut self.conn {
-                if let Err(error) = redis::cmd("PING").query::<Value>(conn) {
+                if let Err(error) = still_usable(core, conn) {
                     log::debug!("redis {} idle connection is gone: {error}", self.role);
                     self.conn = None;
                     self.retry_at = now;
@@ -150,6 +201,13 @@ impl RedisConn {
         self.conn = None;
         self.down_logged = true;
         self.retry_at = Instant::now();
+    }
+}
+
+/// Checks an idle connection with a `PING`.
+fn still_usable(core: &Core, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+    match &core.target {
+        Target::Direct(_) => redis::cmd("PING").query::<Value>(conn).map(drop),
     }
 }
 

@@ -17,9 +17,11 @@
 //! A fourth thread (`presence.rs`) shares this node's subscriber counts with the other
 //! nodes through a hash per node with a time-to-live, and sums theirs.
 //!
-//! `entry.rs` is the entry codec all three share; `link.rs` is the reconnecting
+//! `entry.rs` is the entry codec all three share; `link.rs` is where connections go (one
+//! Redis, plainly or over TLS), the reconnecting
 //! connection, its backoff and the log throttle. This file holds what the threads share
-//! ([`Core`]) and the [`Bus`] face the loops call, which only queues work for the threads.
+//! ([`Core`]), the [`Bus`] face the loops call, which only queues work for the threads, and
+//! the reading of the TLS files at start.
 //!
 //! Entry format, for herald and for any application that appends directly:
 //! `topic` (one name or several separated by `,`; the field may repeat), `data` (UTF-8),
@@ -47,6 +49,7 @@ use crossbeam_channel::{Sender, TrySendError};
 
 use self::backfill::{run_backfiller, BackfillJob, BackfillQueue};
 use self::entry::{format_id, pack, parse_id};
+use self::link::{Endpoint, Target};
 use self::reader::run_reader;
 use self::writer::{
     run_writer, Reply, WriteEvent, WriteJob, WRITE_QUEUE_BYTES_MAX, WRITE_QUEUE_MAX,
@@ -74,7 +77,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// What the bus's threads share.
 struct Core {
-    client: redis::Client,
+    /// Where connections go.
+    target: Target,
     stream: String,
     maxlen: usize,
     limits: PublishLimits,
@@ -121,6 +125,91 @@ pub(crate) struct RedisSettings {
     pub data_bytes_max: usize,
     /// This node's subscriber counts, written to Redis, and where the other nodes' sums go.
     pub presence: Arc<crate::presence::Presence>,
+    /// `redis_tls_ca_file`, `redis_tls_cert_file`, `redis_tls_key_file`.
+    pub tls_files: TlsFiles,
+}
+
+/// The TLS files of the settings, read once at start.
+#[derive(Default)]
+pub(crate) struct TlsFiles {
+    /// PEM CA certificates; `None`: the system's roots.
+    pub ca: Option<String>,
+    /// PEM client certificate chain and its key; both or neither (`Config::validate`).
+    pub cert_and_key: Option<(String, String)>,
+}
+
+impl TlsFiles {
+    /// The certificates for the `redis` crate, or `None` when no file is given (the
+    /// system's roots, no client certificate). A file that cannot be read, or holds no
+    /// PEM certificate, is an error naming its setting.
+    fn load(&self) -> std::io::Result<Option<redis::TlsCertificates>> {
+        if self.ca.is_none() && self.cert_and_key.is_none() {
+            return Ok(None);
+        }
+        let read = |setting: &str, path: &str, label: &str| {
+            let pem = std::fs::read(path).map_err(|error| {
+                std::io::Error::new(error.kind(), format!("{setting} {path:?}: {error}"))
+            })?;
+            if !pem
+                .windows(label.len())
+                .any(|window| window == label.as_bytes())
+            {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{setting} {path:?}: no PEM {label} in it"),
+                ));
+            }
+            Ok(pem)
+        };
+        let root_cert = match &self.ca {
+            Some(path) => Some(read("redis_tls_ca_file", path, "CERTIFICATE-----")?),
+            None => None,
+        };
+        let client_tls = match &self.cert_and_key {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("redis_tls_cert_file", cert, "CERTIFICATE-----")?,
+                client_key: read("redis_tls_key_file", key, "PRIVATE KEY-----")?,
+            }),
+            None => None,
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+}
+
+/// Where the bus connects: the URL's node. PEM that does not parse fails here, at
+/// start, rather than at every connection.
+fn target(settings: &RedisSettings, shown: &str) -> std::io::Result<Target> {
+    use redis::IntoConnectionInfo;
+    let invalid = |error: redis::RedisError| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{shown}: {}",
+                error.to_string().replace(&settings.url, shown)
+            ),
+        )
+    };
+    let certs = settings.tls_files.load()?;
+    let info = settings
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(invalid)?;
+    let endpoint = Endpoint {
+        tls: matches!(info.addr, redis::ConnectionAddr::TcpTls { .. }),
+        certs: certs.clone(),
+        redis: info.redis.clone(),
+    };
+    // Parses the PEM now, through the same call every connection makes.
+    endpoint.client("localhost", 1).map_err(invalid)?;
+    let client = match certs {
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
+    };
+    client.map(Target::Direct).map_err(invalid)
 }
 
 impl RedisBus {
@@ -128,18 +217,10 @@ impl RedisBus {
     /// threads keep trying, and publishes are refused until it is.
     pub(crate) fn start(fanout: Fanout, settings: RedisSettings) -> std::io::Result<RedisBus> {
         let shown = crate::config::redact_url(&settings.url);
-        let client = redis::Client::open(settings.url.as_str()).map_err(|error| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "{shown}: {}",
-                    error.to_string().replace(&settings.url, &shown)
-                ),
-            )
-        })?;
+        let target = target(&settings, &shown)?;
         log::info!("redis bus on {shown}, stream {:?}", settings.stream);
         let core = Arc::new(Core {
-            client,
+            target,
             stream: settings.stream,
             maxlen: settings.maxlen,
             limits: settings.limits,
