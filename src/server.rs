@@ -217,6 +217,8 @@ impl Server {
                             .clone()
                             .zip(config.redis_tls_key_file.clone()),
                     },
+                    sentinels: config.redis_sentinels.clone(),
+                    master_name: config.redis_master_name.clone(),
                 };
                 Arc::new(
                     RedisBus::start(fanout, settings)

@@ -121,6 +121,10 @@ pub const REDIS_STREAM_DEFAULT: &str = "herald";
 pub const REDIS_STREAM_BYTES_MAX: usize = 256;
 /// Ceiling on `redis_maxlen`: entries Redis keeps in memory for resumes.
 pub const REDIS_MAXLEN_MAX: usize = 100_000_000;
+/// The primary's name in Sentinel, by default: Sentinel's own example name.
+pub const REDIS_MASTER_NAME_DEFAULT: &str = "mymaster";
+/// Sentinels herald asks in turn; more is a mistake in the list.
+pub const REDIS_SENTINELS_MAX: usize = 16;
 /// Bytes of history one stream entry is counted as when `redis_maxlen` is derived from
 /// `history_total_bytes`: a typical small event with its id and fields.
 pub const REDIS_ENTRY_BYTES_ESTIMATE: usize = 1024;
@@ -280,6 +284,8 @@ impl std::fmt::Debug for Config {
             .field("redis_tls_ca_file", &self.redis_tls_ca_file)
             .field("redis_tls_cert_file", &self.redis_tls_cert_file)
             .field("redis_tls_key_file", &self.redis_tls_key_file)
+            .field("redis_sentinels", &self.redis_sentinels)
+            .field("redis_master_name", &self.redis_master_name)
             .field("forwarded_header", &self.forwarded_header)
             .field("ipv6_prefix_per_ip", &self.ipv6_prefix_per_ip)
             .field("max_publish_connections", &self.max_publish_connections)
@@ -484,6 +490,7 @@ impl Config {
         if self.bus == BusKind::Redis {
             check_redis_url(&self.redis_url).or_else(|reason| fault("redis_url", reason))?;
             self.check_redis_tls()?;
+            self.check_redis_sentinels()?;
         }
         Ok(())
     }
@@ -509,6 +516,37 @@ impl Config {
             (None, Some(_)) => fault("redis_tls_cert_file", "must be set with redis_tls_key_file"),
             _ => Ok(()),
         }
+    }
+
+    /// Each sentinel is a `host:port`; the master name is one printable word.
+    fn check_redis_sentinels(&self) -> Result<(), ConfigError> {
+        if self.redis_sentinels.len() > REDIS_SENTINELS_MAX {
+            return fault(
+                "redis_sentinels",
+                format!("at most {REDIS_SENTINELS_MAX} sentinels"),
+            );
+        }
+        for sentinel in &self.redis_sentinels {
+            let port = sentinel
+                .rsplit_once(':')
+                .filter(|(host, _)| !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()))
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .filter(|port| *port != 0);
+            if port.is_none() {
+                return fault(
+                    "redis_sentinels",
+                    format!("{sentinel:?} is not a host:port"),
+                );
+            }
+        }
+        let name = &self.redis_master_name;
+        if name.is_empty() || name.len() > 256 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return fault(
+                "redis_master_name",
+                "must be 1..=256 printable ASCII bytes without spaces",
+            );
+        }
+        Ok(())
     }
 }
 

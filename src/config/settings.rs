@@ -280,11 +280,17 @@ settings! {
         range = (0, REDIS_MAXLEN_MAX);
     /// Read once at start; a file that cannot be read or parsed stops the start.
     redis_tls_ca_file: Option<String> [Optional<Text<String>>] = None, "FILE",
-        "PEM CA certificate(s) that verify Redis's certificate with a `rediss://` URL instead of the system's roots; the name verified is the URL's host (see [Cluster mode](#cluster-mode))";
+        "PEM CA certificate(s) that verify Redis's certificate with a `rediss://` URL instead of the system's roots; the name verified is the URL's host, or the address Sentinel names (see [Cluster mode](#cluster-mode))";
     redis_tls_cert_file: Option<String> [Optional<Text<String>>] = None, "FILE",
         "PEM client certificate (chain) for a Redis with `tls-auth-clients`; needs `--redis-tls-key-file` and a `rediss://` URL";
     redis_tls_key_file: Option<String> [Optional<Text<String>>] = None, "FILE",
         "PEM private key of `--redis-tls-cert-file`";
+    /// Asked in turn; the first that names a primary which says it is one wins.
+    redis_sentinels: Vec<String> [List] = Vec::new(), "HOST:PORT",
+        "Redis Sentinel to ask for the primary of `--redis-master-name`, repeatable (`HERALD_REDIS_SENTINELS` is comma-separated); herald follows a failover, and `--redis-url` then gives only the scheme, credentials and database",
+        flag = "redis-sentinel";
+    redis_master_name: String [Text<String>] = REDIS_MASTER_NAME_DEFAULT.to_owned(), "NAME",
+        "The primary's name in Sentinel (`--redis-sentinel`)";
     /// An unreadable or malformed hop ends the walk at the nearest trusted proxy.
     forwarded_header: ForwardedHeader [Text<ForwardedHeader>] = ForwardedHeader::XForwardedFor, "HEADER",
         "The header a trusted proxy names the client in: `x-forwarded-for` or `forwarded` (RFC 7239); the other is never read (see [Client address](#client-address))";
@@ -433,7 +439,8 @@ mod tests {
              redis_stream = \"x\"\nredis_maxlen = 7\nforwarded_header = \"forwarded\"\n\
              ipv6_prefix_per_ip = 7\nmax_publish_connections = 7\ndemo_feed = true\n\
              log_level = \"trace\"\nlog_format = \"json\"\naccess_log = true\ncoalesce_ms = 7\n\
-             max_patterns_per_subscription = 7\nmin_pattern_prefix = 7\n",
+             max_patterns_per_subscription = 7\nmin_pattern_prefix = 7\n\
+             redis_master_name = \"x\"\n",
         )
         .unwrap();
         let defaults = Config::default();
@@ -504,7 +511,7 @@ mod tests {
                 (_, None) => continue,
                 (
                     "listen" | "gap_event" | "redis_url" | "redis_stream" | "bus"
-                    | "forwarded_header" | "log_level" | "log_format",
+                    | "forwarded_header" | "log_level" | "log_format" | "redis_master_name",
                     Some(value),
                 ) => {
                     format!("{} = {value:?}", setting.name)

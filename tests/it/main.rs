@@ -43,6 +43,7 @@ mod publish;
 mod publish_batch;
 mod readme;
 mod readyz;
+mod redis_sentinel;
 mod redis_tls;
 mod replay;
 mod resume;

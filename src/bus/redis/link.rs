@@ -1,5 +1,5 @@
 //! Talking to Redis from the bus's threads: [`Target`], where connections go (one Redis,
-//! plainly or over TLS), [`RedisConn`], a connection reopened
+//! plainly or over TLS, or the primary Sentinel names), [`RedisConn`], a connection reopened
 //! on demand under a jittered [`Backoff`], the plain `connect` the reader uses, and
 //! [`Throttle`], which keeps a fault that repeats at event rate from flooding the log. The
 //! decisions (`Backoff`, `Throttle`) are plain values; only `connect`, `open` and
@@ -9,12 +9,16 @@ use std::time::{Duration, Instant};
 
 use redis::{Client, ConnectionAddr, ConnectionInfo, RedisConnectionInfo, TlsCertificates, Value};
 
+use super::sentinel::Sentinels;
 use super::Core;
 
 /// Where the bus's connections go.
 pub(super) enum Target {
     /// The one Redis `redis_url` names.
     Direct(Client),
+    /// Whichever Redis the sentinels name as the primary, asked at every (re)connection,
+    /// so a failover is followed by reconnecting.
+    Sentinel(Sentinels),
 }
 
 /// How a connection to a Redis node is made, whatever its address: plain TCP or TLS (with
@@ -69,6 +73,7 @@ const BACKOFF_MAX: Duration = Duration::from_millis(2_000);
 pub(super) fn connect(core: &Core, extra_read: Duration) -> redis::RedisResult<redis::Connection> {
     match &core.target {
         Target::Direct(client) => open(client, extra_read),
+        Target::Sentinel(sentinels) => sentinels.connect_primary(extra_read),
     }
 }
 
@@ -204,10 +209,19 @@ impl RedisConn {
     }
 }
 
-/// Checks an idle connection with a `PING`.
+/// Checks an idle connection: a `PING`, or with Sentinel a `ROLE`, so a connection to a
+/// primary that was demoted (a failover that left it running) is dropped and the next one
+/// goes to the new primary.
 fn still_usable(core: &Core, conn: &mut redis::Connection) -> redis::RedisResult<()> {
     match &core.target {
         Target::Direct(_) => redis::cmd("PING").query::<Value>(conn).map(drop),
+        Target::Sentinel(_) => match super::sentinel::is_primary(conn)? {
+            true => Ok(()),
+            false => Err(redis::RedisError::from((
+                redis::ErrorKind::ReadOnly,
+                "no longer the primary",
+            ))),
+        },
     }
 }
 

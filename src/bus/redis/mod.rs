@@ -18,7 +18,7 @@
 //! nodes through a hash per node with a time-to-live, and sums theirs.
 //!
 //! `entry.rs` is the entry codec all three share; `link.rs` is where connections go (one
-//! Redis, plainly or over TLS), the reconnecting
+//! Redis, plainly or over TLS, or the primary through `sentinel.rs`), the reconnecting
 //! connection, its backoff and the log throttle. This file holds what the threads share
 //! ([`Core`]), the [`Bus`] face the loops call, which only queues work for the threads, and
 //! the reading of the TLS files at start.
@@ -39,6 +39,7 @@ mod fair;
 mod link;
 mod presence;
 mod reader;
+mod sentinel;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -51,6 +52,7 @@ use self::backfill::{run_backfiller, BackfillJob, BackfillQueue};
 use self::entry::{format_id, pack, parse_id};
 use self::link::{Endpoint, Target};
 use self::reader::run_reader;
+use self::sentinel::Sentinels;
 use self::writer::{
     run_writer, Reply, WriteEvent, WriteJob, WRITE_QUEUE_BYTES_MAX, WRITE_QUEUE_MAX,
 };
@@ -127,6 +129,10 @@ pub(crate) struct RedisSettings {
     pub presence: Arc<crate::presence::Presence>,
     /// `redis_tls_ca_file`, `redis_tls_cert_file`, `redis_tls_key_file`.
     pub tls_files: TlsFiles,
+    /// `redis_sentinels`: when not empty, the primary is found through them.
+    pub sentinels: Vec<String>,
+    /// `redis_master_name`.
+    pub master_name: String,
 }
 
 /// The TLS files of the settings, read once at start.
@@ -179,7 +185,8 @@ impl TlsFiles {
     }
 }
 
-/// Where the bus connects: the URL's node. PEM that does not parse fails here, at
+/// Where the bus connects: the URL's node, or the primary the sentinels name (reached with
+/// the URL's scheme, credentials and database). PEM that does not parse fails here, at
 /// start, rather than at every connection.
 fn target(settings: &RedisSettings, shown: &str) -> std::io::Result<Target> {
     use redis::IntoConnectionInfo;
@@ -205,6 +212,13 @@ fn target(settings: &RedisSettings, shown: &str) -> std::io::Result<Target> {
     };
     // Parses the PEM now, through the same call every connection makes.
     endpoint.client("localhost", 1).map_err(invalid)?;
+    if !settings.sentinels.is_empty() {
+        return Ok(Target::Sentinel(Sentinels::new(
+            &settings.sentinels,
+            &settings.master_name,
+            endpoint,
+        )));
+    }
     let client = match certs {
         Some(certs) => redis::Client::build_with_tls(info, certs),
         None => redis::Client::open(info),
@@ -218,7 +232,15 @@ impl RedisBus {
     pub(crate) fn start(fanout: Fanout, settings: RedisSettings) -> std::io::Result<RedisBus> {
         let shown = crate::config::redact_url(&settings.url);
         let target = target(&settings, &shown)?;
-        log::info!("redis bus on {shown}, stream {:?}", settings.stream);
+        match settings.sentinels.is_empty() {
+            true => log::info!("redis bus on {shown}, stream {:?}", settings.stream),
+            false => log::info!(
+                "redis bus on primary {:?} of sentinels {}, stream {:?}",
+                settings.master_name,
+                settings.sentinels.join(","),
+                settings.stream
+            ),
+        }
         let core = Arc::new(Core {
             target,
             stream: settings.stream,

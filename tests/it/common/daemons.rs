@@ -1,5 +1,5 @@
 //! Redis processes that `testkit::redis::RedisServer` does not start: a `redis-server` with
-//! any arguments (a TLS port), each a [`Daemon`] in a
+//! any arguments (a TLS port, a replica) and `redis-sentinel`, each a [`Daemon`] in a
 //! [`Scratch`] directory, ready once its log shows a line the caller names. Only the
 //! processes started here are ever signalled, by their PID; dropping a `Daemon` kills it.
 
@@ -8,8 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Where Debian's `redis-server` is (`.ci/deps` installs it).
+/// Where Debian's `redis-server` and `redis-sentinel` are (`.ci/deps` installs both).
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+/// See [`REDIS_SERVER`].
+pub const REDIS_SENTINEL: &str = "/usr/bin/redis-sentinel";
 
 /// How long a daemon may take to log that it is ready; only bounds a hang.
 pub const DAEMON_START: Duration = Duration::from_secs(20);
@@ -89,6 +91,11 @@ impl Daemon {
     /// Where a daemon labelled `label` in `dir` logs.
     pub fn log_path(dir: &Path, label: &str) -> PathBuf {
         dir.join(format!("{label}.log"))
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap()
     }
 
     /// Its log so far.

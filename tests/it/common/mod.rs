@@ -10,7 +10,7 @@
 //! - [`metrics`]: `GET /metrics` checked against the Prometheus text format as it is parsed;
 //! - [`process`]: the `herald` binary as a child process, spawning a child and draining its
 //!   stderr, signals by PID;
-//! - [`daemons`]: `redis-server` with any arguments (a TLS port).
+//! - [`daemons`]: `redis-server` with any arguments (a TLS port, a replica) and `redis-sentinel`.
 //!
 //! Everything is re-exported here, so a test module says `use crate::common::*;`. A private
 //! `redis-server` per test and its client come from `testkit::redis`.
