@@ -219,6 +219,8 @@ impl Server {
                     },
                     sentinels: config.redis_sentinels.clone(),
                     master_name: config.redis_master_name.clone(),
+                    wait_replicas: config.redis_wait_replicas,
+                    wait_timeout: Duration::from_millis(config.redis_wait_timeout),
                 };
                 Arc::new(
                     RedisBus::start(fanout, settings)

@@ -123,6 +123,13 @@ pub const REDIS_STREAM_BYTES_MAX: usize = 256;
 pub const REDIS_MAXLEN_MAX: usize = 100_000_000;
 /// The primary's name in Sentinel, by default: Sentinel's own example name.
 pub const REDIS_MASTER_NAME_DEFAULT: &str = "mymaster";
+/// Ceiling on `redis_wait_replicas`: more replicas than any Redis deployment runs.
+pub const REDIS_WAIT_REPLICAS_MAX: usize = 64;
+/// How long `WAIT` may take by default: a replica on the same network acknowledges in
+/// well under a millisecond, so a second means it is gone or far behind.
+pub const REDIS_WAIT_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+/// Ceiling on `redis_wait_timeout`: a publisher holds its connection this long at most.
+pub const REDIS_WAIT_TIMEOUT_MS_MAX: u64 = 60_000;
 /// Sentinels herald asks in turn; more is a mistake in the list.
 pub const REDIS_SENTINELS_MAX: usize = 16;
 /// Bytes of history one stream entry is counted as when `redis_maxlen` is derived from
@@ -286,6 +293,8 @@ impl std::fmt::Debug for Config {
             .field("redis_tls_key_file", &self.redis_tls_key_file)
             .field("redis_sentinels", &self.redis_sentinels)
             .field("redis_master_name", &self.redis_master_name)
+            .field("redis_wait_replicas", &self.redis_wait_replicas)
+            .field("redis_wait_timeout", &self.redis_wait_timeout)
             .field("forwarded_header", &self.forwarded_header)
             .field("ipv6_prefix_per_ip", &self.ipv6_prefix_per_ip)
             .field("max_publish_connections", &self.max_publish_connections)

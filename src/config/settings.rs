@@ -291,6 +291,14 @@ settings! {
         flag = "redis-sentinel";
     redis_master_name: String [Text<String>] = REDIS_MASTER_NAME_DEFAULT.to_owned(), "NAME",
         "The primary's name in Sentinel (`--redis-sentinel`)";
+    /// 0 answers as soon as the primary stored the event (asynchronous replication).
+    redis_wait_replicas: usize [Text<usize>] = 0, "N",
+        "A publish is answered only once `WAIT` confirms this many replicas hold it, otherwise `503` (the event may still be stored); 0 answers when the primary has it (see [Cluster mode](#cluster-mode))",
+        range = (0, REDIS_WAIT_REPLICAS_MAX);
+    #[serde(deserialize_with = "deserialize_millis")]
+    redis_wait_timeout: u64 [Millis] = REDIS_WAIT_TIMEOUT_MS_DEFAULT, "DURATION",
+        "How long `WAIT` may take for `--redis-wait-replicas` (`500ms`, `2s`) before the publish gets `503`",
+        range = (1, REDIS_WAIT_TIMEOUT_MS_MAX);
     /// An unreadable or malformed hop ends the walk at the nearest trusted proxy.
     forwarded_header: ForwardedHeader [Text<ForwardedHeader>] = ForwardedHeader::XForwardedFor, "HEADER",
         "The header a trusted proxy names the client in: `x-forwarded-for` or `forwarded` (RFC 7239); the other is never read (see [Client address](#client-address))";
@@ -440,7 +448,7 @@ mod tests {
              ipv6_prefix_per_ip = 7\nmax_publish_connections = 7\ndemo_feed = true\n\
              log_level = \"trace\"\nlog_format = \"json\"\naccess_log = true\ncoalesce_ms = 7\n\
              max_patterns_per_subscription = 7\nmin_pattern_prefix = 7\n\
-             redis_master_name = \"x\"\n",
+             redis_master_name = \"x\"\nredis_wait_replicas = 7\nredis_wait_timeout = 7\n",
         )
         .unwrap();
         let defaults = Config::default();
@@ -511,7 +519,8 @@ mod tests {
                 (_, None) => continue,
                 (
                     "listen" | "gap_event" | "redis_url" | "redis_stream" | "bus"
-                    | "forwarded_header" | "log_level" | "log_format" | "redis_master_name",
+                    | "forwarded_header" | "log_level" | "log_format" | "redis_master_name"
+                    | "redis_wait_timeout",
                     Some(value),
                 ) => {
                     format!("{} = {value:?}", setting.name)

@@ -45,6 +45,7 @@ mod readme;
 mod readyz;
 mod redis_sentinel;
 mod redis_tls;
+mod redis_wait;
 mod replay;
 mod resume;
 mod roundtrip;

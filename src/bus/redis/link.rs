@@ -143,6 +143,8 @@ impl Backoff {
 /// so requests fail fast while Redis is down.
 pub(super) struct RedisConn {
     role: &'static str,
+    /// Added to the read timeout: what a command of this thread may block for.
+    extra_read: Duration,
     conn: Option<redis::Connection>,
     retry_at: Instant,
     backoff: Backoff,
@@ -154,8 +156,15 @@ pub(super) struct RedisConn {
 impl RedisConn {
     /// A connection for the thread named by `role` (in log lines); opened on first use.
     pub(super) fn new(role: &'static str) -> Self {
+        RedisConn::blocking_for(role, Duration::ZERO)
+    }
+
+    /// Like [`RedisConn::new`], for a thread whose commands may block for `extra_read`
+    /// (the writer's `WAIT`).
+    pub(super) fn blocking_for(role: &'static str, extra_read: Duration) -> Self {
         RedisConn {
             role,
+            extra_read,
             conn: None,
             retry_at: Instant::now(),
             backoff: Backoff::seeded(),
@@ -179,7 +188,7 @@ impl RedisConn {
         }
         self.used_at = now;
         if self.conn.is_none() && now >= self.retry_at {
-            match connect(core, Duration::ZERO) {
+            match connect(core, self.extra_read) {
                 Ok(conn) => {
                     if self.down_logged {
                         log::info!("redis {} reconnected", self.role);

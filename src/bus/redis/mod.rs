@@ -68,8 +68,9 @@ use crate::publish::PublishLimits;
 const READ_COUNT_MAX: usize = 512;
 /// How long one `XREAD` blocks: also how soon the reader notices a shutdown.
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
-/// How long a library `Handle::publish` waits for Redis before giving up with
-/// `Unavailable` (the writer's own timeouts answer well before this).
+/// How long a library `Handle::publish` waits for Redis, besides `redis_wait_timeout`,
+/// before giving up with `Unavailable` (the writer's own timeouts answer well before
+/// this).
 const HANDLE_WAIT: Duration = Duration::from_millis(10_000);
 
 /// Locks `mutex`; a panic while it was held cannot leave a plain value half-written.
@@ -104,6 +105,10 @@ struct Core {
     holes: AtomicU64,
     /// Event bytes in the writer's queue.
     queued_bytes: AtomicUsize,
+    /// Replicas `WAIT` must confirm before a publish is answered; 0: no `WAIT`.
+    wait_replicas: usize,
+    /// How long that `WAIT` may take.
+    wait_timeout: Duration,
 }
 
 /// A bus over one Redis Stream.
@@ -133,6 +138,10 @@ pub(crate) struct RedisSettings {
     pub sentinels: Vec<String>,
     /// `redis_master_name`.
     pub master_name: String,
+    /// `redis_wait_replicas`.
+    pub wait_replicas: usize,
+    /// `redis_wait_timeout`.
+    pub wait_timeout: Duration,
 }
 
 /// The TLS files of the settings, read once at start.
@@ -243,6 +252,8 @@ impl RedisBus {
         }
         let core = Arc::new(Core {
             target,
+            wait_replicas: settings.wait_replicas,
+            wait_timeout: settings.wait_timeout,
             stream: settings.stream,
             maxlen: settings.maxlen,
             limits: settings.limits,
@@ -347,7 +358,7 @@ impl Bus for RedisBus {
         match wait {
             None => Submitted::Pending,
             Some(rx) => Submitted::Done(
-                rx.recv_timeout(HANDLE_WAIT)
+                rx.recv_timeout(HANDLE_WAIT + self.core.wait_timeout)
                     .unwrap_or(Err(PublishError::Unavailable)),
             ),
         }
