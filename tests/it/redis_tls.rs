@@ -3,7 +3,8 @@
 //! a real `redis-server` listening only on its TLS port, with certificates `openssl` makes
 //! for each test (a CA, a server certificate for `127.0.0.1` and `localhost`, a client
 //! certificate). Events published over HTTP come back over SSE through the encrypted
-//! stream, with and without `--tls-auth-clients yes` (then with the client certificate).
+//! stream, with and without `--tls-auth-clients yes` (then with the client certificate),
+//! and through a `redis-sentinel` on a TLS port that names the primary by its IP address.
 //!
 //! A certificate herald cannot verify (another CA, or a name the certificate does not
 //! hold) or a client certificate the server requires and does not get is not a start-up
@@ -359,4 +360,62 @@ fn bad_tls_settings_stop_the_start_with_one_line_naming_the_setting() {
             "{flags:?}: the line names {setting}: {stderr}"
         );
     }
+}
+
+/// With Sentinel and a `rediss://` URL, the sentinels are asked over TLS too, and the
+/// primary they name (an IP address) is verified against the certificate's IP entry.
+#[test]
+fn sentinels_and_the_primary_they_name_are_spoken_to_over_tls() {
+    require(REDIS_SENTINEL, "redis-sentinel");
+    let certs = certificates("tls-sentinel");
+    let (_redis, port) = tls_redis(&certs, "redis", "server", false);
+    let sentinel_port = free_port().unwrap();
+    let conf = certs.path("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port 0\ntls-port {sentinel_port}\nbind 127.0.0.1\ndaemonize no\nlogfile {log}\n\
+             dir {dir}\ntls-cert-file {crt}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n\
+             tls-auth-clients no\ntls-replication yes\n\
+             sentinel monitor tlsmaster 127.0.0.1 {port} 1\n",
+            log = Daemon::log_path(&certs.dir, "sentinel").display(),
+            dir = certs.dir.display(),
+            crt = certs.path("server.crt"),
+            key = certs.path("server.key"),
+            ca = certs.path("ca.crt"),
+        ),
+    )
+    .unwrap();
+    let mut sentinel = Daemon::spawn("sentinel", REDIS_SENTINEL, &[conf], &certs.dir);
+    sentinel.wait_log("+monitor master tlsmaster");
+    let sentinel_addr = format!("127.0.0.1:{sentinel_port}");
+    let ca = certs.path("ca.crt");
+    let herald = node(
+        // With Sentinel only the URL's scheme, credentials and database count.
+        "rediss://sentinel-decides:1/0",
+        "tls-sentinel",
+        &[
+            "--redis-sentinel",
+            &sentinel_addr,
+            "--redis-master-name",
+            "tlsmaster",
+            "--redis-tls-ca-file",
+            &ca,
+        ],
+    );
+    assert_round_trip(herald.addr, "through a TLS sentinel");
+    drop(herald);
+    assert_refused_by_tls(
+        "rediss://sentinel-decides:1/0",
+        &[
+            "--redis-sentinel",
+            &sentinel_addr,
+            "--redis-master-name",
+            "tlsmaster",
+            "--redis-tls-ca-file",
+            &certs.path("other.crt"),
+        ],
+        "UnknownIssuer",
+        "a TLS sentinel with another CA",
+    );
 }
