@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Client, ConnectionAddr, ConnectionInfo, RedisConnectionInfo, TlsCertificates, Value};
 
-use super::sentinel::Sentinels;
+use super::sentinel::{NodeAddr, Sentinels};
 use super::Core;
 
 /// Where the bus's connections go.
@@ -70,10 +70,65 @@ const BACKOFF_MAX: Duration = Duration::from_millis(2_000);
 
 /// Opens a connection with the bus's timeouts; `extra_read` is added to the read timeout
 /// (the reader's blocking `XREAD`).
-pub(super) fn connect(core: &Core, extra_read: Duration) -> redis::RedisResult<redis::Connection> {
+/// With Sentinel, the [`Primary`] it reached is returned too.
+pub(super) fn connect(
+    core: &Core,
+    extra_read: Duration,
+) -> redis::RedisResult<(redis::Connection, Primary)> {
     match &core.target {
-        Target::Direct(client) => open(client, extra_read),
-        Target::Sentinel(sentinels) => sentinels.connect_primary(extra_read),
+        Target::Direct(client) => Ok((open(client, extra_read)?, Primary::new(None))),
+        Target::Sentinel(sentinels) => {
+            let (conn, addr) = sentinels.connect_primary(extra_read)?;
+            Ok((conn, Primary::new(Some(addr))))
+        }
+    }
+}
+
+/// How often a thread connected through Sentinel asks whether its node is still the
+/// primary the sentinels name, busy or not. After a failover that leaves the old primary
+/// up, Sentinel demotes it only once it notices (up to ten seconds), and whatever is
+/// written to it meanwhile is discarded when it resynchronises; this bounds herald's share
+/// of that to about a second.
+const SENTINEL_CHECK: Duration = Duration::from_millis(1_000);
+
+/// The node a connection through Sentinel reached, and when that was last confirmed.
+pub(super) struct Primary {
+    addr: Option<NodeAddr>,
+    checked_at: Instant,
+}
+
+impl Primary {
+    fn new(addr: Option<NodeAddr>) -> Self {
+        Primary {
+            addr,
+            checked_at: Instant::now(),
+        }
+    }
+
+    /// Whether the sentinels now name another node (asked at most once per
+    /// `SENTINEL_CHECK`). Sentinels that cannot be asked leave the connection alone: it
+    /// still works, and the next check asks again.
+    pub(super) fn moved(&mut self, core: &Core) -> bool {
+        let (Target::Sentinel(sentinels), Some(addr)) = (&core.target, &self.addr) else {
+            return false;
+        };
+        if self.checked_at.elapsed() < SENTINEL_CHECK {
+            return false;
+        }
+        self.checked_at = Instant::now();
+        match sentinels.primary_addr() {
+            Ok(named) if named != *addr => {
+                log::info!(
+                    "redis: the sentinels name {}:{} as the primary, not {}:{}; reconnecting",
+                    named.0,
+                    named.1,
+                    addr.0,
+                    addr.1
+                );
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -146,6 +201,8 @@ pub(super) struct RedisConn {
     /// Added to the read timeout: what a command of this thread may block for.
     extra_read: Duration,
     conn: Option<redis::Connection>,
+    /// The node `conn` reached (with Sentinel).
+    primary: Primary,
     retry_at: Instant,
     backoff: Backoff,
     down_logged: bool,
@@ -166,6 +223,7 @@ impl RedisConn {
             role,
             extra_read,
             conn: None,
+            primary: Primary::new(None),
             retry_at: Instant::now(),
             backoff: Backoff::seeded(),
             down_logged: false,
@@ -177,6 +235,10 @@ impl RedisConn {
     /// cannot be reached.
     pub(super) fn get(&mut self, core: &Core) -> Option<&mut redis::Connection> {
         let now = Instant::now();
+        if self.conn.is_some() && self.primary.moved(core) {
+            self.conn = None;
+            self.retry_at = now;
+        }
         if now.duration_since(self.used_at) > IDLE_CHECK {
             if let Some(conn) = &mut self.conn {
                 if let Err(error) = still_usable(core, conn) {
@@ -189,7 +251,8 @@ impl RedisConn {
         self.used_at = now;
         if self.conn.is_none() && now >= self.retry_at {
             match connect(core, self.extra_read) {
-                Ok(conn) => {
+                Ok((conn, primary)) => {
+                    self.primary = primary;
                     if self.down_logged {
                         log::info!("redis {} reconnected", self.role);
                     }

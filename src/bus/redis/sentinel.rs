@@ -60,17 +60,47 @@ impl Sentinels {
     pub(super) fn connect_primary(
         &self,
         extra_read: Duration,
-    ) -> redis::RedisResult<redis::Connection> {
+    ) -> redis::RedisResult<(redis::Connection, NodeAddr)> {
         let mut last = None;
         for (host, port) in &self.sentinels {
             match self.ask(host, *port, extra_read) {
-                Ok(conn) => return Ok(conn),
+                Ok(found) => return Ok(found),
                 Err(error) => last = Some(error),
             }
         }
-        Err(last.unwrap_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinel given"))
-        }))
+        Err(last.unwrap_or_else(no_sentinel))
+    }
+
+    /// The primary's address as the first sentinel that knows it says, without connecting
+    /// to it: how a thread notices that the sentinels promoted another node while the one it
+    /// is connected to still accepts writes (a manual failover, a partition), before that
+    /// node is demoted and its writes since the promotion are discarded.
+    pub(super) fn primary_addr(&self) -> redis::RedisResult<NodeAddr> {
+        let mut last = None;
+        for (host, port) in &self.sentinels {
+            match self.addr_from(host, *port) {
+                Ok(addr) => return Ok(addr),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(no_sentinel))
+    }
+
+    /// What the sentinel at `host:port` names as the primary.
+    fn addr_from(&self, host: &str, port: u16) -> redis::RedisResult<NodeAddr> {
+        let client = self.sentinel_endpoint.client(host, port)?;
+        let mut sentinel = open(&client, Duration::ZERO)?;
+        let reply: Value = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.master_name)
+            .query(&mut sentinel)?;
+        master_addr(&reply).ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::MasterNameNotFoundBySentinel,
+                "sentinel does not know the primary",
+                format!("{host}:{port} for {:?}", self.master_name),
+            ))
+        })
     }
 
     /// Asks one sentinel for the primary and connects to the node it names, if that node
@@ -81,20 +111,8 @@ impl Sentinels {
         host: &str,
         port: u16,
         extra_read: Duration,
-    ) -> redis::RedisResult<redis::Connection> {
-        let client = self.sentinel_endpoint.client(host, port)?;
-        let mut sentinel = open(&client, Duration::ZERO)?;
-        let reply: Value = redis::cmd("SENTINEL")
-            .arg("GET-MASTER-ADDR-BY-NAME")
-            .arg(&self.master_name)
-            .query(&mut sentinel)?;
-        let (node_host, node_port) = master_addr(&reply).ok_or_else(|| {
-            redis::RedisError::from((
-                redis::ErrorKind::MasterNameNotFoundBySentinel,
-                "sentinel does not know the primary",
-                format!("{host}:{port} for {:?}", self.master_name),
-            ))
-        })?;
+    ) -> redis::RedisResult<(redis::Connection, NodeAddr)> {
+        let (node_host, node_port) = self.addr_from(host, port)?;
         let mut conn = open(
             &self.node_endpoint.client(&node_host, node_port)?,
             extra_read,
@@ -106,8 +124,15 @@ impl Sentinels {
                 format!("{node_host}:{node_port}"),
             )));
         }
-        Ok(conn)
+        Ok((conn, (node_host, node_port)))
     }
+}
+
+/// A data node's `(host, port)` as Sentinel names it.
+pub(super) type NodeAddr = (String, u16);
+
+fn no_sentinel() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinel given"))
 }
 
 /// Whether the node `conn` talks to says, through `ROLE`, that it is a primary.
