@@ -84,12 +84,31 @@ pub(super) fn connect(
     }
 }
 
-/// How often a thread connected through Sentinel asks whether its node is still the
-/// primary the sentinels name, busy or not. After a failover that leaves the old primary
-/// up, Sentinel demotes it only once it notices (up to ten seconds), and whatever is
-/// written to it meanwhile is discarded when it resynchronises; this bounds herald's share
-/// of that to about a second.
-const SENTINEL_CHECK: Duration = Duration::from_millis(1_000);
+/// How often the watcher thread asks the sentinels for the primary, and so how late, at
+/// most, a busy thread notices that they named another node. After a failover that leaves
+/// the old primary up, Sentinel demotes it only once it notices (up to ten seconds), and
+/// whatever is written to it meanwhile is discarded when it resynchronises; this bounds
+/// herald's share of that to about a second.
+pub(super) const SENTINEL_CHECK: Duration = Duration::from_millis(1_000);
+
+/// The watcher thread's body (with Sentinel only): asks the sentinels for the primary each
+/// `SENTINEL_CHECK` and records the answer in `Core::named_primary`, where the other
+/// threads compare it with the node they are connected to. One thread does the asking, so
+/// a slow or unreachable sentinel delays this thread, never a publish or a read.
+pub(super) fn run_watcher(core: &Core) {
+    let Target::Sentinel(sentinels) = &core.target else {
+        return;
+    };
+    while !core.closed.load(std::sync::atomic::Ordering::Acquire) {
+        let started = Instant::now();
+        // Sentinels that cannot be asked leave the last answer: connections that work are
+        // left alone.
+        if let Ok(named) = sentinels.primary_addr() {
+            *super::lock(&core.named_primary) = Some(named);
+        }
+        std::thread::sleep(SENTINEL_CHECK.saturating_sub(started.elapsed()));
+    }
+}
 
 /// The node a connection through Sentinel reached, and when that was last confirmed.
 pub(super) struct Primary {
@@ -105,19 +124,18 @@ impl Primary {
         }
     }
 
-    /// Whether the sentinels now name another node (asked at most once per
-    /// `SENTINEL_CHECK`). Sentinels that cannot be asked leave the connection alone: it
-    /// still works, and the next check asks again.
+    /// Whether the sentinels, as the watcher last heard them, name another node (looked
+    /// at most once per `SENTINEL_CHECK`; no I/O here).
     pub(super) fn moved(&mut self, core: &Core) -> bool {
-        let (Target::Sentinel(sentinels), Some(addr)) = (&core.target, &self.addr) else {
+        let Some(addr) = &self.addr else {
             return false;
         };
         if self.checked_at.elapsed() < SENTINEL_CHECK {
             return false;
         }
         self.checked_at = Instant::now();
-        match sentinels.primary_addr() {
-            Ok(named) if named != *addr => {
+        match super::lock(&core.named_primary).as_ref() {
+            Some(named) if named != addr => {
                 log::info!(
                     "redis: the sentinels name {}:{} as the primary, not {}:{}; reconnecting",
                     named.0,

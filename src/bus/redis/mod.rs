@@ -15,7 +15,9 @@
 //!   `XRANGE`, serving client addresses in turn from a `FairQueue` (`fair.rs`).
 //!
 //! A fourth thread (`presence.rs`) shares this node's subscriber counts with the other
-//! nodes through a hash per node with a time-to-live, and sums theirs.
+//! nodes through a hash per node with a time-to-live, and sums theirs. With Sentinel a
+//! fifth (`link.rs` `run_watcher`) asks the sentinels for the primary each second, so the
+//! others leave a node they no longer name.
 //!
 //! `entry.rs` is the entry codec all three share; `link.rs` is where connections go (one
 //! Redis, plainly or over TLS, or the primary through `sentinel.rs`), the reconnecting
@@ -105,6 +107,8 @@ struct Core {
     holes: AtomicU64,
     /// Event bytes in the writer's queue.
     queued_bytes: AtomicUsize,
+    /// The primary the sentinels named when the watcher last asked (with Sentinel).
+    named_primary: Mutex<Option<self::sentinel::NodeAddr>>,
     /// Replicas `WAIT` must confirm before a publish is answered; 0: no `WAIT`.
     wait_replicas: usize,
     /// How long that `WAIT` may take.
@@ -270,6 +274,7 @@ impl RedisBus {
             backfill_scanned: AtomicU64::new(0),
             holes: AtomicU64::new(0),
             queued_bytes: AtomicUsize::new(0),
+            named_primary: Mutex::new(None),
         });
         let (writes, write_jobs) = crossbeam_channel::bounded(WRITE_QUEUE_MAX);
         let backfills = Arc::new(BackfillQueue::new());
@@ -292,6 +297,13 @@ impl RedisBus {
             "herald-redis-backfill",
             Box::new(move || run_backfiller(&c, &backfill_jobs)),
         )?;
+        if matches!(core.target, Target::Sentinel(_)) {
+            let c = core.clone();
+            spawn(
+                "herald-redis-sentinel",
+                Box::new(move || link::run_watcher(&c)),
+            )?;
+        }
         let (c, counts, node) = (core.clone(), settings.presence, presence::node_id());
         spawn(
             "herald-redis-presence",

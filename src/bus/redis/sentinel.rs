@@ -72,7 +72,7 @@ impl Sentinels {
     }
 
     /// The primary's address as the first sentinel that knows it says, without connecting
-    /// to it: how a thread notices that the sentinels promoted another node while the one it
+    /// to it: how the watcher thread notices that the sentinels promoted another node while the one it
     /// is connected to still accepts writes (a manual failover, a partition), before that
     /// node is demoted and its writes since the promotion are discarded.
     pub(super) fn primary_addr(&self) -> redis::RedisResult<NodeAddr> {
