@@ -127,7 +127,7 @@ fn key(jwk: Jwk, rsa_algorithms: &[Algorithm]) -> Result<Key, String> {
             other => other.algorithms(&[]),
         },
     };
-    Ok(Key::public(jwk.kid, algorithms, decoding))
+    Ok(Key::new(jwk.kid, algorithms, decoding))
 }
 
 /// The agent JWKS URLs are fetched with: HTTPS only (redirects too), a whole-fetch

@@ -117,9 +117,16 @@ pub(crate) struct Key {
 }
 
 impl Key {
-    /// A key from its parts; `algorithms` must be non-empty and fit the key.
-    fn new(kid: Option<String>, algorithms: Vec<Algorithm>, decoding: DecodingKey) -> Key {
-        let mut validation = Validation::new(algorithms[0]);
+    /// A key from its parts: a JWK's `kid`, and the algorithms it accepts (non-empty,
+    /// each fitting the key; the caller checked them with [`KeyType::fits`]).
+    pub(crate) fn new(
+        kid: Option<String>,
+        algorithms: Vec<Algorithm>,
+        decoding: DecodingKey,
+    ) -> Key {
+        // `jsonwebtoken` refuses every token for an empty list, so a key given none (which
+        // the callers rule out) verifies nothing rather than panicking.
+        let mut validation = Validation::default();
         validation.algorithms = algorithms.clone();
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -140,16 +147,6 @@ impl Key {
             vec![Algorithm::HS256],
             DecodingKey::from_secret(secret.as_bytes()),
         )
-    }
-
-    /// A public key of `key_type` with the JWK `kid` and the given algorithms (non-empty,
-    /// each fitting the type), from the JWK's components.
-    pub(crate) fn public(
-        kid: Option<String>,
-        algorithms: Vec<Algorithm>,
-        decoding: DecodingKey,
-    ) -> Key {
-        Key::new(kid, algorithms, decoding)
     }
 
     /// The key's `kid`.

@@ -7,7 +7,7 @@
 //! ([`Auth::reload`], SIGHUP in `herald serve`). A failed read or fetch keeps the last good
 //! keys and logs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,55 @@ struct Role {
 }
 
 impl Role {
+    /// A role with its PEM and JWKS settings (name, value); nothing read yet.
+    fn new(pem: (&'static str, &Option<String>), jwks: (&'static str, &Option<String>)) -> Role {
+        Role {
+            pem: pem.1.as_ref().map(|path| (pem.0, PathBuf::from(path))),
+            jwks: jwks
+                .1
+                .as_deref()
+                .map(|text| (jwks.0, JwksSource::new(text))),
+            pem_key: None,
+            jwks_keys: Vec::new(),
+            shared: Arc::new(RoleKeys::default()),
+        }
+    }
+
+    /// Whether any public key source is set: then the role checks tokens.
+    fn has_public(&self) -> bool {
+        self.pem.is_some() || self.jwks.is_some()
+    }
+
+    /// Whether the role's JWKS is a URL.
+    fn has_url(&self) -> bool {
+        matches!(self.jwks, Some((_, JwksSource::Url(_))))
+    }
+
+    /// Reads the role's files at start; an error names the setting.
+    fn load_files(&mut self, reader: &Reader) -> Result<(), ConfigError> {
+        if let Some((setting, path)) = &self.pem {
+            let key = reader.pem(path).map_err(|reason| ConfigError {
+                setting,
+                reason: format!("{}: {reason}", path.display()),
+            })?;
+            self.pem_key = Some(key);
+        }
+        if let Some((setting, JwksSource::File(path))) = &self.jwks {
+            let keys = reader.jwks_file(path).map_err(|reason| ConfigError {
+                setting,
+                reason: format!("{}: {reason}", path.display()),
+            })?;
+            if keys.is_empty() {
+                return Err(ConfigError {
+                    setting,
+                    reason: format!("{}: no key herald can verify with", path.display()),
+                });
+            }
+            self.jwks_keys = keys;
+        }
+        Ok(())
+    }
+
     /// Swaps in the role's current keys: its PEM key first, then its JWKS keys.
     fn publish(&self) {
         let keys = self
@@ -144,12 +193,43 @@ struct Reader {
 }
 
 impl Reader {
-    fn pem(&self, path: &PathBuf) -> Result<Key, String> {
+    /// The reader of a validated `config`; the HTTPS agent (with `jwks_ca_file`'s
+    /// certificates) only when some role has a URL.
+    fn new(config: &Config, has_url: bool) -> Result<Reader, ConfigError> {
+        let algorithms: Vec<Algorithm> = config
+            .jwt_algorithms
+            .iter()
+            .filter_map(|name| keys::public_algorithm(name).ok()) // Validated before.
+            .collect();
+        let mut rsa_algorithms = KeyType::Rsa.algorithms(&algorithms);
+        if rsa_algorithms.is_empty() {
+            rsa_algorithms = KeyType::Rsa.algorithms(&[]);
+        }
+        let ca_fault = |reason| ConfigError {
+            setting: "jwks_ca_file",
+            reason,
+        };
+        let agent = match (has_url, &config.jwks_ca_file) {
+            (false, _) => None,
+            (true, None) => Some(jwks::agent(None).map_err(ca_fault)?),
+            (true, Some(path)) => {
+                let pem = read_bounded(Path::new(path)).map_err(ca_fault)?;
+                Some(jwks::agent(Some(&pem)).map_err(ca_fault)?)
+            }
+        };
+        Ok(Reader {
+            algorithms,
+            rsa_algorithms,
+            agent,
+        })
+    }
+
+    fn pem(&self, path: &Path) -> Result<Key, String> {
         let pem = read_bounded(path)?;
         keys::pem_key(&pem, &self.algorithms)
     }
 
-    fn jwks_file(&self, path: &PathBuf) -> Result<Vec<Key>, String> {
+    fn jwks_file(&self, path: &Path) -> Result<Vec<Key>, String> {
         let body = read_bounded(path)?;
         jwks::parse(&body, &self.rsa_algorithms, &path.display().to_string())
     }
@@ -163,7 +243,7 @@ impl Reader {
 
 /// Reads a key file, refusing one past [`jwks::JWKS_BYTES_MAX`] (a key file that large is
 /// a wrong path, a device or a log).
-fn read_bounded(path: &PathBuf) -> Result<Vec<u8>, String> {
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let file = std::fs::File::open(path)
         .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
@@ -199,78 +279,24 @@ impl Auth {
     /// JWKS keys, so its tokens get `401` until a retry succeeds), and starts the key
     /// thread.
     pub(crate) fn start(config: &Config) -> Result<Auth, crate::Error> {
-        let rules = Arc::new(ClaimRules {
-            issuer: config.jwt_issuer.clone(),
-            audience: config.jwt_audience.clone(),
-        });
-        let algorithms: Vec<Algorithm> = config
-            .jwt_algorithms
-            .iter()
-            .filter_map(|name| keys::public_algorithm(name).ok()) // Validated before.
-            .collect();
-        let mut rsa_algorithms = KeyType::Rsa.algorithms(&algorithms);
-        if rsa_algorithms.is_empty() {
-            rsa_algorithms = KeyType::Rsa.algorithms(&[]);
-        }
-        let mut roles = Vec::new();
-        for (pem, jwks) in [
-            (
+        let mut roles = [
+            Role::new(
                 ("subscribe_public_key", &config.subscribe_public_key),
                 ("subscribe_jwks", &config.subscribe_jwks),
             ),
-            (
+            Role::new(
                 ("publish_public_key", &config.publish_public_key),
                 ("publish_jwks", &config.publish_jwks),
             ),
-        ] {
-            let pem = pem.1.as_ref().map(|path| (pem.0, PathBuf::from(path)));
-            let jwks = jwks
-                .1
-                .as_deref()
-                .map(|text| (jwks.0, JwksSource::new(text)));
-            roles.push(Role {
-                pem,
-                jwks,
-                pem_key: None,
-                jwks_keys: Vec::new(),
-                shared: Arc::new(RoleKeys::default()),
-            });
-        }
-        let has_url = roles
-            .iter()
-            .any(|role| matches!(role.jwks, Some((_, JwksSource::Url(_)))));
-        let agent = match (has_url, &config.jwks_ca_file) {
-            (false, _) => None,
-            (true, ca_file) => {
-                let ca = match ca_file {
-                    Some(path) => {
-                        Some(
-                            read_bounded(&PathBuf::from(path)).map_err(|reason| ConfigError {
-                                setting: "jwks_ca_file",
-                                reason,
-                            })?,
-                        )
-                    }
-                    None => None,
-                };
-                Some(jwks::agent(ca.as_deref()).map_err(|reason| ConfigError {
-                    setting: "jwks_ca_file",
-                    reason,
-                })?)
-            }
-        };
-        let reader = Reader {
-            algorithms,
-            rsa_algorithms,
-            agent,
-        };
+        ];
+        let has_url = roles.iter().any(Role::has_url);
+        let reader = Reader::new(config, has_url)?;
         for role in &mut roles {
-            load_files(&reader, role).map_err(crate::Error::Config)?;
+            role.load_files(&reader)?;
             role.publish();
         }
-        let has_public = roles
-            .iter()
-            .any(|role| role.pem.is_some() || role.jwks.is_some());
+        let has_public = [roles[0].has_public(), roles[1].has_public()];
+        let shared = [roles[0].shared.clone(), roles[1].shared.clone()];
         let mut thread = KeyThread {
             reader,
             roles,
@@ -278,16 +304,9 @@ impl Auth {
             last_fetch: None,
             next_fetch: None,
         };
-        if has_url {
-            thread.fetch_urls();
-        }
-        let shared: Vec<Arc<RoleKeys>> = thread
-            .roles
-            .iter()
-            .map(|role| role.shared.clone())
-            .collect();
+        thread.fetch_urls();
         let (mut refresh, mut reload) = (None, None);
-        if has_public {
+        if has_public.contains(&true) {
             // One pending request of each kind is enough: a second would do the same work.
             let (refresh_tx, refresh_rx) = crossbeam_channel::bounded(1);
             let (reload_tx, reload_rx) = crossbeam_channel::bounded(1);
@@ -301,8 +320,12 @@ impl Auth {
             refresh = Some(Requests(refresh_tx));
             reload = Some(Requests(reload_tx));
         }
-        let verifier = |secret: &Option<String>, role: usize, has_public: bool| {
-            let public = has_public.then(|| shared[role].clone());
+        let rules = Arc::new(ClaimRules {
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+        });
+        let verifier = |secret: &Option<String>, role: usize| {
+            let public = has_public[role].then(|| shared[role].clone());
             (secret.is_some() || public.is_some()).then(|| Verifier {
                 secret: secret
                     .as_deref()
@@ -312,12 +335,9 @@ impl Auth {
                 rules: rules.clone(),
             })
         };
-        let subscribe_public =
-            config.subscribe_public_key.is_some() || config.subscribe_jwks.is_some();
-        let publish_public = config.publish_public_key.is_some() || config.publish_jwks.is_some();
         Ok(Auth {
-            subscribe: verifier(&config.subscribe_key, 0, subscribe_public),
-            publish: verifier(&config.publish_key, 1, publish_public),
+            subscribe: verifier(&config.subscribe_key, 0),
+            publish: verifier(&config.publish_key, 1),
             reload,
         })
     }
@@ -331,35 +351,11 @@ impl Auth {
     }
 }
 
-/// Reads a role's files at start; an error names the setting.
-fn load_files(reader: &Reader, role: &mut Role) -> Result<(), ConfigError> {
-    if let Some((setting, path)) = &role.pem {
-        let key = reader.pem(path).map_err(|reason| ConfigError {
-            setting,
-            reason: format!("{}: {reason}", path.display()),
-        })?;
-        role.pem_key = Some(key);
-    }
-    if let Some((setting, JwksSource::File(path))) = &role.jwks {
-        let keys = reader.jwks_file(path).map_err(|reason| ConfigError {
-            setting,
-            reason: format!("{}: {reason}", path.display()),
-        })?;
-        if keys.is_empty() {
-            return Err(ConfigError {
-                setting,
-                reason: format!("{}: no key herald can verify with", path.display()),
-            });
-        }
-        role.jwks_keys = keys;
-    }
-    Ok(())
-}
-
 /// The key thread's state.
 struct KeyThread {
     reader: Reader,
-    roles: Vec<Role>,
+    /// The subscribe and the publish role.
+    roles: [Role; 2],
     /// `jwks_refresh`.
     interval: Duration,
     /// When the URLs were last fetched (successfully or not).

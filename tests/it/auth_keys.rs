@@ -852,3 +852,46 @@ fn keys_rotate_on_sighup_while_streams_opened_with_the_old_key_run_to_their_exp(
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_failed_fetch_keeps_the_last_keys_and_a_failed_first_fetch_does_not_stop_start_up() {
+    let dir = scratch("failing");
+    let made = make(
+        &dir,
+        json!({ "ed": "Ed25519" }),
+        json!([token(
+            "ed",
+            "ed",
+            "EdDSA",
+            news(json!({ "exp": FAR })),
+            json!({ "kid": "ed-1" })
+        )]),
+    );
+    let jwks = JwksServer::start(&dir, "this is not a key set");
+    let ca = dir.join("ca.pem").display().to_string();
+    let url = jwks.url();
+    let server = herald(&["--subscribe-jwks", &url, "--jwks-ca-file", &ca]);
+    let addr = server.addr;
+    assert_refused(addr, made.token("ed"), "no keys after a failed first fetch");
+    wait_until("the first fetch", || jwks.fetches() >= 1);
+    jwks.serve(&made.jwks(&[("ed", "ed-1", None)]));
+    server.signal("HUP");
+    let mut stream = subscribe_once_admitted(addr, made.token("ed"), DEADLINE, "after SIGHUP");
+    // Fetches that fail (an empty set, then not JSON) keep the keys. The key thread fetches
+    // in turn, so once the server has seen a fetch, the one before it was handled: the
+    // last one only marks that.
+    let mut fetches = jwks.fetches();
+    for document in [r#"{"keys": []}"#, "{", "{}"] {
+        jwks.serve(document);
+        server.signal("HUP");
+        fetches += 1;
+        wait_until("the fetch on SIGHUP", || jwks.fetches() >= fetches);
+    }
+    let mut again = subscribe_with(addr, made.token("ed"), "after fetches that failed");
+    check_delivery(
+        addr,
+        &mut [("first stream", &mut stream), ("second stream", &mut again)],
+        "after failed fetches",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
