@@ -11,8 +11,9 @@
 //! `401`); `iss` and `aud` are enforced when configured; an unknown `kid` makes herald
 //! refetch the JWKS and accept a key added to it, but refetches stay at most one per 10 s
 //! however many such tokens arrive (counted at the JWKS server); and keys rotate without a
-//! restart (a JWKS URL on SIGHUP, PEM and JWKS files on SIGHUP) while streams opened with
-//! the old key go on until their token's `exp`.
+//! restart (a JWKS URL on its interval and on SIGHUP, PEM and JWKS files on SIGHUP) while
+//! streams opened with the old key go on until their token's `exp`; a failed fetch keeps
+//! the last keys, and a failed first fetch does not stop start-up.
 //!
 //! Never skipped: a missing `python3`, PyJWT or `openssl` fails with the command that
 //! installs them (`.ci/deps`).
@@ -891,6 +892,50 @@ fn a_failed_fetch_keeps_the_last_keys_and_a_failed_first_fetch_does_not_stop_sta
         addr,
         &mut [("first stream", &mut stream), ("second stream", &mut again)],
         "after failed fetches",
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_jwks_is_refetched_on_its_interval() {
+    let dir = scratch("interval");
+    let made = make(
+        &dir,
+        json!({ "old": "P-256", "new": "P-256" }),
+        // No `kid`: an unknown one would ask for a fetch itself.
+        json!([token(
+            "new",
+            "new",
+            "ES256",
+            news(json!({ "exp": FAR })),
+            json!({})
+        )]),
+    );
+    let jwks = JwksServer::start(&dir, &made.jwks(&[("old", "old-1", None)]));
+    let ca = dir.join("ca.pem").display().to_string();
+    let url = jwks.url();
+    let server = herald(&[
+        "--subscribe-jwks",
+        &url,
+        "--jwks-ca-file",
+        &ca,
+        "--jwks-refresh",
+        "10s",
+    ]);
+    wait_until("the first fetch", || jwks.fetches() >= 1);
+    jwks.serve(&made.jwks(&[("new", "new-1", None)]));
+    let mut stream = subscribe_once_admitted(
+        server.addr,
+        made.token("new"),
+        REFRESH_GAP + DEADLINE,
+        "a key the interval's fetch brought",
+    );
+    wait_until("the interval's fetch line", || jwks.fetches() >= 2);
+    assert_eq!(jwks.fetches(), 2, "tokens without kid cause no fetch");
+    check_delivery(
+        server.addr,
+        &mut [("new key", &mut stream)],
+        "after the interval",
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
