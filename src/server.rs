@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::auth::Auth;
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::redis::{RedisBus, RedisSettings};
 use crate::bus::{Bus, Fanout, Resume, Submitted};
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     queries: Vec<Sender<Query>>,
     /// The newest event the handles published: a replay waits until a loop has it.
     newest_published: Mutex<Seq>,
+    /// The token verifiers and their key thread ([`Handle::reload_keys`]).
+    auth: Auth,
 }
 
 /// Renders `/metrics` from every loop's counters, the rare-event counters and the bus.
@@ -159,6 +162,9 @@ impl Server {
     /// Validates `config`, binds its listeners and starts one event loop per thread.
     pub fn start(config: Config) -> Result<Server, Error> {
         config.validate()?;
+        // Before binding: a bad key file stops start-up, and the JWKS URLs are fetched
+        // once so that the first subscribers find the keys.
+        let auth = Auth::start(&config)?;
         let threads = config.threads;
         let mut main = bind_all(config.listen, threads)?;
         let local_addr = main[0]
@@ -198,7 +204,7 @@ impl Server {
             loops.push((poll, listeners, inbox, Arc::new(LoopStats::default())));
         }
         let limits = config.limits();
-        let settings = Arc::new(RequestSettings::new(&config));
+        let settings = Arc::new(RequestSettings::new(&config, &auth));
         let presence = Arc::new(Presence::new());
         let bus: Arc<dyn Bus> = match config.bus {
             BusKind::Embedded => Arc::new(EmbeddedBus::new(fanout)),
@@ -240,6 +246,7 @@ impl Server {
             presence: presence.clone(),
             queries,
             newest_published: Mutex::new(0),
+            auth,
             lifecycle: lifecycle_tx.clone(),
             limits: limits.clone(),
             bus: bus.clone(),
@@ -390,6 +397,14 @@ impl Drop for Server {
 }
 
 impl Handle {
+    /// Rereads the token key files (`subscribe_public_key`, `publish_public_key`, JWKS
+    /// files) and refetches the JWKS URLs, on the server's key thread: returns at once. A
+    /// file or URL that fails keeps its last keys (and is logged). `herald serve` calls
+    /// this on SIGHUP. Does nothing when no public key is configured.
+    pub fn reload_keys(&self) {
+        self.shared.auth.reload();
+    }
+
     /// Publishes an event to its topics and returns the id subscribers will see.
     ///
     /// With the Redis bus this waits for Redis to store the event (a round trip), and

@@ -113,6 +113,15 @@ pub const IPV6_PREFIX_PER_IP_DEFAULT: u8 = 64;
 /// publishers are a few application servers with keep-alive pools, and scrapers.
 pub const PUBLISH_CONNECTIONS_DEFAULT: usize = 128;
 
+/// How often JWKS URLs are fetched again, by default (ms): keys rotate on a scale of days,
+/// and an unknown `kid` triggers a fetch sooner.
+pub const JWKS_REFRESH_MS_DEFAULT: u64 = 5 * 60_000;
+/// Shortest `jwks_refresh` (ms), and the shortest time between two fetches that tokens with
+/// unknown `kid`s can cause, so made-up `kid`s cannot flood the identity provider.
+pub const JWKS_REFRESH_GAP_MS: u64 = 10_000;
+/// Longest `jwks_refresh` (ms): a day.
+pub const JWKS_REFRESH_MS_MAX: u64 = 86_400_000;
+
 /// Redis the Redis bus connects to, by default.
 pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379/0";
 /// Stream the Redis bus appends to and reads from, by default.
@@ -273,6 +282,21 @@ impl std::fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("subscribe_key", &secret(&self.subscribe_key))
             .field("publish_key", &secret(&self.publish_key))
+            .field("subscribe_public_key", &self.subscribe_public_key)
+            .field(
+                "subscribe_jwks",
+                &self.subscribe_jwks.as_deref().map(redact_url),
+            )
+            .field("publish_public_key", &self.publish_public_key)
+            .field(
+                "publish_jwks",
+                &self.publish_jwks.as_deref().map(redact_url),
+            )
+            .field("jwt_algorithms", &self.jwt_algorithms)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwks_refresh", &self.jwks_refresh)
+            .field("jwks_ca_file", &self.jwks_ca_file)
             .field("bus", &self.bus)
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_stream", &self.redis_stream)
@@ -469,6 +493,7 @@ impl Config {
                 return fault(setting, "must not be empty");
             }
         }
+        self.validate_token_keys()?;
         if self.publish_listen == Some(self.listen) && self.listen.port() != 0 {
             return fault("publish_listen", "must differ from listen");
         }
@@ -480,6 +505,50 @@ impl Config {
         }
         if self.bus == BusKind::Redis {
             check_redis_url(&self.redis_url).or_else(|reason| fault("redis_url", reason))?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The public-key settings: names only, no file is read here (the server reads the
+    /// keys when it starts, and a key that does not fit `jwt_algorithms` stops it there).
+    fn validate_token_keys(&self) -> Result<(), ConfigError> {
+        for name in &self.jwt_algorithms {
+            if let Err(reason) = crate::auth::keys::public_algorithm(name) {
+                return fault("jwt_algorithms", reason);
+            }
+        }
+        for (setting, value) in [
+            ("subscribe_public_key", &self.subscribe_public_key),
+            ("publish_public_key", &self.publish_public_key),
+            ("jwt_issuer", &self.jwt_issuer),
+            ("jwt_audience", &self.jwt_audience),
+            ("jwks_ca_file", &self.jwks_ca_file),
+        ] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                return fault(setting, "must not be empty");
+            }
+        }
+        for (setting, jwks) in [
+            ("subscribe_jwks", &self.subscribe_jwks),
+            ("publish_jwks", &self.publish_jwks),
+        ] {
+            let Some(jwks) = jwks else { continue };
+            if jwks.is_empty() {
+                return fault(setting, "must not be empty");
+            }
+            if jwks.starts_with("http://") {
+                return fault(
+                    setting,
+                    "must be an https:// URL or a file (keys fetched over plain HTTP can be swapped on the way)",
+                );
+            }
+            if jwks.starts_with("https://")
+                && (jwks.len() == "https://".len() || !jwks.bytes().all(|b| b.is_ascii_graphic()))
+            {
+                return fault(setting, format!("{:?} is not a URL", redact_url(jwks)));
+            }
         }
         Ok(())
     }

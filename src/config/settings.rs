@@ -266,6 +266,37 @@ settings! {
     publish_key: Option<String> [Optional<Text<String>>] = None, "SECRET",
         "HS256 secret; `/publish` then also accepts a JWT whose `publish` claim lists its topics",
         secret = true;
+    /// Read at start (a file that is not a usable public key stops start-up) and again on
+    /// SIGHUP or [`Handle::reload_keys`](crate::Handle::reload_keys).
+    subscribe_public_key: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM public key (RSA, EC P-256 or P-384, Ed25519); `/events` then needs a JWT it signed, with an algorithm of `--jwt-algorithm` (see [Identity provider keys](#identity-provider-keys))";
+    /// A URL is fetched by a thread of its own, never an event loop, every `jwks_refresh`
+    /// and on an unknown `kid` (at most once per
+    /// [`JWKS_REFRESH_GAP_MS`]).
+    subscribe_jwks: Option<String> [Optional<Text<String>>] = None, "SOURCE",
+        "JWK Set (`https://` URL or file) whose keys sign subscriber JWTs; a key's `alg`, or else its type, says which algorithm it accepts; a token's `kid` picks the key";
+    /// Read at start and on SIGHUP, like `subscribe_public_key`.
+    publish_public_key: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM public key; `/publish` then also accepts a JWT it signed whose `publish` claim lists its topics";
+    /// Like `subscribe_jwks`; the same URL for both roles is fetched once.
+    publish_jwks: Option<String> [Optional<Text<String>>] = None, "SOURCE",
+        "JWK Set (`https://` URL or file) whose keys sign publisher JWTs";
+    /// Never HS256: that is the secrets' algorithm, and a public key must never check a MAC.
+    jwt_algorithms: Vec<String> [List] = Vec::new(), "ALG",
+        "Algorithm that PEM keys and JWKS RSA keys without `alg` accept, repeatable (`HERALD_JWT_ALGORITHMS` is comma-separated): `RS256`, `RS384`, `RS512`, `PS256`, `PS384`, `PS512`, `ES256`, `ES384`, `EdDSA`; none means by key type (RSA: RS256, P-256: ES256, P-384: ES384, Ed25519: EdDSA)",
+        flag = "jwt-algorithm";
+    jwt_issuer: Option<String> [Optional<Text<String>>] = None, "ISS",
+        "Every JWT must carry this `iss` (else `401`)";
+    jwt_audience: Option<String> [Optional<Text<String>>] = None, "AUD",
+        "Every JWT must carry this `aud` (a string, or an array that contains it; else `401`)";
+    /// Also refetched when a token names an unknown `kid`, at most once per
+    /// [`JWKS_REFRESH_GAP_MS`].
+    #[serde(deserialize_with = "deserialize_millis")]
+    jwks_refresh: u64 [Millis] = JWKS_REFRESH_MS_DEFAULT, "DURATION",
+        "How often JWKS URLs are fetched again (`5m`, `1h`); also on a token with an unknown `kid`, at most once per 10 s; a failed fetch keeps the last keys",
+        range = (JWKS_REFRESH_GAP_MS, JWKS_REFRESH_MS_MAX);
+    jwks_ca_file: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM CA certificates that JWKS `https://` fetches trust instead of the bundled Mozilla roots";
     bus: BusKind [Text<BusKind>] = BusKind::Embedded, "BUS",
         "`embedded` (one node) or `redis` (nodes sharing one Redis Stream; see [Cluster mode](#cluster-mode))";
     redis_url: String [Text<String>] = REDIS_URL_DEFAULT.to_owned(), "URL",
@@ -426,7 +457,8 @@ mod tests {
              redis_stream = \"x\"\nredis_maxlen = 7\nforwarded_header = \"forwarded\"\n\
              ipv6_prefix_per_ip = 7\nmax_publish_connections = 7\ndemo_feed = true\n\
              log_level = \"trace\"\nlog_format = \"json\"\naccess_log = true\ncoalesce_ms = 7\n\
-             max_patterns_per_subscription = 7\nmin_pattern_prefix = 7\n",
+             max_patterns_per_subscription = 7\nmin_pattern_prefix = 7\n\
+             jwks_refresh = \"10m\"\n",
         )
         .unwrap();
         let defaults = Config::default();
@@ -497,7 +529,7 @@ mod tests {
                 (_, None) => continue,
                 (
                     "listen" | "gap_event" | "redis_url" | "redis_stream" | "bus"
-                    | "forwarded_header" | "log_level" | "log_format",
+                    | "forwarded_header" | "log_level" | "log_format" | "jwks_refresh",
                     Some(value),
                 ) => {
                     format!("{} = {value:?}", setting.name)

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::auth::Verifier;
+use crate::auth::{Auth, Verifier};
 use crate::bus::{Bus, Ticket};
 use crate::client::{client_key, Cidr, ClientTable};
 use crate::config::{Config, ForwardedHeader, Limits};
@@ -110,17 +110,19 @@ pub(crate) struct RequestSettings {
     pub publish_token: Option<String>,
     /// Proxies allowed to name the client.
     pub trusted_proxies: Vec<Cidr>,
-    /// Verifies subscriber tokens (`subscribe_key`).
+    /// Verifies subscriber tokens (`subscribe_key`, `subscribe_public_key`,
+    /// `subscribe_jwks`).
     pub subscribe_verifier: Option<Verifier>,
-    /// Verifies publisher tokens (`publish_key`).
+    /// Verifies publisher tokens (`publish_key`, `publish_public_key`, `publish_jwks`).
     pub publish_verifier: Option<Verifier>,
     /// Log each finished request and stream (`access_log`).
     pub access_log: bool,
 }
 
 impl RequestSettings {
-    /// The request settings of a validated config.
-    pub(crate) fn new(config: &Config) -> Self {
+    /// The request settings of a validated config, with the token verifiers `auth` built
+    /// from it.
+    pub(crate) fn new(config: &Config, auth: &Auth) -> Self {
         RequestSettings {
             cors_origins: config.cors_origins.clone(),
             forwarded_header: config.forwarded_header,
@@ -130,8 +132,8 @@ impl RequestSettings {
                 .iter()
                 .filter_map(|block| Cidr::parse(block).ok()) // Validated before.
                 .collect(),
-            subscribe_verifier: config.subscribe_key.as_deref().map(Verifier::new),
-            publish_verifier: config.publish_key.as_deref().map(Verifier::new),
+            subscribe_verifier: auth.subscribe.clone(),
+            publish_verifier: auth.publish.clone(),
             access_log: config.access_log,
         }
     }
