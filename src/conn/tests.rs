@@ -494,6 +494,8 @@ fn stream_starts_after_a_fetch() {
         token_until_unix_ms: None,
         client: [127, 0, 0, 1].into(),
         access: None,
+        addr: std::net::IpAddr::from([127, 0, 0, 1]),
+        ask: None,
     };
     let start = |backfill: Backfill| {
         let mut harness = Harness::new();
@@ -556,6 +558,8 @@ fn resume_plans() {
         token_until_unix_ms: None,
         client: [127, 0, 0, 1].into(),
         access: None,
+        addr: std::net::IpAddr::from([127, 0, 0, 1]),
+        ask: None,
     };
     let log = |reach_floor| BusView {
         can_backfill: true,

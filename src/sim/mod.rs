@@ -144,6 +144,7 @@ fn env(limits: &Limits) -> Env<'_> {
         readiness: crate::conn::Readiness::READY,
         subscribe_verifier: None,
         publish_verifier: None,
+        authorizing: false,
     }
 }
 
@@ -338,6 +339,7 @@ impl World {
                             None => "none",
                             Some(crate::conn::ConnState::Exchange(_)) => "exchange",
                             Some(crate::conn::ConnState::Resuming(_)) => "resuming",
+                            Some(crate::conn::ConnState::Authorizing(_)) => "authorizing",
                             Some(crate::conn::ConnState::Streaming(stream)) => {
                                 let pipe = &self.driver.pipes[server.map_or(0, |(_, s)| s.pipe)];
                                 out.push_str(&format!(

@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
+use crate::authorize::AccessRequest;
 use crate::bus::{Outgoing, Resume, Submitted};
 use crate::config::Limits;
 use crate::event::Event;
@@ -181,6 +182,12 @@ pub(crate) struct StreamRequest {
     pub client: IpAddr,
     /// With the access log, the request's line: the loop logs it when the stream closes.
     pub access: Option<Box<RequestLine>>,
+    /// The client's address (the peer, or the one a trusted proxy names), for the
+    /// stream observer.
+    pub addr: IpAddr,
+    /// With an authorizer, the question it must answer before the stream opens; the loop
+    /// takes it out when it asks.
+    pub ask: Option<Box<AccessRequest>>,
 }
 
 impl Exchange {
@@ -449,6 +456,14 @@ impl Exchange {
     /// timeouts, so look again a head timeout later.
     pub(crate) fn wait_for_bus(&mut self, now: Now, limits: &Limits) {
         self.set_deadline(Wait::Head, now, limits);
+    }
+
+    /// The application owes this exchange's subscription a decision until loop time
+    /// `deadline_ms`.
+    pub(crate) fn wait_until(&mut self, deadline_ms: u64) {
+        self.wait = Wait::Head;
+        self.deadline_ms = deadline_ms;
+        self.rearm = true;
     }
 
     /// The connection's deadline passed: a request in progress gets 408; an idle

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use crate::auth;
+use crate::authorize::{AccessAction, AccessRequest};
 use crate::bus::Resume;
 use crate::http::answer::{self, HttpError};
 use crate::http::head::Request;
@@ -112,6 +113,21 @@ impl Exchange {
                 Ok(until) => until,
                 Err(error) => return Err((error, cors)),
             };
+        let addr = handlers::request_addr(env, self.peer, request);
+        let ask = env.authorizing.then(|| {
+            Box::new(AccessRequest {
+                action: AccessAction::Subscribe,
+                client: addr,
+                topics: subscription.topics.clone(),
+                cookie: request.cookie.map(str::to_owned),
+                // Bytes a token cannot hold are passed on as the lossy text they make.
+                authorization: request
+                    .authorization
+                    .map(|value| String::from_utf8_lossy(value).into_owned()),
+                token: subscription.token.clone(),
+                origin: request.origin.map(str::to_owned),
+            })
+        });
         // An empty id is no id (EventSource never sends one).
         let last_event_id = request
             .last_event_id
@@ -130,6 +146,8 @@ impl Exchange {
             token_until_unix_ms,
             client: handlers::request_client(env, self.peer, request),
             access: None,
+            addr,
+            ask,
         })
     }
 

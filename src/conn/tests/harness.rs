@@ -257,6 +257,7 @@ impl Harness {
             readiness: crate::conn::Readiness::READY,
             subscribe_verifier: None,
             publish_verifier: None,
+            authorizing: false,
         };
         for _ in 0..1000 {
             let Some(exchange) = self.conn.as_mut().and_then(Connection::exchange) else {

@@ -111,6 +111,8 @@ impl Driver {
                 Completion::Backfilled(ticket, result) => {
                     self.on_backfilled(ticket.conn, ticket.serial, result)
                 }
+                // The simulated environment decides no subscription (`authorizing` is off).
+                Completion::Authorized(..) => {}
             }
         }
     }
