@@ -24,6 +24,10 @@ pub(crate) const ANSWER_BYTES_MAX: u64 = 64 * 1024;
 /// depend on what an application sends back).
 pub(crate) const GRANT_TOPICS_MAX: usize = 256;
 
+/// How much longer a call may take than `auth_timeout`: more than the timer wheel's tick,
+/// so the waiting subscription's deadline passes first.
+const CALL_GRACE: Duration = Duration::from_millis(500);
+
 /// What a 2xx answer may say.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,10 +47,12 @@ pub(crate) struct HttpCallback {
 }
 
 impl HttpCallback {
-    /// A callback to `url` whose calls give up after `timeout`.
+    /// A callback to `url` for subscriptions that wait `timeout` for it.
     pub(crate) fn new(url: &str, timeout: Duration) -> Self {
         let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
+            // A little past the subscription's own deadline, so the client is told the
+            // application was too slow (by its loop) rather than that it failed.
+            .timeout_global(Some(timeout + CALL_GRACE))
             // Statuses are decisions here, not errors.
             .http_status_as_error(false)
             // A redirect is not an answer: an auth endpoint that moved is misconfigured.
@@ -104,8 +110,8 @@ fn grant_from(body: &[u8], now: SystemTime) -> Result<Grant, String> {
     if body.trim_ascii().is_empty() {
         return Ok(Grant::default());
     }
-    let answer: Answer =
-        serde_json::from_slice(body).map_err(|e| format!("answer is not the JSON herald reads: {e}"))?;
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|e| format!("answer is not the JSON herald reads: {e}"))?;
     if answer
         .topics
         .as_ref()
@@ -157,7 +163,10 @@ mod tests {
         assert_eq!(grant.topics, Some(vec!["a".into(), "p/*".into()]));
         assert_eq!(grant.expires_at, Some(now + Duration::from_secs(30)));
         let grant = grant_from(br#"{"expires_at":1010.5,"expires_in":60}"#, now).unwrap();
-        assert_eq!(grant.expires_at, Some(UNIX_EPOCH + Duration::from_millis(1_010_500)));
+        assert_eq!(
+            grant.expires_at,
+            Some(UNIX_EPOCH + Duration::from_millis(1_010_500))
+        );
         let far = grant_from(br#"{"expires_at":1e300}"#, now).unwrap();
         assert!(far.expires_at.is_some());
         for bad in [

@@ -255,6 +255,9 @@ mod tests {
         }
         let len = cache.entries.lock().unwrap().len();
         assert_eq!(len, CACHE_ENTRIES_MAX);
-        assert_eq!(cache.get(&request(&(CACHE_ENTRIES_MAX + 5).to_string())), None);
+        assert_eq!(
+            cache.get(&request(&(CACHE_ENTRIES_MAX + 5).to_string())),
+            None
+        );
     }
 }

@@ -47,7 +47,9 @@ pub(crate) fn decide(
     if let Some(expires_at) = grant.expires_at {
         let until_unix_ms = expires_at
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis().min(u128::from(u64::MAX)) as u64);
+            .map_or(0, |since| {
+                since.as_millis().min(u128::from(u64::MAX)) as u64
+            });
         if until_unix_ms <= now.unix_ms {
             return Err((HttpError::AppUnauthorized, request));
         }

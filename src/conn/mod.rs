@@ -35,8 +35,8 @@ use crate::config::{ForwardedHeader, Limits};
 use crate::http::answer::{AuthFailure, HttpError};
 use crate::metrics::Format;
 
-pub(crate) use exchange::{Exchange, Step, StreamRequest};
 pub(crate) use authorizing::Authorizing;
+pub(crate) use exchange::{Exchange, Step, StreamRequest};
 pub(crate) use resume::Resuming;
 pub(crate) use stream::{Flushed, Parting, Stream, StreamEnd};
 

@@ -63,11 +63,16 @@ impl EventLoop {
         };
         let ticket = self.ctx.ticket(key);
         if pool.submit(ticket, ask).is_err() {
-            return self.refuse_stream(key, HttpError::AuthUnavailable(AuthFailure::Busy), &request);
+            return self.refuse_stream(
+                key,
+                HttpError::AuthUnavailable(AuthFailure::Busy),
+                &request,
+            );
         }
         let deadline_ms = self.clock.as_now().ms + self.ctx.limits.auth_timeout.as_millis() as u64;
         if let Some(slot) = self.conns.get_mut(key) {
-            slot.conn.await_decision(ticket.serial, request, deadline_ms);
+            slot.conn
+                .await_decision(ticket.serial, request, deadline_ms);
         }
         self.rearm_exchange(key);
     }

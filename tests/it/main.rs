@@ -18,6 +18,7 @@ mod abuse;
 mod accept_pause;
 mod admission;
 mod auth;
+mod auth_callback;
 mod behind_nginx;
 mod browser;
 mod cli;

@@ -343,9 +343,7 @@ impl Driver {
             ConnState::Lingering { .. } => self.lingering -= 1,
             ConnState::Exchange(exchange) => self.recycle(exchange.into_buffer()),
             ConnState::Resuming(resuming) => self.recycle(resuming.exchange.into_buffer()),
-            ConnState::Authorizing(authorizing) => {
-                self.recycle(authorizing.exchange.into_buffer())
-            }
+            ConnState::Authorizing(authorizing) => self.recycle(authorizing.exchange.into_buffer()),
             ConnState::Streaming(stream) => {
                 self.subscribers -= 1;
                 for topic in stream.topics() {
