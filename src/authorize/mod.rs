@@ -26,6 +26,9 @@ use std::time::SystemTime;
 pub enum AccessAction {
     /// Open an event stream (`GET /events`).
     Subscribe,
+    /// Publish (`POST /publish`, with `auth_publish`): the grant's topics bound the
+    /// topics of the body, which is read after the decision.
+    Publish,
 }
 
 impl AccessAction {
@@ -33,6 +36,7 @@ impl AccessAction {
     pub fn name(self) -> &'static str {
         match self {
             AccessAction::Subscribe => "subscribe",
+            AccessAction::Publish => "publish",
         }
     }
 }
@@ -45,13 +49,15 @@ pub struct AccessRequest {
     pub action: AccessAction,
     /// The client: the peer, or the address a trusted proxy names.
     pub client: IpAddr,
-    /// The topics (and `prefix*` patterns) asked for, in the request's order.
+    /// The topics (and `prefix*` patterns) asked for, in the request's order. A publish
+    /// names the topics of its query (a raw-body publish's), often none: its body is
+    /// read after the decision, and its topics must be within the grant's.
     pub topics: Vec<String>,
     /// The `Cookie` header, as sent.
     pub cookie: Option<String>,
     /// The `Authorization` header, as sent.
     pub authorization: Option<String>,
-    /// The `token` query parameter, decoded.
+    /// The `token` query parameter of a subscription, decoded.
     pub token: Option<String>,
     /// The `Origin` header, as sent.
     pub origin: Option<String>,

@@ -280,6 +280,8 @@ settings! {
     auth_queue: usize [Text<usize>] = AUTH_QUEUE_DEFAULT, "N",
         "Subscriptions waiting for an auth worker; past it `503` at once",
         range = (1, AUTH_QUEUE_MAX);
+    auth_publish: bool [Switch] = false, "BOOL",
+        "Ask the auth endpoint before each publish too (`\"action\":\"publish\"`); the topics of the body must be within the answer's `topics`";
     auth_cache_ms: u64 [Text<u64>] = 0, "MS",
         "How long a decision is reused for the same question (credentials, address, topics); 0 never",
         range = (0, AUTH_CACHE_MS_MAX);

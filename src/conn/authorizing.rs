@@ -1,4 +1,4 @@
-//! A subscription waiting for the application's decision (`--auth-url` or the embedder's
+//! A subscription or publish waiting for the application's decision (`--auth-url` or the embedder's
 //! [`Authorize`](crate::authorize::Authorize) hook), and what that decision makes of it:
 //! the stream's request narrowed to the grant's expiry, or the refusal its client gets.
 //!
@@ -11,37 +11,43 @@ use crate::http::answer::{AuthFailure, HttpError};
 use super::exchange::{Exchange, StreamRequest};
 use super::Now;
 
-/// A subscription parked while the application decides.
+/// A request parked while the application decides.
 pub(crate) struct Authorizing {
-    /// The exchange the subscription came from: answers the refusal, and gives its head
-    /// buffer back when the stream starts.
+    /// The exchange the request came from: answers a refusal, and gives its head buffer
+    /// back when a stream starts.
     pub exchange: Box<Exchange>,
     /// The ticket serial of the question.
     pub serial: u64,
-    /// The subscription, its question taken out.
-    pub request: StreamRequest,
+    /// What waits for the decision.
+    pub waiting: Waiting,
 }
 
-/// The subscription as `decision` leaves it at `now`: allowed (its stream ends when the
-/// earlier of its token and its grant ends), or refused. Every topic asked for must be
+/// What waits for the application's decision.
+pub(crate) enum Waiting {
+    /// A subscription, its question taken out.
+    Stream(StreamRequest),
+    /// A publish, whose head the exchange parses again with the decision.
+    Publish,
+}
+
+/// What `decision` makes of the subscription at `now`: allowed (its stream ends when the
+/// earlier of its token and its grant ends, set in `request`), or refused. Every topic asked for must be
 /// covered by the grant's topics, when it names any; a grant that has already ended is a
 /// `401`, so the client comes back with fresh credentials rather than in a loop.
 pub(crate) fn decide(
     decision: Decision,
-    mut request: StreamRequest,
+    request: &mut StreamRequest,
     now: Now,
-) -> Result<StreamRequest, (HttpError, StreamRequest)> {
+) -> Result<(), HttpError> {
     let grant = match decision {
         Decision::Allow(grant) => grant,
-        Decision::Unauthorized => return Err((HttpError::AppUnauthorized, request)),
-        Decision::Forbidden => return Err((HttpError::AppForbidden, request)),
-        Decision::Unavailable => {
-            return Err((HttpError::AuthUnavailable(AuthFailure::Failed), request))
-        }
+        Decision::Unauthorized => return Err(HttpError::AppUnauthorized),
+        Decision::Forbidden => return Err(HttpError::AppForbidden),
+        Decision::Unavailable => return Err(HttpError::AuthUnavailable(AuthFailure::Failed)),
     };
     if let Some(patterns) = &grant.topics {
         if !auth::allows_all(patterns, request.topics.iter().map(String::as_str)) {
-            return Err((HttpError::AppForbidden, request));
+            return Err(HttpError::AppForbidden);
         }
     }
     if let Some(expires_at) = grant.expires_at {
@@ -51,7 +57,7 @@ pub(crate) fn decide(
                 since.as_millis().min(u128::from(u64::MAX)) as u64
             });
         if until_unix_ms <= now.unix_ms {
-            return Err((HttpError::AppUnauthorized, request));
+            return Err(HttpError::AppUnauthorized);
         }
         request.token_until_unix_ms = Some(
             request
@@ -59,5 +65,5 @@ pub(crate) fn decide(
                 .map_or(until_unix_ms, |token| token.min(until_unix_ms)),
         );
     }
-    Ok(request)
+    Ok(())
 }

@@ -35,7 +35,7 @@ use crate::config::{ForwardedHeader, Limits};
 use crate::http::answer::{AuthFailure, HttpError};
 use crate::metrics::Format;
 
-pub(crate) use authorizing::Authorizing;
+pub(crate) use authorizing::{Authorizing, Waiting};
 pub(crate) use exchange::{Exchange, Step, StreamRequest};
 pub(crate) use resume::Resuming;
 pub(crate) use stream::{Flushed, Parting, Stream, StreamEnd};
@@ -92,6 +92,8 @@ pub(crate) struct Env<'a> {
     /// The application decides each subscription (`auth_url` or an `Authorize` hook):
     /// stream requests carry the question for it.
     pub authorizing: bool,
+    /// The application decides each publish too (`auth_publish`).
+    pub authorizing_publish: bool,
 }
 
 /// Whether this node should be sent new traffic: `/readyz`'s input, read by the loop from
@@ -231,10 +233,11 @@ impl Connection {
         }
     }
 
-    /// Parks the exchange's subscription while the application decides the question
-    /// asked under ticket `serial`, until loop time `deadline_ms`. (An answer goes through
-    /// [`Connection::take_decision`], which returns the connection to its exchange.)
-    pub(crate) fn await_decision(&mut self, serial: u64, request: StreamRequest, deadline_ms: u64) {
+    /// Parks the exchange's subscription or publish while the application decides the
+    /// question asked under ticket `serial`, until loop time `deadline_ms`. (An answer goes
+    /// through [`Connection::take_decision`], which returns the connection to its
+    /// exchange.)
+    pub(crate) fn await_decision(&mut self, serial: u64, waiting: Waiting, deadline_ms: u64) {
         let state = std::mem::replace(&mut self.state, ConnState::Lingering { discarded: 0 });
         self.state = match state {
             ConnState::Exchange(mut exchange) => {
@@ -242,7 +245,7 @@ impl Connection {
                 ConnState::Authorizing(Box::new(Authorizing {
                     exchange,
                     serial,
-                    request,
+                    waiting,
                 }))
             }
             other => {
@@ -252,9 +255,9 @@ impl Connection {
         };
     }
 
-    /// The parked subscription, when `serial` is its question's ticket. The connection is
-    /// back in its exchange phase until the loop starts the stream or parks it again.
-    pub(crate) fn take_decision(&mut self, serial: u64) -> Option<StreamRequest> {
+    /// What waits for the decision, when `serial` is its question's ticket. The connection
+    /// is back in its exchange phase until the loop starts the stream or parks it again.
+    pub(crate) fn take_decision(&mut self, serial: u64) -> Option<Waiting> {
         match &self.state {
             ConnState::Authorizing(authorizing) if authorizing.serial == serial => {}
             _ => return None,
@@ -265,10 +268,10 @@ impl Connection {
             return None; // Checked just above.
         };
         let Authorizing {
-            exchange, request, ..
+            exchange, waiting, ..
         } = *authorizing;
         self.state = ConnState::Exchange(exchange);
-        Some(request)
+        Some(waiting)
     }
 
     /// Parks the exchange's subscription while the bus fetches `request`'s missed events
@@ -384,10 +387,14 @@ impl Connection {
                 };
                 let Authorizing {
                     mut exchange,
-                    request,
+                    waiting,
                     ..
                 } = *authorizing;
-                exchange.refuse_stream(HttpError::AuthUnavailable(AuthFailure::Timeout), &request);
+                match waiting {
+                    Waiting::Stream(request) => exchange
+                        .refuse_stream(HttpError::AuthUnavailable(AuthFailure::Timeout), &request),
+                    Waiting::Publish => exchange.on_decided(Err(AuthFailure::Timeout)),
+                }
                 self.state = ConnState::Exchange(exchange);
                 Expired::Drive
             }

@@ -79,6 +79,7 @@ impl LoopContext {
             subscribe_verifier: settings.subscribe_verifier.as_ref(),
             publish_verifier: settings.publish_verifier.as_ref(),
             authorizing: self.auth.is_some(),
+            authorizing_publish: self.auth.is_some() && settings.auth_publish,
         }
     }
 
@@ -123,6 +124,8 @@ pub(crate) struct RequestSettings {
     pub publish_verifier: Option<Verifier>,
     /// Log each finished request and stream (`access_log`).
     pub access_log: bool,
+    /// Ask the application before each publish too (`auth_publish`).
+    pub auth_publish: bool,
 }
 
 impl RequestSettings {
@@ -140,6 +143,7 @@ impl RequestSettings {
             subscribe_verifier: config.subscribe_key.as_deref().map(Verifier::new),
             publish_verifier: config.publish_key.as_deref().map(Verifier::new),
             access_log: config.access_log,
+            auth_publish: config.auth_publish,
         }
     }
 

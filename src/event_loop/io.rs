@@ -109,6 +109,7 @@ impl EventLoop {
                     self.rearm_exchange(key);
                     return self.open_stream(key, request);
                 }
+                Step::Authorize(ask) => return self.ask_about_publish(key, *ask),
                 Step::Linger => return self.linger(key),
                 Step::Close => return self.close(key),
                 // A completion from the bus drives the connection again.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::authorize::{AccessRequest, Decision, StreamInfo};
 use crate::conn::authorizing;
-use crate::conn::StreamRequest;
+use crate::conn::{StreamRequest, Waiting};
 use crate::history::ring::Seq;
 use crate::http::answer::{AuthFailure, HttpError};
 
@@ -72,22 +72,57 @@ impl EventLoop {
         let deadline_ms = self.clock.as_now().ms + self.ctx.limits.auth_timeout.as_millis() as u64;
         if let Some(slot) = self.conns.get_mut(key) {
             slot.conn
-                .await_decision(ticket.serial, request, deadline_ms);
+                .await_decision(ticket.serial, Waiting::Stream(request), deadline_ms);
         }
         self.rearm_exchange(key);
     }
 
-    /// The application decided a parked subscription: open it within the grant, or refuse.
+    /// Puts a publish to the application, parked until its answer; a full queue (or no
+    /// authorizer) is a decision too, and the exchange goes on with it at once.
+    pub(super) fn ask_about_publish(&mut self, key: usize, ask: AccessRequest) {
+        let ticket = self.ctx.ticket(key);
+        let queued = self.ctx.auth.as_ref().map(|pool| pool.submit(ticket, ask));
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        match queued {
+            Some(Ok(())) => {
+                let deadline_ms =
+                    self.clock.as_now().ms + self.ctx.limits.auth_timeout.as_millis() as u64;
+                slot.conn
+                    .await_decision(ticket.serial, Waiting::Publish, deadline_ms);
+                self.rearm_exchange(key);
+            }
+            Some(Err(_)) | None => {
+                if let Some(exchange) = slot.conn.exchange() {
+                    exchange.on_decided(Err(AuthFailure::Busy));
+                }
+                self.drive(key);
+            }
+        }
+    }
+
+    /// The application decided a parked request: a subscription opens within the grant or
+    /// is refused; a publish goes on with its head.
     fn on_authorized(&mut self, key: usize, serial: u64, decision: Decision) {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
-        let Some(request) = slot.conn.take_decision(serial) else {
+        let Some(waiting) = slot.conn.take_decision(serial) else {
             return; // Not this connection's (it timed out, or its slot was reused).
         };
-        match authorizing::decide(decision, request, self.clock.as_now()) {
-            Ok(request) => self.open_stream(key, request),
-            Err((error, request)) => self.refuse_stream(key, error, &request),
+        let mut request = match waiting {
+            Waiting::Stream(request) => request,
+            Waiting::Publish => {
+                if let Some(exchange) = slot.conn.exchange() {
+                    exchange.on_decided(Ok(decision));
+                }
+                return self.drive(key);
+            }
+        };
+        match authorizing::decide(decision, &mut request, self.clock.as_now()) {
+            Ok(()) => self.open_stream(key, request),
+            Err(error) => self.refuse_stream(key, error, &request),
         }
     }
 

@@ -145,6 +145,7 @@ fn env(limits: &Limits) -> Env<'_> {
         subscribe_verifier: None,
         publish_verifier: None,
         authorizing: false,
+        authorizing_publish: false,
     }
 }
 

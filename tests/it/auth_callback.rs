@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! `--auth-url`: the herald binary asks a real application (tests/clients/auth_app.py, a
 //! Python `http.server` started here) before each stream opens. What the application is
 //! sent (cookies, `Authorization`, `Origin`, client address, topics), how each of its
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::http::{assert_error, get, publish_form, Conn};
+use crate::common::http::{assert_error, build_request, form, get, publish_form, Conn};
 use crate::common::process::HeraldProcess;
 use crate::common::sse::Subscriber;
 use crate::common::DEADLINE;
@@ -285,4 +286,42 @@ fn a_slow_or_absent_application_gets_503_and_streams_go_on() {
         .expect("503");
     assert!(Instant::now() < deadline);
     assert_error(&refused, 503, "no application");
+}
+
+#[test]
+fn with_auth_publish_the_application_decides_publishes_too() {
+    let app = AuthApp::start();
+    let server = herald(&app, &["--auth-publish"]);
+    let addr = server.addr;
+    let mut alice = subscribe_as(addr, "alice", "topic=alice/inbox").expect("admitted");
+    let publish = |user: Option<&str>, topic: &str| {
+        let cookie = user.map(|user| format!("user={user}"));
+        let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        if let Some(cookie) = &cookie {
+            headers.push(("Cookie", cookie));
+        }
+        let body = form(&[("topic", topic), ("data", "x")]);
+        let mut conn = Conn::connect(addr);
+        conn.send(build_request("POST", "/publish", &headers, body.as_bytes()));
+        conn.read_response("the publish's answer")
+    };
+    let answer = publish(Some("alice"), "alice/inbox");
+    assert_eq!(answer.status, 200, "{}", answer.summary());
+    assert_eq!(alice.next_event("the allowed publish").data, "x");
+    // A body topic outside the grant: 403 once the body is read.
+    let answer = publish(Some("alice"), "bob/inbox");
+    assert_error(&answer, 403, "a publish outside alice's grant");
+    let answer = publish(None, "alice/inbox");
+    assert_error(&answer, 401, "a publish without a session");
+    let answer = publish(Some("mallory"), "alice/inbox");
+    assert_error(&answer, 403, "a publisher the application forbids");
+    let actions: Vec<String> = app
+        .calls()
+        .iter()
+        .map(|call| call["body"]["action"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        actions,
+        ["subscribe", "publish", "publish", "publish", "publish"]
+    );
 }

@@ -31,6 +31,7 @@ mod deploy;
 mod examples;
 mod fanout;
 mod health_and_demo;
+mod hooks;
 mod http_errors;
 mod http_protocol;
 mod independent_clients;

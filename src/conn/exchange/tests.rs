@@ -53,6 +53,7 @@ fn env<'a>(config: &'a Config, limits: &'a Limits) -> Env<'a> {
         subscribe_verifier: None,
         publish_verifier: None,
         authorizing: false,
+        authorizing_publish: false,
     }
 }
 

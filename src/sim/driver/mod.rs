@@ -14,6 +14,7 @@ use crate::config::Limits;
 use crate::conn::{self, ConnState, Connection, Exchange, Expired, Flushed, Now, Step};
 use crate::conn::{Parting, StreamEnd, LINGER};
 use crate::history::topics::{TopicId, Topics};
+use crate::http::answer::AuthFailure;
 use crate::http::route::Listener;
 use crate::socket::IoOutcome;
 use crate::wheel::{TimerHandle, TimerWheel};
@@ -243,6 +244,9 @@ impl Driver {
                     self.rearm_exchange(key);
                     return self.open_stream(key, request);
                 }
+                // The simulated environment has no authorizer (`authorizing_publish` is
+                // off); answered as the loop answers without one.
+                Step::Authorize(_) => exchange.on_decided(Err(AuthFailure::Busy)),
                 Step::Linger => return self.linger(key),
                 Step::Close => return self.close(key),
                 Step::Await => blocked = true,
