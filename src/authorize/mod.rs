@@ -43,7 +43,7 @@ impl AccessAction {
 
 /// A request that needs the application's decision: who asks (address and credentials,
 /// as they arrived) and for which topics.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessRequest {
     /// What the request asks to do.
     pub action: AccessAction,
@@ -61,6 +61,11 @@ pub struct AccessRequest {
     pub token: Option<String>,
     /// The `Origin` header, as sent.
     pub origin: Option<String>,
+    /// Every header of the request, in order (name as sent, value as lossy UTF-8; at
+    /// most 64, within `max_head_bytes`), for a hook that decides on more than the above.
+    /// The HTTP callback forwards only `Cookie`, `Authorization` and `Origin`, and the
+    /// answer cache does not look at these.
+    pub headers: Vec<(String, String)>,
 }
 
 /// What the application allows.

@@ -9,6 +9,7 @@
 //! [`CACHE_ENTRIES_MAX`] answers.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
-use super::{AccessRequest, Authorize, Decision};
+use super::{AccessAction, AccessRequest, Authorize, Decision};
 use crate::bus::{Completer, Completion, Ticket};
 
 /// Answers the cache holds at most. Past it, expired answers are dropped, and a new one is
@@ -172,10 +173,37 @@ impl Worker {
     }
 }
 
+/// What makes two questions the same for the cache: everything the callback is sent (the
+/// other headers are not, and a reconnect's `Last-Event-ID` must not miss the cache).
+#[derive(PartialEq, Eq, Hash)]
+struct CacheKey {
+    action: AccessAction,
+    client: IpAddr,
+    topics: Vec<String>,
+    cookie: Option<String>,
+    authorization: Option<String>,
+    token: Option<String>,
+    origin: Option<String>,
+}
+
+impl CacheKey {
+    fn of(request: &AccessRequest) -> CacheKey {
+        CacheKey {
+            action: request.action,
+            client: request.client,
+            topics: request.topics.clone(),
+            cookie: request.cookie.clone(),
+            authorization: request.authorization.clone(),
+            token: request.token.clone(),
+            origin: request.origin.clone(),
+        }
+    }
+}
+
 /// Answers by question, each kept for the cache's time to live.
 struct Cache {
     ttl: Duration,
-    entries: Mutex<HashMap<AccessRequest, (Instant, Decision)>>,
+    entries: Mutex<HashMap<CacheKey, (Instant, Decision)>>,
 }
 
 impl Cache {
@@ -192,7 +220,7 @@ impl Cache {
             return None;
         }
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let (at, decision) = entries.get(request)?;
+        let (at, decision) = entries.get(&CacheKey::of(request))?;
         (at.elapsed() < self.ttl).then(|| decision.clone())
     }
 
@@ -209,14 +237,14 @@ impl Cache {
                 return;
             }
         }
-        entries.insert(request.clone(), (Instant::now(), decision.clone()));
+        entries.insert(CacheKey::of(request), (Instant::now(), decision.clone()));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authorize::{AccessAction, Grant};
+    use crate::authorize::Grant;
     use std::net::Ipv4Addr;
 
     fn request(cookie: &str) -> AccessRequest {
@@ -228,6 +256,7 @@ mod tests {
             authorization: None,
             token: None,
             origin: None,
+            headers: vec![("Cookie".into(), cookie.into())],
         }
     }
 
@@ -236,7 +265,13 @@ mod tests {
         let cache = Cache::new(Duration::from_secs(60));
         let allow = Decision::Allow(Grant::default());
         cache.put(&request("a"), &allow);
-        assert_eq!(cache.get(&request("a")), Some(allow));
+        assert_eq!(cache.get(&request("a")), Some(allow.clone()));
+        // Other headers (a reconnect's Last-Event-ID) are not part of the question.
+        let mut reconnect = request("a");
+        reconnect
+            .headers
+            .push(("Last-Event-ID".into(), "1-9".into()));
+        assert_eq!(cache.get(&reconnect), Some(allow));
         assert_eq!(cache.get(&request("b")), None, "other credentials");
         let expired = Cache::new(Duration::from_nanos(1));
         expired.put(&request("a"), &Decision::Forbidden);

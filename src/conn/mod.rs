@@ -256,8 +256,14 @@ impl Connection {
     }
 
     /// What waits for the decision, when `serial` is its question's ticket. The connection
-    /// is back in its exchange phase until the loop starts the stream or parks it again.
-    pub(crate) fn take_decision(&mut self, serial: u64) -> Option<Waiting> {
+    /// is back in its exchange phase, under a fresh head deadline (for its answer, or the
+    /// publish's body), until the loop starts the stream or parks it again.
+    pub(crate) fn take_decision(
+        &mut self,
+        serial: u64,
+        now: Now,
+        limits: &Limits,
+    ) -> Option<Waiting> {
         match &self.state {
             ConnState::Authorizing(authorizing) if authorizing.serial == serial => {}
             _ => return None,
@@ -268,8 +274,11 @@ impl Connection {
             return None; // Checked just above.
         };
         let Authorizing {
-            exchange, waiting, ..
+            mut exchange,
+            waiting,
+            ..
         } = *authorizing;
+        exchange.restart_head_deadline(now, limits);
         self.state = ConnState::Exchange(exchange);
         Some(waiting)
     }
@@ -395,6 +404,8 @@ impl Connection {
                         .refuse_stream(HttpError::AuthUnavailable(AuthFailure::Timeout), &request),
                     Waiting::Publish => exchange.on_decided(Err(AuthFailure::Timeout)),
                 }
+                // The 503 gets a head timeout to go out, like a 408.
+                exchange.restart_head_deadline(now, limits);
                 self.state = ConnState::Exchange(exchange);
                 Expired::Drive
             }

@@ -767,6 +767,17 @@ fn authorization() {
             "#1 is no one's",
         ],
     );
+    // A 503 the client does not read gets a head timeout to go out, then a close (the
+    // simulation found it hanging with no deadline at all).
+    check(
+        &[Authorizing, Recv(subscribe!()), Room(0), At(2000), At(2500)],
+        &[
+            "ask #1 a",
+            "deadline: drive",
+            "write blocked",
+            "close (deadline: close PeerGone)",
+        ],
+    );
     // Nothing more is read while the application decides: a pipelined request waits.
     check(
         &[

@@ -108,7 +108,8 @@ impl EventLoop {
         let Some(slot) = self.conns.get_mut(key) else {
             return;
         };
-        let Some(waiting) = slot.conn.take_decision(serial) else {
+        let now = self.clock.as_now();
+        let Some(waiting) = slot.conn.take_decision(serial, now, &self.ctx.limits) else {
             return; // Not this connection's (it timed out, or its slot was reused).
         };
         let mut request = match waiting {
@@ -120,7 +121,7 @@ impl EventLoop {
                 return self.drive(key);
             }
         };
-        match authorizing::decide(decision, &mut request, self.clock.as_now()) {
+        match authorizing::decide(decision, &mut request, now) {
             Ok(()) => self.open_stream(key, request),
             Err(error) => self.refuse_stream(key, error, &request),
         }

@@ -9,7 +9,11 @@ and answers each POST by the `user` cookie:
   broken  500
   garbage 200 with a body that is not JSON
   slow    sleeps 3 s, then 200
+  stall   sleeps 60 s, then 200 (a stalled application)
   (none)  401
+
+Without a `user` cookie, the subscription's `token` query parameter names the user
+(`/events?topic=a&token=alice`), for load generators that cannot set cookies.
 
 GET /calls answers the JSON list of every POST it received: its body and the Cookie,
 Authorization and Origin headers.
@@ -58,7 +62,7 @@ class Handler(BaseHTTPRequestHandler):
                 }
             )
         cookie = SimpleCookie(self.headers.get("Cookie", ""))
-        user = cookie["user"].value if "user" in cookie else None
+        user = cookie["user"].value if "user" in cookie else request.get("token")
         if user == "alice":
             self.answer(200, json.dumps({"topics": ["news", "alice/*"]}).encode())
         elif user is not None and user.startswith("ttl"):
@@ -74,6 +78,9 @@ class Handler(BaseHTTPRequestHandler):
             self.answer(200, b"not json")
         elif user == "slow":
             time.sleep(3)
+            self.answer(200)
+        elif user == "stall":
+            time.sleep(60)
             self.answer(200)
         else:
             self.answer(401)

@@ -50,6 +50,16 @@ fn next(notices: &Receiver<Notice>, what: &str) -> Notice {
 /// `s-short` anything for 1 s, no cookie is 401, anything else 403.
 fn decide(request: &AccessRequest) -> Decision {
     assert_eq!(request.action, AccessAction::Subscribe);
+    // Every header arrives, in order, the cookie among them.
+    assert_eq!(
+        request.headers.first().map(|(name, _)| name.as_str()),
+        Some("Host")
+    );
+    let cookie = request.headers.iter().find(|(name, _)| name == "Cookie");
+    assert_eq!(
+        cookie.map(|(_, value)| Some(value.as_str())),
+        request.cookie.as_deref().map(Some)
+    );
     let session = request.cookie.as_deref().and_then(|cookie| {
         cookie
             .split("; ")

@@ -467,6 +467,12 @@ impl Exchange {
         self.set_deadline(Wait::Head, now, limits);
     }
 
+    /// Puts the exchange under a head deadline from `now`: after the application's
+    /// decision (or its absence), for the answer or the publish's body.
+    pub(crate) fn restart_head_deadline(&mut self, now: Now, limits: &Limits) {
+        self.set_deadline(Wait::Head, now, limits);
+    }
+
     /// The application decided the publish that asked with [`Step::Authorize`] (or no
     /// decision came: `Err`); [`Exchange::step`] goes on with its head.
     pub(crate) fn on_decided(&mut self, decided: Result<Decision, AuthFailure>) {

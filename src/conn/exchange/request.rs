@@ -7,7 +7,7 @@ use crate::auth;
 use crate::authorize::{AccessAction, AccessRequest, Decision};
 use crate::bus::Resume;
 use crate::http::answer::{self, AuthFailure, HttpError};
-use crate::http::head::Request;
+use crate::http::head::{self, Request};
 use crate::http::route::{self, Route};
 use crate::publish::{self, BodyFormat, Publish};
 
@@ -126,6 +126,7 @@ impl Exchange {
                     .map(|value| String::from_utf8_lossy(value).into_owned()),
                 token: subscription.token.clone(),
                 origin: request.origin.map(str::to_owned),
+                headers: head::header_pairs(request.raw),
             })
         });
         // An empty id is no id (EventSource never sends one).
@@ -226,6 +227,7 @@ impl Exchange {
                 .map(|value| String::from_utf8_lossy(value).into_owned()),
             token: None,
             origin: request.origin.map(str::to_owned),
+            headers: head::header_pairs(request.raw),
         }))
     }
 

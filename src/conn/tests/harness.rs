@@ -412,10 +412,11 @@ impl Harness {
 
     /// What the loop's `on_authorized` does.
     fn decided(&mut self, serial: u64, decision: Decision) {
+        let (now, limits) = (self.now, self.limits.clone());
         let Some(waiting) = self
             .conn
             .as_mut()
-            .and_then(|conn| conn.take_decision(serial))
+            .and_then(|conn| conn.take_decision(serial, now, &limits))
         else {
             return self.trace.push(format!("#{serial} is no one's"));
         };

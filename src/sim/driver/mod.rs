@@ -14,11 +14,11 @@ use crate::config::Limits;
 use crate::conn::{self, ConnState, Connection, Exchange, Expired, Flushed, Now, Step};
 use crate::conn::{Parting, StreamEnd, LINGER};
 use crate::history::topics::{TopicId, Topics};
-use crate::http::answer::AuthFailure;
 use crate::http::route::Listener;
 use crate::socket::IoOutcome;
 use crate::wheel::{TimerHandle, TimerWheel};
 
+use super::app::SimApp;
 use super::bus::SimBus;
 use super::net::Pipe;
 use super::Rng;
@@ -51,6 +51,8 @@ pub(super) struct Driver {
     pub wheel: TimerWheel<usize>,
     pub pipes: Vec<Pipe>,
     pub bus: SimBus,
+    /// The application that decides access, when it is on.
+    pub app: SimApp,
     pub rng: Rng,
     /// Connections waiting to be accepted.
     pub backlog: Vec<usize>,
@@ -71,7 +73,7 @@ pub(super) struct Driver {
 
 impl Driver {
     /// A loop at time 0.
-    pub(super) fn new(limits: Limits, bus: SimBus, rng: Rng) -> Self {
+    pub(super) fn new(limits: Limits, bus: SimBus, app: SimApp, rng: Rng) -> Self {
         // The wheel's `Instant`s are only ever compared with each other: one real instant
         // as the origin keeps every run the same.
         let origin = Instant::now();
@@ -82,6 +84,7 @@ impl Driver {
             wheel: TimerWheel::new(origin, TIMER_TICK),
             pipes: Vec::new(),
             bus,
+            app,
             rng,
             backlog: Vec::new(),
             origin,
@@ -135,12 +138,13 @@ impl Driver {
         for key in leftovers {
             self.on_ready(key, true, false);
         }
+        self.answer_app();
         self.drain_completions();
         self.drain_inbox();
         self.fan_out();
     }
 
-    fn ticket(&mut self, key: usize) -> Ticket {
+    pub(super) fn ticket(&mut self, key: usize) -> Ticket {
         self.serial += 1;
         Ticket {
             loop_index: 0,
@@ -196,7 +200,7 @@ impl Driver {
     /// `io.rs`'s `drive`.
     pub(super) fn drive(&mut self, key: usize) {
         let limits = &self.limits;
-        let env = super::env(limits);
+        let env = super::env(limits, self.app.on);
         let now = self.now;
         let mut rounds = 0;
         let mut blocked = false;
@@ -244,9 +248,7 @@ impl Driver {
                     self.rearm_exchange(key);
                     return self.open_stream(key, request);
                 }
-                // The simulated environment has no authorizer (`authorizing_publish` is
-                // off); answered as the loop answers without one.
-                Step::Authorize(_) => exchange.on_decided(Err(AuthFailure::Busy)),
+                Step::Authorize(ask) => return self.ask_about_publish(key, *ask),
                 Step::Linger => return self.linger(key),
                 Step::Close => return self.close(key),
                 Step::Await => blocked = true,
