@@ -92,6 +92,21 @@ pub const TIMER_MS_MIN: u64 = 100;
 pub const TIMER_MS_MAX: u64 = 3_600_000;
 /// Longest `coalesce_ms`: a second of added latency is past any use of the hold.
 pub const COALESCE_MS_MAX: u64 = 1_000;
+/// How long a subscription waits for the application's decision, by default: long
+/// enough for a session lookup, short enough that a client is not left hanging.
+pub const AUTH_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+/// Longest `auth_timeout_ms`: a browser gives up on a silent connection long before this.
+pub const AUTH_TIMEOUT_MS_MAX: u64 = 60_000;
+/// Threads calling the auth endpoint, by default.
+pub const AUTH_WORKERS_DEFAULT: usize = 4;
+/// Most threads calling the auth endpoint: each holds a stack and a connection.
+pub const AUTH_WORKERS_MAX: usize = 256;
+/// Subscriptions waiting for an auth worker, by default.
+pub const AUTH_QUEUE_DEFAULT: usize = 1_024;
+/// Most subscriptions waiting for an auth worker (each holds its credentials).
+pub const AUTH_QUEUE_MAX: usize = 65_536;
+/// Longest `auth_cache_ms`: a decision is not reused past an hour.
+pub const AUTH_CACHE_MS_MAX: u64 = 3_600_000;
 /// Time a graceful shutdown may take, by default: streams blocked on a full socket get
 /// this long to take their parting hint.
 pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
@@ -494,6 +509,12 @@ impl Config {
             }
         }
         self.validate_token_keys()?;
+        if let Some(url) = &self.auth_url {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.parse::<ureq::http::Uri>().is_err() {
+                return fault("auth_url", "must be an http:// or https:// URL");
+            }
+        }
         if self.publish_listen == Some(self.listen) && self.listen.port() != 0 {
             return fault("publish_listen", "must differ from listen");
         }

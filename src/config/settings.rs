@@ -297,6 +297,25 @@ settings! {
         range = (JWKS_REFRESH_GAP_MS, JWKS_REFRESH_MS_MAX);
     jwks_ca_file: Option<String> [Optional<Text<String>>] = None, "FILE",
         "PEM CA certificates that JWKS `https://` fetches trust instead of the bundled Mozilla roots";
+    /// Called on the worker pool (`auth_workers`), never on an event loop; an embedder's
+    /// `Authorize` hook takes its place.
+    auth_url: Option<String> [Optional<Text<String>>] = None, "URL",
+        "The application's auth endpoint (`http://` or `https://`): each `GET /events` is first `POST`ed there with the client's cookies, `Authorization`, address and topics; a 2xx admits (its JSON may name the allowed topics and an expiry), `401` and `403` are passed on, anything else is `503` (see [Auth callback](#auth-callback))",
+        secret = true;
+    auth_timeout_ms: u64 [Text<u64>] = AUTH_TIMEOUT_MS_DEFAULT, "MS",
+        "How long a subscription waits for the application's decision, queue and call together; then `503`",
+        range = (TIMER_MS_MIN, AUTH_TIMEOUT_MS_MAX);
+    auth_workers: usize [Text<usize>] = AUTH_WORKERS_DEFAULT, "N",
+        "Threads that call the auth endpoint: the most calls in flight",
+        range = (1, AUTH_WORKERS_MAX);
+    auth_queue: usize [Text<usize>] = AUTH_QUEUE_DEFAULT, "N",
+        "Subscriptions waiting for an auth worker; past it `503` at once",
+        range = (1, AUTH_QUEUE_MAX);
+    auth_publish: bool [Switch] = false, "BOOL",
+        "Ask the auth endpoint before each publish too (`\"action\":\"publish\"`); the topics of the body must be within the answer's `topics`";
+    auth_cache_ms: u64 [Text<u64>] = 0, "MS",
+        "How long a decision is reused for the same question (credentials, address, topics); 0 never",
+        range = (0, AUTH_CACHE_MS_MAX);
     bus: BusKind [Text<BusKind>] = BusKind::Embedded, "BUS",
         "`embedded` (one node) or `redis` (nodes sharing one Redis Stream; see [Cluster mode](#cluster-mode))";
     redis_url: String [Text<String>] = REDIS_URL_DEFAULT.to_owned(), "URL",

@@ -8,6 +8,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::auth::{Auth, Verifier};
+use crate::authorize::observe::Observer;
+use crate::authorize::pool::AuthPool;
 use crate::bus::{Bus, Ticket};
 use crate::client::{client_key, Cidr, ClientTable};
 use crate::config::{Config, ForwardedHeader, Limits};
@@ -49,6 +51,10 @@ pub(crate) struct LoopContext {
     pub presence: Arc<Presence>,
     /// Library handles' questions about this loop's history (`Handle::topics`).
     pub queries: Receiver<Query>,
+    /// Puts subscriptions to the application (`auth_url` or the `Authorize` hook).
+    pub auth: Option<Arc<AuthPool>>,
+    /// Tells the `ObserveStreams` hook when streams open and close.
+    pub observer: Option<Arc<Observer>>,
 }
 
 impl LoopContext {
@@ -72,6 +78,8 @@ impl LoopContext {
             readiness,
             subscribe_verifier: settings.subscribe_verifier.as_ref(),
             publish_verifier: settings.publish_verifier.as_ref(),
+            authorizing: self.auth.is_some(),
+            authorizing_publish: self.auth.is_some() && settings.auth_publish,
         }
     }
 
@@ -117,6 +125,8 @@ pub(crate) struct RequestSettings {
     pub publish_verifier: Option<Verifier>,
     /// Log each finished request and stream (`access_log`).
     pub access_log: bool,
+    /// Ask the application before each publish too (`auth_publish`).
+    pub auth_publish: bool,
 }
 
 impl RequestSettings {
@@ -135,6 +145,7 @@ impl RequestSettings {
             subscribe_verifier: auth.subscribe.clone(),
             publish_verifier: auth.publish.clone(),
             access_log: config.access_log,
+            auth_publish: config.auth_publish,
         }
     }
 
