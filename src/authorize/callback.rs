@@ -107,8 +107,13 @@ impl HttpCallback {
 
 /// The grant a 2xx answer's body gives (an empty body allows what was asked).
 fn grant_from(body: &[u8], now: SystemTime) -> Result<Grant, String> {
-    if body.trim_ascii().is_empty() {
+    let body = body.trim_ascii();
+    if body.is_empty() {
         return Ok(Grant::default());
+    }
+    // serde would also read a struct from an array (`[]` as `{}`): only an object is one.
+    if body.first() != Some(&b'{') {
+        return Err("answer is not a JSON object".into());
     }
     let answer: Answer = serde_json::from_slice(body)
         .map_err(|e| format!("answer is not the JSON herald reads: {e}"))?;
@@ -177,7 +182,11 @@ mod tests {
             b"not json",
             b"[]",
         ] {
-            assert!(grant_from(bad, now).is_err(), "{:?}", bad.escape_ascii());
+            assert!(
+                grant_from(bad, now).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let many: Vec<String> = (0..=GRANT_TOPICS_MAX).map(|n| n.to_string()).collect();
         let body = serde_json::json!({ "topics": many }).to_string();

@@ -477,7 +477,8 @@ mod tests {
              ipv6_prefix_per_ip = 7\nmax_publish_connections = 7\ndemo_feed = true\n\
              log_level = \"trace\"\nlog_format = \"json\"\naccess_log = true\ncoalesce_ms = 7\n\
              max_patterns_per_subscription = 7\nmin_pattern_prefix = 7\n\
-             jwks_refresh = \"10m\"\n",
+             jwks_refresh = \"10m\"\nauth_timeout_ms = 7000\nauth_workers = 7\nauth_queue = 7\n\
+             auth_publish = true\nauth_cache_ms = 7\n",
         )
         .unwrap();
         let defaults = Config::default();
