@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod authorize;
 mod bus;
 mod client;
 pub mod config;
@@ -53,6 +54,9 @@ mod sse;
 pub mod testing;
 mod wheel;
 
+pub use authorize::{
+    AccessAction, AccessRequest, Authorize, Decision, Grant, Hooks, ObserveStreams, StreamInfo,
+};
 pub use config::{BusKind, Config, ConfigError, ForwardedHeader, LogFormat};
 pub use event::{Error, Event, EventId, PublishError, Stats};
 pub use presence::TopicPresence;

@@ -317,10 +317,11 @@ fn spawn_demo_feed(handle: herald::Handle) -> std::io::Result<()> {
     Ok(())
 }
 
-/// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once.
+/// SIGTERM or SIGINT starts a graceful shutdown; a second one exits at once. SIGHUP rereads
+/// the token key files and refetches the JWKS URLs (on the server's key thread).
 fn watch_signals(handle: herald::Handle) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
         .name("herald-signals".into())
         .spawn(move || {
@@ -328,6 +329,11 @@ fn watch_signals(handle: herald::Handle) -> std::io::Result<()> {
             // never costs a signal.
             let mut seen = 0;
             for signal in signals.forever() {
+                if signal == SIGHUP {
+                    handle.reload_keys();
+                    log::info!("signal {signal}, reloading the token keys");
+                    continue;
+                }
                 seen += 1;
                 if seen > 1 {
                     log::warn!("second signal {signal}, exiting now");

@@ -143,6 +143,8 @@ pub(crate) fn answer(
         token_until_unix_ms: None,
         client: IpAddr::V4(Ipv4Addr::LOCALHOST),
         access: None,
+        addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ask: None,
     };
     resume::read_start(
         &mut request,

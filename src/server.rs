@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::auth::Auth;
+use crate::authorize::callback::HttpCallback;
+use crate::authorize::observe::Observer;
+use crate::authorize::pool::{AuthPool, PoolSettings};
+use crate::authorize::{Authorize, Hooks};
 use crate::bus::embedded::EmbeddedBus;
 use crate::bus::redis::{RedisBus, RedisSettings, TlsFiles};
 use crate::bus::{Bus, Fanout, Resume, Submitted};
@@ -53,6 +58,8 @@ pub(crate) struct Shared {
     queries: Vec<Sender<Query>>,
     /// The newest event the handles published: a replay waits until a loop has it.
     newest_published: Mutex<Seq>,
+    /// The token verifiers and their key thread ([`Handle::reload_keys`]).
+    auth: Auth,
 }
 
 /// Renders `/metrics` from every loop's counters, the rare-event counters and the bus.
@@ -61,12 +68,16 @@ fn metrics_renderer(
     metrics: Arc<Metrics>,
     bus: Arc<dyn Bus>,
     max_connections: u64,
+    hooks: (Option<Arc<AuthPool>>, Option<Arc<Observer>>),
 ) -> RenderMetrics {
+    let (auth, observer) = hooks;
     Arc::new(move |format| {
         let snapshot = metrics::Snapshot {
             events_published: bus.published(),
             max_connections,
             bus: bus.stats(),
+            auth: auth.as_ref().map(|pool| pool.stats()),
+            notices_dropped: observer.as_ref().map(|observer| observer.dropped()),
         };
         metrics::render(&loop_stats, &metrics, &snapshot, format)
     })
@@ -158,7 +169,17 @@ fn bind_all(addr: SocketAddr, threads: usize) -> Result<Vec<mio::net::TcpListene
 impl Server {
     /// Validates `config`, binds its listeners and starts one event loop per thread.
     pub fn start(config: Config) -> Result<Server, Error> {
+        Server::start_with(config, Hooks::new())
+    }
+
+    /// [`Server::start`] with the embedding program's hooks: an [`Authorize`] hook that
+    /// decides subscriptions in Rust (in place of `auth_url`), and an
+    /// [`ObserveStreams`](crate::ObserveStreams) hook told when streams open and close.
+    pub fn start_with(config: Config, hooks: Hooks) -> Result<Server, Error> {
         config.validate()?;
+        // Before binding: a bad key file stops start-up, and the JWKS URLs are fetched
+        // once so that the first subscribers find the keys.
+        let auth = Auth::start(&config)?;
         let threads = config.threads;
         let mut main = bind_all(config.listen, threads)?;
         let local_addr = main[0]
@@ -198,7 +219,31 @@ impl Server {
             loops.push((poll, listeners, inbox, Arc::new(LoopStats::default())));
         }
         let limits = config.limits();
-        let settings = Arc::new(RequestSettings::new(&config));
+        let authorizer: Option<Arc<dyn Authorize>> = hooks.authorize.or_else(|| {
+            let url = config.auth_url.as_deref()?;
+            Some(Arc::new(HttpCallback::new(url, limits.auth_timeout)))
+        });
+        let auth_pool = match authorizer {
+            Some(authorizer) => {
+                let settings = PoolSettings {
+                    workers: config.auth_workers,
+                    queue: config.auth_queue,
+                    timeout: limits.auth_timeout,
+                    cache_ttl: Duration::from_millis(config.auth_cache_ms),
+                };
+                let pool = AuthPool::start(authorizer, settings, fanout.completer())
+                    .map_err(io_error("cannot start the authorization workers"))?;
+                Some(Arc::new(pool))
+            }
+            None => None,
+        };
+        let observer = match hooks.observe {
+            Some(hook) => Some(Arc::new(
+                Observer::start(hook).map_err(io_error("cannot start the stream observer"))?,
+            )),
+            None => None,
+        };
+        let settings = Arc::new(RequestSettings::new(&config, &auth));
         let presence = Arc::new(Presence::new());
         let bus: Arc<dyn Bus> = match config.bus {
             BusKind::Embedded => Arc::new(EmbeddedBus::new(fanout)),
@@ -236,6 +281,7 @@ impl Server {
             metrics.clone(),
             bus.clone(),
             limits.connections_max as u64,
+            (auth_pool.clone(), observer.clone()),
         );
         let shutdown = Arc::new(Shutdown {
             draining: AtomicBool::new(false),
@@ -251,6 +297,7 @@ impl Server {
             presence: presence.clone(),
             queries,
             newest_published: Mutex::new(0),
+            auth,
             lifecycle: lifecycle_tx.clone(),
             limits: limits.clone(),
             bus: bus.clone(),
@@ -281,6 +328,8 @@ impl Server {
                 stats,
                 presence: presence.clone(),
                 queries,
+                auth: auth_pool.clone(),
+                observer: observer.clone(),
             };
             let event_loop = EventLoop::new(poll, listeners, inbox, ctx)
                 .map_err(io_error("cannot register a listener"))?;
@@ -401,6 +450,14 @@ impl Drop for Server {
 }
 
 impl Handle {
+    /// Rereads the token key files (`subscribe_public_key`, `publish_public_key`, JWKS
+    /// files) and refetches the JWKS URLs, on the server's key thread: returns at once. A
+    /// file or URL that fails keeps its last keys (and is logged). `herald serve` calls
+    /// this on SIGHUP. Does nothing when no public key is configured.
+    pub fn reload_keys(&self) {
+        self.shared.auth.reload();
+    }
+
     /// Publishes an event to its topics and returns the id subscribers will see.
     ///
     /// With the Redis bus this waits for Redis to store the event (a round trip), and

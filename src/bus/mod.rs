@@ -133,6 +133,19 @@ pub(crate) enum Completion {
     Published(Ticket, Stored),
     /// The backfill, or why it could not be fetched.
     Backfilled(Ticket, Result<Backfill, BackfillError>),
+    /// The application's decision on a subscription (`authorize::pool`).
+    Authorized(Ticket, crate::authorize::Decision),
+}
+
+impl Completion {
+    /// The request this answers.
+    pub(crate) fn ticket(&self) -> Ticket {
+        match self {
+            Completion::Published(ticket, _)
+            | Completion::Backfilled(ticket, _)
+            | Completion::Authorized(ticket, _) => *ticket,
+        }
+    }
 }
 
 /// Why a resume's missed events could not be fetched. The loop answers the `GET /events`
@@ -188,6 +201,7 @@ impl Inbox {
 }
 
 /// The sending half of one loop's [`Inbox`].
+#[derive(Clone)]
 struct InboxSender {
     tx: Sender<InboxItem>,
     done: Sender<Completion>,
@@ -204,6 +218,30 @@ impl InboxSender {
                 log::warn!("could not wake an event loop: {error}");
             }
         }
+    }
+}
+
+/// Hands `completion` to the loop its ticket names, among `senders`.
+fn complete(senders: &[InboxSender], completion: Completion) {
+    let Some(sender) = senders.get(completion.ticket().loop_index) else {
+        return;
+    };
+    // Fails only when the loop has exited, and its connections with it.
+    if sender.done.send(completion).is_ok() {
+        sender.nudge();
+    }
+}
+
+/// Hands completions to the loops their tickets name (see [`Fanout::completer`]).
+#[derive(Clone)]
+pub(crate) struct Completer {
+    senders: Vec<InboxSender>,
+}
+
+impl Completer {
+    /// Hands a completion to the loop its ticket names.
+    pub(crate) fn complete(&self, completion: Completion) {
+        complete(&self.senders, completion);
     }
 }
 
@@ -225,8 +263,9 @@ impl Fanout {
     /// Creates an inbox for a loop woken by `waker`.
     pub(crate) fn add_loop(&mut self, waker: Arc<mio::Waker>) -> Inbox {
         let (tx, rx) = crossbeam_channel::bounded(INBOX_EVENTS_MAX);
-        // Unbounded in type only: each completion answers one request a bus accepted into
-        // its bounded queues, so at most that many are ever here.
+        // Unbounded in type only: each completion answers one request a bus (or the
+        // authorization pool) accepted into its bounded queues, so at most that many are
+        // ever here.
         let (done, done_rx) = crossbeam_channel::unbounded();
         let bytes = Arc::new(AtomicUsize::new(0));
         let parked = Arc::new(AtomicBool::new(false));
@@ -273,15 +312,14 @@ impl Fanout {
 
     /// Hands a completion to the loop its ticket names.
     pub(crate) fn complete(&self, completion: Completion) {
-        let ticket = match &completion {
-            Completion::Published(ticket, _) | Completion::Backfilled(ticket, _) => *ticket,
-        };
-        let Some(sender) = self.senders.get(ticket.loop_index) else {
-            return;
-        };
-        // Fails only when the loop has exited, and its connections with it.
-        if sender.done.send(completion).is_ok() {
-            sender.nudge();
+        complete(&self.senders, completion);
+    }
+
+    /// A handle that hands completions to the loops, for answers that come from outside
+    /// the bus (the authorization workers).
+    pub(crate) fn completer(&self) -> Completer {
+        Completer {
+            senders: self.senders.clone(),
         }
     }
 

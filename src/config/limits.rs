@@ -22,6 +22,8 @@ pub(crate) struct Limits {
     pub head_timeout: Duration,
     /// Time a keep-alive connection may sit between requests (`idle_timeout_ms`).
     pub idle_timeout: Duration,
+    /// How long a subscription waits for the application's decision (`auth_timeout_ms`).
+    pub auth_timeout: Duration,
     /// Quiet time after which a stream gets a heartbeat comment (`heartbeat_ms`); a blocked
     /// stream that writes no byte for `STALLED_HEARTBEATS` of these is a slow consumer.
     /// Also the TCP keepalive and user timeout of every socket.
@@ -82,6 +84,7 @@ impl Config {
         let gap_event: Arc<str> = self.gap_event.as_str().into();
         Limits {
             head_timeout: Duration::from_millis(self.head_timeout_ms),
+            auth_timeout: Duration::from_millis(self.auth_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             coalesce: Duration::from_millis(self.coalesce_ms),

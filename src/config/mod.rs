@@ -92,6 +92,21 @@ pub const TIMER_MS_MIN: u64 = 100;
 pub const TIMER_MS_MAX: u64 = 3_600_000;
 /// Longest `coalesce_ms`: a second of added latency is past any use of the hold.
 pub const COALESCE_MS_MAX: u64 = 1_000;
+/// How long a subscription waits for the application's decision, by default: long
+/// enough for a session lookup, short enough that a client is not left hanging.
+pub const AUTH_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+/// Longest `auth_timeout_ms`: a browser gives up on a silent connection long before this.
+pub const AUTH_TIMEOUT_MS_MAX: u64 = 60_000;
+/// Threads calling the auth endpoint, by default.
+pub const AUTH_WORKERS_DEFAULT: usize = 4;
+/// Most threads calling the auth endpoint: each holds a stack and a connection.
+pub const AUTH_WORKERS_MAX: usize = 256;
+/// Subscriptions waiting for an auth worker, by default.
+pub const AUTH_QUEUE_DEFAULT: usize = 1_024;
+/// Most subscriptions waiting for an auth worker (each holds its credentials).
+pub const AUTH_QUEUE_MAX: usize = 65_536;
+/// Longest `auth_cache_ms`: a decision is not reused past an hour.
+pub const AUTH_CACHE_MS_MAX: u64 = 3_600_000;
 /// Time a graceful shutdown may take, by default: streams blocked on a full socket get
 /// this long to take their parting hint.
 pub const SHUTDOWN_TIMEOUT_MS_DEFAULT: u64 = 5_000;
@@ -112,6 +127,15 @@ pub const IPV6_PREFIX_PER_IP_DEFAULT: u8 = 64;
 /// budget so publishers and operators are served while subscribers fill `max_connections`;
 /// publishers are a few application servers with keep-alive pools, and scrapers.
 pub const PUBLISH_CONNECTIONS_DEFAULT: usize = 128;
+
+/// How often JWKS URLs are fetched again, by default (ms): keys rotate on a scale of days,
+/// and an unknown `kid` triggers a fetch sooner.
+pub const JWKS_REFRESH_MS_DEFAULT: u64 = 5 * 60_000;
+/// Shortest `jwks_refresh` (ms), and the shortest time between two fetches that tokens with
+/// unknown `kid`s can cause, so made-up `kid`s cannot flood the identity provider.
+pub const JWKS_REFRESH_GAP_MS: u64 = 10_000;
+/// Longest `jwks_refresh` (ms): a day.
+pub const JWKS_REFRESH_MS_MAX: u64 = 86_400_000;
 
 /// Redis the Redis bus connects to, by default.
 pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379/0";
@@ -284,6 +308,21 @@ impl std::fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("subscribe_key", &secret(&self.subscribe_key))
             .field("publish_key", &secret(&self.publish_key))
+            .field("subscribe_public_key", &self.subscribe_public_key)
+            .field(
+                "subscribe_jwks",
+                &self.subscribe_jwks.as_deref().map(redact_url),
+            )
+            .field("publish_public_key", &self.publish_public_key)
+            .field(
+                "publish_jwks",
+                &self.publish_jwks.as_deref().map(redact_url),
+            )
+            .field("jwt_algorithms", &self.jwt_algorithms)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("jwks_refresh", &self.jwks_refresh)
+            .field("jwks_ca_file", &self.jwks_ca_file)
             .field("bus", &self.bus)
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_stream", &self.redis_stream)
@@ -487,6 +526,13 @@ impl Config {
                 return fault(setting, "must not be empty");
             }
         }
+        self.validate_token_keys()?;
+        if let Some(url) = &self.auth_url {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.parse::<ureq::http::Uri>().is_err() {
+                return fault("auth_url", "must be an http:// or https:// URL");
+            }
+        }
         if self.publish_listen == Some(self.listen) && self.listen.port() != 0 {
             return fault("publish_listen", "must differ from listen");
         }
@@ -554,6 +600,50 @@ impl Config {
                 "redis_master_name",
                 "must be 1..=256 printable ASCII bytes without spaces",
             );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The public-key settings: names only, no file is read here (the server reads the
+    /// keys when it starts, and a key that does not fit `jwt_algorithms` stops it there).
+    fn validate_token_keys(&self) -> Result<(), ConfigError> {
+        for name in &self.jwt_algorithms {
+            if let Err(reason) = crate::auth::keys::public_algorithm(name) {
+                return fault("jwt_algorithms", reason);
+            }
+        }
+        for (setting, value) in [
+            ("subscribe_public_key", &self.subscribe_public_key),
+            ("publish_public_key", &self.publish_public_key),
+            ("jwt_issuer", &self.jwt_issuer),
+            ("jwt_audience", &self.jwt_audience),
+            ("jwks_ca_file", &self.jwks_ca_file),
+        ] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                return fault(setting, "must not be empty");
+            }
+        }
+        for (setting, jwks) in [
+            ("subscribe_jwks", &self.subscribe_jwks),
+            ("publish_jwks", &self.publish_jwks),
+        ] {
+            let Some(jwks) = jwks else { continue };
+            if jwks.is_empty() {
+                return fault(setting, "must not be empty");
+            }
+            if jwks.starts_with("http://") {
+                return fault(
+                    setting,
+                    "must be an https:// URL or a file (keys fetched over plain HTTP can be swapped on the way)",
+                );
+            }
+            if jwks.starts_with("https://")
+                && (jwks.len() == "https://".len() || !jwks.bytes().all(|b| b.is_ascii_graphic()))
+            {
+                return fault(setting, format!("{:?} is not a URL", redact_url(jwks)));
+            }
         }
         Ok(())
     }

@@ -266,6 +266,56 @@ settings! {
     publish_key: Option<String> [Optional<Text<String>>] = None, "SECRET",
         "HS256 secret; `/publish` then also accepts a JWT whose `publish` claim lists its topics",
         secret = true;
+    /// Read at start (a file that is not a usable public key stops start-up) and again on
+    /// SIGHUP or [`Handle::reload_keys`](crate::Handle::reload_keys).
+    subscribe_public_key: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM public key (RSA, EC P-256 or P-384, Ed25519); `/events` then needs a JWT it signed, with an algorithm of `--jwt-algorithm` (see [Identity provider keys](#identity-provider-keys))";
+    /// A URL is fetched by a thread of its own, never an event loop, every `jwks_refresh`
+    /// and on an unknown `kid` (at most once per
+    /// [`JWKS_REFRESH_GAP_MS`]).
+    subscribe_jwks: Option<String> [Optional<Text<String>>] = None, "SOURCE",
+        "JWK Set (`https://` URL or file) whose keys sign subscriber JWTs; a key's `alg`, or else its type, says which algorithm it accepts; a token's `kid` picks the key";
+    /// Read at start and on SIGHUP, like `subscribe_public_key`.
+    publish_public_key: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM public key; `/publish` then also accepts a JWT it signed whose `publish` claim lists its topics";
+    /// Like `subscribe_jwks`; the same URL for both roles is fetched once.
+    publish_jwks: Option<String> [Optional<Text<String>>] = None, "SOURCE",
+        "JWK Set (`https://` URL or file) whose keys sign publisher JWTs";
+    /// Never HS256: that is the secrets' algorithm, and a public key must never check a MAC.
+    jwt_algorithms: Vec<String> [List] = Vec::new(), "ALG",
+        "Algorithm that PEM keys and JWKS RSA keys without `alg` accept, repeatable (`HERALD_JWT_ALGORITHMS` is comma-separated): `RS256`, `RS384`, `RS512`, `PS256`, `PS384`, `PS512`, `ES256`, `ES384`, `EdDSA`; none means by key type (RSA: RS256, P-256: ES256, P-384: ES384, Ed25519: EdDSA)",
+        flag = "jwt-algorithm";
+    jwt_issuer: Option<String> [Optional<Text<String>>] = None, "ISS",
+        "Every JWT must carry this `iss` (else `401`)";
+    jwt_audience: Option<String> [Optional<Text<String>>] = None, "AUD",
+        "Every JWT must carry this `aud` (a string, or an array that contains it; else `401`)";
+    /// Also refetched when a token names an unknown `kid`, at most once per
+    /// [`JWKS_REFRESH_GAP_MS`].
+    #[serde(deserialize_with = "deserialize_millis")]
+    jwks_refresh: u64 [Millis] = JWKS_REFRESH_MS_DEFAULT, "DURATION",
+        "How often JWKS URLs are fetched again (`5m`, `1h`); also on a token with an unknown `kid`, at most once per 10 s; a failed fetch keeps the last keys",
+        range = (JWKS_REFRESH_GAP_MS, JWKS_REFRESH_MS_MAX);
+    jwks_ca_file: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM CA certificates that JWKS `https://` fetches trust instead of the bundled Mozilla roots";
+    /// Called on the worker pool (`auth_workers`), never on an event loop; an embedder's
+    /// `Authorize` hook takes its place.
+    auth_url: Option<String> [Optional<Text<String>>] = None, "URL",
+        "The application's auth endpoint (`http://` or `https://`): each `GET /events` is first `POST`ed there with the client's cookies, `Authorization`, address and topics; a 2xx admits (its JSON may name the allowed topics and an expiry), `401` and `403` are passed on, anything else is `503` (see [Auth callback](#auth-callback))",
+        secret = true;
+    auth_timeout_ms: u64 [Text<u64>] = AUTH_TIMEOUT_MS_DEFAULT, "MS",
+        "How long a subscription waits for the application's decision, queue and call together; then `503`",
+        range = (TIMER_MS_MIN, AUTH_TIMEOUT_MS_MAX);
+    auth_workers: usize [Text<usize>] = AUTH_WORKERS_DEFAULT, "N",
+        "Threads that call the auth endpoint: the most calls in flight",
+        range = (1, AUTH_WORKERS_MAX);
+    auth_queue: usize [Text<usize>] = AUTH_QUEUE_DEFAULT, "N",
+        "Subscriptions waiting for an auth worker; past it `503` at once",
+        range = (1, AUTH_QUEUE_MAX);
+    auth_publish: bool [Switch] = false, "BOOL",
+        "Ask the auth endpoint before each publish too (`\"action\":\"publish\"`); the topics of the body must be within the answer's `topics`";
+    auth_cache_ms: u64 [Text<u64>] = 0, "MS",
+        "How long a decision is reused for the same question (credentials, address, topics); 0 never",
+        range = (0, AUTH_CACHE_MS_MAX);
     bus: BusKind [Text<BusKind>] = BusKind::Embedded, "BUS",
         "`embedded` (one node) or `redis` (nodes sharing one Redis Stream; see [Cluster mode](#cluster-mode))";
     redis_url: String [Text<String>] = REDIS_URL_DEFAULT.to_owned(), "URL",
@@ -448,7 +498,9 @@ mod tests {
              ipv6_prefix_per_ip = 7\nmax_publish_connections = 7\ndemo_feed = true\n\
              log_level = \"trace\"\nlog_format = \"json\"\naccess_log = true\ncoalesce_ms = 7\n\
              max_patterns_per_subscription = 7\nmin_pattern_prefix = 7\n\
-             redis_master_name = \"x\"\nredis_wait_replicas = 7\nredis_wait_timeout = 7\n",
+             redis_master_name = \"x\"\nredis_wait_replicas = 7\nredis_wait_timeout = 7\n\
+             jwks_refresh = \"10m\"\nauth_timeout_ms = 7000\nauth_workers = 7\nauth_queue = 7\n\
+             auth_publish = true\nauth_cache_ms = 7\n",
         )
         .unwrap();
         let defaults = Config::default();
@@ -520,7 +572,7 @@ mod tests {
                 (
                     "listen" | "gap_event" | "redis_url" | "redis_stream" | "bus"
                     | "forwarded_header" | "log_level" | "log_format" | "redis_master_name"
-                    | "redis_wait_timeout",
+                    | "redis_wait_timeout" | "jwks_refresh",
                     Some(value),
                 ) => {
                     format!("{} = {value:?}", setting.name)

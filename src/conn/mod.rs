@@ -11,11 +11,14 @@
 //! - [`exchange`]: plain HTTP, keep-alive and pipelining, publish bodies, answers in
 //!   request order;
 //! - [`handlers`]: what each route answers, and the token checks;
+//! - [`authorizing`]: a subscription waiting for the application's decision, and what
+//!   the decision makes of it;
 //! - [`resume`]: a subscription's Last-Event-ID turned into a plan (start now, or fetch
 //!   from the bus first) and the stream's opening bytes;
 //! - [`stream`]: the open stream, a cursor into the loop's rings.
 
 pub(crate) mod access;
+pub(crate) mod authorizing;
 pub(crate) mod exchange;
 mod handlers;
 pub(crate) mod resume;
@@ -29,9 +32,10 @@ use crate::auth::Verifier;
 use crate::bus::{Backfill, BusHealth};
 use crate::client::Cidr;
 use crate::config::{ForwardedHeader, Limits};
-use crate::http::answer::HttpError;
+use crate::http::answer::{AuthFailure, HttpError};
 use crate::metrics::Format;
 
+pub(crate) use authorizing::{Authorizing, Waiting};
 pub(crate) use exchange::{Exchange, Step, StreamRequest};
 pub(crate) use resume::Resuming;
 pub(crate) use stream::{Flushed, Parting, Stream, StreamEnd};
@@ -85,6 +89,11 @@ pub(crate) struct Env<'a> {
     pub subscribe_verifier: Option<&'a Verifier>,
     /// Verifies publisher tokens, when a publish key is set.
     pub publish_verifier: Option<&'a Verifier>,
+    /// The application decides each subscription (`auth_url` or an `Authorize` hook):
+    /// stream requests carry the question for it.
+    pub authorizing: bool,
+    /// The application decides each publish too (`auth_publish`).
+    pub authorizing_publish: bool,
 }
 
 /// Whether this node should be sent new traffic: `/readyz`'s input, read by the loop from
@@ -125,6 +134,10 @@ pub(crate) enum ConnState {
     /// Reading request heads and bodies, writing answers in request order (keep-alive,
     /// pipelining); boxed so streams stay small.
     Exchange(Box<Exchange>),
+    /// A subscription parked while the application decides (`auth_url` or the
+    /// `Authorize` hook), until its answer or `auth_timeout` (then `503`). The exchange
+    /// reads nothing more meanwhile; it answers a refusal.
+    Authorizing(Box<Authorizing>),
     /// A subscription parked while the bus fetches what its Last-Event-ID missed. The
     /// exchange reads nothing more meanwhile; it is kept to answer if the fetch fails.
     Resuming(Box<Resuming>),
@@ -215,8 +228,59 @@ impl Connection {
         match &mut self.state {
             ConnState::Exchange(exchange) => exchange.take_deadline(),
             ConnState::Resuming(resuming) => resuming.exchange.take_deadline(),
+            ConnState::Authorizing(authorizing) => authorizing.exchange.take_deadline(),
             _ => None,
         }
+    }
+
+    /// Parks the exchange's subscription or publish while the application decides the
+    /// question asked under ticket `serial`, until loop time `deadline_ms`. (An answer goes
+    /// through [`Connection::take_decision`], which returns the connection to its
+    /// exchange.)
+    pub(crate) fn await_decision(&mut self, serial: u64, waiting: Waiting, deadline_ms: u64) {
+        let state = std::mem::replace(&mut self.state, ConnState::Lingering { discarded: 0 });
+        self.state = match state {
+            ConnState::Exchange(mut exchange) => {
+                exchange.wait_until(deadline_ms);
+                ConnState::Authorizing(Box::new(Authorizing {
+                    exchange,
+                    serial,
+                    waiting,
+                }))
+            }
+            other => {
+                debug_assert!(false, "only an exchange parks for a decision");
+                other
+            }
+        };
+    }
+
+    /// What waits for the decision, when `serial` is its question's ticket. The connection
+    /// is back in its exchange phase, under a fresh head deadline (for its answer, or the
+    /// publish's body), until the loop starts the stream or parks it again.
+    pub(crate) fn take_decision(
+        &mut self,
+        serial: u64,
+        now: Now,
+        limits: &Limits,
+    ) -> Option<Waiting> {
+        match &self.state {
+            ConnState::Authorizing(authorizing) if authorizing.serial == serial => {}
+            _ => return None,
+        }
+        let ConnState::Authorizing(authorizing) =
+            std::mem::replace(&mut self.state, ConnState::Lingering { discarded: 0 })
+        else {
+            return None; // Checked just above.
+        };
+        let Authorizing {
+            mut exchange,
+            waiting,
+            ..
+        } = *authorizing;
+        exchange.restart_head_deadline(now, limits);
+        self.state = ConnState::Exchange(exchange);
+        Some(waiting)
     }
 
     /// Parks the exchange's subscription while the bus fetches `request`'s missed events
@@ -275,6 +339,7 @@ impl Connection {
         match std::mem::replace(&mut self.state, ConnState::Streaming(stream)) {
             ConnState::Exchange(exchange) => Some(exchange.into_buffer()),
             ConnState::Resuming(resuming) => Some(resuming.exchange.into_buffer()),
+            ConnState::Authorizing(authorizing) => Some(authorizing.exchange.into_buffer()),
             _ => None,
         }
     }
@@ -285,6 +350,7 @@ impl Connection {
         match std::mem::replace(&mut self.state, ConnState::Lingering { discarded: 0 }) {
             ConnState::Exchange(exchange) => Some(exchange.into_buffer()),
             ConnState::Resuming(resuming) => Some(resuming.exchange.into_buffer()),
+            ConnState::Authorizing(authorizing) => Some(authorizing.exchange.into_buffer()),
             _ => None,
         }
     }
@@ -303,7 +369,8 @@ impl Connection {
     }
 
     /// The connection's deadline passed: a request in progress gets 408 and an idle
-    /// keep-alive connection is closed; a stream that moved no byte for
+    /// keep-alive connection is closed; a subscription still waiting for the
+    /// application's decision gets 503; a stream that moved no byte for
     /// [`STALLED_HEARTBEATS`] intervals while blocked is a slow consumer, one past its
     /// lifetime is sent back with a jittered `retry:` (from `random`), a quiet one gets a
     /// heartbeat; a lingering connection is closed.
@@ -318,6 +385,28 @@ impl Connection {
             // The bus answers within its own timeouts: look again a head timeout later.
             ConnState::Resuming(resuming) => {
                 resuming.exchange.wait_for_bus(now, limits);
+                Expired::Drive
+            }
+            // No decision in time: 503, and a late answer finds no question to match.
+            ConnState::Authorizing(_) => {
+                let ConnState::Authorizing(authorizing) =
+                    std::mem::replace(&mut self.state, ConnState::Lingering { discarded: 0 })
+                else {
+                    return Expired::Drive; // Matched just above.
+                };
+                let Authorizing {
+                    mut exchange,
+                    waiting,
+                    ..
+                } = *authorizing;
+                match waiting {
+                    Waiting::Stream(request) => exchange
+                        .refuse_stream(HttpError::AuthUnavailable(AuthFailure::Timeout), &request),
+                    Waiting::Publish => exchange.on_decided(Err(AuthFailure::Timeout)),
+                }
+                // The 503 gets a head timeout to go out, like a 408.
+                exchange.restart_head_deadline(now, limits);
+                self.state = ConnState::Exchange(exchange);
                 Expired::Drive
             }
             ConnState::Streaming(stream) => {

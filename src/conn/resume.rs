@@ -383,6 +383,8 @@ mod tests {
             token_until_unix_ms: None,
             client: std::net::IpAddr::from([127, 0, 0, 1]),
             access: None,
+            addr: std::net::IpAddr::from([127, 0, 0, 1]),
+            ask: None,
         }
     }
 

@@ -494,6 +494,8 @@ fn stream_starts_after_a_fetch() {
         token_until_unix_ms: None,
         client: [127, 0, 0, 1].into(),
         access: None,
+        addr: std::net::IpAddr::from([127, 0, 0, 1]),
+        ask: None,
     };
     let start = |backfill: Backfill| {
         let mut harness = Harness::new();
@@ -556,6 +558,8 @@ fn resume_plans() {
         token_until_unix_ms: None,
         client: [127, 0, 0, 1].into(),
         access: None,
+        addr: std::net::IpAddr::from([127, 0, 0, 1]),
+        ask: None,
     };
     let log = |reach_floor| BusView {
         can_backfill: true,
@@ -686,5 +690,156 @@ fn resume_plans() {
     assert_eq!(
         resume::merge(None, fetched(b"cd", 8, true)),
         fetched(b"cd", 8, true)
+    );
+}
+
+#[test]
+fn authorization() {
+    use harness::App;
+    let opened = ["subscribe a after -", "200 stream", "retry: 1000 | id: 0"];
+    // A subscription waits for the application, then opens, or gets its refusal.
+    let mut allowed = vec!["ask #1 a"];
+    allowed.extend(opened);
+    check(
+        &[Authorizing, Recv(subscribe!()), Decided(1, App::Allow)],
+        &allowed,
+    );
+    check(
+        &[
+            Authorizing,
+            Recv(subscribe!()),
+            Decided(1, App::AllowTopics("b,a*")),
+        ],
+        &allowed,
+    );
+    check(
+        &[
+            Authorizing,
+            Recv(subscribe!()),
+            Decided(1, App::AllowTopics("b")),
+        ],
+        &["ask #1 a", "403", "linger"],
+    );
+    check(
+        &[
+            Authorizing,
+            Recv(subscribe!()),
+            Decided(1, App::Unauthorized),
+        ],
+        &["ask #1 a", "401", "linger"],
+    );
+    check(
+        &[Authorizing, Recv(subscribe!()), Decided(1, App::Forbidden)],
+        &["ask #1 a", "403", "linger"],
+    );
+    check(
+        &[
+            Authorizing,
+            Recv(subscribe!()),
+            Decided(1, App::Unavailable),
+        ],
+        &["ask #1 a", "503", "linger"],
+    );
+    // A grant that has already ended is a 401, not a stream that ends at once.
+    check(
+        &[
+            Authorizing,
+            Recv(subscribe!()),
+            Decided(1, App::AllowUntil(0)),
+        ],
+        &["ask #1 a", "401", "linger"],
+    );
+    // No decision within auth_timeout (2 s by default): 503, and a late decision finds no
+    // question to answer.
+    check(
+        &[
+            Authorizing,
+            Recv(subscribe!()),
+            At(1999),
+            At(2000),
+            Decided(1, App::Allow),
+        ],
+        &[
+            "ask #1 a",
+            "deadline: drive",
+            "503",
+            "linger",
+            "#1 is no one's",
+        ],
+    );
+    // A 503 the client does not read gets a head timeout to go out, then a close (the
+    // simulation found it hanging with no deadline at all).
+    check(
+        &[Authorizing, Recv(subscribe!()), Room(0), At(2000), At(2500)],
+        &[
+            "ask #1 a",
+            "deadline: drive",
+            "write blocked",
+            "close (deadline: close PeerGone)",
+        ],
+    );
+    // Nothing more is read while the application decides: a pipelined request waits.
+    check(
+        &[
+            Authorizing,
+            Recv(concat!(subscribe!(), health!())),
+            Decided(1, App::Forbidden),
+        ],
+        &["ask #1 a", "403", "linger"],
+    );
+    // A grant's end sends the stream back with a jittered retry.
+    let trace = Harness::new().run(&[
+        Authorizing,
+        Recv(subscribe!()),
+        Decided(1, App::AllowUntil(1_500)),
+        At(1_500),
+    ]);
+    let mut ends = allowed.clone();
+    ends.extend(["retry: 1007", "close (Parted(TokenExpired))"]);
+    assert_eq!(trace, ends);
+    // A publish asks before its body is read, and goes on with the decision: its topics
+    // must be within the grant's.
+    check(
+        &[Authorizing, Recv(publish!("1")), Decided(1, App::Allow)],
+        &["ask #1 publish a", "publish #2 to a", "200 1-2"],
+    );
+    check(
+        &[
+            Authorizing,
+            Recv(publish!("1")),
+            Decided(1, App::AllowTopics("b")),
+        ],
+        &["ask #1 publish a", "403"],
+    );
+    check(
+        &[
+            Authorizing,
+            Recv(concat!(publish!("1"), health!())),
+            Decided(1, App::Unauthorized),
+        ],
+        // The body was not read: the connection closes after the refusal.
+        &["ask #1 publish a", "401", "linger"],
+    );
+    check(
+        &[Authorizing, Recv(publish!("1")), At(2000)],
+        &["ask #1 publish a", "deadline: drive", "503", "linger"],
+    );
+    // Each publish of a pipeline is asked about in turn, after the answers before it; one
+    // refused before its body was read ends the connection.
+    check(
+        &[
+            Authorizing,
+            Recv(concat!(publish!("1"), publish!("2"))),
+            Decided(1, App::Allow),
+            Decided(3, App::Forbidden),
+        ],
+        &[
+            "ask #1 publish a",
+            "publish #2 to a",
+            "200 1-2",
+            "ask #3 publish a",
+            "403",
+            "linger",
+        ],
     );
 }

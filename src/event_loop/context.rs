@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::auth::Verifier;
+use crate::auth::{Auth, Verifier};
+use crate::authorize::observe::Observer;
+use crate::authorize::pool::AuthPool;
 use crate::bus::{Bus, Ticket};
 use crate::client::{client_key, Cidr, ClientTable};
 use crate::config::{Config, ForwardedHeader, Limits};
@@ -49,6 +51,10 @@ pub(crate) struct LoopContext {
     pub presence: Arc<Presence>,
     /// Library handles' questions about this loop's history (`Handle::topics`).
     pub queries: Receiver<Query>,
+    /// Puts subscriptions to the application (`auth_url` or the `Authorize` hook).
+    pub auth: Option<Arc<AuthPool>>,
+    /// Tells the `ObserveStreams` hook when streams open and close.
+    pub observer: Option<Arc<Observer>>,
 }
 
 impl LoopContext {
@@ -72,6 +78,8 @@ impl LoopContext {
             readiness,
             subscribe_verifier: settings.subscribe_verifier.as_ref(),
             publish_verifier: settings.publish_verifier.as_ref(),
+            authorizing: self.auth.is_some(),
+            authorizing_publish: self.auth.is_some() && settings.auth_publish,
         }
     }
 
@@ -110,17 +118,21 @@ pub(crate) struct RequestSettings {
     pub publish_token: Option<String>,
     /// Proxies allowed to name the client.
     pub trusted_proxies: Vec<Cidr>,
-    /// Verifies subscriber tokens (`subscribe_key`).
+    /// Verifies subscriber tokens (`subscribe_key`, `subscribe_public_key`,
+    /// `subscribe_jwks`).
     pub subscribe_verifier: Option<Verifier>,
-    /// Verifies publisher tokens (`publish_key`).
+    /// Verifies publisher tokens (`publish_key`, `publish_public_key`, `publish_jwks`).
     pub publish_verifier: Option<Verifier>,
     /// Log each finished request and stream (`access_log`).
     pub access_log: bool,
+    /// Ask the application before each publish too (`auth_publish`).
+    pub auth_publish: bool,
 }
 
 impl RequestSettings {
-    /// The request settings of a validated config.
-    pub(crate) fn new(config: &Config) -> Self {
+    /// The request settings of a validated config, with the token verifiers `auth` built
+    /// from it.
+    pub(crate) fn new(config: &Config, auth: &Auth) -> Self {
         RequestSettings {
             cors_origins: config.cors_origins.clone(),
             forwarded_header: config.forwarded_header,
@@ -130,9 +142,10 @@ impl RequestSettings {
                 .iter()
                 .filter_map(|block| Cidr::parse(block).ok()) // Validated before.
                 .collect(),
-            subscribe_verifier: config.subscribe_key.as_deref().map(Verifier::new),
-            publish_verifier: config.publish_key.as_deref().map(Verifier::new),
+            subscribe_verifier: auth.subscribe.clone(),
+            publish_verifier: auth.publish.clone(),
             access_log: config.access_log,
+            auth_publish: config.auth_publish,
         }
     }
 

@@ -109,6 +109,7 @@ impl EventLoop {
                     self.rearm_exchange(key);
                     return self.open_stream(key, request);
                 }
+                Step::Authorize(ask) => return self.ask_about_publish(key, *ask),
                 Step::Linger => return self.linger(key),
                 Step::Close => return self.close(key),
                 // A completion from the bus drives the connection again.
@@ -225,6 +226,11 @@ impl EventLoop {
         if let Some(stream) = self.stream_access.get_mut(key).and_then(Option::take) {
             access::log_stream(&stream, end.name(), self.clock.as_now().ms);
         }
+        if let Some(stream) = self.observed.get_mut(key).and_then(Option::take) {
+            if let Some(observer) = &self.ctx.observer {
+                observer.closed(stream, end.name());
+            }
+        }
         self.close(key);
     }
 
@@ -240,6 +246,9 @@ impl EventLoop {
         if let Some(entry) = self.stream_access.get_mut(key) {
             *entry = None;
         }
+        if let Some(entry) = self.observed.get_mut(key) {
+            *entry = None;
+        }
         if let Some(timer) = slot.timer {
             self.wheel.cancel(timer);
         }
@@ -250,6 +259,7 @@ impl EventLoop {
             ConnState::Lingering { .. } => self.lingering -= 1,
             ConnState::Exchange(exchange) => self.recycle(exchange.into_buffer()),
             ConnState::Resuming(resuming) => self.recycle(resuming.exchange.into_buffer()),
+            ConnState::Authorizing(authorizing) => self.recycle(authorizing.exchange.into_buffer()),
             ConnState::Streaming(stream) => {
                 self.subscribers -= 1;
                 for topic in stream.topics() {

@@ -25,12 +25,14 @@ mod subscribe;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::authorize::StreamInfo;
 use crate::bus::Inbox;
 use crate::conn::{ConnState, Connection};
 use crate::history::topics::{TopicId, Topics};
@@ -170,6 +172,9 @@ pub(crate) struct EventLoop {
     /// With the access log, each open stream's request line and bytes written, by slab
     /// key (beside the slab, so a slot stays small; empty when the log is off).
     stream_access: Vec<Option<Box<access::StreamAccess>>>,
+    /// With an `ObserveStreams` hook, each open stream as the hook saw it open, by slab
+    /// key (empty without the hook).
+    observed: Vec<Option<Arc<StreamInfo>>>,
     /// Events taken from the inbox since start: a replay waits until this reaches what
     /// the bus had handed out when it was asked.
     events_taken: u64,
@@ -214,6 +219,7 @@ impl EventLoop {
             lingering: 0,
             accept_paused: None,
             stream_access: Vec::new(),
+            observed: Vec::new(),
             events_taken: 0,
             replays_waiting: Vec::new(),
         })
@@ -349,7 +355,7 @@ impl EventLoop {
                 }
             }
             ConnState::Lingering { .. } if readable => self.discard_input(key),
-            ConnState::Lingering { .. } | ConnState::Resuming(_) => {}
+            ConnState::Lingering { .. } | ConnState::Resuming(_) | ConnState::Authorizing(_) => {}
         }
     }
 
@@ -451,6 +457,11 @@ impl Drop for EventLoop {
         let now_ms = self.clock.as_now().ms;
         for stream in self.stream_access.iter().flatten() {
             access::log_stream(stream, "server_stopped", now_ms);
+        }
+        if let Some(observer) = &self.ctx.observer {
+            for stream in self.observed.drain(..).flatten() {
+                observer.closed(stream, "server_stopped");
+            }
         }
         for (_, slot) in self.conns.iter() {
             // A loop that stops while others serve must not leave its streams counted.

@@ -5,9 +5,14 @@
 use super::EventLoop;
 use crate::bus::{Backfill, Completion};
 use crate::conn::resume::{self, BusView, Opening, Plan};
-use crate::conn::StreamRequest;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::authorize::{AccessRequest, Decision, StreamInfo};
+use crate::conn::authorizing;
+use crate::conn::{StreamRequest, Waiting};
 use crate::history::ring::Seq;
-use crate::http::answer::HttpError;
+use crate::http::answer::{AuthFailure, HttpError};
 
 impl EventLoop {
     /// What the bus can do for a resume, as it stands now.
@@ -33,6 +38,9 @@ impl EventLoop {
     /// The Last-Event-ID (or `since`) is read here, once, after the subscription's topics
     /// dropped what their time to live no longer keeps.
     pub(super) fn open_stream(&mut self, key: usize, mut request: StreamRequest) {
+        if let Some(ask) = request.ask.take() {
+            return self.ask_application(key, request, *ask);
+        }
         let bus = &*self.ctx.bus;
         resume::read_start(
             &mut request,
@@ -45,6 +53,78 @@ impl EventLoop {
         let evicted_max = self.topics_evicted_max(&request.topics);
         let plan = resume::plan(&request, self.bus_view(), evicted_max, &self.ctx.limits);
         self.carry_out(key, request, plan);
+    }
+
+    /// Puts a subscription to the application, parked until its answer (or `503` at its
+    /// deadline); a full queue is refused at once.
+    fn ask_application(&mut self, key: usize, request: StreamRequest, ask: AccessRequest) {
+        let Some(pool) = self.ctx.auth.clone() else {
+            return self.open_stream(key, request); // No authorizer: nothing to ask.
+        };
+        let ticket = self.ctx.ticket(key);
+        if pool.submit(ticket, ask).is_err() {
+            return self.refuse_stream(
+                key,
+                HttpError::AuthUnavailable(AuthFailure::Busy),
+                &request,
+            );
+        }
+        let deadline_ms = self.clock.as_now().ms + self.ctx.limits.auth_timeout.as_millis() as u64;
+        if let Some(slot) = self.conns.get_mut(key) {
+            slot.conn
+                .await_decision(ticket.serial, Waiting::Stream(request), deadline_ms);
+        }
+        self.rearm_exchange(key);
+    }
+
+    /// Puts a publish to the application, parked until its answer; a full queue (or no
+    /// authorizer) is a decision too, and the exchange goes on with it at once.
+    pub(super) fn ask_about_publish(&mut self, key: usize, ask: AccessRequest) {
+        let ticket = self.ctx.ticket(key);
+        let queued = self.ctx.auth.as_ref().map(|pool| pool.submit(ticket, ask));
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        match queued {
+            Some(Ok(())) => {
+                let deadline_ms =
+                    self.clock.as_now().ms + self.ctx.limits.auth_timeout.as_millis() as u64;
+                slot.conn
+                    .await_decision(ticket.serial, Waiting::Publish, deadline_ms);
+                self.rearm_exchange(key);
+            }
+            Some(Err(_)) | None => {
+                if let Some(exchange) = slot.conn.exchange() {
+                    exchange.on_decided(Err(AuthFailure::Busy));
+                }
+                self.drive(key);
+            }
+        }
+    }
+
+    /// The application decided a parked request: a subscription opens within the grant or
+    /// is refused; a publish goes on with its head.
+    fn on_authorized(&mut self, key: usize, serial: u64, decision: Decision) {
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        let now = self.clock.as_now();
+        let Some(waiting) = slot.conn.take_decision(serial, now, &self.ctx.limits) else {
+            return; // Not this connection's (it timed out, or its slot was reused).
+        };
+        let mut request = match waiting {
+            Waiting::Stream(request) => request,
+            Waiting::Publish => {
+                if let Some(exchange) = slot.conn.exchange() {
+                    exchange.on_decided(Ok(decision));
+                }
+                return self.drive(key);
+            }
+        };
+        match authorizing::decide(decision, &mut request, now) {
+            Ok(()) => self.open_stream(key, request),
+            Err(error) => self.refuse_stream(key, error, &request),
+        }
     }
 
     /// Carries out a resume plan.
@@ -102,7 +182,8 @@ impl EventLoop {
         }
     }
 
-    /// Answers the bus's completions: publish answers and fetched resumes.
+    /// Answers the completions: publish answers, fetched resumes, the application's
+    /// decisions.
     pub(super) fn drain_completions(&mut self) {
         while let Some(completion) = self.inbox.try_completion() {
             match completion {
@@ -120,6 +201,9 @@ impl EventLoop {
                 }
                 Completion::Backfilled(ticket, result) => {
                     self.on_backfilled(ticket.conn, ticket.serial, result);
+                }
+                Completion::Authorized(ticket, decision) => {
+                    self.on_authorized(ticket.conn, ticket.serial, decision);
                 }
             }
         }
@@ -170,6 +254,19 @@ impl EventLoop {
         self.subscribers += 1;
         for name in &request.topics {
             self.ctx.presence.join(name);
+        }
+        if let Some(observer) = &self.ctx.observer {
+            let stream = Arc::new(StreamInfo {
+                id: self.ctx.serials.fetch_add(1, Ordering::Relaxed),
+                client: request.addr,
+                topics: std::mem::take(&mut request.topics),
+            });
+            observer.opened(&stream);
+            // Keys are slab keys: the table is never longer than the slab has been.
+            if self.observed.len() <= key {
+                self.observed.resize_with(key + 1, || None);
+            }
+            self.observed[key] = Some(stream);
         }
         self.set_timer(key, next_ms);
         if self.drain_deadline.is_some() {

@@ -100,6 +100,23 @@ pub(crate) enum HttpError {
     TooManyFromClient,
     /// A resume needs events from the Redis stream and too many such fetches are queued.
     ResumeBusy,
+    /// The application (`auth_url` or the `Authorize` hook) answered 401.
+    AppUnauthorized,
+    /// The application answered 403, or granted topics that do not cover the request.
+    AppForbidden,
+    /// The application's decision could not be had; the reason says why.
+    AuthUnavailable(AuthFailure),
+}
+
+/// Why a subscription got no decision from the application (answered `503`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AuthFailure {
+    /// The authorization queue (`auth_queue`) is full.
+    Busy,
+    /// The application failed: an error status, an unreadable answer, no connection.
+    Failed,
+    /// No decision within `auth_timeout_ms`.
+    Timeout,
 }
 
 impl HttpError {
@@ -158,6 +175,16 @@ impl HttpError {
             HttpError::ResumeBusy => (
                 503,
                 "too many resumes are being fetched from redis; retry shortly",
+            ),
+            HttpError::AppUnauthorized => (401, "the application did not accept the credentials"),
+            HttpError::AppForbidden => (403, "the application does not allow these topics"),
+            HttpError::AuthUnavailable(failure) => (
+                503,
+                match failure {
+                    AuthFailure::Busy => "too many subscriptions wait for the application's decision; retry shortly",
+                    AuthFailure::Failed => "the application could not decide (its auth endpoint failed); retry shortly",
+                    AuthFailure::Timeout => "the application did not decide within auth_timeout_ms; retry shortly",
+                },
             ),
             HttpError::TooManyFromClient => {
                 (429, "too many connections from this address (max_connections_per_ip)")
@@ -305,7 +332,8 @@ pub(crate) fn refusal(error: HttpError, cors: &str, keep_alive: bool) -> Vec<u8>
         )
         | HttpError::TooManyFromClient
         | HttpError::PublishListenerFull
-        | HttpError::ResumeBusy => extra.push_str("Retry-After: 1\r\n"),
+        | HttpError::ResumeBusy
+        | HttpError::AuthUnavailable(_) => extra.push_str("Retry-After: 1\r\n"),
         HttpError::ServerFull => extra.push_str("Retry-After: 5\r\n"),
         _ => {}
     }

@@ -158,6 +158,10 @@ pub(crate) struct Snapshot {
     pub max_connections: u64,
     /// The bus's own counters.
     pub bus: crate::bus::BusStats,
+    /// The authorization pool's counters, when the application decides subscriptions.
+    pub auth: Option<std::sync::Arc<crate::authorize::pool::PoolStats>>,
+    /// Stream notices the `ObserveStreams` hook lost, when there is one.
+    pub notices_dropped: Option<u64>,
 }
 
 /// Renders every family in `format`: the per-loop counters summed, the rare-event
@@ -351,6 +355,33 @@ fn herald_families(
         ]);
     }
     let load = |cell: &AtomicU64| Value::Int(cell.load(Ordering::Relaxed));
+    if let Some(auth) = &snapshot.auth {
+        families.push(Family {
+            name: "herald_auth_decisions_total",
+            help: "Subscriptions the application decided (auth_url or the Authorize hook), by outcome: allowed, unauthorized (401), forbidden (403), unavailable (503: failed or too slow), busy (503: the queue was full, never asked).".into(),
+            kind: Kind::Counter(vec![
+                Sample::labeled("result", "allowed", load(&auth.allowed)),
+                Sample::labeled("result", "unauthorized", load(&auth.unauthorized)),
+                Sample::labeled("result", "forbidden", load(&auth.forbidden)),
+                Sample::labeled("result", "unavailable", load(&auth.unavailable)),
+                Sample::labeled("result", "busy", load(&auth.busy)),
+            ]),
+        });
+        families.push(single(
+            "herald_auth_cache_hits_total",
+            SingleKind::Counter,
+            "Decisions answered from the cache (auth_cache_ms) instead of a call.",
+            auth.cached.load(Ordering::Relaxed),
+        ));
+    }
+    if let Some(dropped) = snapshot.notices_dropped {
+        families.push(single(
+            "herald_stream_notices_dropped_total",
+            SingleKind::Counter,
+            "Stream open and close notices the ObserveStreams hook lost because it fell behind.",
+            dropped,
+        ));
+    }
     families.push(Family {
         name: "herald_connections_refused_total",
         help: "Connections refused at admission, by reason.".into(),
@@ -437,6 +468,8 @@ mod tests {
                     reconnects: 2,
                     ..Default::default()
                 },
+                auth: Some(Arc::default()),
+                notices_dropped: Some(4),
             },
             format,
         )
@@ -558,6 +591,8 @@ mod tests {
                 connected: Some(false),
                 ..Default::default()
             },
+            auth: Some(Arc::default()),
+            notices_dropped: Some(0),
         };
         let mut families = herald_families(&stats, &Metrics::new(), &snapshot);
         families.extend(process::families());

@@ -34,6 +34,9 @@ pub(super) fn invariants(driver: &Driver) -> Result<(), String> {
         match slot.conn.state() {
             ConnState::Exchange(exchange) => check_exchange(key, exchange, driver)?,
             ConnState::Resuming(resuming) => check_exchange(key, &resuming.exchange, driver)?,
+            ConnState::Authorizing(authorizing) => {
+                check_exchange(key, &authorizing.exchange, driver)?
+            }
             ConnState::Lingering { .. } => lingering += 1,
             ConnState::Streaming(stream) => {
                 streaming += 1;

@@ -260,13 +260,15 @@ impl Client {
         }
     }
 
-    /// Reads what arrived and checks it. Returns whether the connection is over (the
-    /// server closed it), or the broken rule.
+    /// Reads what arrived and checks it (with `authorizing`, the application may refuse
+    /// publishes). Returns whether the connection is over (the server closed it), or the
+    /// broken rule.
     pub(super) fn receive(
         &mut self,
         pipe: &mut Pipe,
         bus: &SimBus,
         max: usize,
+        authorizing: bool,
     ) -> Result<bool, String> {
         let (bytes, over) = pipe.client_read(max);
         self.inbuf.extend_from_slice(&bytes);
@@ -280,7 +282,7 @@ impl Client {
                     let Some(expected) = expect.pop_front() else {
                         return Err(format!("an answer ({status}) to no request"));
                     };
-                    check_answer(&expected, status, &body, bus)?;
+                    check_answer(&expected, status, &body, bus, authorizing)?;
                 }
             }
             Kind::Subscriber(sub) => {
@@ -415,8 +417,16 @@ fn parse_answer(buf: &[u8]) -> Result<Option<(u16, String, usize)>, String> {
 }
 
 /// Whether an answer fits the request it answers (in order).
-fn check_answer(expected: &Expect, status: u16, body: &str, bus: &SimBus) -> Result<(), String> {
+fn check_answer(
+    expected: &Expect,
+    status: u16,
+    body: &str,
+    bus: &SimBus,
+    authorizing: bool,
+) -> Result<(), String> {
     match (expected, status) {
+        // The application refused it (only when one decides).
+        (Expect::Publish(_), 401 | 403) if authorizing => Ok(()),
         (Expect::Health, 200) if body == "ok\n" => Ok(()),
         (Expect::NotFound, 404) => Ok(()),
         (Expect::Publish(_), 503) => Ok(()),

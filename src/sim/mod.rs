@@ -1,13 +1,15 @@
 //! A deterministic simulation of one event loop, in the spirit of TigerBeetle's VOPR and
 //! sozu's simulation tests: one seed drives the real connection core (`conn/`), the
 //! history (`history/`) and the timer wheel through a simulated network (`net.rs`), a
-//! simulated clock with jumps, and a simulated bus (`bus.rs`), with simulated HTTP clients
+//! simulated clock with jumps, a simulated bus (`bus.rs`) and application (`app.rs`, the
+//! `--auth-url` that decides access), with simulated HTTP clients
 //! (`client.rs`) speaking real bytes, and checks the invariants of `docs/simulation.md`
 //! after every step (`check.rs`). The loop itself is mirrored in `driver/`.
 //!
 //! Everything random comes from one [`Rng`] seeded by the seed, so a failing seed replays
 //! exactly: `cargo run --release --features internals --example simulate -- --seed N`.
 
+mod app;
 mod bus;
 mod check;
 mod client;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use crate::config::{Config, Limits};
 use crate::conn::Env;
 
+use app::SimApp;
 use bus::SimBus;
 use client::{Client, Kind};
 use driver::Driver;
@@ -131,8 +134,9 @@ fn limits(rng: &mut Rng) -> Limits {
     limits
 }
 
-/// The environment every request sees.
-fn env(limits: &Limits) -> Env<'_> {
+/// The environment every request sees; `authorizing` when the simulated application
+/// decides subscriptions and publishes.
+fn env(limits: &Limits, authorizing: bool) -> Env<'_> {
     Env {
         limits,
         cors_origins: &[],
@@ -144,6 +148,8 @@ fn env(limits: &Limits) -> Env<'_> {
         readiness: crate::conn::Readiness::READY,
         subscribe_verifier: None,
         publish_verifier: None,
+        authorizing,
+        authorizing_publish: authorizing,
     }
 }
 
@@ -154,7 +160,7 @@ pub fn simulate(seed: u64, options: &SimOptions) -> Result<SimStats, SimFailure>
     let limits = limits(&mut rng);
     let bus = SimBus::new(&mut rng);
     let mut world = World {
-        driver: Driver::new(limits, bus, Rng::new(rng.next())),
+        driver: Driver::new(limits, bus, SimApp::new(seed), Rng::new(rng.next())),
         clients: Vec::new(),
         rng,
         stats: SimStats::default(),
@@ -272,7 +278,7 @@ impl World {
                     false
                 } else {
                     let max = 1 + rng.below(2048) as usize;
-                    client.receive(pipe, &self.driver.bus, max)?
+                    client.receive(pipe, &self.driver.bus, max, self.driver.app.on)?
                 }
             }
             3 => {
@@ -338,6 +344,7 @@ impl World {
                             None => "none",
                             Some(crate::conn::ConnState::Exchange(_)) => "exchange",
                             Some(crate::conn::ConnState::Resuming(_)) => "resuming",
+                            Some(crate::conn::ConnState::Authorizing(_)) => "authorizing",
                             Some(crate::conn::ConnState::Streaming(stream)) => {
                                 let pipe = &self.driver.pipes[server.map_or(0, |(_, s)| s.pipe)];
                                 out.push_str(&format!(

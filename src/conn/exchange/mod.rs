@@ -12,10 +12,11 @@
 use std::collections::VecDeque;
 use std::net::IpAddr;
 
+use crate::authorize::{AccessRequest, Decision};
 use crate::bus::{Outgoing, Resume, Submitted};
 use crate::config::Limits;
 use crate::event::Event;
-use crate::http::answer::{self, HttpError};
+use crate::http::answer::{self, AuthFailure, HttpError};
 use crate::http::head::{self, Parsed};
 use crate::http::route::Listener;
 use crate::publish::BodyFormat;
@@ -45,6 +46,8 @@ struct PendingBody {
     reply: PublishReply,
     /// Topic patterns the publisher's token allows (`None`: any topic).
     grant: Option<Vec<String>>,
+    /// Topic patterns the application's decision allows (`None`: any topic).
+    app_grant: Option<Vec<String>>,
 }
 
 /// An answer queued behind a publish the bus has not answered yet: answers go out in
@@ -129,6 +132,9 @@ pub(crate) struct Exchange {
     /// The reply of the publish handed to the loop in a [`Step::Publish`], until the loop
     /// says what the bus did with it ([`Exchange::on_submitted`]).
     submitting: Option<PublishReply>,
+    /// The application's decision on the publish head waiting to be parsed again (see
+    /// [`Step::Authorize`]), or why there is none.
+    decided: Option<Result<Decision, AuthFailure>>,
     /// The deadline in force (loop ms) and its kind.
     deadline_ms: u64,
     wait: Wait,
@@ -151,6 +157,9 @@ pub(crate) enum Step {
     Publish(Box<PublishJob>),
     /// The request opened an event stream.
     Subscribe(StreamRequest),
+    /// Put this publish to the application (its head waits to be parsed again), then tell
+    /// the exchange what it decided with [`Exchange::on_decided`].
+    Authorize(Box<AccessRequest>),
     /// The last answer is written and the connection must end: shut the write side and
     /// discard input for a moment, so the client reads the answer rather than a reset.
     Linger,
@@ -181,6 +190,12 @@ pub(crate) struct StreamRequest {
     pub client: IpAddr,
     /// With the access log, the request's line: the loop logs it when the stream closes.
     pub access: Option<Box<RequestLine>>,
+    /// The client's address (the peer, or the one a trusted proxy names), for the
+    /// stream observer.
+    pub addr: IpAddr,
+    /// With an authorizer, the question it must answer before the stream opens; the loop
+    /// takes it out when it asks.
+    pub ask: Option<Box<AccessRequest>>,
 }
 
 impl Exchange {
@@ -216,6 +231,7 @@ impl Exchange {
             in_flight: 0,
             queued_bytes: 0,
             submitting: None,
+            decided: None,
             deadline_ms: now.ms + limits.head_timeout.as_millis() as u64,
             wait: Wait::Head,
             rearm: true,
@@ -449,6 +465,26 @@ impl Exchange {
     /// timeouts, so look again a head timeout later.
     pub(crate) fn wait_for_bus(&mut self, now: Now, limits: &Limits) {
         self.set_deadline(Wait::Head, now, limits);
+    }
+
+    /// Puts the exchange under a head deadline from `now`: after the application's
+    /// decision (or its absence), for the answer or the publish's body.
+    pub(crate) fn restart_head_deadline(&mut self, now: Now, limits: &Limits) {
+        self.set_deadline(Wait::Head, now, limits);
+    }
+
+    /// The application decided the publish that asked with [`Step::Authorize`] (or no
+    /// decision came: `Err`); [`Exchange::step`] goes on with its head.
+    pub(crate) fn on_decided(&mut self, decided: Result<Decision, AuthFailure>) {
+        self.decided = Some(decided);
+    }
+
+    /// The application owes this exchange's subscription a decision until loop time
+    /// `deadline_ms`.
+    pub(crate) fn wait_until(&mut self, deadline_ms: u64) {
+        self.wait = Wait::Head;
+        self.deadline_ms = deadline_ms;
+        self.rearm = true;
     }
 
     /// The connection's deadline passed: a request in progress gets 408; an idle

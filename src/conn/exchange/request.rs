@@ -4,9 +4,10 @@
 use std::net::IpAddr;
 
 use crate::auth;
+use crate::authorize::{AccessAction, AccessRequest, Decision};
 use crate::bus::Resume;
-use crate::http::answer::{self, HttpError};
-use crate::http::head::Request;
+use crate::http::answer::{self, AuthFailure, HttpError};
+use crate::http::head::{self, Request};
 use crate::http::route::{self, Route};
 use crate::publish::{self, BodyFormat, Publish};
 
@@ -112,6 +113,22 @@ impl Exchange {
                 Ok(until) => until,
                 Err(error) => return Err((error, cors)),
             };
+        let addr = handlers::request_addr(env, self.peer, request);
+        let ask = env.authorizing.then(|| {
+            Box::new(AccessRequest {
+                action: AccessAction::Subscribe,
+                client: addr,
+                topics: subscription.topics.clone(),
+                cookie: request.cookie.map(str::to_owned),
+                // Bytes a token cannot hold are passed on as the lossy text they make.
+                authorization: request
+                    .authorization
+                    .map(|value| String::from_utf8_lossy(value).into_owned()),
+                token: subscription.token.clone(),
+                origin: request.origin.map(str::to_owned),
+                headers: head::header_pairs(request.raw),
+            })
+        });
         // An empty id is no id (EventSource never sends one).
         let last_event_id = request
             .last_event_id
@@ -130,6 +147,8 @@ impl Exchange {
             token_until_unix_ms,
             client: handlers::request_client(env, self.peer, request),
             access: None,
+            addr,
+            ask,
         })
     }
 
@@ -150,6 +169,17 @@ impl Exchange {
             Ok(format) => format,
             Err(error) => return self.refuse(error, &cors, keep_alive && !body_unread),
         };
+        let app_grant = if env.authorizing_publish {
+            match self.decided.take() {
+                None => return self.ask_about_publish(env, &request),
+                Some(decided) => match publish_grant(decided) {
+                    Ok(patterns) => patterns,
+                    Err(error) => return self.refuse(error, &cors, keep_alive && !body_unread),
+                },
+            }
+        } else {
+            None
+        };
         let content_length = request.content_length;
         self.body = Some(PendingBody {
             bytes: vec![0; content_length],
@@ -164,6 +194,7 @@ impl Exchange {
                 line: self.line.take(),
             },
             grant,
+            app_grant,
         });
         let buffered = self.filled - self.start;
         if request.expect_continue && buffered < content_length {
@@ -171,6 +202,33 @@ impl Exchange {
             return Step::Write;
         }
         Step::Read // The caller copies what is buffered into the body first.
+    }
+
+    /// A publish head that needs the application's decision: it is put back, to be parsed
+    /// again once the decision is in ([`Exchange::on_decided`]); earlier pipelined answers
+    /// go out first, as before a stream. The question names the query's topics (a raw-body
+    /// publish's); the body's topics are checked against the grant once it is read.
+    fn ask_about_publish(&mut self, env: &Env<'_>, request: &Request<'_>) -> Step {
+        self.start -= request.head_len;
+        self.line = None;
+        if !self.out.is_empty() {
+            return Step::Write;
+        }
+        if !self.queued.is_empty() {
+            return Step::Await;
+        }
+        Step::Authorize(Box::new(AccessRequest {
+            action: AccessAction::Publish,
+            client: handlers::request_addr(env, self.peer, request),
+            topics: route::topic_list(request.query, env.limits.topics).unwrap_or_default(),
+            cookie: request.cookie.map(str::to_owned),
+            authorization: request
+                .authorization
+                .map(|value| String::from_utf8_lossy(value).into_owned()),
+            token: None,
+            origin: request.origin.map(str::to_owned),
+            headers: head::header_pairs(request.raw),
+        }))
     }
 
     /// Copies buffered body bytes; a complete body becomes a publish for the loop.
@@ -226,6 +284,11 @@ impl Exchange {
                     return self.refuse(HttpError::Forbidden, &reply.cors, reply.keep_alive);
                 }
             }
+            if let Some(patterns) = &body.app_grant {
+                if !auth::allows_all(patterns, topics.iter().map(|t| &**t)) {
+                    return self.refuse(HttpError::AppForbidden, &reply.cors, reply.keep_alive);
+                }
+            }
             job.events.push((event, topics));
         }
         reply.line = self.line.take().map(|mut line| {
@@ -241,5 +304,17 @@ impl Exchange {
         });
         self.submitting = Some(reply);
         Step::Publish(Box::new(job))
+    }
+}
+
+/// What the application's decision on a publish allows: the topic patterns its body must
+/// stay within (`None`: any), or the refusal.
+fn publish_grant(decided: Result<Decision, AuthFailure>) -> Result<Option<Vec<String>>, HttpError> {
+    match decided {
+        Ok(Decision::Allow(grant)) => Ok(grant.topics),
+        Ok(Decision::Unauthorized) => Err(HttpError::AppUnauthorized),
+        Ok(Decision::Forbidden) => Err(HttpError::AppForbidden),
+        Ok(Decision::Unavailable) => Err(HttpError::AuthUnavailable(AuthFailure::Failed)),
+        Err(failure) => Err(HttpError::AuthUnavailable(failure)),
     }
 }

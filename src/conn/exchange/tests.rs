@@ -52,6 +52,8 @@ fn env<'a>(config: &'a Config, limits: &'a Limits) -> Env<'a> {
         readiness: crate::conn::Readiness::READY,
         subscribe_verifier: None,
         publish_verifier: None,
+        authorizing: false,
+        authorizing_publish: false,
     }
 }
 
@@ -383,6 +385,8 @@ fn subscribe_step_carries_header_id_over_query_id() {
             token_until_unix_ms: None,
             client: IpAddr::from([127, 0, 0, 1]),
             access: None,
+            addr: IpAddr::from([127, 0, 0, 1]),
+            ask: None,
         })
     );
 }

@@ -5,13 +5,18 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
+use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 
+use crate::authorize::{Decision, Grant};
 use crate::bus::{Backfill, Resume, Submitted};
 use crate::config::{Config, Limits};
+use crate::conn::authorizing;
 use crate::conn::resume::{self, BusView, Plan};
-use crate::conn::{ConnState, Connection, Env, Exchange, Expired, Flushed, Now, Step, Stream};
+use crate::conn::{
+    ConnState, Connection, Env, Exchange, Expired, Flushed, Now, Step, Stream, Waiting,
+};
 use crate::history::ring::Seq;
 use crate::history::topics::{StreamTopic, SubscriberRef, Topics};
 use crate::http::route::Listener;
@@ -38,6 +43,46 @@ pub(super) enum In {
     Append(Seq, &'static str),
     /// The peer closes: a lingering connection is closed.
     PeerCloses,
+    /// From here on the application decides subscriptions and publishes.
+    Authorizing,
+    /// The application decides the question with this ticket serial.
+    Decided(u64, App),
+}
+
+/// What the application answers, in the scripts.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum App {
+    /// 2xx: what was asked.
+    Allow,
+    /// 2xx: only these comma-separated topic patterns.
+    AllowTopics(&'static str),
+    /// 2xx: until this wall-clock time (Unix ms).
+    AllowUntil(u64),
+    /// 401.
+    Unauthorized,
+    /// 403.
+    Forbidden,
+    /// No decision (the application failed).
+    Unavailable,
+}
+
+impl App {
+    fn decision(self) -> Decision {
+        match self {
+            App::Allow => Decision::allow(),
+            App::AllowTopics(topics) => Decision::Allow(Grant {
+                topics: Some(topics.split(',').map(str::to_owned).collect()),
+                expires_at: None,
+            }),
+            App::AllowUntil(unix_ms) => Decision::Allow(Grant {
+                topics: None,
+                expires_at: Some(UNIX_EPOCH + std::time::Duration::from_millis(unix_ms)),
+            }),
+            App::Unauthorized => Decision::Unauthorized,
+            App::Forbidden => Decision::Forbidden,
+            App::Unavailable => Decision::Unavailable,
+        }
+    }
 }
 
 /// The limits of the tables: short times, so the scripts read easily.
@@ -73,6 +118,10 @@ pub(super) struct Harness {
     /// Lines of the SSE block being received.
     block: Vec<String>,
     streaming: bool,
+    /// The application decides (see [`In::Authorizing`]).
+    authorizing: bool,
+    /// The stream's expiry is its grant's end.
+    granted_until: bool,
 }
 
 impl Harness {
@@ -109,6 +158,8 @@ impl Harness {
             wire: Vec::new(),
             block: Vec::new(),
             streaming: false,
+            authorizing: false,
+            granted_until: false,
         };
         harness.rearm();
         harness
@@ -187,6 +238,8 @@ impl Harness {
                     self.close("slow consumer");
                 }
             }
+            In::Authorizing => self.authorizing = true,
+            In::Decided(serial, app) => self.decided(serial, app.decision()),
             In::PeerCloses => {
                 if matches!(
                     self.conn.as_ref().map(Connection::state),
@@ -257,6 +310,8 @@ impl Harness {
             readiness: crate::conn::Readiness::READY,
             subscribe_verifier: None,
             publish_verifier: None,
+            authorizing: self.authorizing,
+            authorizing_publish: self.authorizing,
         };
         for _ in 0..1000 {
             let Some(exchange) = self.conn.as_mut().and_then(Connection::exchange) else {
@@ -308,9 +363,19 @@ impl Harness {
                     self.trace
                         .push(format!("publish #{} to {topics}", self.serial));
                 }
-                Step::Subscribe(request) => {
+                Step::Subscribe(mut request) => {
                     self.flush_trace();
+                    if let Some(ask) = request.ask.take() {
+                        return self.ask(ask.topics.join(","), Waiting::Stream(request));
+                    }
                     return self.subscribe(request);
+                }
+                Step::Authorize(ask) => {
+                    self.flush_trace();
+                    return self.ask(
+                        format!("publish {}", ask.topics.join(",")),
+                        Waiting::Publish,
+                    );
                 }
                 Step::Linger => {
                     self.flush_trace();
@@ -331,6 +396,56 @@ impl Harness {
         }
         self.rearm();
         self.flush_trace();
+    }
+
+    /// What the loop's `ask_application` and `ask_about_publish` do: the question gets
+    /// the next serial, and the connection waits `auth_timeout` for it.
+    fn ask(&mut self, what: String, waiting: Waiting) {
+        self.serial += 1;
+        self.trace.push(format!("ask #{} {what}", self.serial));
+        let deadline_ms = self.now.ms + self.limits.auth_timeout.as_millis() as u64;
+        if let Some(conn) = &mut self.conn {
+            conn.await_decision(self.serial, waiting, deadline_ms);
+        }
+        self.rearm();
+    }
+
+    /// What the loop's `on_authorized` does.
+    fn decided(&mut self, serial: u64, decision: Decision) {
+        let (now, limits) = (self.now, self.limits.clone());
+        let Some(waiting) = self
+            .conn
+            .as_mut()
+            .and_then(|conn| conn.take_decision(serial, now, &limits))
+        else {
+            return self.trace.push(format!("#{serial} is no one's"));
+        };
+        match waiting {
+            Waiting::Publish => {
+                if let Some(exchange) = self.conn.as_mut().and_then(Connection::exchange) {
+                    exchange.on_decided(Ok(decision));
+                }
+                self.drive();
+            }
+            Waiting::Stream(mut request) => {
+                match authorizing::decide(decision, &mut request, self.now) {
+                    Ok(()) => {
+                        // A grant's end reaches the stream as its expiry, as a token's does.
+                        if let Some(until) = request.token_until_unix_ms {
+                            self.expires_ms = self.now.loop_ms_at(until);
+                            self.granted_until = true;
+                        }
+                        self.subscribe(request)
+                    }
+                    Err(error) => {
+                        if let Some(exchange) = self.conn.as_mut().and_then(Connection::exchange) {
+                            exchange.refuse_stream(error, &request);
+                        }
+                        self.drive();
+                    }
+                }
+            }
+        }
     }
 
     /// What the loop's `open_stream` does for a bus without a log, with ids that are
@@ -389,7 +504,10 @@ impl Harness {
             backfill,
             |seq| seq.to_string(),
         );
-        let stream = Stream::new(start, self.now.ms, expires_ms);
+        let mut stream = Stream::new(start, self.now.ms, expires_ms);
+        if self.granted_until {
+            stream.expires_with_token();
+        }
         let heartbeat_ms = self.limits.heartbeat.as_millis() as u64;
         self.deadline = Some(stream.next_check_ms(self.now.ms, heartbeat_ms));
         if let Some(conn) = &mut self.conn {

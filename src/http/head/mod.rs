@@ -109,6 +109,29 @@ pub(crate) struct Request<'b> {
     /// Every `Accept` line, the last [`FORWARDING_LINES_MAX`] (only `/metrics` reads it, to
     /// pick the exposition format).
     pub accept: HeaderLines<'b>,
+    /// The whole head as received (request line and headers), for [`header_pairs`].
+    pub raw: &'b [u8],
+}
+
+/// Every header of a head that [`parse`] accepted, in order: name and value, the value's
+/// bytes as lossy UTF-8. At most [`HEADERS_MAX`], as `parse` allowed. Only an application
+/// that decides access needs them, so they are read again then rather than kept.
+pub(crate) fn header_pairs(raw: &[u8]) -> Vec<(String, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    if !matches!(request.parse(raw), Ok(Status::Complete(_))) {
+        return Vec::new(); // Parsed once already: cannot happen.
+    }
+    request
+        .headers
+        .iter()
+        .map(|header| {
+            (
+                header.name.to_owned(),
+                String::from_utf8_lossy(header.value).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Result of a parse attempt over the bytes received so far.
@@ -175,6 +198,7 @@ pub(crate) fn parse(buf: &[u8], full: bool) -> Result<Parsed<'_>, HttpError> {
         forwarded: HeaderLines::default(),
         cookie: None,
         accept: HeaderLines::default(),
+        raw: &buf[..head_len],
     };
     let mut seen = Seen::default();
     for header in request.headers.iter() {

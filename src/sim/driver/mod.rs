@@ -18,6 +18,7 @@ use crate::http::route::Listener;
 use crate::socket::IoOutcome;
 use crate::wheel::{TimerHandle, TimerWheel};
 
+use super::app::SimApp;
 use super::bus::SimBus;
 use super::net::Pipe;
 use super::Rng;
@@ -50,6 +51,8 @@ pub(super) struct Driver {
     pub wheel: TimerWheel<usize>,
     pub pipes: Vec<Pipe>,
     pub bus: SimBus,
+    /// The application that decides access, when it is on.
+    pub app: SimApp,
     pub rng: Rng,
     /// Connections waiting to be accepted.
     pub backlog: Vec<usize>,
@@ -70,7 +73,7 @@ pub(super) struct Driver {
 
 impl Driver {
     /// A loop at time 0.
-    pub(super) fn new(limits: Limits, bus: SimBus, rng: Rng) -> Self {
+    pub(super) fn new(limits: Limits, bus: SimBus, app: SimApp, rng: Rng) -> Self {
         // The wheel's `Instant`s are only ever compared with each other: one real instant
         // as the origin keeps every run the same.
         let origin = Instant::now();
@@ -81,6 +84,7 @@ impl Driver {
             wheel: TimerWheel::new(origin, TIMER_TICK),
             pipes: Vec::new(),
             bus,
+            app,
             rng,
             backlog: Vec::new(),
             origin,
@@ -134,12 +138,13 @@ impl Driver {
         for key in leftovers {
             self.on_ready(key, true, false);
         }
+        self.answer_app();
         self.drain_completions();
         self.drain_inbox();
         self.fan_out();
     }
 
-    fn ticket(&mut self, key: usize) -> Ticket {
+    pub(super) fn ticket(&mut self, key: usize) -> Ticket {
         self.serial += 1;
         Ticket {
             loop_index: 0,
@@ -182,7 +187,7 @@ impl Driver {
                 }
             }
             ConnState::Lingering { .. } if readable => self.discard_input(key),
-            ConnState::Lingering { .. } | ConnState::Resuming(_) => {}
+            ConnState::Lingering { .. } | ConnState::Resuming(_) | ConnState::Authorizing(_) => {}
         }
     }
 
@@ -195,7 +200,7 @@ impl Driver {
     /// `io.rs`'s `drive`.
     pub(super) fn drive(&mut self, key: usize) {
         let limits = &self.limits;
-        let env = super::env(limits);
+        let env = super::env(limits, self.app.on);
         let now = self.now;
         let mut rounds = 0;
         let mut blocked = false;
@@ -243,6 +248,7 @@ impl Driver {
                     self.rearm_exchange(key);
                     return self.open_stream(key, request);
                 }
+                Step::Authorize(ask) => return self.ask_about_publish(key, *ask),
                 Step::Linger => return self.linger(key),
                 Step::Close => return self.close(key),
                 Step::Await => blocked = true,
@@ -343,6 +349,7 @@ impl Driver {
             ConnState::Lingering { .. } => self.lingering -= 1,
             ConnState::Exchange(exchange) => self.recycle(exchange.into_buffer()),
             ConnState::Resuming(resuming) => self.recycle(resuming.exchange.into_buffer()),
+            ConnState::Authorizing(authorizing) => self.recycle(authorizing.exchange.into_buffer()),
             ConnState::Streaming(stream) => {
                 self.subscribers -= 1;
                 for topic in stream.topics() {

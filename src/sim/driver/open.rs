@@ -1,11 +1,13 @@
 //! The simulation's copy of `event_loop/subscribe.rs`: resume plans carried out against
 //! the simulated bus, topics registered, streams opened.
 
+use crate::authorize::AccessRequest;
 use crate::bus::{Backfill, Completion};
+use crate::conn::authorizing;
 use crate::conn::resume::{self, BusView, Opening, Plan};
-use crate::conn::StreamRequest;
+use crate::conn::{StreamRequest, Waiting};
 use crate::history::ring::Seq;
-use crate::http::answer::HttpError;
+use crate::http::answer::{AuthFailure, HttpError};
 
 use super::super::bus::SimBus;
 use super::Driver;
@@ -28,6 +30,9 @@ impl Driver {
 
     /// `subscribe.rs`'s `open_stream`.
     pub(super) fn open_stream(&mut self, key: usize, mut request: StreamRequest) {
+        if let Some(ask) = request.ask.take() {
+            return self.ask_application(key, request, ask.topics);
+        }
         let bus = &self.bus;
         resume::read_start(
             &mut request,
@@ -41,6 +46,77 @@ impl Driver {
         let evicted_max = self.topics_evicted_max(&request.topics);
         let plan = resume::plan(&request, self.bus_view(), evicted_max, &self.limits);
         self.carry_out(key, request, plan);
+    }
+
+    /// `subscribe.rs`'s `ask_application`.
+    fn ask_application(&mut self, key: usize, request: StreamRequest, topics: Vec<String>) {
+        let ticket = self.ticket(key);
+        if !self.app.ask(ticket, topics) {
+            return self.refuse_stream(
+                key,
+                HttpError::AuthUnavailable(AuthFailure::Busy),
+                &request,
+            );
+        }
+        let deadline_ms = self.now.ms + self.limits.auth_timeout.as_millis() as u64;
+        if let Some(slot) = self.conns.get_mut(key) {
+            slot.conn
+                .await_decision(ticket.serial, Waiting::Stream(request), deadline_ms);
+        }
+        self.rearm_exchange(key);
+    }
+
+    /// `subscribe.rs`'s `ask_about_publish`.
+    pub(super) fn ask_about_publish(&mut self, key: usize, ask: AccessRequest) {
+        let ticket = self.ticket(key);
+        let queued = self.app.ask(ticket, ask.topics);
+        let deadline_ms = self.now.ms + self.limits.auth_timeout.as_millis() as u64;
+        let Some(slot) = self.conns.get_mut(key) else {
+            return;
+        };
+        if queued {
+            slot.conn
+                .await_decision(ticket.serial, Waiting::Publish, deadline_ms);
+            self.rearm_exchange(key);
+        } else {
+            if let Some(exchange) = slot.conn.exchange() {
+                exchange.on_decided(Err(AuthFailure::Busy));
+            }
+            self.drive(key);
+        }
+    }
+
+    /// The application's answers this turn, each carried out as `subscribe.rs`'s
+    /// `on_authorized` does.
+    pub(super) fn answer_app(&mut self) {
+        if !self.app.on {
+            return;
+        }
+        for (ticket, decision) in self.app.answers(self.bus.calm, self.now.unix_ms) {
+            let Some(slot) = self.conns.get_mut(ticket.conn) else {
+                continue;
+            };
+            let Some(waiting) = slot
+                .conn
+                .take_decision(ticket.serial, self.now, &self.limits)
+            else {
+                continue; // Timed out, or the slot was reused.
+            };
+            let mut request = match waiting {
+                Waiting::Stream(request) => request,
+                Waiting::Publish => {
+                    if let Some(exchange) = slot.conn.exchange() {
+                        exchange.on_decided(Ok(decision));
+                    }
+                    self.drive(ticket.conn);
+                    continue;
+                }
+            };
+            match authorizing::decide(decision, &mut request, self.now) {
+                Ok(()) => self.open_stream(ticket.conn, request),
+                Err(error) => self.refuse_stream(ticket.conn, error, &request),
+            }
+        }
     }
 
     pub(super) fn carry_out(&mut self, key: usize, request: StreamRequest, plan: Plan) {
@@ -111,6 +187,8 @@ impl Driver {
                 Completion::Backfilled(ticket, result) => {
                     self.on_backfilled(ticket.conn, ticket.serial, result)
                 }
+                // The simulated application answers through `answer_app`.
+                Completion::Authorized(..) => {}
             }
         }
     }

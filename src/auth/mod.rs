@@ -1,18 +1,30 @@
-//! Who may subscribe to and publish on which topics: HS256 JSON Web Tokens whose
-//! `subscribe` or `publish` claim lists topic names or `prefix*` patterns, and the static
-//! publisher token; where a request carries its token. No I/O, and no clock: the caller
-//! passes the wall-clock time.
+//! Who may subscribe to and publish on which topics: JSON Web Tokens whose `subscribe` or
+//! `publish` claim lists topic names or `prefix*` patterns, signed with an HS256 secret or
+//! a public key (PEM or JWKS), and the static publisher token; where a request carries its
+//! token. No I/O here, and no clock: the caller passes the wall-clock time. The keys and
+//! their sources live in `keys.rs` (a key and the algorithms it accepts, which key a token
+//! may use), `jwks.rs` (key sets, HTTPS fetch) and `store.rs` (the key thread, which alone
+//! reads files and fetches).
 //!
 //! The `jsonwebtoken` crate checks the signature and the algorithm; the time claims are
 //! checked here against the injected time, because the crate reads the system clock itself
 //! and lets an `exp` it cannot parse (a string, a negative number, `null`) through as if
-//! the token had none.
+//! the token had none. `iss` and `aud` are checked here too, when configured.
+
+use std::sync::Arc;
 
 use base64::Engine as _;
-use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::decode;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use subtle::ConstantTimeEq;
+
+mod jwks;
+pub(crate) mod keys;
+mod store;
+
+use keys::Key;
+pub(crate) use store::{Auth, Requests, RoleKeys};
 
 /// Seconds of clock skew tolerated on `exp` and `nbf` between the token's issuer and
 /// herald. A stream opened with an expiring token is closed this long after `exp`.
@@ -28,7 +40,7 @@ pub(crate) const COOKIE_NAME: &str = "herald_token";
 pub(crate) enum TokenError {
     /// The request carries no token.
     Missing,
-    /// Not a JWT, not HS256, or the signature does not verify with the key.
+    /// Not a JWT, or its signature does not verify with any key that accepts its `alg`.
     Invalid,
     /// `exp` (plus the leeway) has passed.
     Expired,
@@ -40,6 +52,10 @@ pub(crate) enum TokenError {
     UnknownCrit,
     /// More than `PATTERNS_MAX` patterns.
     TooManyPatterns,
+    /// `jwt_issuer` is set and `iss` is missing or another.
+    WrongIssuer,
+    /// `jwt_audience` is set and `aud` is missing or does not name it.
+    WrongAudience,
 }
 
 impl TokenError {
@@ -47,7 +63,9 @@ impl TokenError {
     pub(crate) fn reason(self) -> &'static str {
         match self {
             TokenError::Missing => "missing token",
-            TokenError::Invalid => "invalid token (not an HS256 JWT signed with the key)",
+            TokenError::Invalid => {
+                "invalid token (not a JWT signed with an accepted key and algorithm)"
+            }
             TokenError::Expired => "expired token (exp has passed)",
             TokenError::NotYetValid => "token not valid yet (nbf is ahead)",
             TokenError::BadTime => "invalid token: exp and nbf must be non-negative numbers",
@@ -55,6 +73,8 @@ impl TokenError {
                 "invalid token: crit names extensions herald does not support"
             }
             TokenError::TooManyPatterns => "invalid token: too many topic patterns",
+            TokenError::WrongIssuer => "invalid token: iss is not the accepted issuer",
+            TokenError::WrongAudience => "invalid token: aud does not name this server",
         }
     }
 }
@@ -71,6 +91,10 @@ struct Claims {
     exp: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     nbf: Option<Value>,
+    #[serde(default)]
+    iss: Option<Value>,
+    #[serde(default)]
+    aud: Option<Value>,
 }
 
 /// `Some` for any value that is present, `null` included.
@@ -130,47 +154,139 @@ pub(crate) struct Grant {
     pub until_unix_ms: Option<u64>,
 }
 
-/// A verifier for one HS256 secret.
+/// The claims every token must carry when configured (`jwt_issuer`, `jwt_audience`).
+#[derive(Debug, Default)]
+pub(crate) struct ClaimRules {
+    /// `iss` must be this string.
+    pub issuer: Option<String>,
+    /// `aud` must be this string, or an array that contains it.
+    pub audience: Option<String>,
+}
+
+impl ClaimRules {
+    fn check(&self, claims: &Claims) -> Result<(), TokenError> {
+        if let Some(issuer) = &self.issuer {
+            if !matches!(&claims.iss, Some(Value::String(iss)) if iss == issuer) {
+                return Err(TokenError::WrongIssuer);
+            }
+        }
+        if let Some(audience) = &self.audience {
+            let named = match &claims.aud {
+                Some(Value::String(aud)) => aud == audience,
+                Some(Value::Array(auds)) => auds
+                    .iter()
+                    .any(|aud| matches!(aud, Value::String(aud) if aud == audience)),
+                _ => false,
+            };
+            if !named {
+                return Err(TokenError::WrongAudience);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Verifies one role's tokens: against its HS256 secret and its public keys (the set in
+/// force when the token arrives), with the issuer and audience rules. Cheap to clone.
+#[derive(Clone)]
 pub(crate) struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    /// The HS256 secret (`subscribe_key`, `publish_key`).
+    secret: Option<Arc<Key>>,
+    /// The public keys, swapped by the key thread.
+    public: Option<Arc<RoleKeys>>,
+    /// Tells the key thread a token named an unknown `kid`.
+    refresh: Option<Requests>,
+    /// `iss` and `aud`.
+    rules: Arc<ClaimRules>,
 }
 
 impl Verifier {
-    /// A verifier for tokens signed with `secret`.
+    /// A verifier for tokens signed with `secret` only.
+    #[cfg(test)]
     pub(crate) fn new(secret: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        // The time claims are checked in `grant`, against the caller's clock.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.required_spec_claims.clear();
-        validation.validate_aud = false;
         Verifier {
-            key: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
+            secret: Some(Arc::new(Key::secret(secret))),
+            public: None,
+            refresh: None,
+            rules: Arc::new(ClaimRules::default()),
+        }
+    }
+
+    /// A verifier for tests: `keys` as the public keys, unknown `kid`s reported to
+    /// `refresh`.
+    #[cfg(test)]
+    pub(crate) fn with_keys(
+        secret: Option<&str>,
+        keys: Vec<Key>,
+        refresh: Option<Requests>,
+        rules: ClaimRules,
+    ) -> Self {
+        Verifier {
+            secret: secret.map(|secret| Arc::new(Key::secret(secret))),
+            public: Some(Arc::new(RoleKeys::holding(keys))),
+            refresh,
+            rules: Arc::new(rules),
         }
     }
 
     /// Verifies `token` at wall-clock time `now_unix_ms` and returns what its `claim`
-    /// grants. `exp` and `nbf` are optional (a token without `exp` does not expire), but
-    /// when present they must be non-negative numbers; `iat` is not checked.
+    /// grants. The header's `alg` and `kid` choose among the keys that accept that `alg`
+    /// (see [`keys::select`]); a `kid` no key has asks the key thread to refetch the JWKS
+    /// (it never waits for it). `exp` and `nbf` are optional (a token without `exp` does
+    /// not expire), but when present they must be non-negative numbers; `iat` is not
+    /// checked; `iss` and `aud` must match when configured.
     pub(crate) fn grant(
         &self,
         token: &str,
         claim: Claim,
         now_unix_ms: u64,
     ) -> Result<Grant, TokenError> {
-        let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|error| {
+        let header = jsonwebtoken::decode_header(token).map_err(|error| {
             log::debug!("invalid token: {:?}", error.kind());
             TokenError::Invalid
         })?;
+        let public = self.public.as_ref().map(|keys| keys.snapshot());
+        let keys = self
+            .secret
+            .as_deref()
+            .into_iter()
+            .chain(public.iter().flat_map(|set| set.keys()));
+        let selection = keys::select(keys, header.alg, header.kid.as_deref());
+        if selection.unknown_kid {
+            if let Some(refresh) = &self.refresh {
+                refresh.ask();
+            }
+        }
+        let mut verified = None;
+        let mut last_error = None;
+        for key in selection.keys {
+            let (decoding, validation) = key.decoding();
+            match decode::<Claims>(token, decoding, validation) {
+                Ok(data) => {
+                    verified = Some(data.claims);
+                    break;
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        let Some(claims) = verified else {
+            match last_error {
+                Some(error) => log::debug!("invalid token: {:?}", error.kind()),
+                None => log::debug!(
+                    "invalid token: no key accepts alg {:?} with kid {:?}",
+                    header.alg,
+                    header.kid
+                ),
+            }
+            return Err(TokenError::Invalid);
+        };
         // RFC 7515 §4.1.11: a token that marks an extension critical must be refused by
         // a recipient that does not understand it, and herald understands none.
         if has_crit(token) {
             return Err(TokenError::UnknownCrit);
         }
+        self.rules.check(&claims)?;
         let leeway_ms = LEEWAY_SECS * 1000;
-        let claims = data.claims;
         if let Some(nbf) = &claims.nbf {
             let nbf_ms = numeric_date_ms(nbf, Round::Up)?;
             if now_unix_ms.saturating_add(leeway_ms) < nbf_ms {
@@ -306,7 +422,7 @@ pub(crate) fn static_token_matches(given: &str, expected: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::EncodingKey;
+    use jsonwebtoken::{Algorithm, EncodingKey};
 
     // Made with PyJWT 2.15 (an independent implementation):
     //   jwt.encode({"subscribe": ["news", "prices/*"], "publish": ["news"]}, "s3cret", "HS256")
@@ -355,6 +471,147 @@ mod tests {
             verifier.grant("not.a.jwt", Claim::Subscribe, NOW_MS),
             Err(TokenError::Invalid)
         );
+    }
+
+    // Ed25519 keys made with `openssl genpkey -algorithm ED25519`.
+    const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIL1wRaNhrAz/EqeVnsx1lYO73q5tm3dJ0r+RP+fV6Urr\n-----END PRIVATE KEY-----\n";
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAis2Q7AXNaxh1GICp/BIcLL6/UJqwSkl3tY75x1L4Hs4=\n-----END PUBLIC KEY-----\n";
+    const OTHER_ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA9D33WnsSbAuMLdGyr1kUMdne5w/RddxsG/8+UAaPgUQ=\n-----END PUBLIC KEY-----\n";
+
+    /// A token with this header and claims, signed with the Ed25519 key.
+    fn mint_eddsa(header: &str, claims: &str) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let message = format!("{}.{}", b64.encode(header), b64.encode(claims));
+        let key = EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap();
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::EdDSA);
+        format!("{message}.{}", signature.unwrap())
+    }
+
+    fn ed_key(pem: &str) -> Key {
+        keys::pem_key(pem.as_bytes(), &[]).unwrap()
+    }
+
+    #[test]
+    fn public_keys_verify_only_their_algorithms() {
+        let claims = r#"{"subscribe":["news"]}"#;
+        let verifier =
+            Verifier::with_keys(None, vec![ed_key(ED_PUBLIC)], None, ClaimRules::default());
+        let token = mint_eddsa(r#"{"alg":"EdDSA"}"#, claims);
+        let grant = verifier.grant(&token, Claim::Subscribe, NOW_MS).unwrap();
+        assert_eq!(grant.patterns, ["news"]);
+        // The classic confusion: HS256 with the public key's bytes as the secret.
+        for secret in [ED_PUBLIC.as_bytes(), ED_PUBLIC.trim_end().as_bytes()] {
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let message = format!(
+                "{}.{}",
+                b64.encode(r#"{"alg":"HS256"}"#),
+                b64.encode(claims)
+            );
+            let key = EncodingKey::from_secret(secret);
+            let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256);
+            let forged = format!("{message}.{}", signature.unwrap());
+            assert_eq!(
+                verifier.grant(&forged, Claim::Subscribe, NOW_MS),
+                Err(TokenError::Invalid)
+            );
+        }
+        // The header cannot claim another algorithm for the same signature.
+        let relabelled = mint_eddsa(r#"{"alg":"ES256"}"#, claims);
+        assert_eq!(
+            verifier.grant(&relabelled, Claim::Subscribe, NOW_MS),
+            Err(TokenError::Invalid)
+        );
+        // Another key does not verify it; with both, the right one is found.
+        let other = Verifier::with_keys(
+            None,
+            vec![ed_key(OTHER_ED_PUBLIC)],
+            None,
+            ClaimRules::default(),
+        );
+        assert_eq!(
+            other.grant(&token, Claim::Subscribe, NOW_MS),
+            Err(TokenError::Invalid)
+        );
+        let both = Verifier::with_keys(
+            Some("s3cret"),
+            vec![ed_key(OTHER_ED_PUBLIC), ed_key(ED_PUBLIC)],
+            None,
+            ClaimRules::default(),
+        );
+        assert!(both.grant(&token, Claim::Subscribe, NOW_MS).is_ok());
+        // The secret still verifies HS256 beside the public keys.
+        assert!(both.grant(TOKEN, Claim::Subscribe, NOW_MS).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_kid_asks_for_a_refresh_without_waiting() {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        let verifier = Verifier::with_keys(
+            None,
+            vec![ed_key(ED_PUBLIC)],
+            Some(Requests::to(sender)),
+            ClaimRules::default(),
+        );
+        let claims = r#"{"subscribe":["news"]}"#;
+        // PEM keys have no kid: a token naming one no key has still reaches them.
+        let token = mint_eddsa(r#"{"alg":"EdDSA","kid":"new"}"#, claims);
+        assert!(verifier.grant(&token, Claim::Subscribe, NOW_MS).is_ok());
+        assert_eq!(receiver.try_recv(), Ok(()));
+        // A full queue does not block the caller.
+        for _ in 0..3 {
+            let _ = verifier.grant(&token, Claim::Subscribe, NOW_MS);
+        }
+        assert_eq!(receiver.len(), 1);
+        let plain = mint_eddsa(r#"{"alg":"EdDSA"}"#, claims);
+        receiver.try_recv().unwrap();
+        assert!(verifier.grant(&plain, Claim::Subscribe, NOW_MS).is_ok());
+        assert!(receiver.try_recv().is_err(), "no kid, no refresh");
+    }
+
+    #[test]
+    fn issuer_and_audience_are_required_when_configured() {
+        let rules = ClaimRules {
+            issuer: Some("https://id.example.com/".into()),
+            audience: Some("herald".into()),
+        };
+        let verifier = Verifier::with_keys(None, vec![ed_key(ED_PUBLIC)], None, rules);
+        let check = |claims: &str| {
+            let token = mint_eddsa(r#"{"alg":"EdDSA"}"#, claims);
+            verifier.grant(&token, Claim::Subscribe, NOW_MS).map(|_| ())
+        };
+        let iss = r#""iss":"https://id.example.com/""#;
+        assert_eq!(check(&format!(r#"{{{iss},"aud":"herald"}}"#)), Ok(()));
+        assert_eq!(check(&format!(r#"{{{iss},"aud":["x","herald"]}}"#)), Ok(()));
+        for (claims, error) in [
+            (r#"{"aud":"herald"}"#.to_owned(), TokenError::WrongIssuer),
+            (
+                r#"{"iss":"https://evil.example.com/","aud":"herald"}"#.to_owned(),
+                TokenError::WrongIssuer,
+            ),
+            (
+                r#"{"iss":["https://id.example.com/"],"aud":"herald"}"#.to_owned(),
+                TokenError::WrongIssuer,
+            ),
+            (format!("{{{iss}}}"), TokenError::WrongAudience),
+            (
+                format!(r#"{{{iss},"aud":"other"}}"#),
+                TokenError::WrongAudience,
+            ),
+            (
+                format!(r#"{{{iss},"aud":["other"]}}"#),
+                TokenError::WrongAudience,
+            ),
+            (
+                format!(r#"{{{iss},"aud":null}}"#),
+                TokenError::WrongAudience,
+            ),
+            (
+                format!(r#"{{{iss},"aud":[["herald"]]}}"#),
+                TokenError::WrongAudience,
+            ),
+        ] {
+            assert_eq!(check(&claims), Err(error), "{claims}");
+        }
     }
 
     #[test]
@@ -428,6 +685,8 @@ mod tests {
             TokenError::BadTime,
             TokenError::UnknownCrit,
             TokenError::TooManyPatterns,
+            TokenError::WrongIssuer,
+            TokenError::WrongAudience,
         ] {
             assert!(!error.reason().is_empty() && !error.reason().contains('\n'));
         }
