@@ -98,6 +98,9 @@ pub enum PublishError {
     DataTooLarge,
     /// A batch holds more events than `max_batch_events`; none of it was published.
     BatchTooLarge,
+    /// Redis stored the event but `WAIT` did not confirm `redis_wait_replicas` replicas
+    /// within `redis_wait_timeout`: it may be delivered, or lost in a failover.
+    NotReplicated,
 }
 
 impl PublishError {
@@ -118,6 +121,9 @@ impl PublishError {
             PublishError::InvalidRetry => "retry must be milliseconds between 0 and 86400000",
             PublishError::DataTooLarge => "event data exceeds max_publish_bytes",
             PublishError::BatchTooLarge => "batch exceeds max_batch_events",
+            PublishError::NotReplicated => {
+                "redis did not confirm redis_wait_replicas replicas within redis_wait_timeout; the event may still be delivered"
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::authorize::observe::Observer;
 use crate::authorize::pool::{AuthPool, PoolSettings};
 use crate::authorize::{Authorize, Hooks};
 use crate::bus::embedded::EmbeddedBus;
-use crate::bus::redis::{RedisBus, RedisSettings};
+use crate::bus::redis::{RedisBus, RedisSettings, TlsFiles};
 use crate::bus::{Bus, Fanout, Resume, Submitted};
 use crate::config::{BusKind, Config, Limits};
 use crate::event::{Error, Event, EventId, PublishError, Stats};
@@ -255,6 +255,17 @@ impl Server {
                     limits: limits.publish.clone(),
                     data_bytes_max: config.max_publish_bytes,
                     presence: presence.clone(),
+                    tls_files: TlsFiles {
+                        ca: config.redis_tls_ca_file.clone(),
+                        cert_and_key: config
+                            .redis_tls_cert_file
+                            .clone()
+                            .zip(config.redis_tls_key_file.clone()),
+                    },
+                    sentinels: config.redis_sentinels.clone(),
+                    master_name: config.redis_master_name.clone(),
+                    wait_replicas: config.redis_wait_replicas,
+                    wait_timeout: Duration::from_millis(config.redis_wait_timeout),
                 };
                 Arc::new(
                     RedisBus::start(fanout, settings)

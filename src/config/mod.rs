@@ -145,6 +145,17 @@ pub const REDIS_STREAM_DEFAULT: &str = "herald";
 pub const REDIS_STREAM_BYTES_MAX: usize = 256;
 /// Ceiling on `redis_maxlen`: entries Redis keeps in memory for resumes.
 pub const REDIS_MAXLEN_MAX: usize = 100_000_000;
+/// The primary's name in Sentinel, by default: Sentinel's own example name.
+pub const REDIS_MASTER_NAME_DEFAULT: &str = "mymaster";
+/// Ceiling on `redis_wait_replicas`: more replicas than any Redis deployment runs.
+pub const REDIS_WAIT_REPLICAS_MAX: usize = 64;
+/// How long `WAIT` may take by default: a replica on the same network acknowledges in
+/// well under a millisecond, so a second means it is gone or far behind.
+pub const REDIS_WAIT_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+/// Ceiling on `redis_wait_timeout`: a publisher holds its connection this long at most.
+pub const REDIS_WAIT_TIMEOUT_MS_MAX: u64 = 60_000;
+/// Sentinels herald asks in turn; more is a mistake in the list.
+pub const REDIS_SENTINELS_MAX: usize = 16;
 /// Bytes of history one stream entry is counted as when `redis_maxlen` is derived from
 /// `history_total_bytes`: a typical small event with its id and fields.
 pub const REDIS_ENTRY_BYTES_ESTIMATE: usize = 1024;
@@ -316,6 +327,13 @@ impl std::fmt::Debug for Config {
             .field("redis_url", &redact_url(&self.redis_url))
             .field("redis_stream", &self.redis_stream)
             .field("redis_maxlen", &self.redis_maxlen)
+            .field("redis_tls_ca_file", &self.redis_tls_ca_file)
+            .field("redis_tls_cert_file", &self.redis_tls_cert_file)
+            .field("redis_tls_key_file", &self.redis_tls_key_file)
+            .field("redis_sentinels", &self.redis_sentinels)
+            .field("redis_master_name", &self.redis_master_name)
+            .field("redis_wait_replicas", &self.redis_wait_replicas)
+            .field("redis_wait_timeout", &self.redis_wait_timeout)
             .field("forwarded_header", &self.forwarded_header)
             .field("ipv6_prefix_per_ip", &self.ipv6_prefix_per_ip)
             .field("max_publish_connections", &self.max_publish_connections)
@@ -526,6 +544,62 @@ impl Config {
         }
         if self.bus == BusKind::Redis {
             check_redis_url(&self.redis_url).or_else(|reason| fault("redis_url", reason))?;
+            self.check_redis_tls()?;
+            self.check_redis_sentinels()?;
+        }
+        Ok(())
+    }
+
+    /// TLS files go with a `rediss://` URL, and a client certificate with its key.
+    fn check_redis_tls(&self) -> Result<(), ConfigError> {
+        let tls = self.redis_url.starts_with("rediss://");
+        for (setting, file) in [
+            ("redis_tls_ca_file", &self.redis_tls_ca_file),
+            ("redis_tls_cert_file", &self.redis_tls_cert_file),
+            ("redis_tls_key_file", &self.redis_tls_key_file),
+        ] {
+            match file {
+                Some(path) if path.is_empty() => return fault(setting, "must not be empty"),
+                Some(_) if !tls => {
+                    return fault(setting, "needs a rediss:// redis_url (TLS to Redis)")
+                }
+                _ => {}
+            }
+        }
+        match (&self.redis_tls_cert_file, &self.redis_tls_key_file) {
+            (Some(_), None) => fault("redis_tls_key_file", "must be set with redis_tls_cert_file"),
+            (None, Some(_)) => fault("redis_tls_cert_file", "must be set with redis_tls_key_file"),
+            _ => Ok(()),
+        }
+    }
+
+    /// Each sentinel is a `host:port`; the master name is one printable word.
+    fn check_redis_sentinels(&self) -> Result<(), ConfigError> {
+        if self.redis_sentinels.len() > REDIS_SENTINELS_MAX {
+            return fault(
+                "redis_sentinels",
+                format!("at most {REDIS_SENTINELS_MAX} sentinels"),
+            );
+        }
+        for sentinel in &self.redis_sentinels {
+            let port = sentinel
+                .rsplit_once(':')
+                .filter(|(host, _)| !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()))
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .filter(|port| *port != 0);
+            if port.is_none() {
+                return fault(
+                    "redis_sentinels",
+                    format!("{sentinel:?} is not a host:port"),
+                );
+            }
+        }
+        let name = &self.redis_master_name;
+        if name.is_empty() || name.len() > 256 || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            return fault(
+                "redis_master_name",
+                "must be 1..=256 printable ASCII bytes without spaces",
+            );
         }
         Ok(())
     }
@@ -580,11 +654,17 @@ fn check_redis_url(url: &str) -> Result<(), String> {
     use redis::IntoConnectionInfo;
     let shown = redact_url(url);
     if !url.starts_with("redis://")
+        && !url.starts_with("rediss://")
         && !url.starts_with("redis+unix://")
         && !url.starts_with("unix://")
     {
         return Err(format!(
-            "{shown:?} is not a redis://host:port/db URL (TLS is the proxy's job)"
+            "{shown:?} is not a redis://host:port/db or rediss://host:port/db URL"
+        ));
+    }
+    if url.starts_with("rediss://") && url.contains('#') {
+        return Err(format!(
+            "{shown:?}: #insecure is refused; give the CA with redis_tls_ca_file"
         ));
     }
     let info = url

@@ -319,7 +319,7 @@ settings! {
     bus: BusKind [Text<BusKind>] = BusKind::Embedded, "BUS",
         "`embedded` (one node) or `redis` (nodes sharing one Redis Stream; see [Cluster mode](#cluster-mode))";
     redis_url: String [Text<String>] = REDIS_URL_DEFAULT.to_owned(), "URL",
-        "Redis for `--bus redis`: `redis://[user:password@]host:port/db`; errors and logs show it with the password as `***`",
+        "Redis for `--bus redis`: `redis://[user:password@]host:port/db`, or `rediss://` for TLS; errors and logs show it with the password as `***`",
         secret = true;
     redis_stream: String [Text<String>] = REDIS_STREAM_DEFAULT.to_owned(), "NAME",
         "The Redis Stream every node appends to and reads";
@@ -328,6 +328,27 @@ settings! {
     redis_maxlen: usize [Text<usize>] = 0, "N",
         "Approximate length the stream is trimmed to (`XADD MAXLEN ~`); 0 means `--history-total-bytes` / 1 KiB, at least `--history-events`",
         range = (0, REDIS_MAXLEN_MAX);
+    /// Read once at start; a file that cannot be read or parsed stops the start.
+    redis_tls_ca_file: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM CA certificate(s) that verify Redis's certificate with a `rediss://` URL instead of the system's roots; the name verified is the URL's host, or the address Sentinel names (see [Cluster mode](#cluster-mode))";
+    redis_tls_cert_file: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM client certificate (chain) for a Redis with `tls-auth-clients`; needs `--redis-tls-key-file` and a `rediss://` URL";
+    redis_tls_key_file: Option<String> [Optional<Text<String>>] = None, "FILE",
+        "PEM private key of `--redis-tls-cert-file`";
+    /// Asked in turn; the first that names a primary which says it is one wins.
+    redis_sentinels: Vec<String> [List] = Vec::new(), "HOST:PORT",
+        "Redis Sentinel to ask for the primary of `--redis-master-name`, repeatable (`HERALD_REDIS_SENTINELS` is comma-separated); herald follows a failover, and `--redis-url` then gives only the scheme, credentials and database",
+        flag = "redis-sentinel";
+    redis_master_name: String [Text<String>] = REDIS_MASTER_NAME_DEFAULT.to_owned(), "NAME",
+        "The primary's name in Sentinel (`--redis-sentinel`)";
+    /// 0 answers as soon as the primary stored the event (asynchronous replication).
+    redis_wait_replicas: usize [Text<usize>] = 0, "N",
+        "A publish is answered only once `WAIT` confirms this many replicas hold it, otherwise `503` (the event may still be stored); 0 answers when the primary has it (see [Cluster mode](#cluster-mode))",
+        range = (0, REDIS_WAIT_REPLICAS_MAX);
+    #[serde(deserialize_with = "deserialize_millis")]
+    redis_wait_timeout: u64 [Millis] = REDIS_WAIT_TIMEOUT_MS_DEFAULT, "DURATION",
+        "How long `WAIT` may take for `--redis-wait-replicas` (`500ms`, `2s`) before the publish gets `503`",
+        range = (1, REDIS_WAIT_TIMEOUT_MS_MAX);
     /// An unreadable or malformed hop ends the walk at the nearest trusted proxy.
     forwarded_header: ForwardedHeader [Text<ForwardedHeader>] = ForwardedHeader::XForwardedFor, "HEADER",
         "The header a trusted proxy names the client in: `x-forwarded-for` or `forwarded` (RFC 7239); the other is never read (see [Client address](#client-address))";
@@ -477,6 +498,7 @@ mod tests {
              ipv6_prefix_per_ip = 7\nmax_publish_connections = 7\ndemo_feed = true\n\
              log_level = \"trace\"\nlog_format = \"json\"\naccess_log = true\ncoalesce_ms = 7\n\
              max_patterns_per_subscription = 7\nmin_pattern_prefix = 7\n\
+             redis_master_name = \"x\"\nredis_wait_replicas = 7\nredis_wait_timeout = 7\n\
              jwks_refresh = \"10m\"\nauth_timeout_ms = 7000\nauth_workers = 7\nauth_queue = 7\n\
              auth_publish = true\nauth_cache_ms = 7\n",
         )
@@ -549,7 +571,8 @@ mod tests {
                 (_, None) => continue,
                 (
                     "listen" | "gap_event" | "redis_url" | "redis_stream" | "bus"
-                    | "forwarded_header" | "log_level" | "log_format" | "jwks_refresh",
+                    | "forwarded_header" | "log_level" | "log_format" | "redis_master_name"
+                    | "redis_wait_timeout" | "jwks_refresh",
                     Some(value),
                 ) => {
                     format!("{} = {value:?}", setting.name)

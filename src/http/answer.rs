@@ -193,7 +193,8 @@ impl HttpError {
                 match error {
                     PublishError::Busy
                     | PublishError::ShuttingDown
-                    | PublishError::Unavailable => 503,
+                    | PublishError::Unavailable
+                    | PublishError::NotReplicated => 503,
                     PublishError::TooLarge
                     | PublishError::DataTooLarge
                     | PublishError::BatchTooLarge => 413,
@@ -326,7 +327,9 @@ pub(crate) fn refusal(error: HttpError, cors: &str, keep_alive: bool) -> Vec<u8>
             let _ = write!(extra, "Allow: {allow}\r\n");
         }
         HttpError::Unauthorized(_) => extra.push_str("WWW-Authenticate: Bearer\r\n"),
-        HttpError::Publish(PublishError::Busy | PublishError::Unavailable)
+        HttpError::Publish(
+            PublishError::Busy | PublishError::Unavailable | PublishError::NotReplicated,
+        )
         | HttpError::TooManyFromClient
         | HttpError::PublishListenerFull
         | HttpError::ResumeBusy

@@ -1639,7 +1639,8 @@ fn bad_cluster_settings_exit_2_with_one_line_naming_the_setting() {
 const PASSWORD: &str = "s3cret";
 
 /// Issue 10, item 13: the Redis URL's credentials are never shown. Start-up errors (a bad
-/// port, RESP3, TLS, a malformed URL, through the flag, the environment and a TOML file),
+/// port, RESP3, TLS without verification, a malformed URL, through the flag, the
+/// environment and a TOML file),
 /// `--help` with the URL in the environment, the logs of nodes that cannot connect or are
 /// refused by Redis (at debug level), and `/metrics` all name the URL without its password.
 #[test]
@@ -1648,7 +1649,7 @@ fn issue_10_the_redis_password_never_shows_in_errors_logs_help_or_metrics() {
     let bad_urls = [
         format!("redis://user:{PASSWORD}@127.0.0.1:notaport/0"),
         format!("redis://user:{PASSWORD}@127.0.0.1:{port}/0?protocol=resp3"),
-        format!("rediss://user:{PASSWORD}@127.0.0.1:{port}/0"),
+        format!("rediss://user:{PASSWORD}@127.0.0.1:{port}/0#insecure"),
         format!("redis://user:{PASSWORD}@[::1/0"),
         format!("redis://{PASSWORD}@127.0.0.1:notaport/0"),
         format!("redis://user:{PASSWORD}/with/slash@127.0.0.1:notaport/0"),

@@ -1,13 +1,61 @@
-//! Talking to Redis from the bus's threads: [`RedisConn`], a connection reopened on demand
-//! under a jittered [`Backoff`], the plain `connect` the reader uses, and [`Throttle`],
-//! which keeps a fault that repeats at event rate from flooding the log. The decisions
-//! (`Backoff`, `Throttle`) are plain values; only `connect` and `RedisConn` do I/O.
+//! Talking to Redis from the bus's threads: [`Target`], where connections go (one Redis,
+//! plainly or over TLS, or the primary Sentinel names), [`RedisConn`], a connection reopened
+//! on demand under a jittered [`Backoff`], the plain `connect` the reader uses, and
+//! [`Throttle`], which keeps a fault that repeats at event rate from flooding the log. The
+//! decisions (`Backoff`, `Throttle`) are plain values; only `connect`, `open` and
+//! `RedisConn` do I/O.
 
 use std::time::{Duration, Instant};
 
-use redis::Value;
+use redis::{Client, ConnectionAddr, ConnectionInfo, RedisConnectionInfo, TlsCertificates, Value};
 
+use super::sentinel::{NodeAddr, Sentinels};
 use super::Core;
+
+/// Where the bus's connections go.
+pub(super) enum Target {
+    /// The one Redis `redis_url` names.
+    Direct(Client),
+    /// Whichever Redis the sentinels name as the primary, asked at every (re)connection,
+    /// so a failover is followed by reconnecting.
+    Sentinel(Sentinels),
+}
+
+/// How a connection to a Redis node is made, whatever its address: plain TCP or TLS (with
+/// the configured CA and client certificate), and the credentials and database of
+/// `redis_url`.
+#[derive(Clone)]
+pub(super) struct Endpoint {
+    /// TLS (`rediss://`).
+    pub tls: bool,
+    /// The CA and client certificate; `None`: the system's roots, no client certificate.
+    pub certs: Option<TlsCertificates>,
+    /// Credentials and database.
+    pub redis: RedisConnectionInfo,
+}
+
+impl Endpoint {
+    /// A client for the node at `host:port`; the TLS name verified is `host`.
+    pub(super) fn client(&self, host: &str, port: u16) -> redis::RedisResult<Client> {
+        let addr = match self.tls {
+            true => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+            false => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        let info = ConnectionInfo {
+            addr,
+            redis: self.redis.clone(),
+        };
+        match &self.certs {
+            Some(certs) => Client::build_with_tls(info, certs.clone()),
+            None => Client::open(info),
+        }
+    }
+}
 
 /// Time to open a connection to Redis.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
@@ -22,8 +70,89 @@ const BACKOFF_MAX: Duration = Duration::from_millis(2_000);
 
 /// Opens a connection with the bus's timeouts; `extra_read` is added to the read timeout
 /// (the reader's blocking `XREAD`).
-pub(super) fn connect(core: &Core, extra_read: Duration) -> redis::RedisResult<redis::Connection> {
-    let conn = core.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+/// With Sentinel, the [`Primary`] it reached is returned too.
+pub(super) fn connect(
+    core: &Core,
+    extra_read: Duration,
+) -> redis::RedisResult<(redis::Connection, Primary)> {
+    match &core.target {
+        Target::Direct(client) => Ok((open(client, extra_read)?, Primary::new(None))),
+        Target::Sentinel(sentinels) => {
+            let (conn, addr) = sentinels.connect_primary(extra_read)?;
+            Ok((conn, Primary::new(Some(addr))))
+        }
+    }
+}
+
+/// How often the watcher thread asks the sentinels for the primary, and so how late, at
+/// most, a busy thread notices that they named another node. After a failover that leaves
+/// the old primary up, Sentinel demotes it only once it notices (up to ten seconds), and
+/// whatever is written to it meanwhile is discarded when it resynchronises; this bounds
+/// herald's share of that to about a second.
+pub(super) const SENTINEL_CHECK: Duration = Duration::from_millis(1_000);
+
+/// The watcher thread's body (with Sentinel only): asks the sentinels for the primary each
+/// `SENTINEL_CHECK` and records the answer in `Core::named_primary`, where the other
+/// threads compare it with the node they are connected to. One thread does the asking, so
+/// a slow or unreachable sentinel delays this thread, never a publish or a read.
+pub(super) fn run_watcher(core: &Core) {
+    let Target::Sentinel(sentinels) = &core.target else {
+        return;
+    };
+    while !core.closed.load(std::sync::atomic::Ordering::Acquire) {
+        let started = Instant::now();
+        // Sentinels that cannot be asked leave the last answer: connections that work are
+        // left alone.
+        if let Ok(named) = sentinels.primary_addr() {
+            *super::lock(&core.named_primary) = Some(named);
+        }
+        std::thread::sleep(SENTINEL_CHECK.saturating_sub(started.elapsed()));
+    }
+}
+
+/// The node a connection through Sentinel reached, and when that was last confirmed.
+pub(super) struct Primary {
+    addr: Option<NodeAddr>,
+    checked_at: Instant,
+}
+
+impl Primary {
+    fn new(addr: Option<NodeAddr>) -> Self {
+        Primary {
+            addr,
+            checked_at: Instant::now(),
+        }
+    }
+
+    /// Whether the sentinels, as the watcher last heard them, name another node (looked
+    /// at most once per `SENTINEL_CHECK`; no I/O here).
+    pub(super) fn moved(&mut self, core: &Core) -> bool {
+        let Some(addr) = &self.addr else {
+            return false;
+        };
+        if self.checked_at.elapsed() < SENTINEL_CHECK {
+            return false;
+        }
+        self.checked_at = Instant::now();
+        match super::lock(&core.named_primary).as_ref() {
+            Some(named) if named != addr => {
+                log::info!(
+                    "redis: the sentinels name {}:{} as the primary, not {}:{}; reconnecting",
+                    named.0,
+                    named.1,
+                    addr.0,
+                    addr.1
+                );
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Opens a connection to `client`'s node with the bus's timeouts (see [`connect`]).
+pub(super) fn open(client: &Client, extra_read: Duration) -> redis::RedisResult<redis::Connection> {
+    let conn = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
     conn.set_read_timeout(Some(IO_TIMEOUT + extra_read))?;
     conn.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(conn)
@@ -87,7 +216,11 @@ impl Backoff {
 /// so requests fail fast while Redis is down.
 pub(super) struct RedisConn {
     role: &'static str,
+    /// Added to the read timeout: what a command of this thread may block for.
+    extra_read: Duration,
     conn: Option<redis::Connection>,
+    /// The node `conn` reached (with Sentinel).
+    primary: Primary,
     retry_at: Instant,
     backoff: Backoff,
     down_logged: bool,
@@ -98,9 +231,17 @@ pub(super) struct RedisConn {
 impl RedisConn {
     /// A connection for the thread named by `role` (in log lines); opened on first use.
     pub(super) fn new(role: &'static str) -> Self {
+        RedisConn::blocking_for(role, Duration::ZERO)
+    }
+
+    /// Like [`RedisConn::new`], for a thread whose commands may block for `extra_read`
+    /// (the writer's `WAIT`).
+    pub(super) fn blocking_for(role: &'static str, extra_read: Duration) -> Self {
         RedisConn {
             role,
+            extra_read,
             conn: None,
+            primary: Primary::new(None),
             retry_at: Instant::now(),
             backoff: Backoff::seeded(),
             down_logged: false,
@@ -112,9 +253,13 @@ impl RedisConn {
     /// cannot be reached.
     pub(super) fn get(&mut self, core: &Core) -> Option<&mut redis::Connection> {
         let now = Instant::now();
+        if self.conn.is_some() && self.primary.moved(core) {
+            self.conn = None;
+            self.retry_at = now;
+        }
         if now.duration_since(self.used_at) > IDLE_CHECK {
             if let Some(conn) = &mut self.conn {
-                if let Err(error) = redis::cmd("PING").query::<Value>(conn) {
+                if let Err(error) = still_usable(core, conn) {
                     log::debug!("redis {} idle connection is gone: {error}", self.role);
                     self.conn = None;
                     self.retry_at = now;
@@ -123,8 +268,9 @@ impl RedisConn {
         }
         self.used_at = now;
         if self.conn.is_none() && now >= self.retry_at {
-            match connect(core, Duration::ZERO) {
-                Ok(conn) => {
+            match connect(core, self.extra_read) {
+                Ok((conn, primary)) => {
+                    self.primary = primary;
                     if self.down_logged {
                         log::info!("redis {} reconnected", self.role);
                     }
@@ -150,6 +296,22 @@ impl RedisConn {
         self.conn = None;
         self.down_logged = true;
         self.retry_at = Instant::now();
+    }
+}
+
+/// Checks an idle connection: a `PING`, or with Sentinel a `ROLE`, so a connection to a
+/// primary that was demoted (a failover that left it running) is dropped and the next one
+/// goes to the new primary.
+fn still_usable(core: &Core, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+    match &core.target {
+        Target::Direct(_) => redis::cmd("PING").query::<Value>(conn).map(drop),
+        Target::Sentinel(_) => match super::sentinel::is_primary(conn)? {
+            true => Ok(()),
+            false => Err(redis::RedisError::from((
+                redis::ErrorKind::ReadOnly,
+                "no longer the primary",
+            ))),
+        },
     }
 }
 

@@ -15,11 +15,15 @@
 //!   `XRANGE`, serving client addresses in turn from a `FairQueue` (`fair.rs`).
 //!
 //! A fourth thread (`presence.rs`) shares this node's subscriber counts with the other
-//! nodes through a hash per node with a time-to-live, and sums theirs.
+//! nodes through a hash per node with a time-to-live, and sums theirs. With Sentinel a
+//! fifth (`link.rs` `run_watcher`) asks the sentinels for the primary each second, so the
+//! others leave a node they no longer name.
 //!
-//! `entry.rs` is the entry codec all three share; `link.rs` is the reconnecting
+//! `entry.rs` is the entry codec all three share; `link.rs` is where connections go (one
+//! Redis, plainly or over TLS, or the primary through `sentinel.rs`), the reconnecting
 //! connection, its backoff and the log throttle. This file holds what the threads share
-//! ([`Core`]) and the [`Bus`] face the loops call, which only queues work for the threads.
+//! ([`Core`]), the [`Bus`] face the loops call, which only queues work for the threads, and
+//! the reading of the TLS files at start.
 //!
 //! Entry format, for herald and for any application that appends directly:
 //! `topic` (one name or several separated by `,`; the field may repeat), `data` (UTF-8),
@@ -37,6 +41,7 @@ mod fair;
 mod link;
 mod presence;
 mod reader;
+mod sentinel;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -47,7 +52,9 @@ use crossbeam_channel::{Sender, TrySendError};
 
 use self::backfill::{run_backfiller, BackfillJob, BackfillQueue};
 use self::entry::{format_id, pack, parse_id};
+use self::link::{Endpoint, Target};
 use self::reader::run_reader;
+use self::sentinel::Sentinels;
 use self::writer::{
     run_writer, Reply, WriteEvent, WriteJob, WRITE_QUEUE_BYTES_MAX, WRITE_QUEUE_MAX,
 };
@@ -63,8 +70,9 @@ use crate::publish::PublishLimits;
 const READ_COUNT_MAX: usize = 512;
 /// How long one `XREAD` blocks: also how soon the reader notices a shutdown.
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
-/// How long a library `Handle::publish` waits for Redis before giving up with
-/// `Unavailable` (the writer's own timeouts answer well before this).
+/// How long a library `Handle::publish` waits for Redis, besides `redis_wait_timeout`,
+/// before giving up with `Unavailable` (the writer's own timeouts answer well before
+/// this).
 const HANDLE_WAIT: Duration = Duration::from_millis(10_000);
 
 /// Locks `mutex`; a panic while it was held cannot leave a plain value half-written.
@@ -74,7 +82,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// What the bus's threads share.
 struct Core {
-    client: redis::Client,
+    /// Where connections go.
+    target: Target,
     stream: String,
     maxlen: usize,
     limits: PublishLimits,
@@ -98,6 +107,12 @@ struct Core {
     holes: AtomicU64,
     /// Event bytes in the writer's queue.
     queued_bytes: AtomicUsize,
+    /// The primary the sentinels named when the watcher last asked (with Sentinel).
+    named_primary: Mutex<Option<self::sentinel::NodeAddr>>,
+    /// Replicas `WAIT` must confirm before a publish is answered; 0: no `WAIT`.
+    wait_replicas: usize,
+    /// How long that `WAIT` may take.
+    wait_timeout: Duration,
 }
 
 /// A bus over one Redis Stream.
@@ -121,6 +136,107 @@ pub(crate) struct RedisSettings {
     pub data_bytes_max: usize,
     /// This node's subscriber counts, written to Redis, and where the other nodes' sums go.
     pub presence: Arc<crate::presence::Presence>,
+    /// `redis_tls_ca_file`, `redis_tls_cert_file`, `redis_tls_key_file`.
+    pub tls_files: TlsFiles,
+    /// `redis_sentinels`: when not empty, the primary is found through them.
+    pub sentinels: Vec<String>,
+    /// `redis_master_name`.
+    pub master_name: String,
+    /// `redis_wait_replicas`.
+    pub wait_replicas: usize,
+    /// `redis_wait_timeout`.
+    pub wait_timeout: Duration,
+}
+
+/// The TLS files of the settings, read once at start.
+#[derive(Default)]
+pub(crate) struct TlsFiles {
+    /// PEM CA certificates; `None`: the system's roots.
+    pub ca: Option<String>,
+    /// PEM client certificate chain and its key; both or neither (`Config::validate`).
+    pub cert_and_key: Option<(String, String)>,
+}
+
+impl TlsFiles {
+    /// The certificates for the `redis` crate, or `None` when no file is given (the
+    /// system's roots, no client certificate). A file that cannot be read, or holds no
+    /// PEM certificate, is an error naming its setting.
+    fn load(&self) -> std::io::Result<Option<redis::TlsCertificates>> {
+        if self.ca.is_none() && self.cert_and_key.is_none() {
+            return Ok(None);
+        }
+        let read = |setting: &str, path: &str, label: &str| {
+            let pem = std::fs::read(path).map_err(|error| {
+                std::io::Error::new(error.kind(), format!("{setting} {path:?}: {error}"))
+            })?;
+            if !pem
+                .windows(label.len())
+                .any(|window| window == label.as_bytes())
+            {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{setting} {path:?}: no PEM {label} in it"),
+                ));
+            }
+            Ok(pem)
+        };
+        let root_cert = match &self.ca {
+            Some(path) => Some(read("redis_tls_ca_file", path, "CERTIFICATE-----")?),
+            None => None,
+        };
+        let client_tls = match &self.cert_and_key {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read("redis_tls_cert_file", cert, "CERTIFICATE-----")?,
+                client_key: read("redis_tls_key_file", key, "PRIVATE KEY-----")?,
+            }),
+            None => None,
+        };
+        Ok(Some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        }))
+    }
+}
+
+/// Where the bus connects: the URL's node, or the primary the sentinels name (reached with
+/// the URL's scheme, credentials and database). PEM that does not parse fails here, at
+/// start, rather than at every connection.
+fn target(settings: &RedisSettings, shown: &str) -> std::io::Result<Target> {
+    use redis::IntoConnectionInfo;
+    let invalid = |error: redis::RedisError| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{shown}: {}",
+                error.to_string().replace(&settings.url, shown)
+            ),
+        )
+    };
+    let certs = settings.tls_files.load()?;
+    let info = settings
+        .url
+        .as_str()
+        .into_connection_info()
+        .map_err(invalid)?;
+    let endpoint = Endpoint {
+        tls: matches!(info.addr, redis::ConnectionAddr::TcpTls { .. }),
+        certs: certs.clone(),
+        redis: info.redis.clone(),
+    };
+    // Parses the PEM now, through the same call every connection makes.
+    endpoint.client("localhost", 1).map_err(invalid)?;
+    if !settings.sentinels.is_empty() {
+        return Ok(Target::Sentinel(Sentinels::new(
+            &settings.sentinels,
+            &settings.master_name,
+            endpoint,
+        )));
+    }
+    let client = match certs {
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
+    };
+    client.map(Target::Direct).map_err(invalid)
 }
 
 impl RedisBus {
@@ -128,18 +244,20 @@ impl RedisBus {
     /// threads keep trying, and publishes are refused until it is.
     pub(crate) fn start(fanout: Fanout, settings: RedisSettings) -> std::io::Result<RedisBus> {
         let shown = crate::config::redact_url(&settings.url);
-        let client = redis::Client::open(settings.url.as_str()).map_err(|error| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "{shown}: {}",
-                    error.to_string().replace(&settings.url, &shown)
-                ),
-            )
-        })?;
-        log::info!("redis bus on {shown}, stream {:?}", settings.stream);
+        let target = target(&settings, &shown)?;
+        match settings.sentinels.is_empty() {
+            true => log::info!("redis bus on {shown}, stream {:?}", settings.stream),
+            false => log::info!(
+                "redis bus on primary {:?} of sentinels {}, stream {:?}",
+                settings.master_name,
+                settings.sentinels.join(","),
+                settings.stream
+            ),
+        }
         let core = Arc::new(Core {
-            client,
+            target,
+            wait_replicas: settings.wait_replicas,
+            wait_timeout: settings.wait_timeout,
             stream: settings.stream,
             maxlen: settings.maxlen,
             limits: settings.limits,
@@ -156,6 +274,7 @@ impl RedisBus {
             backfill_scanned: AtomicU64::new(0),
             holes: AtomicU64::new(0),
             queued_bytes: AtomicUsize::new(0),
+            named_primary: Mutex::new(None),
         });
         let (writes, write_jobs) = crossbeam_channel::bounded(WRITE_QUEUE_MAX);
         let backfills = Arc::new(BackfillQueue::new());
@@ -178,6 +297,13 @@ impl RedisBus {
             "herald-redis-backfill",
             Box::new(move || run_backfiller(&c, &backfill_jobs)),
         )?;
+        if matches!(core.target, Target::Sentinel(_)) {
+            let c = core.clone();
+            spawn(
+                "herald-redis-sentinel",
+                Box::new(move || link::run_watcher(&c)),
+            )?;
+        }
         let (c, counts, node) = (core.clone(), settings.presence, presence::node_id());
         spawn(
             "herald-redis-presence",
@@ -244,7 +370,7 @@ impl Bus for RedisBus {
         match wait {
             None => Submitted::Pending,
             Some(rx) => Submitted::Done(
-                rx.recv_timeout(HANDLE_WAIT)
+                rx.recv_timeout(HANDLE_WAIT + self.core.wait_timeout)
                     .unwrap_or(Err(PublishError::Unavailable)),
             ),
         }

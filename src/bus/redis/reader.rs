@@ -43,8 +43,8 @@ pub(super) fn run_reader(core: &Core) {
             }
             nap(core, backoff.step());
         };
-        let mut conn = match connect(core, READ_BLOCK) {
-            Ok(conn) => conn,
+        let (mut conn, mut primary) = match connect(core, READ_BLOCK) {
+            Ok(found) => found,
             Err(error) => {
                 retry_later("connect", error);
                 continue;
@@ -106,6 +106,9 @@ pub(super) fn run_reader(core: &Core) {
                     for (id, fields) in entries {
                         forward_entry(core, id, &fields, &mut skips);
                         last = Some(id);
+                    }
+                    if primary.moved(core) {
+                        break;
                     }
                 }
                 Err(error) => {

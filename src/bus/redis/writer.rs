@@ -4,6 +4,12 @@
 //! `MULTI`/`EXEC` in that pipeline, so no other client's entry lands between its entries.
 //! It never delivers: what it stores reaches the loops through the reader, like an entry
 //! any other node or application appended.
+//!
+//! With `redis_wait_replicas` N > 0 the pipeline ends with one `WAIT N timeout`, which
+//! covers every write before it on the connection; a publish whose entries were stored is
+//! answered with its ids only when `WAIT` counted N replicas, and refused with
+//! [`PublishError::NotReplicated`] otherwise (its entries may then be stored, and be
+//! delivered, or vanish in a failover).
 
 use std::sync::atomic::Ordering;
 
@@ -65,7 +71,11 @@ pub(super) struct WriteEvent {
 
 /// The writer thread's body: runs until the bus closes.
 pub(super) fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
-    let mut connection = RedisConn::new("writer");
+    let wait = match core.wait_replicas {
+        0 => std::time::Duration::ZERO,
+        _ => core.wait_timeout,
+    };
+    let mut connection = RedisConn::blocking_for("writer", wait);
     let mut batch = Vec::with_capacity(WRITE_BATCH_MAX);
     let mut refusals = Throttle::new();
     probe(core, &mut connection);
@@ -167,6 +177,12 @@ fn xadd_batch(
         }
         expected += job.events.len() + if atomic { 2 } else { 0 };
     }
+    if core.wait_replicas > 0 {
+        pipe.cmd("WAIT")
+            .arg(core.wait_replicas)
+            .arg(core.wait_timeout.as_millis() as u64);
+        expected += 1;
+    }
     // Replies are read one by one so the first I/O error (a frozen Redis timing out) ends
     // the batch at once; reading on would wait the timeout again for every reply.
     conn.send_packed_command(&pipe.get_packed_pipeline())?;
@@ -174,6 +190,23 @@ fn xadd_batch(
     for _ in 0..expected {
         replies.push(conn.recv_response()?); // A refused entry is Ok(ServerError).
     }
+    // A demoted primary (a failover under way) refuses every write: reconnecting finds the
+    // new one, where keeping the connection would refuse publishes until it is closed.
+    let read_only =
+        |reply: &Value| matches!(reply, Value::ServerError(error) if error.code() == "READONLY");
+    if replies.iter().any(read_only) {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::ReadOnly,
+            "redis is a replica now",
+        )));
+    }
+    let replicated = match core.wait_replicas {
+        0 => true,
+        wanted => match replies.pop() {
+            Some(Value::Int(count)) => usize::try_from(count).is_ok_and(|count| count >= wanted),
+            _ => false,
+        },
+    };
     let mut replies = replies.into_iter();
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
@@ -194,7 +227,10 @@ fn xadd_batch(
                     entry_id(&reply, refusals).map(|id| vec![id])
                 })
         };
-        results.push(result);
+        results.push(match result {
+            Ok(_) if !replicated => Err(PublishError::NotReplicated),
+            other => other,
+        });
     }
     Ok(results)
 }

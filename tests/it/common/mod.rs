@@ -9,7 +9,8 @@
 //!   parser shared with `fuzz/` and `loadtest/`), whose event types it re-exports;
 //! - [`metrics`]: `GET /metrics` checked against the Prometheus text format as it is parsed;
 //! - [`process`]: the `herald` binary as a child process, spawning a child and draining its
-//!   stderr, signals by PID.
+//!   stderr, signals by PID;
+//! - [`daemons`]: `redis-server` with any arguments (a TLS port, a replica) and `redis-sentinel`.
 //!
 //! Everything is re-exported here, so a test module says `use crate::common::*;`. A private
 //! `redis-server` per test and its client come from `testkit::redis`.
@@ -20,6 +21,7 @@
 
 use std::time::Duration;
 
+pub mod daemons;
 pub mod http;
 pub mod metrics;
 pub mod process;
