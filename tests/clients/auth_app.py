@@ -3,6 +3,7 @@ tests/it/auth_callback.rs. It listens on 127.0.0.1 (port 0), prints `port N` on 
 and answers each POST by the `user` cookie:
 
   alice   200 {"topics": ["news", "alice/*"]}
+  load    200 {} (anything: for load tests)
   ttl<S>  200 {"expires_in": S}            (seconds; the stream ends then)
   bearer  200 when Authorization is `Bearer good`, else 401
   mallory 403
@@ -65,6 +66,8 @@ class Handler(BaseHTTPRequestHandler):
         user = cookie["user"].value if "user" in cookie else request.get("token")
         if user == "alice":
             self.answer(200, json.dumps({"topics": ["news", "alice/*"]}).encode())
+        elif user == "load":
+            self.answer(200, b"{}")
         elif user is not None and user.startswith("ttl"):
             self.answer(200, json.dumps({"expires_in": float(user[3:])}).encode())
         elif user == "bearer":
