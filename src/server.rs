@@ -223,6 +223,13 @@ impl Server {
             let url = config.auth_url.as_deref()?;
             Some(Arc::new(HttpCallback::new(url, limits.auth_timeout)))
         });
+        if config.auth_publish && authorizer.is_none() {
+            // Otherwise publishes would go unasked while the operator believes they are not.
+            return Err(Error::Config(crate::config::ConfigError {
+                setting: "auth_publish",
+                reason: "needs auth_url (or an Authorize hook) to ask".into(),
+            }));
+        }
         let auth_pool = match authorizer {
             Some(authorizer) => {
                 let settings = PoolSettings {

@@ -222,7 +222,7 @@ fn top_level_help_names_the_serve_command() {
 
 #[test]
 fn invalid_flag_values_exit_2_with_one_line_naming_the_setting() {
-    let cases: [(&[&str], &str); 16] = [
+    let cases: [(&[&str], &str); 19] = [
         (&["--forwarded-header", "x-real-ip"], "forwarded_header"),
         (&["--ipv6-prefix-per-ip", "0"], "ipv6_prefix_per_ip"),
         (&["--ipv6-prefix-per-ip", "129"], "ipv6_prefix_per_ip"),
@@ -245,6 +245,9 @@ fn invalid_flag_values_exit_2_with_one_line_naming_the_setting() {
             "max_lag_bytes",
         ),
         (&["--publish-listen", "not-an-address"], "publish_listen"),
+        (&["--auth-url", "ftp://app.example/auth"], "auth_url"),
+        (&["--auth-url", "http://"], "auth_url"),
+        (&["--auth-publish"], "auth_publish"),
     ];
     for (flags, setting) in cases {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
