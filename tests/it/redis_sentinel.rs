@@ -573,6 +573,27 @@ fn nodes_follow_a_manual_failover_that_demotes_a_live_primary() {
     );
 }
 
+/// The same split brain with `--redis-wait-replicas 1`: what the old primary
+/// acknowledges after the promotion needs a replica's confirmation, and the promoted one no
+/// longer replicates from it. Measured, not asserted: the other replica may still confirm
+/// from the old primary until the sentinels point it at the new one.
+#[test]
+fn a_manual_failover_with_wait_replicas_1() {
+    let outcome = failover(
+        "sentinel-manual-wait-1",
+        Case {
+            wait_replicas: 1,
+            stall_replicas: false,
+            manual: true,
+            padding: 64,
+        },
+    );
+    eprintln!(
+        "manual failover, --redis-wait-replicas 1: {}",
+        outcome.summary()
+    );
+}
+
 #[test]
 fn bad_sentinel_settings_exit_2_naming_the_setting() {
     for (flags, setting) in [
