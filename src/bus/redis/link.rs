@@ -311,7 +311,13 @@ impl RedisConn {
 
     /// The connection failed: drop it; the next request tries a new one at once.
     pub(super) fn lost(&mut self, core: &Core, error: &redis::RedisError) {
-        log::warn!("redis {} lost its connection: {error}", self.role);
+        match error.kind() {
+            // A Redis Cluster moving the stream's slot: routine, and followed at once.
+            redis::ErrorKind::Moved | redis::ErrorKind::Ask => {
+                log::info!("redis {} leaves a node: {error}", self.role);
+            }
+            _ => log::warn!("redis {} lost its connection: {error}", self.role),
+        }
         learn(core, error);
         self.conn = None;
         self.down_logged = true;
