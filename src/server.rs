@@ -271,6 +271,7 @@ impl Server {
                     },
                     sentinels: config.redis_sentinels.clone(),
                     master_name: config.redis_master_name.clone(),
+                    cluster_nodes: config.redis_cluster_nodes.clone(),
                     wait_replicas: config.redis_wait_replicas,
                     wait_timeout: Duration::from_millis(config.redis_wait_timeout),
                 };

@@ -156,6 +156,9 @@ pub const REDIS_WAIT_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 pub const REDIS_WAIT_TIMEOUT_MS_MAX: u64 = 60_000;
 /// Sentinels herald asks in turn; more is a mistake in the list.
 pub const REDIS_SENTINELS_MAX: usize = 16;
+/// Redis Cluster seed nodes herald asks in turn; a few reachable ones are enough, since any
+/// node knows every slot's owner.
+pub const REDIS_CLUSTER_NODES_MAX: usize = 16;
 /// Bytes of history one stream entry is counted as when `redis_maxlen` is derived from
 /// `history_total_bytes`: a typical small event with its id and fields.
 pub const REDIS_ENTRY_BYTES_ESTIMATE: usize = 1024;
@@ -334,6 +337,7 @@ impl std::fmt::Debug for Config {
             .field("redis_master_name", &self.redis_master_name)
             .field("redis_wait_replicas", &self.redis_wait_replicas)
             .field("redis_wait_timeout", &self.redis_wait_timeout)
+            .field("redis_cluster_nodes", &self.redis_cluster_nodes)
             .field("forwarded_header", &self.forwarded_header)
             .field("ipv6_prefix_per_ip", &self.ipv6_prefix_per_ip)
             .field("max_publish_connections", &self.max_publish_connections)
@@ -546,6 +550,7 @@ impl Config {
             check_redis_url(&self.redis_url).or_else(|reason| fault("redis_url", reason))?;
             self.check_redis_tls()?;
             self.check_redis_sentinels()?;
+            self.check_redis_cluster()?;
         }
         Ok(())
     }
@@ -581,19 +586,7 @@ impl Config {
                 format!("at most {REDIS_SENTINELS_MAX} sentinels"),
             );
         }
-        for sentinel in &self.redis_sentinels {
-            let port = sentinel
-                .rsplit_once(':')
-                .filter(|(host, _)| !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()))
-                .and_then(|(_, port)| port.parse::<u16>().ok())
-                .filter(|port| *port != 0);
-            if port.is_none() {
-                return fault(
-                    "redis_sentinels",
-                    format!("{sentinel:?} is not a host:port"),
-                );
-            }
-        }
+        check_host_ports("redis_sentinels", &self.redis_sentinels)?;
         let name = &self.redis_master_name;
         if name.is_empty() || name.len() > 256 || !name.bytes().all(|b| b.is_ascii_graphic()) {
             return fault(
@@ -606,6 +599,47 @@ impl Config {
 }
 
 impl Config {
+    /// Redis Cluster seeds are `host:port`s, not combined with Sentinel (a cluster fails
+    /// over by itself); a cluster has database 0 only; and the stream's name lets the
+    /// presence keys share its hash slot (`bus::redis::cluster::presence_prefix`).
+    fn check_redis_cluster(&self) -> Result<(), ConfigError> {
+        if self.redis_cluster_nodes.is_empty() {
+            return Ok(());
+        }
+        if self.redis_cluster_nodes.len() > REDIS_CLUSTER_NODES_MAX {
+            return fault(
+                "redis_cluster_nodes",
+                format!("at most {REDIS_CLUSTER_NODES_MAX} nodes"),
+            );
+        }
+        check_host_ports("redis_cluster_nodes", &self.redis_cluster_nodes)?;
+        if !self.redis_sentinels.is_empty() {
+            return fault(
+                "redis_cluster_nodes",
+                "cannot be combined with redis_sentinels: a Redis Cluster fails over by itself",
+            );
+        }
+        use redis::IntoConnectionInfo;
+        let db = self
+            .redis_url
+            .as_str()
+            .into_connection_info()
+            .map_or(0, |info| info.redis.db);
+        if db != 0 {
+            return fault(
+                "redis_url",
+                "a Redis Cluster has database 0 only (redis_cluster_nodes is set)",
+            );
+        }
+        if crate::bus::redis::cluster::presence_prefix(&self.redis_stream).is_none() {
+            return fault(
+                "redis_stream",
+                "in a Redis Cluster, a name holding `}` needs a hash tag, such as {herald}",
+            );
+        }
+        Ok(())
+    }
+
     /// The public-key settings: names only, no file is read here (the server reads the
     /// keys when it starts, and a key that does not fit `jwt_algorithms` stops it there).
     fn validate_token_keys(&self) -> Result<(), ConfigError> {
@@ -676,6 +710,21 @@ fn check_redis_url(url: &str) -> Result<(), String> {
         return Err(format!(
             "{shown:?}: herald speaks RESP2 to Redis; drop ?protocol="
         ));
+    }
+    Ok(())
+}
+
+/// Each address of `list` is a `host:port` with a printable host and a port that is not 0.
+fn check_host_ports(setting: &'static str, list: &[String]) -> Result<(), ConfigError> {
+    for address in list {
+        let port = address
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()))
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .filter(|port| *port != 0);
+        if port.is_none() {
+            return fault(setting, format!("{address:?} is not a host:port"));
+        }
     }
     Ok(())
 }

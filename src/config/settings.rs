@@ -349,6 +349,10 @@ settings! {
     redis_wait_timeout: u64 [Millis] = REDIS_WAIT_TIMEOUT_MS_DEFAULT, "DURATION",
         "How long `WAIT` may take for `--redis-wait-replicas` (`500ms`, `2s`) before the publish gets `503`",
         range = (1, REDIS_WAIT_TIMEOUT_MS_MAX);
+    /// Asked in turn for `CLUSTER SLOTS` when the slot's owner is not known.
+    redis_cluster_nodes: Vec<String> [List] = Vec::new(), "HOST:PORT",
+        "A node of a Redis Cluster to start from, repeatable (`HERALD_REDIS_CLUSTER_NODES` is comma-separated): herald then connects to the primary that owns the stream's hash slot and follows `MOVED`; `--redis-url` gives only the scheme and credentials (see [Cluster mode](#cluster-mode))",
+        flag = "redis-cluster-node";
     /// An unreadable or malformed hop ends the walk at the nearest trusted proxy.
     forwarded_header: ForwardedHeader [Text<ForwardedHeader>] = ForwardedHeader::XForwardedFor, "HEADER",
         "The header a trusted proxy names the client in: `x-forwarded-for` or `forwarded` (RFC 7239); the other is never read (see [Client address](#client-address))";

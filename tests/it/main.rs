@@ -46,6 +46,7 @@ mod publish;
 mod publish_batch;
 mod readme;
 mod readyz;
+mod redis_cluster;
 mod redis_sentinel;
 mod redis_tls;
 mod redis_wait;

@@ -102,7 +102,7 @@ pub(super) fn run_backfiller(core: &Core, queue: &BackfillQueue) {
                     Ok(backfill)
                 }
                 Err(error) => {
-                    connection.lost(&error);
+                    connection.lost(core, &error);
                     Err(BackfillError::Unavailable)
                 }
             },

@@ -1,5 +1,6 @@
 //! Talking to Redis from the bus's threads: [`Target`], where connections go (one Redis,
-//! plainly or over TLS, or the primary Sentinel names), [`RedisConn`], a connection reopened
+//! plainly or over TLS, the primary Sentinel names, or the Redis Cluster node that owns the
+//! stream's hash slot), [`RedisConn`], a connection reopened
 //! on demand under a jittered [`Backoff`], the plain `connect` the reader uses, and
 //! [`Throttle`], which keeps a fault that repeats at event rate from flooding the log. The
 //! decisions (`Backoff`, `Throttle`) are plain values; only `connect`, `open` and
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use redis::{Client, ConnectionAddr, ConnectionInfo, RedisConnectionInfo, TlsCertificates, Value};
 
+use super::cluster::ClusterNodes;
 use super::sentinel::{NodeAddr, Sentinels};
 use super::Core;
 
@@ -19,6 +21,9 @@ pub(super) enum Target {
     /// Whichever Redis the sentinels name as the primary, asked at every (re)connection,
     /// so a failover is followed by reconnecting.
     Sentinel(Sentinels),
+    /// The primary of a Redis Cluster that owns the stream's hash slot, found through the
+    /// seed nodes and followed through `MOVED` replies.
+    Cluster(ClusterNodes),
 }
 
 /// How a connection to a Redis node is made, whatever its address: plain TCP or TLS (with
@@ -81,6 +86,20 @@ pub(super) fn connect(
             let (conn, addr) = sentinels.connect_primary(extra_read)?;
             Ok((conn, Primary::new(Some(addr))))
         }
+        // Whether the node still owns the slot, its replies say (`MOVED`), not a watcher.
+        Target::Cluster(nodes) => {
+            let (conn, _) = nodes.connect_owner(extra_read)?;
+            Ok((conn, Primary::new(None)))
+        }
+    }
+}
+
+/// Lets the target learn from an error a thread's command got: in a Redis Cluster, a
+/// `MOVED` names the node that owns the stream's slot now, where every thread's next
+/// connection goes.
+pub(super) fn learn(core: &Core, error: &redis::RedisError) {
+    if let Target::Cluster(nodes) = &core.target {
+        nodes.redirected(error);
     }
 }
 
@@ -291,8 +310,15 @@ impl RedisConn {
     }
 
     /// The connection failed: drop it; the next request tries a new one at once.
-    pub(super) fn lost(&mut self, error: &redis::RedisError) {
-        log::warn!("redis {} lost its connection: {error}", self.role);
+    pub(super) fn lost(&mut self, core: &Core, error: &redis::RedisError) {
+        match error.kind() {
+            // A Redis Cluster moving the stream's slot: routine, and followed at once.
+            redis::ErrorKind::Moved | redis::ErrorKind::Ask => {
+                log::info!("redis {} leaves a node: {error}", self.role);
+            }
+            _ => log::warn!("redis {} lost its connection: {error}", self.role),
+        }
+        learn(core, error);
         self.conn = None;
         self.down_logged = true;
         self.retry_at = Instant::now();
@@ -304,7 +330,7 @@ impl RedisConn {
 /// goes to the new primary.
 fn still_usable(core: &Core, conn: &mut redis::Connection) -> redis::RedisResult<()> {
     match &core.target {
-        Target::Direct(_) => redis::cmd("PING").query::<Value>(conn).map(drop),
+        Target::Direct(_) | Target::Cluster(_) => redis::cmd("PING").query::<Value>(conn).map(drop),
         Target::Sentinel(_) => match super::sentinel::is_primary(conn)? {
             true => Ok(()),
             false => Err(redis::RedisError::from((

@@ -20,7 +20,8 @@
 //! others leave a node they no longer name.
 //!
 //! `entry.rs` is the entry codec all three share; `link.rs` is where connections go (one
-//! Redis, plainly or over TLS, or the primary through `sentinel.rs`), the reconnecting
+//! Redis, plainly or over TLS, the primary through `sentinel.rs`, or the Redis Cluster node
+//! that owns the stream's hash slot through `cluster.rs`), the reconnecting
 //! connection, its backoff and the log throttle. This file holds what the threads share
 //! ([`Core`]), the [`Bus`] face the loops call, which only queues work for the threads, and
 //! the reading of the TLS files at start.
@@ -36,6 +37,7 @@
 //! other, and so is everything after it.
 
 mod backfill;
+pub(crate) mod cluster;
 mod entry;
 mod fair;
 mod link;
@@ -51,6 +53,7 @@ use std::time::Duration;
 use crossbeam_channel::{Sender, TrySendError};
 
 use self::backfill::{run_backfiller, BackfillJob, BackfillQueue};
+use self::cluster::ClusterNodes;
 use self::entry::{format_id, pack, parse_id};
 use self::link::{Endpoint, Target};
 use self::reader::run_reader;
@@ -85,6 +88,9 @@ struct Core {
     /// Where connections go.
     target: Target,
     stream: String,
+    /// What the presence keys start with: the stream's name, or in a Redis Cluster a name
+    /// in the stream's hash slot (`cluster::presence_prefix`).
+    key_prefix: String,
     maxlen: usize,
     limits: PublishLimits,
     data_bytes_max: usize,
@@ -142,6 +148,9 @@ pub(crate) struct RedisSettings {
     pub sentinels: Vec<String>,
     /// `redis_master_name`.
     pub master_name: String,
+    /// `redis_cluster_nodes`: when not empty, Redis is a Redis Cluster and these are its
+    /// seed nodes.
+    pub cluster_nodes: Vec<String>,
     /// `redis_wait_replicas`.
     pub wait_replicas: usize,
     /// `redis_wait_timeout`.
@@ -225,6 +234,13 @@ fn target(settings: &RedisSettings, shown: &str) -> std::io::Result<Target> {
     };
     // Parses the PEM now, through the same call every connection makes.
     endpoint.client("localhost", 1).map_err(invalid)?;
+    if !settings.cluster_nodes.is_empty() {
+        return Ok(Target::Cluster(ClusterNodes::new(
+            &settings.cluster_nodes,
+            &settings.stream,
+            endpoint,
+        )));
+    }
     if !settings.sentinels.is_empty() {
         return Ok(Target::Sentinel(Sentinels::new(
             &settings.sentinels,
@@ -245,17 +261,32 @@ impl RedisBus {
     pub(crate) fn start(fanout: Fanout, settings: RedisSettings) -> std::io::Result<RedisBus> {
         let shown = crate::config::redact_url(&settings.url);
         let target = target(&settings, &shown)?;
-        match settings.sentinels.is_empty() {
-            true => log::info!("redis bus on {shown}, stream {:?}", settings.stream),
-            false => log::info!(
+        let mut key_prefix = settings.stream.clone();
+        match &target {
+            Target::Direct(_) => log::info!("redis bus on {shown}, stream {:?}", settings.stream),
+            Target::Sentinel(_) => log::info!(
                 "redis bus on primary {:?} of sentinels {}, stream {:?}",
                 settings.master_name,
                 settings.sentinels.join(","),
                 settings.stream
             ),
+            Target::Cluster(nodes) => {
+                // `Config::validate` refused a name that has no such prefix.
+                if let Some(prefix) = cluster::presence_prefix(&settings.stream) {
+                    key_prefix = prefix;
+                }
+                log::info!(
+                    "redis bus on the redis cluster of {}, stream {:?} in hash slot {}, \
+                     presence keys {key_prefix:?}:presence:*",
+                    settings.cluster_nodes.join(","),
+                    settings.stream,
+                    nodes.slot()
+                );
+            }
         }
         let core = Arc::new(Core {
             target,
+            key_prefix,
             wait_replicas: settings.wait_replicas,
             wait_timeout: settings.wait_timeout,
             stream: settings.stream,

@@ -1,10 +1,12 @@
 //! The presence thread: makes subscriber counts cluster-wide. Every [`REFRESH`] it
-//! replaces this node's hash `<stream>:presence:<node>` (topic → open streams here) with a
-//! time-to-live of [`NODE_TTL`], lists the node in the set `<stream>:presence`, then sums
+//! replaces this node's hash `<prefix>:presence:<node>` (topic → open streams here) with a
+//! time-to-live of [`NODE_TTL`], lists the node in the set `<prefix>:presence`, then sums
 //! every other listed node's hash into the local [`Presence`] table's remote part (a set
 //! rather than a `SCAN`, which would walk the whole keyspace every second). A node that dies stops being counted once its hash
 //! expires (at most `NODE_TTL` plus one refresh); one whose bus closes deletes its hash
-//! within a refresh, unless the process exits first.
+//! within a refresh, unless the process exits first. `<prefix>` is the stream's name; in a
+//! Redis Cluster, one that hashes to the stream's slot (`cluster::presence_prefix`), so the
+//! hashes live on the node the bus's connections go to.
 //!
 //! Everything here runs on its own thread and connection: loops never wait on it, and a
 //! `/topics` answer reads the last sums (at most about one refresh old for other nodes;
@@ -34,8 +36,8 @@ const NODES_MAX: usize = 1_024;
 const REMOTE_TOPICS_MAX: usize = 1_000_000;
 
 /// The key of one node's hash.
-fn node_key(stream: &str, node: &str) -> String {
-    format!("{stream}:presence:{node}")
+fn node_key(prefix: &str, node: &str) -> String {
+    format!("{prefix}:presence:{node}")
 }
 
 /// A node id unique enough among the nodes of one cluster: the process's hash keys
@@ -50,21 +52,21 @@ pub(super) fn node_id() -> String {
 
 /// The presence thread's body: runs until the bus closes, then deletes this node's hash.
 pub(super) fn run_presence(core: &Core, presence: &Presence, node: &str) {
-    let key = node_key(&core.stream, node);
-    let nodes = format!("{}:presence", core.stream);
+    let key = node_key(&core.key_prefix, node);
+    let nodes = format!("{}:presence", core.key_prefix);
     let mut connection = RedisConn::new("presence");
     let mut last_read = Instant::now();
     while !core.closed.load(Ordering::Acquire) {
         let started = Instant::now();
         if let Some(conn) = connection.get(core) {
             let result = write_own(conn, &nodes, node, &key, presence)
-                .and_then(|()| read_others(conn, &nodes, &core.stream, node));
+                .and_then(|()| read_others(conn, &nodes, &core.key_prefix, node));
             match result {
                 Ok(sums) => {
                     presence.set_remote(sums);
                     last_read = Instant::now();
                 }
-                Err(error) => connection.lost(&error),
+                Err(error) => connection.lost(core, &error),
             }
         }
         // Sums older than a node's lifetime may count nodes that are gone: count none.
@@ -114,7 +116,7 @@ fn write_own(
 fn read_others(
     conn: &mut redis::Connection,
     nodes_key: &str,
-    stream: &str,
+    prefix: &str,
     own: &str,
 ) -> redis::RedisResult<HashMap<Box<str>, u64>> {
     let mut nodes: Vec<String> = redis::cmd("SRANDMEMBER")
@@ -124,7 +126,7 @@ fn read_others(
     nodes.retain(|node| node != own);
     let mut pipe = redis::pipe();
     for node in &nodes {
-        pipe.cmd("HGETALL").arg(node_key(stream, node));
+        pipe.cmd("HGETALL").arg(node_key(prefix, node));
     }
     let hashes: Vec<HashMap<String, String>> = pipe.query(conn)?;
     let mut sums: HashMap<Box<str>, u64> = HashMap::new();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 
 use super::entry::{entries, pack, to_published, RawId};
-use super::link::{connect, Backoff, Throttle};
+use super::link::{connect, learn, Backoff, Throttle};
 use super::{lock, Core, READ_BLOCK, READ_COUNT_MAX};
 use crate::bus::InboxItem;
 
@@ -37,6 +37,7 @@ pub(super) fn run_reader(core: &Core) {
     while !core.closed.load(Ordering::Acquire) {
         // Logs the first failure of an outage, then waits a growing backoff.
         let mut retry_later = |what: &str, error: redis::RedisError| {
+            learn(core, &error);
             if !down_logged {
                 log::warn!("redis reader cannot {what}: {error}");
                 down_logged = true;
@@ -112,6 +113,7 @@ pub(super) fn run_reader(core: &Core) {
                     }
                 }
                 Err(error) => {
+                    learn(core, &error);
                     if !down_logged {
                         log::warn!("redis reader lost its connection: {error}");
                         down_logged = true;

@@ -35,14 +35,7 @@ impl Sentinels {
     /// Sentinels at `addresses` (`host:port`, checked by `Config::validate`) for the primary
     /// named `master_name`, whose nodes are reached as `endpoint` says.
     pub(super) fn new(addresses: &[String], master_name: &str, endpoint: Endpoint) -> Self {
-        let sentinels = addresses
-            .iter()
-            .filter_map(|address| {
-                let (host, port) = address.rsplit_once(':')?;
-                let host = host.trim_start_matches('[').trim_end_matches(']');
-                Some((host.to_owned(), port.parse().ok()?))
-            })
-            .collect();
+        let sentinels = host_ports(addresses);
         let sentinel_endpoint = Endpoint {
             redis: redis::RedisConnectionInfo::default(),
             ..endpoint.clone()
@@ -128,8 +121,31 @@ impl Sentinels {
     }
 }
 
-/// A data node's `(host, port)` as Sentinel names it.
+/// A data node's `(host, port)` as Sentinel (or a Redis Cluster) names it.
 pub(super) type NodeAddr = (String, u16);
+
+/// The `(host, port)` of each `host:port` or `[v6]:port` in `addresses`; malformed ones
+/// (which `Config::validate` refuses) are left out.
+pub(super) fn host_ports(addresses: &[String]) -> Vec<NodeAddr> {
+    addresses
+        .iter()
+        .filter_map(|address| parse_host_port(address))
+        .collect()
+}
+
+/// `host:port`, `[v6]:port` or (as a `MOVED` reply gives it) `v6:port`; `None` without a
+/// host or with port 0.
+pub(super) fn parse_host_port(address: &str) -> Option<NodeAddr> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((
+        host.to_owned(),
+        port.parse().ok().filter(|port| *port != 0)?,
+    ))
+}
 
 fn no_sentinel() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no sentinel given"))

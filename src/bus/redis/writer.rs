@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redis::Value;
 
+use super::cluster::not_served;
 use super::entry::parse_id;
 use super::link::{RedisConn, Throttle};
 use super::{Core, READ_BLOCK};
@@ -109,9 +110,14 @@ pub(super) fn run_writer(core: &Core, jobs: &Receiver<WriteJob>) {
         let (results, reached) = match connection.get(core) {
             None => (vec![Err(PublishError::Unavailable); batch.len()], false),
             Some(conn) => match xadd_batch(conn, core, &batch, &mut refusals) {
-                Ok(results) => (results, true),
+                Ok((results, None)) => (results, true),
+                // Answered as the replies say; the next batch goes to the slot's new owner.
+                Ok((results, Some(error))) => {
+                    connection.lost(core, &error);
+                    (results, false)
+                }
                 Err(error) => {
-                    connection.lost(&error);
+                    connection.lost(core, &error);
                     (vec![Err(PublishError::Unavailable); batch.len()], false)
                 }
             },
@@ -140,13 +146,16 @@ fn probe(core: &Core, connection: &mut RedisConn) {
 
 /// Appends a batch in one pipeline, each publish of several events inside `MULTI`/`EXEC`.
 /// `Err` only when the connection failed (then any of the entries may or may not be
-/// stored); a refused publish is an `Err` in its slot.
+/// stored); a refused publish is an `Err` in its slot. In a Redis Cluster, a node that no
+/// longer serves the stream's slot refuses the `XADD`s from the moment it stopped (`MOVED`,
+/// `ASK`): those publishes are refused, the ones stored before are answered with their ids,
+/// and the error comes back beside the answers so the connection is left.
 fn xadd_batch(
     conn: &mut redis::Connection,
     core: &Core,
     batch: &[WriteJob],
     refusals: &mut Throttle,
-) -> redis::RedisResult<Vec<Stored>> {
+) -> redis::RedisResult<(Vec<Stored>, Option<redis::RedisError>)> {
     let mut pipe = redis::pipe();
     let mut expected = 0;
     for job in batch {
@@ -200,6 +209,7 @@ fn xadd_batch(
             "redis is a replica now",
         )));
     }
+    let not_served = replies.iter().find_map(not_served);
     let replicated = match core.wait_replicas {
         0 => true,
         wanted => match replies.pop() {
@@ -232,7 +242,7 @@ fn xadd_batch(
             other => other,
         });
     }
-    Ok(results)
+    Ok((results, not_served))
 }
 
 /// The entry id in an `XADD` reply, or its refusal (logged, throttled).
