@@ -627,6 +627,16 @@ fn write_summary(out: &mut impl Write, r: &CapacityReport) -> io::Result<()> {
         r.run.publish.accepted,
         r.run.publish.refused
     )?;
+    writeln!(
+        out,
+        "  CPU over the window: nodes + redis {:.2} s ({} s per million deliveries), load \
+         generator (workers + publisher) {:.2} s",
+        r.run.server_cpu_seconds,
+        r.run
+            .server_cpu_seconds_per_million
+            .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+        r.run.client_cpu_seconds
+    )?;
     for p in &r.problems {
         writeln!(out, "  PROBLEM: {p}")?;
     }
