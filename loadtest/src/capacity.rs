@@ -76,6 +76,10 @@ pub struct CapacityReport {
     pub redis: RedisFigures,
     /// Publishing window (first publish to the end of the drain), seconds.
     pub window_seconds: f64,
+    /// Growth of the kernel's slab memory (`/proc/meminfo` `Slab:`, the whole machine)
+    /// from before the workers started to every subscription open, per subscriber: both
+    /// ends of each loopback socket, so about twice what a server's side costs.
+    pub kernel_slab_per_subscriber_bytes: Option<f64>,
     /// The whole run (latency over all subscribers, loss, publish counters).
     pub run: Report,
     /// What was wrong (empty when clean).
@@ -156,6 +160,7 @@ struct Readings {
     started: Option<Instant>,
     window_seconds: f64,
     used_memory: [u64; 3],
+    slab: [u64; 2],
     stream_length: [u64; 2],
     stream_bytes: [u64; 2],
 }
@@ -340,11 +345,13 @@ pub fn run(args: &ClusterArgs) -> io::Result<()> {
             match stage {
                 Stage::Idle => {
                     r.memory_idle = node_memory()?;
+                    r.slab[0] = procfs::slab_bytes();
                     (r.used_memory[0], r.stream_length[0], r.stream_bytes[0]) =
                         redis_memory(port, &args.stream)?;
                 }
                 Stage::Connected => {
                     r.memory_connected = node_memory()?;
+                    r.slab[1] = procfs::slab_bytes();
                     r.used_memory[1] = redis_memory(port, &args.stream)?.0;
                 }
                 Stage::Publishing => {
@@ -502,6 +509,11 @@ fn assemble(i: AssembleInput<'_>) -> CapacityReport {
         per_node,
         redis,
         window_seconds: r.window_seconds,
+        kernel_slab_per_subscriber_bytes: report::per_connection(
+            r.slab[0],
+            r.slab[1],
+            i.report.connected,
+        ),
         run: i.report,
         problems,
     }
@@ -602,8 +614,9 @@ fn write_summary(out: &mut impl Write, r: &CapacityReport) -> io::Result<()> {
     )?;
     writeln!(
         out,
-        "  kernel TCP buffers (/proc/net/sockstat, both ends of each loopback socket): {} B \
-         per subscriber after connecting",
+        "  kernel, whole machine, both ends of each loopback socket: slab {} B and TCP \
+         buffers {} B per subscriber after connecting",
+        bytes(r.kernel_slab_per_subscriber_bytes),
         bytes(r.run.kernel_tcp_per_connection_bytes)
     )?;
     let l = &r.run.latency;
