@@ -22,6 +22,9 @@
 //!    entry format herald writes, on a stream nobody reads and on herald's stream while
 //!    every node reads it.
 //!
+//! With `--capacity` only the nodes start and one fan-out is measured per node instead
+//! (`capacity.rs`).
+//!
 //! Afterwards each node's `herald_redis_*` metrics are read. Every process started here
 //! stops when this returns (herald nodes killed by their handles, redis by its pid).
 
@@ -153,6 +156,16 @@ pub struct ClusterArgs {
     /// Write the whole result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+
+    /// Capacity: only the nodes (no embedded peer, rate search or ceiling); one fan-out
+    /// of --subscribers at --rate for --duration, reported per node (memory per
+    /// subscriber, CPU, latency, loss) with Redis's memory and CPU.
+    #[arg(long)]
+    pub capacity: bool,
+    /// Capacity: `--max-connections` of each node; 0 means its share of the subscribers
+    /// plus 64.
+    #[arg(long, default_value_t = 0)]
+    pub node_max_connections: usize,
 }
 
 /// Cluster / embedded ratios of the latency percentiles.
@@ -312,6 +325,9 @@ impl Processes {
 
 /// Runs the whole `cluster` measurement.
 pub fn run(args: &ClusterArgs) -> io::Result<()> {
+    if args.capacity {
+        return crate::capacity::run(args);
+    }
     let deadline = Instant::now() + Duration::from_secs(args.deadline_seconds);
     let mut out = io::stdout().lock();
     let procs = Processes::start(args)?;
@@ -459,13 +475,13 @@ fn ceiling(args: &ClusterArgs, procs: &Processes, deadline: Instant, result: &mu
 }
 
 /// How long the probes may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Longest wait for a probe event on one node before publishing another.
 const PROBE_WAIT: Duration = Duration::from_millis(1_000);
 
 /// Whole seconds left before `deadline` (at least one), or an error past it.
-fn left(deadline: Instant) -> io::Result<u64> {
+pub fn left(deadline: Instant) -> io::Result<u64> {
     match deadline.checked_duration_since(Instant::now()) {
         Some(d) if d >= Duration::from_secs(1) => Ok(d.as_secs()),
         _ => Err(io::Error::new(
@@ -503,7 +519,7 @@ fn base_settings(args: &ClusterArgs, subscribers: usize, deadline_seconds: u64) 
 }
 
 /// The latency part: fan-out on one topic at a fixed rate.
-fn latency_settings(args: &ClusterArgs, deadline_seconds: u64) -> Settings {
+pub fn latency_settings(args: &ClusterArgs, deadline_seconds: u64) -> Settings {
     let events = Schedule::new(args.rate).events_in(secs(args.duration));
     Settings {
         events,
@@ -581,7 +597,12 @@ pub fn is_stream_id(id: &str) -> bool {
 /// Subscribes on every node, publishes probe events on the first until one reaches every
 /// node, and checks that every node's `id:` equals the id the publish answered (and, for
 /// a Redis cluster, has the stream-id form).
-fn probe(name: &str, nodes: &[SocketAddr], stream_ids: bool, until: Instant) -> io::Result<Probe> {
+pub fn probe(
+    name: &str,
+    nodes: &[SocketAddr],
+    stream_ids: bool,
+    until: Instant,
+) -> io::Result<Probe> {
     let started = Instant::now();
     let topic = format!("loadtest-probe-{}", std::process::id());
     let path = format!("/events?topic={topic}");
@@ -961,7 +982,7 @@ fn write_summary(out: &mut impl Write, args: &ClusterArgs, r: &ClusterReport) ->
     Ok(())
 }
 
-fn invalid(message: impl Into<String>) -> io::Error {
+pub fn invalid(message: impl Into<String>) -> io::Error {
     io::Error::new(ErrorKind::InvalidInput, message.into())
 }
 

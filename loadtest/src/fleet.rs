@@ -36,6 +36,9 @@ pub struct Collected {
     pub latency: Histogram<u64>,
     /// Worker CPU seconds in the interval.
     pub cpu_seconds: f64,
+    /// Each worker's own counters and latency, by worker index (a cluster's worker `w`
+    /// subscribes on node `w % nodes`, so these give each node's share).
+    pub by_worker: Vec<(Deliveries, Histogram<u64>)>,
 }
 
 /// The running workers.
@@ -173,10 +176,13 @@ impl Fleet {
             deliveries: Deliveries::default(),
             latency: latency::histogram(),
             cpu_seconds: 0.0,
+            by_worker: (0..self.children.len())
+                .map(|_| (Deliveries::default(), latency::histogram()))
+                .collect(),
         };
         let mut pending = self.children.len();
         while pending > 0 {
-            let Some((_, msg)) = self.next(deadline) else {
+            let Some((w, msg)) = self.next(deadline) else {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("{pending} worker(s) did not report before the deadline"),
@@ -191,6 +197,10 @@ impl Fleet {
                 out.deliveries.add(&deliveries);
                 latency.add_to(&mut out.latency);
                 out.cpu_seconds += cpu_seconds;
+                if let Some((d, h)) = out.by_worker.get_mut(w) {
+                    d.add(&deliveries);
+                    latency.add_to(h);
+                }
                 pending -= 1;
             }
         }

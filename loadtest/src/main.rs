@@ -10,6 +10,7 @@
 //! histograms into one report (a table on stdout, JSON with `--json`, an SVG chart of a
 //! sweep with `--svg`). Only loopback addresses (127.0.0.0/8) can be targeted.
 
+mod capacity;
 mod cluster;
 mod fleet;
 mod http;
@@ -58,7 +59,8 @@ enum Command {
     /// Start nginx + nchan (and herald from --herald-bin) and run the scenario against both.
     Peers(PeersArgs),
     /// Start redis-server, herald nodes with --bus redis and one embedded herald; measure
-    /// the latency Redis adds and the publish rate one stream sustains.
+    /// the latency Redis adds and the publish rate one stream sustains (or, with
+    /// --capacity, what many subscribers cost each node and Redis).
     Cluster(Box<cluster::ClusterArgs>),
     /// Internal: a subscriber process (spec and control words on stdin, JSON lines out).
     #[command(hide = true)]

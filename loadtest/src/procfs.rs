@@ -1,8 +1,8 @@
 //! What the loadtest reads from `/proc`: a server's resident memory (`VmRSS`, `RssAnon`
 //! from `/proc/PID/status`), its CPU time (`utime + stime` from `/proc/PID/stat`, and
 //! `stime` alone), the
-//! children of a process (nginx workers of a master), and the kernel's TCP memory
-//! (`/proc/net/sockstat`). Parsing is split from reading so it can be tested on text.
+//! children of a process (nginx workers of a master), the kernel's TCP memory
+//! (`/proc/net/sockstat`) and slab memory (`/proc/meminfo`). Parsing is split from reading so it can be tested on text.
 
 use std::fs;
 use std::io;
@@ -89,6 +89,15 @@ pub fn tcp_mem_bytes() -> u64 {
         .map_or(0, |pages| pages * PAGE_BYTES)
 }
 
+/// The kernel's slab memory (`/proc/meminfo` `Slab:`), in bytes: socket, file and dentry
+/// objects of every open connection live there, apart from their buffers.
+pub fn slab_bytes() -> u64 {
+    fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| status_kib(&text, "Slab"))
+        .map_or(0, |kib| kib * 1024)
+}
+
 fn bad_data(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -147,6 +156,9 @@ mod tests {
         assert_eq!(status_kib(text, "VmRSS"), Some(12345));
         assert_eq!(status_kib(text, "RssAnon"), Some(100));
         assert_eq!(status_kib(text, "VmSwap"), None);
+        let meminfo =
+            "MemTotal:       24000000 kB\nSlab:             812345 kB\nSReclaimable: 1 kB\n";
+        assert_eq!(status_kib(meminfo, "Slab"), Some(812_345));
     }
 
     #[test]

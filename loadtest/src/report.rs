@@ -113,6 +113,24 @@ pub struct Report {
     pub saturation_rate: Option<f64>,
     /// The ladder's steps.
     pub steps: Vec<Step>,
+    /// Each worker's share, by worker index, over every phase.
+    pub by_worker: Vec<WorkerShare>,
+}
+
+/// What one worker process received over a run (its subscribers are on one node).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WorkerShare {
+    /// Events received for the first time.
+    pub received: u64,
+    /// Events repeated.
+    pub duplicated: u64,
+    /// Jumps in sequence.
+    pub gaps: u64,
+    /// Delivery latency of this worker's subscribers.
+    pub latency: Summary,
+    /// The same as a histogram, to merge the workers of one node.
+    #[serde(skip)]
+    pub latency_buckets: Buckets,
 }
 
 /// The lost deliveries, event by event, by what explains each: the server announced it

@@ -7,12 +7,14 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hdrhistogram::Histogram;
+
 use crate::fleet::{Collected, Fleet};
 use crate::latency::{self, Summary};
 use crate::procfs;
 use crate::protocol::{Control, Deliveries, WorkerSpec};
 use crate::publisher::{self, Plan, PublishStats};
-use crate::report::{self, Report, Step};
+use crate::report::{self, Report, Step, WorkerShare};
 use crate::scenario::{Scenario, Settings};
 use crate::schedule;
 use crate::target::Target;
@@ -23,8 +25,33 @@ use crate::target::Target;
 /// churning subscribers) must still get its backlog.
 const DRAIN_MAX: Duration = Duration::from_secs(180);
 
+/// Moments of a run at which [`measure_observed`] lets its caller read the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Before the workers start, right after the first memory reading.
+    Idle,
+    /// Every subscription is open (or failed) and the settle time passed, right after the
+    /// second memory reading.
+    Connected,
+    /// A publishing phase is about to start (server CPU is read here).
+    Publishing,
+    /// The phase's deliveries drained, before the workers are asked for their counters
+    /// (server CPU is read here).
+    Drained,
+}
+
 /// Runs `settings` against `target`.
 pub fn measure(target: &Target, settings: &Settings) -> io::Result<Report> {
+    measure_observed(target, settings, &mut |_| Ok(()))
+}
+
+/// [`measure`], calling `observe` at each [`Stage`] (per-node memory and CPU, Redis's own
+/// figures); an error from it ends the run.
+pub fn measure_observed(
+    target: &Target,
+    settings: &Settings,
+    observe: &mut dyn FnMut(Stage) -> io::Result<()>,
+) -> io::Result<Report> {
     let deadline = Instant::now() + Duration::from_secs(settings.deadline_seconds);
     let prefix = topic_prefix();
     let specs = worker_specs(target, settings, &prefix, source_base());
@@ -40,6 +67,7 @@ pub fn measure(target: &Target, settings: &Settings) -> io::Result<Report> {
     };
     report.memory_before = procfs::memory(&target.pids)?;
     let tcp_before = procfs::tcp_mem_bytes();
+    observe(Stage::Idle)?;
     let mut fleet = Fleet::spawn(&specs)?;
     let ready = fleet.wait_ready(deadline)?;
     report.connected = settings.subscribers as u64 - ready.failed.len() as u64;
@@ -49,6 +77,7 @@ pub fn measure(target: &Target, settings: &Settings) -> io::Result<Report> {
     std::thread::sleep(Duration::from_millis(settings.settle_ms));
     report.memory_after = procfs::memory(&target.pids)?;
     fill_memory(&mut report, tcp_before, procfs::tcp_mem_bytes());
+    observe(Stage::Connected)?;
     if settings.scenario.publishes() {
         let per_topic =
             report::subscribers_per_topic(settings.subscribers, settings.topics, &ready.failed);
@@ -60,6 +89,7 @@ pub fn measure(target: &Target, settings: &Settings) -> io::Result<Report> {
             fleet: &mut fleet,
             deadline,
             next_event: 0,
+            observe,
         };
         run.all_phases(&mut report)?;
     }
@@ -152,6 +182,7 @@ struct Publishing<'a> {
     fleet: &'a mut Fleet,
     deadline: Instant,
     next_event: u64,
+    observe: &'a mut dyn FnMut(Stage) -> io::Result<()>,
 }
 
 /// What one publishing phase measured.
@@ -168,6 +199,7 @@ struct Phase {
 impl Publishing<'_> {
     fn all_phases(&mut self, report: &mut Report) -> io::Result<()> {
         let mut latency = latency::histogram();
+        let mut by_worker: Vec<(WorkerShare, Histogram<u64>)> = Vec::new();
         let mut window = 0.0;
         let rates = match self.settings.scenario {
             Scenario::Saturation => schedule::ladder(
@@ -190,12 +222,29 @@ impl Publishing<'_> {
             latency
                 .add(&phase.collected.latency)
                 .map_err(io::Error::other)?;
+            by_worker.resize_with(phase.collected.by_worker.len(), || {
+                (WorkerShare::default(), latency::histogram())
+            });
+            for ((share, h), (d, l)) in by_worker.iter_mut().zip(&phase.collected.by_worker) {
+                share.received += d.received;
+                share.duplicated += d.duplicated;
+                share.gaps += d.gaps;
+                h.add(l).map_err(io::Error::other)?;
+            }
             let passed = self.account(report, rate, events, &phase);
             if self.settings.scenario == Scenario::Saturation && !passed {
                 break;
             }
         }
         report.latency = Summary::of(&latency);
+        report.by_worker = by_worker
+            .into_iter()
+            .map(|(share, h)| WorkerShare {
+                latency: Summary::of(&h),
+                latency_buckets: latency::Buckets::of(&h),
+                ..share
+            })
+            .collect();
         report.latency_buckets = latency::Buckets::of(&latency);
         report.deliveries_per_second = if window > 0.0 {
             report.received as f64 / window
@@ -276,6 +325,7 @@ impl Publishing<'_> {
         let server_cpu = procfs::cpu_seconds(&self.target.pids)?;
         let server_system = procfs::system_seconds(&self.target.pids)?;
         let own_cpu = procfs::own_cpu_seconds();
+        (self.observe)(Stage::Publishing)?;
         self.fleet.tell(Control::Go)?;
         let start = Instant::now();
         let publish = publisher::run(&plan);
@@ -288,6 +338,7 @@ impl Publishing<'_> {
         let quiet = Duration::from_millis(self.settings.drain_quiet_ms);
         let drain_deadline = (Instant::now() + DRAIN_MAX).min(self.deadline);
         let last = self.fleet.drain(quiet, drain_deadline);
+        (self.observe)(Stage::Drained)?;
         let server_cpu = procfs::cpu_seconds(&self.target.pids)? - server_cpu;
         let server_system = procfs::system_seconds(&self.target.pids)? - server_system;
         let own_cpu = procfs::own_cpu_seconds() - own_cpu;

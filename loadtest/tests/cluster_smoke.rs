@@ -2,7 +2,8 @@
 //! Redis bus and one embedded herald, with tiny sizes (300 subscribers, one second of
 //! publishing in two rounds, two short ladder steps, sub-second XADD runs). It asserts that the probe saw
 //! stream ids, that the latency runs were clean on both sides, and that every part
-//! reported. It keeps the instrument from rotting; it measures nothing. Needs
+//! reported; and `cluster --capacity` on two nodes. It keeps the instrument from rotting;
+//! it measures nothing. Needs
 //! /usr/bin/redis-server (CI installs it).
 #![allow(clippy::unwrap_used)]
 
@@ -93,4 +94,66 @@ fn cluster_against_three_redis_nodes() {
         assert_eq!(m["herald_redis_connected"].as_f64(), Some(1.0), "{m}");
         assert_eq!(m["herald_redis_entries_skipped_total"].as_f64(), Some(0.0));
     }
+}
+
+/// `cluster --capacity` at toy size: two nodes, 300 subscribers in two workers (one per
+/// node) from three source addresses, per-node figures and Redis's own, and a clean run.
+#[test]
+fn capacity_on_two_redis_nodes() {
+    assert!(
+        Path::new("/usr/bin/redis-server").exists(),
+        "this test needs /usr/bin/redis-server (apt-get install redis-server)"
+    );
+    let json = std::env::temp_dir().join(format!("loadtest-capacity-{}.json", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("cluster")
+        .arg("--herald-bin")
+        .arg(herald_bin())
+        .args(["--capacity", "--nodes", "2", "--subscribers", "300"])
+        .args(["--rate", "20", "--duration", "1", "--per-source", "100"])
+        .args(["--settle-ms", "100", "--drain-quiet-ms", "2000"])
+        .args(["--deadline-seconds", "60"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "loadtest cluster --capacity failed\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("capacity: 300 subscribers on 2 herald nodes"),
+        "{stdout}"
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+
+    assert_eq!(r["problems"].as_array().unwrap().len(), 0, "{r:#}");
+    assert_eq!(number(&r, &["nodes"]), 2.0);
+    assert_eq!(number(&r, &["node_max_connections"]), 150.0 + 64.0);
+    assert_eq!(number(&r, &["source_addresses"]), 3.0);
+    // No embedded peer, rate search or ceiling: one run, 20 events.
+    assert_eq!(number(&r, &["run", "events"]), 20.0);
+    assert_eq!(number(&r, &["run", "expected"]), 6_000.0);
+    assert_eq!(number(&r, &["run", "received"]), 6_000.0);
+    let nodes = r["per_node"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    for node in nodes {
+        assert_eq!(number(node, &["subscribers"]), 150.0, "{node}");
+        assert_eq!(number(node, &["expected"]), 3_000.0, "{node}");
+        assert_eq!(number(node, &["received"]), 3_000.0, "{node}");
+        assert_eq!(number(node, &["duplicated"]), 0.0, "{node}");
+        assert_eq!(number(node, &["latency", "count"]), 3_000.0, "{node}");
+        assert!(
+            number(node, &["memory_connected", "rss_bytes"]) > 0.0,
+            "{node}"
+        );
+    }
+    assert!(number(&r, &["redis", "used_memory_after"]) > 0.0);
+    // The probe's entries, then the 20 events.
+    let before = number(&r, &["redis", "stream_length_before"]);
+    assert_eq!(number(&r, &["redis", "stream_length_after"]), before + 20.0);
+    assert!(number(&r, &["window_seconds"]) > 0.0);
 }

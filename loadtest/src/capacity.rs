@@ -1,0 +1,724 @@
+//! `cluster --capacity` (issue 15, point 5): how many subscribers several herald nodes on
+//! one Redis stream hold, and what each costs.
+//!
+//! It starts a private redis-server and `--nodes` herald nodes on one stream (each with a
+//! `--max-connections` that fits its share), no embedded peer, no rate search and no
+//! ceiling. After the probe, one fan-out run: `--subscribers` spread over worker processes
+//! (at most [`SOCKETS_PER_WORKER_MAX`] sockets each, a multiple of the node count, worker
+//! `w` on node `w % nodes`, source addresses 127.0.0.2, 127.0.0.3, ...), one topic
+//! published through node 0 at `--rate` for `--duration`. Around it, each node and Redis
+//! are read apart:
+//!
+//! - each node's `VmRSS` and `RssAnon` before the workers start and once every
+//!   subscription is open: growth / the node's subscribers is its user-space memory per
+//!   subscriber;
+//! - Redis `INFO memory` (`used_memory`) idle, connected and after publishing, and the
+//!   stream's length;
+//! - CPU (`utime + stime` from `/proc/PID/stat`) of each node and of redis-server over the
+//!   publishing window (first publish to the end of the drain);
+//! - publish-to-delivery latency percentiles, over all subscribers and per node;
+//! - loss: every node's subscribers must receive every event exactly once; any loss,
+//!   repeat, gap, failed subscription or refused publish fails the run.
+//!
+//! Every process started here stops when this returns (nodes by their handles, redis by
+//! its pid).
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use testkit::redis::{info_field, Client, Options, RedisServer};
+
+use crate::cluster::{self, ClusterArgs, Probe};
+use crate::latency::{self, Summary};
+use crate::peers::{self, Spawned};
+use crate::procfs::{self, Memory};
+use crate::protocol::SOCKETS_PER_WORKER_MAX;
+use crate::report::{self, Report};
+use crate::run::{self, Stage};
+use crate::scenario::Settings;
+use crate::target::{Preset, Target};
+
+/// herald's own file descriptors besides connections (its `FDS_RESERVED`), kept free
+/// under the open-file limit.
+const NODE_FDS_RESERVED: usize = 64;
+
+/// Connections a node accepts beyond its share of subscribers (probe, metrics, publish).
+const NODE_CONNECTIONS_SPARE: usize = 64;
+
+/// Everything one capacity run measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CapacityReport {
+    /// herald nodes on the Redis bus.
+    pub nodes: usize,
+    /// Event loop threads of each node.
+    pub node_threads: usize,
+    /// `--max-connections` of each node.
+    pub node_max_connections: usize,
+    /// redis-server's version.
+    pub redis_version: String,
+    /// The stream.
+    pub stream: String,
+    /// Subscribers asked for.
+    pub subscribers: usize,
+    /// Subscriber worker processes.
+    pub workers: usize,
+    /// Source addresses the subscribers were spread over.
+    pub source_addresses: usize,
+    /// The probe through the cluster.
+    pub probe: Probe,
+    /// The run's settings.
+    pub settings: Option<Settings>,
+    /// Each node's figures, node 0 first.
+    pub per_node: Vec<NodeFigures>,
+    /// redis-server's figures.
+    pub redis: RedisFigures,
+    /// Publishing window (first publish to the end of the drain), seconds.
+    pub window_seconds: f64,
+    /// Growth of the kernel's slab memory (`/proc/meminfo` `Slab:`, the whole machine)
+    /// from before the workers started to every subscription open, per subscriber: both
+    /// ends of each loopback socket, so about twice what a server's side costs.
+    pub kernel_slab_per_subscriber_bytes: Option<f64>,
+    /// The whole run (latency over all subscribers, loss, publish counters).
+    pub run: Report,
+    /// What was wrong (empty when clean).
+    pub problems: Vec<String>,
+}
+
+/// One node's share and what it cost.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeFigures {
+    /// Where it listens.
+    pub addr: String,
+    /// Its pid.
+    pub pid: u32,
+    /// Subscribers opened on it.
+    pub subscribers: u64,
+    /// Memory before the workers started.
+    pub memory_idle: Memory,
+    /// Memory with every subscription open.
+    pub memory_connected: Memory,
+    /// `VmRSS` growth / subscribers, bytes.
+    pub rss_per_subscriber_bytes: Option<f64>,
+    /// `RssAnon` growth / subscribers, bytes.
+    pub anon_per_subscriber_bytes: Option<f64>,
+    /// CPU seconds over the publishing window.
+    pub cpu_seconds: f64,
+    /// CPU microseconds per delivery made by this node.
+    pub cpu_us_per_delivery: Option<f64>,
+    /// Deliveries owed to its subscribers (events x subscribers).
+    pub expected: u64,
+    /// Deliveries received by its subscribers.
+    pub received: u64,
+    /// Repeats among them.
+    pub duplicated: u64,
+    /// Jumps in sequence.
+    pub gaps: u64,
+    /// Latency of its subscribers.
+    pub latency: Summary,
+}
+
+/// redis-server, read apart from the nodes.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RedisFigures {
+    /// Its pid.
+    pub pid: u32,
+    /// `used_memory` before the workers started.
+    pub used_memory_idle: u64,
+    /// `used_memory` with every subscription open.
+    pub used_memory_connected: u64,
+    /// `used_memory` after publishing.
+    pub used_memory_after: u64,
+    /// Its `VmRSS` after publishing.
+    pub rss_after: u64,
+    /// Stream length before and after publishing.
+    pub stream_length_before: u64,
+    /// Stream length after publishing.
+    pub stream_length_after: u64,
+    /// CPU seconds over the publishing window.
+    pub cpu_seconds: f64,
+    /// Of a core, over the window.
+    pub cpu_share: f64,
+    /// The stream key's bytes (`MEMORY USAGE`) before publishing.
+    pub stream_bytes_before: u64,
+    /// The stream key's bytes after publishing.
+    pub stream_bytes_after: u64,
+    /// The stream key's growth per entry added while publishing, bytes.
+    pub bytes_per_entry: Option<f64>,
+}
+
+/// What the observer reads at each stage, kept until the report is built.
+#[derive(Default)]
+struct Readings {
+    memory_idle: Vec<Memory>,
+    memory_connected: Vec<Memory>,
+    cpu_start: Vec<f64>,
+    cpu_end: Vec<f64>,
+    redis_cpu_start: f64,
+    redis_cpu_end: f64,
+    started: Option<Instant>,
+    window_seconds: f64,
+    used_memory: [u64; 3],
+    slab: [u64; 2],
+    stream_length: [u64; 2],
+    stream_bytes: [u64; 2],
+}
+
+/// The processes of one capacity run; all stop when it is dropped (nodes first).
+struct Processes {
+    nodes: Vec<Spawned>,
+    redis: RedisServer,
+}
+
+impl Processes {
+    fn start(args: &ClusterArgs, max_connections: usize) -> io::Result<Processes> {
+        let redis = RedisServer::launch(&Options {
+            bin: args.redis_server.clone(),
+            durable: false,
+            ..Options::new("loadtest-capacity")
+        })?;
+        let extra = vec![
+            "--bus".to_owned(),
+            "redis".to_owned(),
+            "--redis-url".to_owned(),
+            redis.url(),
+            "--redis-stream".to_owned(),
+            args.stream.clone(),
+            "--redis-maxlen".to_owned(),
+            args.redis_maxlen.to_string(),
+            "--max-connections".to_owned(),
+            max_connections.to_string(),
+        ];
+        let mut nodes = Vec::new();
+        for _ in 0..args.nodes.max(1) {
+            nodes.push(peers::start_herald_with(
+                &args.herald_bin,
+                args.node_threads,
+                args.history,
+                &extra,
+            )?);
+        }
+        Ok(Processes { nodes, redis })
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(Spawned::pid).collect()
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.addr).collect()
+    }
+}
+
+/// Subscribers each node gets: the worker split of [`run::worker_specs`], worker `w` on
+/// node `w % nodes`.
+pub fn per_node_subscribers(target: &Target, settings: &Settings, nodes: usize) -> Vec<u64> {
+    let nodes = nodes.max(1);
+    let mut counts = vec![0u64; nodes];
+    for spec in run::worker_specs(target, settings, "", 0) {
+        counts[spec.index % nodes] += spec.count as u64;
+    }
+    counts
+}
+
+/// `--max-connections` for each node: the flag, or the largest share plus a spare;
+/// an error when that does not fit under the open-file limit.
+pub fn node_max_connections(
+    asked: usize,
+    largest_share: u64,
+    open_files: usize,
+) -> Result<usize, String> {
+    let ceiling = open_files.saturating_sub(NODE_FDS_RESERVED);
+    let want = if asked == 0 {
+        largest_share as usize + NODE_CONNECTIONS_SPARE
+    } else {
+        asked
+    };
+    if (want as u64) < largest_share + 1 {
+        return Err(format!(
+            "--node-max-connections {want} is below a node's share of {largest_share} \
+             subscribers plus the probe"
+        ));
+    }
+    if want > ceiling {
+        return Err(format!(
+            "a node would need {want} connections, over its ceiling of {ceiling} \
+             ({open_files} open files): add nodes"
+        ));
+    }
+    Ok(want)
+}
+
+/// The soft open-file limit of this process (the nodes inherit it and raise it to the
+/// hard one, which this reads).
+fn open_files_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+            let hard = line.split_whitespace().nth(4)?;
+            hard.parse().ok()
+        })
+        .unwrap_or(1_024)
+}
+
+/// `used_memory` of `INFO memory`, the stream's length, and the stream key's own bytes
+/// (`MEMORY USAGE ... SAMPLES 0`: every entry counted, not a sample).
+fn redis_memory(port: u16, stream: &str) -> io::Result<(u64, u64, u64)> {
+    let mut client = Client::connect(port).map_err(io::Error::other)?;
+    let info: String = client
+        .try_command(&[b"INFO", b"memory"])
+        .map_err(io::Error::other)?;
+    let used = info_field(&info, "used_memory")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::other("INFO memory has no used_memory"))?;
+    let length: u64 = client
+        .try_command(&[b"XLEN", stream.as_bytes()])
+        .map_err(io::Error::other)?;
+    let key: Option<u64> = client
+        .try_command(&[b"MEMORY", b"USAGE", stream.as_bytes(), b"SAMPLES", b"0"])
+        .map_err(io::Error::other)?;
+    Ok((used, length, key.unwrap_or(0)))
+}
+
+/// Runs the capacity measurement.
+pub fn run(args: &ClusterArgs) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(args.deadline_seconds);
+    let mut out = io::stdout().lock();
+    let nodes = args.nodes.max(1);
+    // Shares first, from a stand-in target with the right node count.
+    let stand_in: Vec<(String, String)> = (0..nodes)
+        .map(|n| Preset::Herald.templates(SocketAddr::from(([127, 0, 0, 1], 1 + n as u16))))
+        .collect();
+    let settings = cluster::latency_settings(args, cluster::left(deadline)?);
+    let shares = per_node_subscribers(
+        &Target::cluster("stand-in", &stand_in, &[]).map_err(cluster::invalid)?,
+        &settings,
+        nodes,
+    );
+    let largest = shares.iter().copied().max().unwrap_or(0);
+    let max_connections =
+        node_max_connections(args.node_max_connections, largest, open_files_limit())
+            .map_err(cluster::invalid)?;
+
+    let procs = Processes::start(args, max_connections)?;
+    let templates: Vec<(String, String)> = procs
+        .nodes
+        .iter()
+        .map(|n| Preset::Herald.templates(n.addr))
+        .collect();
+    let mut pids = procs.pids();
+    pids.push(procs.redis.pid());
+    let target =
+        Target::cluster(&format!("redis x{nodes}"), &templates, &pids).map_err(cluster::invalid)?;
+    eprintln!(
+        "redis {} at {} (pid {}); {} nodes at {:?} (pids {:?}), --max-connections {}",
+        procs.redis.version,
+        procs.redis.addr(),
+        procs.redis.pid(),
+        nodes,
+        procs.addrs(),
+        procs.pids(),
+        max_connections
+    );
+    let probe_until = (Instant::now() + cluster::PROBE_TIMEOUT).min(deadline);
+    let probe = cluster::probe(&target.name, &procs.addrs(), true, probe_until)?;
+
+    let node_pids = procs.pids();
+    let redis_pid = procs.redis.pid();
+    let port = procs.redis.port;
+    let mut readings = Readings::default();
+    let settings = cluster::latency_settings(args, cluster::left(deadline)?);
+    let report = {
+        let r = &mut readings;
+        let mut observe = |stage: Stage| -> io::Result<()> {
+            let node_memory = || -> io::Result<Vec<Memory>> {
+                node_pids.iter().map(|&p| procfs::memory(&[p])).collect()
+            };
+            let node_cpu = || -> io::Result<Vec<f64>> {
+                node_pids
+                    .iter()
+                    .map(|&p| procfs::cpu_seconds(&[p]))
+                    .collect()
+            };
+            match stage {
+                Stage::Idle => {
+                    r.memory_idle = node_memory()?;
+                    r.slab[0] = procfs::slab_bytes();
+                    (r.used_memory[0], r.stream_length[0], r.stream_bytes[0]) =
+                        redis_memory(port, &args.stream)?;
+                }
+                Stage::Connected => {
+                    r.memory_connected = node_memory()?;
+                    r.slab[1] = procfs::slab_bytes();
+                    r.used_memory[1] = redis_memory(port, &args.stream)?.0;
+                }
+                Stage::Publishing => {
+                    r.cpu_start = node_cpu()?;
+                    r.redis_cpu_start = procfs::cpu_seconds(&[redis_pid])?;
+                    r.started = Some(Instant::now());
+                }
+                Stage::Drained => {
+                    r.cpu_end = node_cpu()?;
+                    r.redis_cpu_end = procfs::cpu_seconds(&[redis_pid])?;
+                    r.window_seconds = r.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+                    (r.used_memory[2], r.stream_length[1], r.stream_bytes[1]) =
+                        redis_memory(port, &args.stream)?;
+                }
+            }
+            Ok(())
+        };
+        run::measure_observed(&target, &settings, &mut observe)?
+    };
+    let redis_rss = procfs::memory(&[redis_pid]).map_or(0, |m| m.rss_bytes);
+    let result = assemble(AssembleInput {
+        args,
+        procs: &procs,
+        max_connections,
+        shares: &shares,
+        probe,
+        settings,
+        readings: &readings,
+        redis_rss,
+        report,
+    });
+    write_summary(&mut out, &result)?;
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&result).map_err(io::Error::other)?;
+        std::fs::write(path, text + "\n")?;
+    }
+    drop(procs);
+    if result.problems.is_empty() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "the capacity run was not clean: {}",
+            result.problems.join("; ")
+        )))
+    }
+}
+
+struct AssembleInput<'a> {
+    args: &'a ClusterArgs,
+    procs: &'a Processes,
+    max_connections: usize,
+    shares: &'a [u64],
+    probe: Probe,
+    settings: Settings,
+    readings: &'a Readings,
+    redis_rss: u64,
+    report: Report,
+}
+
+/// The report from the readings and the run.
+fn assemble(i: AssembleInput<'_>) -> CapacityReport {
+    let nodes = i.procs.nodes.len().max(1);
+    let r = i.readings;
+    let events = i.report.events;
+    let mut problems = cluster::problems(&i.report);
+    let per_node: Vec<NodeFigures> = i
+        .procs
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| {
+            let subscribers = i.shares.get(n).copied().unwrap_or(0);
+            let mut h = latency::histogram();
+            let (mut received, mut duplicated, mut gaps) = (0, 0, 0);
+            for (w, share) in i.report.by_worker.iter().enumerate() {
+                if w % nodes == n {
+                    share.latency_buckets.add_to(&mut h);
+                    received += share.received;
+                    duplicated += share.duplicated;
+                    gaps += share.gaps;
+                }
+            }
+            let idle = r.memory_idle.get(n).copied().unwrap_or_default();
+            let connected = r.memory_connected.get(n).copied().unwrap_or_default();
+            let cpu = r.cpu_end.get(n).copied().unwrap_or(0.0)
+                - r.cpu_start.get(n).copied().unwrap_or(0.0);
+            let expected = events * subscribers;
+            NodeFigures {
+                addr: node.addr.to_string(),
+                pid: node.pid(),
+                subscribers,
+                memory_idle: idle,
+                memory_connected: connected,
+                rss_per_subscriber_bytes: report::per_connection(
+                    idle.rss_bytes,
+                    connected.rss_bytes,
+                    subscribers,
+                ),
+                anon_per_subscriber_bytes: report::per_connection(
+                    idle.anon_bytes,
+                    connected.anon_bytes,
+                    subscribers,
+                ),
+                cpu_seconds: cpu,
+                cpu_us_per_delivery: (received > 0).then(|| cpu * 1e6 / received as f64),
+                expected,
+                received,
+                duplicated,
+                gaps,
+                latency: Summary::of(&h),
+            }
+        })
+        .collect();
+    for (n, f) in per_node.iter().enumerate() {
+        if f.received != f.expected || f.duplicated > 0 || f.gaps > 0 {
+            problems.push(format!(
+                "node {n}: {} of {} deliveries, {} repeated, {} gaps",
+                f.received, f.expected, f.duplicated, f.gaps
+            ));
+        }
+    }
+    let redis_cpu = r.redis_cpu_end - r.redis_cpu_start;
+    let added = r.stream_length[1].saturating_sub(r.stream_length[0]);
+    let redis = RedisFigures {
+        pid: i.procs.redis.pid(),
+        used_memory_idle: r.used_memory[0],
+        used_memory_connected: r.used_memory[1],
+        used_memory_after: r.used_memory[2],
+        rss_after: i.redis_rss,
+        stream_length_before: r.stream_length[0],
+        stream_length_after: r.stream_length[1],
+        cpu_seconds: redis_cpu,
+        cpu_share: if r.window_seconds > 0.0 {
+            redis_cpu / r.window_seconds
+        } else {
+            0.0
+        },
+        stream_bytes_before: r.stream_bytes[0],
+        stream_bytes_after: r.stream_bytes[1],
+        bytes_per_entry: (added > 0)
+            .then(|| (r.stream_bytes[1] as f64 - r.stream_bytes[0] as f64) / added as f64),
+    };
+    let per_source = i.settings.per_source.max(1);
+    CapacityReport {
+        nodes,
+        node_threads: i.args.node_threads,
+        node_max_connections: i.max_connections,
+        redis_version: i.procs.redis.version.clone(),
+        stream: i.args.stream.clone(),
+        subscribers: i.settings.subscribers,
+        workers: i.report.workers,
+        source_addresses: i.settings.subscribers.div_ceil(per_source),
+        probe: i.probe,
+        settings: Some(i.settings),
+        per_node,
+        redis,
+        window_seconds: r.window_seconds,
+        kernel_slab_per_subscriber_bytes: report::per_connection(
+            r.slab[0],
+            r.slab[1],
+            i.report.connected,
+        ),
+        run: i.report,
+        problems,
+    }
+}
+
+fn bytes(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}"))
+}
+
+fn mib(v: u64) -> String {
+    format!("{:.1}", v as f64 / (1024.0 * 1024.0))
+}
+
+/// The summary: the run's settings, one row per node, Redis, and the whole run.
+fn write_summary(out: &mut impl Write, r: &CapacityReport) -> io::Result<()> {
+    let (rate, payload_bytes) = r
+        .settings
+        .as_ref()
+        .map_or((0.0, 0), |s| (s.rate, s.payload_bytes));
+    writeln!(
+        out,
+        "\ncapacity: {} subscribers on {} herald nodes (--bus redis, --threads {}, \
+         --max-connections {}) on redis {} stream {:?}; {} workers (<= {} sockets each), \
+         {} source addresses",
+        r.subscribers,
+        r.nodes,
+        r.node_threads,
+        r.node_max_connections,
+        r.redis_version,
+        r.stream,
+        r.workers,
+        SOCKETS_PER_WORKER_MAX,
+        r.source_addresses
+    )?;
+    writeln!(
+        out,
+        "fan-out: 1 topic, published through node 0, {} ev/s, {} events, {} B payload; \
+         window {:.1} s",
+        rate, r.run.events, payload_bytes, r.window_seconds
+    )?;
+    writeln!(
+        out,
+        "  {:<5} {:>7} {:>9} {:>9} {:>9} {:>10} {:>7} {:>9} {:>11} {:>11} {:>4} p50/p90/p99/p99.9/max ms",
+        "node",
+        "subs",
+        "RSS MiB",
+        "anon MiB",
+        "RSS B/sub",
+        "anon B/sub",
+        "CPU s",
+        "us/deliv",
+        "expected",
+        "received",
+        "dup"
+    )?;
+    for (n, f) in r.per_node.iter().enumerate() {
+        let l = &f.latency;
+        writeln!(
+            out,
+            "  {:<5} {:>7} {:>9} {:>9} {:>9} {:>10} {:>7.2} {:>9} {:>11} {:>11} {:>4} \
+             {:.1}/{:.1}/{:.1}/{:.1}/{:.1}",
+            n,
+            f.subscribers,
+            mib(f.memory_connected.rss_bytes),
+            mib(f.memory_connected.anon_bytes),
+            bytes(f.rss_per_subscriber_bytes),
+            bytes(f.anon_per_subscriber_bytes),
+            f.cpu_seconds,
+            f.cpu_us_per_delivery
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            f.expected,
+            f.received,
+            f.duplicated,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms
+        )?;
+    }
+    let x = &r.redis;
+    writeln!(
+        out,
+        "  redis: used_memory {} / {} / {} MiB (idle / connected / after), RSS {} MiB, \
+         stream {} -> {} entries, {} -> {} B ({} B per entry), CPU {:.2} s ({:.1} % of a \
+         core)",
+        mib(x.used_memory_idle),
+        mib(x.used_memory_connected),
+        mib(x.used_memory_after),
+        mib(x.rss_after),
+        x.stream_length_before,
+        x.stream_length_after,
+        x.stream_bytes_before,
+        x.stream_bytes_after,
+        bytes(x.bytes_per_entry),
+        x.cpu_seconds,
+        100.0 * x.cpu_share
+    )?;
+    writeln!(
+        out,
+        "  kernel, whole machine, both ends of each loopback socket: slab {} B and TCP \
+         buffers {} B per subscriber after connecting",
+        bytes(r.kernel_slab_per_subscriber_bytes),
+        bytes(r.run.kernel_tcp_per_connection_bytes)
+    )?;
+    let l = &r.run.latency;
+    writeln!(
+        out,
+        "  all: connected {} of {} in {:.1} s; latency p50 {:.1} p90 {:.1} p99 {:.1} \
+         p99.9 {:.1} max {:.1} ms; expected {} received {} lost {} duplicated {}; \
+         publishes {} accepted, {} refused",
+        r.run.connected,
+        r.subscribers,
+        r.run.connect_seconds,
+        l.p50_ms,
+        l.p90_ms,
+        l.p99_ms,
+        l.p999_ms,
+        l.max_ms,
+        r.run.expected,
+        r.run.received,
+        r.run.lost,
+        r.run.duplicated,
+        r.run.publish.accepted,
+        r.run.publish.refused
+    )?;
+    writeln!(
+        out,
+        "  CPU over the window: nodes + redis {:.2} s ({} s per million deliveries), load \
+         generator (workers + publisher) {:.2} s",
+        r.run.server_cpu_seconds,
+        r.run
+            .server_cpu_seconds_per_million
+            .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+        r.run.client_cpu_seconds
+    )?;
+    for p in &r.problems {
+        writeln!(out, "  PROBLEM: {p}")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stand_in(nodes: u16) -> Target {
+        let t: Vec<(String, String)> = (1..=nodes)
+            .map(|p| Preset::Herald.templates(SocketAddr::from(([127, 0, 0, 1], p))))
+            .collect();
+        Target::cluster("t", &t, &[]).unwrap()
+    }
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        args: ClusterArgs,
+    }
+
+    /// The settings `cluster --capacity` derives for `subscribers` on `nodes`.
+    fn settings(subscribers: usize, nodes: usize) -> Settings {
+        let (s, n) = (subscribers.to_string(), nodes.to_string());
+        let flags = <Flags as clap::Parser>::parse_from([
+            "t",
+            "--herald-bin",
+            "/x/herald",
+            "--capacity",
+            "--subscribers",
+            &s,
+            "--nodes",
+            &n,
+        ]);
+        assert!(flags.args.capacity);
+        cluster::latency_settings(&flags.args, 60)
+    }
+
+    #[test]
+    fn shares_follow_the_worker_split() {
+        // 100k on 7 nodes: one worker of 14,286 or 14,285 per node.
+        let s = settings(100_000, 7);
+        assert_eq!(s.per_worker, 14_286);
+        let shares = per_node_subscribers(&stand_in(7), &s, 7);
+        assert_eq!(shares.iter().sum::<u64>(), 100_000);
+        assert!(
+            shares.iter().all(|&s| s == 14_285 || s == 14_286),
+            "{shares:?}"
+        );
+        // 100k on 6 nodes with 15,000 per worker: 12 workers, two per node.
+        let s = settings(100_000, 6);
+        assert_eq!(s.per_worker, SOCKETS_PER_WORKER_MAX);
+        let shares = per_node_subscribers(&stand_in(6), &s, 6);
+        assert_eq!(shares.iter().sum::<u64>(), 100_000);
+        assert!(
+            shares.iter().all(|&s| (16_666..=16_667).contains(&s)),
+            "{shares:?}"
+        );
+    }
+
+    #[test]
+    fn max_connections_fit_the_open_files() {
+        assert_eq!(node_max_connections(0, 14_286, 20_000), Ok(14_350));
+        assert_eq!(node_max_connections(15_000, 14_286, 20_000), Ok(15_000));
+        assert!(node_max_connections(14_286, 14_286, 20_000).is_err());
+        let e = node_max_connections(0, 25_000, 20_000).unwrap_err();
+        assert!(e.contains("add nodes"), "{e}");
+        assert!(node_max_connections(19_937, 100, 20_000).is_err());
+    }
+}
