@@ -28,11 +28,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use testkit::redis::{info_field, Client, Options, RedisServer};
+use testkit::redis::{info_field, Client, RedisServer};
 
 use crate::cluster::{self, ClusterArgs, Probe};
 use crate::latency::{self, Summary};
-use crate::peers::{self, Spawned};
+use crate::peers::Spawned;
 use crate::procfs::{self, Memory};
 use crate::protocol::SOCKETS_PER_WORKER_MAX;
 use crate::report::{self, Report};
@@ -173,32 +173,8 @@ struct Processes {
 
 impl Processes {
     fn start(args: &ClusterArgs, max_connections: usize) -> io::Result<Processes> {
-        let redis = RedisServer::launch(&Options {
-            bin: args.redis_server.clone(),
-            durable: false,
-            ..Options::new("loadtest-capacity")
-        })?;
-        let extra = vec![
-            "--bus".to_owned(),
-            "redis".to_owned(),
-            "--redis-url".to_owned(),
-            redis.url(),
-            "--redis-stream".to_owned(),
-            args.stream.clone(),
-            "--redis-maxlen".to_owned(),
-            args.redis_maxlen.to_string(),
-            "--max-connections".to_owned(),
-            max_connections.to_string(),
-        ];
-        let mut nodes = Vec::new();
-        for _ in 0..args.nodes.max(1) {
-            nodes.push(peers::start_herald_with(
-                &args.herald_bin,
-                args.node_threads,
-                args.history,
-                &extra,
-            )?);
-        }
+        let extra = ["--max-connections".to_owned(), max_connections.to_string()];
+        let (redis, nodes) = cluster::start_redis_nodes(args, "loadtest-capacity", &extra)?;
         Ok(Processes { nodes, redis })
     }
 

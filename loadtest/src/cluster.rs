@@ -266,32 +266,44 @@ struct Processes {
     redis: RedisServer,
 }
 
+/// Starts a private redis-server (named after `label`) and `args.nodes` herald nodes on
+/// its stream, each with `extra` flags after the bus's.
+pub(crate) fn start_redis_nodes(
+    args: &ClusterArgs,
+    label: &str,
+    extra: &[String],
+) -> io::Result<(RedisServer, Vec<Spawned>)> {
+    let redis = RedisServer::launch(&Options {
+        bin: args.redis_server.clone(),
+        durable: false,
+        ..Options::new(label)
+    })?;
+    let mut flags = vec![
+        "--bus".to_owned(),
+        "redis".to_owned(),
+        "--redis-url".to_owned(),
+        redis.url(),
+        "--redis-stream".to_owned(),
+        args.stream.clone(),
+        "--redis-maxlen".to_owned(),
+        args.redis_maxlen.to_string(),
+    ];
+    flags.extend_from_slice(extra);
+    let mut nodes = Vec::new();
+    for _ in 0..args.nodes.max(1) {
+        nodes.push(peers::start_herald_with(
+            &args.herald_bin,
+            args.node_threads,
+            args.history,
+            &flags,
+        )?);
+    }
+    Ok((redis, nodes))
+}
+
 impl Processes {
     fn start(args: &ClusterArgs) -> io::Result<Processes> {
-        let redis = RedisServer::launch(&Options {
-            bin: args.redis_server.clone(),
-            durable: false,
-            ..Options::new("loadtest")
-        })?;
-        let extra = vec![
-            "--bus".to_owned(),
-            "redis".to_owned(),
-            "--redis-url".to_owned(),
-            redis.url(),
-            "--redis-stream".to_owned(),
-            args.stream.clone(),
-            "--redis-maxlen".to_owned(),
-            args.redis_maxlen.to_string(),
-        ];
-        let mut nodes = Vec::new();
-        for _ in 0..args.nodes.max(1) {
-            nodes.push(peers::start_herald_with(
-                &args.herald_bin,
-                args.node_threads,
-                args.history,
-                &extra,
-            )?);
-        }
+        let (redis, nodes) = start_redis_nodes(args, "loadtest", &[])?;
         let embedded = peers::start_herald(&args.herald_bin, args.threads, args.history)?;
         Ok(Processes {
             nodes,
