@@ -1,15 +1,16 @@
-//! Opening streams on the loop: a subscription's resume planned by `conn::resume` and
-//! carried out here (the bus's fetches under a ticket, refusals), the stream's topics
-//! registered in the loop's subscriber index, and its first bytes written.
+//! Opening streams on the loop: the application's decision asked for and applied (with an
+//! authorizer), a subscription's resume planned by `conn::resume` and carried out here (the
+//! bus's fetches under a ticket, refusals), the stream's topics registered in the loop's
+//! subscriber index and told to the stream observer, and its first bytes written.
 
-use super::EventLoop;
-use crate::bus::{Backfill, Completion};
-use crate::conn::resume::{self, BusView, Opening, Plan};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::EventLoop;
 use crate::authorize::{AccessRequest, Decision, StreamInfo};
+use crate::bus::{Backfill, Completion};
 use crate::conn::authorizing;
+use crate::conn::resume::{self, BusView, Opening, Plan};
 use crate::conn::{StreamRequest, Waiting};
 use crate::history::ring::Seq;
 use crate::http::answer::{AuthFailure, HttpError};
