@@ -262,12 +262,14 @@ impl EventLoop {
                 client: request.addr,
                 topics: std::mem::take(&mut request.topics),
             });
-            observer.opened(&stream);
-            // Keys are slab keys: the table is never longer than the slab has been.
-            if self.observed.len() <= key {
-                self.observed.resize_with(key + 1, || None);
+            // A stream whose open the hook will not hear of is not followed to its close.
+            if observer.opened(&stream) {
+                // Keys are slab keys: the table is never longer than the slab has been.
+                if self.observed.len() <= key {
+                    self.observed.resize_with(key + 1, || None);
+                }
+                self.observed[key] = Some(stream);
             }
-            self.observed[key] = Some(stream);
         }
         self.set_timer(key, next_ms);
         if self.drain_deadline.is_some() {
