@@ -181,13 +181,19 @@ impl Inbox {
         self.done.try_recv().ok()
     }
 
+    /// Whether no event and no completion waits (senders do not wake a running loop, so a
+    /// loop that would rest looks here).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rx.is_empty() && self.done.is_empty()
+    }
+
     /// Called before the loop blocks in `poll`: from here on senders wake it. Returns
     /// false (and stays awake) when something arrived meanwhile. Senders push, then check
     /// the flag; the loop sets the flag, then checks the queues; with both sequentially
     /// consistent, one of them sees the other, so nothing waits for an unrelated wake-up.
     pub(crate) fn park(&self) -> bool {
         self.parked.store(true, Ordering::SeqCst);
-        if self.rx.is_empty() && self.done.is_empty() {
+        if self.is_empty() {
             return true;
         }
         self.parked.store(false, Ordering::SeqCst);

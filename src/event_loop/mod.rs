@@ -242,26 +242,34 @@ impl EventLoop {
                 None
             };
             let rest = self.ctx.limits.coalesce;
+            // `--coalesce-ms`: a loop that has just written streams and has caught up with
+            // its input rests before it looks again, so what arrives meanwhile (events,
+            // publishes, requests) is taken in one turn and each stream's share of it goes
+            // out in one write: fewer wake-ups and fewer writes per delivery, for at most
+            // this much more latency. What arrived while the turn wrote is taken first,
+            // without a rest: a long fan-out must not add the rest to its own length.
+            let mut looked = false;
             if self.pending.wrote && !busy && !rest.is_zero() {
-                // `--coalesce-ms`: a loop that has just written streams, with nothing left
-                // to do, rests before it looks again, so what arrives meanwhile (events,
-                // publishes, requests) is taken in one turn and each stream's share of it
-                // goes out in one write: fewer wake-ups and fewer writes per delivery, for
-                // at most this much more latency.
-                std::thread::sleep(rest);
+                looked = self.look(&mut events);
+                if !looked {
+                    std::thread::sleep(rest);
+                }
             }
-            // A loop about to block tells the bus to wake it; one with work left stays awake.
-            let timeout = if timeout == Some(Duration::ZERO) || self.inbox.park() {
-                timeout
-            } else {
-                Some(Duration::ZERO)
-            };
-            let polled = self.poll.poll(&mut events, timeout);
-            self.inbox.unpark();
-            if let Err(error) = polled {
-                if error.kind() != std::io::ErrorKind::Interrupted {
-                    log::error!("poll failed, stopping this event loop: {error}");
-                    return;
+            if !looked {
+                // A loop about to block tells the bus to wake it; one with work left stays
+                // awake.
+                let timeout = if timeout == Some(Duration::ZERO) || self.inbox.park() {
+                    timeout
+                } else {
+                    Some(Duration::ZERO)
+                };
+                let polled = self.poll.poll(&mut events, timeout);
+                self.inbox.unpark();
+                if let Err(error) = polled {
+                    if error.kind() != std::io::ErrorKind::Interrupted {
+                        log::error!("poll failed, stopping this event loop: {error}");
+                        return;
+                    }
                 }
             }
             if self.ctx.shutdown.stopping.load(Ordering::Acquire) {
@@ -304,6 +312,23 @@ impl EventLoop {
                     return;
                 }
             }
+        }
+    }
+
+    /// Before a `--coalesce-ms` rest: whether something arrived while the last turn ran.
+    /// Events in the inbox count, and so does readiness, found by a poll that does not
+    /// block and left in `events` for this turn (they are edge-triggered: the next poll
+    /// would not report them again).
+    fn look(&mut self, events: &mut Events) -> bool {
+        if !self.inbox.is_empty() {
+            self.inbox_pending = true;
+            events.clear();
+            return true;
+        }
+        match self.poll.poll(events, Some(Duration::ZERO)) {
+            Ok(()) => !events.is_empty(),
+            // Interrupted, or a poll that fails for good: the poll after the rest sees it.
+            Err(_) => false,
         }
     }
 
