@@ -23,7 +23,7 @@ use crate::event::{Error, Event, EventId, PublishError, Stats};
 use crate::event_loop::context::{
     Admission, LoopContext, RenderMetrics, RequestSettings, Shutdown,
 };
-use crate::event_loop::{EventLoop, ListenerSlot, WAKER};
+use crate::event_loop::{EventLoop, ListenerSlot, LoopThread, WAKER};
 use crate::history::ring::Seq;
 use crate::history::topics;
 use crate::http::route::Listener;
@@ -251,6 +251,7 @@ impl Server {
             None => None,
         };
         let settings = Arc::new(RequestSettings::new(&config, &auth));
+        let loop_wakers = fanout.loop_wakers();
         let presence = Arc::new(Presence::new());
         let bus: Arc<dyn Bus> = match config.bus {
             BusKind::Embedded => Arc::new(EmbeddedBus::new(fanout)),
@@ -320,6 +321,7 @@ impl Server {
             local_addr,
             publish_addr,
         };
+        let mut states = Vec::with_capacity(threads);
         for (index, ((poll, listeners, inbox, stats), queries)) in
             loops.into_iter().zip(query_rxs).enumerate()
         {
@@ -339,8 +341,11 @@ impl Server {
                 auth: auth_pool.clone(),
                 observer: observer.clone(),
             };
-            let event_loop = EventLoop::new(poll, listeners, inbox, ctx)
+            let event_loop = EventLoop::new(&poll, listeners, inbox, ctx)
                 .map_err(io_error("cannot register a listener"))?;
+            states.push((poll, event_loop));
+        }
+        for (index, event_loop) in LoopThread::all(states, loop_wakers).into_iter().enumerate() {
             let notice = ExitNotice(lifecycle_tx.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("herald-loop-{index}"))

@@ -10,6 +10,7 @@
 pub(crate) mod embedded;
 pub(crate) mod redis;
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -206,23 +207,87 @@ impl Inbox {
     }
 }
 
+/// What wakes one loop: its waker and the flag that says it sleeps in `poll` (see
+/// [`Inbox::park`]).
+#[derive(Clone)]
+pub(crate) struct LoopWaker {
+    parked: Arc<AtomicBool>,
+    waker: Arc<mio::Waker>,
+}
+
+impl LoopWaker {
+    /// Wakes the loop if it is (about to be) blocked in `poll`.
+    pub(crate) fn nudge(&self) {
+        if self.parked.swap(false, Ordering::SeqCst) {
+            if let Err(error) = self.waker.wake() {
+                log::warn!("could not wake an event loop: {error}");
+            }
+        }
+    }
+
+    /// Whether the loop is (about to be) blocked in `poll`.
+    pub(crate) fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::SeqCst)
+    }
+}
+
+thread_local! {
+    /// On an event loop's thread: the loops (bit `i`: loop `i`) its publishes handed events
+    /// to and did not wake, because the loop does that itself later in its turn, helping a
+    /// sleeping one instead where it can (`EventLoop::help_siblings`). `None` elsewhere.
+    static DEFERRED_WAKES: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// Loops whose index is at least this are woken at once even from a loop's thread.
+const DEFERRED_LOOPS_MAX: usize = 64;
+
+/// Makes this thread (an event loop's) leave the wake-ups its broadcasts owe other loops
+/// to [`take_deferred_wakes`].
+pub(crate) fn defer_wakes() {
+    DEFERRED_WAKES.with(|deferred| deferred.set(Some(0)));
+}
+
+/// The loops this thread's broadcasts handed events to since the last call, as a bit set.
+pub(crate) fn take_deferred_wakes() -> u64 {
+    DEFERRED_WAKES.with(|deferred| match deferred.get() {
+        Some(mask) => {
+            deferred.set(Some(0));
+            mask
+        }
+        None => 0,
+    })
+}
+
 /// The sending half of one loop's [`Inbox`].
 #[derive(Clone)]
 struct InboxSender {
+    /// The loop's index (its bit among the deferred wake-ups).
+    index: usize,
     tx: Sender<InboxItem>,
     done: Sender<Completion>,
     bytes: Arc<AtomicUsize>,
-    parked: Arc<AtomicBool>,
-    waker: Arc<mio::Waker>,
+    wake: LoopWaker,
 }
 
 impl InboxSender {
     /// Wakes the loop if it is (about to be) blocked in `poll`.
     fn nudge(&self) {
-        if self.parked.swap(false, Ordering::SeqCst) {
-            if let Err(error) = self.waker.wake() {
-                log::warn!("could not wake an event loop: {error}");
-            }
+        self.wake.nudge();
+    }
+
+    /// After an event: wakes the loop, or, on an event loop's thread, leaves that to the
+    /// end of the loop's turn.
+    fn nudge_or_defer(&self) {
+        let deferred = self.index < DEFERRED_LOOPS_MAX
+            && DEFERRED_WAKES.with(|deferred| match deferred.get() {
+                Some(mask) => {
+                    deferred.set(Some(mask | 1 << self.index));
+                    true
+                }
+                None => false,
+            });
+        if !deferred {
+            self.nudge();
         }
     }
 }
@@ -276,11 +341,14 @@ impl Fanout {
         let bytes = Arc::new(AtomicUsize::new(0));
         let parked = Arc::new(AtomicBool::new(false));
         self.senders.push(InboxSender {
+            index: self.senders.len(),
             tx,
             done,
             bytes: bytes.clone(),
-            parked: parked.clone(),
-            waker,
+            wake: LoopWaker {
+                parked: parked.clone(),
+                waker,
+            },
         });
         Inbox {
             rx,
@@ -301,7 +369,8 @@ impl Fanout {
     }
 
     /// Hands an item to every loop, waking only loops that are blocked in `poll` (a
-    /// running loop looks at its inbox before it blocks; see [`Inbox::park`]).
+    /// running loop looks at its inbox before it blocks; see [`Inbox::park`]). On an event
+    /// loop's thread the wake-ups wait for the end of the loop's turn ([`defer_wakes`]).
     pub(crate) fn broadcast(&self, item: &InboxItem) {
         let bytes = item.bytes();
         for sender in &self.senders {
@@ -312,8 +381,16 @@ impl Fanout {
                 sender.bytes.fetch_sub(bytes, Ordering::Relaxed);
                 continue;
             }
-            sender.nudge();
+            sender.nudge_or_defer();
         }
+    }
+
+    /// What wakes each loop, in loop order.
+    pub(crate) fn loop_wakers(&self) -> Vec<LoopWaker> {
+        self.senders
+            .iter()
+            .map(|sender| sender.wake.clone())
+            .collect()
     }
 
     /// Hands a completion to the loop its ticket names.
@@ -332,7 +409,7 @@ impl Fanout {
     /// Wakes every loop (used for shutdown).
     pub(crate) fn wake_all(&self) {
         for sender in &self.senders {
-            let _ = sender.waker.wake();
+            let _ = sender.wake.waker.wake();
         }
     }
 }

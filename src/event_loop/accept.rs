@@ -84,7 +84,7 @@ impl EventLoop {
     fn admit(&mut self, mut socket: TcpStream, peer: IpAddr, listener: Listener) {
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        if let Err(error) = self.poll.registry().register(
+        if let Err(error) = self.registry.register(
             &mut socket,
             Token(key),
             Interest::READABLE | Interest::WRITABLE,

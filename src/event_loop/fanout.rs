@@ -64,14 +64,8 @@ impl EventLoop {
     }
 
     /// Queues every stream whose topics received events behind the streams still queued
-    /// (each stream once), writes those left over from the last turn, then at most
-    /// `FAN_OUT_STREAMS_PER_TURN_MAX` of the queue, so the loop polls again and takes new
-    /// events mid-pass: a stream not yet written gets them in the same write. Blocked
-    /// streams are only checked for lag. Notes whether it wrote any stream, for the rest of
-    /// `--coalesce-ms`.
-    pub(super) fn fan_out(&mut self) {
-        self.pending.wrote = !self.pending.write_next.is_empty();
-        let mut leftovers = std::mem::take(&mut self.pending.write_next);
+    /// (each stream once).
+    pub(super) fn queue_dirty(&mut self) {
         let mut dirty = std::mem::take(&mut self.pending.dirty);
         self.topics.take_dirty(&mut dirty);
         let conns = &mut self.conns;
@@ -96,7 +90,19 @@ impl EventLoop {
             }
         }
         self.topics.sweep(&dirty);
+        dirty.clear();
         self.pending.dirty = dirty;
+    }
+
+    /// Queues the streams whose topics moved ([`EventLoop::queue_dirty`]), writes those
+    /// left over from the last turn, then at most `FAN_OUT_STREAMS_PER_TURN_MAX` of the
+    /// queue, so the loop polls again and takes new events mid-pass: a stream not yet
+    /// written gets them in the same write. Blocked streams are only checked for lag.
+    /// Notes whether it wrote any stream, for the rest of `--coalesce-ms`.
+    pub(super) fn fan_out(&mut self) {
+        self.queue_dirty();
+        self.pending.wrote = !self.pending.write_next.is_empty();
+        let mut leftovers = std::mem::take(&mut self.pending.write_next);
         // Streams with more to write after last turn's budget go on now, outside the
         // queue (one waiting in the queue is written when its slice comes): the queue holds
         // only what new events made dirty, so it empties once the inbox budget is spent.

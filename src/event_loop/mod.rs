@@ -4,6 +4,8 @@
 //! readiness, accepts, answers the bus's completions, drains the inbox into the rings and
 //! writes every stream whose topics moved, once.
 //!
+//! - `thread.rs`: the loop's thread (the poll, outside the state's lock) and loops
+//!   writing a sleeping sibling's share of the events they published;
 //! - `accept.rs`: accepting, admission and the accept pause;
 //! - `io.rs`: carrying out a connection's steps on its socket (read, write, linger,
 //!   discard, close);
@@ -22,6 +24,7 @@ mod fanout;
 pub(crate) mod io;
 pub(crate) mod queue;
 mod subscribe;
+mod thread;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -29,7 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 
 use crate::authorize::StreamInfo;
@@ -45,6 +48,7 @@ use crate::wheel::{TimerHandle, TimerWheel};
 use clock::Clock;
 use context::LoopContext;
 use queue::FanOutQueue;
+pub(crate) use thread::{LoopThread, Sibling};
 
 /// Token of the loop's waker.
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -137,6 +141,7 @@ struct Pending {
     wrote: bool,
     /// Connections with readiness left after their budget.
     read_next: Vec<usize>,
+
     /// Scratch: topics that received events this turn.
     dirty: Vec<TopicId>,
     /// Scratch: connections whose deadlines passed this turn.
@@ -146,7 +151,12 @@ struct Pending {
 /// One event loop and everything it owns.
 pub(crate) struct EventLoop {
     ctx: LoopContext,
-    poll: Poll,
+    /// The loop's poller's registry (the poller itself stays with the loop's thread, see
+    /// `thread.rs`).
+    registry: Registry,
+    /// The last poll could block with no timeout: a timer armed since (by a sibling
+    /// helping, see `thread.rs`) needs a wake-up.
+    sleeps_untimed: bool,
     listeners: Vec<ListenerSlot>,
     conns: Slab<Slot>,
     topics: Topics,
@@ -184,9 +194,9 @@ pub(crate) struct EventLoop {
 }
 
 impl EventLoop {
-    /// Registers the listeners and the inbox; the loop starts with [`EventLoop::run`].
+    /// Registers the listeners with `poll`; the loop runs on a [`LoopThread`] that owns it.
     pub(crate) fn new(
-        poll: Poll,
+        poll: &Poll,
         mut listeners: Vec<ListenerSlot>,
         inbox: Inbox,
         ctx: LoopContext,
@@ -201,7 +211,8 @@ impl EventLoop {
         let history = ctx.limits.history;
         let clock = Clock::start();
         Ok(EventLoop {
-            poll,
+            registry: poll.registry().try_clone()?,
+            sleeps_untimed: false,
             listeners,
             conns: Slab::new(),
             topics: Topics::new(history),
@@ -225,93 +236,88 @@ impl EventLoop {
         })
     }
 
-    /// Runs turns until the server stops.
-    pub(crate) fn run(mut self) {
-        let mut events = Events::with_capacity(EVENTS_PER_POLL_MAX);
-        loop {
-            let busy = self.inbox_pending
-                || !self.pending.write_next.is_empty()
-                || !self.pending.fan_out.is_empty()
-                || !self.pending.read_next.is_empty()
-                || (self.accepting() && self.listeners.iter().any(|l| l.pending));
-            let timeout = if busy {
-                Some(Duration::ZERO)
-            } else if self.wheel.len() > 0 || self.drain_deadline.is_some() {
-                Some(self.wheel.tick())
-            } else {
-                None
-            };
-            let rest = self.ctx.limits.coalesce;
-            // `--coalesce-ms`: a loop that has just written streams and has caught up with
-            // its input rests before it looks again, so what arrives meanwhile (events,
-            // publishes, requests) is taken in one turn and each stream's share of it goes
-            // out in one write: fewer wake-ups and fewer writes per delivery, for at most
-            // this much more latency. What arrived while the turn wrote is taken first,
-            // without a rest: a long fan-out must not add the rest to its own length.
-            let mut looked = false;
-            if self.pending.wrote && !busy && !rest.is_zero() {
-                looked = self.look(&mut events);
-                if !looked {
-                    std::thread::sleep(rest);
-                }
+    /// Before the poll: what the turn left decides how long the poll may block, and with
+    /// `--coalesce-ms` the loop may rest or find that input already arrived. Returns the
+    /// poll's timeout, or `None` when `events` already holds this turn's readiness.
+    fn before_poll(&mut self, poll: &mut Poll, events: &mut Events) -> Option<Option<Duration>> {
+        let busy = self.inbox_pending
+            || !self.pending.write_next.is_empty()
+            || !self.pending.fan_out.is_empty()
+            || !self.pending.read_next.is_empty()
+            || (self.accepting() && self.listeners.iter().any(|l| l.pending));
+        let timeout = if busy {
+            Some(Duration::ZERO)
+        } else if self.wheel.len() > 0 || self.drain_deadline.is_some() {
+            Some(self.wheel.tick())
+        } else {
+            None
+        };
+        let rest = self.ctx.limits.coalesce;
+        // `--coalesce-ms`: a loop that has just written streams and has caught up with its
+        // input rests before it looks again, so what arrives meanwhile (events, publishes,
+        // requests) is taken in one turn and each stream's share of it goes out in one
+        // write: fewer wake-ups and fewer writes per delivery, for at most this much more
+        // latency. What arrived while the turn wrote is taken first, without a rest: a
+        // long fan-out must not add the rest to its own length.
+        if self.pending.wrote && !busy && !rest.is_zero() {
+            if self.look(poll, events) {
+                return None;
             }
-            if !looked {
-                // A loop about to block tells the bus to wake it; one with work left stays
-                // awake.
-                let timeout = if timeout == Some(Duration::ZERO) || self.inbox.park() {
-                    timeout
-                } else {
-                    Some(Duration::ZERO)
-                };
-                let polled = self.poll.poll(&mut events, timeout);
-                self.inbox.unpark();
-                if let Err(error) = polled {
-                    if error.kind() != std::io::ErrorKind::Interrupted {
-                        log::error!("poll failed, stopping this event loop: {error}");
-                        return;
-                    }
-                }
+            std::thread::sleep(rest);
+        }
+        // A loop about to block tells the bus to wake it; one with work left stays awake.
+        let timeout = if timeout == Some(Duration::ZERO) || self.inbox.park() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
+        self.sleeps_untimed = timeout.is_none();
+        Some(timeout)
+    }
+
+    /// One turn after the poll: deadlines, readiness, accepts, the bus's answers, the inbox,
+    /// the sleeping loops this one's publishes handed events to, and the fan-out. Returns
+    /// false when the loop is done (stopped, or drained).
+    fn turn(&mut self, events: &Events, siblings: &[Sibling]) -> bool {
+        if self.ctx.shutdown.stopping.load(Ordering::Acquire) {
+            return false; // Dropping the loop closes every socket it owns.
+        }
+        self.clock.read();
+        if self.drain_deadline.is_none() && self.ctx.shutdown.draining.load(Ordering::Acquire) {
+            self.begin_drain();
+        }
+        self.expire_timers();
+        for event in events.iter() {
+            match event.token() {
+                WAKER => self.inbox_pending = true,
+                token => match ListenToken::of(token, self.listeners.len()) {
+                    Some(ListenToken(index)) => self.listeners[index].pending = true,
+                    None => self.on_ready(
+                        token.0,
+                        event.is_readable() || event.is_read_closed() || event.is_error(),
+                        event.is_writable(),
+                    ),
+                },
             }
-            if self.ctx.shutdown.stopping.load(Ordering::Acquire) {
-                return; // Dropping the loop closes every socket it owns.
-            }
-            self.clock.read();
-            if self.drain_deadline.is_none() && self.ctx.shutdown.draining.load(Ordering::Acquire) {
-                self.begin_drain();
-            }
-            self.expire_timers();
-            for event in events.iter() {
-                match event.token() {
-                    WAKER => self.inbox_pending = true,
-                    token => match ListenToken::of(token, self.listeners.len()) {
-                        Some(ListenToken(index)) => self.listeners[index].pending = true,
-                        None => self.on_ready(
-                            token.0,
-                            event.is_readable() || event.is_read_closed() || event.is_error(),
-                            event.is_writable(),
-                        ),
-                    },
-                }
-            }
-            self.accept_all();
-            // A connection left over from the last turn may also have had a readiness
-            // event this turn: drive it once, within one budget.
-            let mut leftovers = std::mem::take(&mut self.pending.read_next);
-            leftovers.sort_unstable();
-            leftovers.dedup();
-            for key in leftovers {
-                self.on_ready(key, true, false);
-            }
-            self.drain_completions();
-            self.drain_inbox();
-            self.answer_queries();
-            self.fan_out();
-            self.publish_stats();
-            if let Some(deadline) = self.drain_deadline {
-                if self.conns.is_empty() || self.clock.now() >= deadline {
-                    return;
-                }
-            }
+        }
+        self.accept_all();
+        // A connection left over from the last turn may also have had a readiness event
+        // this turn: drive it once, within one budget.
+        let mut leftovers = std::mem::take(&mut self.pending.read_next);
+        leftovers.sort_unstable();
+        leftovers.dedup();
+        for key in leftovers {
+            self.on_ready(key, true, false);
+        }
+        self.drain_completions();
+        self.drain_inbox();
+        self.answer_queries();
+        self.help_siblings(siblings);
+        self.fan_out();
+        self.publish_stats();
+        match self.drain_deadline {
+            Some(deadline) => !(self.conns.is_empty() || self.clock.now() >= deadline),
+            None => true,
         }
     }
 
@@ -319,13 +325,13 @@ impl EventLoop {
     /// Events in the inbox count, and so does readiness, found by a poll that does not
     /// block and left in `events` for this turn (they are edge-triggered: the next poll
     /// would not report them again).
-    fn look(&mut self, events: &mut Events) -> bool {
+    fn look(&mut self, poll: &mut Poll, events: &mut Events) -> bool {
         if !self.inbox.is_empty() {
             self.inbox_pending = true;
             events.clear();
             return true;
         }
-        match self.poll.poll(events, Some(Duration::ZERO)) {
+        match poll.poll(events, Some(Duration::ZERO)) {
             Ok(()) => !events.is_empty(),
             // Interrupted, or a poll that fails for good: the poll after the rest sees it.
             Err(_) => false,
@@ -346,7 +352,7 @@ impl EventLoop {
             .unwrap_or(self.clock.now());
         self.drain_deadline = Some(started + self.ctx.limits.shutdown_timeout);
         for slot in &mut self.listeners {
-            if let Err(error) = self.poll.registry().deregister(&mut slot.socket) {
+            if let Err(error) = self.registry.deregister(&mut slot.socket) {
                 log::debug!("could not deregister a listener: {error}");
             }
         }

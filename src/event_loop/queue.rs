@@ -29,6 +29,11 @@ impl FanOutQueue {
         self.waiting.is_empty()
     }
 
+    /// Streams waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// Queues a stream whose topic moved this turn (the caller queues each stream once).
     pub(crate) fn push(&mut self, key: usize) {
         self.waiting.push_back(Waiting {

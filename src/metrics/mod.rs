@@ -53,6 +53,8 @@ pub(crate) struct LoopStats {
     pub heartbeats: AtomicU64,
     /// Times accepting paused at the hard ceiling.
     pub accept_pauses: AtomicU64,
+    /// Times another loop wrote this loop's share of events while it slept.
+    pub helps: AtomicU64,
     /// Loop turns, and their durations by bucket (the last bucket is +Inf).
     pub turns: AtomicU64,
     /// Sum of turn durations in nanoseconds.
@@ -78,6 +80,8 @@ pub(crate) struct LoopCounters {
     pub heartbeats: u64,
     /// See [`LoopStats::accept_pauses`].
     pub accept_pauses: u64,
+    /// See [`LoopStats::helps`].
+    pub helps: u64,
     /// See [`LoopStats::turns`].
     pub turns: u64,
     /// See [`LoopStats::turn_nanos`].
@@ -109,6 +113,7 @@ impl LoopCounters {
         store(&stats.slow_closes, self.slow_closes);
         store(&stats.heartbeats, self.heartbeats);
         store(&stats.accept_pauses, self.accept_pauses);
+        store(&stats.helps, self.helps);
         store(&stats.turns, self.turns);
         store(&stats.turn_nanos, self.turn_nanos);
         for (cell, &value) in stats.turn_buckets.iter().zip(&self.turn_buckets) {
@@ -286,6 +291,12 @@ fn herald_families(
             Counter,
             accept_pauses_help,
             sum(|l| &l.accept_pauses),
+        ),
+        single(
+            "herald_loop_helps_total",
+            Counter,
+            "Times a loop wrote a sleeping loop's share of the events it had just published instead of waking it.",
+            sum(|l| &l.helps),
         ),
         single(
             "herald_heartbeats_total",

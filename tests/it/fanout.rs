@@ -122,6 +122,69 @@ fn subscribers_on_both_loops_get_http_published_events() {
     }
 }
 
+/// A loop that reads a publish writes the other loop's few streams itself while that one
+/// sleeps (`event_loop/thread.rs`): every stream on either loop still gets its topics'
+/// events exactly once and in order, including a stream of two topics, and the metric
+/// shows the help happened.
+#[test]
+fn a_loop_writes_a_sleeping_loops_share_of_what_it_published() {
+    const TOPICS: usize = 6;
+    const ROUNDS: usize = 40;
+    let server = start(|config| config.threads = 2);
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let names: Vec<String> = (0..TOPICS).map(|t| format!("help-{t}")).collect();
+    // Four streams per topic, spread over both loops by the shared listener, and two that
+    // name the first two topics.
+    let mut subscribers: Vec<(Vec<usize>, Subscriber)> = (0..TOPICS * 4)
+        .map(|i| {
+            (
+                vec![i % TOPICS],
+                subscribe(addr, &[names[i % TOPICS].as_str()]),
+            )
+        })
+        .chain((0..2).map(|_| (vec![0, 1], subscribe(addr, &[&names[0], &names[1]]))))
+        .collect();
+    wait_until("the subscribers", || {
+        handle.stats().subscribers == subscribers.len() as u64
+    });
+    let mut published: Vec<(usize, String, String)> = Vec::new();
+    let mut publisher = Conn::connect(addr);
+    for round in 0..ROUNDS {
+        for (topic, name) in names.iter().enumerate() {
+            let data = format!("{round}/{topic}");
+            publisher.send(format!(
+                "POST /publish?topic={name} HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{data}",
+                data.len()
+            ));
+            let response = publisher.read_response("a publish answer");
+            assert_eq!(response.status, 200, "{}", response.summary());
+            published.push((topic, id_from_text_answer(response.body_text()), data));
+        }
+        // Long enough for the loop without the publisher to go back to sleep.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for (n, (topics, subscriber)) in subscribers.iter_mut().enumerate() {
+        let expected: Vec<(String, String)> = published
+            .iter()
+            .filter(|(topic, _, _)| topics.contains(topic))
+            .map(|(_, id, data)| (id.clone(), data.clone()))
+            .collect();
+        let got: Vec<(String, String)> = subscriber
+            .events(expected.len())
+            .into_iter()
+            .map(|e| (e.last_event_id, e.data))
+            .collect();
+        assert_eq!(got, expected, "subscriber {n} of {topics:?}");
+    }
+    let helps = scrape(addr).value("herald_loop_helps_total");
+    assert!(
+        helps > 0.0,
+        "no loop wrote for a sleeping one in {} publishes",
+        published.len()
+    );
+}
+
 #[test]
 fn burst_longer_than_the_history_reaches_a_subscriber_within_its_lag_budget() {
     // Fifty small events (a few KB, far below max_lag_bytes) published in a burst to a topic
