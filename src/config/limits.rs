@@ -28,8 +28,8 @@ pub(crate) struct Limits {
     /// stream that writes no byte for `STALLED_HEARTBEATS` of these is a slow consumer.
     /// Also the TCP keepalive and user timeout of every socket.
     pub heartbeat: Duration,
-    /// How long a loop rests after a turn that wrote streams (`coalesce_ms`), gathering
-    /// what arrives meanwhile into one turn; zero never rests.
+    /// How long a loop rests after a turn that wrote streams, once nothing new arrived
+    /// (`coalesce_ms`), gathering what arrives meanwhile into one turn; zero never rests.
     pub coalesce: Duration,
     /// Longest a stream lives (`max_stream_lifetime_ms`): each gets a random 90 to 100 % of
     /// it, then a jittered `retry:` and a close. `None`: streams live until they end.

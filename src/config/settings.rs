@@ -233,9 +233,10 @@ settings! {
         "A keep-alive connection idle this long between requests is closed",
         range = (TIMER_MS_MIN, TIMER_MS_MAX);
     /// Trades latency for fewer system calls: one wake-up and one write per stream carry
-    /// everything that arrived during the rest (BENCHMARKS.md has the curve).
+    /// everything that arrived during the rest; what arrived while a loop wrote is taken
+    /// without one (BENCHMARKS.md has the curve).
     coalesce_ms: u64 [Text<u64>] = 0, "MS",
-        "After writing to streams, a loop rests this long before it looks again, so the events, publishes and requests of that time are taken in one turn and each stream's events go out in one write (each stays its own SSE event): fewer wake-ups and writes for at most this much latency; 0 never rests",
+        "After writing to streams, once nothing new arrived meanwhile, a loop rests this long before it looks again, so the events, publishes and requests of that time are taken in one turn and each stream's events go out in one write (each stays its own SSE event): fewer wake-ups and writes for at most this much latency; 0 never rests",
         range = (0, COALESCE_MS_MAX);
     /// Each stream gets a random lifetime between 90 % and 100 % of this, so reconnects
     /// spread out. When not 0, at least 1 s and at most [`STREAM_LIFETIME_MS_MAX`].
