@@ -22,7 +22,7 @@ use crate::common::*;
 use herald::Event;
 
 /// Every family the README lists, with its type.
-const FAMILIES: [(&str, &str); 15] = [
+const FAMILIES: [(&str, &str); 16] = [
     ("herald_connections", "gauge"),
     ("herald_connections_max", "gauge"),
     ("herald_connections_accepted_total", "counter"),
@@ -35,6 +35,7 @@ const FAMILIES: [(&str, &str); 15] = [
     ("herald_stream_writes_total", "counter"),
     ("herald_slow_consumer_closes_total", "counter"),
     ("herald_heartbeats_total", "counter"),
+    ("herald_loop_helps_total", "counter"),
     ("herald_auth_failures_total", "counter"),
     ("herald_http_refusals_total", "counter"),
     ("herald_loop_turn_seconds", "histogram"),
