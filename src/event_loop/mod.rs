@@ -141,7 +141,6 @@ struct Pending {
     wrote: bool,
     /// Connections with readiness left after their budget.
     read_next: Vec<usize>,
-
     /// Scratch: topics that received events this turn.
     dirty: Vec<TopicId>,
     /// Scratch: connections whose deadlines passed this turn.
