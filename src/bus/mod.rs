@@ -548,4 +548,53 @@ mod tests {
         assert!(!fanout.has_room(INBOX_EVENTS_MAX + 1, 0));
         assert!(!fanout.has_room(1, INBOX_BYTES_MAX + 1));
     }
+
+    /// Whether `poll` reports its waker within a short wait.
+    fn woken(poll: &mut mio::Poll) -> bool {
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(std::time::Duration::from_millis(50)))
+            .unwrap();
+        !events.is_empty()
+    }
+
+    /// A parked loop is woken by a broadcast from any thread but an event loop's; there the
+    /// wake-up is left to the loop's turn (the loops it owes are returned once, then
+    /// forgotten), and the parked flag stays up for the loop to help or wake.
+    #[test]
+    fn a_loop_thread_defers_the_wake_ups_it_owes() {
+        let mut polls: Vec<mio::Poll> = (0..2).map(|_| mio::Poll::new().unwrap()).collect();
+        let mut fanout = Fanout::new();
+        let inboxes: Vec<Inbox> = polls
+            .iter()
+            .map(|poll| {
+                fanout.add_loop(Arc::new(
+                    mio::Waker::new(poll.registry(), mio::Token(0)).unwrap(),
+                ))
+            })
+            .collect();
+        let wakers = fanout.loop_wakers();
+        assert!(inboxes[1].park());
+        fanout.broadcast(&event(1, b"one"));
+        assert!(
+            woken(&mut polls[1]),
+            "a broadcast from another thread wakes at once"
+        );
+        assert!(!wakers[1].is_parked());
+        assert_eq!(take_deferred_wakes(), 0, "this thread defers nothing");
+
+        while inboxes[1].try_recv().is_some() {}
+        assert!(inboxes[1].park());
+        defer_wakes();
+        fanout.broadcast(&event(2, b"two"));
+        assert!(
+            !woken(&mut polls[1]),
+            "a loop's thread leaves the wake-up to its turn"
+        );
+        assert!(wakers[1].is_parked());
+        assert_eq!(take_deferred_wakes(), 0b11);
+        assert_eq!(take_deferred_wakes(), 0);
+        wakers[1].nudge();
+        assert!(woken(&mut polls[1]));
+        assert!(!wakers[1].is_parked());
+    }
 }
