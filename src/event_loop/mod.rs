@@ -1,8 +1,9 @@
 //! The only `mio` user, a shell around the sans-io connection core: one event loop per
 //! thread, with its own poller, its own slab of connections, its own topic table and an
 //! inbox of published events. A turn reads the clock once, fires due deadlines, dispatches
-//! readiness, accepts, answers the bus's completions, drains the inbox into the rings and
-//! writes every stream whose topics moved, once.
+//! readiness, accepts, answers the bus's completions, drains the inbox into the rings,
+//! helps or wakes the sleeping loops its publishes gave events to, and writes every
+//! stream whose topics moved, once.
 //!
 //! - `thread.rs`: the loop's thread (the poll, outside the state's lock) and loops
 //!   writing a sleeping sibling's share of the events they published;
@@ -313,7 +314,7 @@ impl EventLoop {
         self.answer_queries();
         self.help_siblings(siblings);
         self.fan_out();
-        self.publish_stats();
+        self.publish_stats(true);
         match self.drain_deadline {
             Some(deadline) => !(self.conns.is_empty() || self.clock.now() >= deadline),
             None => true,
@@ -465,7 +466,12 @@ impl EventLoop {
         }
     }
 
-    fn publish_stats(&mut self) {
+    /// Stores the loop's counters where the metrics read them; `turn` records the turn's
+    /// duration (a sibling's help is not a turn of this loop's).
+    fn publish_stats(&mut self, turn: bool) {
+        if turn {
+            self.counters.record_turn(self.clock.now().elapsed());
+        }
         let stats = &self.ctx.stats;
         stats
             .connections
@@ -474,7 +480,6 @@ impl EventLoop {
         stats
             .topics
             .store(self.topics.len() as u64, Ordering::Relaxed);
-        self.counters.record_turn(self.clock.now().elapsed());
         self.counters.publish(stats);
     }
 }

@@ -159,7 +159,7 @@ impl EventLoop {
         if done {
             self.counters.helps += 1;
         }
-        self.publish_stats();
+        self.publish_stats(false);
         done
     }
 }
