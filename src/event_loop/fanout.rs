@@ -90,7 +90,6 @@ impl EventLoop {
             }
         }
         self.topics.sweep(&dirty);
-        dirty.clear();
         self.pending.dirty = dirty;
     }
 

@@ -4,7 +4,8 @@
 //! just published: when one loop reads a publish, every other loop has the event, and
 //! waking one only to write a few streams (an eventfd write, a context switch, an
 //! `epoll_wait` and a turn) costs more than the writes. So the publishing loop's wake-ups
-//! wait for its turn's end (`bus::defer_wakes`), and then, for each loop still asleep with
+//! wait until it has read its turn's requests (`bus::defer_wakes`), and then, before its
+//! own fan-out, for each loop still asleep with
 //! at most [`HELP_STREAMS_MAX`] streams to write, it writes them itself; a loop with more,
 //! or with anything else to do, is woken as before and writes in parallel.
 //!
