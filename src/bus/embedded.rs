@@ -43,7 +43,14 @@ impl EmbeddedBus {
     }
 
     fn format_id(&self, seq: Seq) -> String {
-        format!("{}-{}", self.epoch, seq)
+        // Sized once, without the formatting machinery: this runs on every publish.
+        let (mut epoch, mut digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (epoch, seq) = (epoch.format(self.epoch), digits.format(seq));
+        let mut id = String::with_capacity(epoch.len() + 1 + seq.len());
+        id.push_str(epoch);
+        id.push('-');
+        id.push_str(seq);
+        id
     }
 }
 

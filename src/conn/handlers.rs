@@ -185,30 +185,37 @@ pub(super) fn publish_answer(
         Ok(ids) => ids,
         Err(error) => return refuse(error),
     };
-    let (content_type, payload) = if reply.batch {
-        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
-        (
-            "application/json",
-            serde_json::json!({ "ids": ids }).to_string(),
-        )
-    } else {
-        let [id] = ids.as_slice() else {
+    let single = match (reply.batch, ids.as_slice()) {
+        (true, _) => None,
+        (false, [id]) => Some(id),
+        (false, _) => {
             // A bus answers one id per event; a single publish is one event.
             debug_assert!(false, "a single publish answered with {} ids", ids.len());
             return refuse(crate::PublishError::Unavailable);
-        };
-        if reply.json {
-            (
-                "application/json",
-                serde_json::json!({ "id": id.as_str() }).to_string(),
-            )
-        } else {
-            ("text/plain; charset=utf-8", format!("{id}\n"))
+        }
+    };
+    let payload = match single {
+        // The common answer, built without an intermediate string.
+        Some(id) if !reply.json => {
+            let bytes = answer::response_of(
+                200,
+                "text/plain; charset=utf-8",
+                &reply.cors,
+                &[id.as_str().as_bytes(), b"\n"],
+                reply.keep_alive,
+                false,
+            );
+            return (bytes, None);
+        }
+        Some(id) => serde_json::json!({ "id": id.as_str() }).to_string(),
+        None => {
+            let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+            serde_json::json!({ "ids": ids }).to_string()
         }
     };
     let bytes = answer::response(
         200,
-        content_type,
+        "application/json",
         &reply.cors,
         payload.as_bytes(),
         reply.keep_alive,

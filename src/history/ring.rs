@@ -10,6 +10,9 @@ use std::collections::VecDeque;
 
 use crate::sse::Frame;
 
+/// Newest entries [`Ring::first_after`] looks at before it searches.
+const FIRST_AFTER_SCAN: usize = 4;
+
 /// Bus-assigned sequence number of an event; strictly increasing in publish order.
 /// `0` is "before every event".
 pub(crate) type Seq = u128;
@@ -138,8 +141,20 @@ impl Ring {
         cursor >= self.evicted_max
     }
 
-    /// Index of the first entry after `cursor`.
+    /// Index of the first entry after `cursor`. A reader that keeps up is a few entries
+    /// behind the newest, so those are looked at first (each fan-out write asks this);
+    /// only a reader further behind pays for the binary search.
     pub(crate) fn first_after(&self, cursor: Seq) -> usize {
+        let len = self.entries.len();
+        let near = len.min(FIRST_AFTER_SCAN);
+        for back in 1..=near {
+            if self.entries[len - back].seq <= cursor {
+                return len - back + 1;
+            }
+        }
+        if near == len {
+            return 0;
+        }
         self.entries.partition_point(|e| e.seq <= cursor)
     }
 
@@ -201,6 +216,27 @@ mod tests {
         assert_eq!(ring.lag_bytes(4), 10);
         assert_eq!(ring.lag_bytes(5), 10);
         assert_eq!(ring.lag_bytes(6), 0);
+    }
+
+    /// The look at the newest entries agrees with a binary search for every cursor, in
+    /// rings shorter and longer than the look, wrapped around or not.
+    #[test]
+    fn first_after_agrees_with_a_search() {
+        for len in 0..12u128 {
+            let seqs: Vec<u128> = (1..=len).map(|i| i * 2).collect();
+            let mut ring = ring_of(&seqs);
+            for round in 0..3 {
+                for cursor in 0..=len * 2 + 3 {
+                    let searched = ring.entries.partition_point(|e| e.seq <= cursor);
+                    assert_eq!(ring.first_after(cursor), searched, "{len} {round} {cursor}");
+                }
+                // Moves the deque's start so later rounds read it wrapped.
+                if let Some(oldest) = ring.oldest_seq() {
+                    ring.evict_oldest();
+                    ring.push(oldest + 1_000 * (round + 1), Bytes::from_static(b"y"), 0);
+                }
+            }
+        }
     }
 
     /// The publish time costs no memory: it sits in the padding of the `u128` alignment.

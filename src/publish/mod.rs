@@ -39,15 +39,21 @@ pub(crate) fn body_format(content_type: Option<&str>) -> Result<BodyFormat, Http
         .split(';')
         .next()
         .unwrap_or("")
-        .trim_matches([' ', '\t'])
-        .to_ascii_lowercase();
-    match media.as_str() {
-        "application/x-www-form-urlencoded" => Ok(BodyFormat::Form),
-        "application/json" => Ok(BodyFormat::Json),
-        "application/x-ndjson" => Ok(BodyFormat::Ndjson),
-        "" | "text/plain" | "application/octet-stream" => Ok(BodyFormat::Raw),
-        _ => Err(HttpError::UnsupportedMediaType),
-    }
+        .trim_matches([' ', '\t']);
+    const FORMATS: [(&str, BodyFormat); 6] = [
+        ("application/x-www-form-urlencoded", BodyFormat::Form),
+        ("application/json", BodyFormat::Json),
+        ("application/x-ndjson", BodyFormat::Ndjson),
+        ("", BodyFormat::Raw),
+        ("text/plain", BodyFormat::Raw),
+        ("application/octet-stream", BodyFormat::Raw),
+    ];
+    // Media types are case-insensitive; compared in place, with no lowercased copy.
+    FORMATS
+        .iter()
+        .find(|(name, _)| media.eq_ignore_ascii_case(name))
+        .map(|&(_, format)| format)
+        .ok_or(HttpError::UnsupportedMediaType)
 }
 
 /// Collects fields from the query and the body, refusing any given twice.
