@@ -9,6 +9,8 @@
 use std::borrow::Cow;
 use std::io::IoSlice;
 
+use smallvec::SmallVec;
+
 use crate::history::merge::for_each_after;
 use crate::history::ring::Seq;
 use crate::history::topics::{StreamTopic, Topics};
@@ -360,17 +362,17 @@ impl Stream {
             if !self.covered(table) {
                 return Flushed::End(StreamEnd::SlowConsumer);
             }
-            let mut frames: [(Seq, usize); IOVECS_PER_WRITE_MAX] = [(0, 0); IOVECS_PER_WRITE_MAX];
-            let mut slices: [IoSlice<'_>; IOVECS_PER_WRITE_MAX] =
-                [IoSlice::new(&[]); IOVECS_PER_WRITE_MAX];
-            let mut count = 0;
+            // Inline and filled as they go: every write of the fan-out builds these, and
+            // arrays of the maximum width cost 3 KiB of stores each time to initialise.
+            // Never past the inline width, so never on the heap.
+            let mut frames: SmallVec<[(Seq, usize); IOVECS_PER_WRITE_MAX]> = SmallVec::new();
+            let mut slices: SmallVec<[IoSlice<'_>; IOVECS_PER_WRITE_MAX]> = SmallVec::new();
             if let Some(preamble) = &self.preamble {
-                slices[0] = IoSlice::new(&preamble.bytes[preamble.sent..]);
-                count = 1;
+                slices.push(IoSlice::new(&preamble.bytes[preamble.sent..]));
             }
             let mut stale_partial = false;
             let partial = self.partial;
-            let first_slot = count;
+            let first_slot = slices.len();
             // A closing stream only finishes the frame in flight.
             let frames_max = match (self.closing, partial) {
                 (None, _) => IOVECS_PER_WRITE_MAX,
@@ -378,11 +380,11 @@ impl Stream {
                 (Some(_), None) => first_slot,
             };
             for_each_after(table, self.topics.as_slice(), self.cursor, |seq, frame| {
-                if count >= frames_max {
+                if slices.len() >= frames_max {
                     return false;
                 }
                 let offset = match partial {
-                    Some((partial_seq, offset)) if count == first_slot => {
+                    Some((partial_seq, offset)) if slices.len() == first_slot => {
                         if partial_seq != seq {
                             stale_partial = true;
                             return false;
@@ -391,15 +393,16 @@ impl Stream {
                     }
                     _ => 0,
                 };
-                slices[count] = IoSlice::new(&frame[offset..]);
-                frames[count] = (seq, frame.len() - offset);
-                count += 1;
-                count < IOVECS_PER_WRITE_MAX
+                slices.push(IoSlice::new(&frame[offset..]));
+                frames.push((seq, frame.len() - offset));
+                slices.len() < IOVECS_PER_WRITE_MAX
             });
+            let count = slices.len();
             if stale_partial {
                 return Flushed::End(StreamEnd::SlowConsumer);
             }
             if count == 0 {
+                drop(slices); // It borrows the preamble replaced below.
                 match self.closing {
                     None => return Flushed::Idle,
                     Some(Closing::HintQueued(why)) => return Flushed::End(StreamEnd::Parted(why)),
@@ -413,11 +416,13 @@ impl Stream {
                     }
                 }
             }
-            let total: usize = slices[..count].iter().map(|s| s.len()).sum();
-            match write(&slices[..count]) {
+            let total: usize = slices.iter().map(|s| s.len()).sum();
+            let outcome = write(&slices);
+            drop(slices); // It borrows the preamble `advance` moves past.
+            match outcome {
                 IoOutcome::Done(n) => {
                     self.last_write_ms = now_ms;
-                    self.advance(n, &frames[first_slot..count], deliveries);
+                    self.advance(n, &frames, deliveries);
                     if n == total && count < frames_max && self.closing.is_none() {
                         return Flushed::Idle;
                     }
