@@ -270,11 +270,6 @@ struct InboxSender {
 }
 
 impl InboxSender {
-    /// Wakes the loop if it is (about to be) blocked in `poll`.
-    fn nudge(&self) {
-        self.wake.nudge();
-    }
-
     /// After an event: wakes the loop, or, on an event loop's thread, leaves that to the
     /// end of the loop's turn.
     fn nudge_or_defer(&self) {
@@ -287,7 +282,7 @@ impl InboxSender {
                 None => false,
             });
         if !deferred {
-            self.nudge();
+            self.wake.nudge();
         }
     }
 }
@@ -299,7 +294,7 @@ fn complete(senders: &[InboxSender], completion: Completion) {
     };
     // Fails only when the loop has exited, and its connections with it.
     if sender.done.send(completion).is_ok() {
-        sender.nudge();
+        sender.wake.nudge();
     }
 }
 

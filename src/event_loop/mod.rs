@@ -240,11 +240,8 @@ impl EventLoop {
     /// `--coalesce-ms` the loop may rest or find that input already arrived. Returns the
     /// poll's timeout, or `None` when `events` already holds this turn's readiness.
     fn before_poll(&mut self, poll: &mut Poll, events: &mut Events) -> Option<Option<Duration>> {
-        let busy = self.inbox_pending
-            || !self.pending.write_next.is_empty()
-            || !self.pending.fan_out.is_empty()
-            || !self.pending.read_next.is_empty()
-            || (self.accepting() && self.listeners.iter().any(|l| l.pending));
+        let busy =
+            self.work_left() || (self.accepting() && self.listeners.iter().any(|l| l.pending));
         let timeout = if busy {
             Some(Duration::ZERO)
         } else if self.wheel.len() > 0 || self.drain_deadline.is_some() {
@@ -273,6 +270,15 @@ impl EventLoop {
         };
         self.sleeps_untimed = timeout.is_none();
         Some(timeout)
+    }
+
+    /// Whether the last turn (or a sibling's help) left events, writes or reads for the
+    /// next turn.
+    fn work_left(&self) -> bool {
+        self.inbox_pending
+            || !self.pending.write_next.is_empty()
+            || !self.pending.fan_out.is_empty()
+            || !self.pending.read_next.is_empty()
     }
 
     /// One turn after the poll: deadlines, readiness, accepts, the bus's answers, the inbox,

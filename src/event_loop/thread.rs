@@ -150,11 +150,8 @@ impl EventLoop {
             return false;
         }
         self.fan_out();
-        let done = !self.inbox_pending
+        let done = !self.work_left()
             && self.inbox.is_empty()
-            && self.pending.fan_out.is_empty()
-            && self.pending.write_next.is_empty()
-            && self.pending.read_next.is_empty()
             && self.replays_waiting.is_empty()
             && !(self.sleeps_untimed && self.wheel.len() > 0);
         if done {
