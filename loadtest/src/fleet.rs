@@ -36,6 +36,9 @@ pub struct Collected {
     pub latency: Histogram<u64>,
     /// Worker CPU seconds in the interval.
     pub cpu_seconds: f64,
+    /// Each worker's blocking waits in the interval, by worker index (see
+    /// `WorkerMsg::Report`).
+    pub waits: Vec<u64>,
     /// Each worker's own counters and latency, by worker index (a cluster's worker `w`
     /// subscribes on node `w % nodes`, so these give each node's share).
     pub by_worker: Vec<(Deliveries, Histogram<u64>)>,
@@ -176,6 +179,7 @@ impl Fleet {
             deliveries: Deliveries::default(),
             latency: latency::histogram(),
             cpu_seconds: 0.0,
+            waits: vec![0; self.children.len()],
             by_worker: (0..self.children.len())
                 .map(|_| (Deliveries::default(), latency::histogram()))
                 .collect(),
@@ -192,11 +196,15 @@ impl Fleet {
                 deliveries,
                 latency,
                 cpu_seconds,
+                waits,
             } = msg
             {
                 out.deliveries.add(&deliveries);
                 latency.add_to(&mut out.latency);
                 out.cpu_seconds += cpu_seconds;
+                if let Some(w) = out.waits.get_mut(w) {
+                    *w += waits;
+                }
                 if let Some((d, h)) = out.by_worker.get_mut(w) {
                     d.add(&deliveries);
                     latency.add_to(h);

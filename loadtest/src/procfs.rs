@@ -28,8 +28,8 @@ pub fn memory(pids: &[u32]) -> io::Result<Memory> {
     let mut total = Memory::default();
     for pid in pids {
         let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
-        total.rss_bytes += status_kib(&text, "VmRSS").unwrap_or(0) * 1024;
-        total.anon_bytes += status_kib(&text, "RssAnon").unwrap_or(0) * 1024;
+        total.rss_bytes += status_number(&text, "VmRSS").unwrap_or(0) * 1024;
+        total.anon_bytes += status_number(&text, "RssAnon").unwrap_or(0) * 1024;
     }
     Ok(total)
 }
@@ -53,6 +53,16 @@ pub fn system_seconds(pids: &[u32]) -> io::Result<f64> {
         ticks += stat_system_ticks(&text).ok_or_else(|| bad_data("stat"))?;
     }
     Ok(ticks as f64 / USER_HZ)
+}
+
+/// Times the calling thread has blocked so far (`voluntary_ctxt_switches` of
+/// `/proc/thread-self/status`): a worker's reading thread blocks only when it has caught up
+/// with its sockets, so few of these over a busy window mean it never did.
+pub fn own_waits() -> u64 {
+    fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|text| status_number(&text, "voluntary_ctxt_switches"))
+        .unwrap_or(0)
 }
 
 /// CPU seconds used so far by this process.
@@ -94,7 +104,7 @@ pub fn tcp_mem_bytes() -> u64 {
 pub fn slab_bytes() -> u64 {
     fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|text| status_kib(&text, "Slab"))
+        .and_then(|text| status_number(&text, "Slab"))
         .map_or(0, |kib| kib * 1024)
 }
 
@@ -105,8 +115,8 @@ fn bad_data(what: &str) -> io::Error {
     )
 }
 
-/// `Name:   1234 kB` from a `/proc/PID/status` text.
-fn status_kib(text: &str, name: &str) -> Option<u64> {
+/// The number of `Name:   1234 kB` (or `Name:\t1234`) in a `/proc/PID/status` text.
+fn status_number(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
@@ -153,12 +163,18 @@ mod tests {
     #[test]
     fn status() {
         let text = "Name:\therald\nVmRSS:\t   12345 kB\nRssAnon:\t  100 kB\n";
-        assert_eq!(status_kib(text, "VmRSS"), Some(12345));
-        assert_eq!(status_kib(text, "RssAnon"), Some(100));
-        assert_eq!(status_kib(text, "VmSwap"), None);
+        assert_eq!(status_number(text, "VmRSS"), Some(12345));
+        assert_eq!(status_number(text, "RssAnon"), Some(100));
+        assert_eq!(status_number(text, "VmSwap"), None);
         let meminfo =
             "MemTotal:       24000000 kB\nSlab:             812345 kB\nSReclaimable: 1 kB\n";
-        assert_eq!(status_kib(meminfo, "Slab"), Some(812_345));
+        assert_eq!(status_number(meminfo, "Slab"), Some(812_345));
+        let switches =
+            "Name:\tloadtest\nvoluntary_ctxt_switches:\t25425\nnonvoluntary_ctxt_switches:\t1312\n";
+        assert_eq!(
+            status_number(switches, "voluntary_ctxt_switches"),
+            Some(25_425)
+        );
     }
 
     #[test]
@@ -195,5 +211,15 @@ mod tests {
         assert!(own > 0.0, "no CPU time counted for this process ({x})");
         // The same process read by pid: at least as much, read later.
         assert!(cpu_seconds(&[me]).unwrap() >= own);
+    }
+
+    #[test]
+    fn own_waits_count_the_calling_threads_sleeps() {
+        let before = own_waits();
+        for _ in 0..3 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // Each sleep blocks this thread once; 0 would mean the file was not read.
+        assert!(own_waits() >= before + 3, "{before} -> {}", own_waits());
     }
 }

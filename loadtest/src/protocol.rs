@@ -281,6 +281,11 @@ pub enum WorkerMsg {
         latency: Buckets,
         /// This worker's CPU seconds since `go` or the last report.
         cpu_seconds: f64,
+        /// Times its reading thread blocked in that interval, for lack of input: about
+        /// none means it never caught up with its sockets, so its own backlog is in the
+        /// latency it measured.
+        #[serde(default)]
+        waits: u64,
     },
 }
 

@@ -109,6 +109,11 @@ pub struct Report {
     /// `read` calls the workers made on subscriber sockets while publishing and draining
     /// (those answered `WouldBlock` included): how many wake-ups the deliveries cost them.
     pub subscriber_reads: u64,
+    /// The fewest times per second of the publishing window that any subscriber worker's
+    /// reading thread blocked for lack of input. Near zero, that worker never caught up:
+    /// the latency it measured includes its own backlog, and the load generator (not the
+    /// server) may be what sets it; give it more workers (`--per-worker`).
+    pub worker_waits_per_second: Option<f64>,
     /// Highest passing rate of the saturation ladder, events per second.
     pub saturation_rate: Option<f64>,
     /// The ladder's steps.
@@ -406,6 +411,7 @@ const METRICS: &[Metric] = &[
         |r| (r.received > 0).then(|| r.subscriber_reads as f64 / r.received as f64),
         3,
     ),
+    metric("worker waits / s (min)", |r| r.worker_waits_per_second, 1),
     metric("saturation (ev/s)", |r| r.saturation_rate, 0),
 ];
 
@@ -443,7 +449,25 @@ pub fn write_table(out: &mut impl Write, r: &Report) -> io::Result<()> {
             if s.passed { "pass" } else { "FAIL" }
         )?;
     }
+    if let Some(note) = saturated_worker_note(r) {
+        writeln!(out, "  {note}")?;
+    }
     Ok(())
+}
+
+/// Fewer blocking waits per second than this in some worker: it never caught up.
+const WORKER_WAITS_PER_SECOND_MIN: f64 = 1.0;
+
+/// A warning when a subscriber worker never caught up with its sockets (see
+/// [`Report::worker_waits_per_second`]).
+pub fn saturated_worker_note(r: &Report) -> Option<String> {
+    let waits = r.worker_waits_per_second?;
+    (waits < WORKER_WAITS_PER_SECOND_MIN).then(|| {
+        format!(
+            "note: a subscriber worker never caught up ({waits:.1} waits/s): its own backlog is \
+             in the latency; split the subscribers over more workers with --per-worker"
+        )
+    })
 }
 
 /// herald beside nchan, with herald/nchan ratios.
@@ -469,12 +493,36 @@ pub fn write_comparison(out: &mut impl Write, herald: &Report, nchan: &Report) -
             cell(ratio(h, n), 3)
         )?;
     }
+    for r in [herald, nchan] {
+        if let Some(note) = saturated_worker_note(r) {
+            writeln!(out, "  {}: {note}", r.target)?;
+        }
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_that_never_waited_is_named() {
+        let mut r = Report {
+            target: "herald".into(),
+            ..Report::default()
+        };
+        let table = |r: &Report| {
+            let mut out = Vec::new();
+            write_table(&mut out, r).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert!(saturated_worker_note(&r).is_none(), "no figure, no note");
+        r.worker_waits_per_second = Some(300.0);
+        assert!(!table(&r).contains("never caught up"));
+        assert!(table(&r).contains("300.0"));
+        r.worker_waits_per_second = Some(0.2);
+        assert!(table(&r).contains("never caught up (0.2 waits/s)"));
+    }
 
     #[test]
     fn events_split_over_topics() {

@@ -200,6 +200,7 @@ impl Publishing<'_> {
     fn all_phases(&mut self, report: &mut Report) -> io::Result<()> {
         let mut latency = latency::histogram();
         let mut by_worker: Vec<(WorkerShare, Histogram<u64>)> = Vec::new();
+        let mut waits: Vec<u64> = Vec::new();
         let mut window = 0.0;
         let rates = match self.settings.scenario {
             Scenario::Saturation => schedule::ladder(
@@ -231,6 +232,10 @@ impl Publishing<'_> {
                 share.gaps += d.gaps;
                 h.add(l).map_err(io::Error::other)?;
             }
+            waits.resize(phase.collected.waits.len().max(waits.len()), 0);
+            for (total, phase) in waits.iter_mut().zip(&phase.collected.waits) {
+                *total += phase;
+            }
             let passed = self.account(report, rate, events, &phase);
             if self.settings.scenario == Scenario::Saturation && !passed {
                 break;
@@ -253,6 +258,11 @@ impl Publishing<'_> {
         };
         report.server_cpu_seconds_per_million =
             report::per_million(report.server_cpu_seconds, report.received);
+        report.worker_waits_per_second = waits
+            .iter()
+            .min()
+            .filter(|_| window > 0.0)
+            .map(|&fewest| fewest as f64 / window);
         Ok(())
     }
 

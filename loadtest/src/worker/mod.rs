@@ -113,6 +113,8 @@ struct Worker {
     /// say how many of them are still owed to this worker's subscribers.
     published: Option<u64>,
     cpu_mark: f64,
+    /// This (the reading) thread's blocking waits at `go` or the last report.
+    waits_mark: u64,
     buf: Box<[u8]>,
 }
 
@@ -149,6 +151,7 @@ impl Worker {
             next_progress: now,
             published: None,
             cpu_mark: crate::procfs::own_cpu_seconds(),
+            waits_mark: crate::procfs::own_waits(),
             buf: vec![0; READ_BYTES].into_boxed_slice(),
         }
     }
@@ -303,6 +306,7 @@ impl Worker {
             match self.control.try_recv() {
                 Ok(Control::Go) => {
                     self.cpu_mark = crate::procfs::own_cpu_seconds();
+                    self.waits_mark = crate::procfs::own_waits();
                     // Reads count from here: the connect phase's are not the fan-out's.
                     self.tally.deliveries.reads = 0;
                     self.churning = self.spec.churn_percent > 0.0;
@@ -441,12 +445,15 @@ impl Worker {
     /// Sends the counters since the last report and starts a new interval.
     fn report(&mut self) -> io::Result<()> {
         let cpu = crate::procfs::own_cpu_seconds();
+        let waits = crate::procfs::own_waits();
         let msg = WorkerMsg::Report {
             deliveries: self.tally.deliveries,
             latency: Buckets::of(&self.tally.latency),
             cpu_seconds: cpu - self.cpu_mark,
+            waits: waits.saturating_sub(self.waits_mark),
         };
         self.cpu_mark = cpu;
+        self.waits_mark = waits;
         self.tally.deliveries = Deliveries::default();
         self.tally.latency.reset();
         send(&msg)
