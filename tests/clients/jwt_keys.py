@@ -1,4 +1,4 @@
-"""Keys, tokens and a JWKS server for tests/it/auth_keys.rs, made by libraries that share
+"""Keys, tokens and a JWKS server for tests/it/auth_keys/, made by libraries that share
 no code with herald: PyJWT with `cryptography` (pinned in requirements.txt).
 
     python3 jwt_keys.py make DIR < spec.json

@@ -30,6 +30,12 @@
 //!
 //! No wait is timed: every wait polls for a state (a log line, an answer) up to a
 //! deadline that only bounds a hang.
+//!
+//! This file holds the deployment and the failover run ([`failover`]) every case shares;
+//! the cases are in [`failovers`] (a sentinel failover after the primary is killed, and
+//! manual failovers that demote a live primary), [`stalled_replicas`] (the loss that
+//! asynchronous replication allows, with `--redis-wait-replicas` 1 and 0) and [`settings`]
+//! (bad sentinel settings exit 2).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -40,6 +46,10 @@ use std::time::{Duration, Instant};
 use crate::common::daemons::*;
 use crate::common::*;
 use testkit::redis::{free_port, Client};
+
+mod failovers;
+mod settings;
+mod stalled_replicas;
 
 /// The primary's name in the sentinels.
 const MASTER: &str = "mymaster";
@@ -530,136 +540,4 @@ fn failover(label: &str, case: Case) -> Outcome {
             .count(),
         received: received.iter().map(Vec::len).collect(),
     }
-}
-
-#[test]
-fn nodes_follow_a_sentinel_failover_and_every_subscriber_gets_the_stream_in_order() {
-    let outcome = failover(
-        "sentinel-failover",
-        Case {
-            wait_replicas: 0,
-            stall_replicas: false,
-            manual: false,
-            padding: 64,
-        },
-    );
-    eprintln!("failover, --redis-wait-replicas 0: {}", outcome.summary());
-    assert!(outcome.acknowledged_after_kill >= 100);
-}
-
-/// The old primary stays up: Sentinel promotes a replica and demotes the old primary only
-/// later, when it notices it still acts as one. Each node leaves it within about a second
-/// of the sentinels naming the new primary (every thread asks them each second), or when
-/// Sentinel demotes it and closes its clients. What the nodes wrote to the old primary
-/// meanwhile is acknowledged and then discarded by the demotion (counted as lost, not
-/// asserted: this is the split brain Redis's `min-replicas-to-write` guards against), and
-/// a reader that read such entries resumes after them on the new primary, past what the
-/// other node wrote there meanwhile. So the every-entry check starts where both nodes
-/// write to the new primary; order and no duplicates hold throughout.
-#[test]
-fn nodes_follow_a_manual_failover_that_demotes_a_live_primary() {
-    let outcome = failover(
-        "sentinel-manual",
-        Case {
-            wait_replicas: 0,
-            stall_replicas: false,
-            manual: true,
-            padding: 64,
-        },
-    );
-    eprintln!(
-        "manual failover, --redis-wait-replicas 0: {}",
-        outcome.summary()
-    );
-}
-
-/// The same split brain with `--redis-wait-replicas 1`: what the old primary
-/// acknowledges after the promotion needs a replica's confirmation, and the promoted one no
-/// longer replicates from it. Measured, not asserted: the other replica may still confirm
-/// from the old primary until the sentinels point it at the new one.
-#[test]
-fn a_manual_failover_with_wait_replicas_1() {
-    let outcome = failover(
-        "sentinel-manual-wait-1",
-        Case {
-            wait_replicas: 1,
-            stall_replicas: false,
-            manual: true,
-            padding: 64,
-        },
-    );
-    eprintln!(
-        "manual failover, --redis-wait-replicas 1: {}",
-        outcome.summary()
-    );
-}
-
-#[test]
-fn bad_sentinel_settings_exit_2_naming_the_setting() {
-    for (flags, setting) in [
-        (&["--redis-sentinel", "127.0.0.1"][..], "redis_sentinels"),
-        (&["--redis-sentinel", "127.0.0.1:0"][..], "redis_sentinels"),
-        (&["--redis-sentinel", ":26379"][..], "redis_sentinels"),
-        (
-            &[
-                "--redis-sentinel",
-                "127.0.0.1:26379",
-                "--redis-master-name",
-                "my master",
-            ][..],
-            "redis_master_name",
-        ),
-    ] {
-        let mut args = vec!["--bus", "redis"];
-        args.extend_from_slice(flags);
-        let output = without_herald_env(&mut herald_serve(&args))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{flags:?}: {stderr}");
-        assert!(
-            stderr.contains(setting) || stderr.contains(&setting.replace('_', "-")),
-            "{flags:?}: {stderr}"
-        );
-    }
-}
-
-/// Padding of the events in the stalled-replica runs: large, so the publishers send more
-/// during the freeze than the frozen replicas' socket buffers take in.
-const STALL_PADDING: usize = 32 * 1024;
-
-#[test]
-fn with_wait_replicas_1_no_acknowledged_event_is_lost_in_a_failover() {
-    let outcome = failover(
-        "sentinel-wait-1",
-        Case {
-            wait_replicas: 1,
-            stall_replicas: true,
-            manual: false,
-            padding: STALL_PADDING,
-        },
-    );
-    eprintln!(
-        "failover with frozen replicas, --redis-wait-replicas 1: {}",
-        outcome.summary()
-    );
-    assert_eq!(outcome.lost, 0, "{}", outcome.summary());
-}
-
-#[test]
-fn with_wait_replicas_0_acknowledged_events_can_be_lost_in_a_failover() {
-    let outcome = failover(
-        "sentinel-wait-0",
-        Case {
-            wait_replicas: 0,
-            stall_replicas: true,
-            manual: false,
-            padding: STALL_PADDING,
-        },
-    );
-    eprintln!(
-        "failover with frozen replicas, --redis-wait-replicas 0: {}",
-        outcome.summary()
-    );
 }
