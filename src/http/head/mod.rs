@@ -3,6 +3,8 @@
 //! requests trustworthy (Content-Length, Transfer-Encoding, Host) are enforced here.
 //! No I/O here.
 
+use std::mem::MaybeUninit;
+
 use httparse::Status;
 
 use super::answer::HttpError;
@@ -117,9 +119,12 @@ pub(crate) struct Request<'b> {
 /// bytes as lossy UTF-8. At most [`HEADERS_MAX`], as `parse` allowed. Only an application
 /// that decides access needs them, so they are read again then rather than kept.
 pub(crate) fn header_pairs(raw: &[u8]) -> Vec<(String, String)> {
-    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
-    let mut request = httparse::Request::new(&mut headers);
-    if !matches!(request.parse(raw), Ok(Status::Complete(_))) {
+    let mut headers = uninit_headers();
+    let mut request = httparse::Request::new(&mut []);
+    if !matches!(
+        request.parse_with_uninit_headers(raw, &mut headers),
+        Ok(Status::Complete(_))
+    ) {
         return Vec::new(); // Parsed once already: cannot happen.
     }
     request
@@ -132,6 +137,12 @@ pub(crate) fn header_pairs(raw: &[u8]) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// Room for [`HEADERS_MAX`] headers, left uninitialised: httparse writes only the ones a
+/// head has, where an initialised array would cost 2 KiB of stores on every request.
+fn uninit_headers<'b>() -> [MaybeUninit<httparse::Header<'b>>; HEADERS_MAX] {
+    [const { MaybeUninit::uninit() }; HEADERS_MAX]
 }
 
 /// Result of a parse attempt over the bytes received so far.
@@ -149,9 +160,9 @@ pub(crate) enum Parsed<'b> {
 
 /// Parses the head at the start of `buf`; `full` says the buffer cannot take more bytes.
 pub(crate) fn parse(buf: &[u8], full: bool) -> Result<Parsed<'_>, HttpError> {
-    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
-    let mut request = httparse::Request::new(&mut headers);
-    let head_len = match request.parse(buf) {
+    let mut headers = uninit_headers();
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buf, &mut headers) {
         Ok(Status::Complete(len)) => len,
         Ok(Status::Partial) if full => return Err(HttpError::HeadTooLarge),
         Ok(Status::Partial) => return Ok(Parsed::NeedMore),
