@@ -37,35 +37,6 @@ fn within(setting: &'static str, value: u64, min: u64, max: u64) -> Result<(), C
 }
 
 impl Config {
-    /// The stream length the Redis bus trims to: `redis_maxlen`, or when that is 0 the
-    /// total history budget at [`REDIS_ENTRY_BYTES_ESTIMATE`] per entry, at least
-    /// `history_events`, so the stream holds at least what a node's rings can.
-    pub fn effective_redis_maxlen(&self) -> usize {
-        if self.redis_maxlen != 0 {
-            return self.redis_maxlen;
-        }
-        (self.history_total_bytes / REDIS_ENTRY_BYTES_ESTIMATE)
-            .max(self.history_events)
-            .min(REDIS_MAXLEN_MAX)
-    }
-
-    /// The connection limit in force: `max_connections`, or when that is 0 the soft
-    /// open-file limit ([`open_files_limit`]) minus [`FDS_RESERVED`] and, with a publish
-    /// listener, minus its budget, so subscribers cannot take the descriptors it needs.
-    pub fn effective_max_connections(&self) -> usize {
-        if self.max_connections != 0 {
-            return self.max_connections;
-        }
-        let publish = self
-            .publish_listen
-            .map_or(0, |_| self.max_publish_connections);
-        open_files_limit()
-            .map_or(10_000, |limit| {
-                limit.saturating_sub(FDS_RESERVED).saturating_sub(publish)
-            })
-            .clamp(1, CONNECTIONS_MAX)
-    }
-
     /// Checks every setting against its range (from the table in [`settings`]) and the
     /// relations between them.
     pub fn validate(&self) -> Result<(), ConfigError> {
