@@ -295,8 +295,7 @@ fn write_outputs(
     sweep: Option<&[Report]>,
 ) -> io::Result<()> {
     if let Some(path) = &output.json {
-        let text = serde_json::to_string_pretty(json).map_err(io::Error::other)?;
-        std::fs::write(path, text + "\n")?;
+        report::write_json(path, json)?;
     }
     match (&output.svg, sweep) {
         (Some(path), Some(reports)) => sweep::write_chart(path, reports),

@@ -290,6 +290,13 @@ pub fn lost(expected: u64, received: u64) -> u64 {
     expected.saturating_sub(received)
 }
 
+/// Writes `value` as pretty JSON (and a final newline) to `path`: what every `--json`
+/// writes.
+pub fn write_json(path: &std::path::Path, value: &impl Serialize) -> io::Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+    std::fs::write(path, text + "\n")
+}
+
 /// CPU seconds per million deliveries; `None` when nothing was delivered.
 pub fn per_million(cpu_seconds: f64, deliveries: u64) -> Option<f64> {
     (deliveries > 0).then(|| cpu_seconds * 1e6 / deliveries as f64)

@@ -370,18 +370,10 @@ pub fn run(args: &ClusterArgs) -> io::Result<()> {
     });
     write_summary(&mut out, &result)?;
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&result).map_err(io::Error::other)?;
-        std::fs::write(path, text + "\n")?;
+        report::write_json(path, &result)?;
     }
     drop(procs);
-    if result.problems.is_empty() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "the capacity run was not clean: {}",
-            result.problems.join("; ")
-        )))
-    }
+    cluster::verdict("the capacity run was", &result.problems)
 }
 
 struct AssembleInput<'a> {

@@ -110,18 +110,10 @@ pub fn run(args: &ClusterArgs) -> io::Result<()> {
     }
     write_summary(&mut out, args, &result)?;
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&result).map_err(io::Error::other)?;
-        std::fs::write(path, text + "\n")?;
+        report::write_json(path, &result)?;
     }
     drop(procs);
-    if result.problems.is_empty() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!(
-            "the latency runs were not clean: {}",
-            result.problems.join("; ")
-        )))
-    }
+    super::verdict("the latency runs were", &result.problems)
 }
 
 /// The direct XADD runs: every (connections, depth) on a private stream, then the best

@@ -23,7 +23,7 @@
 //!    every node reads it.
 //!
 //! With `--capacity` only the nodes start and one fan-out is measured per node instead
-//! (`capacity.rs`).
+//! (`capacity/`).
 //!
 //! Afterwards each node's `herald_redis_*` metrics are read. Every process started here
 //! stops when this returns (herald nodes killed by their handles, redis by its pid).
@@ -267,6 +267,19 @@ pub struct ClusterReport {
     pub node_metrics: Vec<BTreeMap<String, f64>>,
     /// What was wrong with the latency part (empty when clean).
     pub problems: Vec<String>,
+}
+
+/// A run's end: `Ok` when nothing went wrong, else an error that says `run` (with its
+/// verb: "the capacity run was") was not clean and lists every problem, so the command
+/// exits non-zero after printing its summary.
+pub fn verdict(run: &str, problems: &[String]) -> io::Result<()> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(io::Error::other(format!(
+        "{run} not clean: {}",
+        problems.join("; ")
+    )))
 }
 
 pub fn invalid(message: impl Into<String>) -> io::Error {

@@ -9,7 +9,7 @@ use clap::Parser;
 use super::checks::{is_stream_id, merged, problems, redis_metrics};
 use super::settings::{latency_settings, search_settings};
 use super::wire::get;
-use super::{ClusterArgs, LatencyRatio};
+use super::{verdict, ClusterArgs, LatencyRatio};
 use crate::latency::Summary;
 use crate::report::Report;
 use crate::scenario::Scenario;
@@ -181,4 +181,15 @@ fn exchange_caps_the_body() {
         assert_eq!(e.kind(), ErrorKind::InvalidData, "{e}");
         assert!(e.to_string().contains("exceeds 1048576 bytes"), "{e}");
     }
+}
+
+#[test]
+fn a_run_with_problems_fails_and_names_them() {
+    assert!(verdict("the capacity run was", &[]).is_ok());
+    let problems = vec!["node 1 lost 3".to_owned(), "redis restarted".to_owned()];
+    let error = verdict("the capacity run was", &problems).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the capacity run was not clean: node 1 lost 3; redis restarted"
+    );
 }
