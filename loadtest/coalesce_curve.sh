@@ -39,6 +39,8 @@ for round in $(seq 1 "$ROUNDS"); do
     server=$!
     sleep 0.7
     json=$OUT/$round-$name.json
+    # A run that fails writes no report: an older one in $OUT must not stand in for it.
+    rm -f "$json"
     if [ "$name" = peers ]; then
       $BIN/loadtest peers --herald-addr $addr --herald-pid $server --scenario spread \
         --json "$json" > "$OUT/$round-$name.txt" 2>&1 || true
@@ -49,7 +51,11 @@ for round in $(seq 1 "$ROUNDS"); do
     kill $server 2>/dev/null || true
     wait $server 2>/dev/null || true
     server=
-    echo "round $round: $name done" >&2
+    if [ -s "$json" ]; then
+      echo "round $round: $name done" >&2
+    else
+      echo "round $round: $name wrote no report, left out (see $OUT/$round-$name.txt)" >&2
+    fi
   done
 done
 
