@@ -23,6 +23,8 @@ ADDR=$(grep -o 'http://[0-9.:]*' $OUT/herald.err | head -1 | sed 's|http://||')
 trap 'kill $HERALD $APP 2>/dev/null || true' EXIT
 run() { # name flood-token
   local name=$1 token=$2 flood=
+  # A run that fails writes no report: an older one in $OUT must not stand in for it.
+  rm -f "$OUT/$name.json" "$OUT/$name.flood"
   $BIN/loadtest run --sub-url "http://$ADDR/events?topic={topic}&token=load" \
     --pub-url "http://$ADDR/publish?topic={topic}" --server-pid $HERALD --name $name \
     --scenario fanout --subscribers 2000 --rate 200 --duration 10 --per-source 2000 \
